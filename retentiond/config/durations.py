@@ -1,0 +1,70 @@
+"""Retention periods in calendar terms: `3 months` and `P3M` are three calendar months."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from dateutil.relativedelta import relativedelta
+
+_UNITS = {
+    "d": "days",
+    "day": "days",
+    "days": "days",
+    "w": "weeks",
+    "week": "weeks",
+    "weeks": "weeks",
+    "m": "months",
+    "mo": "months",
+    "month": "months",
+    "months": "months",
+    "y": "years",
+    "year": "years",
+    "years": "years",
+}
+_SIMPLE = re.compile(r"^(\d+)\s*([a-z]+)$")
+_ISO = re.compile(r"^P(?!$)(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?$")
+
+DURATION_HINT = "write a period such as '90d', '12w', '3 months', '1y' or ISO 8601 'P3M'"
+
+
+@dataclass(frozen=True)
+class Duration:
+    """A calendar period. Months and years are calendar months and years, never 30 or 365 days."""
+
+    years: int = 0
+    months: int = 0
+    weeks: int = 0
+    days: int = 0
+    text: str = ""
+
+    def delta(self) -> relativedelta:
+        return relativedelta(years=self.years, months=self.months, weeks=self.weeks, days=self.days)
+
+    def before(self, moment: datetime) -> datetime:
+        """The wall-clock time this period before `moment`; month ends clamp (May 31 - 3m = Feb 28)."""
+        return moment - self.delta()
+
+    def after(self, moment: datetime) -> datetime:
+        return moment + self.delta()
+
+    def is_zero(self) -> bool:
+        return not (self.years or self.months or self.weeks or self.days)
+
+    def __str__(self) -> str:
+        return self.text or f"P{self.years}Y{self.months}M{self.weeks}W{self.days}D"
+
+
+def parse_duration(text: str) -> Duration:
+    """Parse '90d', '12w', '3m', '3 months', '1y', 'P3M', 'P1Y6M'. Raises ValueError with a hint."""
+    raw = text.strip()
+    iso = _ISO.match(raw.upper())
+    if iso:
+        years, months, weeks, days = (int(g) if g else 0 for g in iso.groups())
+        return Duration(years=years, months=months, weeks=weeks, days=days, text=raw)
+    simple = _SIMPLE.match(raw.lower())
+    if simple and simple.group(2) in _UNITS:
+        amount = int(simple.group(1))
+        return Duration(text=raw, **{_UNITS[simple.group(2)]: amount})
+    raise ValueError(f"{text!r} is not a period: {DURATION_HINT}")

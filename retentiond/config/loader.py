@@ -1,0 +1,208 @@
+"""Load a YAML config strictly and report every problem at once, each with file:line and key path."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.error import MarkedYAMLError
+
+from retentiond.config.model import Config
+from retentiond.errors import ConfigError, ConfigProblem
+
+DEFAULT_CONFIG_PATH = Path("/etc/retentiond/retentiond.yaml")
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config with where it came from and its hash (recorded in every audit entry)."""
+
+    config: Config
+    path: Path
+    sha256: str
+
+
+def config_path(option: str | None) -> Path:
+    """-c/--config, else $RETENTIOND_CONFIG, else /etc/retentiond/retentiond.yaml."""
+    if option:
+        return Path(option)
+    env = os.environ.get("RETENTIOND_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
+def load_config(path: Path) -> LoadedConfig:
+    name = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            [ConfigProblem(name, None, "", "no such file; pass -c FILE or set RETENTIOND_CONFIG")]
+        ) from None
+    except OSError as error:
+        raise ConfigError([ConfigProblem(name, None, "", f"cannot read: {error.strerror}")]) from None
+    return LoadedConfig(parse_config(raw, name), path, hashlib.sha256(raw).hexdigest())
+
+
+def parse_config(raw: bytes | str, name: str = "<config>") -> Config:
+    tree = _read_yaml(raw, name)
+    if not isinstance(tree, CommentedMap):
+        raise ConfigError([ConfigProblem(name, 1, "", "the config must be a YAML mapping of keys")])
+    problems = _reference_problems(name, tree)
+    try:
+        config = Config.model_validate(_plain(tree))
+    except ValidationError as error:
+        problems += [_problem(name, tree, detail) for detail in error.errors()]
+    if problems:
+        raise ConfigError(sorted(problems, key=lambda p: (p.line or 0, p.path)))
+    return config
+
+
+def _reference_problems(name: str, tree: CommentedMap) -> list[ConfigProblem]:
+    """Checks across sections: unique rule names, and connections that exist."""
+    problems: list[ConfigProblem] = []
+    connections = tree.get("connections")
+    known = set(connections) if isinstance(connections, CommentedMap) else set()
+    rules = tree.get("rules")
+    if not isinstance(rules, CommentedSeq):
+        return problems
+    seen: set[str] = set()
+    for index, rule in enumerate(rules):
+        if not isinstance(rule, CommentedMap):
+            continue
+        rule_name = rule.get("name")
+        if isinstance(rule_name, str) and rule_name in seen:
+            problems.append(
+                ConfigProblem(
+                    name,
+                    rule.lc.key("name")[0] + 1,
+                    f"rules.{index}.name",
+                    f"rule name {rule_name!r} is used twice; give each rule its own name",
+                )
+            )
+        seen.add(str(rule_name))
+        stores = rule.get("stores")
+        if not isinstance(stores, CommentedSeq):
+            continue
+        for position, store in enumerate(stores):
+            if not isinstance(store, CommentedMap) or store.get("type") != "sql":
+                continue
+            connection = store.get("connection")
+            if isinstance(connection, str) and connection not in known:
+                defined = ", ".join(sorted(map(str, known))) or "none defined"
+                problems.append(
+                    ConfigProblem(
+                        name,
+                        store.lc.key("connection")[0] + 1,
+                        f"rules.{index}.stores.{position}.connection",
+                        f"connection {connection!r} is not defined under connections: "
+                        f"(defined: {defined})",
+                    )
+                )
+    return problems
+
+
+def _read_yaml(raw: bytes | str, name: str) -> Any:
+    yaml = YAML(typ="rt")
+    yaml.allow_duplicate_keys = False
+    try:
+        return yaml.load(raw)
+    except DuplicateKeyError as error:
+        line = error.problem_mark.line + 1 if error.problem_mark else None
+        key = str(error.problem).split('"')[1] if '"' in str(error.problem) else ""
+        message = f"duplicate key {key!r}: a second value would silently replace the first"
+        raise ConfigError([ConfigProblem(name, line, "", message)]) from None
+    except MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = mark.line + 1 if mark else None
+        problem = error.problem or error.context or "invalid YAML"
+        raise ConfigError([ConfigProblem(name, line, "", f"YAML syntax: {problem}")]) from None
+
+
+def _plain(node: Any) -> Any:
+    """ruamel's round-trip types to plain Python, so strict validation sees ordinary values."""
+    if isinstance(node, dict):
+        return {str(k) if not isinstance(k, str) else str(k): _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    if isinstance(node, bool) or node is None:
+        return node
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    if isinstance(node, str):
+        return str(node)
+    if isinstance(node, datetime):
+        return datetime.fromisoformat(node.isoformat())
+    if isinstance(node, date):
+        return date(node.year, node.month, node.day)
+    return node
+
+
+def _problem(name: str, tree: CommentedMap, detail: Any) -> ConfigProblem:
+    loc = tuple(detail["loc"])
+    path, line = _locate(tree, loc)
+    message = _message(detail, path)
+    return ConfigProblem(name, line, ".".join(str(p) for p in path), message)
+
+
+def _locate(tree: CommentedMap, loc: tuple[Any, ...]) -> tuple[list[Any], int | None]:
+    """Follow a pydantic error location through the YAML tree: the key path and its line."""
+    node: Any = tree
+    path: list[Any] = []
+    line: int | None = 1
+    for part in loc:
+        if isinstance(node, CommentedMap) and part in node:
+            line = node.lc.key(part)[0] + 1
+            node = node[part]
+            path.append(part)
+        elif isinstance(node, CommentedMap) and part == "schema_name" and "schema" in node:
+            line = node.lc.key("schema")[0] + 1
+            node = node["schema"]
+            path.append("schema")
+        elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
+            line = node.lc.item(part)[0] + 1
+            node = node[part]
+            path.append(part)
+        elif isinstance(part, str) and part in ("sql", "files", "[key]", "function-after[_cross_references()]"):
+            continue  # union tags and validator names that pydantic puts into locations
+        elif isinstance(part, str) and part.startswith(("function-", "lax-", "json-")):
+            continue
+        else:
+            path.append(part)  # a missing key: report it at its parent's line
+            node = None
+    return path, line
+
+
+def _message(detail: Any, path: list[Any]) -> str:
+    kind = detail["type"]
+    message = str(detail["msg"])
+    if kind == "extra_forbidden":
+        return "unknown key; check its spelling and indentation against the documentation"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "union_tag_invalid":
+        tag = detail.get("input", {}).get("type") if isinstance(detail.get("input"), dict) else None
+        return (
+            f"store type {tag!r} is not available in this version; use 'sql' or 'files'"
+            if tag
+            else "unknown store type; use 'sql' or 'files'"
+        )
+    if kind == "union_tag_not_found":
+        return "every store needs a 'type:' (sql or files)"
+    if kind == "literal_error" and path and path[-1] == "action":
+        return (
+            "action must be 'delete'; 'anonymize' is not available in this version, and "
+            "retentiond refuses to start rather than delete what you meant to keep"
+        )
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    return message
