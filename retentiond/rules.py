@@ -40,7 +40,7 @@ def latest_instant(wall: datetime, zone: tzinfo) -> datetime:
 
 
 def end_of_day(day: date, zone: tzinfo) -> datetime:
-    """The last instant of a calendar day in `zone`: an object known only by its day is that young."""
+    """The last instant of a day in `zone`: an object known only by its day is that young."""
     next_midnight = datetime.combine(day + timedelta(days=1), time())
     return latest_instant(next_midnight, zone) - timedelta(microseconds=1)
 

@@ -43,7 +43,7 @@ class Duration:
         return relativedelta(years=self.years, months=self.months, weeks=self.weeks, days=self.days)
 
     def before(self, moment: datetime) -> datetime:
-        """The wall-clock time this period before `moment`; month ends clamp (May 31 - 3m = Feb 28)."""
+        """This period before `moment` on its wall clock; month ends clamp (May 31 - 3m: Feb 28)."""
         return moment - self.delta()
 
     def after(self, moment: datetime) -> datetime:

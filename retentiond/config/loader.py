@@ -1,4 +1,4 @@
-"""Load a YAML config strictly and report every problem at once, each with file:line and key path."""
+"""Load a YAML config strictly; report every problem at once, each with file:line and key path."""
 
 from __future__ import annotations
 
@@ -47,7 +47,9 @@ def load_config(path: Path) -> LoadedConfig:
             [ConfigProblem(name, None, "", "no such file; pass -c FILE or set RETENTIOND_CONFIG")]
         ) from None
     except OSError as error:
-        raise ConfigError([ConfigProblem(name, None, "", f"cannot read: {error.strerror}")]) from None
+        raise ConfigError(
+            [ConfigProblem(name, None, "", f"cannot read: {error.strerror}")]
+        ) from None
     return LoadedConfig(parse_config(raw, name), path, hashlib.sha256(raw).hexdigest())
 
 
@@ -129,7 +131,7 @@ def _read_yaml(raw: bytes | str, name: str) -> Any:
 def _plain(node: Any) -> Any:
     """ruamel's round-trip types to plain Python, so strict validation sees ordinary values."""
     if isinstance(node, dict):
-        return {str(k) if not isinstance(k, str) else str(k): _plain(v) for k, v in node.items()}
+        return {str(k): _plain(v) for k, v in node.items()}
     if isinstance(node, list):
         return [_plain(v) for v in node]
     if isinstance(node, bool) or node is None:
@@ -172,7 +174,12 @@ def _locate(tree: CommentedMap, loc: tuple[Any, ...]) -> tuple[list[Any], int | 
             line = node.lc.item(part)[0] + 1
             node = node[part]
             path.append(part)
-        elif isinstance(part, str) and part in ("sql", "files", "[key]", "function-after[_cross_references()]"):
+        elif isinstance(part, str) and part in (
+            "sql",
+            "files",
+            "[key]",
+            "function-after[_cross_references()]",
+        ):
             continue  # union tags and validator names that pydantic puts into locations
         elif isinstance(part, str) and part.startswith(("function-", "lax-", "json-")):
             continue

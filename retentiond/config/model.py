@@ -1,4 +1,4 @@
-"""The configuration schema (version 1). One source of truth: validation, `check` and docs follow it."""
+"""The configuration schema (version 1): one source of truth for validation, `check` and docs."""
 
 from __future__ import annotations
 
@@ -94,9 +94,9 @@ class Strict(BaseModel):
 
 class AuditConfig(Strict):
     path: AbsolutePath
-    signing_key: Annotated[Any, AfterValidator(_not_yet("audit.signing_key (signed checkpoints)"))] = (
-        None
-    )
+    signing_key: Annotated[
+        Any, AfterValidator(_not_yet("audit.signing_key (signed checkpoints)"))
+    ] = None
 
 
 class ConnectionConfig(Strict):
@@ -157,9 +157,9 @@ class Safety(Strict):
 
 class Config(Strict):
     version: Literal[1]
-    timezone: Annotated[ZoneInfo | None, BeforeValidator(lambda v: None if v is None else _zone(v))] = (
-        None
-    )
+    timezone: Annotated[
+        ZoneInfo | None, BeforeValidator(lambda v: None if v is None else _zone(v))
+    ] = None
     audit: AuditConfig
     connections: dict[Annotated[str, Field(pattern=NAME_PATTERN)], ConnectionConfig] = {}
     rules: Annotated[list[Rule], Field(min_length=1)]

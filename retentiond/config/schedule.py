@@ -38,8 +38,8 @@ def parse_schedule(text: str) -> Schedule:
         day = weekly.group(1)
         if day not in WEEKDAYS:
             raise ValueError(f"{day!r} is not a weekday; use one of {', '.join(WEEKDAYS)}")
-        hour, minute = int(weekly.group(2)), int(weekly.group(3))
-        return Schedule(text, (str(minute), str(hour), "*", "*", day))
+        at_hour, at_minute = int(weekly.group(2)), int(weekly.group(3))
+        return Schedule(text, (str(at_minute), str(at_hour), "*", "*", day))
     fields = raw.split(" ")
     if len(fields) == 5:
         minute, hour, dom, month, dow = fields
@@ -48,6 +48,8 @@ def parse_schedule(text: str) -> Schedule:
         if not _CRON_DOW.match(dow) or any(
             part not in WEEKDAYS for part in re.split(r"[,\-]", dow) if part != "*"
         ):
-            raise ValueError(f"{text!r}: the weekday field takes names such as mon-fri, not numbers")
+            raise ValueError(
+                f"{text!r}: the weekday field takes names such as mon-fri, not numbers"
+            )
         return Schedule(text, (minute, hour, dom, month, dow))
     raise ValueError(f"{text!r} is not a schedule: {SCHEDULE_HINT}")

@@ -16,7 +16,9 @@ def build_store(store: StoreConfig, config: Config) -> Store:
         from retentiond.stores.files import FilesStore
 
         return FilesStore(store, config.zone())
-    raise TypeError(f"unknown store config {type(store).__name__}")  # a bug: the schema allows no other
+    raise TypeError(
+        f"unknown store config {type(store).__name__}"
+    )  # a bug: the schema allows no other
 
 
 __all__ = ["Batch", "BatchResult", "Store", "Survey", "build_store"]

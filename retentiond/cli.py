@@ -1,0 +1,386 @@
+"""Command line: parses, calls the engine or the audit log, prints. Exit codes as in DESIGN.md."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, tzinfo
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+import click
+
+from retentiond import __version__, audit, logs
+from retentiond.config.loader import LoadedConfig, config_path, load_config
+from retentiond.config.model import Rule
+from retentiond.engine import Engine, RulePlan, RunOutcome, exit_code
+from retentiond.errors import ConfigError, RetentiondError
+
+
+class Context:
+    def __init__(self, config_option: str | None) -> None:
+        self.config_option = config_option
+        self._loaded: LoadedConfig | None = None
+
+    @property
+    def loaded(self) -> LoadedConfig:
+        if self._loaded is None:
+            self._loaded = load_config(config_path(self.config_option))
+        return self._loaded
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(2)  # a command-line mistake: like a config mistake, nothing was done
+    except ConfigError as error:
+        click.echo("retentiond: the config has errors; nothing was done:", err=True)
+        for problem in error.problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(error.exit_code)
+    except RetentiondError as error:
+        _fail(str(error), error.exit_code)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"retentiond: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-c",
+    "--config",
+    "config_option",
+    metavar="FILE",
+    help="Config file (default: $RETENTIOND_CONFIG, else /etc/retentiond/retentiond.yaml).",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log debug events.")
+@click.version_option(__version__, prog_name="retentiond")
+@click.pass_context
+def cli(ctx: click.Context, config_option: str | None, verbose: bool) -> None:
+    """Enforce retention rules on a phone system's call data, with a verifiable deletion log."""
+    logs.configure(verbose=verbose)
+    ctx.obj = Context(config_option)
+
+
+# --- check -------------------------------------------------------------------------------------
+
+
+@cli.command()
+@pass_context
+def check(ctx: Context) -> None:
+    """Validate the config, connect to every store and show how each will be purged."""
+    loaded = ctx.loaded
+    config = loaded.config
+    click.echo(
+        f"config {loaded.path}: valid ({len(config.rules)} rules, sha256 {loaded.sha256[:12]})"
+    )
+    engine = Engine(loaded)
+    failures = 0
+    for rule in config.rules:
+        click.echo(f"rule {rule.name}: keep {rule.keep}, action {rule.action}")
+        for store_config in rule.stores:
+            label = store_config.label
+            try:
+                with engine.open_stores(_single(rule, store_config)) as (store,):
+                    click.echo(f"  {store.kind} {label}: ok")
+                    for line in store.describe():
+                        click.echo(f"    {line}")
+                    skew = store.clock_skew()
+                    if skew is not None:
+                        click.echo(
+                            f"    clock: database minus host = {skew.total_seconds():+.1f} s"
+                        )
+            except RetentiondError as error:
+                failures += 1
+                click.echo(f"  {store_config.type} {label}: FAILED: {error}")
+    try:
+        with audit.AuditLog(config.audit.path) as log:
+            seq, _ = log.head
+        click.echo(f"audit log {config.audit.path}: writable, {seq} entries")
+    except RetentiondError as error:
+        failures += 1
+        click.echo(f"audit log {config.audit.path}: FAILED: {error}")
+    if failures:
+        _fail(f"{failures} problem(s) found; see above", 1)
+
+
+def _single(rule: Rule, store_config: Any) -> Rule:
+    return rule.model_copy(update={"stores": [store_config]})
+
+
+# --- plan --------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--rule", "rule_name", metavar="NAME", help="Only this rule.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def plan(ctx: Context, rule_name: str | None, as_json: bool) -> None:
+    """Dry run: what each rule would delete now. Changes nothing."""
+    loaded = ctx.loaded
+    engine = Engine(loaded)
+    plans: list[RulePlan] = []
+    for rule in _rules(loaded, rule_name):
+        with engine.open_stores(rule) as stores:
+            plans.append(engine.plan(rule, stores))
+    if as_json:
+        click.echo(json.dumps([plan_json(p) for p in plans], indent=2))
+    else:
+        for rule_plan in plans:
+            print_plan(rule_plan, loaded.config.zone())
+
+
+def plan_json(rule_plan: RulePlan) -> dict[str, Any]:
+    return {
+        "rule": rule_plan.rule.name,
+        "keep": str(rule_plan.rule.keep),
+        "cutoff": _iso(rule_plan.cutoff),
+        "refusal": rule_plan.refusal,
+        "stores": [
+            {
+                "store": s.label,
+                "kind": s.kind,
+                "unit": s.survey.unit,
+                "total": s.survey.total,
+                "expired": s.survey.expired,
+                "held": 0,
+                "would_delete": 0 if rule_plan.refusal else s.survey.expired,
+                "oldest": _iso(s.survey.oldest),
+                "expired_bytes": s.survey.expired_bytes,
+                "batches": s.batches,
+                "skipped": dict(s.survey.skipped),
+            }
+            for s in rule_plan.stores
+        ],
+    }
+
+
+def print_plan(rule_plan: RulePlan, zone: tzinfo) -> None:
+    rule = rule_plan.rule
+    click.echo(f"rule {rule.name}: keep {rule.keep}, cutoff {_local(rule_plan.cutoff, zone)}")
+    for s in rule_plan.stores:
+        survey = s.survey
+        oldest = _local(survey.oldest, zone) if survey.oldest else "-"
+        would = 0 if rule_plan.refusal else survey.expired
+        size = f" ({_bytes(survey.expired_bytes)})" if survey.expired_bytes else ""
+        click.echo(
+            f"  {s.kind} {s.label}: {survey.total} {survey.unit}, expired {survey.expired}, "
+            f"held 0, oldest {oldest}, would delete {would}{size} in {s.batches} batches"
+        )
+        if survey.skipped:
+            parts = ", ".join(
+                f"{reason} {count}" for reason, count in sorted(survey.skipped.items())
+            )
+            click.echo(f"    left alone: {parts}")
+    if rule_plan.refusal:
+        click.echo(f"  REFUSED: {rule_plan.refusal}")
+
+
+# --- run ---------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Enforce the rules now and exit.")
+@click.option("--rule", "rule_name", metavar="NAME", help="Only this rule.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def run(ctx: Context, once: bool, rule_name: str | None, as_json: bool) -> None:
+    """Enforce the rules: `run --once` now; the scheduled daemon is not in this version."""
+    if not once:
+        _fail(
+            "the scheduling daemon is not available in this version; use `retentiond run --once` "
+            "from a systemd timer or cron",
+            2,
+        )
+    loaded = ctx.loaded
+    outcomes = enforce(loaded, rule_name, as_json=as_json)
+    sys.exit(exit_code(outcomes))
+
+
+def enforce(loaded: LoadedConfig, rule_name: str | None, *, as_json: bool) -> list[RunOutcome]:
+    rules = _rules(loaded, rule_name)
+    show_progress = not as_json and sys.stderr.isatty()
+    with _stop_on_signals() as stop, audit.AuditLog(loaded.config.audit.path) as log:
+        engine = Engine(loaded, stop=stop, progress=_progress if show_progress else None)
+        outcomes = []
+        for rule in rules:
+            outcomes.append(engine.run(rule, log))
+            if show_progress:
+                click.echo("", err=True)
+            if stop.is_set():
+                break
+        head = log.head
+    if as_json:
+        result = {"runs": [outcome_json(o) for o in outcomes], "audit_head": list(head)}
+        click.echo(json.dumps(result, indent=2))
+    else:
+        for outcome in outcomes:
+            print_outcome(outcome, loaded.config.zone())
+        click.echo(f"audit log {loaded.config.audit.path}: head #{head[0]} {head[1][:16]}")
+    return outcomes
+
+
+def outcome_json(outcome: RunOutcome) -> dict[str, Any]:
+    return {
+        "rule": outcome.rule,
+        "run_id": outcome.run_id,
+        "status": outcome.status,
+        "message": outcome.message,
+        "cutoff": _iso(outcome.cutoff),
+        "deleted": outcome.deleted,
+        "seconds": outcome.seconds,
+        "stores": [
+            {
+                "store": s.label,
+                "unit": s.unit,
+                "deleted": s.deleted,
+                "bytes": s.bytes,
+                "batches": s.batches,
+                "remaining": s.remaining,
+                "skipped": s.skipped,
+            }
+            for s in outcome.stores
+        ],
+    }
+
+
+def print_outcome(outcome: RunOutcome, zone: tzinfo) -> None:
+    cutoff = _local(outcome.cutoff, zone) if outcome.cutoff else "-"
+    click.echo(f"rule {outcome.rule}: {outcome.status}, cutoff {cutoff}, {outcome.seconds:.1f} s")
+    for s in outcome.stores:
+        size = f" ({_bytes(s.bytes)})" if s.bytes else ""
+        remaining = "verified: none expired remain" if s.remaining == 0 else f"{s.remaining} remain"
+        click.echo(
+            f"  {s.label}: deleted {s.deleted} {s.unit}{size} in {s.batches} batches, {remaining}"
+        )
+        if s.skipped:
+            parts = ", ".join(f"{reason} {count}" for reason, count in sorted(s.skipped.items()))
+            click.echo(f"    left alone: {parts}")
+    if outcome.message:
+        click.echo(f"  {outcome.message}")
+
+
+def _progress(label: str, done: int, expected: int) -> None:
+    click.echo(f"\r  {label}: {done} / {expected}", nl=False, err=True)
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """SIGTERM and SIGINT finish the current batch, then stop: a batch is never cut in half."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, _: FrameType | None) -> None:
+        stop.set()
+
+    previous: dict[signal.Signals, Callable[..., Any] | int | None] = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous[signum] = signal.signal(signum, request_stop)
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+# --- audit -------------------------------------------------------------------------------------
+
+
+@cli.group(name="audit")
+def audit_group() -> None:
+    """The deletion log (Löschprotokoll)."""
+
+
+@audit_group.command()
+@click.argument("log_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@pass_context
+def verify(ctx: Context, log_file: Path | None) -> None:
+    """Check the hash chain of LOG_FILE (default: audit.path of the config)."""
+    path = log_file or ctx.loaded.config.audit.path
+    result = audit.verify(path)
+    if result.ok:
+        seq, head = result.head
+        click.echo(f"{path}: intact, {result.entries} entries, head #{seq} {head}")
+        return
+    click.echo(
+        f"{path}: BROKEN at line {result.broken_at}"
+        + (f" (entry #{result.broken_seq})" if result.broken_seq is not None else "")
+        + f": {result.reason}; {result.entries} entries before it are intact"
+    )
+    sys.exit(1)
+
+
+# --- demo --------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("directory", default="demo-pbx", type=click.Path(file_okay=False, path_type=Path))
+def demo(directory: Path) -> None:
+    """Build a small demo PBX in DIRECTORY, then plan, enforce and verify its retention."""
+    from retentiond import demo as demo_pbx
+
+    config_file = demo_pbx.build(directory)
+    loaded = load_config(config_file)
+    zone = loaded.config.zone()
+    click.echo(f"\n== 1. the plan (retentiond -c {config_file} plan) ==")
+    engine = Engine(loaded)
+    for rule in loaded.config.rules:
+        with engine.open_stores(rule) as stores:
+            print_plan(engine.plan(rule, stores), zone)
+    click.echo(f"\n== 2. enforcement (retentiond -c {config_file} run --once) ==")
+    outcomes = enforce(loaded, None, as_json=False)
+    click.echo(f"\n== 3. the deletion log (retentiond audit verify {loaded.config.audit.path}) ==")
+    result = audit.verify(loaded.config.audit.path)
+    click.echo(f"{'intact' if result.ok else 'BROKEN'}: {result.entries} entries")
+    click.echo(demo_pbx.summary(directory, config_file, loaded))
+    code = exit_code(outcomes) or (0 if result.ok else 1)
+    sys.exit(code)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _rules(loaded: LoadedConfig, rule_name: str | None) -> list[Rule]:
+    rules = loaded.config.rules
+    if rule_name is None:
+        return list(rules)
+    chosen = [r for r in rules if r.name == rule_name]
+    if not chosen:
+        names = ", ".join(r.name for r in rules)
+        raise click.BadParameter(
+            f"no rule named {rule_name!r} (rules: {names})", param_hint="--rule"
+        )
+    return chosen
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def _local(moment: datetime | None, zone: tzinfo) -> str:
+    return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z") if moment else "-"
+
+
+def _bytes(count: int | None) -> str:
+    size = float(count or 0)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
