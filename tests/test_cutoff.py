@@ -106,16 +106,15 @@ near_dst = st.builds(
     ),
     st.integers(-180, 180),
 )
-walls = st.datetimes(min_value=datetime(2026, 3, 28), max_value=datetime(2026, 11, 2))
 
 
 @settings(max_examples=1000)
-@given(instant=near_dst, wall=walls, zone=st.sampled_from(ZONES[:2]))
+@given(instant=near_dst, shift=st.integers(-150, 30), zone=st.sampled_from(ZONES[:2]))
 def test_a_naive_value_below_the_bound_is_always_older_than_the_cutoff(
-    instant: datetime, wall: datetime, zone: ZoneInfo
+    instant: datetime, shift: int, zone: ZoneInfo
 ) -> None:
     """Safety rule 1 for naive columns: nothing newer than the cutoff can match `< bound`."""
-    wall = wall.replace(second=0, microsecond=0)
+    wall = instant.astimezone(zone).replace(tzinfo=None) + timedelta(minutes=shift)
     if wall < naive_bound(instant, zone):
         assert latest_instant(wall, zone) < instant or _skipped(wall, zone)
 
