@@ -164,7 +164,9 @@ def _check_link(entry: Entry, prev_seq: int, prev_hash: str) -> None:
     """Check that `entry` follows the entry before it (or starts the chain)."""
     if prev_seq == 0:
         if entry.seq != 1:
-            raise _Broken(f"the first entry has seq {entry.seq}, not 1: entries were removed")
+            raise _Broken(
+                f"the first entry has seq {entry.seq}, not 1: entries were removed", entry.seq
+            )
         if entry.prev != GENESIS:
             raise _Broken("the first entry's prev is not GENESIS: entries were removed", 1)
         return

@@ -1,4 +1,4 @@
-"""The config contract: strict, every error at once with file:line and key path, calendar periods."""
+"""The config contract: strict, all errors at once with file:line and key path; calendar periods."""
 
 from __future__ import annotations
 

@@ -1,0 +1,178 @@
+"""Plan, apply, verify on a real SQLite CDR database and a real recordings tree (the demo PBX)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from retentiond import audit, demo
+from retentiond.config.loader import LoadedConfig, load_config
+from retentiond.engine import Engine, RunOutcome, exit_code
+from retentiond.rules import cutoff
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def pbx(tmp_path: Path) -> Path:
+    """The demo PBX, built for a fixed `now`: a year of calls and recordings."""
+    return demo.build(tmp_path / "pbx", now=NOW, days=200)
+
+
+def loaded(config_file: Path, **replace: str) -> LoadedConfig:
+    text = config_file.read_text()
+    for old, new in replace.items():
+        assert old in text
+        text = text.replace(old, new)
+    config_file.write_text(text)
+    return load_config(config_file)
+
+
+def cdr_dates(config_file: Path) -> list[str]:
+    database = config_file.parent / "pbx" / "master.db"
+    with sqlite3.connect(database) as db:
+        rows = [r[0] for r in db.execute("SELECT calldate FROM cdr ORDER BY calldate")]
+    db.close()
+    return rows
+
+
+def recordings(config_file: Path) -> list[Path]:
+    return sorted(p for p in (config_file.parent / "pbx" / "monitor").rglob("*") if p.is_file())
+
+
+def run_all(config: LoadedConfig, **engine_args: object) -> list[RunOutcome]:
+    engine = Engine(config, now=lambda: NOW, **engine_args)  # type: ignore[arg-type]
+    with audit.AuditLog(config.config.audit.path) as log:
+        return [engine.run(rule, log) for rule in config.config.rules]
+
+
+def entries(config: LoadedConfig) -> list[audit.Entry]:
+    return list(audit.read_entries(config.config.audit.path))
+
+
+def test_run_deletes_exactly_what_is_expired_and_verifies(pbx: Path) -> None:
+    config = load_config(pbx)
+    zone = config.config.zone()
+    before = cdr_dates(pbx)
+    files_before = recordings(pbx)
+    outcomes = run_all(config)
+
+    assert [o.status for o in outcomes] == ["done", "done"]
+    assert exit_code(outcomes) == 0
+    bound = cutoff(NOW, config.config.rules[0].keep, zone).astimezone(zone).strftime("%F %T")
+    after = cdr_dates(pbx)
+    assert after == [d for d in before if d >= bound]  # younger rows intact, expired gone
+    assert outcomes[0].deleted == len(before) - len(after) > 0
+    files_after = recordings(pbx)
+    assert 0 < len(files_after) < len(files_before)
+    assert outcomes[1].deleted == len(files_before) - len(files_after)
+    assert all(s.remaining == 0 for o in outcomes for s in o.stores)
+    assert audit.verify(config.config.audit.path).ok
+
+
+def test_every_batch_has_a_durable_intent_before_its_result(pbx: Path) -> None:
+    config = load_config(pbx)
+    run_all(config)
+    log = entries(config)
+    kinds = [e.type for e in log]
+    assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
+    intents = {}
+    for position, entry in enumerate(log):
+        if entry.type == "batch_intent":
+            intents[(entry.fields["run_id"], entry.fields["store"], entry.fields["batch"])] = (
+                position
+            )
+        if entry.type == "batch_done":
+            key = (entry.fields["run_id"], entry.fields["store"], entry.fields["batch"])
+            assert intents[key] == position - 1
+    batches = [e for e in log if e.type == "batch_done" and e.fields["store"] == "cdrdb/cdr"]
+    assert len(batches) > 1
+    assert all(0 < b.fields["deleted"] <= 500 for b in batches)  # the configured batch_size
+    finished = [e for e in log if e.type == "run_finished"]
+    assert sum(f.fields["deleted"] for f in finished) == sum(
+        e.fields["deleted"] for e in log if e.type == "batch_done"
+    )
+
+
+def test_the_log_names_no_number_name_or_file(pbx: Path) -> None:
+    config = load_config(pbx)
+    database = pbx.parent / "pbx" / "master.db"
+    with sqlite3.connect(database) as db:
+        rows = db.execute("SELECT src, dst, clid, uniqueid, recordingfile FROM cdr").fetchall()
+    db.close()
+    personal = {v for row in rows for v in row if v}
+    personal |= {p.name for p in recordings(pbx)}
+    run_all(config)
+    text = config.config.audit.path.read_text()
+    leaked = [value for value in personal if value in text]
+    assert not leaked
+    assert "+49" not in text
+
+
+def test_refusal_deletes_nothing_and_is_audited(pbx: Path) -> None:
+    config = loaded(pbx, **{"max_delete_fraction: 0.95": "max_delete_fraction: 0.2"})
+    before, files_before = cdr_dates(pbx), recordings(pbx)
+    outcomes = run_all(config)
+    assert [o.status for o in outcomes] == ["refused", "refused"]
+    assert exit_code(outcomes) == 3
+    assert "safety.max_delete_fraction" in (outcomes[0].message or "")
+    assert cdr_dates(pbx) == before and recordings(pbx) == files_before
+    assert [e.type for e in entries(config)] == ["run_refused", "run_refused"]
+
+
+def test_plan_changes_nothing_anywhere(pbx: Path) -> None:
+    config = load_config(pbx)
+    before, files_before = cdr_dates(pbx), recordings(pbx)
+    engine = Engine(config, now=lambda: NOW)
+    for rule in config.config.rules:
+        with engine.open_stores(rule) as stores:
+            plan = engine.plan(rule, stores)
+            assert plan.expired > 0 and plan.refusal is None
+    assert cdr_dates(pbx) == before and recordings(pbx) == files_before
+    assert not config.config.audit.path.exists()
+
+
+def test_unwritable_log_means_nothing_is_deleted(pbx: Path) -> None:
+    config = load_config(pbx)
+    before, files_before = cdr_dates(pbx), recordings(pbx)
+    engine = Engine(config, now=lambda: NOW)
+    with audit.AuditLog(Path("/dev/full")) as log:  # every write fails with ENOSPC
+        outcomes = [engine.run(rule, log) for rule in config.config.rules]
+    assert all(o.status == "failed" for o in outcomes)
+    assert "audit" in (outcomes[0].message or "")
+    assert cdr_dates(pbx) == before and recordings(pbx) == files_before
+
+
+def test_stop_request_finishes_the_batch_and_the_next_run_completes(pbx: Path) -> None:
+    config = load_config(pbx)
+    stop = threading.Event()
+
+    def stop_after_first_batch(label: str, done: int, expected: int) -> None:
+        stop.set()
+
+    engine = Engine(config, now=lambda: NOW, stop=stop, progress=stop_after_first_batch)
+    with audit.AuditLog(config.config.audit.path) as log:
+        first = engine.run(config.config.rules[0], log)
+    assert first.status == "interrupted"
+    assert first.stores[0].batches == 1 and first.deleted == 500
+    outcomes = run_all(config)
+    assert outcomes[0].status == "done"
+    log = entries(config)
+    statuses = [e.fields["status"] for e in log if e.type == "run_finished"]
+    assert statuses[:2] == ["interrupted", "done"]
+    assert audit.verify(config.config.audit.path).ok
+
+
+def test_missing_table_fails_the_run_cleanly_and_is_audited(pbx: Path) -> None:
+    config = loaded(pbx, **{"table: cdr": "table: cdr_archive"})
+    outcomes = run_all(config)
+    assert outcomes[0].status == "failed"
+    assert "cdr_archive" in (outcomes[0].message or "")
+    assert outcomes[1].status == "done"  # the other rule is not affected
+    failed = [e for e in entries(config) if e.type == "run_failed"]
+    assert len(failed) == 1 and "cdr_archive" in json.dumps(failed[0].fields)
