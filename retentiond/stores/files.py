@@ -103,7 +103,9 @@ class FilesStore(Store):
         except FileNotFoundError:
             raise StoreError(f"{root} does not exist; create it or fix the store's root") from None
         except OSError as error:
-            raise StoreError(f"{root} cannot be examined ({error.strerror}); fix the store's root") from None
+            raise StoreError(
+                f"{root} cannot be examined ({error.strerror}); fix the store's root"
+            ) from None
         if stat.S_ISLNK(status.st_mode):
             raise StoreError(
                 f"{root} is a symlink and retentiond never follows symlinks; "
@@ -232,7 +234,7 @@ class FilesStore(Store):
                     child = self._enter(listing, name, status, skipped)
                     if child is not None:
                         stack.append(child)
-                elif self._matches(listing.folder + (name,)):
+                elif self._matches((*listing.folder, name)):
                     if _is_lock_file(name):
                         skipped[LOCK_FILE] += 1
                     elif not stat.S_ISREG(mode):
@@ -255,7 +257,7 @@ class FilesStore(Store):
             if skip.reason != VANISHED:
                 skipped[skip.reason] += 1
             return None
-        return _Listing(fd, parent.folder + (name,), _list_folder(fd, skipped), owned=True)
+        return _Listing(fd, (*parent.folder, name), _list_folder(fd, skipped), owned=True)
 
     def _matches(self, relative: tuple[bytes, ...]) -> bool:
         # Patterns are text; surrogateescape keeps undecodable bytes matchable by `*` and `?`.
@@ -305,7 +307,9 @@ class FilesStore(Store):
             raise _Skip(UNREMOVABLE) from None
         return status.st_size
 
-    def _still_planned(self, status: os.stat_result, planned: PlannedFile, cutoff: datetime) -> bool:
+    def _still_planned(
+        self, status: os.stat_result, planned: PlannedFile, cutoff: datetime
+    ) -> bool:
         same_file = (
             stat.S_ISREG(status.st_mode)
             and status.st_dev == planned.device
@@ -341,7 +345,9 @@ class FilesStore(Store):
     def _age_source(self) -> str:
         zone = getattr(self.zone, "key", None) or str(self.zone)
         if self.config.age_from == "path_date":
-            return f"path_date: the YYYY/MM/DD folders, each file as young as the end of its day ({zone})"
+            return (
+                f"path_date: the YYYY/MM/DD folders, a file as young as the end of its day ({zone})"
+            )
         if self.config.age_from == "filename_date":
             return (
                 "filename_date: the time in the file name (YYYYMMDD-HHMMSS or YYYYMMDDhhmmss), "
@@ -387,9 +393,7 @@ class _FolderChain:
 
     def open(self, folder: Sequence[bytes]) -> int:
         shared = 0
-        while (
-            shared < min(len(folder), len(self._names)) and folder[shared] == self._names[shared]
-        ):
+        while shared < min(len(folder), len(self._names)) and folder[shared] == self._names[shared]:
             shared += 1
         self._close_below(shared)
         for name in folder[shared:]:
@@ -427,7 +431,7 @@ def _open_root(root: os.PathLike[str]) -> int:
             "permission or fix the store's root"
         ) from None
     try:
-        os.listdir(fd)
+        os.listdir(fd)  # noqa: PTH208 - listing a descriptor, which pathlib cannot
         os.stat(".", dir_fd=fd)  # needs search permission, which every lookup below needs too
     except OSError as error:
         os.close(fd)
@@ -448,7 +452,8 @@ def _open_folder(name: bytes, parent_fd: int, root_device: int) -> int:
         raise _Skip(UNREADABLE) from None
     except OSError as error:
         # ELOOP: now a symlink; ENOTDIR: no longer a folder. Anything else: cannot be read.
-        raise _Skip(CHANGED if error.errno in (errno.ELOOP, errno.ENOTDIR) else UNREADABLE) from None
+        swapped = error.errno in (errno.ELOOP, errno.ENOTDIR)
+        raise _Skip(CHANGED if swapped else UNREADABLE) from None
     if os.fstat(fd).st_dev != root_device:
         os.close(fd)
         raise _Skip(OTHER_FILESYSTEM)
@@ -466,7 +471,7 @@ def _list_folder(fd: int, skipped: Counter[str]) -> Iterator[bytes]:
 
 
 def _remove_emptied_date_folders(chain: _FolderChain, folder: tuple[bytes, ...]) -> None:
-    """Remove the YYYY/MM/DD folders a batch emptied, upwards, stopping at the first non-empty one."""
+    """Remove the YYYY/MM/DD folders a batch emptied, upwards, up to the first non-empty one."""
     while folder and folder[-1].isdigit():
         try:
             parent_fd = chain.open(folder[:-1])
@@ -514,7 +519,7 @@ def path_age(folder: Sequence[bytes], zone: tzinfo) -> datetime | None:
     """The end of the day (YYYY/MM/DD) or month (YYYY/MM) named by the folders nearest the file."""
     digits = [name.decode("ascii") if name.isdigit() else "" for name in folder]
     for end in range(len(digits), 0, -1):
-        window = (["", "", ""] + digits[:end])[-3:]  # the folder and its two parents
+        window = ["", "", "", *digits[:end]][-3:]  # the folder and its two parents
         lengths = tuple(len(name) for name in window)
         if lengths == (4, 2, 2):
             year, month, day = window
