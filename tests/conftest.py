@@ -1,0 +1,117 @@
+"""Fixtures for tests against real databases: a fresh, uniquely named database per test.
+
+MariaDB (127.0.0.1:3306, user root, no password) and PostgreSQL (127.0.0.1:5432, user postgres,
+trust) are expected to run; override the server URLs with RETENTIOND_TEST_MARIADB and
+RETENTIOND_TEST_POSTGRES. When a server is not reachable its tests are skipped with the reason,
+except under CI (the CI variable set), where a missing server is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+from sqlalchemy import URL, Engine, create_engine, make_url, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from pbxdata import PbxDatabase
+
+MARIADB_SERVER = os.environ.get("RETENTIOND_TEST_MARIADB", "mariadb+pymysql://root@127.0.0.1:3306")
+POSTGRES_SERVER = os.environ.get(
+    "RETENTIOND_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def _unreachable(server: URL, reason: Exception) -> NoReturn:
+    first_line = str(getattr(reason, "orig", None) or reason).strip().splitlines()[0]
+    where = f"{server.host}:{server.port}"
+    name = "MariaDB" if server.get_backend_name() in ("mariadb", "mysql") else "PostgreSQL"
+    message = f"{name} on {where} is not reachable: {first_line}"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def _admin_engine(server_url: str, connect_args: dict[str, object]) -> Engine:
+    """An autocommit engine on the server, checked once per session."""
+    server = make_url(server_url)
+    engine = create_engine(server, isolation_level="AUTOCOMMIT", connect_args=connect_args)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        _unreachable(server, exc)
+    return engine
+
+
+def _database_url(server: URL, name: str) -> str:
+    return server.set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[Engine]:
+    engine = _admin_engine(MARIADB_SERVER, {"connect_timeout": 3})
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Engine]:
+    engine = _admin_engine(POSTGRES_SERVER, {"connect_timeout": 3})
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def mariadb_url(mariadb_server: Engine) -> Iterator[str]:
+    """URL of a new, empty MariaDB database, dropped after the test."""
+    name = f"rtd_test_{secrets.token_hex(6)}"
+    with mariadb_server.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name} CHARACTER SET utf8mb4"))
+    try:
+        yield _database_url(mariadb_server.url, name)
+    finally:
+        with mariadb_server.connect() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Engine) -> Iterator[str]:
+    """URL of a new, empty PostgreSQL database, dropped after the test."""
+    name = f"rtd_test_{secrets.token_hex(6)}"
+    with postgres_server.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield _database_url(postgres_server.url, name)
+    finally:
+        with postgres_server.connect() as connection:
+            # FORCE: a test that failed half-way may leave a session open.
+            connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """URL of a new, empty SQLite file, like Asterisk's /var/log/asterisk/master.db."""
+    path = tmp_path / "master.db"
+    path.touch()
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def pbx_database() -> Iterator[Callable[[str], PbxDatabase]]:
+    """Open a PbxDatabase on a URL; every one opened is closed after the test."""
+    opened: list[PbxDatabase] = []
+
+    def connect(url: str) -> PbxDatabase:
+        database = PbxDatabase.connect(url)
+        opened.append(database)
+        return database
+
+    yield connect
+    for database in opened:
+        database.close()
