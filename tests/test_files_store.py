@@ -340,6 +340,22 @@ def test_lock_files_are_never_deleted(root: Path, open_store: StoreFactory) -> N
     assert all(lock.exists() for lock in locks)
 
 
+def test_greetings_and_tmp_folders_are_never_deleted(root: Path, open_store: StoreFactory) -> None:
+    greetings = [put(root, f"1001/{name}", mtime=LONG_AGO) for name in ("busy.wav", "unavail.WAV")]
+    greetings += [
+        put(root, "1001/greet.wav", mtime=LONG_AGO),
+        put(root, "1001/temp.gsm", mtime=LONG_AGO),
+    ]
+    recording = put(root, "1001/tmp/msg0000.wav", mtime=LONG_AGO)
+    message = put(root, "1001/INBOX/msg0000.wav", mtime=LONG_AGO)
+    store = open_store(root, age_from="mtime", match=("**/*",))
+
+    assert store.survey(CUTOFF).skipped == {"protected": 5}
+    assert enforce(store).deleted == 1
+    assert not message.exists()
+    assert recording.exists() and all(greeting.exists() for greeting in greetings)
+
+
 # -- never following, never leaving -----------------------------------------------------------
 
 

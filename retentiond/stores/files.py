@@ -35,6 +35,7 @@ NOT_REGULAR_FILE = "not_regular_file"
 UNREADABLE = "unreadable"
 UNDATED = "undated"
 LOCK_FILE = "lock_file"
+PROTECTED = "protected"  # voicemail greetings and tmp/ folders (DESIGN.md safety rule 5)
 CHANGED = "changed"  # differs from what was planned: swapped, replaced, rewritten
 VANISHED = "vanished"  # removed by someone else between planning and deleting
 UNREMOVABLE = "unremovable"  # unlink refused (permissions, read-only filesystem)
@@ -237,6 +238,8 @@ class FilesStore(Store):
                 elif self._matches((*listing.folder, name)):
                     if _is_lock_file(name):
                         skipped[LOCK_FILE] += 1
+                    elif _is_greeting(name):
+                        skipped[PROTECTED] += 1
                     elif not stat.S_ISREG(mode):
                         skipped[NOT_REGULAR_FILE] += 1
                     else:
@@ -250,6 +253,9 @@ class FilesStore(Store):
     ) -> _Listing | None:
         if status.st_dev != self._root_device:
             skipped[OTHER_FILESYSTEM] += 1
+            return None
+        if name == b"tmp":  # Asterisk records into tmp/ and renames into place when done
+            skipped[PROTECTED] += 1
             return None
         try:
             fd = _open_folder(name, parent.fd, self._root_device)
@@ -494,6 +500,14 @@ def _check_component(name: bytes) -> None:
 
 def _is_lock_file(name: bytes) -> bool:
     return name in (b".lock", b"lock") or name.startswith(b".lock-")
+
+
+_GREETINGS = (b"busy", b"unavail", b"greet", b"temp")
+
+
+def _is_greeting(name: bytes) -> bool:
+    """Voicemail greetings (`busy.wav`, `unavail.WAV`, ...): never retention's business."""
+    return name.split(b".", 1)[0] in _GREETINGS
 
 
 def _plan(found: _Found, age: datetime) -> PlannedFile:
