@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+from pbxdata import PbxDatabase
 from sqlalchemy import URL, Engine, create_engine, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
-
-from pbxdata import PbxDatabase
 
 MARIADB_SERVER = os.environ.get("RETENTIOND_TEST_MARIADB", "mariadb+pymysql://root@127.0.0.1:3306")
 POSTGRES_SERVER = os.environ.get(

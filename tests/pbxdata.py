@@ -167,10 +167,24 @@ SQLITE_CDR = [
     """
 ]
 
-SQLITE_CDR_COLUMNS = (
-    "calldate clid src dst dcontext channel dstchannel lastapp lastdata duration billsec "
-    "disposition amaflags accountcode uniqueid userfield"
-).split()
+SQLITE_CDR_COLUMNS = [
+    "calldate",
+    "clid",
+    "src",
+    "dst",
+    "dcontext",
+    "channel",
+    "dstchannel",
+    "lastapp",
+    "lastdata",
+    "duration",
+    "billsec",
+    "disposition",
+    "amaflags",
+    "accountcode",
+    "uniqueid",
+    "userfield",
+]
 
 DDL: Mapping[str, Mapping[str, list[str]]] = {
     "mariadb": {"cdr": MARIADB_CDR, "cel": MARIADB_CEL},

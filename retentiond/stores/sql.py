@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -80,10 +81,12 @@ _TRANSIENT_CODES = {
     "1213": "deadlock",
     "40P01": "deadlock",
     "40001": "deadlock",  # PostgreSQL serialization failure: same remedy
+    "1927": "connection lost",  # MariaDB: the session was killed
     "2003": "connection lost",
     "2006": "connection lost",
     "2013": "connection lost",
     "2055": "connection lost",
+    "4031": "connection lost",  # MariaDB: disconnected for inactivity
     "57P01": "connection lost",  # PostgreSQL admin shutdown (server restart)
     "57P02": "connection lost",
     "57P03": "connection lost",
@@ -112,7 +115,6 @@ class Layout:
     strategy: Strategy
     reason: str
     key: str | None  # SQL for the row key (quoted column, ctid, rowid); None: keyless deletes
-    index: str | None  # the index on the time column, if any
 
 
 class SqlStore(Store):
@@ -231,7 +233,9 @@ class SqlStore(Store):
             return path.read_text(encoding="utf-8").rstrip("\r\n")
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise StoreError(f"connection {name}: cannot read password file {path}: {reason}") from None
+            raise StoreError(
+                f"connection {name}: cannot read password file {path}: {reason}"
+            ) from None
 
     def _require_sqlite_file(self, url: URL) -> None:
         # SQLite would silently create an empty file where Asterisk's database is expected.
@@ -330,7 +334,7 @@ class SqlStore(Store):
 
     def _choose_layout(self, connection: Connection, table: Table, column: Column[Any]) -> Layout:
         index = self._time_index(connection, table, column)
-        key, integer_key = self._row_key(connection, table)
+        key, key_name, integer_key = self._row_key(connection, table)
         time_name = column.name
         if index is not None:
             if key is None and self._family != "mysql":
@@ -342,26 +346,26 @@ class SqlStore(Store):
                 )
             else:
                 reason = (
-                    f"index {index} on {time_name}, row key {key}: each batch reads the "
+                    f"index {index} on {time_name}, row key {key_name}: each batch reads the "
                     f"{self._store.batch_size} oldest expired keys along the index, then deletes "
                     f"them by key with {time_name} < cutoff checked again"
                 )
-            return Layout("time_index", reason, key, index)
+            return Layout("time_index", reason, key)
         if key is not None and integer_key:
             reason = (
-                f"no index on {time_name}; integer key {key}: each batch walks the next "
+                f"no index on {time_name}; integer key {key_name}: each batch walks the next "
                 f"{self._store.batch_size} keys and deletes those with {time_name} < cutoff; "
                 f"the survey reads the table once per run ({self._index_hint()} would let "
                 "batches go by time)"
             )
-            return Layout("key_walk", reason, key, None)
+            return Layout("key_walk", reason, key)
         if key is None and self._family != "mysql":
             raise self._no_key_error()
         reason = (
             f"no index on {time_name} and no integer key: every batch scans the table for "
             f"rows with {time_name} < cutoff, {self._store.batch_size} at a time"
         )
-        return Layout("scan", reason, key, None)
+        return Layout("scan", reason, key)
 
     def _no_key_error(self) -> StoreError:
         return StoreError(
@@ -380,27 +384,25 @@ class SqlStore(Store):
             return "PRIMARY KEY"
         return None
 
-    def _row_key(self, connection: Connection, table: Table) -> tuple[str | None, bool]:
-        """SQL naming one row, and whether it is an integer that can be walked in order."""
+    def _row_key(self, connection: Connection, table: Table) -> tuple[str | None, str, bool]:
+        """SQL naming one row, its name for people, and whether it is an integer to walk."""
         primary = list(table.primary_key.columns)
         if len(primary) == 1:
             key = primary[0]
-            return self._preparer().quote(key.name), isinstance(key.type, sqltypes.Integer)
+            integer = isinstance(key.type, sqltypes.Integer)
+            return self._preparer().quote(key.name), key.name, integer
         if self._family == "postgresql":
-            return "ctid", False
+            return "ctid", "ctid", False
         if self._family == "sqlite" and self._has_rowid(connection):
-            return "rowid", True
-        return None, False
+            return "rowid", "rowid", True
+        return None, "", False
 
     def _has_rowid(self, connection: Connection) -> bool:
         try:
-            connection.execute(text(f"SELECT rowid FROM {self._preparer().format_table(self._reflected_table(connection))} LIMIT 0"))
+            connection.execute(text(f"SELECT rowid FROM {self._table_sql} LIMIT 0"))
         except DBAPIError:
             return False  # a WITHOUT ROWID table
         return True
-
-    def _reflected_table(self, connection: Connection) -> Table:
-        return Table(self._store.table, MetaData(), schema=self._store.schema_name)
 
     # -- describing ------------------------------------------------------------------------------
 
@@ -432,38 +434,36 @@ class SqlStore(Store):
         return f"CREATE INDEX {name} ON {self._table_sql} ({self._time_sql})"
 
     def _explain(self, connection: Connection) -> tuple[list[str], bool]:
-        statement, params = self._statement_to_explain()
+        """The plan as lines, and whether it reads the whole table."""
+        statement, params = self._statement_to_explain(connection)
         if self._family == "mysql":
-            rows = connection.execute(text(f"EXPLAIN {statement}"), params).mappings().all()
-            lines = [
-                f"{row['table']}: access {row['type']}, key {row['key']}, rows {row['rows']}"
-                + (f", {row['Extra']}" if row["Extra"] else "")
-                for row in rows
-            ]
-            return lines, any(row["type"] in ("ALL", "index") for row in rows)
+            return _explain_mysql(connection, statement, params)
         if self._family == "postgresql":
-            # As the planner would for a big table: a small one is read whole, which says nothing.
-            connection.execute(text("SET LOCAL enable_seqscan = off"))
-            lines = [str(row[0]) for row in connection.execute(text(f"EXPLAIN {statement}"), params)]
-            lines.append("(planned with enable_seqscan off, as for a large table)")
-            return lines, any("Seq Scan" in line for line in lines)
-        rows = connection.execute(text(f"EXPLAIN QUERY PLAN {statement}"), params).all()
-        lines = [str(row[-1]) for row in rows]
-        return lines, any(line.startswith("SCAN") for line in lines)
+            return _explain_postgresql(connection, statement, params)
+        return _explain_sqlite(connection, statement, params)
 
-    def _statement_to_explain(self) -> tuple[str, dict[str, Any]]:
+    def _statement_to_explain(self, connection: Connection) -> tuple[str, dict[str, Any]]:
         """The statement each batch runs against the table (not only its keys)."""
         layout = self._require_layout()
         params: dict[str, Any] = {
-            "bound": self._bound(datetime.now(UTC)),
+            "bound": self._bound(self._typical_cutoff(connection)),
             "n": self._store.batch_size,
         }
         if layout.strategy == "key_walk":
             params.update(last=0, hi=self._store.batch_size)
-            return self._walk_delete_sql(), params
+            return self._walk_delete_sql(returning=False), params
         if layout.key is None:
-            return self._keyless_delete_sql(), params
+            return self._keyless_delete_sql(returning=False), params
         return self._plan_read_sql(), params
+
+    def _typical_cutoff(self, connection: Connection) -> datetime:
+        """A day past the oldest row: a daily run's share of the table, not all of it.
+
+        Optimizers read a small table whole when every row matches, which says nothing about
+        the plan once the table is large and a run takes its oldest day.
+        """
+        instant = _instant(self._read_oldest(connection), self._time_kind, self._zone)
+        return instant + timedelta(days=1) if instant is not None else datetime.now(UTC)
 
     # -- surveying -------------------------------------------------------------------------------
 
@@ -487,13 +487,7 @@ class SqlStore(Store):
                     {"bound": bound},
                 ).scalar()
                 low = high = None
-            oldest = connection.execute(
-                text(
-                    f"SELECT MIN({self._time_sql}) FROM {self._table_sql} "
-                    f"WHERE {self._time_sql} >= :floor{self._text_guard()}"
-                ),
-                {"floor": self._floor()},
-            ).scalar()
+            oldest = self._read_oldest(connection)
             return int(total or 0), int(expired or 0), oldest, (low, high)
 
         total, expired, oldest, walk_range = self._retrying("surveying", count)
@@ -505,6 +499,16 @@ class SqlStore(Store):
             expired=expired,
             oldest=_instant(oldest, self._time_kind, self._zone),
         )
+
+    def _read_oldest(self, connection: Connection) -> Any:
+        """The oldest stored time, leaving out zero dates and values that are no dates."""
+        return connection.execute(
+            text(
+                f"SELECT MIN({self._time_sql}) FROM {self._table_sql} "
+                f"WHERE {self._time_sql} >= :floor{self._text_guard()}"
+            ),
+            {"floor": self._floor()},
+        ).scalar()
 
     # -- planning --------------------------------------------------------------------------------
 
@@ -522,9 +526,7 @@ class SqlStore(Store):
         while True:
             rows = self._retrying(
                 "planning a batch",
-                lambda connection: connection.execute(
-                    text(self._plan_read_sql()), {"bound": bound, "n": size}
-                ).all(),
+                partial(_read_rows, self._plan_read_sql(), {"bound": bound, "n": size}),
             )
             if not rows:
                 return
@@ -543,8 +545,8 @@ class SqlStore(Store):
                 # Not applied (a dry run): the next batch would be this one again.
                 return
             if len(rows) < size or applied[1].deleted == 0:
-                # Fewer than n were expired, or none could be deleted: rows newer than the cutoff
-                # cannot become expired during the run, so nothing is left for this cutoff.
+                # Fewer than n were expired, so none are left; or none could be deleted and the
+                # next read would plan the same rows. The verifying survey reports what remains.
                 return
 
     def _walk_batches(self, cutoff: datetime) -> Iterator[Batch]:
@@ -559,10 +561,7 @@ class SqlStore(Store):
         while last < high:
             params = {"bound": bound, "last": last, "end": high, "n": size}
             rows = self._retrying(
-                "planning a batch",
-                lambda connection, params=params: connection.execute(  # type: ignore[misc]
-                    text(self._walk_read_sql()), params
-                ).all(),
+                "planning a batch", partial(_read_rows, self._walk_read_sql(), params)
             )
             if not rows:
                 return
@@ -674,20 +673,20 @@ class SqlStore(Store):
         return f"{self._time_sql} < :bound{self._text_guard()}"
 
     def _text_guard(self) -> str:
-        """For dates stored as text: only values that look like a date can be compared as one."""
-        if self._time_kind not in ("text", "date") or self._family != "sqlite":
-            if self._time_kind == "text":
-                return f" AND {self._time_sql} LIKE '____-__-__%'"
-            return ""
-        # Untyped SQLite columns may hold numbers, which sort before any text: never match them.
-        return f" AND {self._time_sql} GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'"
+        """For dates stored as text: only values that look like a date are compared as one."""
+        if self._family == "sqlite" and self._time_kind in ("text", "date"):
+            # Untyped SQLite columns may hold numbers, which sort before any text: never match them.
+            return f" AND {self._time_sql} GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'"
+        if self._time_kind == "text":
+            return f" AND {self._time_sql} LIKE '____-__-__%'"
+        return ""
 
     def _order_by_time(self) -> str:
         return f" ORDER BY {self._time_sql}" if self.strategy == "time_index" else ""
 
-    def _returning(self) -> str:
-        engine = self._require_engine()
-        return f" RETURNING {self._time_sql}" if engine.dialect.delete_returning else ""
+    def _returning(self, wanted: bool = True) -> str:
+        supported = self._require_engine().dialect.delete_returning
+        return f" RETURNING {self._time_sql}" if wanted and supported else ""
 
     def _plan_read_sql(self) -> str:
         key = self._require_layout().key
@@ -697,11 +696,11 @@ class SqlStore(Store):
             f"{self._order_by_time()} LIMIT :n"
         )
 
-    def _keyless_delete_sql(self) -> str:
+    def _keyless_delete_sql(self, returning: bool = True) -> str:
         # MariaDB/MySQL only: the one form that bounds a batch on a table without any key.
         return (
             f"DELETE FROM {self._table_sql} WHERE {self._expired_sql()}"
-            f"{self._order_by_time()} LIMIT :n{self._returning()}"
+            f"{self._order_by_time()} LIMIT :n{self._returning(returning)}"
         )
 
     def _walk_read_sql(self) -> str:
@@ -714,11 +713,11 @@ class SqlStore(Store):
             f"ORDER BY {key} LIMIT :n"
         )
 
-    def _walk_delete_sql(self) -> str:
+    def _walk_delete_sql(self, returning: bool = True) -> str:
         key = self._require_layout().key
         return (
             f"DELETE FROM {self._table_sql} WHERE {key} > :last AND {key} <= :hi "
-            f"AND {self._expired_sql()}{self._returning()}"
+            f"AND {self._expired_sql()}{self._returning(returning)}"
         )
 
     # -- time values -----------------------------------------------------------------------------
@@ -766,9 +765,7 @@ class SqlStore(Store):
 
     # -- errors and retries ----------------------------------------------------------------------
 
-    def _retrying(
-        self, action: str, work: Callable[[Connection], T], *, write: bool = False
-    ) -> T:
+    def _retrying(self, action: str, work: Callable[[Connection], T], *, write: bool = False) -> T:
         """Run `work` in its own transaction; retry lock waits, deadlocks and lost connections.
 
         A write commits before returning. A failed attempt rolled back completely, so retrying it
@@ -873,6 +870,43 @@ def _server_version(connection: Connection, family: str) -> str:
     return f"SQLite {connection.execute(text('SELECT sqlite_version()')).scalar()}"
 
 
+def _read_rows(sql: str, params: dict[str, Any], connection: Connection) -> list[tuple[Any, ...]]:
+    return [tuple(row) for row in connection.execute(text(sql), params)]
+
+
+def _explain_mysql(
+    connection: Connection, statement: str, params: dict[str, Any]
+) -> tuple[list[str], bool]:
+    rows = connection.execute(text(f"EXPLAIN {statement}"), params).mappings().all()
+    lines = [
+        f"{row['table']}: access {row['type']}, key {row['key']}, rows {row['rows']}"
+        + (f", {row['Extra']}" if row["Extra"] else "")
+        for row in rows
+    ]
+    # ALL reads every row, index every entry of an index: both are a full scan per batch.
+    return lines, any(row["type"] in ("ALL", "index") for row in rows)
+
+
+def _explain_postgresql(
+    connection: Connection, statement: str, params: dict[str, Any]
+) -> tuple[list[str], bool]:
+    # As the planner would for a big table: a small one is read whole, which says nothing.
+    connection.execute(text("SET LOCAL enable_seqscan = off"))
+    plan = connection.execute(text(f"EXPLAIN {statement}"), params)
+    lines = [str(row[0]) for row in plan]
+    full_scan = any("Seq Scan" in line for line in lines)
+    lines.append("(planned with enable_seqscan off, as for a large table)")
+    return lines, full_scan
+
+
+def _explain_sqlite(
+    connection: Connection, statement: str, params: dict[str, Any]
+) -> tuple[list[str], bool]:
+    rows = connection.execute(text(f"EXPLAIN QUERY PLAN {statement}"), params).all()
+    lines = [str(row[-1]) for row in rows]
+    return lines, any(line.startswith("SCAN") for line in lines)
+
+
 def _milliseconds(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
@@ -950,15 +984,15 @@ def _instant_from_text(value: str, kind: TimeKind, zone: tzinfo) -> datetime | N
 
 def _error_code(exc: DBAPIError) -> str | None:
     orig = exc.orig
+    args: Sequence[Any] = getattr(orig, "args", ())
+    if args and isinstance(args[0], int):  # pymysql: (code, message); its sqlstate is vaguer
+        return str(args[0])
     sqlstate = getattr(orig, "sqlstate", None)  # psycopg
     if isinstance(sqlstate, str):
         return sqlstate
     name = getattr(orig, "sqlite_errorname", None)  # sqlite3
     if isinstance(name, str):
         return name
-    args: Sequence[Any] = getattr(orig, "args", ())
-    if args and isinstance(args[0], int):  # pymysql: (code, message)
-        return str(args[0])
     return None
 
 
