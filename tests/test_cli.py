@@ -123,15 +123,15 @@ def test_tampered_log_is_detected_at_the_changed_entry(pbx: Path) -> None:
     assert retentiond("-c", pbx, "run", "--once").returncode == 0
     log = pbx.parent / "audit.jsonl"
     lines = log.read_text().splitlines(keepends=True)
-    entry = json.loads(lines[3])
+    entry = json.loads(lines[2])
     assert entry["type"] == "batch_done"
-    lines[3] = lines[3].replace(
+    lines[2] = lines[2].replace(
         f'"deleted":{entry["deleted"]}', f'"deleted":{entry["deleted"] - 1}'
     )
     log.write_text("".join(lines))
     result = retentiond("audit", "verify", log)
     assert result.returncode == 1
-    assert "BROKEN at line 4" in result.stdout
+    assert "BROKEN at line 3" in result.stdout
 
 
 def test_command_line_mistakes_exit_2(pbx: Path) -> None:
