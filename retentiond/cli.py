@@ -75,7 +75,8 @@ def _fail(message: str, code: int) -> NoReturn:
 @click.pass_context
 def cli(ctx: click.Context, config_option: str | None, verbose: bool) -> None:
     """Enforce retention rules on a phone system's call data, with a verifiable deletion log."""
-    logs.configure(verbose=verbose)
+    # The demo narrates what happens itself; its log shows only warnings unless -v is given.
+    logs.configure(verbose=verbose, quiet=ctx.invoked_subcommand == "demo")
     ctx.obj = Context(config_option)
 
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from retentiond import audit
 from retentiond.config.loader import LoadedConfig
 from retentiond.errors import RetentiondError
 
@@ -186,6 +187,9 @@ def summary(directory: Path, config_file: Path, loaded: LoadedConfig) -> str:
     db.close()
     recordings = sum(1 for p in (directory / "pbx" / "monitor").rglob("*") if p.is_file())
     return f"""
+== what the deletion log proves (no numbers, names or file names in it) ==
+{_log_summary(loaded)}
+
 == where everything is ==
   config        {config_file}
   call records  {database}  ({calls} calls left, oldest {oldest})
@@ -197,3 +201,32 @@ def summary(directory: Path, config_file: Path, loaded: LoadedConfig) -> str:
   .venv/bin/retentiond audit verify {loaded.config.audit.path}
   # change one digit in the deletion log, then verify again: it names the broken entry
 """
+
+
+def _log_summary(loaded: LoadedConfig) -> str:
+    """Per rule, from the deletion log alone: what was deleted, from which days, and the outcome."""
+    lines = []
+    runs: dict[str, dict[str, object]] = {}
+    days: dict[str, list[str]] = {}
+    for entry in audit.read_entries(loaded.config.audit.path):
+        run_id = str(entry.fields.get("run_id"))
+        if entry.type == "run_started":
+            runs[run_id] = {"rule": entry.fields["rule"], "cutoff": entry.fields["cutoff"]}
+            days[run_id] = []
+        elif entry.type == "batch_done" and run_id in days:
+            days[run_id] += [str(entry.fields.get("first_day")), str(entry.fields.get("last_day"))]
+        elif entry.type == "run_finished" and run_id in runs:
+            run = runs[run_id]
+            spread = sorted(d for d in days[run_id] if d != "None")
+            period = f" dated {spread[0]} to {spread[-1]}" if spread else ""
+            stores = ", ".join(
+                f"{s['deleted']} from {s['store']}" for s in entry.fields.get("stores", [])
+            )
+            lines.append(
+                f"  {run['rule']}: {entry.fields['status']}, cutoff {run['cutoff']}, "
+                f"deleted {entry.fields['deleted']}{period} ({stores}), "
+                f"run {run_id}, entry #{entry.seq}"
+            )
+    seq, head = audit.verify(loaded.config.audit.path).head
+    lines.append(f"  chain head #{seq} {head}")
+    return "\n".join(lines)

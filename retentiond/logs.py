@@ -23,12 +23,16 @@ def _syslog_prefix(_: WrappedLogger, method: str, line: str | bytes) -> str:
 
 
 def configure(
-    *, verbose: bool = False, stream: TextIO | None = None, json: bool | None = None
+    *,
+    verbose: bool = False,
+    quiet: bool = False,
+    stream: TextIO | None = None,
+    json: bool | None = None,
 ) -> None:
     """Set up logging once per process. Logs go to stderr, so stdout stays the command's output."""
     out = stream if stream is not None else sys.stderr
     as_json = not out.isatty() if json is None else json
-    level = logging.DEBUG if verbose else logging.INFO
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

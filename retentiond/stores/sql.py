@@ -192,7 +192,7 @@ class SqlStore(Store):
         except StoreError:
             self.close()
             raise
-        log.info(
+        log.debug(
             "sql store opened",
             store=self.label,
             database=self._server,
