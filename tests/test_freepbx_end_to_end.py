@@ -1,0 +1,111 @@
+"""A FreePBX call-records rule (cdr without a key, cel without a time index) enforced from the
+command line on real MariaDB and PostgreSQL servers, as an administrator runs it."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from pbxdata import PbxDatabase, cdr_rows, cel_rows
+from test_cli import retentiond
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def config(tmp_path: Path, url: str) -> Path:
+    path = tmp_path / "retentiond.yaml"
+    path.write_text(f"""\
+version: 1
+timezone: Europe/Berlin
+audit:
+  path: {tmp_path / "audit.jsonl"}
+connections:
+  cdrdb:
+    url: {url}
+    lock_timeout: 2
+rules:
+  - name: call-records
+    keep: 3 months
+    stores:
+      - {{type: sql, connection: cdrdb, table: cdr, time_column: calldate, batch_size: 100}}
+      - {{type: sql, connection: cdrdb, table: cel, time_column: eventtime, batch_size: 250}}
+safety:
+  max_delete_fraction: 0.9
+""")
+    return path
+
+
+@pytest.mark.parametrize("server", ["mariadb_url", "postgres_url"])
+def test_freepbx_call_records_are_purged_from_the_command_line(
+    server: str,
+    request: pytest.FixtureRequest,
+    pbx_database: Callable[[str], PbxDatabase],
+    tmp_path: Path,
+) -> None:
+    url: str = request.getfixturevalue(server)
+    database = pbx_database(url)
+    database.create("cdr", "cel")
+    now = datetime.now(BERLIN).replace(tzinfo=None, microsecond=0)
+    # a year of calls, one every 12 hours, as naive Berlin wall-clock times like FreePBX writes
+    times = [now - timedelta(hours=12 * i) for i in range(730)]
+    calls, events = cdr_rows(times, seed=1), cel_rows(times * 3, seed=2)
+    database.insert("cdr", calls)
+    database.insert("cel", events)
+    path = config(tmp_path, url)
+
+    plan = retentiond("-c", path, "plan", "--json")
+    assert plan.returncode == 0, plan.stderr
+    (rule,) = json.loads(plan.stdout)
+    expected = {s["store"]: s["would_delete"] for s in rule["stores"]}
+
+    run = retentiond("-c", path, "run", "--once", "--json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    (outcome,) = json.loads(run.stdout)["runs"]
+    assert outcome["status"] == "done"
+    deleted = {s["store"]: s["deleted"] for s in outcome["stores"]}
+    assert deleted == expected and deleted["cdrdb/cdr"] > 300
+
+    cutoff = datetime.fromisoformat(outcome["cutoff"]).astimezone(BERLIN).replace(tzinfo=None)
+    assert database.count("cdr", "calldate < :c", c=cutoff) == 0
+    assert database.count("cel", "eventtime < :c", c=cutoff) == 0
+    assert database.count("cdr") == sum(1 for t in times if t >= cutoff)
+    assert database.count("cel") == 3 * sum(1 for t in times if t >= cutoff)
+
+    verify = retentiond("audit", "verify", tmp_path / "audit.jsonl")
+    assert verify.returncode == 0, verify.stdout
+
+    personal = {
+        str(value)
+        for row in calls + events
+        for key, value in row.items()
+        if key
+        in ("src", "dst", "clid", "cnum", "cnam", "uniqueid", "cid_num", "cid_name", "appdata")
+        and value
+    }
+    assert len(personal) > 1000  # the check below has something to find
+    documents = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    documents += [json.loads(plan.stdout), json.loads(run.stdout)]
+    documents += [json.loads(line[3:]) for line in run.stderr.splitlines() if line.strip()]
+    seen = " ".join(strings(documents))
+    # long values (numbers, names, uniqueids) anywhere in a text; short ones (extensions) as
+    # whole words, since counts like 250 are numbers, not texts
+    words = set(re.findall(r"[\w+.@-]+", seen))
+    leaked = sorted(v for v in personal if (v in seen if len(v) >= 6 else v in words))
+    assert not leaked, leaked[:5]
+    assert datetime.now(UTC) > datetime.fromisoformat(outcome["cutoff"])
+
+
+def strings(value: object) -> list[str]:
+    """Every text (keys and values) in a parsed JSON document."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [t for k, v in value.items() for t in [k, *strings(v)]]
+    if isinstance(value, list):
+        return [t for v in value for t in strings(v)]
+    return []
