@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -154,3 +156,34 @@ def test_demo_command_runs_end_to_end(tmp_path: Path) -> None:
     refused = retentiond("demo", tmp_path / "mine")
     assert refused.returncode == 1 and "not an earlier demo" in refused.stderr
     assert (tmp_path / "mine" / "keep.txt").exists()
+
+
+def test_sigterm_finishes_the_batch_then_stops_and_the_next_run_completes(pbx: Path) -> None:
+    pbx.write_text(
+        pbx.read_text().replace("batch_size: 500", "batch_size: 500\n        pause: 0.5")
+    )
+    log = pbx.parent / "audit.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "RETENTIOND_CONFIG"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "retentiond", "-c", str(pbx), "run", "--once"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 30
+    while '"batch_done"' not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    stdout, _ = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert "rule call-records: interrupted" in stdout
+    assert "call-recordings" not in stdout  # no new rule starts after a stop request
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert entries[-1]["type"] == "run_finished" and entries[-1]["status"] == "interrupted"
+    assert entries[-2]["type"] == "batch_done"  # the batch in flight was finished and recorded
+
+    again = retentiond("-c", pbx, "run", "--once")
+    assert again.returncode == 0
+    assert retentiond("audit", "verify", log).returncode == 0
