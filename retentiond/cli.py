@@ -167,6 +167,7 @@ def plan_json(rule_plan: RulePlan) -> dict[str, Any]:
                 "expired_bytes": s.survey.expired_bytes,
                 "batches": s.batches,
                 "skipped": dict(s.survey.skipped),
+                "absent": s.absent,
             }
             for s in rule_plan.stores
         ],
@@ -178,6 +179,9 @@ def print_plan(rule_plan: RulePlan, zone: tzinfo) -> None:
     click.echo(f"rule {rule.name}: keep {rule.keep}, cutoff {_local(rule_plan.cutoff, zone)}")
     for s in rule_plan.stores:
         survey = s.survey
+        if s.absent:
+            click.echo(f"  {s.kind} {s.label}: not present (optional): {s.absent}")
+            continue
         oldest = _local(survey.oldest, zone) if survey.oldest else "-"
         would = 0 if rule_plan.refusal else survey.expired
         size = f" ({_bytes(survey.expired_bytes)})" if survey.expired_bytes else ""

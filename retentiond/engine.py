@@ -24,9 +24,9 @@ from retentiond import __version__
 from retentiond.audit import AuditLog
 from retentiond.config.loader import LoadedConfig
 from retentiond.config.model import Rule
-from retentiond.errors import AuditError, StoreError
+from retentiond.errors import AuditError, StoreAbsent, StoreError
 from retentiond.rules import cutoff as compute_cutoff
-from retentiond.stores import Store, Survey, build_store
+from retentiond.stores import AbsentStore, Store, Survey, build_store
 
 log = structlog.get_logger()
 
@@ -43,6 +43,7 @@ class StorePlan:
     kind: str
     survey: Survey
     batch_size: int
+    absent: str | None = None  # why an optional store is not there
 
     @property
     def batches(self) -> int:
@@ -128,7 +129,13 @@ class Engine:
             for store_config in rule.stores:
                 store = build_store(store_config, self.config)
                 stack.callback(store.close)
-                store.open()
+                try:
+                    store.open()
+                except StoreAbsent as absent:
+                    if not store_config.optional:
+                        raise
+                    store.close()
+                    store = AbsentStore(store.kind, store.label, store.unit, str(absent))
                 stores.append(store)
             yield stores
 
@@ -137,7 +144,13 @@ class Engine:
         now = self.now()
         rule_cutoff = compute_cutoff(now, rule.keep, self.config.zone())
         plans = [
-            StorePlan(store.label, store.kind, store.survey(rule_cutoff), _batch_size(rule, i))
+            StorePlan(
+                store.label,
+                store.kind,
+                store.survey(rule_cutoff),
+                _batch_size(rule, i),
+                store.reason if isinstance(store, AbsentStore) else None,
+            )
             for i, store in enumerate(stores)
         ]
         refusal = self._guard(now, rule_cutoff, stores, plans)
@@ -329,6 +342,7 @@ def _survey_fields(plan: RulePlan) -> list[dict[str, Any]]:
             "total": s.survey.total,
             "expired": s.survey.expired,
         }
+        | ({"absent": True} if s.absent else {})
         for s in plan.stores
     ]
 

@@ -39,5 +39,10 @@ class StoreError(RetentiondError):
     """A store cannot be reached, is not what the config says, or failed during a run."""
 
 
+class StoreAbsent(StoreError):
+    """The store's table, file or folder does not exist (as opposed to existing but unusable).
+    For a store marked `optional`, the engine reports this and carries on without it."""
+
+
 class AuditError(RetentiondError):
     """The audit log cannot be written or read; nothing may be deleted without it."""

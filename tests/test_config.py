@@ -103,11 +103,9 @@ def test_unsupported_features_refuse_instead_of_being_ignored() -> None:
 
 
 def test_unknown_store_type_says_which_types_exist() -> None:
-    text = MINIMAL.replace("type: sql", "type: asterisk_voicemail")
+    text = MINIMAL.replace("type: sql", "type: voicemail")
     found = problems(text)
-    assert any(
-        "'asterisk_voicemail' is not available" in f and "'sql' or 'files'" in f for f in found
-    )
+    assert any("'voicemail' does not exist" in f and "asterisk_voicemail, csv" in f for f in found)
 
 
 def test_relative_paths_and_bad_zones_are_refused() -> None:

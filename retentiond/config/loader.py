@@ -15,7 +15,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError
 
-from retentiond.config.model import Config
+from retentiond.config.model import STORE_TYPES, Config
 from retentiond.errors import ConfigError, ConfigProblem
 
 DEFAULT_CONFIG_PATH = Path("/etc/retentiond/retentiond.yaml")
@@ -94,16 +94,20 @@ def _reference_problems(name: str, tree: CommentedMap) -> list[ConfigProblem]:
         if not isinstance(stores, CommentedSeq):
             continue
         for position, store in enumerate(stores):
-            if not isinstance(store, CommentedMap) or store.get("type") != "sql":
+            if not isinstance(store, CommentedMap):
                 continue
-            connection = store.get("connection")
+            references = store.get("references")
+            holder = references if isinstance(references, CommentedMap) else store
+            connection = holder.get("connection")
             if isinstance(connection, str) and connection not in known:
                 defined = ", ".join(sorted(map(str, known))) or "none defined"
                 problems.append(
                     ConfigProblem(
                         name,
-                        store.lc.key("connection")[0] + 1,
-                        f"rules.{index}.stores.{position}.connection",
+                        holder.lc.key("connection")[0] + 1,
+                        f"rules.{index}.stores.{position}."
+                        + ("references." if holder is not store else "")
+                        + "connection",
                         f"connection {connection!r} is not defined under connections: "
                         f"(defined: {defined})",
                     )
@@ -174,12 +178,7 @@ def _locate(tree: CommentedMap, loc: tuple[Any, ...]) -> tuple[list[Any], int | 
             line = node.lc.item(part)[0] + 1
             node = node[part]
             path.append(part)
-        elif isinstance(part, str) and part in (
-            "sql",
-            "files",
-            "[key]",
-            "function-after[_cross_references()]",
-        ):
+        elif isinstance(part, str) and part in (*STORE_TYPES, "[key]"):
             continue  # union tags and validator names that pydantic puts into locations
         elif isinstance(part, str) and part.startswith(("function-", "lax-", "json-")):
             continue
@@ -199,12 +198,12 @@ def _message(detail: Any, path: list[Any]) -> str:
     if kind == "union_tag_invalid":
         tag = detail.get("input", {}).get("type") if isinstance(detail.get("input"), dict) else None
         return (
-            f"store type {tag!r} is not available in this version; use 'sql' or 'files'"
+            f"store type {tag!r} does not exist; use one of {', '.join(STORE_TYPES)}"
             if tag
-            else "unknown store type; use 'sql' or 'files'"
+            else f"unknown store type; use one of {', '.join(STORE_TYPES)}"
         )
     if kind == "union_tag_not_found":
-        return "every store needs a 'type:' (sql or files)"
+        return f"every store needs a 'type:' ({', '.join(STORE_TYPES)})"
     if kind == "literal_error" and path and path[-1] == "action":
         return (
             "action must be 'delete'; 'anonymize' is not available in this version, and "

@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    model_validator,
 )
 
 from retentiond.config.durations import Duration, parse_duration
@@ -108,14 +109,30 @@ class ConnectionConfig(Strict):
     retries: Annotated[int, Field(ge=0, le=20)] = 5
 
 
-class SqlStoreConfig(Strict):
+class StoreBase(Strict):
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 1000
+    pause: Annotated[float, Field(ge=0, le=60)] = 0
+    # An optional store that does not exist (table, file, folder) is reported and skipped;
+    # presets mark the places a PBX has only in some installs (transient_cdr, Master.csv).
+    optional: bool = False
+
+
+class SqlStoreConfig(StoreBase):
     type: Literal["sql"]
     connection: Annotated[str, Field(min_length=1)]
     table: Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
     schema_name: Annotated[str | None, Field(alias="schema", pattern=IDENTIFIER_PATTERN)] = None
     time_column: Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
-    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 1000
-    pause: Annotated[float, Field(ge=0, le=60)] = 0
+    # Rows that name a file (3CX `recordings.recording_url`): the file under `file_root` is
+    # deleted together with its row.
+    file_column: Annotated[str | None, Field(pattern=IDENTIFIER_PATTERN)] = None
+    file_root: AbsolutePath | None = None
+
+    @model_validator(mode="after")
+    def _files_need_both(self) -> SqlStoreConfig:
+        if (self.file_column is None) != (self.file_root is None):
+            raise ValueError("file_column and file_root go together: set both or neither")
+        return self
 
     @property
     def label(self) -> str:
@@ -123,20 +140,87 @@ class SqlStoreConfig(Strict):
         return f"{self.connection}/{table}"
 
 
-class FilesStoreConfig(Strict):
+class ReferencesConfig(Strict):
+    """Rows that name a file by its base name (FreePBX `cdr.recordingfile`): cleared when the
+    file is deleted before its row, so the PBX shows no broken links."""
+
+    connection: Annotated[str, Field(min_length=1)]
+    table: Annotated[str, Field(pattern=IDENTIFIER_PATTERN)] = "cdr"
+    column: Annotated[str, Field(pattern=IDENTIFIER_PATTERN)] = "recordingfile"
+
+
+class FilesStoreConfig(StoreBase):
     type: Literal["files"]
     root: AbsolutePath
     match: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] = ["**/*"]
     age_from: Literal["path_date", "filename_date", "mtime"] = "mtime"
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 500
-    pause: Annotated[float, Field(ge=0, le=60)] = 0
+    # Files that differ only in their extension (a .mp3 converted from a .wav) go together.
+    group_siblings: bool = False
+    references: ReferencesConfig | None = None
 
     @property
     def label(self) -> str:
         return str(self.root)
 
 
-StoreConfig = Annotated[SqlStoreConfig | FilesStoreConfig, Field(discriminator="type")]
+class AmiConfig(Strict):
+    """Asterisk manager interface, used only to refresh message-waiting lamps after deletion."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 5038
+    username: Annotated[str, Field(min_length=1)]
+    secret_file: AbsolutePath | None = None  # else $CREDENTIALS_DIRECTORY/ami
+    timeout: Annotated[float, Field(gt=0, le=60)] = 5
+
+
+class VoicemailStoreConfig(StoreBase):
+    type: Literal["asterisk_voicemail"]
+    root: AbsolutePath  # /var/spool/asterisk/voicemail
+    lock_mode: Literal["lockfile", "flock"] = "lockfile"  # asterisk.conf `lockmode`
+    lock_wait: Annotated[float, Field(gt=0, le=5)] = 1.0  # seconds to wait for a folder lock
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 200  # messages
+    ami: AmiConfig | None = None
+
+    @property
+    def label(self) -> str:
+        return str(self.root)
+
+
+class CsvStoreConfig(StoreBase):
+    type: Literal["csv"]
+    root: AbsolutePath  # /var/log/asterisk/cdr-csv
+    match: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] = ["*.csv"]
+    time_field: Annotated[int, Field(ge=0, le=200)] = 9  # 0-based; cdr_csv writes `start` tenth
+    time_format: Annotated[str, Field(min_length=2)] = "%Y-%m-%d %H:%M:%S"
+
+    @property
+    def label(self) -> str:
+        return str(self.root)
+
+
+class ThreeCxCallsStoreConfig(StoreBase):
+    """3CX v18/v20 call history on PostgreSQL: `cl_*` tables or `cdroutput`, found at start."""
+
+    type: Literal["3cx_call_history"]
+    connection: Annotated[str, Field(min_length=1)]
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 500  # calls
+
+    @property
+    def label(self) -> str:
+        return f"{self.connection}/3cx-call-history"
+
+
+STORE_TYPES = ("sql", "files", "asterisk_voicemail", "csv", "3cx_call_history")
+
+StoreConfig = Annotated[
+    SqlStoreConfig
+    | FilesStoreConfig
+    | VoicemailStoreConfig
+    | CsvStoreConfig
+    | ThreeCxCallsStoreConfig,
+    Field(discriminator="type"),
+]
 
 
 class Rule(Strict):

@@ -2,23 +2,46 @@
 
 from __future__ import annotations
 
-from retentiond.config.model import Config, FilesStoreConfig, SqlStoreConfig, StoreConfig
-from retentiond.stores.base import Batch, BatchResult, Store, Survey
+from retentiond.config.model import (
+    Config,
+    CsvStoreConfig,
+    FilesStoreConfig,
+    SqlStoreConfig,
+    StoreConfig,
+    ThreeCxCallsStoreConfig,
+    VoicemailStoreConfig,
+)
+from retentiond.stores.base import AbsentStore, Batch, BatchResult, Store, Survey
 
 
 def build_store(store: StoreConfig, config: Config) -> Store:
     """The store object for one `stores:` entry of a rule. Nothing is opened yet."""
+    zone = config.zone()
     if isinstance(store, SqlStoreConfig):
         from retentiond.stores.sql import SqlStore
 
-        return SqlStore(store, config.connections[store.connection], config.zone())
+        return SqlStore(store, config.connections[store.connection], zone)
     if isinstance(store, FilesStoreConfig):
         from retentiond.stores.files import FilesStore
 
-        return FilesStore(store, config.zone())
+        references = store.references
+        connection = config.connections[references.connection] if references else None
+        return FilesStore(store, zone, connection)
+    if isinstance(store, VoicemailStoreConfig):
+        from retentiond.stores.voicemail import VoicemailStore
+
+        return VoicemailStore(store, zone)
+    if isinstance(store, CsvStoreConfig):
+        from retentiond.stores.cdr_csv import CsvStore
+
+        return CsvStore(store, zone)
+    if isinstance(store, ThreeCxCallsStoreConfig):
+        from retentiond.stores.threecx import ThreeCxCallsStore
+
+        return ThreeCxCallsStore(store, config.connections[store.connection], zone)
     raise TypeError(
         f"unknown store config {type(store).__name__}"
-    )  # a bug: the schema allows no other
+    )  # a bug: the schema has no other
 
 
-__all__ = ["Batch", "BatchResult", "Store", "Survey", "build_store"]
+__all__ = ["AbsentStore", "Batch", "BatchResult", "Store", "Survey", "build_store"]

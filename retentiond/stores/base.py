@@ -83,3 +83,31 @@ class Store(ABC):
     def clock_skew(self) -> timedelta | None:
         """Database clock minus host clock, where the store has a clock of its own."""
         return None
+
+
+class AbsentStore(Store):
+    """An optional store whose table, file or folder does not exist on this system.
+
+    It stands in for the real store so plans, runs and the log say what was not found and why.
+    """
+
+    def __init__(self, kind: str, label: str, unit: str, reason: str) -> None:
+        self.kind = kind
+        self.label = label
+        self.unit = unit
+        self.reason = reason
+
+    def open(self) -> None:
+        pass
+
+    def describe(self) -> list[str]:
+        return [f"not found (optional): {self.reason}"]
+
+    def survey(self, cutoff: datetime) -> Survey:
+        return Survey(unit=self.unit, total=0, expired=0, oldest=None)
+
+    def batches(self, cutoff: datetime) -> Iterator[Batch]:
+        return iter(())
+
+    def apply(self, batch: Batch, cutoff: datetime) -> BatchResult:
+        raise RuntimeError("an absent store has no batches")  # a bug in the caller

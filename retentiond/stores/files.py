@@ -21,8 +21,8 @@ from types import TracebackType
 
 import structlog
 
-from retentiond.config.model import FilesStoreConfig
-from retentiond.errors import StoreError
+from retentiond.config.model import ConnectionConfig, FilesStoreConfig
+from retentiond.errors import StoreAbsent, StoreError
 from retentiond.rules import end_of_day, latest_instant
 from retentiond.stores.base import Batch, BatchResult, Store, Survey
 
@@ -84,8 +84,11 @@ class FilesStore(Store):
     kind = "files"
     unit = "files"
 
-    def __init__(self, config: FilesStoreConfig, zone: tzinfo) -> None:
+    def __init__(
+        self, config: FilesStoreConfig, zone: tzinfo, references: ConnectionConfig | None = None
+    ) -> None:
         self.config = config
+        self.references = references
         self.zone = zone
         self.root = config.root
         self.label = str(config.root)
@@ -102,7 +105,7 @@ class FilesStore(Store):
         try:
             status = os.lstat(root)
         except FileNotFoundError:
-            raise StoreError(f"{root} does not exist; create it or fix the store's root") from None
+            raise StoreAbsent(f"{root} does not exist; create it or fix the store's root") from None
         except OSError as error:
             raise StoreError(
                 f"{root} cannot be examined ({error.strerror}); fix the store's root"

@@ -52,7 +52,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, NoSuchT
 
 from retentiond import rules
 from retentiond.config.model import ConnectionConfig, SqlStoreConfig
-from retentiond.errors import StoreError
+from retentiond.errors import StoreAbsent, StoreError
 from retentiond.stores.base import Batch, BatchResult, Store, Survey
 
 log = structlog.get_logger()
@@ -243,7 +243,7 @@ class SqlStore(Store):
         if database in ("", ":memory:") or database.startswith("file:"):
             return
         if not Path(database).is_file():
-            raise StoreError(
+            raise StoreAbsent(
                 f"cannot open {self._store.connection}: SQLite database file {database} "
                 "does not exist"
             )
@@ -289,7 +289,7 @@ class SqlStore(Store):
                 schema=self._store.schema_name,
             )
         except NoSuchTableError:
-            raise StoreError(self._missing_table_message(connection)) from None
+            raise StoreAbsent(self._missing_table_message(connection)) from None
 
     def _missing_table_message(self, connection: Connection) -> str:
         tables = sorted(inspect(connection).get_table_names(schema=self._store.schema_name))
