@@ -20,6 +20,7 @@ from retentiond.config.loader import LoadedConfig, config_path, load_config
 from retentiond.config.model import Rule
 from retentiond.engine import Engine, RulePlan, RunOutcome, exit_code
 from retentiond.errors import ConfigError, RetentiondError
+from retentiond.stores import AbsentStore
 
 
 class Context:
@@ -100,6 +101,9 @@ def check(ctx: Context) -> None:
             label = store_config.label
             try:
                 with engine.open_stores(_single(rule, store_config)) as (store,):
+                    if isinstance(store, AbsentStore):
+                        click.echo(f"  {store.kind} {label}: not found (optional): {store.reason}")
+                        continue
                     click.echo(f"  {store.kind} {label}: ok")
                     for line in store.describe():
                         click.echo(f"    {line}")
@@ -124,6 +128,66 @@ def check(ctx: Context) -> None:
 
 def _single(rule: Rule, store_config: Any) -> Rule:
     return rule.model_copy(update={"stores": [store_config]})
+
+
+# --- init --------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--preset",
+    required=True,
+    type=click.Choice(["freepbx", "asterisk", "3cx"]),
+    help="The PBX to write a config for.",
+)
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A preset setting, e.g. --set freepbx_conf=/etc/freepbx.conf (repeatable).",
+)
+@click.option(
+    "--keep", "periods", multiple=True, metavar="RULE=PERIOD", help="e.g. --keep voicemail=30d"
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write here instead of standard output; an existing file is never overwritten.",
+)
+def init(
+    preset: str, assignments: tuple[str, ...], periods: tuple[str, ...], output: Path | None
+) -> None:
+    """Write the expanded, commented config of a preset for review."""
+    from retentiond.config.init import render
+
+    settings: dict[str, Any] = dict(_pairs(assignments, "--set"))
+    for key, value in settings.items():
+        if value.lower() in ("true", "false"):
+            settings[key] = value.lower() == "true"
+    text = render(preset, settings, dict(_pairs(periods, "--keep")))
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        with output.open("x", encoding="utf-8") as handle:
+            handle.write(text)
+    except FileExistsError:
+        _fail(f"{output} exists; choose another file or remove it first", 2)
+    except OSError as error:
+        _fail(f"cannot write {output}: {error.strerror}", 1)
+    click.echo(f"wrote {output}; review it, then: retentiond -c {output} check", err=True)
+
+
+def _pairs(items: tuple[str, ...], option: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint=option)
+        pairs.append((key.strip(), value.strip()))
+    return pairs
 
 
 # --- plan --------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError
 
 from retentiond.config.model import STORE_TYPES, Config
+from retentiond.config.presets import PresetError, PresetProblem, expand
 from retentiond.errors import ConfigError, ConfigProblem
 
 DEFAULT_CONFIG_PATH = Path("/etc/retentiond/retentiond.yaml")
@@ -57,14 +58,25 @@ def parse_config(raw: bytes | str, name: str = "<config>") -> Config:
     tree = _read_yaml(raw, name)
     if not isinstance(tree, CommentedMap):
         raise ConfigError([ConfigProblem(name, 1, "", "the config must be a YAML mapping of keys")])
+    data = _plain(tree)
+    try:
+        data = expand(data)
+    except PresetError as error:
+        problems = [_preset_problem(name, tree, p) for p in error.problems]
+        raise ConfigError(sorted(problems, key=lambda p: (p.line or 0, p.path))) from None
     problems = _reference_problems(name, tree)
     try:
-        config = Config.model_validate(_plain(tree))
+        config = Config.model_validate(data)
     except ValidationError as error:
         problems += [_problem(name, tree, detail) for detail in error.errors()]
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.line or 0, p.path)))
     return config
+
+
+def _preset_problem(name: str, tree: CommentedMap, problem: PresetProblem) -> ConfigProblem:
+    path, line = _locate(tree, problem.path)
+    return ConfigProblem(name, line, ".".join(str(p) for p in path), problem.message)
 
 
 def _reference_problems(name: str, tree: CommentedMap) -> list[ConfigProblem]:

@@ -25,6 +25,11 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 IDENTIFIER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_$]{0,63}$"
 
 
+def parse_keep(value: Any) -> Duration:
+    """A retention period from YAML; ValueError says what to write instead."""
+    return _duration(value)
+
+
 def _duration(value: Any) -> Duration:
     if isinstance(value, Duration):
         return value
@@ -103,6 +108,8 @@ class AuditConfig(Strict):
 class ConnectionConfig(Strict):
     url: Annotated[str, Field(min_length=1)]
     password_file: AbsolutePath | None = None
+    # A FreePBX freepbx.conf or a 3CX config.json: the password is read from the PBX's own file.
+    password_from: AbsolutePath | None = None
     lock_timeout: Annotated[float, Field(gt=0, le=600)] = 5
     statement_timeout: Annotated[float, Field(gt=0, le=86400)] = 300
     connect_timeout: Annotated[float, Field(gt=0, le=600)] = 10
@@ -244,12 +251,11 @@ class Config(Strict):
     timezone: Annotated[
         ZoneInfo | None, BeforeValidator(lambda v: None if v is None else _zone(v))
     ] = None
-    audit: AuditConfig
+    audit: AuditConfig = AuditConfig(path=Path("/var/lib/retentiond/audit.jsonl"))
     connections: dict[Annotated[str, Field(pattern=NAME_PATTERN)], ConnectionConfig] = {}
     rules: Annotated[list[Rule], Field(min_length=1)]
     safety: Safety = Safety()
     holds: Annotated[Any, AfterValidator(_not_yet("holds (legal holds)"))] = None
-    preset: Annotated[Any, AfterValidator(_not_yet("preset"))] = None
     organisation: Annotated[Any, AfterValidator(_not_yet("organisation"))] = None
 
     def zone(self) -> tzinfo:

@@ -1,0 +1,94 @@
+"""`retentiond init --preset NAME`: the expanded config of a preset, commented, for review."""
+
+from __future__ import annotations
+
+import io
+from datetime import date
+from typing import Any
+
+from ruamel.yaml import YAML
+
+from retentiond.config.loader import parse_config
+from retentiond.config.presets import EXPANDERS, PresetError, expand
+from retentiond.errors import ConfigError, ConfigProblem
+
+DEFAULT_KEEP = {
+    "call-records": "3 months",
+    "voicemail": "60d",
+    "call-recordings": "30d",
+    "chats": "6 months",
+}
+SOURCES = {
+    "freepbx": "/etc/freepbx.conf and the freepbx_settings table",
+    "asterisk": "the standard Asterisk paths (/var/log/asterisk, /var/spool/asterisk)",
+    "3cx": "/var/lib/3cxpbx/Bin/config.json",
+}
+
+
+def render(preset: str, settings: dict[str, Any], keep: dict[str, str]) -> str:
+    """The expanded config as YAML text; validated before it is returned."""
+    _, templates, _ = EXPANDERS[preset](settings)
+    periods = {t.name: DEFAULT_KEEP.get(t.name, "3 months") for t in templates} | keep
+    data = {"version": 1, "preset": preset, "preset_settings": settings, "keep": periods}
+    try:
+        expanded = expand(data)
+    except PresetError as error:
+        raise ConfigError(
+            [
+                ConfigProblem("init", None, ".".join(map(str, p.path)), p.message)
+                for p in error.problems
+            ]
+        ) from None
+    text = _document(preset, settings, expanded)
+    parse_config(text, "<init>")  # what init writes must load as it is
+    return text
+
+
+def _document(preset: str, settings: dict[str, Any], expanded: dict[str, Any]) -> str:
+    source = "the preset_settings given" if settings else SOURCES[preset]
+    lines = [
+        f"# retentiond config for {preset}, written by `retentiond init --preset {preset}` "
+        f"on {date.today().isoformat()}.",
+        f"# Stores and paths were found from {source}.",
+        "# Review every `keep` against your record of processing, then run:",
+        "#   retentiond -c THIS_FILE check   # connects, lists the stores found and not found",
+        "#   retentiond -c THIS_FILE plan    # what would be deleted now; changes nothing",
+        "version: 1",
+    ]
+    if "timezone" in expanded:
+        lines.append(f"timezone: {expanded['timezone']}  # the PBX writes UTC (CDRUSEGMT)")
+    else:
+        lines.append("# timezone: Europe/Berlin  # zone of the PBX's timestamps; default: host's")
+    lines += ["audit:", "  path: /var/lib/retentiond/audit.jsonl  # the deletion log"]
+    lines.append("connections:")
+    for name, connection in expanded["connections"].items():
+        lines.append(f"  {name}:")
+        lines += _indent(_dump(connection), 4)
+        if "password_from" in connection:
+            lines.append("    # the password is read from the PBX's own file at each connect")
+    lines.append("rules:")
+    for rule in expanded["rules"]:
+        lines += _dump([rule]).splitlines()
+    optional = any(s.get("optional") for r in expanded["rules"] for s in r["stores"])
+    if optional:
+        lines.append("# optional: true marks places only some installs have; check reports them")
+    lines += [
+        "safety:",
+        "  max_delete_fraction: 0.5  # the first run on years of data needs more, once",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _dump(value: Any) -> str:
+    yaml = YAML()  # round-trip dumper: keeps the order the preset wrote
+    yaml.default_flow_style = False
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    yaml.width = 100
+    out = io.StringIO()
+    yaml.dump(value, out)
+    return out.getvalue()
+
+
+def _indent(text: str, spaces: int) -> list[str]:
+    return [" " * spaces + line for line in text.splitlines()]
