@@ -324,6 +324,7 @@ def outcome_json(outcome: RunOutcome) -> dict[str, Any]:
                 "batches": s.batches,
                 "remaining": s.remaining,
                 "skipped": s.skipped,
+                "counts": s.counts,
             }
             for s in outcome.stores
         ],
@@ -342,6 +343,9 @@ def print_outcome(outcome: RunOutcome, zone: tzinfo) -> None:
         if s.skipped:
             parts = ", ".join(f"{reason} {count}" for reason, count in sorted(s.skipped.items()))
             click.echo(f"    left alone: {parts}")
+        if s.counts:
+            parts = ", ".join(f"{name} {count}" for name, count in sorted(s.counts.items()))
+            click.echo(f"    also: {parts}")
     if outcome.message:
         click.echo(f"  {outcome.message}")
 

@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -76,6 +76,7 @@ class StoreOutcome:
     batches: int = 0
     remaining: int | None = None  # expired objects left after the run (verification)
     skipped: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -266,8 +267,8 @@ class Engine:
                 result.deleted += applied.deleted
                 if applied.bytes is not None:
                     result.bytes = (result.bytes or 0) + applied.bytes
-                for reason, count in applied.skipped.items():
-                    result.skipped[reason] = result.skipped.get(reason, 0) + count
+                _add(result.skipped, applied.skipped)
+                _add(result.counts, applied.counts)
                 done: dict[str, Any] = {"store": store.label, "batch": batch.number}
                 done["deleted"] = applied.deleted
                 if applied.bytes is not None:
@@ -276,6 +277,8 @@ class Engine:
                     done["first_day"], done["last_day"] = applied.span
                 if applied.skipped:
                     done["skipped"] = dict(applied.skipped)
+                if applied.counts:
+                    done["counts"] = dict(applied.counts)
                 self._audit(audit, "batch_done", outcome.run_id, None, **done)
                 if self.progress:
                     self.progress(store.label, result.deleted, store_plan.survey.expired)
@@ -358,7 +361,14 @@ def _outcome_fields(store: StoreOutcome) -> dict[str, Any]:
         fields["bytes"] = store.bytes
     if store.skipped:
         fields["skipped"] = store.skipped
+    if store.counts:
+        fields["counts"] = store.counts
     return fields
+
+
+def _add(totals: dict[str, int], more: Mapping[str, int]) -> None:
+    for key, count in more.items():
+        totals[key] = totals.get(key, 0) + count
 
 
 def _status_message(outcome: RunOutcome) -> str:

@@ -47,6 +47,8 @@ class BatchResult:
     span: tuple[date, date] | None = None  # day range of what was deleted
     bytes: int | None = None  # files only
     skipped: Mapping[str, int] = field(default_factory=dict)  # e.g. changed since planning
+    # What else the batch did, e.g. {"references_cleared": 3, "files_deleted": 2}
+    counts: Mapping[str, int] = field(default_factory=dict)
 
 
 class Store(ABC):
