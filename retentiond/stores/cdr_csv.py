@@ -1,0 +1,675 @@
+"""CSV call records (Asterisk cdr_csv: `cdr-csv/Master.csv` and one `<accountcode>.csv` each).
+
+Asterisk appends to these files for ever: per record it opens the file with `fopen("a")`, writes
+one line and closes it again. Expired lines are removed by rewriting a file into a temporary copy
+next to it and renaming the copy over it, which is atomic: a reader sees the old file or the new
+one, never a half-written one. Lines Asterisk appends while that happens are carried over:
+
+1. the lines present when the rewrite starts are filtered (expired lines dropped, every other
+   line copied byte for byte, including lines whose time cannot be read);
+2. whatever was appended since is copied verbatim, the copy is synced, and only if the name still
+   denotes the planned file is the copy renamed over it and the folder synced;
+3. a writer that opened the old file just before the rename writes into the old inode, which this
+   store still holds open: it waits until no process has the old inode open for writing any more
+   (a Linux read lease can only be taken then, and an unlinked inode cannot be opened again) and
+   appends those late bytes to the new file with O_APPEND, so they land after anything Asterisk
+   already wrote there.
+
+The remaining window is a writer that keeps the old file open for longer than `WRITER_WAIT`
+seconds after the rename; Asterisk's cdr_csv never does (fopen, one line, fclose). Where a lease
+is refused (a filesystem without leases, or not the file's owner) step 3 waits until the old
+inode has been quiet for `QUIET` seconds instead, so there a writer stalled longer than that
+between its open and its write is the window. Late lines can land after lines Asterisk wrote to
+the new file meanwhile: every line is kept exactly once, not always in arrival order. A rotation
+(logrotate) between step 2's check and the rename is the other race left; a truncation
+(copytruncate) during the rewrite is noticed and the file skipped as `changed`. A crash before
+the rename leaves the original intact and a temporary copy, which the next rewrite of that file
+removes; a crash during step 3 loses the late lines not yet carried over.
+
+One batch is one file, whatever `batch_size` says: splitting a file would rewrite it once per
+batch. Lines are the unit of `total` and `expired`; file-level skips (`symlink`, `changed`, ...)
+count files, `unparseable` counts lines.
+
+File names of per-account files are account codes, and lines hold phone numbers and names: none
+of them appears in a log line, an exception or a repr. Extended attributes and ACLs of a file are
+not copied to its rewrite; owner, group and mode are.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import fcntl
+import fnmatch
+import os
+import re
+import secrets
+import stat
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, tzinfo
+
+import structlog
+
+from retentiond.config.model import CsvStoreConfig
+from retentiond.errors import StoreAbsent, StoreError
+from retentiond.rules import latest_instant
+from retentiond.stores.base import Batch, BatchResult, Store, Survey
+
+log = structlog.get_logger()
+
+# Why something was left alone, as counted in Survey.skipped and BatchResult.skipped.
+UNPARSEABLE = "unparseable"  # a line whose time cannot be read (counted in lines)
+SYMLINK = "symlink"
+NOT_REGULAR_FILE = "not_regular_file"
+OTHER_FILESYSTEM = "other_filesystem"
+UNREADABLE = "unreadable"
+HARD_LINKED = "hard_linked"  # a rewrite would leave the old lines under the other name
+CHANGED = "changed"  # replaced or truncated since planning
+VANISHED = "vanished"
+LEFTOVER_TEMP = "leftover_temp"  # a rewrite interrupted by a crash; removed by the next rewrite
+
+WRITER_WAIT = 5.0  # seconds to wait for writers that opened the old file before the rename
+QUIET = 0.1  # without a lease: seconds the old file must stay unchanged
+STALE_TEMP = 600.0  # seconds after which a temporary copy is an interrupted rewrite's leftover
+
+_CHUNK = 1 << 20
+_POLL = 0.002
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO named like a CSV file must not hang the open; regular files ignore it.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_TEMP_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_TEMP_MARK = b".retentiond-"
+_TEMP_NAME = re.compile(rb"\..+\.retentiond-[0-9a-f]{8}", re.DOTALL)
+_TEMP_PREFIX_MAX = 200  # bytes of the original name in a temporary name (NAME_MAX is 255)
+# The cdr_csv date format (`%Y-%m-%d %T`) parsed without strptime, which is slow per line.
+_PLAIN_TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %T")
+_PLAIN_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedCsv:
+    """The file a batch rewrites, as it was when planned. Its name never shows in a repr."""
+
+    name: bytes = field(repr=False)
+    device: int
+    inode: int
+
+
+@dataclass
+class _Tally:
+    """Counts for one file (or all files) relative to a cutoff."""
+
+    lines: int = 0
+    expired: int = 0
+    expired_bytes: int = 0
+    unparseable: int = 0
+    oldest: datetime | None = None
+    first_day: date | None = None
+    last_day: date | None = None
+
+    def expire(self, size: int, day: date) -> None:
+        self.expired += 1
+        self.expired_bytes += size
+        self.first_day = day if self.first_day is None else min(self.first_day, day)
+        self.last_day = day if self.last_day is None else max(self.last_day, day)
+
+    @property
+    def span(self) -> tuple[date, date] | None:
+        if self.first_day is None or self.last_day is None:
+            return None
+        return (self.first_day, self.last_day)
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    name: bytes
+    status: os.stat_result
+
+
+class _Skip(Exception):
+    """One file is left alone; `reason` is what gets counted."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class CsvStore(Store):
+    """CSV files of call records directly in one folder, purged line by line."""
+
+    kind = "csv"
+    unit = "lines"
+
+    def __init__(self, config: CsvStoreConfig, zone: tzinfo) -> None:
+        self.config = config
+        self.zone = zone
+        self.root = config.root
+        self.label = str(config.root)
+        self.pause = config.pause
+        # Names directly in the root, so fnmatch's `*` (which would cross a `/`) is exact here.
+        self._patterns = [
+            re.compile(fnmatch.translate(pattern.strip("/"))) for pattern in config.match
+        ]
+        self._plain_time = config.time_format in _PLAIN_TIME_FORMATS
+        self._root_fd: int | None = None
+        self._root_device = 0
+
+    # -- Store interface -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        self.close()
+        for pattern in self.config.match:
+            if "/" in pattern.strip("/"):
+                raise StoreError(
+                    f"match pattern {pattern!r} names a subfolder; a csv store reads only the "
+                    f"files directly in {self.root}, as cdr_csv writes them"
+                )
+        root = self.root
+        try:
+            status = os.lstat(root)
+        except FileNotFoundError:
+            raise StoreAbsent(f"{root} does not exist; create it or fix the store's root") from None
+        except OSError as error:
+            raise StoreError(
+                f"{root} cannot be examined ({error.strerror}); fix the store's root"
+            ) from None
+        if stat.S_ISLNK(status.st_mode):
+            raise StoreError(
+                f"{root} is a symlink and retentiond never follows symlinks; "
+                "set the store's root to the folder it points to"
+            )
+        if not stat.S_ISDIR(status.st_mode):
+            raise StoreError(f"{root} is not a folder; set the store's root to the cdr-csv folder")
+        try:
+            fd = os.open(root, _FOLDER_FLAGS)
+        except OSError as error:
+            raise StoreError(
+                f"{root} cannot be read ({error.strerror}); give retentiond's user read and "
+                "search permission"
+            ) from None
+        self._root_fd = fd
+        self._root_device = os.fstat(fd).st_dev
+
+    def close(self) -> None:
+        if self._root_fd is not None:
+            os.close(self._root_fd)
+            self._root_fd = None
+
+    def describe(self) -> list[str]:
+        config = self.config
+        zone = getattr(self.zone, "key", None) or str(self.zone)
+        return [
+            f"root: {self.root} ({self._root_state()})",
+            f"match: {', '.join(config.match)} (files directly in the root, case-sensitive)",
+            f"time: field {config.time_field} (0-based; cdr_csv writes `start` tenth), "
+            f"format {config.time_format}, wall time in {zone}",
+            "lines whose time cannot be read are kept and counted; "
+            "a last line without a newline is being written and is left alone",
+            "each file is rewritten atomically (a copy renamed over it, owner and mode kept); "
+            "lines Asterisk appends meanwhile, also to the old file just before the rename, "
+            "are carried over",
+            f"one batch per file (batch_size {config.batch_size} does not split a file), "
+            f"{config.pause:g}s apart",
+        ]
+
+    def survey(self, cutoff: datetime) -> Survey:
+        skipped: Counter[str] = Counter()
+        tally = _Tally()
+        for found in self._walk(skipped):
+            try:
+                self._scan(found, cutoff, tally)
+            except _Skip as skip:
+                skipped[skip.reason] += 1
+        if tally.unparseable:
+            skipped[UNPARSEABLE] += tally.unparseable
+        if skipped[UNREADABLE]:
+            log.warning(
+                "csv store could not read every file", store=self.label, count=skipped[UNREADABLE]
+            )
+        return Survey(
+            unit=self.unit,
+            total=tally.lines,
+            expired=tally.expired,
+            oldest=tally.oldest,
+            expired_bytes=tally.expired_bytes,
+            skipped=dict(sorted((reason, n) for reason, n in skipped.items() if n)),
+        )
+
+    def batches(self, cutoff: datetime) -> Iterator[Batch]:
+        number = 0
+        for found in self._walk(Counter()):
+            tally = _Tally()
+            try:
+                self._scan(found, cutoff, tally)
+            except _Skip:
+                continue
+            if tally.expired:
+                number += 1
+                planned = PlannedCsv(
+                    name=found.name, device=found.status.st_dev, inode=found.status.st_ino
+                )
+                yield Batch(number=number, planned=tally.expired, span=tally.span, payload=planned)
+
+    def apply(self, batch: Batch, cutoff: datetime) -> BatchResult:
+        root_fd = self._require_open()
+        planned = batch.payload
+        if not isinstance(planned, PlannedCsv):
+            raise TypeError("a csv store applies only its own batches")  # a bug in the caller
+        try:
+            fd = self._open_planned(root_fd, planned)
+        except _Skip as skip:
+            return BatchResult(deleted=0, bytes=0, skipped={skip.reason: 1})
+        try:
+            return self._rewrite(root_fd, fd, planned, cutoff)
+        except _Skip as skip:
+            return BatchResult(deleted=0, bytes=0, skipped={skip.reason: 1})
+        finally:
+            os.close(fd)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _walk(self, skipped: Counter[str]) -> Iterator[_Found]:
+        """Matching regular files directly in the root, in name order."""
+        root_fd = self._require_open()
+        try:
+            names = _names(root_fd)
+        except OSError as error:
+            raise StoreError(
+                f"{self.root} cannot be listed ({error.strerror}); give retentiond's user read "
+                "permission"
+            ) from None
+        for name in names:
+            if _TEMP_NAME.fullmatch(name):
+                skipped[LEFTOVER_TEMP] += 1
+                continue
+            if not self._matches(name):
+                continue
+            try:
+                status = os.stat(name, dir_fd=root_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # removed since the folder was listed
+            except OSError:
+                skipped[UNREADABLE] += 1
+                continue
+            if stat.S_ISLNK(status.st_mode):
+                skipped[SYMLINK] += 1
+            elif not stat.S_ISREG(status.st_mode):
+                skipped[NOT_REGULAR_FILE] += 1
+            elif status.st_dev != self._root_device:
+                skipped[OTHER_FILESYSTEM] += 1
+            else:
+                yield _Found(name, status)
+
+    def _matches(self, name: bytes) -> bool:
+        text = os.fsdecode(name)
+        return any(pattern.fullmatch(text) for pattern in self._patterns)
+
+    def _scan(self, found: _Found, cutoff: datetime, tally: _Tally) -> None:
+        """Add one file's complete lines to `tally`. Raises _Skip when it cannot be read."""
+        try:
+            fd = _open_file(self._require_open(), found.name)
+        except _Skip as skip:
+            if skip.reason == VANISHED:
+                return
+            raise
+        try:
+            status = os.fstat(fd)
+            if (status.st_dev, status.st_ino) != (found.status.st_dev, found.status.st_ino):
+                raise _Skip(CHANGED)
+            for line in _complete_lines(fd, status.st_size):
+                self._count(line, cutoff, tally)
+        except OSError:
+            raise _Skip(UNREADABLE) from None
+        finally:
+            os.close(fd)
+
+    def _count(self, line: bytes, cutoff: datetime, tally: _Tally) -> None:
+        tally.lines += 1
+        when = self._line_time(line)
+        if when is None:
+            tally.unparseable += 1
+            return
+        tally.oldest = when if tally.oldest is None else min(tally.oldest, when)
+        if when < cutoff:
+            tally.expire(len(line), self._day(when))
+
+    def _line_time(self, line: bytes) -> datetime | None:
+        """The (latest) instant a CSV line's time field denotes, or None when it cannot be read."""
+        text = line.decode("utf-8", "surrogateescape")
+        try:
+            fields = next(csv.reader((text.rstrip("\n"),), strict=True))
+        except (csv.Error, StopIteration):
+            return None
+        if len(fields) <= self.config.time_field:
+            return None
+        value = fields[self.config.time_field]
+        try:
+            if self._plain_time and _PLAIN_TIME.fullmatch(value):
+                wall = datetime.fromisoformat(value)
+            else:
+                wall = datetime.strptime(value, self.config.time_format)
+            if wall.tzinfo is not None:  # the format carried an offset: the instant is exact
+                return wall.astimezone(UTC)
+            return latest_instant(wall, self.zone)
+        except (ValueError, OverflowError):
+            return None
+
+    def _day(self, when: datetime) -> date:
+        return when.astimezone(self.zone).date()
+
+    # -- rewriting -------------------------------------------------------------------------------
+
+    def _open_planned(self, root_fd: int, planned: PlannedCsv) -> int:
+        _check_name(planned.name)
+        fd = _open_file(root_fd, planned.name)
+        status = os.fstat(fd)
+        reason = None
+        if not stat.S_ISREG(status.st_mode) or (status.st_dev, status.st_ino) != (
+            planned.device,
+            planned.inode,
+        ):
+            reason = CHANGED
+        elif status.st_nlink != 1:
+            reason = HARD_LINKED
+        if reason is not None:
+            os.close(fd)
+            raise _Skip(reason)
+        return fd
+
+    def _rewrite(self, root_fd: int, fd: int, planned: PlannedCsv, cutoff: datetime) -> BatchResult:
+        original = os.fstat(fd)
+        _remove_stale_temps(root_fd, planned.name)
+        temp_name, temp_fd = _create_temp(root_fd, planned.name, original, self.root)
+        removed = _Tally()
+        renamed = False
+        try:
+            offset = self._filter(fd, temp_fd, original.st_size, cutoff, removed)
+            filtered = offset
+            if removed.expired:
+                offset = _copy_from(fd, temp_fd, offset)
+                os.fsync(temp_fd)
+                # Again, for what came during the sync: fewer lines left for after the rename.
+                offset = _copy_from(fd, temp_fd, offset)
+                self._check_still_planned(root_fd, fd, planned, offset)
+                # A rotation between the check and the rename is the one race left here.
+                os.rename(temp_name, planned.name, src_dir_fd=root_fd, dst_dir_fd=root_fd)
+                renamed = True
+        except OSError as error:
+            raise StoreError(
+                f"rewriting a CSV file in {self.root} failed ({error.strerror}); the file is "
+                "unchanged"
+            ) from None
+        finally:
+            if not renamed:
+                os.close(temp_fd)
+                _unlink_quietly(root_fd, temp_name, self.root)
+        if not renamed:
+            return BatchResult(deleted=0, bytes=0)  # nothing expired any more: left as it is
+        try:
+            os.fsync(root_fd)
+            late = _carry_late_appends(fd, temp_fd, offset)
+            os.fsync(temp_fd)
+            appended = _count_lines(fd, filtered, offset + late)
+        except OSError as error:
+            raise StoreError(
+                f"a CSV file in {self.root} was rewritten, but lines appended during the rewrite "
+                f"may not have been carried over ({error.strerror})"
+            ) from None
+        finally:
+            os.close(temp_fd)
+        log.debug(
+            "csv file rewritten",
+            store=self.label,
+            deleted=removed.expired,
+            bytes=removed.expired_bytes,
+            late_bytes=late,
+        )
+        return BatchResult(
+            deleted=removed.expired,
+            span=removed.span,
+            bytes=removed.expired_bytes,
+            counts={"appended_lines_carried_over": appended} if appended else {},
+        )
+
+    def _filter(self, fd: int, temp_fd: int, stop: int, cutoff: datetime, removed: _Tally) -> int:
+        """Copy the complete lines up to `stop` except expired ones; the offset read up to."""
+        offset = 0
+        kept: list[bytes] = []
+        kept_size = 0
+        for line in _complete_lines(fd, stop):
+            offset += len(line)
+            when = self._line_time(line)
+            if when is not None and when < cutoff:
+                removed.expire(len(line), self._day(when))
+                continue
+            kept.append(line)
+            kept_size += len(line)
+            if kept_size >= _CHUNK:
+                _write_all(temp_fd, b"".join(kept))
+                kept, kept_size = [], 0
+        _write_all(temp_fd, b"".join(kept))
+        return offset
+
+    def _check_still_planned(self, root_fd: int, fd: int, planned: PlannedCsv, offset: int) -> None:
+        """Just before the rename: the name still denotes the file read, and it only grew."""
+        if os.fstat(fd).st_size < offset:
+            raise _Skip(CHANGED)  # truncated meanwhile (logrotate copytruncate)
+        try:
+            current = os.stat(planned.name, dir_fd=root_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            raise _Skip(VANISHED) from None
+        if (current.st_dev, current.st_ino) != (planned.device, planned.inode):
+            raise _Skip(CHANGED)  # rotated or replaced meanwhile: renaming would lose the new one
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _require_open(self) -> int:
+        if self._root_fd is None:
+            raise RuntimeError("CsvStore used before open()")  # a bug in the caller
+        return self._root_fd
+
+    def _root_state(self) -> str:
+        try:
+            status = os.lstat(self.root)
+        except OSError as error:
+            return f"warning: cannot be examined: {error.strerror}"
+        if stat.S_ISLNK(status.st_mode):
+            return "warning: a symlink, which retentiond refuses to follow"
+        if not stat.S_ISDIR(status.st_mode):
+            return "warning: not a folder"
+        if not os.access(self.root, os.R_OK | os.W_OK | os.X_OK):
+            return "warning: retentiond's user cannot read and write it"
+        return "readable and writable"
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+
+def _check_name(name: bytes) -> None:
+    """A payload names a single entry of the root: never a path, `.` or `..`."""
+    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
+        raise _Skip(CHANGED)
+
+
+def _open_file(root_fd: int, name: bytes) -> int:
+    try:
+        return os.open(name, _READ_FLAGS, dir_fd=root_fd)
+    except FileNotFoundError:
+        raise _Skip(VANISHED) from None
+    except PermissionError:
+        raise _Skip(UNREADABLE) from None
+    except OSError as error:
+        # ELOOP: now a symlink. Anything else: cannot be read.
+        raise _Skip(CHANGED if error.errno == errno.ELOOP else UNREADABLE) from None
+
+
+def _names(folder_fd: int) -> list[bytes]:
+    # Name order; names stay bytes, as account codes can be in any encoding.
+    return sorted(os.fsencode(name) for name in os.listdir(folder_fd))
+
+
+def _complete_lines(fd: int, stop: int) -> Iterator[bytes]:
+    """The newline-terminated lines in the first `stop` bytes, newline included.
+
+    Bytes after the last newline are a line still being written; the caller copies them verbatim.
+    """
+    offset = 0
+    pending = b""
+    while offset < stop:
+        chunk = os.pread(fd, min(_CHUNK, stop - offset), offset)
+        if not chunk:
+            return  # shorter than when it was opened: truncated meanwhile
+        offset += len(chunk)
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            yield line + b"\n"
+
+
+def _copy_from(fd: int, temp_fd: int, offset: int) -> int:
+    """Copy everything from `offset` to the current end verbatim; the new offset."""
+    while chunk := os.pread(fd, _CHUNK, offset):
+        _write_all(temp_fd, chunk)
+        offset += len(chunk)
+    return offset
+
+
+def _carry_late_appends(fd: int, new_fd: int, offset: int) -> int:
+    """After the rename: copy what writers that opened the old file still put there.
+
+    Complete lines are copied as they come, a partial line only once its writer is gone, so a
+    line is never split around one Asterisk writes to the new file. Returns the bytes carried.
+    """
+    start = offset
+    deadline = time.monotonic() + WRITER_WAIT
+    quiet_since = time.monotonic()
+    while True:
+        chunk = os.pread(fd, _CHUNK, offset)
+        if chunk:
+            quiet_since = time.monotonic()
+        end = chunk.rfind(b"\n") + 1
+        if end:
+            _write_all(new_fd, chunk[:end])
+            offset += end
+        if end and len(chunk) == _CHUNK:
+            continue  # more to read before judging whether the rest is complete
+        writers = _has_writers(fd)
+        now = time.monotonic()
+        settled = not writers if writers is not None else now - quiet_since >= QUIET
+        if settled or now >= deadline:
+            if not settled:
+                log.warning(
+                    "a writer kept the old CSV file open after the rewrite; "
+                    "lines it writes from now on are lost",
+                    waited=WRITER_WAIT,
+                )
+            offset = _copy_from(fd, new_fd, offset)
+            return offset - start
+        time.sleep(_POLL)
+
+
+def _has_writers(fd: int) -> bool | None:
+    """Whether any process has the file open for writing; None when the kernel will not say.
+
+    A read lease is granted only while nobody has the file open for writing.
+    """
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as error:
+        return True if error.errno == errno.EAGAIN else None
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return False
+
+
+def _count_lines(fd: int, start: int, stop: int) -> int:
+    """Newlines between two offsets: the appended lines a rewrite carried over verbatim."""
+    count = 0
+    while start < stop:
+        chunk = os.pread(fd, min(_CHUNK, stop - start), start)
+        if not chunk:
+            break
+        count += chunk.count(b"\n")
+        start += len(chunk)
+    return count
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _temp_prefix(name: bytes) -> bytes:
+    return b"." + name[:_TEMP_PREFIX_MAX] + _TEMP_MARK
+
+
+def _create_temp(
+    root_fd: int, name: bytes, original: os.stat_result, root: os.PathLike[str]
+) -> tuple[bytes, int]:
+    """An empty file next to `name` with its owner, group and mode, opened for appending."""
+    mode = stat.S_IMODE(original.st_mode)
+    for _ in range(8):
+        temp_name = _temp_prefix(name) + secrets.token_hex(4).encode()
+        try:
+            fd = os.open(temp_name, _TEMP_FLAGS, mode & 0o600, dir_fd=root_fd)
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise StoreError(
+                f"cannot create a temporary file in {root} to rewrite a CSV file "
+                f"({error.strerror}); retentiond needs write permission there; the file is "
+                "unchanged"
+            ) from None
+        try:
+            os.fchown(fd, original.st_uid, original.st_gid)
+            os.fchmod(fd, mode)
+        except OSError as error:
+            os.close(fd)
+            _unlink_quietly(root_fd, temp_name, root)
+            raise StoreError(
+                f"cannot give the rewrite of a CSV file in {root} the original's owner and mode "
+                f"({error.strerror}); run retentiond as root or as the files' owner; the file is "
+                "unchanged"
+            ) from None
+        return temp_name, fd
+    raise StoreError(f"cannot find a free temporary name in {root}")  # pragma: no cover
+
+
+def _unlink_quietly(root_fd: int, name: bytes, root: os.PathLike[str]) -> None:
+    try:
+        os.unlink(name, dir_fd=root_fd)
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        log.error(
+            "a temporary copy of a CSV file could not be removed",
+            store=str(root),
+            reason=error.strerror,
+        )
+
+
+def _remove_stale_temps(root_fd: int, name: bytes) -> None:
+    """Remove this file's temporary copies left by a rewrite that a crash interrupted."""
+    prefix = _temp_prefix(name)
+    now = time.time()
+    removed = 0
+    try:
+        names = _names(root_fd)
+    except OSError:
+        return  # the rewrite itself reports what is wrong with the folder
+    for entry_name in names:
+        if not (entry_name.startswith(prefix) and _TEMP_NAME.fullmatch(entry_name)):
+            continue
+        try:
+            status = os.stat(entry_name, dir_fd=root_fd, follow_symlinks=False)
+            if stat.S_ISREG(status.st_mode) and now - status.st_mtime > STALE_TEMP:
+                os.unlink(entry_name, dir_fd=root_fd)
+                removed += 1
+        except OSError:
+            continue
+    if removed:
+        log.info("removed copies left by an interrupted CSV rewrite", count=removed)
