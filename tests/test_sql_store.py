@@ -26,7 +26,7 @@ from retentiond.config.model import ConnectionConfig, SqlStoreConfig
 from retentiond.errors import StoreError
 from retentiond.rules import latest_instant
 from retentiond.stores.base import BatchResult
-from retentiond.stores.sql import SqlStore
+from retentiond.stores.sql import Database, SqlStore
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -59,16 +59,19 @@ def open_store() -> Iterator[StoreFactory]:
         lock_timeout: float = 5.0,
         retries: int = 5,
         password_file: Path | None = None,
+        file_column: str | None = None,
+        file_root: Path | None = None,
     ) -> SqlStore:
-        store_config = SqlStoreConfig.model_validate(
-            {
-                "type": "sql",
-                "connection": "cdrdb",
-                "table": table,
-                "time_column": time_column,
-                "batch_size": batch_size,
-            }
-        )
+        settings: dict[str, Any] = {
+            "type": "sql",
+            "connection": "cdrdb",
+            "table": table,
+            "time_column": time_column,
+            "batch_size": batch_size,
+        }
+        if file_column is not None:
+            settings.update(file_column=file_column, file_root=str(file_root))
+        store_config = SqlStoreConfig.model_validate(settings)
         connection: dict[str, Any] = {"url": url, "lock_timeout": lock_timeout, "retries": retries}
         if password_file is not None:
             connection["password_file"] = str(password_file)
@@ -680,3 +683,134 @@ def test_clock_skew_of_a_local_server_is_small(
     else:
         assert skew is not None
         assert abs(skew) < timedelta(seconds=2)
+
+
+# -- rows that name a file ------------------------------------------------------------------------
+
+RECORDING_TABLES = {
+    # MariaDB, like FreePBX's cdr: no primary key, an index on the time column.
+    "mariadb": [
+        "CREATE TABLE recordings (start_time DATETIME NOT NULL, caller VARCHAR(80) NOT NULL, "
+        "recording_url VARCHAR(511), KEY recordings_start_time (start_time))"
+    ],
+    "postgresql": [
+        "CREATE TABLE recordings (id_recording serial PRIMARY KEY, start_time timestamp NOT NULL, "
+        "caller varchar(80) NOT NULL, recording_url varchar(511))",
+        "CREATE INDEX recordings_start_time ON recordings (start_time)",
+    ],
+    # SQLite: an integer key and no index on the time: the key walk.
+    "sqlite": [
+        "CREATE TABLE recordings (id INTEGER PRIMARY KEY, start_time TEXT NOT NULL, caller TEXT, "
+        "recording_url TEXT)"
+    ],
+}
+
+
+def recordings(
+    database: PbxDatabase, root: Path, expired: int, young: int
+) -> tuple[list[str], list[str]]:
+    """Recording rows with their files under root: (expired file names, young file names)."""
+    database.execute(*RECORDING_TABLES[database.dialect])
+    rows = []
+    names: tuple[list[str], list[str]] = ([], [])
+    times = hours_before_cutoff(expired, step=3) + hours_after_cutoff(young)
+    for index, moment in enumerate(times):
+        caller = f"+49301234{index:03d}"
+        extension = f"2{index % 3:02d}"
+        name = (
+            f"{extension}/[Erika Mustermann]_{extension}-{caller}_"
+            f"{moment:%Y%m%d%H%M%S}({index}).wav"
+        )
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"RIFF" + bytes(96))
+        names[index >= expired].append(name)
+        rows.append({"start_time": wall(database, moment), "caller": caller, "recording_url": name})
+    database.insert("recordings", rows)
+    return names
+
+
+@pytest.mark.parametrize("database", ALL_BACKENDS, indirect=True)
+def test_files_of_expired_rows_are_deleted_after_their_rows(
+    database: PbxDatabase, open_store: StoreFactory, tmp_path: Path
+) -> None:
+    root = tmp_path / "Recordings"
+    expired, young = recordings(database, root, expired=23, young=4)
+    store = open_store(
+        database.url,
+        "recordings",
+        "start_time",
+        batch_size=5,
+        file_column="recording_url",
+        file_root=root,
+    )
+
+    description = store.describe()
+    with capture_logs() as logs:
+        results = purge(store)
+
+    assert any(line.startswith("files: column recording_url names a file") for line in description)
+    assert any(line.startswith("warning: no index on recording_url") for line in description)
+    expected_strategy = {"mariadb": "time_index", "postgresql": "time_index", "sqlite": "key_walk"}
+    assert store.strategy == expected_strategy[database.dialect]
+    assert sum(result.deleted for result in results) == 23
+    assert sum(result.bytes or 0 for result in results) == 23 * 100
+    assert all(not result.skipped for result in results)
+    assert database.count("recordings") == 4
+    assert not [name for name in expired if (root / name).exists()]
+    assert all((root / name).is_file() for name in young)
+    logged = repr(logs) + repr(results)
+    assert "+49301234" not in logged
+    assert "Mustermann" not in logged
+    assert (
+        sum(entry["files"] for entry in logs if entry["event"] == "sql store deleted files") == 23
+    )
+
+
+@pytest.mark.mariadb
+def test_keyless_table_needs_returning_to_delete_files(
+    mariadb_url: str,
+    pbx_database: Callable[[str], PbxDatabase],
+    open_store: StoreFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    database = pbx_database(mariadb_url)
+    recordings(database, tmp_path, expired=2, young=0)
+    # MySQL: no DELETE ... RETURNING.
+    monkeypatch.setattr(Database, "delete_returning", property(lambda self: False))
+
+    with pytest.raises(StoreError) as raised:
+        open_store(
+            mariadb_url, "recordings", "start_time", file_column="recording_url", file_root=tmp_path
+        )
+
+    assert "file_column needs DELETE ... RETURNING" in str(raised.value)
+    assert "Add a primary key to recordings" in str(raised.value)
+
+
+@pytest.mark.mariadb
+def test_without_returning_the_files_are_read_under_lock_before_the_delete(
+    mariadb_url: str,
+    pbx_database: Callable[[str], PbxDatabase],
+    open_store: StoreFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    database = pbx_database(mariadb_url)
+    expired, young = recordings(database, tmp_path, expired=9, young=2)
+    database.execute("ALTER TABLE recordings ADD id INT AUTO_INCREMENT PRIMARY KEY")
+    monkeypatch.setattr(Database, "delete_returning", property(lambda self: False))
+    store = open_store(
+        mariadb_url,
+        "recordings",
+        "start_time",
+        batch_size=4,
+        file_column="recording_url",
+        file_root=tmp_path,
+    )
+
+    results = purge(store)
+
+    assert [(result.deleted, result.bytes) for result in results] == [(4, 400), (4, 400), (1, 100)]
+    assert not [name for name in expired if (tmp_path / name).exists()]
+    assert all((tmp_path / name).is_file() for name in young)

@@ -14,6 +14,11 @@ How a batch finds its rows follows from the table, chosen at `open` and shown by
   cdr_sqlite3_custom's AcctId). Each batch covers the next n keys through the primary key.
 - scan: neither. Correct but every batch reads the table; `describe` says which index fixes it.
 
+Rows may name a file (3CX `recordings.recording_url`, relative to `file_root`). The delete itself
+says which files its rows named (RETURNING, or a locking read in the same transaction on MySQL);
+once the rows are committed, each file no remaining row names is unlinked from the root's
+descriptor, one folder at a time, never through a symlink and never outside the root.
+
 SQLAlchemy Core only (the ORM refuses tables without a primary key), and text() statements built
 from names that came out of reflection, quoted by the dialect. No row value is ever logged or put
 into an exception: messages carry counts, names of tables and columns, and driver messages.
@@ -21,11 +26,14 @@ into an exception: messages carry counts, names of tables and columns, and drive
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import stat
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from functools import partial
@@ -72,6 +80,16 @@ IN_LIST_CHUNK = 500
 DATETIME_FLOOR = datetime(1000, 1, 1)
 EPOCH_FLOOR = 1
 
+# Why a row's file was left in place, as counted in BatchResult.skipped. The row is gone anyway.
+UNSAFE_PATH = "unsafe_path"  # absolute, `..`, empty component, or a symlink on the way
+FILE_MISSING = "file_missing"
+STILL_REFERENCED = "still_referenced"  # a row that stays names the same file
+NOT_REGULAR_FILE = "not_regular_file"
+OTHER_FILESYSTEM = "other_filesystem"
+UNREMOVABLE = "unremovable"  # unlink refused (permissions, read-only filesystem)
+
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
 _TRANSIENT_CODES = {
     "1205": "lock wait timeout",  # MariaDB/MySQL innodb_lock_wait_timeout and lock_wait_timeout
     "3572": "lock wait timeout",  # MySQL NOWAIT
@@ -106,6 +124,8 @@ _GAVE_UP = {
 }
 
 _STATEMENT_TIMEOUT_CODES = {"57014", "1969", "3024"}
+# A row still referred to by a foreign key of another table (PostgreSQL, MariaDB/MySQL, SQLite).
+_FOREIGN_KEY_CODES = {"23503", "1451", "SQLITE_CONSTRAINT_FOREIGNKEY"}
 
 
 @dataclass(frozen=True)
@@ -117,42 +137,31 @@ class Layout:
     key: str | None  # SQL for the row key (quoted column, ctid, rowid); None: keyless deletes
 
 
-class SqlStore(Store):
-    """One table purged by its time column; see the module docstring for the strategies."""
+class Database:
+    """One connection of the config as a store uses it: engine, timeouts, retries.
 
-    kind = "sql"
-    unit = "rows"
+    It reads the password (password_file, else the systemd credential named like the connection),
+    sets the lock and statement timeouts of every session per dialect, and runs each piece of work
+    in its own transaction, retrying lock waits, deadlocks and lost connections with backoff.
+    `label` names the store in messages and logs.
+    """
 
-    def __init__(self, store: SqlStoreConfig, connection: ConnectionConfig, zone: tzinfo) -> None:
-        self.label = store.label
-        self.pause = store.pause
-        self._store = store
-        self._connection = connection
-        self._zone = zone
+    def __init__(self, name: str, settings: ConnectionConfig, label: str) -> None:
+        self.name = name
+        self.settings = settings
+        self.label = label
+        self.family = ""  # "mysql" (also MariaDB), "postgresql" or "sqlite"
+        self.server = ""  # e.g. "PostgreSQL 15.4", for describe()
+        self.url: URL | None = None
         self._engine: Engine | None = None
-        self._url: URL | None = None
-        self._family = ""  # "mysql" (also MariaDB), "postgresql" or "sqlite"
-        self._server = ""
-        self._table_sql = ""
-        self._time_sql = ""
-        self._time_name = ""
-        self._time_kind: TimeKind = "local"
-        self._layout: Layout | None = None
-        # The walk's key range from the last survey, so batches() need not scan again.
-        self._walk_range: tuple[datetime, tuple[Any, Any]] | None = None
-        self._applied: tuple[Batch, BatchResult] | None = None
 
-    @property
-    def strategy(self) -> Strategy:
-        return self._require_layout().strategy
-
-    # -- opening ---------------------------------------------------------------------------------
-
-    def open(self) -> None:
+    def open(self) -> Connection:
+        """Create the engine and return a first connection, for reflection; the caller closes it."""
+        self.close()
         url = self._engine_url()
-        self._url = url
-        self._family = _family(url, self._store.connection)
-        if self._family == "sqlite":
+        self.url = url
+        self.family = _family(url, self.name)
+        if self.family == "sqlite":
             self._require_sqlite_file(url)
         try:
             engine = create_engine(
@@ -164,54 +173,139 @@ class SqlStore(Store):
                 pool_recycle=3600,
             )
         except (ArgumentError, NoSuchModuleError, ImportError) as exc:
-            raise StoreError(f"connection {self._store.connection}: {exc}") from None
+            raise StoreError(f"connection {self.name}: {exc}") from None
         self._engine = engine
         try:
             connection = engine.connect()
         except DBAPIError as exc:
             self.close()
             raise StoreError(
-                f"cannot connect to {self._store.connection} ({self._where()}): "
-                f"{_driver_message(exc)}"
+                f"cannot connect to {self.name} ({self.where()}): {driver_message(exc)}"
             ) from None
         try:
-            with connection:
-                self._server = _server_version(connection, self._family)
-                table = self._reflect(connection)
-                column = self._time_column(table)
-                self._time_kind = self._kind_of(column)
-                self._table_sql = self._preparer().format_table(table)
-                self._time_name = column.name
-                self._time_sql = self._preparer().quote(column.name)
-                self._layout = self._choose_layout(connection, table, column)
+            self.server = _server_version(connection, self.family)
         except DBAPIError as exc:
+            connection.close()
             self.close()
             raise StoreError(
-                f"{self.label}: cannot read the table definition: {_driver_message(exc)}"
+                f"{self.label}: cannot read the server version: {driver_message(exc)}"
             ) from None
-        except StoreError:
-            self.close()
-            raise
-        log.debug(
-            "sql store opened",
-            store=self.label,
-            database=self._server,
-            strategy=self._layout.strategy,
-            time_column=self._time_name,
-        )
+        return connection
 
     def close(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
             self._engine = None
 
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError(f"{self.label}: the store is not open")  # a bug in the caller
+        return self._engine
+
+    @property
+    def preparer(self) -> Any:
+        """The dialect's quoting of table and column names."""
+        return self.engine.dialect.identifier_preparer
+
+    @property
+    def delete_returning(self) -> bool:
+        """Whether DELETE can hand back the deleted rows (not on MySQL, nor SQLite < 3.35)."""
+        return bool(self.engine.dialect.delete_returning)
+
+    @property
+    def database_name(self) -> str | None:
+        return self.url.database if self.url is not None else None
+
+    def where(self) -> str:
+        """Host and port, or the SQLite file: where the connection goes, without credentials."""
+        url = self.url
+        if url is None:
+            return "?"
+        if self.family == "sqlite":
+            return url.database or ":memory:"
+        default_port = 3306 if self.family == "mysql" else 5432
+        return f"{url.host or 'localhost'}:{url.port or default_port}"
+
+    def retrying(self, action: str, work: Callable[[Connection], T], *, write: bool = False) -> T:
+        """Run `work` in its own transaction; retry lock waits, deadlocks and lost connections.
+
+        A write commits before returning. A failed attempt rolled back completely, so retrying it
+        cannot delete twice what one batch planned.
+        """
+        engine = self.engine
+        retries = self.settings.retries
+        attempt = 0
+        while True:
+            try:
+                if write:
+                    with engine.begin() as connection:
+                        return work(connection)
+                with engine.connect() as connection:
+                    return work(connection)
+            except DBAPIError as exc:
+                reason = _transient_reason(exc)
+                if reason is None:
+                    # `from None`: the chained SQLAlchemy error would print the bound parameters.
+                    raise StoreError(self.failure_message(action, exc)) from None
+                if attempt >= retries:
+                    attempts = attempt + 1
+                    raise StoreError(
+                        f"{self.label}: {_GAVE_UP[reason].format(attempts=attempts)}; the run was "
+                        "stopped, nothing beyond the committed batches was deleted"
+                    ) from None
+                delay = min(BACKOFF_FIRST * 2**attempt, BACKOFF_MAX)
+                attempt += 1
+                log.warning(
+                    "sql store retrying",
+                    store=self.label,
+                    action=action,
+                    attempt=attempt,
+                    of=retries,
+                    error=reason,
+                    code=error_code(exc),
+                    delay=delay,
+                )
+                time.sleep(delay)
+
+    def failure_message(self, action: str, exc: DBAPIError) -> str:
+        message = f"{self.label}: {action} failed: {driver_message(exc)}"
+        code = error_code(exc)
+        if code in _STATEMENT_TIMEOUT_CODES:
+            message += (
+                "; the statement ran longer than statement_timeout "
+                f"({self.settings.statement_timeout:g} s): lower batch_size or raise it"
+            )
+        elif code in _FOREIGN_KEY_CODES:
+            message += (
+                "; rows of another table still refer to the rows being deleted: purge that table "
+                "first (a store listed before this one in the rule)"
+            )
+        return message
+
+    def clock_skew(self) -> timedelta | None:
+        """Database clock minus host clock; None for SQLite, a file without a clock."""
+        if self.family == "sqlite":
+            return None
+        query = "SELECT UTC_TIMESTAMP(6)" if self.family == "mysql" else "SELECT clock_timestamp()"
+
+        def measure(connection: Connection) -> timedelta:
+            before = datetime.now(UTC)
+            value = connection.execute(text(query)).scalar()
+            after = datetime.now(UTC)
+            if not isinstance(value, datetime):
+                raise StoreError(f"{self.label}: the database clock returned no time")
+            database_now = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+            return database_now - (before + (after - before) / 2)
+
+        return self.retrying("reading the database clock", measure)
+
     def _engine_url(self) -> URL:
-        name = self._store.connection
         try:
-            url = make_url(self._connection.url)
+            url = make_url(self.settings.url)
         except ArgumentError:
             raise StoreError(
-                f"connection {name}: url is not a database URL; write it like "
+                f"connection {self.name}: url is not a database URL; write it like "
                 "mariadb+pymysql://user@host/asteriskcdrdb"
             ) from None
         if url.password is None and url.get_backend_name() != "sqlite":
@@ -222,8 +316,8 @@ class SqlStore(Store):
 
     def _password(self) -> str | None:
         """From password_file, else the systemd credential named like the connection."""
-        name = self._store.connection
-        path = self._connection.password_file
+        name = self.name
+        path = self.settings.password_file
         if path is None:
             credentials = os.environ.get("CREDENTIALS_DIRECTORY")
             if not credentials or not (Path(credentials) / name).is_file():
@@ -244,13 +338,12 @@ class SqlStore(Store):
             return
         if not Path(database).is_file():
             raise StoreAbsent(
-                f"cannot open {self._store.connection}: SQLite database file {database} "
-                "does not exist"
+                f"cannot open {self.name}: SQLite database file {database} does not exist"
             )
 
     def _connect_args(self) -> dict[str, Any]:
-        settings = self._connection
-        if self._family == "mysql":
+        settings = self.settings
+        if self.family == "mysql":
             lock = max(1, math.ceil(settings.lock_timeout))
             # /*M! ... */ runs on MariaDB only; MySQL has no max_statement_time.
             init = (
@@ -266,7 +359,7 @@ class SqlStore(Store):
                 "read_timeout": io_timeout,
                 "write_timeout": io_timeout,
             }
-        if self._family == "postgresql":
+        if self.family == "postgresql":
             options = (
                 f"-c lock_timeout={_milliseconds(settings.lock_timeout)} "
                 f"-c statement_timeout={_milliseconds(settings.statement_timeout)} "
@@ -279,6 +372,198 @@ class SqlStore(Store):
             }
         # Asterisk writes the same file: wait for its write lock instead of failing at once.
         return {"timeout": settings.lock_timeout}
+
+
+class FileRoot:
+    """The folder a file column's relative paths start from, held open by its descriptor.
+
+    Each path is followed one component at a time from the root's descriptor with O_NOFOLLOW, so
+    no symlink, `..`, absolute path or mount point can send an unlink outside the root. Paths are
+    recording names (numbers, names): they never appear in a log line, an exception or a result.
+    """
+
+    def __init__(self, path: Path, label: str) -> None:
+        self.path = path
+        self.label = label
+        self._fd: int | None = None
+        self._device = 0
+
+    def open(self) -> None:
+        self.close()
+        path = self.path
+        try:
+            status = os.lstat(path)
+        except FileNotFoundError:
+            raise StoreError(
+                f"{self.label}: file_root {path} does not exist; set it to the folder the file "
+                "column's paths are relative to"
+            ) from None
+        except OSError as error:
+            raise StoreError(
+                f"{self.label}: file_root {path} cannot be examined ({error.strerror})"
+            ) from None
+        if stat.S_ISLNK(status.st_mode):
+            raise StoreError(
+                f"{self.label}: file_root {path} is a symlink and retentiond never follows "
+                "symlinks; set file_root to the folder it points to"
+            )
+        if not stat.S_ISDIR(status.st_mode):
+            raise StoreError(f"{self.label}: file_root {path} is not a folder")
+        try:
+            fd = os.open(path, _FOLDER_FLAGS)
+        except OSError as error:
+            raise StoreError(
+                f"{self.label}: file_root {path} cannot be opened ({error.strerror}); give "
+                "retentiond's user search and write permission there"
+            ) from None
+        self._fd = fd
+        self._device = os.fstat(fd).st_dev
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def remove(self, relative: str | bytes) -> tuple[str | None, int]:
+        """Unlink the regular file at `relative` below the root: (None, its size) or (reason, 0)."""
+        if self._fd is None:
+            raise RuntimeError(f"{self.label}: the file root is not open")  # a bug in the caller
+        path = os.fsencode(relative)
+        parts = path.split(b"/")
+        if path.startswith(b"/") or b"\0" in path or any(p in (b"", b".", b"..") for p in parts):
+            return UNSAFE_PATH, 0
+        opened: list[int] = []
+        folder = self._fd
+        try:
+            for part in parts[:-1]:
+                try:
+                    folder = os.open(part, _FOLDER_FLAGS, dir_fd=folder)
+                except OSError as error:
+                    return self._why_not_a_folder(part, folder, error), 0
+                opened.append(folder)
+                if os.fstat(folder).st_dev != self._device:
+                    return OTHER_FILESYSTEM, 0
+            return self._unlink(parts[-1], folder)
+        finally:
+            for fd in reversed(opened):
+                os.close(fd)
+
+    def _unlink(self, name: bytes, folder: int) -> tuple[str | None, int]:
+        try:
+            status = os.stat(name, dir_fd=folder, follow_symlinks=False)
+        except FileNotFoundError:
+            return FILE_MISSING, 0
+        except OSError:
+            return UNREMOVABLE, 0
+        if stat.S_ISLNK(status.st_mode):
+            return UNSAFE_PATH, 0
+        if not stat.S_ISREG(status.st_mode):
+            return NOT_REGULAR_FILE, 0
+        if status.st_dev != self._device:
+            return OTHER_FILESYSTEM, 0
+        try:
+            os.unlink(name, dir_fd=folder)
+        except FileNotFoundError:
+            return FILE_MISSING, 0
+        except OSError:
+            return UNREMOVABLE, 0
+        return None, status.st_size
+
+    @staticmethod
+    def _why_not_a_folder(name: bytes, parent: int, error: OSError) -> str:
+        if isinstance(error, FileNotFoundError):
+            return FILE_MISSING
+        if error.errno in (errno.ELOOP, errno.ENOTDIR):
+            # O_DIRECTORY|O_NOFOLLOW refuses a symlink with ENOTDIR on Linux, ELOOP elsewhere.
+            try:
+                status = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            except OSError:
+                return FILE_MISSING
+            return UNSAFE_PATH if stat.S_ISLNK(status.st_mode) else FILE_MISSING
+        return UNREMOVABLE
+
+
+@dataclass
+class _Deleted:
+    """What one batch's transaction deleted, before any file is touched."""
+
+    count: int
+    times: list[Any] | None  # the deleted rows' times; None when the database cannot return them
+    files: list[Any] = field(default_factory=list)  # file column values to unlink after commit
+    still_referenced: int = 0  # files of deleted rows that rows staying behind also name
+
+
+class SqlStore(Store):
+    """One table purged by its time column; see the module docstring for the strategies."""
+
+    kind = "sql"
+    unit = "rows"
+
+    def __init__(self, store: SqlStoreConfig, connection: ConnectionConfig, zone: tzinfo) -> None:
+        self.label = store.label
+        self.pause = store.pause
+        self._store = store
+        self._zone = zone
+        self._db = Database(store.connection, connection, store.label)
+        self._table_sql = ""
+        self._time_sql = ""
+        self._time_name = ""
+        self._time_kind: TimeKind = "local"
+        self._layout: Layout | None = None
+        # file_column: its quoted name, its name, the index led by it, and the open root.
+        self._file_sql = ""
+        self._file_name = ""
+        self._file_index: str | None = None
+        self._files: FileRoot | None = None
+        # The walk's key range from the last survey, so batches() need not scan again.
+        self._walk_range: tuple[datetime, tuple[Any, Any]] | None = None
+        self._applied: tuple[Batch, BatchResult] | None = None
+
+    @property
+    def strategy(self) -> Strategy:
+        return self._require_layout().strategy
+
+    @property
+    def _family(self) -> str:
+        return self._db.family
+
+    # -- opening ---------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        self.close()
+        connection = self._db.open()
+        try:
+            with connection:
+                table = self._reflect(connection)
+                column = self._column(table, self._store.time_column, "time_column")
+                self._time_kind = self._kind_of(column)
+                self._table_sql = self._preparer().format_table(table)
+                self._time_name = column.name
+                self._time_sql = self._preparer().quote(column.name)
+                self._layout = self._choose_layout(connection, table, column)
+                if self._store.file_column is not None:
+                    self._prepare_files(connection, table)
+        except DBAPIError as exc:
+            self.close()
+            raise StoreError(
+                f"{self.label}: cannot read the table definition: {driver_message(exc)}"
+            ) from None
+        except StoreError:
+            self.close()
+            raise
+        log.debug(
+            "sql store opened",
+            store=self.label,
+            database=self._db.server,
+            strategy=self._layout.strategy,
+            time_column=self._time_name,
+        )
+
+    def close(self) -> None:
+        if self._files is not None:
+            self._files.close()
+            self._files = None
+        self._db.close()
 
     def _reflect(self, connection: Connection) -> Table:
         try:
@@ -293,7 +578,7 @@ class SqlStore(Store):
 
     def _missing_table_message(self, connection: Connection) -> str:
         tables = sorted(inspect(connection).get_table_names(schema=self._store.schema_name))
-        database = self._url.database if self._url is not None else None
+        database = self._db.database_name
         where = f"database {database}" if database else "the database"
         if self._store.schema_name:
             where += f" (schema {self._store.schema_name})"
@@ -307,8 +592,7 @@ class SqlStore(Store):
             return f"{message}; tables there: {', '.join(tables)}"
         return f"{message}; it has {len(tables)} tables, none of that name"
 
-    def _time_column(self, table: Table) -> Column[Any]:
-        wanted = self._store.time_column
+    def _column(self, table: Table, wanted: str, setting: str) -> Column[Any]:
         column = table.columns.get(wanted)
         if column is None:
             # MariaDB column names are case-insensitive; accept a unique case-insensitive match.
@@ -316,14 +600,15 @@ class SqlStore(Store):
             column = matches[0] if len(matches) == 1 else None
         if column is None:
             columns = ", ".join(c.name for c in table.columns)
+            holding = "the call time" if setting == "time_column" else "the file's path"
             raise StoreError(
                 f"{self.label}: column {wanted} does not exist in table {table.name}; its "
-                f"columns: {columns}. Set time_column to the column holding the call time"
+                f"columns: {columns}. Set {setting} to the column holding {holding}"
             )
         return column
 
     def _kind_of(self, column: Column[Any]) -> TimeKind:
-        kind = _time_kind(column.type, self._family)
+        kind = time_kind(column.type, self._family)
         if kind is None:
             raise StoreError(
                 f"{self.label}: column {column.name} has type {column.type!r}; the time column "
@@ -332,8 +617,33 @@ class SqlStore(Store):
             )
         return kind
 
+    def _prepare_files(self, connection: Connection, table: Table) -> None:
+        """Check the file column and open file_root: a batch's files go after its rows."""
+        store = self._store
+        if store.file_column is None or store.file_root is None:
+            return
+        column = self._column(table, store.file_column, "file_column")
+        if not isinstance(column.type, sqltypes.String | sqltypes.LargeBinary):
+            raise StoreError(
+                f"{self.label}: file_column {column.name} has type {column.type!r}; it must be "
+                "text holding a path relative to file_root"
+            )
+        if self._require_layout().key is None and not self._db.delete_returning:
+            raise StoreError(
+                f"{self.label}: file_column needs DELETE ... RETURNING to learn which files the "
+                "deleted rows named, because the table has no key to read them by first; "
+                f"{self._db.server} has no RETURNING. Add a primary key to {table.name}, or "
+                "leave file_column out and delete the files with a files store"
+            )
+        self._file_name = column.name
+        self._file_sql = self._preparer().quote(column.name)
+        self._file_index = self._leading_index(connection, table, column)
+        files = FileRoot(store.file_root, self.label)
+        files.open()
+        self._files = files
+
     def _choose_layout(self, connection: Connection, table: Table, column: Column[Any]) -> Layout:
-        index = self._time_index(connection, table, column)
+        index = self._leading_index(connection, table, column)
         key, key_name, integer_key = self._row_key(connection, table)
         time_name = column.name
         if index is not None:
@@ -373,8 +683,10 @@ class SqlStore(Store):
             "cannot be bounded; add an INTEGER PRIMARY KEY column"
         )
 
-    def _time_index(self, connection: Connection, table: Table, column: Column[Any]) -> str | None:
-        """The name of an index led by the time column (the primary key counts)."""
+    def _leading_index(
+        self, connection: Connection, table: Table, column: Column[Any]
+    ) -> str | None:
+        """The name of an index led by `column` (the primary key counts)."""
         for index in inspect(connection).get_indexes(table.name, schema=table.schema):
             names = index.get("column_names") or []
             if names and names[0] == column.name:
@@ -409,11 +721,11 @@ class SqlStore(Store):
     def describe(self) -> list[str]:
         layout = self._require_layout()
         lines = [
-            f"{self.label}: {self._server}",
-            f"time column {self._time_name} ({_KIND_WORDS[self._time_kind]})",
+            f"{self.label}: {self._db.server}",
+            f"time column {self._time_name} ({KIND_WORDS[self._time_kind]})",
             f"strategy {layout.strategy}: {layout.reason}",
         ]
-        plan, full_scan = self._retrying("explaining the batch statement", self._explain)
+        plan, full_scan = self._db.retrying("explaining the batch statement", self._explain)
         lines.append("query plan of each batch:")
         lines.extend(f"  {line}" for line in plan)
         if layout.strategy == "scan":
@@ -426,12 +738,30 @@ class SqlStore(Store):
                 "warning: the query plan reads the whole table for every batch; check that "
                 f"{self._time_name} is indexed ({self._index_hint()})"
             )
+        lines.extend(self._describe_files())
         return lines
 
-    def _index_hint(self) -> str:
+    def _describe_files(self) -> list[str]:
+        if self._files is None:
+            return []
+        name = self._file_name
+        lines = [
+            f"files: column {name} names a file relative to {self._files.path}; once a batch "
+            "is committed, the files of its rows are deleted unless a remaining row names them "
+            "too; never through a symlink, an absolute path or `..`, never outside that folder",
+        ]
+        if self._file_index is None:
+            lines.append(
+                f"warning: no index on {name}: each batch's check for remaining rows naming the "
+                f"same files reads the whole table; {self._index_hint(name)} would fix it"
+            )
+        return lines
+
+    def _index_hint(self, column: str | None = None) -> str:
+        column = column or self._time_name
         table = self._store.table
-        name = self._preparer().quote(f"{table}_{self._time_name}")
-        return f"CREATE INDEX {name} ON {self._table_sql} ({self._time_sql})"
+        name = self._preparer().quote(f"{table}_{column}")
+        return f"CREATE INDEX {name} ON {self._table_sql} ({self._preparer().quote(column)})"
 
     def _explain(self, connection: Connection) -> tuple[list[str], bool]:
         """The plan as lines, and whether it reads the whole table."""
@@ -462,7 +792,7 @@ class SqlStore(Store):
         Optimizers read a small table whole when every row matches, which says nothing about
         the plan once the table is large and a run takes its oldest day.
         """
-        instant = _instant(self._read_oldest(connection), self._time_kind, self._zone)
+        instant = stored_instant(self._read_oldest(connection), self._time_kind, self._zone)
         return instant + timedelta(days=1) if instant is not None else datetime.now(UTC)
 
     # -- surveying -------------------------------------------------------------------------------
@@ -490,14 +820,14 @@ class SqlStore(Store):
             oldest = self._read_oldest(connection)
             return int(total or 0), int(expired or 0), oldest, (low, high)
 
-        total, expired, oldest, walk_range = self._retrying("surveying", count)
+        total, expired, oldest, walk_range = self._db.retrying("surveying", count)
         if layout.strategy == "key_walk":
             self._walk_range = (cutoff, walk_range)
         return Survey(
             unit="rows",
             total=total,
             expired=expired,
-            oldest=_instant(oldest, self._time_kind, self._zone),
+            oldest=stored_instant(oldest, self._time_kind, self._zone),
         )
 
     def _read_oldest(self, connection: Connection) -> Any:
@@ -524,7 +854,7 @@ class SqlStore(Store):
         size = self._store.batch_size
         number = 0
         while True:
-            rows = self._retrying(
+            rows = self._db.retrying(
                 "planning a batch",
                 partial(_read_rows, self._plan_read_sql(), {"bound": bound, "n": size}),
             )
@@ -560,7 +890,7 @@ class SqlStore(Store):
         number = 0
         while last < high:
             params = {"bound": bound, "last": last, "end": high, "n": size}
-            rows = self._retrying(
+            rows = self._db.retrying(
                 "planning a batch", partial(_read_rows, self._walk_read_sql(), params)
             )
             if not rows:
@@ -583,7 +913,7 @@ class SqlStore(Store):
         if cached is not None and cached[0] == cutoff:
             return cached[1]
         key = self._require_layout().key
-        row = self._retrying(
+        row = self._db.retrying(
             "finding the expired key range",
             lambda connection: connection.execute(
                 text(
@@ -599,39 +929,45 @@ class SqlStore(Store):
 
     def apply(self, batch: Batch, cutoff: datetime) -> BatchResult:
         bound = self._bound(cutoff)
-        result = self._retrying(
+        deleted = self._db.retrying(
             "deleting a batch",
             lambda connection: self._delete(connection, batch, bound),
             write=True,
         )
+        if deleted.times is not None:
+            span = self._day_span(deleted.times)
+        else:
+            # Without RETURNING the planned span stands when every planned row went.
+            span = batch.span if deleted.count == batch.planned else None
+        result = BatchResult(deleted=deleted.count, span=span)
+        if self._files is not None:
+            result = self._remove_files(deleted, result)
         self._applied = (batch, result)
         return result
 
-    def _delete(self, connection: Connection, batch: Batch, bound: Any) -> BatchResult:
+    def _delete(self, connection: Connection, batch: Batch, bound: Any) -> _Deleted:
         layout = self._require_layout()
         if layout.strategy == "key_walk":
             last, upper = batch.payload
-            deleted, times = self._run_delete(
+            params = {"bound": bound, "last": last, "hi": upper}
+            deleted = self._run_delete(
                 connection,
                 text(self._walk_delete_sql()),
-                {"bound": bound, "last": last, "hi": upper},
+                params,
+                self._locking_file_read(self._walk_where()),
             )
         elif layout.key is None:
-            deleted, times = self._run_delete(
+            # Refused at open without RETURNING: a second ORDER BY ... LIMIT may pick other ties.
+            deleted = self._run_delete(
                 connection, text(self._keyless_delete_sql()), {"bound": bound, "n": batch.planned}
             )
         else:
-            deleted, times = self._delete_keys(connection, list(batch.payload), bound)
-        if times is not None:
-            span = self._day_span(times)
-        else:
-            # Without RETURNING the planned span stands when every planned row went.
-            span = batch.span if deleted == batch.planned else None
-        return BatchResult(deleted=deleted, span=span)
+            deleted = self._delete_keys(connection, list(batch.payload), bound)
+        if self._files is not None and deleted.files:
+            self._keep_files_still_named(connection, deleted)
+        return deleted
 
-    def _delete_keys(
-        self, connection: Connection, keys: list[Any], bound: Any
-    ) -> tuple[int, list[Any] | None]:
+    def _delete_keys(self, connection: Connection, keys: list[Any], bound: Any) -> _Deleted:
         key = self._require_layout().key
         returning = self._returning()
         if self._family == "postgresql":
@@ -641,31 +977,110 @@ class SqlStore(Store):
                 f"DELETE FROM {self._table_sql} WHERE {match} AND {self._expired_sql()}{returning}"
             )
             return self._run_delete(connection, statement, {"keys": keys, "bound": bound})
-        statement = text(
-            f"DELETE FROM {self._table_sql} WHERE {key} IN :keys AND {self._expired_sql()}"
-            f"{returning}"
-        ).bindparams(bindparam("keys", expanding=True))
-        deleted = 0
-        times: list[Any] | None = [] if returning else None
+        where = f"{key} IN :keys AND {self._expired_sql()}"
+        statement = text(f"DELETE FROM {self._table_sql} WHERE {where}{returning}").bindparams(
+            bindparam("keys", expanding=True)
+        )
+        file_read = self._locking_file_read(where)
+        if file_read is not None:
+            file_read = file_read.bindparams(bindparam("keys", expanding=True))
+        total = _Deleted(0, [] if returning else None)
         for start in range(0, len(keys), IN_LIST_CHUNK):
             chunk = keys[start : start + IN_LIST_CHUNK]
-            count, chunk_times = self._run_delete(
-                connection, statement, {"keys": chunk, "bound": bound}
+            part = self._run_delete(
+                connection, statement, {"keys": chunk, "bound": bound}, file_read
             )
-            deleted += count
-            if times is not None and chunk_times is not None:
-                times.extend(chunk_times)
-        return deleted, times
+            total.count += part.count
+            if total.times is not None and part.times is not None:
+                total.times.extend(part.times)
+            total.files.extend(part.files)
+        return total
 
     def _run_delete(
-        self, connection: Connection, statement: TextClause, params: dict[str, Any]
-    ) -> tuple[int, list[Any] | None]:
-        """Rows deleted, and their times when the database can return them."""
+        self,
+        connection: Connection,
+        statement: TextClause,
+        params: dict[str, Any],
+        file_read: TextClause | None = None,
+    ) -> _Deleted:
+        """Delete; the rows' times when the database can return them, and the files they named.
+
+        Without RETURNING, `file_read` selects the same rows FOR UPDATE first, in the same
+        transaction, so the files read are exactly those of the rows the delete removes.
+        """
+        files: list[Any] = []
+        if file_read is not None:
+            files = list(connection.execute(file_read, params).scalars())
         result = connection.execute(statement, params)
         if result.returns_rows:
-            times = list(result.scalars())
-            return len(times), times
-        return result.rowcount, None
+            rows = result.all()
+            if self._files is not None:
+                files = [row[1] for row in rows]
+            return _Deleted(len(rows), [row[0] for row in rows], files)
+        return _Deleted(result.rowcount, None, files)
+
+    def _keep_files_still_named(self, connection: Connection, deleted: _Deleted) -> None:
+        """Leave out the files a remaining row names; read in the deleting transaction.
+
+        MariaDB compares text without regard to case or trailing spaces: a match that loose only
+        keeps more files, so values are compared the same way here.
+        """
+        values = list(dict.fromkeys(v for v in deleted.files if _names_a_file(v)))
+        still_named: set[Any] = set()
+        if self._family == "postgresql":
+            statement = text(
+                f"SELECT DISTINCT {self._file_sql} FROM {self._table_sql} "
+                f"WHERE {self._file_sql} = ANY(:values)"
+            )
+        else:
+            statement = text(
+                f"SELECT DISTINCT {self._file_sql} FROM {self._table_sql} "
+                f"WHERE {self._file_sql} IN :values"
+            ).bindparams(bindparam("values", expanding=True))
+        for start in range(0, len(values), IN_LIST_CHUNK):
+            chunk = values[start : start + IN_LIST_CHUNK]
+            found = connection.execute(statement, {"values": chunk}).scalars()
+            still_named.update(_loose(value) for value in found)
+        deleted.files = [value for value in values if _loose(value) not in still_named]
+        deleted.still_referenced = len(values) - len(deleted.files)
+
+    def _remove_files(self, deleted: _Deleted, result: BatchResult) -> BatchResult:
+        """Unlink the committed rows' files; count what was left and why, never naming a file."""
+        files = self._files
+        if files is None:
+            return result
+        skipped: Counter[str] = Counter()
+        if deleted.still_referenced:
+            skipped[STILL_REFERENCED] = deleted.still_referenced
+        removed = removed_bytes = 0
+        for value in deleted.files:
+            reason, size = files.remove(value)
+            if reason is None:
+                removed += 1
+                removed_bytes += size
+            else:
+                skipped[reason] += 1
+        if removed or skipped:
+            log.info(
+                "sql store deleted files",
+                store=self.label,
+                files=removed,
+                bytes=removed_bytes,
+                **dict(sorted(skipped.items())),
+            )
+        if skipped[UNREMOVABLE] or skipped[UNSAFE_PATH]:
+            log.warning(
+                "sql store left files in place",
+                store=self.label,
+                unremovable=skipped[UNREMOVABLE],
+                unsafe_path=skipped[UNSAFE_PATH],
+            )
+        return BatchResult(
+            deleted=result.deleted,
+            span=result.span,
+            bytes=removed_bytes,
+            skipped=dict(sorted(skipped.items())),
+        )
 
     # -- statements ------------------------------------------------------------------------------
 
@@ -685,8 +1100,18 @@ class SqlStore(Store):
         return f" ORDER BY {self._time_sql}" if self.strategy == "time_index" else ""
 
     def _returning(self, wanted: bool = True) -> str:
-        supported = self._require_engine().dialect.delete_returning
-        return f" RETURNING {self._time_sql}" if wanted and supported else ""
+        """RETURNING the time (and the file column), where the database has it."""
+        if not (wanted and self._db.delete_returning):
+            return ""
+        files = f", {self._file_sql}" if self._files is not None else ""
+        return f" RETURNING {self._time_sql}{files}"
+
+    def _locking_file_read(self, where: str) -> TextClause | None:
+        """Without RETURNING: the file column of the rows a delete `where` will remove."""
+        if self._files is None or self._db.delete_returning:
+            return None
+        lock = "" if self._family == "sqlite" else " FOR UPDATE"
+        return text(f"SELECT {self._file_sql} FROM {self._table_sql} WHERE {where}{lock}")
 
     def _plan_read_sql(self) -> str:
         key = self._require_layout().key
@@ -713,17 +1138,19 @@ class SqlStore(Store):
             f"ORDER BY {key} LIMIT :n"
         )
 
-    def _walk_delete_sql(self, returning: bool = True) -> str:
+    def _walk_where(self) -> str:
         key = self._require_layout().key
+        return f"{key} > :last AND {key} <= :hi AND {self._expired_sql()}"
+
+    def _walk_delete_sql(self, returning: bool = True) -> str:
         return (
-            f"DELETE FROM {self._table_sql} WHERE {key} > :last AND {key} <= :hi "
-            f"AND {self._expired_sql()}{self._returning(returning)}"
+            f"DELETE FROM {self._table_sql} WHERE {self._walk_where()}{self._returning(returning)}"
         )
 
     # -- time values -----------------------------------------------------------------------------
 
     def _bound(self, cutoff: datetime) -> Any:
-        return _bound(self._time_kind, self._family, cutoff, self._zone)
+        return time_bound(self._time_kind, self._family, cutoff, self._zone)
 
     def _floor(self) -> Any:
         kind = self._time_kind
@@ -740,7 +1167,7 @@ class SqlStore(Store):
     def _day_span(self, values: Iterable[Any]) -> tuple[date, date] | None:
         days = []
         for value in values:
-            instant = _instant(value, self._time_kind, self._zone)
+            instant = stored_instant(value, self._time_kind, self._zone)
             if instant is not None:
                 days.append(instant.astimezone(self._zone).date())
         return (min(days), max(days)) if days else None
@@ -748,78 +1175,9 @@ class SqlStore(Store):
     # -- clocks ----------------------------------------------------------------------------------
 
     def clock_skew(self) -> timedelta | None:
-        if self._family == "sqlite":
-            return None  # a file has no clock of its own
-        query = "SELECT UTC_TIMESTAMP(6)" if self._family == "mysql" else "SELECT clock_timestamp()"
-
-        def measure(connection: Connection) -> timedelta:
-            before = datetime.now(UTC)
-            value = connection.execute(text(query)).scalar()
-            after = datetime.now(UTC)
-            if not isinstance(value, datetime):
-                raise StoreError(f"{self.label}: the database clock returned no time")
-            database_now = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-            return database_now - (before + (after - before) / 2)
-
-        return self._retrying("reading the database clock", measure)
-
-    # -- errors and retries ----------------------------------------------------------------------
-
-    def _retrying(self, action: str, work: Callable[[Connection], T], *, write: bool = False) -> T:
-        """Run `work` in its own transaction; retry lock waits, deadlocks and lost connections.
-
-        A write commits before returning. A failed attempt rolled back completely, so retrying it
-        cannot delete twice what one batch planned.
-        """
-        engine = self._require_engine()
-        attempt = 0
-        while True:
-            try:
-                if write:
-                    with engine.begin() as connection:
-                        return work(connection)
-                with engine.connect() as connection:
-                    return work(connection)
-            except DBAPIError as exc:
-                reason = _transient_reason(exc)
-                if reason is None:
-                    # `from None`: the chained SQLAlchemy error would print the bound parameters.
-                    raise StoreError(self._failure_message(action, exc)) from None
-                if attempt >= self._connection.retries:
-                    attempts = attempt + 1
-                    raise StoreError(
-                        f"{self.label}: {_GAVE_UP[reason].format(attempts=attempts)}; the run was "
-                        "stopped, nothing beyond the committed batches was deleted"
-                    ) from None
-                delay = min(BACKOFF_FIRST * 2**attempt, BACKOFF_MAX)
-                attempt += 1
-                log.warning(
-                    "sql store retrying",
-                    store=self.label,
-                    action=action,
-                    attempt=attempt,
-                    of=self._connection.retries,
-                    error=reason,
-                    code=_error_code(exc),
-                    delay=delay,
-                )
-                time.sleep(delay)
-
-    def _failure_message(self, action: str, exc: DBAPIError) -> str:
-        message = f"{self.label}: {action} failed: {_driver_message(exc)}"
-        if _error_code(exc) in _STATEMENT_TIMEOUT_CODES:
-            message += (
-                "; the statement ran longer than statement_timeout "
-                f"({self._connection.statement_timeout:g} s): lower batch_size or raise it"
-            )
-        return message
+        return self._db.clock_skew()
 
     # -- helpers ---------------------------------------------------------------------------------
-
-    def _require_engine(self) -> Engine:
-        if self._engine is None:
-            raise RuntimeError(f"{self.label}: the store is not open")  # a bug in the caller
-        return self._engine
 
     def _require_layout(self) -> Layout:
         if self._layout is None:
@@ -827,19 +1185,10 @@ class SqlStore(Store):
         return self._layout
 
     def _preparer(self) -> Any:
-        return self._require_engine().dialect.identifier_preparer
-
-    def _where(self) -> str:
-        url = self._url
-        if url is None:
-            return "?"
-        if self._family == "sqlite":
-            return url.database or ":memory:"
-        default_port = 3306 if self._family == "mysql" else 5432
-        return f"{url.host or 'localhost'}:{url.port or default_port}"
+        return self._db.preparer
 
 
-_KIND_WORDS: dict[TimeKind, str] = {
+KIND_WORDS: dict[TimeKind, str] = {
     "local": "wall-clock time in the configured zone",
     "utc": "TIMESTAMP, read in UTC",
     "aware": "timestamp with time zone",
@@ -911,7 +1260,7 @@ def _milliseconds(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
-def _time_kind(column_type: sqltypes.TypeEngine[Any], family: str) -> TimeKind | None:
+def time_kind(column_type: sqltypes.TypeEngine[Any], family: str) -> TimeKind | None:
     if isinstance(column_type, sqltypes.Integer):
         return "epoch"
     if family == "sqlite":
@@ -931,7 +1280,7 @@ def _time_kind(column_type: sqltypes.TypeEngine[Any], family: str) -> TimeKind |
     return None
 
 
-def _bound(kind: TimeKind, family: str, cutoff: datetime, zone: tzinfo) -> Any:
+def time_bound(kind: TimeKind, family: str, cutoff: datetime, zone: tzinfo) -> Any:
     """The value every expired row's time is strictly below (`time < bound`)."""
     if cutoff.tzinfo is None:
         raise ValueError("cutoff must be timezone-aware")
@@ -950,7 +1299,7 @@ def _bound(kind: TimeKind, family: str, cutoff: datetime, zone: tzinfo) -> Any:
     return wall
 
 
-def _instant(value: Any, kind: TimeKind, zone: tzinfo) -> datetime | None:
+def stored_instant(value: Any, kind: TimeKind, zone: tzinfo) -> datetime | None:
     """A stored time as an aware instant; None for NULL, zero dates and anything unparseable."""
     try:
         if value is None or isinstance(value, bool):
@@ -976,13 +1325,13 @@ def _instant(value: Any, kind: TimeKind, zone: tzinfo) -> datetime | None:
 
 def _instant_from_text(value: str, kind: TimeKind, zone: tzinfo) -> datetime | None:
     if kind == "epoch":
-        return _instant(float(value), kind, zone)
+        return stored_instant(float(value), kind, zone)
     if len(value) == 10:
-        return _instant(date.fromisoformat(value), kind, zone)
-    return _instant(datetime.fromisoformat(value), kind, zone)
+        return stored_instant(date.fromisoformat(value), kind, zone)
+    return stored_instant(datetime.fromisoformat(value), kind, zone)
 
 
-def _error_code(exc: DBAPIError) -> str | None:
+def error_code(exc: DBAPIError) -> str | None:
     orig = exc.orig
     args: Sequence[Any] = getattr(orig, "args", ())
     if args and isinstance(args[0], int):  # pymysql: (code, message); its sqlstate is vaguer
@@ -997,7 +1346,7 @@ def _error_code(exc: DBAPIError) -> str | None:
 
 
 def _transient_reason(exc: DBAPIError) -> str | None:
-    code = _error_code(exc) or ""
+    code = error_code(exc) or ""
     if code in _TRANSIENT_CODES:
         return _TRANSIENT_CODES[code]
     if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
@@ -1007,7 +1356,7 @@ def _transient_reason(exc: DBAPIError) -> str | None:
     return None
 
 
-def _driver_message(exc: DBAPIError) -> str:
+def driver_message(exc: DBAPIError) -> str:
     """The driver's own message, first line only (PostgreSQL details can quote row values)."""
     orig = exc.orig
     args: Sequence[Any] = getattr(orig, "args", ())
@@ -1015,3 +1364,19 @@ def _driver_message(exc: DBAPIError) -> str:
         return f"error {args[0]}: {args[1]}"
     lines = str(orig).strip().splitlines()
     return lines[0] if lines else type(orig).__name__
+
+
+def _names_a_file(value: Any) -> bool:
+    """Rows without a file hold NULL or an empty string."""
+    if isinstance(value, bytes):
+        return bool(value.strip())
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _loose(value: Any) -> Any:
+    """A file column value as a case-insensitive, PAD SPACE collation compares it."""
+    if isinstance(value, str):
+        return value.rstrip(" ").casefold()
+    if isinstance(value, bytes):
+        return value.rstrip(b" ").lower()
+    return value
