@@ -6,6 +6,7 @@ The cutoff is 2024-03-01 12:00 UTC, which is 13:00 on the wall clock in Berlin.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import secrets
@@ -59,6 +60,7 @@ def open_store() -> Iterator[StoreFactory]:
         lock_timeout: float = 5.0,
         retries: int = 5,
         password_file: Path | None = None,
+        password_from: Path | None = None,
         file_column: str | None = None,
         file_root: Path | None = None,
     ) -> SqlStore:
@@ -75,6 +77,8 @@ def open_store() -> Iterator[StoreFactory]:
         connection: dict[str, Any] = {"url": url, "lock_timeout": lock_timeout, "retries": retries}
         if password_file is not None:
             connection["password_file"] = str(password_file)
+        if password_from is not None:
+            connection["password_from"] = str(password_from)
         store = SqlStore(store_config, ConnectionConfig.model_validate(connection), zone)
         stores.append(store)
         store.open()
@@ -549,6 +553,30 @@ def test_password_comes_from_password_file_or_systemd_credential(
     message = str(raised.value)
     assert message.startswith("cannot connect to cdrdb (127.0.0.1:3306): error 1045: Access denied")
     assert "not the password" not in message
+
+
+@pytest.mark.mariadb
+def test_password_comes_from_the_pbx_own_settings_file(
+    mariadb_url: str,
+    mariadb_user: tuple[str, str],
+    pbx_database: Callable[[str], PbxDatabase],
+    open_store: StoreFactory,
+    tmp_path: Path,
+) -> None:
+    pbx_database(mariadb_url).create("cdr")
+    user, password = mariadb_user
+    url = mariadb_url.replace("root@", f"{user}@")
+    freepbx_conf = tmp_path / "freepbx.conf"
+    freepbx_conf.write_text(
+        f"<?php\n$amp_conf['AMPDBUSER'] = '{user}';\n$amp_conf['AMPDBPASS'] = '{password}';\n"
+    )
+    config_json = tmp_path / "config.json"
+    config_json.write_text(json.dumps({"DbUser": user, "DbPassword": password}))
+
+    assert open_store(url, password_from=freepbx_conf).strategy == "time_index"
+    assert open_store(url, password_from=config_json).strategy == "time_index"
+    with pytest.raises(StoreError, match="does not exist"):
+        open_store(url, password_from=tmp_path / "missing.conf")
 
 
 # -- locks held by the PBX ------------------------------------------------------------------------

@@ -60,6 +60,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, NoSuchT
 
 from retentiond import rules
 from retentiond.config.model import ConnectionConfig, SqlStoreConfig
+from retentiond.config.pbxfiles import PbxSettingsError, password_from
 from retentiond.errors import StoreAbsent, StoreError
 from retentiond.stores.base import Batch, BatchResult, Store, Survey
 
@@ -315,9 +316,15 @@ class Database:
         return url
 
     def _password(self) -> str | None:
-        """From password_file, else the systemd credential named like the connection."""
+        """From password_file, else the PBX's own file (password_from), else the systemd
+        credential named like the connection."""
         name = self.name
         path = self.settings.password_file
+        if path is None and self.settings.password_from is not None:
+            try:
+                return password_from(self.settings.password_from)
+            except PbxSettingsError as error:
+                raise StoreError(f"connection {name}: {error}") from None
         if path is None:
             credentials = os.environ.get("CREDENTIALS_DIRECTORY")
             if not credentials or not (Path(credentials) / name).is_file():
