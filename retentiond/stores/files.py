@@ -4,6 +4,14 @@ Every folder is reached from the root's file descriptor one component at a time 
 so no symlink, swapped folder or mount point can send a delete outside the root. Names stay bytes:
 PBX file names carry phone numbers and caller names in whatever encoding the caller ID had, and
 they are personal data, so they never appear in a log line, an exception or a result.
+
+With `group_siblings`, files in one folder whose names differ only in the extension (a FreePBX
+`.wav` and the `.mp3` MIXMON_POST made of it) are one recording: deleted together, and only once
+every one of them has expired. With `references`, the rows naming a deleted file by its base name
+(FreePBX `cdr.recordingfile`) are set to '' after each batch, so the PBX shows no broken links;
+the rows themselves stay. Once per run a sweep also clears references older than the cutoff whose
+file is gone, which a failed update leaves behind. Reference values are personal data too and are
+never logged.
 """
 
 from __future__ import annotations
@@ -13,18 +21,33 @@ import errno
 import os
 import re
 import stat
+import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
+from functools import partial
 from types import TracebackType
+from typing import Any, TypeVar
 
 import structlog
+from sqlalchemy import Connection, Inspector, TextClause, bindparam, inspect, make_url, text
+from sqlalchemy import types as sqltypes
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchTableError
 
-from retentiond.config.model import ConnectionConfig, FilesStoreConfig
+from retentiond.config.model import ConnectionConfig, FilesStoreConfig, ReferencesConfig
 from retentiond.errors import StoreAbsent, StoreError
 from retentiond.rules import end_of_day, latest_instant
 from retentiond.stores.base import Batch, BatchResult, Store, Survey
+from retentiond.stores.sql import (
+    _GAVE_UP,
+    BACKOFF_FIRST,
+    BACKOFF_MAX,
+    IN_LIST_CHUNK,
+    Database,
+    _transient_reason,
+    error_code,
+)
 
 log = structlog.get_logger()
 
@@ -40,8 +63,16 @@ CHANGED = "changed"  # differs from what was planned: swapped, replaced, rewritt
 VANISHED = "vanished"  # removed by someone else between planning and deleting
 UNREMOVABLE = "unremovable"  # unlink refused (permissions, read-only filesystem)
 
+# What a batch did besides deleting, as counted in BatchResult.counts.
+REFERENCES_CLEARED = "references_cleared"  # rows naming a deleted file, set to ''
+
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# The reference values one sweep query reads, walking the column's index.
+SWEEP_CHUNK = 1000
+
+T = TypeVar("T")
 
 # FreePBX `...-YYYYMMDD-HHMMSS-<uniqueid>`, 3CX `..._YYYYMMDDhhmmss(<id>)`, or a bare `YYYYMMDD`.
 _FREEPBX_TIME = re.compile(rb"(?<![0-9])([0-9]{8})-([0-9]{6})(?![0-9])")
@@ -70,6 +101,10 @@ class _Found:
     status: os.stat_result
 
 
+# One recording as planned: a file, or a file and its siblings (group_siblings).
+Recording = tuple[PlannedFile, ...]
+
+
 class _Skip(Exception):
     """One object is left alone; `reason` is what gets counted."""
 
@@ -96,6 +131,12 @@ class FilesStore(Store):
         self._patterns = [_compile_match(pattern) for pattern in config.match]
         self._root_fd: int | None = None
         self._root_device = 0
+        self._reference_column = (
+            ReferenceColumn(config.references, references)
+            if config.references is not None and references is not None
+            else None
+        )
+        self._sweep_due = False  # set when a run starts planning, done with its first batch
 
     # -- Store interface -------------------------------------------------------------------------
 
@@ -120,11 +161,25 @@ class FilesStore(Store):
         fd = _open_root(root)
         self._root_fd = fd
         self._root_device = os.fstat(fd).st_dev
+        if self.config.references is not None and self._reference_column is None:
+            self.close()
+            raise StoreError(
+                f"{root}: references.connection {self.config.references.connection} is not "
+                "defined; add it under connections"
+            )
+        if self._reference_column is not None:
+            try:
+                self._reference_column.open()
+            except StoreError:
+                self.close()
+                raise
 
     def close(self) -> None:
         if self._root_fd is not None:
             os.close(self._root_fd)
             self._root_fd = None
+        if self._reference_column is not None:
+            self._reference_column.close()
 
     def describe(self) -> list[str]:
         config = self.config
@@ -135,6 +190,14 @@ class FilesStore(Store):
             f"batches of up to {config.batch_size} files, {config.pause:g}s apart",
             "never follows symlinks, stays on the root's filesystem, leaves lock files alone",
         ]
+        if config.group_siblings:
+            lines.append(
+                "group_siblings: files in one folder whose names differ only in the extension "
+                "(a .wav and its .mp3) are one recording, deleted together once all have expired; "
+                "a batch can exceed its size by one recording"
+            )
+        if self._reference_column is not None:
+            lines.extend(self._reference_column.describe())
         if config.age_from == "mtime":
             lines.append(
                 "note: copying or converting a recording resets its mtime; "
@@ -146,16 +209,17 @@ class FilesStore(Store):
         skipped: Counter[str] = Counter()
         total = expired = expired_bytes = 0
         oldest: datetime | None = None
-        for found in self._walk(skipped):
-            total += 1
-            age = self._age(found)
-            if age is None:
-                skipped[UNDATED] += 1
+        for recording in self._recordings(skipped):
+            total += len(recording)
+            ages = self._ages(recording)
+            if ages is None:
+                skipped[UNDATED] += len(recording)
                 continue
+            age = max(ages)  # a recording is as young as its youngest file
             oldest = age if oldest is None else min(oldest, age)
             if age < cutoff:
-                expired += 1
-                expired_bytes += found.status.st_size
+                expired += len(recording)
+                expired_bytes += sum(found.status.st_size for found in recording)
         self._warn_if_incomplete(skipped)
         return Survey(
             unit=self.unit,
@@ -167,55 +231,89 @@ class FilesStore(Store):
         )
 
     def batches(self, cutoff: datetime) -> Iterator[Batch]:
+        # Planning changes nothing: the sweep of dangling references waits for the first apply.
+        self._sweep_due = self._reference_column is not None
         # The survey reports what a walk skips; a batch plan only carries what it will delete.
         skipped: Counter[str] = Counter()
-        planned: list[PlannedFile] = []
-        number = 0
-        for found in self._walk(skipped):
-            age = self._age(found)
-            if age is None or not age < cutoff:
+        planned: list[Recording] = []
+        files = number = 0
+        for recording in self._recordings(skipped):
+            ages = self._ages(recording)
+            if ages is None or not max(ages) < cutoff:
                 continue
-            planned.append(_plan(found, age))
-            if len(planned) == self.config.batch_size:
+            planned.append(tuple(map(_plan, recording, ages)))
+            files += len(recording)
+            if files >= self.config.batch_size:  # a recording is never split across batches
                 number += 1
                 yield self._batch(number, planned)
-                planned = []
+                planned, files = [], 0
         if planned:
             yield self._batch(number + 1, planned)
 
     def apply(self, batch: Batch, cutoff: datetime) -> BatchResult:
         root_fd = self._require_open()
         skipped: Counter[str] = Counter()
-        deleted_days: list[date] = []
+        deleted: list[PlannedFile] = []
         deleted_bytes = 0
-        touched_folders: set[tuple[bytes, ...]] = set()
         with _FolderChain(root_fd, self._root_device) as chain:
-            for planned in batch.payload:
-                try:
-                    deleted_bytes += self._delete(chain, planned, cutoff)
-                except _Skip as skip:
-                    skipped[skip.reason] += 1
-                    continue
-                deleted_days.append(self._day(planned.age))
-                touched_folders.add(planned.folder)
+            for recording in batch.payload:
+                for planned, size in self._delete(chain, recording, cutoff, skipped):
+                    deleted.append(planned)
+                    deleted_bytes += size
             # Deepest first, so a day folder goes before the month folder that holds it.
-            for folder in sorted(touched_folders, reverse=True):
+            for folder in sorted({planned.folder for planned in deleted}, reverse=True):
                 _remove_emptied_date_folders(chain, folder)
         if skipped[UNREMOVABLE]:
             log.warning("files could not be removed", store=self.label, count=skipped[UNREMOVABLE])
+        counts: dict[str, int] = {}
+        if self._reference_column is not None:
+            cleared = self.clear_references([planned.name for planned in deleted], cutoff)
+            log.info("references cleared", store=self.label, count=cleared)
+            counts[REFERENCES_CLEARED] = cleared
+        deleted_days = [self._day(planned.age) for planned in deleted]
         return BatchResult(
-            deleted=len(deleted_days),
+            deleted=len(deleted),
             span=(min(deleted_days), max(deleted_days)) if deleted_days else None,
             bytes=deleted_bytes,
             skipped=dict(sorted(skipped.items())),
+            counts=counts,
         )
 
     # -- walking ---------------------------------------------------------------------------------
 
-    def _walk(self, skipped: Counter[str]) -> Iterator[_Found]:
+    def _recordings(self, skipped: Counter[str]) -> Iterator[tuple[_Found, ...]]:
+        """The walk's files as recordings: each file alone, or with its siblings when grouping."""
+        walk = self._walk(skipped, _sibling_order if self.config.group_siblings else None)
+        try:
+            if not self.config.group_siblings:
+                for found in walk:
+                    yield (found,)
+                return
+            # Siblings come one after the other, unless a subfolder sorts between them: a group
+            # stays open until its folder has no more of them or the walk has left the folder.
+            groups: dict[tuple[bytes, ...], list[_Found]] = {}
+            for found in walk:
+                left = [f for f in groups if found.folder[: len(f)] != f]
+                for folder in sorted(left, key=len, reverse=True):
+                    yield tuple(groups.pop(folder))
+                group = groups.get(found.folder)
+                if group is not None and _stem(group[0].name) == _stem(found.name):
+                    group.append(found)
+                    continue
+                if group is not None:
+                    yield tuple(group)
+                groups[found.folder] = [found]
+            for folder in sorted(groups, key=len, reverse=True):
+                yield tuple(groups[folder])
+        finally:
+            walk.close()
+
+    def _walk(
+        self, skipped: Counter[str], order: Callable[[bytes], Any] | None = None
+    ) -> Generator[_Found, None, None]:
         """Matching regular files, depth first in name order, holding one open folder per level."""
         root_fd = self._require_open()
-        stack = [_Listing(root_fd, (), _list_folder(root_fd, skipped), owned=False)]
+        stack = [_Listing(root_fd, (), _list_folder(root_fd, skipped, order), owned=False)]
         try:
             while stack:
                 listing = stack[-1]
@@ -235,7 +333,7 @@ class FilesStore(Store):
                 if stat.S_ISLNK(mode):
                     skipped[SYMLINK] += 1
                 elif stat.S_ISDIR(mode):
-                    child = self._enter(listing, name, status, skipped)
+                    child = self._enter(listing, name, status, skipped, order)
                     if child is not None:
                         stack.append(child)
                 elif self._matches((*listing.folder, name)):
@@ -252,7 +350,12 @@ class FilesStore(Store):
                 listing.close()
 
     def _enter(
-        self, parent: _Listing, name: bytes, status: os.stat_result, skipped: Counter[str]
+        self,
+        parent: _Listing,
+        name: bytes,
+        status: os.stat_result,
+        skipped: Counter[str],
+        order: Callable[[bytes], Any] | None = None,
     ) -> _Listing | None:
         if status.st_dev != self._root_device:
             skipped[OTHER_FILESYSTEM] += 1
@@ -266,7 +369,7 @@ class FilesStore(Store):
             if skip.reason != VANISHED:
                 skipped[skip.reason] += 1
             return None
-        return _Listing(fd, (*parent.folder, name), _list_folder(fd, skipped), owned=True)
+        return _Listing(fd, (*parent.folder, name), _list_folder(fd, skipped, order), owned=True)
 
     def _matches(self, relative: tuple[bytes, ...]) -> bool:
         # Patterns are text; surrogateescape keeps undecodable bytes matchable by `*` and `?`.
@@ -282,19 +385,63 @@ class FilesStore(Store):
             return path_age(found.folder, self.zone)
         return filename_age(found.name, self.zone)
 
+    def _ages(self, recording: tuple[_Found, ...]) -> list[datetime] | None:
+        """The age of each file of a recording; None when one is undated, which keeps them all."""
+        ages = [self._age(found) for found in recording]
+        return None if None in ages else [age for age in ages if age is not None]
+
     def _day(self, age: datetime) -> date:
         return age.astimezone(self.zone).date()
 
-    def _batch(self, number: int, planned: list[PlannedFile]) -> Batch:
-        days = [self._day(file.age) for file in planned]
+    def _batch(self, number: int, planned: list[Recording]) -> Batch:
+        days = [self._day(file.age) for recording in planned for file in recording]
         return Batch(
-            number=number, planned=len(planned), span=(min(days), max(days)), payload=tuple(planned)
+            number=number, planned=len(days), span=(min(days), max(days)), payload=tuple(planned)
         )
 
     # -- deleting --------------------------------------------------------------------------------
 
-    def _delete(self, chain: _FolderChain, planned: PlannedFile, cutoff: datetime) -> int:
-        """Unlink one planned file if it is still the file planned; its size, or raise _Skip."""
+    def _delete(
+        self, chain: _FolderChain, recording: Recording, cutoff: datetime, skipped: Counter[str]
+    ) -> list[tuple[PlannedFile, int]]:
+        """Unlink the files of one planned recording if all are still as planned.
+
+        One file changed (rewritten, replaced, grown, made young) keeps the whole recording;
+        one removed by someone else does not. Returns the files unlinked and their sizes.
+        """
+        checked: list[tuple[PlannedFile, int]] = []
+        vanished = 0
+        for planned in recording:
+            try:
+                checked.append((planned, self._check(chain, planned, cutoff)))
+            except _Skip as skip:
+                if skip.reason == VANISHED:
+                    vanished += 1
+                    continue
+                if vanished:
+                    skipped[VANISHED] += vanished
+                skipped[skip.reason] += len(recording) - vanished
+                return []
+        if vanished:
+            skipped[VANISHED] += vanished
+        deleted = []
+        for planned, size in checked:
+            try:
+                os.unlink(planned.name, dir_fd=chain.open(planned.folder))
+            except _Skip as skip:
+                skipped[skip.reason] += 1
+                continue
+            except FileNotFoundError:
+                skipped[VANISHED] += 1
+                continue
+            except OSError:
+                skipped[UNREMOVABLE] += 1
+                continue
+            deleted.append((planned, size))
+        return deleted
+
+    def _check(self, chain: _FolderChain, planned: PlannedFile, cutoff: datetime) -> int:
+        """The size of a planned file if it is still the file planned, or raise _Skip."""
         if not planned.age < cutoff:
             raise _Skip(CHANGED)  # a plan made for another cutoff is never applied
         for component in (*planned.folder, planned.name):
@@ -308,12 +455,6 @@ class FilesStore(Store):
             raise _Skip(UNREADABLE) from None
         if not self._still_planned(status, planned, cutoff):
             raise _Skip(CHANGED)
-        try:
-            os.unlink(planned.name, dir_fd=folder_fd)
-        except FileNotFoundError:
-            raise _Skip(VANISHED) from None
-        except OSError:
-            raise _Skip(UNREMOVABLE) from None
         return status.st_size
 
     def _still_planned(
@@ -329,12 +470,83 @@ class FilesStore(Store):
             return False
         return self.config.age_from != "mtime" or mtime_age(status) < cutoff
 
+    # -- references ------------------------------------------------------------------------------
+
+    def clear_references(self, deleted: Sequence[bytes], cutoff: datetime) -> int:
+        """Clear the references to a batch's deleted files and, once per run, dangling ones.
+
+        Returns how many references were cleared. The files are gone already when this fails:
+        the StoreError says so, and the next run's sweep clears what is left.
+        """
+        column = self._require_reference_column()
+        # Names that are not UTF-8 cannot be in the database; a reference names a base name.
+        names = sorted({text for name in deleted if (text := _as_text(name)) is not None})
+        cleared = 0
+        try:
+            cleared += column.clear(names)
+            if self._sweep_due:
+                for count in self._sweep_references(cutoff):
+                    cleared += count
+                self._sweep_due = False
+        except StoreError as error:
+            files = f"{len(deleted)} file{'' if len(deleted) == 1 else 's'}"
+            raise StoreError(
+                f"{self.label}: this batch deleted {files}, but references to deleted files in "
+                f"{column.where} could not be cleared ({error}); {cleared} were cleared before "
+                "the failure, the others will be cleared on the next run"
+            ) from None
+        return cleared
+
+    def _sweep_references(self, cutoff: datetime) -> Iterator[int]:
+        """Clear references to files that are gone and whose name dates them before the cutoff.
+
+        These are left by a run that could not clear them, or by files removed by hand. A young
+        reference is never cleared (its file may still be being recorded), nor one whose file,
+        or a sibling of it with another extension, exists or cannot be looked for.
+        """
+        column = self._require_reference_column()
+        with _FolderChain(self._require_open(), self._root_device) as chain:
+            for values in column.values():
+                stems: dict[tuple[bytes, ...], set[bytes] | None] = {}
+                gone = [value for value in values if self._is_gone(chain, value, cutoff, stems)]
+                if gone:
+                    yield column.clear(gone)
+
+    def _is_gone(
+        self,
+        chain: _FolderChain,
+        value: str,
+        cutoff: datetime,
+        stems: dict[tuple[bytes, ...], set[bytes] | None],
+    ) -> bool:
+        name = value.encode("utf-8", "surrogateescape")
+        try:
+            _check_component(name)
+        except _Skip:
+            return False  # a path, not a base name: not one of ours
+        days = reference_days(name)
+        young = (
+            _end_of_day(days[-1].year, days[-1].month, days[-1].day, self.zone) if days else None
+        )
+        if young is None or not young < cutoff:
+            return False  # no date, or as young as the cutoff: perhaps still being recorded
+        # Where FreePBX looks (YYYY/MM/DD of the name's date), and the root itself.
+        folders = [(), *((b"%04d" % d.year, b"%02d" % d.month, b"%02d" % d.day) for d in days)]
+        if not any(self._matches((*folder, name)) for folder in folders):
+            return False  # a file `match` does not select is not this store's to account for
+        return all(_absent(chain, folder, name, stems) for folder in folders)
+
     # -- helpers ---------------------------------------------------------------------------------
 
     def _require_open(self) -> int:
         if self._root_fd is None:
             raise RuntimeError("FilesStore used before open()")  # a bug in the caller
         return self._root_fd
+
+    def _require_reference_column(self) -> ReferenceColumn:
+        if self._reference_column is None:
+            raise RuntimeError("FilesStore has no references")  # a bug in the caller
+        return self._reference_column
 
     def _root_state(self) -> str:
         try:
@@ -469,14 +681,16 @@ def _open_folder(name: bytes, parent_fd: int, root_device: int) -> int:
     return fd
 
 
-def _list_folder(fd: int, skipped: Counter[str]) -> Iterator[bytes]:
+def _list_folder(
+    fd: int, skipped: Counter[str], order: Callable[[bytes], Any] | None = None
+) -> Iterator[bytes]:
     try:
         names = os.listdir(fd)
     except OSError:
         skipped[UNREADABLE] += 1
         return iter(())
     # Name order walks date folders oldest first, so batches cover contiguous days.
-    return iter(sorted(os.fsencode(name) for name in names))
+    return iter(sorted((os.fsencode(name) for name in names), key=order))
 
 
 def _remove_emptied_date_folders(chain: _FolderChain, folder: tuple[bytes, ...]) -> None:
@@ -513,6 +727,24 @@ def _is_greeting(name: bytes) -> bool:
     return name.split(b".", 1)[0] in _GREETINGS
 
 
+def _stem(name: bytes) -> bytes:
+    """The name up to its last dot: `x.12.wav` and `x.12.mp3` share the stem `x.12`."""
+    stem, dot, _ = name.rpartition(b".")
+    return stem if dot else name
+
+
+def _sibling_order(name: bytes) -> tuple[bytes, bytes]:
+    # By stem first: `x.mp3`, `x.n.wav`, `x.wav` would put a stranger between two siblings.
+    return _stem(name), name
+
+
+def _as_text(name: bytes) -> str | None:
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def _plan(found: _Found, age: datetime) -> PlannedFile:
     return PlannedFile(
         folder=found.folder,
@@ -522,6 +754,271 @@ def _plan(found: _Found, age: datetime) -> PlannedFile:
         size=found.status.st_size,
         age=age,
     )
+
+
+# -- references ----------------------------------------------------------------------------------
+
+
+class ReferenceColumn:
+    """A column naming recordings by base name (FreePBX `cdr.recordingfile`) in an SQL database.
+
+    Connected like an SQL store (`sql.Database`: password file or systemd credential, session
+    timeouts), with retries and backoff on lock waits and lost connections. Its values are
+    personal data: they are compared and cleared, never logged, and driver messages lose what
+    they quote before they reach an exception.
+    """
+
+    def __init__(self, config: ReferencesConfig, connection: ConnectionConfig) -> None:
+        self.config = config
+        self.where = f"{config.table}.{config.column} of connection {config.connection}"
+        self._database = Database(config.connection, connection, f"references in {self.where}")
+        self._opened = False
+        self._table_sql = ""
+        self._column_sql = ""
+        self._column_name = config.column
+        self._index: str | None = None
+
+    def open(self) -> None:
+        self.close()
+        try:
+            connection = self._database.open()
+        except StoreAbsent as absent:
+            # A missing reference database is an error of this store, not an absent store.
+            raise StoreError(str(absent)) from None
+        try:
+            with connection:
+                # The inspector, not a reflected Table: only the column and its indexes matter.
+                inspector = inspect(connection)
+                column = self._column(inspector)
+                self._index = _index_on(inspector, self.config.table, column)
+                preparer = self._database.preparer
+                self._table_sql = preparer.quote(self.config.table)
+                self._column_sql = preparer.quote(column)
+                self._column_name = column
+        except DBAPIError as exc:
+            self.close()
+            raise StoreError(
+                f"references in {self.where}: cannot read the table definition: "
+                f"{_without_values(exc)}"
+            ) from None
+        except StoreError:
+            self.close()
+            raise
+        self._opened = True
+        log.debug("references opened", references=self.where, database=self._database.server)
+
+    def close(self) -> None:
+        self._opened = False
+        self._database.close()
+
+    def describe(self) -> list[str]:
+        database = self._database.server or _backend(self._database.settings.url)
+        lines = [
+            f"references: {self.where} ({database}): rows naming a deleted file by its base "
+            "name are set to '' after each batch; the rows themselves stay",
+            "references: once per run, references whose file is gone under every extension and "
+            "whose name dates them before the cutoff are cleared too (left by a failed update)",
+        ]
+        if self._opened and self._index is None:
+            table, column = self.config.table, self._column_name
+            lines.append(
+                f"warning: no index on {table}.{column}: every batch's update and the sweep read "
+                f"the whole table; CREATE INDEX {table}_{column} ON {table} ({column}) fixes it"
+            )
+        return lines
+
+    def clear(self, names: Sequence[str]) -> int:
+        """Set every reference to one of `names` to '', in one transaction. How many were set."""
+        if not names:
+            return 0
+        column = self._column_sql
+        # MariaDB compares case- and trailing-space-insensitively: `x.WAV` is not `x.wav`.
+        exact = (
+            f" AND CAST({column} AS BINARY) IN :names" if self._database.family == "mysql" else ""
+        )
+        statement = text(
+            f"UPDATE {self._table_sql} SET {column} = '' WHERE {column} IN :names{exact}"
+        ).bindparams(bindparam("names", expanding=True))
+
+        def update(connection: Connection) -> int:
+            cleared = 0
+            for start in range(0, len(names), IN_LIST_CHUNK):
+                chunk = list(names[start : start + IN_LIST_CHUNK])
+                cleared += connection.execute(statement, {"names": chunk}).rowcount
+            return cleared
+
+        return self._retrying("clearing references", update, write=True)
+
+    def values(self) -> Iterator[list[str]]:
+        """The distinct non-empty references, in chunks along the column's order."""
+        column = self._column_sql
+        statement = text(
+            f"SELECT DISTINCT {column} FROM {self._table_sql} WHERE {column} > :last "
+            f"ORDER BY {column} LIMIT :n"
+        )
+        last: Any = ""
+        while True:
+            rows = self._retrying(
+                "reading references", partial(_read_values, statement, last, SWEEP_CHUNK)
+            )
+            if not rows:
+                return
+            last = rows[-1]
+            yield [value for value in rows if isinstance(value, str) and value]
+            if len(rows) < SWEEP_CHUNK:
+                return
+
+    def _column(self, inspector: Inspector) -> str:
+        """The column's name as the database spells it; StoreError naming what is missing."""
+        table, wanted = self.config.table, self.config.column
+        try:
+            columns = inspector.get_columns(table)
+        except NoSuchTableError:
+            tables = sorted(inspector.get_table_names())
+            there = f"; tables there: {', '.join(tables)}" if 0 < len(tables) <= 20 else ""
+            raise StoreError(
+                f"references: table {table} does not exist in connection "
+                f"{self.config.connection}{there}. Set references.table to the table naming "
+                "the recordings"
+            ) from None
+        found = [c for c in columns if c["name"] == wanted]
+        if not found:
+            # MariaDB column names are case-insensitive; accept a unique case-insensitive match.
+            found = [c for c in columns if c["name"].lower() == wanted.lower()]
+        if len(found) != 1:
+            names = ", ".join(c["name"] for c in columns)
+            raise StoreError(
+                f"references: column {wanted} does not exist in table {table} of connection "
+                f"{self.config.connection}; its columns: {names}. Set references.column to "
+                "the column holding the recording file names"
+            )
+        column = found[0]
+        if not isinstance(column["type"], sqltypes.String | sqltypes.NullType):
+            raise StoreError(
+                f"references: column {column['name']} of table {table} has type "
+                f"{column['type']!r}; it must hold file names as text"
+            )
+        return column["name"]
+
+    def _retrying(self, action: str, work: Callable[[Connection], T], *, write: bool = False) -> T:
+        """Run `work` in its own transaction; retry lock waits, deadlocks and lost connections.
+
+        Like `sql.Database.retrying`, with messages that fit files already deleted.
+        """
+        engine = self._database.engine
+        retries = self._database.settings.retries
+        attempt = 0
+        while True:
+            try:
+                if write:
+                    with engine.begin() as connection:
+                        return work(connection)
+                with engine.connect() as connection:
+                    return work(connection)
+            except DBAPIError as exc:
+                reason = _transient_reason(exc)
+                if reason is None:
+                    # `from None`: the chained error would print the bound file names.
+                    raise StoreError(f"{action} failed: {_without_values(exc)}") from None
+                if attempt >= retries:
+                    raise StoreError(_GAVE_UP[reason].format(attempts=attempt + 1)) from None
+                delay = min(BACKOFF_FIRST * 2**attempt, BACKOFF_MAX)
+                attempt += 1
+                log.warning(
+                    "references retrying",
+                    references=self.where,
+                    action=action,
+                    attempt=attempt,
+                    of=retries,
+                    error=reason,
+                    code=error_code(exc),
+                    delay=delay,
+                )
+                time.sleep(delay)
+
+
+def _read_values(statement: TextClause, last: Any, size: int, connection: Connection) -> list[Any]:
+    return list(connection.execute(statement, {"last": last, "n": size}).scalars())
+
+
+def _index_on(inspector: Inspector, table: str, column: str) -> str | None:
+    """The name of an index led by the column, if any."""
+    for index in inspector.get_indexes(table):
+        names = index.get("column_names") or []
+        if names and names[0] == column:
+            return str(index.get("name") or "unnamed")
+    primary = inspector.get_pk_constraint(table).get("constrained_columns") or []
+    return "PRIMARY KEY" if primary and primary[0] == column else None
+
+
+def _backend(url: str) -> str:
+    try:
+        return make_url(url).get_backend_name()
+    except ArgumentError:
+        return "unknown database"
+
+
+_QUOTED_OR_NUMBER = re.compile(r"'[^']*'|\"[^\"]*\"|`[^`]*`|[0-9]{3,}")
+
+
+def _without_values(exc: DBAPIError) -> str:
+    """The driver's first line with quoted text and numbers cut: it may quote a file name."""
+    code = error_code(exc)
+    lines = str(exc.orig).strip().splitlines()
+    message = lines[0] if lines else type(exc.orig).__name__
+    args: Sequence[Any] = getattr(exc.orig, "args", ())
+    if len(args) >= 2 and isinstance(args[0], int) and isinstance(args[1], str):
+        message = args[1]  # pymysql: (code, message)
+    message = _QUOTED_OR_NUMBER.sub("…", message)
+    return f"{message} (error {code})" if code else message
+
+
+def reference_days(name: bytes) -> list[date]:
+    """The days a FreePBX recording name files it under, oldest first.
+
+    FreePBX takes the fourth `-` field as YYYYMMDD; a destination or caller holding a `-` shifts
+    the fields, so every `YYYYMMDD-HHMMSS` in the name counts as well.
+    """
+    candidates = [match.group(1) for match in _FREEPBX_TIME.finditer(name)]
+    fields = name.split(b"-")
+    if len(fields) > 3:
+        candidates.append(fields[3])
+    days = set()
+    for digits in candidates:
+        if len(digits) == 8 and digits.isdigit():
+            try:
+                days.add(date(int(digits[0:4]), int(digits[4:6]), int(digits[6:8])))
+            except ValueError:
+                continue
+    return sorted(days)
+
+
+def _absent(
+    chain: _FolderChain,
+    folder: tuple[bytes, ...],
+    name: bytes,
+    stems: dict[tuple[bytes, ...], set[bytes] | None],
+) -> bool:
+    """Whether neither `name` nor a sibling of it is in `folder`; False when that is unknown."""
+    try:
+        fd = chain.open(folder)
+    except _Skip as skip:
+        return skip.reason == VANISHED  # no such folder, so nothing in it
+    try:
+        os.stat(name, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    else:
+        return False
+    if folder not in stems:
+        try:
+            stems[folder] = {_stem(os.fsencode(entry)) for entry in os.listdir(fd)}  # noqa: PTH208
+        except OSError:
+            stems[folder] = None
+    known = stems[folder]
+    return known is not None and _stem(name) not in known
 
 
 # -- ages ----------------------------------------------------------------------------------------

@@ -1,0 +1,551 @@
+"""FreePBX call recordings: siblings deleted together, and `cdr.recordingfile` cleared after them.
+
+Real recording trees (`YYYY/MM/DD/<type>-<dest>-<from>-YYYYMMDD-HHMMSS-<uniqueid>.wav`, some with
+the `.mp3` a MIXMON_POST script made beside them) and real cdr tables on MariaDB, PostgreSQL and
+SQLite. Every test looks at what a user would: which files are left, what the cdr rows say.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from pbxdata import PbxDatabase, cdr_rows, sqlite_cdr_rows
+from sqlalchemy import text
+from structlog.testing import capture_logs
+
+from retentiond.config.model import ConnectionConfig, FilesStoreConfig, ReferencesConfig
+from retentiond.errors import StoreError
+from retentiond.stores.files import FilesStore, reference_days
+
+UTC_ZONE = ZoneInfo("UTC")
+CUTOFF = datetime(2026, 5, 14, 12, 0, tzinfo=UTC)
+RECENTLY = datetime(2026, 5, 20, 14, 15, tzinfo=UTC)
+LONG_AGO = datetime(2026, 4, 1, 8, 0, tzinfo=UTC)
+AUDIO = b"RIFF$\x00\x00\x00WAVEfmt " + bytes(32)  # 44 bytes, the smallest file FreePBX lists
+
+URL_FIXTURES = {"mariadb": "mariadb_url", "postgresql": "postgres_url", "sqlite": "sqlite_url"}
+ALL_BACKENDS = [
+    pytest.param("mariadb", marks=pytest.mark.mariadb),
+    pytest.param("postgresql", marks=pytest.mark.postgres),
+    "sqlite",
+]
+SERVER_BACKENDS = ALL_BACKENDS[:2]
+
+# Fragments of the recordings' personal data that must never leave the store.
+PHONE = "017612345678"
+UNIQUEID = "1775124900.11"
+
+
+def recording(kind: str, dest: str, caller: str, moment: datetime, uniqueid: str) -> str:
+    """Where FreePBX's sub-record-check puts a recording, without the extension."""
+    stamp = moment.strftime("%Y%m%d-%H%M%S")
+    return f"{moment:%Y/%m/%d}/{kind}-{dest}-{caller}-{stamp}-{uniqueid}"
+
+
+def base(stem: str, extension: str) -> str:
+    """What cdr.recordingfile holds: the base name only."""
+    return Path(stem).name + extension
+
+
+# Expired: a .wav whose row still names it although an .mp3 was made beside it.
+CONVERTED_KEEPS_WAV = recording("out", PHONE, "201", datetime(2026, 4, 2, 10, 15), UNIQUEID)
+# Expired: a .wav and its .mp3, the row renamed to the .mp3 by MIXMON_POST.
+CONVERTED_TO_MP3 = recording(
+    "in", "201", "+4930555123", datetime(2026, 4, 3, 9, 0), "1775206800.12"
+)
+# Expired: one file named by two rows (both legs of a call).
+TWO_LEGS = recording("out", "0891234567", "202", datetime(2026, 4, 3, 16, 40), "1775234400.13")
+# Expired: no row names it (the CDR was reset by a transfer, or never written).
+ORPHAN = recording("in", "203", "015112345678", datetime(2026, 4, 4, 11, 5), "1775300700.14")
+# Young: a pair named by its .mp3, and a single .wav.
+YOUNG_PAIR = recording("in", "201", "017098765432", datetime(2026, 5, 20, 8, 30), "1779265800.15")
+YOUNG_WAV = recording("out", "069123456", "204", datetime(2026, 5, 21, 17, 0), "1779382800.16")
+
+
+@dataclass
+class Run:
+    planned: list[int] = field(default_factory=list)
+    deleted: int = 0
+    references_cleared: int = 0
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    monitor = tmp_path / "monitor"
+    monitor.mkdir()
+    return monitor
+
+
+@pytest.fixture
+def database(
+    request: pytest.FixtureRequest, pbx_database: Callable[[str], PbxDatabase]
+) -> PbxDatabase:
+    """A cdr table in the backend the test is parametrized with."""
+    database = pbx_database(request.getfixturevalue(URL_FIXTURES[request.param]))
+    database.create("cdr")
+    if database.dialect == "sqlite":
+        # cdr_sqlite3_custom writes the columns its config lists; FreePBX setups add this one.
+        database.execute("ALTER TABLE cdr ADD COLUMN recordingfile TEXT NOT NULL DEFAULT ''")
+    return database
+
+
+StoreFactory = Callable[..., FilesStore]
+
+
+@pytest.fixture
+def open_store() -> Iterator[StoreFactory]:
+    opened: list[FilesStore] = []
+
+    def make(
+        root: Path,
+        url: str | None = None,
+        *,
+        age_from: str = "path_date",
+        match: tuple[str, ...] = ("**/*.wav", "**/*.mp3"),
+        group_siblings: bool = True,
+        batch_size: int = 500,
+        table: str = "cdr",
+        column: str = "recordingfile",
+        lock_timeout: float = 5.0,
+        retries: int = 2,
+    ) -> FilesStore:
+        references = (
+            ReferencesConfig(connection="cdrdb", table=table, column=column) if url else None
+        )
+        config = FilesStoreConfig(
+            type="files",
+            root=root,
+            match=list(match),
+            age_from=age_from,  # type: ignore[arg-type]
+            batch_size=batch_size,
+            group_siblings=group_siblings,
+            references=references,
+        )
+        connection = (
+            ConnectionConfig(url=url, lock_timeout=lock_timeout, retries=retries) if url else None
+        )
+        store = FilesStore(config, UTC_ZONE, connection)
+        opened.append(store)
+        store.open()
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
+
+
+def put(root: Path, relative: str | bytes, *, mtime: datetime = RECENTLY) -> Path:
+    path = root / (os.fsdecode(relative) if isinstance(relative, bytes) else relative)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(AUDIO)
+    ns = (mtime - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
+    os.utime(path, ns=(ns, ns))
+    return path
+
+
+def freepbx_tree(root: Path) -> None:
+    for stem in (CONVERTED_KEEPS_WAV, CONVERTED_TO_MP3, YOUNG_PAIR):
+        put(root, stem + ".wav")
+        put(root, stem + ".mp3")
+    for stem in (TWO_LEGS, ORPHAN, YOUNG_WAV):
+        put(root, stem + ".wav")
+
+
+FREEPBX_REFERENCES = [
+    base(CONVERTED_KEEPS_WAV, ".wav"),
+    base(CONVERTED_TO_MP3, ".mp3"),
+    base(TWO_LEGS, ".wav"),
+    base(TWO_LEGS, ".wav"),
+    base(YOUNG_PAIR, ".mp3"),
+    base(YOUNG_WAV, ".wav"),
+    "",  # an unanswered call
+]
+
+
+def insert_calls(database: PbxDatabase, references: list[str]) -> None:
+    """One FreePBX cdr row per reference (cdr_sqlite3_custom rows on SQLite), all from April."""
+    calldates = [datetime(2026, 4, 2, 10, 0) + timedelta(hours=i) for i in range(len(references))]
+    rows = sqlite_cdr_rows(calldates) if database.dialect == "sqlite" else cdr_rows(calldates)
+    for row, reference in zip(rows, references, strict=True):
+        row["recordingfile"] = reference
+    database.insert("cdr", rows)
+
+
+def references_in(database: PbxDatabase) -> list[str]:
+    with database.engine.connect() as connection:
+        values = connection.execute(text("SELECT recordingfile FROM cdr")).scalars()
+        return sorted(str(value) for value in values)
+
+
+def enforce(store: FilesStore, cutoff: datetime = CUTOFF) -> Run:
+    """What the engine does: plan a batch, apply it, plan the next."""
+    run = Run()
+    for batch in store.batches(cutoff):
+        run.planned.append(batch.planned)
+        result = store.apply(batch, cutoff)
+        run.deleted += result.deleted
+        run.references_cleared += result.counts.get("references_cleared", 0)
+    return run
+
+
+def exists(root: Path, stem: str, extension: str) -> bool:
+    return (root / (stem + extension)).exists()
+
+
+# -- siblings ------------------------------------------------------------------------------------
+
+
+def test_expired_recordings_go_with_all_their_siblings_and_young_ones_stay(
+    root: Path, open_store: StoreFactory
+) -> None:
+    freepbx_tree(root)
+    store = open_store(root)
+
+    survey = store.survey(CUTOFF)
+    run = enforce(store)
+
+    assert (survey.total, survey.expired) == (9, 6)  # files, not recordings
+    assert run.deleted == 6
+    for stem in (CONVERTED_KEEPS_WAV, CONVERTED_TO_MP3, TWO_LEGS, ORPHAN):
+        assert not exists(root, stem, ".wav")
+        assert not exists(root, stem, ".mp3")
+    assert exists(root, YOUNG_PAIR, ".wav") and exists(root, YOUNG_PAIR, ".mp3")
+    assert exists(root, YOUNG_WAV, ".wav")
+    assert sorted(p.name for p in (root / "2026").iterdir()) == ["05"]  # emptied days removed
+    assert store.survey(CUTOFF).expired == 0
+
+
+def test_recording_is_kept_while_any_of_its_files_is_young(
+    root: Path, open_store: StoreFactory
+) -> None:
+    # Aged by mtime, a .wav can be old while the .mp3 made of it later is young.
+    wav = put(root, CONVERTED_KEEPS_WAV + ".wav", mtime=LONG_AGO)
+    mp3 = put(root, CONVERTED_KEEPS_WAV + ".mp3", mtime=RECENTLY)
+    store = open_store(root, age_from="mtime")
+
+    survey = store.survey(CUTOFF)
+
+    assert (survey.total, survey.expired, survey.oldest) == (2, 0, RECENTLY)
+    assert enforce(store).planned == []
+    assert wav.exists() and mp3.exists()
+    # Without grouping, each file goes by its own age.
+    assert enforce(open_store(root, age_from="mtime", group_siblings=False)).deleted == 1
+    assert not wav.exists() and mp3.exists()
+
+
+def test_files_the_patterns_do_not_select_are_no_part_of_a_recording(
+    root: Path, open_store: StoreFactory
+) -> None:
+    wav = put(root, CONVERTED_KEEPS_WAV + ".wav", mtime=LONG_AGO)
+    notes = put(root, CONVERTED_KEEPS_WAV + ".txt", mtime=RECENTLY)
+    store = open_store(root, age_from="mtime", match=("**/*.wav",))
+
+    assert (store.survey(CUTOFF).total, enforce(store).deleted) == (1, 1)
+    assert not wav.exists()
+    assert notes.exists()
+
+
+def test_a_recording_is_never_split_across_batches(root: Path, open_store: StoreFactory) -> None:
+    freepbx_tree(root)
+    store = open_store(root, batch_size=1)
+    batches = store.batches(CUTOFF)
+
+    first = next(batches)
+    result = store.apply(first, CUTOFF)
+
+    # Walk order: 2026/04/02 first, a .wav and its .mp3 in one batch over batch_size.
+    assert (first.planned, result.deleted) == (2, 2)
+    assert not exists(root, CONVERTED_KEEPS_WAV, ".wav")
+    assert not exists(root, CONVERTED_KEEPS_WAV, ".mp3")
+    assert exists(root, CONVERTED_TO_MP3, ".wav") and exists(root, CONVERTED_TO_MP3, ".mp3")
+    rest = [(batch.planned, store.apply(batch, CUTOFF).deleted) for batch in batches]
+    assert sorted(rest) == [(1, 1), (1, 1), (2, 2)]
+
+
+def test_siblings_stay_together_when_other_names_sort_between_them(
+    root: Path, open_store: StoreFactory
+) -> None:
+    # In name order `x.n.wav` and the folder `x.sub` come between `x.mp3` and `x.wav`.
+    day = root / "2026/04/02"
+    for name in ("x.mp3", "x.wav", "x.n.wav", "x.sub/y.wav"):
+        put(root, f"2026/04/02/{name}")
+    store = open_store(root, batch_size=1)
+
+    planned = []
+    for batch in store.batches(CUTOFF):
+        planned.append(batch.planned)
+        store.apply(batch, CUTOFF)
+        assert (day / "x.mp3").exists() == (day / "x.wav").exists()
+
+    assert sorted(planned) == [1, 1, 2]
+    assert not [path for path in day.rglob("*") if path.is_file()]
+
+
+def test_sibling_changed_after_planning_keeps_the_whole_recording(
+    root: Path, open_store: StoreFactory
+) -> None:
+    wav = put(root, CONVERTED_KEEPS_WAV + ".wav")
+    mp3 = put(root, CONVERTED_KEEPS_WAV + ".mp3")
+    store = open_store(root)
+    batch = next(iter(store.batches(CUTOFF)))
+
+    with mp3.open("ab") as handle:  # the conversion is still writing it
+        handle.write(b"\x00" * 16)
+    result = store.apply(batch, CUTOFF)
+
+    assert (result.deleted, result.skipped) == (0, {"changed": 2})
+    assert wav.exists() and mp3.exists()
+
+
+# -- references ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("database", ALL_BACKENDS, indirect=True)
+def test_references_to_deleted_recordings_are_cleared_and_the_rows_stay(
+    root: Path, database: PbxDatabase, open_store: StoreFactory
+) -> None:
+    freepbx_tree(root)
+    insert_calls(database, FREEPBX_REFERENCES)
+    store = open_store(root, database.url)
+
+    with capture_logs() as logs:
+        run = enforce(store)
+
+    assert run.deleted == 6
+    assert database.count("cdr") == len(FREEPBX_REFERENCES)  # cdr has its own, longer keep
+    assert references_in(database) == sorted(
+        ["", "", "", "", "", base(YOUNG_PAIR, ".mp3"), base(YOUNG_WAV, ".wav")]
+    )
+    assert run.references_cleared == 4  # two rows name the same file
+    cleared = [entry for entry in logs if entry["event"] == "references cleared"]
+    assert sum(entry["count"] for entry in cleared) == 4
+    assert PHONE not in repr(logs) and UNIQUEID not in repr(logs)
+
+
+@pytest.mark.parametrize("database", ALL_BACKENDS, indirect=True)
+def test_orphan_recordings_without_a_call_record_are_swept_by_date(
+    root: Path, database: PbxDatabase, open_store: StoreFactory
+) -> None:
+    orphan = put(root, ORPHAN + ".wav")
+    undecodable = put(root, b"2026/04/04/in-203-\xff\xfe-20260404-110500-1775300700.15.wav")
+    young = put(root, YOUNG_WAV + ".wav")
+    insert_calls(database, [base(YOUNG_WAV, ".wav")])
+    store = open_store(root, database.url)
+
+    assert enforce(store).deleted == 2
+    assert not orphan.exists() and not undecodable.exists()
+    assert young.exists()
+    assert references_in(database) == [base(YOUNG_WAV, ".wav")]
+
+
+@pytest.mark.parametrize("database", ALL_BACKENDS, indirect=True)
+def test_sweep_clears_old_references_whose_file_is_gone_and_leaves_the_others(
+    root: Path, database: PbxDatabase, open_store: StoreFactory
+) -> None:
+    gone_old = recording("out", PHONE, "201", datetime(2026, 4, 1, 9, 0), "1775034000.20")
+    # Its day is not over at the cutoff: the file may still be being recorded.
+    gone_cutoff_day = recording("in", "201", PHONE, datetime(2026, 5, 14, 9, 0), "1778749200.21")
+    gone_young = recording("in", "202", PHONE, datetime(2026, 5, 20, 9, 0), "1779267600.22")
+    # Only a sibling the store does not select is left: the call still has a recording.
+    converted = recording("out", PHONE, "203", datetime(2026, 4, 1, 10, 0), "1775037600.23")
+    put(root, converted + ".gsm")
+    flat = "ondemand-201-202-20260401-110000-1775041200.24.wav"  # filed directly in the root
+    put(root, flat)  # undated by its folder, so it stays, and so does its reference
+    put(root, ORPHAN + ".wav")  # something expired, so the run has a batch
+    kept = [
+        base(gone_cutoff_day, ".wav"),
+        base(gone_young, ".wav"),
+        base(converted, ".wav"),
+        flat,
+        "2026/04/01/" + base(gone_old, ".wav"),  # a path, not a base name FreePBX writes
+        "recording-without-date.wav",
+        base(gone_old, ".gsm"),  # a format the store does not select: not its business
+    ]
+    insert_calls(database, [base(gone_old, ".wav"), base(gone_old, ".wav"), *kept])
+    store = open_store(root, database.url, match=("**/*.wav",))
+
+    run = enforce(store)
+
+    assert (run.deleted, run.references_cleared) == (1, 2)
+    assert references_in(database) == sorted(["", "", *kept])
+
+
+@pytest.mark.parametrize("database", ALL_BACKENDS, indirect=True)
+def test_planning_leaves_the_references_alone(
+    root: Path, database: PbxDatabase, open_store: StoreFactory
+) -> None:
+    put(root, ORPHAN + ".wav")
+    gone = base(CONVERTED_KEEPS_WAV, ".wav")
+    insert_calls(database, [gone])
+    store = open_store(root, database.url)
+
+    store.survey(CUTOFF)
+    assert [batch.planned for batch in store.batches(CUTOFF)] == [1]
+
+    assert references_in(database) == [gone]
+    assert exists(root, ORPHAN, ".wav")
+
+
+@pytest.mark.parametrize("database", ALL_BACKENDS, indirect=True)
+def test_reference_differing_only_in_case_or_spaces_is_left(
+    root: Path, database: PbxDatabase, open_store: StoreFactory
+) -> None:
+    # MariaDB compares utf8mb4 case-insensitively and ignores trailing spaces; a file is not.
+    put(root, CONVERTED_KEEPS_WAV + ".wav")
+    upper = put(root, CONVERTED_KEEPS_WAV + ".WAV")
+    other = [base(CONVERTED_KEEPS_WAV, ".WAV"), base(CONVERTED_KEEPS_WAV, ".wav") + " "]
+    insert_calls(database, [base(CONVERTED_KEEPS_WAV, ".wav"), *other])
+    store = open_store(root, database.url, match=("**/*.wav",), group_siblings=False)
+
+    assert enforce(store).deleted == 1
+
+    assert upper.exists()
+    assert references_in(database) == sorted(["", *other])
+
+
+@pytest.mark.parametrize("database", SERVER_BACKENDS, indirect=True)
+def test_locked_reference_stops_the_run_after_its_files_and_the_next_run_clears_it(
+    root: Path, database: PbxDatabase, open_store: StoreFactory
+) -> None:
+    freepbx_tree(root)
+    insert_calls(database, FREEPBX_REFERENCES)
+    locked = base(CONVERTED_KEEPS_WAV, ".wav")
+    store = open_store(root, database.url, batch_size=2, lock_timeout=1, retries=1)
+
+    with database.engine.connect() as pbx, capture_logs() as logs:
+        # The PBX (or a report) holds the row of the first batch's recording.
+        pbx.execute(
+            text("SELECT recordingfile FROM cdr WHERE recordingfile = :name FOR UPDATE"),
+            {"name": locked},
+        )
+        batches = store.batches(CUTOFF)
+        first = next(batches)
+        with pytest.raises(StoreError) as failure:
+            store.apply(first, CUTOFF)
+        pbx.rollback()
+
+    message = str(failure.value)
+    assert "this batch deleted 2 files" in message
+    assert "could not be cleared" in message and "next run" in message
+    assert "lock wait timeout exceeded 2 times" in message
+    assert PHONE not in message + repr(logs) and UNIQUEID not in message + repr(logs)
+    assert [entry["event"] for entry in logs].count("references retrying") == 1
+    assert not exists(root, CONVERTED_KEEPS_WAV, ".wav")
+    assert not exists(root, CONVERTED_KEEPS_WAV, ".mp3")
+    assert references_in(database).count(locked) == 1  # left behind
+
+    next_run = enforce(open_store(root, database.url))
+
+    assert (next_run.deleted, next_run.references_cleared) == (4, 4)  # 3 of its own, 1 left over
+    assert database.count("cdr") == len(FREEPBX_REFERENCES)
+    assert references_in(database) == sorted(
+        ["", "", "", "", "", base(YOUNG_PAIR, ".mp3"), base(YOUNG_WAV, ".wav")]
+    )
+
+
+# A database that refuses the update for a reason no retry fixes (a constraint, a trigger).
+REFUSE_UPDATE = {
+    "mariadb": "ALTER TABLE cdr ADD CONSTRAINT recording_kept CHECK (recordingfile <> '')",
+    "postgresql": (
+        "ALTER TABLE cdr ADD CONSTRAINT recording_kept CHECK (recordingfile <> '') NOT VALID"
+    ),
+    "sqlite": (
+        "CREATE TRIGGER recording_kept BEFORE UPDATE ON cdr "
+        "BEGIN SELECT RAISE(ABORT, 'recordings are kept'); END"
+    ),
+}
+
+
+@pytest.mark.parametrize("database", ALL_BACKENDS, indirect=True)
+def test_refused_reference_update_is_reported_without_the_recording_name(
+    root: Path, database: PbxDatabase, open_store: StoreFactory
+) -> None:
+    put(root, CONVERTED_KEEPS_WAV + ".wav")
+    insert_calls(database, [base(CONVERTED_KEEPS_WAV, ".wav")])
+    database.execute(REFUSE_UPDATE[database.dialect])
+    store = open_store(root, database.url)
+
+    with capture_logs() as logs, pytest.raises(StoreError) as failure:
+        enforce(store)
+
+    message = str(failure.value)
+    assert "this batch deleted 1 file, but references" in message
+    assert "clearing references failed" in message
+    assert PHONE not in message and UNIQUEID not in message
+    assert not any(entry["event"] == "references retrying" for entry in logs)
+    assert not exists(root, CONVERTED_KEEPS_WAV, ".wav")
+    assert references_in(database) == [base(CONVERTED_KEEPS_WAV, ".wav")]
+
+
+def test_missing_references_column_is_named(
+    root: Path,
+    sqlite_url: str,
+    pbx_database: Callable[[str], PbxDatabase],
+    open_store: StoreFactory,
+) -> None:
+    # Asterisk's cdr_sqlite3_custom table as it comes: no recordingfile column.
+    pbx_database(sqlite_url).create("cdr")
+
+    with pytest.raises(StoreError, match="column recordingfile does not exist in table cdr"):
+        open_store(root, sqlite_url)
+    with pytest.raises(StoreError, match="table recordings does not exist"):
+        open_store(root, sqlite_url, table="recordings")
+
+
+@pytest.mark.parametrize("database", SERVER_BACKENDS, indirect=True)
+def test_column_named_in_another_case_is_found(
+    root: Path, database: PbxDatabase, open_store: StoreFactory
+) -> None:
+    put(root, ORPHAN + ".wav")
+    insert_calls(database, [base(ORPHAN, ".wav")])
+    store = open_store(root, database.url, column="RecordingFile")
+
+    assert enforce(store).deleted == 1
+    assert references_in(database) == [""]
+
+
+def test_missing_reference_database_is_an_error_not_an_absent_store(
+    root: Path, tmp_path: Path, open_store: StoreFactory
+) -> None:
+    missing = f"sqlite:///{tmp_path / 'nowhere.db'}"
+
+    with pytest.raises(StoreError, match="does not exist") as failure:
+        open_store(root, missing)
+
+    assert type(failure.value) is StoreError
+    assert not (tmp_path / "nowhere.db").exists()
+
+
+@pytest.mark.parametrize("database", ALL_BACKENDS, indirect=True)
+def test_describe_names_grouping_references_and_database(
+    root: Path, database: PbxDatabase, open_store: StoreFactory
+) -> None:
+    store = open_store(root, database.url)
+
+    lines = "\n".join(store.describe())
+
+    assert "group_siblings" in lines
+    assert "cdr.recordingfile of connection cdrdb" in lines
+    server = {"mariadb": "MariaDB", "postgresql": "PostgreSQL", "sqlite": "SQLite"}
+    assert server[database.dialect] in lines
+    # FreePBX indexes recordingfile on MariaDB; Asterisk's PostgreSQL and SQLite tables do not.
+    assert ("warning: no index on cdr.recordingfile" in lines) == (database.dialect != "mariadb")
+
+
+@pytest.mark.parametrize(
+    ("name", "days"),
+    [
+        (b"out-017612345678-201-20260402-101500-1775124900.11.wav", ["2026-04-02"]),
+        (b"q-600-+49-30-555-20260402-101500-1.wav", ["2026-04-02"]),  # a `-` in the caller
+        (b"ondemand-201-202-20260230-101500-1.wav", []),
+        (b"recording.wav", []),
+    ],
+)
+def test_reference_days_follow_freepbx(name: bytes, days: list[str]) -> None:
+    assert [day.isoformat() for day in reference_days(name)] == days
