@@ -4,7 +4,6 @@ command line on real MariaDB and PostgreSQL servers, as an administrator runs it
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from pbxdata import PbxDatabase, cdr_rows, cel_rows
+from privacy import leaked
 from test_cli import retentiond
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -88,24 +88,10 @@ def test_freepbx_call_records_are_purged_from_the_command_line(
         and value
     }
     assert len(personal) > 1000  # the check below has something to find
-    documents = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
-    documents += [json.loads(plan.stdout), json.loads(run.stdout)]
-    documents += [json.loads(line[3:]) for line in run.stderr.splitlines() if line.strip()]
-    seen = " ".join(strings(documents))
-    # long values (numbers, names, uniqueids) anywhere in a text; short ones (extensions) as
-    # whole words, since counts like 250 are numbers, not texts
-    words = set(re.findall(r"[\w+.@-]+", seen))
-    leaked = sorted(v for v in personal if (v in seen if len(v) >= 6 else v in words))
-    assert not leaked, leaked[:5]
+    found = leaked(
+        personal,
+        jsonl=[(tmp_path / "audit.jsonl").read_text(), run.stderr],
+        documents=[plan.stdout, run.stdout],
+    )
+    assert not found, found[:5]
     assert datetime.now(UTC) > datetime.fromisoformat(outcome["cutoff"])
-
-
-def strings(value: object) -> list[str]:
-    """Every text (keys and values) in a parsed JSON document."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [t for k, v in value.items() for t in [k, *strings(v)]]
-    if isinstance(value, list):
-        return [t for v in value for t in strings(v)]
-    return []
