@@ -108,23 +108,29 @@ def _reference_problems(name: str, tree: CommentedMap) -> list[ConfigProblem]:
         for position, store in enumerate(stores):
             if not isinstance(store, CommentedMap):
                 continue
-            references = store.get("references")
-            holder = references if isinstance(references, CommentedMap) else store
-            connection = holder.get("connection")
-            if isinstance(connection, str) and connection not in known:
-                defined = ", ".join(sorted(map(str, known))) or "none defined"
-                problems.append(
-                    ConfigProblem(
-                        name,
-                        holder.lc.key("connection")[0] + 1,
-                        f"rules.{index}.stores.{position}."
-                        + ("references." if holder is not store else "")
-                        + "connection",
-                        f"connection {connection!r} is not defined under connections: "
-                        f"(defined: {defined})",
-                    )
-                )
+            where = f"rules.{index}.stores.{position}"
+            problems += _unknown_connection(name, store, known, where)
+            for key in ("references", "named_by"):
+                if isinstance(store.get(key), CommentedMap):
+                    problems += _unknown_connection(name, store[key], known, f"{where}.{key}")
     return problems
+
+
+def _unknown_connection(
+    name: str, holder: CommentedMap, known: set[Any], where: str
+) -> list[ConfigProblem]:
+    connection = holder.get("connection")
+    if not isinstance(connection, str) or connection in known:
+        return []
+    defined = ", ".join(sorted(map(str, known))) or "none defined"
+    return [
+        ConfigProblem(
+            name,
+            holder.lc.key("connection")[0] + 1,
+            f"{where}.connection",
+            f"connection {connection!r} is not defined under connections: (defined: {defined})",
+        )
+    ]
 
 
 def _read_yaml(raw: bytes | str, name: str) -> Any:

@@ -165,6 +165,10 @@ class FilesStoreConfig(StoreBase):
     # Files that differ only in their extension (a .mp3 converted from a .wav) go together.
     group_siblings: bool = False
     references: ReferencesConfig | None = None
+    # Rows that name files by their path relative to root (3CX `recordings.recording_url`):
+    # the files they name belong to the store that purges those rows, so this store, sweeping
+    # orphans, leaves them alone and counts them as `named_by_row`.
+    named_by: ReferencesConfig | None = None
 
     @property
     def label(self) -> str:

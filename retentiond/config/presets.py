@@ -292,6 +292,11 @@ def threecx(settings: dict[str, Any]) -> tuple[dict[str, Any], list[RuleTemplate
                     "root": str(recordings),
                     "match": ["**/*.wav", "**/*.mp3", "**/*.opus"],
                     "age_from": "filename_date",
+                    "named_by": {
+                        "connection": "3cx",
+                        "table": "recordings",
+                        "column": "recording_url",
+                    },
                     "optional": True,
                 },
             ],
@@ -312,6 +317,7 @@ def threecx(settings: dict[str, Any]) -> tuple[dict[str, Any], list[RuleTemplate
                     "root": str(voicemail),
                     "match": ["**/vmail_*.wav"],  # greetings and prompts live there too
                     "age_from": "mtime",
+                    "named_by": {"connection": "3cx", "table": "s_voicemail", "column": "wav_file"},
                     "optional": True,
                 },
             ],

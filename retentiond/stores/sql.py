@@ -401,7 +401,7 @@ class FileRoot:
         try:
             status = os.lstat(path)
         except FileNotFoundError:
-            raise StoreError(
+            raise StoreAbsent(
                 f"{self.label}: file_root {path} does not exist; set it to the folder the file "
                 "column's paths are relative to"
             ) from None
