@@ -76,6 +76,13 @@ def mariadb_url(mariadb_server: Engine) -> Iterator[str]:
         yield _database_url(mariadb_server.url, name)
     finally:
         with mariadb_server.connect() as connection:
+            # A session a test left open would hold a metadata lock and make DROP wait forever.
+            sessions = connection.execute(
+                text("SELECT id FROM information_schema.processlist WHERE db = :name"),
+                {"name": name},
+            ).scalars()
+            for session in list(sessions):
+                connection.execute(text(f"KILL {int(session)}"))
             connection.execute(text(f"DROP DATABASE IF EXISTS {name}"))
 
 
