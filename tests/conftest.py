@@ -8,6 +8,7 @@ except under CI (the CI variable set), where a missing server is a failure.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -82,7 +83,8 @@ def mariadb_url(mariadb_server: Engine) -> Iterator[str]:
                 {"name": name},
             ).scalars()
             for session in list(sessions):
-                connection.execute(text(f"KILL {int(session)}"))
+                with contextlib.suppress(SQLAlchemyError):  # it may have ended meanwhile
+                    connection.execute(text(f"KILL {int(session)}"))
             connection.execute(text(f"DROP DATABASE IF EXISTS {name}"))
 
 
