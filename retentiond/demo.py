@@ -6,6 +6,7 @@ Everything is made up (seeded), lives in one folder, and needs nothing but Pytho
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import sqlite3
@@ -56,6 +57,15 @@ rules:
         table: cdr
         time_column: calldate
         batch_size: 500
+  - name: voicemail
+    description: Voicemail messages (voice, caller numbers and names)
+    purpose: Delivering messages to the called person
+    legal_basis: Art. 6(1)(f) GDPR
+    keep: 60d
+    schedule: daily 03:20
+    stores:
+      - type: asterisk_voicemail
+        root: {voicemail}
   - name: call-recordings
     description: Recorded calls (voice, numbers in the file names)
     purpose: Quality assurance, with the caller's consent
@@ -101,15 +111,56 @@ def build(directory: Path, *, now: datetime | None = None, days: int = 365, seed
             folder = monitor / day
             folder.mkdir(parents=True, exist_ok=True)
             (folder / recording).write_bytes(WAV_HEADER + rng.randbytes(rng.randint(200, 4000)))
+    messages = _voicemail(pbx / "voicemail", rows, end)
     config_file = directory / "retentiond.yaml"
     config_file.write_text(
-        CONFIG.format(audit=directory / "audit.jsonl", database=database, monitor=monitor)
+        CONFIG.format(
+            audit=directory / "audit.jsonl",
+            database=database,
+            monitor=monitor,
+            voicemail=pbx / "voicemail",
+        )
     )
     print(
         f"demo PBX built in {directory}: {len(rows)} calls over {days} days, "
-        f"{sum(1 for r in rows if r[16])} recordings"
+        f"{sum(1 for r in rows if r[16])} recordings, {messages} voicemail messages"
     )
     return config_file
+
+
+def _voicemail(spool: Path, rows: list[tuple[object, ...]], end: datetime) -> int:
+    """An Asterisk spool: a message for every unanswered inbound call, greetings per mailbox."""
+    numbers: dict[Path, int] = {}
+    for row in rows:
+        calldate, clid, _, mailbox, disposition = row[0], row[1], row[2], row[3], row[11]
+        if disposition == "ANSWERED" or mailbox not in EXTENSIONS:
+            continue
+        start = datetime.strptime(str(calldate), "%Y-%m-%d %H:%M:%S")
+        folder = (
+            spool / "default" / str(mailbox) / ("Old" if end - start > timedelta(7) else "INBOX")
+        )
+        folder.mkdir(parents=True, exist_ok=True)
+        number = numbers.get(folder, 0)
+        numbers[folder] = number + 1
+        origtime = int(start.replace(tzinfo=ZONE).timestamp())
+        stem = folder / f"msg{number:04d}"
+        stem.with_suffix(".txt").write_text(
+            ";\n; Message Information file\n;\n[message]\n"
+            f"origmailbox={mailbox}\ncontext=macro-vm\nexten=s-NOANSWER\nrdnis=unknown\n"
+            f"priority=2\ncallerchan=PJSIP/trunk-{origtime:08x}\ncallerid={clid}\n"
+            f"origdate={start:%a %b %d %I:%M:%S %p} UTC {start:%Y}\norigtime={origtime}\n"
+            f"category=\nmsg_id={origtime}-{number:08x}\nflag=\nduration=12\n"
+        )
+        for extension in ("wav", "WAV"):
+            stem.with_suffix(f".{extension}").write_bytes(WAV_HEADER)
+        for path in folder.glob(f"msg{number:04d}.*"):
+            os.utime(path, (origtime, origtime))
+    for mailbox in EXTENSIONS:
+        box = spool / "default" / mailbox
+        box.mkdir(parents=True, exist_ok=True)
+        for greeting in ("unavail.wav", "busy.wav", "greet.wav"):
+            (box / greeting).write_bytes(WAV_HEADER)
+    return sum(numbers.values())
 
 
 def _prepare(directory: Path) -> None:
@@ -186,6 +237,9 @@ def summary(directory: Path, config_file: Path, loaded: LoadedConfig) -> str:
         (oldest,) = db.execute("SELECT MIN(calldate) FROM cdr").fetchone()
     db.close()
     recordings = sum(1 for p in (directory / "pbx" / "monitor").rglob("*") if p.is_file())
+    voicemail = directory / "pbx" / "voicemail"
+    messages = sum(1 for _ in voicemail.rglob("msg*.txt"))
+    greetings = sum(1 for _ in voicemail.glob("default/*/unavail.wav"))
     return f"""
 == what the deletion log proves (no numbers, names or file names in it) ==
 {_log_summary(loaded)}
@@ -194,6 +248,7 @@ def summary(directory: Path, config_file: Path, loaded: LoadedConfig) -> str:
   config        {config_file}
   call records  {database}  ({calls} calls left, oldest {oldest})
   recordings    {directory / "pbx" / "monitor"}  ({recordings} files left)
+  voicemail     {voicemail}  ({messages} messages left; greetings of {greetings} mailboxes kept)
   deletion log  {loaded.config.audit.path}
 
 == try next ==

@@ -72,7 +72,8 @@ def test_plan_then_run_then_verify(pbx: Path) -> None:
 def test_json_output_is_machine_readable(pbx: Path) -> None:
     plan = retentiond("-c", pbx, "plan", "--json")
     assert plan.returncode == 0
-    (calls, files) = json.loads(plan.stdout)
+    (calls, voicemail, files) = json.loads(plan.stdout)
+    assert voicemail["stores"][0]["unit"] == "messages"
     assert calls["rule"] == "call-records" and calls["stores"][0]["would_delete"] > 0
     assert files["stores"][0]["unit"] == "files"
 
@@ -101,7 +102,7 @@ def test_config_errors_exit_2_with_file_and_line(pbx: Path) -> None:
         result = retentiond("-c", pbx, *command)
         assert result.returncode == 2
         assert f"{pbx}:" in result.stderr
-        assert "rules.1.keep" in result.stderr and "rules.1.colour: unknown key" in result.stderr
+        assert "rules.2.keep" in result.stderr and "rules.2.colour: unknown key" in result.stderr
         assert "Traceback" not in result.stderr
     assert not (pbx.parent / "audit.jsonl").exists()
 
@@ -144,7 +145,7 @@ def test_tampered_log_is_detected_at_the_changed_entry(pbx: Path) -> None:
 def test_command_line_mistakes_exit_2(pbx: Path) -> None:
     daemon = retentiond("-c", pbx, "run")
     assert daemon.returncode == 2 and "run --once" in daemon.stderr
-    unknown = retentiond("-c", pbx, "run", "--once", "--rule", "voicemail")
+    unknown = retentiond("-c", pbx, "run", "--once", "--rule", "fax")
     assert unknown.returncode == 2 and "call-records" in unknown.stderr
     assert not (pbx.parent / "audit.jsonl").exists()
 
