@@ -352,11 +352,12 @@ class Database:
         settings = self.settings
         if self.family == "mysql":
             lock = max(1, math.ceil(settings.lock_timeout))
-            # /*M! ... */ runs on MariaDB only; MySQL has no max_statement_time.
+            # Versioned comments: /*M!100100 */ runs on MariaDB 10.1+ only (MySQL has no
+            # max_statement_time); /*!50500 */ skips lock_wait_timeout on servers before 5.5.
             init = (
-                f"SET SESSION innodb_lock_wait_timeout={lock}, SESSION lock_wait_timeout={lock}, "
-                f"SESSION time_zone='+00:00' "
-                f"/*M! , SESSION max_statement_time={settings.statement_timeout:.3f} */"
+                f"SET SESSION innodb_lock_wait_timeout={lock} "
+                f"/*!50500 , SESSION lock_wait_timeout={lock} */, SESSION time_zone='+00:00' "
+                f"/*M!100100 , SESSION max_statement_time={settings.statement_timeout:.3f} */"
             )
             # The socket waits a little longer than the server, so the server's error wins.
             io_timeout = math.ceil(max(settings.statement_timeout, settings.lock_timeout) + 30)
