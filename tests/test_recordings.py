@@ -1,4 +1,5 @@
 """FreePBX call recordings: siblings deleted together, and `cdr.recordingfile` cleared after them.
+3CX recordings: the files store sweeping what no `recordings.recording_url` row names.
 
 Real recording trees (`YYYY/MM/DD/<type>-<dest>-<from>-YYYYMMDD-HHMMSS-<uniqueid>.wav`, some with
 the `.mp3` a MIXMON_POST script made beside them) and real cdr tables on MariaDB, PostgreSQL and
@@ -16,11 +17,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from pbxdata import PbxDatabase, cdr_rows, sqlite_cdr_rows
-from sqlalchemy import text
+from sqlalchemy import Engine, event, text
 from structlog.testing import capture_logs
 
 from retentiond.config.model import ConnectionConfig, FilesStoreConfig, ReferencesConfig
-from retentiond.errors import StoreError
+from retentiond.errors import StoreAbsent, StoreError
 from retentiond.stores.files import FilesStore, reference_days
 
 UTC_ZONE = ZoneInfo("UTC")
@@ -114,6 +115,9 @@ def open_store() -> Iterator[StoreFactory]:
         column: str = "recordingfile",
         lock_timeout: float = 5.0,
         retries: int = 2,
+        named_by: str | None = None,
+        named_by_table: str = "recordings",
+        named_by_column: str = "recording_url",
     ) -> FilesStore:
         references = (
             ReferencesConfig(connection="cdrdb", table=table, column=column) if url else None
@@ -126,11 +130,23 @@ def open_store() -> Iterator[StoreFactory]:
             batch_size=batch_size,
             group_siblings=group_siblings,
             references=references,
+            named_by=(
+                ReferencesConfig(connection="3cx", table=named_by_table, column=named_by_column)
+                if named_by
+                else None
+            ),
         )
         connection = (
             ConnectionConfig(url=url, lock_timeout=lock_timeout, retries=retries) if url else None
         )
-        store = FilesStore(config, UTC_ZONE, connection)
+        store = FilesStore(
+            config,
+            UTC_ZONE,
+            connection,
+            named_by_connection=ConnectionConfig(url=named_by, retries=retries)
+            if named_by
+            else None,
+        )
         opened.append(store)
         store.open()
         return store
@@ -536,6 +552,271 @@ def test_describe_names_grouping_references_and_database(
     assert server[database.dialect] in lines
     # FreePBX indexes recordingfile on MariaDB; Asterisk's PostgreSQL and SQLite tables do not.
     assert ("warning: no index on cdr.recordingfile" in lines) == (database.dialect != "mariadb")
+
+
+# -- named_by: files a rows store owns ----------------------------------------------------------
+
+# 3CX keeps `Recordings/<extension>/[<name>]_<extension>-<number>_<YYYYMMDDhhmmss>(<id>).wav` and
+# a `recordings` row naming each by that path. Rows older than the keep go with their file through
+# the rows store; the files store sweeps only what no row names (a restore brought it back, say).
+NAMED_EXPIRED = f"1001/[Erika Müller]_1001-{PHONE}_20260402101500(1).wav"  # the row's store's
+NAMED_YOUNG = "1002/[Max Mustermann]_1002-+4930555123_20260520083000(2).wav"
+ORPHAN_EXPIRED = "1001/[Erika Müller]_1001-015112345678_20260404110500(3).wav"
+# Rows name it only loosely (case, a trailing space): the rows' store would not find it either.
+ORPHAN_LOOSELY_NAMED = "1002/[Max Mustermann]_1002-0891234567_20260403164000(4).wav"
+# A row names it by its base name, not its path below the root.
+ORPHAN_BASE_NAMED = "1003/[Lena Schmidt]_1003-069123456_20260405120000(5).wav"
+ORPHAN_YOUNG = "1003/[Lena Schmidt]_1003-017098765432_20260521170000(6).wav"
+# A caller name in Latin-1: no row can name it, since rows hold text.
+ORPHAN_NOT_UTF8 = b"1001/[M\xfcller]_1001-015112345679_20260406090000(7).wav"
+
+THREECX_ROWS = [
+    NAMED_EXPIRED,
+    NAMED_YOUNG,
+    NAMED_YOUNG,  # two rows (legs of one call) may name one file
+    ORPHAN_LOOSELY_NAMED.replace(".wav", ".WAV"),
+    ORPHAN_LOOSELY_NAMED + " ",
+    Path(ORPHAN_BASE_NAMED).name,
+    "",  # a call without a recording
+    None,
+]
+
+THREECX_PERSONAL = [PHONE, "Müller", "Mustermann", "Schmidt", "015112345678", "069123456"]
+
+
+@pytest.fixture
+def rows_database(
+    request: pytest.FixtureRequest, pbx_database: Callable[[str], PbxDatabase]
+) -> PbxDatabase:
+    """3CX's `recordings` table, reduced to its key and the path, in the backend of the test."""
+    database = pbx_database(request.getfixturevalue(URL_FIXTURES[request.param]))
+    database.execute(
+        "CREATE TABLE recordings (id_recording integer PRIMARY KEY, recording_url varchar(511))"
+    )
+    return database
+
+
+def name_files(database: PbxDatabase, paths: list[str | None]) -> None:
+    """One `recordings` row per path."""
+    start = database.count("recordings") + 1
+    rows = [{"id_recording": start + i, "recording_url": p} for i, p in enumerate(paths)]
+    database.insert("recordings", rows)
+
+
+def threecx_tree(root: Path) -> None:
+    for relative in (
+        NAMED_EXPIRED,
+        NAMED_YOUNG,
+        ORPHAN_EXPIRED,
+        ORPHAN_LOOSELY_NAMED,
+        ORPHAN_BASE_NAMED,
+        ORPHAN_YOUNG,
+        ORPHAN_NOT_UTF8,
+    ):
+        put(root, relative)
+
+
+def open_sweeper(
+    open_store: StoreFactory, root: Path, database: PbxDatabase, **options: object
+) -> FilesStore:
+    """The 3CX preset's files store over Recordings, left to sweep what no row names."""
+    settings: dict[str, object] = {
+        "age_from": "filename_date",
+        "match": ("**/*.wav", "**/*.mp3"),
+        "group_siblings": False,
+        "named_by": database.url,
+    }
+    return open_store(root, **(settings | options))
+
+
+def files_left(root: Path) -> set[bytes]:
+    return {os.fsencode(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("rows_database", ALL_BACKENDS, indirect=True)
+def test_files_a_row_names_are_neither_counted_nor_deleted_and_orphans_are_swept(
+    root: Path, rows_database: PbxDatabase, open_store: StoreFactory
+) -> None:
+    threecx_tree(root)
+    name_files(rows_database, THREECX_ROWS)
+    store = open_sweeper(open_store, root, rows_database)
+
+    with capture_logs() as logs:
+        survey = store.survey(CUTOFF)
+        batches = list(store.batches(CUTOFF))
+        results = [store.apply(batch, CUTOFF) for batch in batches]
+
+    # Only the orphans are this store's: four expired, one young.
+    assert (survey.total, survey.expired) == (5, 4)
+    assert survey.expired_bytes == 4 * len(AUDIO)
+    assert survey.oldest is not None and survey.oldest.date().isoformat() == "2026-04-03"
+    assert survey.skipped == {"named_by_row": 2}
+    assert [batch.planned for batch in batches] == [4]
+    assert [(r.deleted, dict(r.skipped)) for r in results] == [(4, {})]
+    assert files_left(root) == {os.fsencode(NAMED_EXPIRED), os.fsencode(NAMED_YOUNG)} | {
+        os.fsencode(ORPHAN_YOUNG)
+    }
+    assert rows_database.count("recordings") == len(THREECX_ROWS)  # rows are read, never written
+    after = store.survey(CUTOFF)
+    assert (after.total, after.expired, after.skipped) == (1, 0, {"named_by_row": 2})
+    for value in THREECX_PERSONAL:
+        assert value not in repr(logs) + repr(batches) + repr(results) + repr(survey)
+
+
+@pytest.mark.parametrize("rows_database", ALL_BACKENDS, indirect=True)
+def test_a_row_written_after_the_plan_keeps_the_file_it_names(
+    root: Path, rows_database: PbxDatabase, open_store: StoreFactory
+) -> None:
+    threecx_tree(root)
+    name_files(rows_database, THREECX_ROWS)
+    store = open_sweeper(open_store, root, rows_database)
+    batch = next(iter(store.batches(CUTOFF)))
+
+    # 3CX re-imports an archived recording: its row names the file again.
+    name_files(rows_database, [ORPHAN_EXPIRED])
+    result = store.apply(batch, CUTOFF)
+
+    assert (batch.planned, result.deleted, result.skipped) == (4, 3, {"named_by_row": 1})
+    assert (root / ORPHAN_EXPIRED).exists()
+    assert not (root / ORPHAN_LOOSELY_NAMED).exists()
+
+
+@pytest.mark.parametrize("rows_database", ALL_BACKENDS, indirect=True)
+def test_a_failed_check_before_deleting_deletes_nothing_and_names_no_file(
+    root: Path, rows_database: PbxDatabase, open_store: StoreFactory
+) -> None:
+    threecx_tree(root)
+    name_files(rows_database, THREECX_ROWS)
+    store = open_sweeper(open_store, root, rows_database, retries=0)
+    batch = next(iter(store.batches(CUTOFF)))
+
+    rows_database.execute("DROP TABLE recordings")
+    with pytest.raises(StoreError) as failure:
+        store.apply(batch, CUTOFF)
+
+    message = str(failure.value)
+    assert "recordings.recording_url of connection 3cx" in message
+    assert "nothing of this batch was deleted" in message
+    assert not any(value in message for value in THREECX_PERSONAL)
+    assert len(files_left(root)) == 7
+
+
+@pytest.mark.parametrize("rows_database", ALL_BACKENDS, indirect=True)
+def test_siblings_stay_together_when_a_row_names_one_of_them(
+    root: Path, rows_database: PbxDatabase, open_store: StoreFactory
+) -> None:
+    stem = ORPHAN_EXPIRED.removesuffix(".wav")
+    put(root, stem + ".wav")
+    put(root, stem + ".mp3")
+    put(root, ORPHAN_LOOSELY_NAMED)
+    name_files(rows_database, [stem + ".mp3"])
+    store = open_sweeper(open_store, root, rows_database, group_siblings=True)
+
+    survey = store.survey(CUTOFF)
+    run = enforce(store)
+
+    assert (survey.total, survey.expired, survey.skipped) == (1, 1, {"named_by_row": 2})
+    assert run.deleted == 1
+    assert (root / (stem + ".wav")).exists() and (root / (stem + ".mp3")).exists()
+
+
+@pytest.mark.parametrize("rows_database", SERVER_BACKENDS[:1], indirect=True)
+def test_a_latin1_column_names_a_file_with_umlauts(
+    root: Path, rows_database: PbxDatabase, open_store: StoreFactory
+) -> None:
+    # A binary comparison would compare latin1 bytes with UTF-8 ones and miss the row.
+    rows_database.execute(
+        "ALTER TABLE recordings MODIFY recording_url varchar(511) CHARACTER SET latin1"
+    )
+    put(root, NAMED_EXPIRED)
+    name_files(rows_database, [NAMED_EXPIRED])
+    store = open_sweeper(open_store, root, rows_database)
+
+    assert store.survey(CUTOFF).skipped == {"named_by_row": 1}
+    assert enforce(store).deleted == 0
+    assert (root / NAMED_EXPIRED).exists()
+
+
+def test_rows_are_asked_about_many_files_at_a_time(
+    root: Path,
+    sqlite_url: str,
+    pbx_database: Callable[[str], PbxDatabase],
+    open_store: StoreFactory,
+) -> None:
+    database = pbx_database(sqlite_url)
+    database.execute(
+        "CREATE TABLE recordings (id_recording integer PRIMARY KEY, recording_url varchar(511))"
+    )
+    paths = [f"1001/[Erika]_1001-0151{n:05}_20260402101500({n}).wav" for n in range(1200)]
+    for path in paths:
+        put(root, path)
+    name_files(database, paths[::3])  # every third file is a row's
+    store = open_sweeper(open_store, root, database, batch_size=300)
+    statements: list[str] = []
+
+    def record(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        survey = store.survey(CUTOFF)
+        surveyed = len(statements)
+        run = enforce(store)
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+
+    assert (survey.total, survey.skipped) == (800, {"named_by_row": 400})
+    assert run.deleted == 800 and run.planned == [300, 300, 200]
+    assert len(files_left(root)) == 400
+    assert surveyed == 3  # 1200 files, 500 at a time
+    # Planning asks about 500 expired files at a time; each batch asks again about its own.
+    assert len(statements) == 3 + 3 + 3
+    assert all("recording_url IN" in statement for statement in statements)
+
+
+@pytest.mark.parametrize("rows_database", ALL_BACKENDS, indirect=True)
+def test_a_missing_named_by_table_makes_the_store_absent_and_a_missing_column_is_named(
+    root: Path, rows_database: PbxDatabase, open_store: StoreFactory
+) -> None:
+    with pytest.raises(StoreAbsent, match="named_by: table s_voicemail does not exist"):
+        open_sweeper(open_store, root, rows_database, named_by_table="s_voicemail")
+    with pytest.raises(StoreError) as failure:
+        open_sweeper(open_store, root, rows_database, named_by_column="wav_file")
+
+    assert type(failure.value) is StoreError
+    assert "column wav_file does not exist in table recordings" in str(failure.value)
+    assert "named_by.column" in str(failure.value)
+
+
+@pytest.mark.parametrize("rows_database", ALL_BACKENDS, indirect=True)
+def test_describe_says_which_rows_own_files(
+    root: Path, rows_database: PbxDatabase, open_store: StoreFactory
+) -> None:
+    store = open_sweeper(open_store, root, rows_database)
+
+    lines = "\n".join(store.describe())
+
+    assert "named_by: recordings.recording_url of connection 3cx" in lines
+    assert "named_by_row" in lines
+    assert "warning: no index on recordings.recording_url" in lines
+    rows_database.execute("CREATE INDEX recordings_url ON recordings (recording_url)")
+    store.open()
+    assert "warning" not in "\n".join(store.describe())
+
+
+def test_a_named_by_connection_missing_from_the_config_is_an_error(
+    root: Path, sqlite_url: str
+) -> None:
+    config = FilesStoreConfig(
+        type="files",
+        root=root,
+        named_by=ReferencesConfig(connection="3cx", table="recordings", column="recording_url"),
+    )
+    store = FilesStore(config, UTC_ZONE)
+
+    with pytest.raises(StoreError, match=r"named_by.connection 3cx is not defined"):
+        store.open()
+    store.close()
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,13 @@ def build_store(store: StoreConfig, config: Config) -> Store:
 
         references = store.references
         connection = config.connections[references.connection] if references else None
-        return FilesStore(store, zone, connection)
+        named_by = store.named_by
+        return FilesStore(
+            store,
+            zone,
+            connection,
+            named_by_connection=config.connections.get(named_by.connection) if named_by else None,
+        )
     if isinstance(store, VoicemailStoreConfig):
         from retentiond.stores.voicemail import VoicemailStore
 

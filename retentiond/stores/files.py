@@ -12,6 +12,11 @@ every one of them has expired. With `references`, the rows naming a deleted file
 the rows themselves stay. Once per run a sweep also clears references older than the cutoff whose
 file is gone, which a failed update leaves behind. Reference values are personal data too and are
 never logged.
+
+With `named_by`, the store sweeps what a rows store leaves (3CX `recordings.recording_url`): a
+file a row names by its path relative to the root is that rows store's to delete with its row,
+so this one neither counts nor deletes it (`named_by_row`), asking again right before a batch
+deletes, since a row may have been written after the plan.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ PROTECTED = "protected"  # voicemail greetings and tmp/ folders (DESIGN.md safet
 CHANGED = "changed"  # differs from what was planned: swapped, replaced, rewritten
 VANISHED = "vanished"  # removed by someone else between planning and deleting
 UNREMOVABLE = "unremovable"  # unlink refused (permissions, read-only filesystem)
+NAMED_BY_ROW = "named_by_row"  # a row of `named_by` names it: the store purging the rows owns it
 
 # What a batch did besides deleting, as counted in BatchResult.counts.
 REFERENCES_CLEARED = "references_cleared"  # rows naming a deleted file, set to ''
@@ -73,6 +79,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 SWEEP_CHUNK = 1000
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 # FreePBX `...-YYYYMMDD-HHMMSS-<uniqueid>`, 3CX `..._YYYYMMDDhhmmss(<id>)`, or a bare `YYYYMMDD`.
 _FREEPBX_TIME = re.compile(rb"(?<![0-9])([0-9]{8})-([0-9]{6})(?![0-9])")
@@ -120,10 +127,16 @@ class FilesStore(Store):
     unit = "files"
 
     def __init__(
-        self, config: FilesStoreConfig, zone: tzinfo, references: ConnectionConfig | None = None
+        self,
+        config: FilesStoreConfig,
+        zone: tzinfo,
+        references: ConnectionConfig | None = None,
+        *,
+        named_by_connection: ConnectionConfig | None = None,
     ) -> None:
         self.config = config
         self.references = references
+        self.named_by_connection = named_by_connection
         self.zone = zone
         self.root = config.root
         self.label = str(config.root)
@@ -134,6 +147,11 @@ class FilesStore(Store):
         self._reference_column = (
             ReferenceColumn(config.references, references)
             if config.references is not None and references is not None
+            else None
+        )
+        self._named_by = (
+            NamedByColumn(config.named_by, named_by_connection)
+            if config.named_by is not None and named_by_connection is not None
             else None
         )
         self._sweep_due = False  # set when a run starts planning, done with its first batch
@@ -167,12 +185,19 @@ class FilesStore(Store):
                 f"{root}: references.connection {self.config.references.connection} is not "
                 "defined; add it under connections"
             )
-        if self._reference_column is not None:
-            try:
-                self._reference_column.open()
-            except StoreError:
-                self.close()
-                raise
+        if self.config.named_by is not None and self._named_by is None:
+            self.close()
+            raise StoreError(
+                f"{root}: named_by.connection {self.config.named_by.connection} is not "
+                "defined; add it under connections"
+            )
+        for column in (self._reference_column, self._named_by):
+            if column is not None:
+                try:
+                    column.open()
+                except StoreError:  # also StoreAbsent: no named_by table, no store
+                    self.close()
+                    raise
 
     def close(self) -> None:
         if self._root_fd is not None:
@@ -180,6 +205,8 @@ class FilesStore(Store):
             self._root_fd = None
         if self._reference_column is not None:
             self._reference_column.close()
+        if self._named_by is not None:
+            self._named_by.close()
 
     def describe(self) -> list[str]:
         config = self.config
@@ -198,6 +225,8 @@ class FilesStore(Store):
             )
         if self._reference_column is not None:
             lines.extend(self._reference_column.describe())
+        if self._named_by is not None:
+            lines.extend(self._named_by.describe())
         if config.age_from == "mtime":
             lines.append(
                 "note: copying or converting a recording resets its mtime; "
@@ -209,12 +238,8 @@ class FilesStore(Store):
         skipped: Counter[str] = Counter()
         total = expired = expired_bytes = 0
         oldest: datetime | None = None
-        for recording in self._recordings(skipped):
+        for recording, ages in self._owned(self._dated(skipped), skipped):
             total += len(recording)
-            ages = self._ages(recording)
-            if ages is None:
-                skipped[UNDATED] += len(recording)
-                continue
             age = max(ages)  # a recording is as young as its youngest file
             oldest = age if oldest is None else min(oldest, age)
             if age < cutoff:
@@ -223,7 +248,7 @@ class FilesStore(Store):
         self._warn_if_incomplete(skipped)
         return Survey(
             unit=self.unit,
-            total=total,
+            total=total + skipped[UNDATED],  # undated files are there, but never expire
             expired=expired,
             oldest=oldest,
             expired_bytes=expired_bytes,
@@ -237,10 +262,8 @@ class FilesStore(Store):
         skipped: Counter[str] = Counter()
         planned: list[Recording] = []
         files = number = 0
-        for recording in self._recordings(skipped):
-            ages = self._ages(recording)
-            if ages is None or not max(ages) < cutoff:
-                continue
+        expired = (item for item in self._dated(skipped) if max(item[1]) < cutoff)
+        for recording, ages in self._owned(expired, skipped):
             planned.append(tuple(map(_plan, recording, ages)))
             files += len(recording)
             if files >= self.config.batch_size:  # a recording is never split across batches
@@ -255,8 +278,10 @@ class FilesStore(Store):
         skipped: Counter[str] = Counter()
         deleted: list[PlannedFile] = []
         deleted_bytes = 0
+        # A row may have come to name a planned file since the plan: asked again, right before.
+        recordings = self._still_unnamed(batch.payload, skipped)
         with _FolderChain(root_fd, self._root_device) as chain:
-            for recording in batch.payload:
+            for recording in recordings:
                 for planned, size in self._delete(chain, recording, cutoff, skipped):
                     deleted.append(planned)
                     deleted_bytes += size
@@ -280,6 +305,71 @@ class FilesStore(Store):
         )
 
     # -- walking ---------------------------------------------------------------------------------
+
+    def _dated(self, skipped: Counter[str]) -> Iterator[tuple[tuple[_Found, ...], list[datetime]]]:
+        """The walk's recordings with the age of each file; undated ones are counted, not given."""
+        for recording in self._recordings(skipped):
+            ages = self._ages(recording)
+            if ages is None:
+                skipped[UNDATED] += len(recording)
+                continue
+            yield recording, ages
+
+    def _owned(
+        self, items: Iterator[tuple[tuple[_Found, ...], list[datetime]]], skipped: Counter[str]
+    ) -> Iterator[tuple[tuple[_Found, ...], list[datetime]]]:
+        """The recordings no `named_by` row names, in walk order; the others counted.
+
+        The rows are asked about the paths of up to IN_LIST_CHUNK files at a time, never one
+        query per file. A recording is left alone when a row names any of its files.
+        """
+        if self._named_by is None:
+            yield from items
+            return
+        pending: list[tuple[tuple[_Found, ...], list[datetime]]] = []
+        paths = 0
+        for item in items:
+            pending.append(item)
+            paths += len(item[0])
+            if paths >= IN_LIST_CHUNK:
+                yield from self._unnamed(pending, _recording_of, skipped)
+                pending, paths = [], 0
+        if pending:
+            yield from self._unnamed(pending, _recording_of, skipped)
+
+    def _still_unnamed(
+        self, recordings: Sequence[Recording], skipped: Counter[str]
+    ) -> list[Recording]:
+        """The planned recordings no `named_by` row names now; a failed check deletes nothing."""
+        if self._named_by is None:
+            return list(recordings)
+        try:
+            return self._unnamed(recordings, _itself, skipped)
+        except StoreError as error:
+            raise StoreError(
+                f"{self.label}: cannot check which planned files rows of "
+                f"{self._named_by.where} name ({error}); nothing of this batch was deleted"
+            ) from None
+
+    def _unnamed(
+        self,
+        items: Sequence[U],
+        files: Callable[[U], Sequence[_Found | PlannedFile]],
+        skipped: Counter[str],
+    ) -> list[U]:
+        """The items none of whose `files` a `named_by` row names; the others are counted."""
+        column = self._named_by
+        if column is None:
+            return list(items)
+        paths = [[_relative_text(file.folder, file.name) for file in files(item)] for item in items]
+        named = column.named([path for item in paths for path in item if path is not None])
+        kept: list[U] = []
+        for item, item_paths in zip(items, paths, strict=True):
+            if named.intersection(item_paths):
+                skipped[NAMED_BY_ROW] += len(item_paths)
+            else:
+                kept.append(item)
+        return kept
 
     def _recordings(self, skipped: Counter[str]) -> Iterator[tuple[_Found, ...]]:
         """The walk's files as recordings: each file alone, or with its siblings when grouping."""
@@ -745,6 +835,19 @@ def _as_text(name: bytes) -> str | None:
         return None
 
 
+def _recording_of(item: tuple[tuple[_Found, ...], list[datetime]]) -> tuple[_Found, ...]:
+    return item[0]
+
+
+def _itself(recording: Recording) -> Recording:
+    return recording
+
+
+def _relative_text(folder: tuple[bytes, ...], name: bytes) -> str | None:
+    """The path below the root as a row names it (`1001/x.wav`); None when it is not UTF-8."""
+    return _as_text(b"/".join((*folder, name)))
+
+
 def _plan(found: _Found, age: datetime) -> PlannedFile:
     return PlannedFile(
         folder=found.folder,
@@ -759,19 +862,24 @@ def _plan(found: _Found, age: datetime) -> PlannedFile:
 # -- references ----------------------------------------------------------------------------------
 
 
-class ReferenceColumn:
-    """A column naming recordings by base name (FreePBX `cdr.recordingfile`) in an SQL database.
+class _NamingColumnBase:
+    """A text column of an SQL table naming recordings, connected like an SQL store.
 
-    Connected like an SQL store (`sql.Database`: password file or systemd credential, session
-    timeouts), with retries and backoff on lock waits and lost connections. Its values are
-    personal data: they are compared and cleared, never logged, and driver messages lose what
-    they quote before they reach an exception.
+    Connected through `sql.Database` (password file or systemd credential, session timeouts),
+    with retries and backoff on lock waits and lost connections. Its values are personal data:
+    they are compared and cleared, never logged, and driver messages lose what they quote before
+    they reach an exception.
     """
+
+    key = ""  # the config key, which names the column in messages and logs
+    table_hint = ""  # what to set the table to, for the message of a missing table
+    column_hint = ""  # what to set the column to, for the message of a missing column
+    absent_when_missing = False  # a missing database or table: StoreAbsent, else StoreError
 
     def __init__(self, config: ReferencesConfig, connection: ConnectionConfig) -> None:
         self.config = config
         self.where = f"{config.table}.{config.column} of connection {config.connection}"
-        self._database = Database(config.connection, connection, f"references in {self.where}")
+        self._database = Database(config.connection, connection, f"{self.key} in {self.where}")
         self._opened = False
         self._table_sql = ""
         self._column_sql = ""
@@ -783,6 +891,8 @@ class ReferenceColumn:
         try:
             connection = self._database.open()
         except StoreAbsent as absent:
+            if self.absent_when_missing:
+                raise
             # A missing reference database is an error of this store, not an absent store.
             raise StoreError(str(absent)) from None
         try:
@@ -798,34 +908,117 @@ class ReferenceColumn:
         except DBAPIError as exc:
             self.close()
             raise StoreError(
-                f"references in {self.where}: cannot read the table definition: "
+                f"{self.key} in {self.where}: cannot read the table definition: "
                 f"{_without_values(exc)}"
             ) from None
         except StoreError:
             self.close()
             raise
         self._opened = True
-        log.debug("references opened", references=self.where, database=self._database.server)
+        log.debug(f"{self.key} opened", **{self.key: self.where}, database=self._database.server)
 
     def close(self) -> None:
         self._opened = False
         self._database.close()
 
+    def _server(self) -> str:
+        return self._database.server or _backend(self._database.settings.url)
+
+    def _index_warning(self, reads: str) -> list[str]:
+        if not self._opened or self._index is not None:
+            return []
+        table, column = self.config.table, self._column_name
+        return [
+            f"warning: no index on {table}.{column}: {reads} the whole table; "
+            f"CREATE INDEX {table}_{column} ON {table} ({column}) fixes it"
+        ]
+
+    def _column(self, inspector: Inspector) -> str:
+        """The column's name as the database spells it; StoreError naming what is missing."""
+        table, wanted, key = self.config.table, self.config.column, self.key
+        try:
+            columns = inspector.get_columns(table)
+        except NoSuchTableError:
+            tables = sorted(inspector.get_table_names())
+            there = f"; tables there: {', '.join(tables)}" if 0 < len(tables) <= 20 else ""
+            missing = StoreAbsent if self.absent_when_missing else StoreError
+            raise missing(
+                f"{key}: table {table} does not exist in connection "
+                f"{self.config.connection}{there}. {self.table_hint}"
+            ) from None
+        found = [c for c in columns if c["name"] == wanted]
+        if not found:
+            # MariaDB column names are case-insensitive; accept a unique case-insensitive match.
+            found = [c for c in columns if c["name"].lower() == wanted.lower()]
+        if len(found) != 1:
+            names = ", ".join(c["name"] for c in columns)
+            raise StoreError(
+                f"{key}: column {wanted} does not exist in table {table} of connection "
+                f"{self.config.connection}; its columns: {names}. {self.column_hint}"
+            )
+        column = found[0]
+        if not isinstance(column["type"], sqltypes.String | sqltypes.NullType):
+            raise StoreError(
+                f"{key}: column {column['name']} of table {table} has type "
+                f"{column['type']!r}; it must hold file names as text"
+            )
+        return column["name"]
+
+    def _retrying(self, action: str, work: Callable[[Connection], T], *, write: bool = False) -> T:
+        """Run `work` in its own transaction; retry lock waits, deadlocks and lost connections.
+
+        Like `sql.Database.retrying`, with messages that fit files already deleted.
+        """
+        engine = self._database.engine
+        retries = self._database.settings.retries
+        attempt = 0
+        while True:
+            try:
+                if write:
+                    with engine.begin() as connection:
+                        return work(connection)
+                with engine.connect() as connection:
+                    return work(connection)
+            except DBAPIError as exc:
+                reason = _transient_reason(exc)
+                if reason is None:
+                    # `from None`: the chained error would print the bound file names.
+                    raise StoreError(f"{action} failed: {_without_values(exc)}") from None
+                if attempt >= retries:
+                    raise StoreError(_GAVE_UP[reason].format(attempts=attempt + 1)) from None
+                delay = min(BACKOFF_FIRST * 2**attempt, BACKOFF_MAX)
+                attempt += 1
+                log.warning(
+                    f"{self.key} retrying",
+                    **{self.key: self.where},
+                    action=action,
+                    attempt=attempt,
+                    of=retries,
+                    error=reason,
+                    code=error_code(exc),
+                    delay=delay,
+                )
+                time.sleep(delay)
+
+
+class ReferenceColumn(_NamingColumnBase):
+    """A column naming recordings by base name (FreePBX `cdr.recordingfile`) in an SQL database.
+
+    Its rows are set to '' when their file is deleted; the rows themselves stay.
+    """
+
+    key = "references"
+    table_hint = "Set references.table to the table naming the recordings"
+    column_hint = "Set references.column to the column holding the recording file names"
+
     def describe(self) -> list[str]:
-        database = self._database.server or _backend(self._database.settings.url)
-        lines = [
-            f"references: {self.where} ({database}): rows naming a deleted file by its base "
+        return [
+            f"references: {self.where} ({self._server()}): rows naming a deleted file by its base "
             "name are set to '' after each batch; the rows themselves stay",
             "references: once per run, references whose file is gone under every extension and "
             "whose name dates them before the cutoff are cleared too (left by a failed update)",
+            *self._index_warning("every batch's update and the sweep read"),
         ]
-        if self._opened and self._index is None:
-            table, column = self.config.table, self._column_name
-            lines.append(
-                f"warning: no index on {table}.{column}: every batch's update and the sweep read "
-                f"the whole table; CREATE INDEX {table}_{column} ON {table} ({column}) fixes it"
-            )
-        return lines
 
     def clear(self, names: Sequence[str]) -> int:
         """Set every reference to one of `names` to '', in one transaction. How many were set."""
@@ -868,73 +1061,55 @@ class ReferenceColumn:
             if len(rows) < SWEEP_CHUNK:
                 return
 
-    def _column(self, inspector: Inspector) -> str:
-        """The column's name as the database spells it; StoreError naming what is missing."""
-        table, wanted = self.config.table, self.config.column
-        try:
-            columns = inspector.get_columns(table)
-        except NoSuchTableError:
-            tables = sorted(inspector.get_table_names())
-            there = f"; tables there: {', '.join(tables)}" if 0 < len(tables) <= 20 else ""
-            raise StoreError(
-                f"references: table {table} does not exist in connection "
-                f"{self.config.connection}{there}. Set references.table to the table naming "
-                "the recordings"
-            ) from None
-        found = [c for c in columns if c["name"] == wanted]
-        if not found:
-            # MariaDB column names are case-insensitive; accept a unique case-insensitive match.
-            found = [c for c in columns if c["name"].lower() == wanted.lower()]
-        if len(found) != 1:
-            names = ", ".join(c["name"] for c in columns)
-            raise StoreError(
-                f"references: column {wanted} does not exist in table {table} of connection "
-                f"{self.config.connection}; its columns: {names}. Set references.column to "
-                "the column holding the recording file names"
-            )
-        column = found[0]
-        if not isinstance(column["type"], sqltypes.String | sqltypes.NullType):
-            raise StoreError(
-                f"references: column {column['name']} of table {table} has type "
-                f"{column['type']!r}; it must hold file names as text"
-            )
-        return column["name"]
 
-    def _retrying(self, action: str, work: Callable[[Connection], T], *, write: bool = False) -> T:
-        """Run `work` in its own transaction; retry lock waits, deadlocks and lost connections.
+class NamedByColumn(_NamingColumnBase):
+    """A column naming files by their path relative to the store's root (3CX
+    `recordings.recording_url`): the files it names belong to the store purging its rows.
 
-        Like `sql.Database.retrying`, with messages that fit files already deleted.
+    Only read. A missing table (or SQLite file) makes the files store absent: without the rows,
+    no file can be told apart from one a row still names, so none is deleted.
+    """
+
+    key = "named_by"
+    table_hint = "Set named_by.table to the table whose rows name the files"
+    column_hint = "Set named_by.column to the column holding the paths relative to the root"
+    absent_when_missing = True
+
+    def describe(self) -> list[str]:
+        return [
+            f"named_by: {self.where} ({self._server()}): a file a row names by its path "
+            "relative to the root is left to the store purging those rows, checked again "
+            "before each batch deletes (counted as named_by_row)",
+            *self._index_warning("each check of up to 500 files reads"),
+        ]
+
+    def named(self, paths: Sequence[str]) -> set[str]:
+        """Those of `paths` a row names, read in chunks in one transaction.
+
+        The database may match loosely (MariaDB ignores case and trailing spaces, and a latin1
+        column would defeat a binary comparison); the values it returns are compared here
+        exactly, as the rows' store follows them to the file byte for byte.
         """
-        engine = self._database.engine
-        retries = self._database.settings.retries
-        attempt = 0
-        while True:
-            try:
-                if write:
-                    with engine.begin() as connection:
-                        return work(connection)
-                with engine.connect() as connection:
-                    return work(connection)
-            except DBAPIError as exc:
-                reason = _transient_reason(exc)
-                if reason is None:
-                    # `from None`: the chained error would print the bound file names.
-                    raise StoreError(f"{action} failed: {_without_values(exc)}") from None
-                if attempt >= retries:
-                    raise StoreError(_GAVE_UP[reason].format(attempts=attempt + 1)) from None
-                delay = min(BACKOFF_FIRST * 2**attempt, BACKOFF_MAX)
-                attempt += 1
-                log.warning(
-                    "references retrying",
-                    references=self.where,
-                    action=action,
-                    attempt=attempt,
-                    of=retries,
-                    error=reason,
-                    code=error_code(exc),
-                    delay=delay,
-                )
-                time.sleep(delay)
+        if not paths:
+            return set()
+        column = self._column_sql
+        statement = text(
+            f"SELECT DISTINCT {column} FROM {self._table_sql} WHERE {column} IN :paths"
+        ).bindparams(bindparam("paths", expanding=True))
+
+        def read(connection: Connection) -> set[str]:
+            found: set[str] = set()
+            for start in range(0, len(paths), IN_LIST_CHUNK):
+                chunk = list(dict.fromkeys(paths[start : start + IN_LIST_CHUNK]))
+                wanted = set(chunk)
+                for value in connection.execute(statement, {"paths": chunk}).scalars():
+                    if isinstance(value, bytes):
+                        value = _as_text(value)
+                    if value in wanted:
+                        found.add(value)
+            return found
+
+        return self._retrying("reading the rows that name files", read)
 
 
 def _read_values(statement: TextClause, last: Any, size: int, connection: Connection) -> list[Any]:
