@@ -12,11 +12,11 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -105,6 +105,14 @@ def exit_code(outcomes: list[RunOutcome]) -> int:
     return 3 if 3 in codes else 0
 
 
+class RunObserver(Protocol):
+    """Told when runs start and end: metrics, pings, sd_notify status. Must not raise."""
+
+    def run_started(self, rule: Rule) -> None: ...
+
+    def run_finished(self, rule: Rule, outcome: RunOutcome) -> None: ...
+
+
 class Engine:
     """Runs rules of one loaded config. `now` and `stop` are injectable for tests and the daemon."""
 
@@ -115,12 +123,14 @@ class Engine:
         now: Callable[[], datetime] = utcnow,
         stop: threading.Event | None = None,
         progress: Progress | None = None,
+        observers: Sequence[RunObserver] = (),
     ) -> None:
         self.loaded = loaded
         self.config = loaded.config
         self.now = now
         self.stop = stop or threading.Event()
         self.progress = progress
+        self.observers = list(observers)
 
     @contextmanager
     def open_stores(self, rule: Rule) -> Iterator[list[Store]]:
@@ -188,11 +198,21 @@ class Engine:
         started = time.monotonic()
         structlog.contextvars.bind_contextvars(rule=rule.name, run_id=run_id)
         try:
+            self._tell("run_started", rule)
             outcome = self._run(rule, audit, run_id)
+            outcome.seconds = round(time.monotonic() - started, 3)
+            self._tell("run_finished", rule, outcome)
         finally:
             structlog.contextvars.unbind_contextvars("rule", "run_id")
-        outcome.seconds = round(time.monotonic() - started, 3)
         return outcome
+
+    def _tell(self, event: str, *args: Any) -> None:
+        """Observers are monitoring: their failure never stops enforcement."""
+        for observer in self.observers:
+            try:
+                getattr(observer, event)(*args)
+            except Exception as error:  # noqa: BLE001 - any observer bug must not stop a run
+                log.warning("observer failed", observer=type(observer).__name__, error=repr(error))
 
     def _run(self, rule: Rule, audit: AuditLog, run_id: str) -> RunOutcome:
         outcome = RunOutcome(rule.name, run_id, None, "failed")

@@ -76,6 +76,12 @@ def _zone(value: Any) -> ZoneInfo:
         ) from None
 
 
+def _prom_file(value: Path | None) -> Path | None:
+    if value is not None and value.suffix != ".prom":
+        raise ValueError("node_exporter reads only files ending in .prom")
+    return value
+
+
 def _not_yet(feature: str) -> Any:
     def check(value: Any) -> Any:
         if value is not None:
@@ -234,6 +240,28 @@ StoreConfig = Annotated[
 ]
 
 
+def _http_url(value: str | None) -> str | None:
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    return value
+
+
+class PingConfig(Strict):
+    """URLs called when a run starts, succeeds or fails (healthchecks.io style)."""
+
+    start: Annotated[str | None, AfterValidator(_http_url)] = None
+    success: Annotated[str | None, AfterValidator(_http_url)] = None
+    failure: Annotated[str | None, AfterValidator(_http_url)] = None
+
+
+def _ping(value: Any) -> Any:
+    """A plain URL means healthchecks.io's scheme: URL/start, URL, URL/fail."""
+    if isinstance(value, str):
+        base = value.rstrip("/")
+        return {"start": f"{base}/start", "success": base, "failure": f"{base}/fail"}
+    return value
+
+
 class Rule(Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     description: str | None = None
@@ -243,6 +271,15 @@ class Rule(Strict):
     action: Literal["delete"] = "delete"
     schedule: ScheduleField | None = None
     stores: Annotated[list[StoreConfig], Field(min_length=1)]
+    ping: Annotated[PingConfig | None, BeforeValidator(_ping)] = None
+
+
+class MonitoringConfig(Strict):
+    # host:port for Prometheus metrics served by the daemon; loopback unless you say otherwise
+    metrics_listen: Annotated[str | None, Field(pattern=r"^[^\s:]+:\d{1,5}$")] = None
+    # node_exporter textfile written after `run --once` (must end in .prom)
+    metrics_textfile: Annotated[AbsolutePath | None, AfterValidator(_prom_file)] = None
+    ping_timeout: Annotated[float, Field(gt=0, le=120)] = 10
 
 
 class Safety(Strict):
@@ -259,6 +296,7 @@ class Config(Strict):
     connections: dict[Annotated[str, Field(pattern=NAME_PATTERN)], ConnectionConfig] = {}
     rules: Annotated[list[Rule], Field(min_length=1)]
     safety: Safety = Safety()
+    monitoring: MonitoringConfig = MonitoringConfig()
     holds: Annotated[Any, AfterValidator(_not_yet("holds (legal holds)"))] = None
     organisation: Annotated[Any, AfterValidator(_not_yet("organisation"))] = None
 
