@@ -211,7 +211,7 @@ class Engine:
         for observer in self.observers:
             try:
                 getattr(observer, event)(*args)
-            except Exception as error:  # noqa: BLE001 - any observer bug must not stop a run
+            except Exception as error:  # any observer bug must not stop a run
                 log.warning("observer failed", observer=type(observer).__name__, error=repr(error))
 
     def _run(self, rule: Rule, audit: AuditLog, run_id: str) -> RunOutcome:
