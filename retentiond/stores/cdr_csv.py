@@ -54,21 +54,33 @@ from datetime import UTC, date, datetime, tzinfo
 import structlog
 
 from retentiond.config.model import CsvStoreConfig
-from retentiond.errors import StoreAbsent, StoreError
+from retentiond.errors import StoreError
 from retentiond.rules import latest_instant
 from retentiond.stores.base import Batch, BatchResult, Store, Survey
+from retentiond.stores.folders import (
+    CHANGED,
+    NOT_REGULAR_FILE,
+    OTHER_FILESYSTEM,
+    READ_FLAGS,
+    SYMLINK,
+    UNREADABLE,
+    VANISHED,
+    RootFolder,
+    RootUnfit,
+    RootWording,
+    Skip,
+    check_component,
+    examine_root,
+    sorted_names,
+)
 
 log = structlog.get_logger()
 
-# Why something was left alone, as counted in Survey.skipped and BatchResult.skipped.
+# Why something was left alone, as counted in Survey.skipped and BatchResult.skipped, besides
+# the folders module's symlink, not_regular_file, other_filesystem, unreadable, vanished and
+# changed (here: replaced or truncated since planning).
 UNPARSEABLE = "unparseable"  # a line whose time cannot be read (counted in lines)
-SYMLINK = "symlink"
-NOT_REGULAR_FILE = "not_regular_file"
-OTHER_FILESYSTEM = "other_filesystem"
-UNREADABLE = "unreadable"
 HARD_LINKED = "hard_linked"  # a rewrite would leave the old lines under the other name
-CHANGED = "changed"  # replaced or truncated since planning
-VANISHED = "vanished"
 LEFTOVER_TEMP = "leftover_temp"  # a rewrite interrupted by a crash; removed by the next rewrite
 
 WRITER_WAIT = 5.0  # seconds to wait for writers that opened the old file before the rename
@@ -77,9 +89,6 @@ STALE_TEMP = 600.0  # seconds after which a temporary copy is an interrupted rew
 
 _CHUNK = 1 << 20
 _POLL = 0.002
-_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-# O_NONBLOCK: a FIFO named like a CSV file must not hang the open; regular files ignore it.
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _TEMP_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEMP_MARK = b".retentiond-"
 _TEMP_NAME = re.compile(rb"\..+\.retentiond-[0-9a-f]{8}", re.DOTALL)
@@ -87,6 +96,12 @@ _TEMP_PREFIX_MAX = 200  # bytes of the original name in a temporary name (NAME_M
 # The cdr_csv date format (`%Y-%m-%d %T`) parsed without strptime, which is slow per line.
 _PLAIN_TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %T")
 _PLAIN_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
+# The root is opened without listing it: a folder that cannot be listed fails at the walk.
+_ROOT_WORDING = RootWording(
+    not_a_folder="{root} is not a folder; set the store's root to the cdr-csv folder",
+    unreadable="{root} cannot be read ({reason}); give retentiond's user read and search "
+    "permission",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,14 +144,6 @@ class _Found:
     status: os.stat_result
 
 
-class _Skip(Exception):
-    """One file is left alone; `reason` is what gets counted."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 class CsvStore(Store):
     """CSV files of call records directly in one folder, purged line by line."""
 
@@ -154,8 +161,7 @@ class CsvStore(Store):
             re.compile(fnmatch.translate(pattern.strip("/"))) for pattern in config.match
         ]
         self._plain_time = config.time_format in _PLAIN_TIME_FORMATS
-        self._root_fd: int | None = None
-        self._root_device = 0
+        self._root = RootFolder(config.root, _ROOT_WORDING)
 
     # -- Store interface -------------------------------------------------------------------------
 
@@ -167,36 +173,10 @@ class CsvStore(Store):
                     f"match pattern {pattern!r} names a subfolder; a csv store reads only the "
                     f"files directly in {self.root}, as cdr_csv writes them"
                 )
-        root = self.root
-        try:
-            status = os.lstat(root)
-        except FileNotFoundError:
-            raise StoreAbsent(f"{root} does not exist; create it or fix the store's root") from None
-        except OSError as error:
-            raise StoreError(
-                f"{root} cannot be examined ({error.strerror}); fix the store's root"
-            ) from None
-        if stat.S_ISLNK(status.st_mode):
-            raise StoreError(
-                f"{root} is a symlink and retentiond never follows symlinks; "
-                "set the store's root to the folder it points to"
-            )
-        if not stat.S_ISDIR(status.st_mode):
-            raise StoreError(f"{root} is not a folder; set the store's root to the cdr-csv folder")
-        try:
-            fd = os.open(root, _FOLDER_FLAGS)
-        except OSError as error:
-            raise StoreError(
-                f"{root} cannot be read ({error.strerror}); give retentiond's user read and "
-                "search permission"
-            ) from None
-        self._root_fd = fd
-        self._root_device = os.fstat(fd).st_dev
+        self._root.open()
 
     def close(self) -> None:
-        if self._root_fd is not None:
-            os.close(self._root_fd)
-            self._root_fd = None
+        self._root.close()
 
     def describe(self) -> list[str]:
         config = self.config
@@ -221,7 +201,7 @@ class CsvStore(Store):
         for found in self._walk(skipped):
             try:
                 self._scan(found, cutoff, tally)
-            except _Skip as skip:
+            except Skip as skip:
                 skipped[skip.reason] += 1
         if tally.unparseable:
             skipped[UNPARSEABLE] += tally.unparseable
@@ -244,7 +224,7 @@ class CsvStore(Store):
             tally = _Tally()
             try:
                 self._scan(found, cutoff, tally)
-            except _Skip:
+            except Skip:
                 continue
             if tally.expired:
                 number += 1
@@ -260,11 +240,11 @@ class CsvStore(Store):
             raise TypeError("a csv store applies only its own batches")  # a bug in the caller
         try:
             fd = self._open_planned(root_fd, planned)
-        except _Skip as skip:
+        except Skip as skip:
             return BatchResult(deleted=0, bytes=0, skipped={skip.reason: 1})
         try:
             return self._rewrite(root_fd, fd, planned, cutoff)
-        except _Skip as skip:
+        except Skip as skip:
             return BatchResult(deleted=0, bytes=0, skipped={skip.reason: 1})
         finally:
             os.close(fd)
@@ -275,7 +255,7 @@ class CsvStore(Store):
         """Matching regular files directly in the root, in name order."""
         root_fd = self._require_open()
         try:
-            names = _names(root_fd)
+            names = sorted_names(root_fd)
         except OSError as error:
             raise StoreError(
                 f"{self.root} cannot be listed ({error.strerror}); give retentiond's user read "
@@ -298,7 +278,7 @@ class CsvStore(Store):
                 skipped[SYMLINK] += 1
             elif not stat.S_ISREG(status.st_mode):
                 skipped[NOT_REGULAR_FILE] += 1
-            elif status.st_dev != self._root_device:
+            elif status.st_dev != self._root.device:
                 skipped[OTHER_FILESYSTEM] += 1
             else:
                 yield _Found(name, status)
@@ -308,21 +288,21 @@ class CsvStore(Store):
         return any(pattern.fullmatch(text) for pattern in self._patterns)
 
     def _scan(self, found: _Found, cutoff: datetime, tally: _Tally) -> None:
-        """Add one file's complete lines to `tally`. Raises _Skip when it cannot be read."""
+        """Add one file's complete lines to `tally`. Raises Skip when it cannot be read."""
         try:
             fd = _open_file(self._require_open(), found.name)
-        except _Skip as skip:
+        except Skip as skip:
             if skip.reason == VANISHED:
                 return
             raise
         try:
             status = os.fstat(fd)
             if (status.st_dev, status.st_ino) != (found.status.st_dev, found.status.st_ino):
-                raise _Skip(CHANGED)
+                raise Skip(CHANGED)
             for line in _complete_lines(fd, status.st_size):
                 self._count(line, cutoff, tally)
         except OSError:
-            raise _Skip(UNREADABLE) from None
+            raise Skip(UNREADABLE) from None
         finally:
             os.close(fd)
 
@@ -363,7 +343,7 @@ class CsvStore(Store):
     # -- rewriting -------------------------------------------------------------------------------
 
     def _open_planned(self, root_fd: int, planned: PlannedCsv) -> int:
-        _check_name(planned.name)
+        check_component(planned.name)  # a single entry of the root
         fd = _open_file(root_fd, planned.name)
         status = os.fstat(fd)
         reason = None
@@ -376,7 +356,7 @@ class CsvStore(Store):
             reason = HARD_LINKED
         if reason is not None:
             os.close(fd)
-            raise _Skip(reason)
+            raise Skip(reason)
         return fd
 
     def _rewrite(self, root_fd: int, fd: int, planned: PlannedCsv, cutoff: datetime) -> BatchResult:
@@ -456,30 +436,26 @@ class CsvStore(Store):
     def _check_still_planned(self, root_fd: int, fd: int, planned: PlannedCsv, offset: int) -> None:
         """Just before the rename: the name still denotes the file read, and it only grew."""
         if os.fstat(fd).st_size < offset:
-            raise _Skip(CHANGED)  # truncated meanwhile (logrotate copytruncate)
+            raise Skip(CHANGED)  # truncated meanwhile (logrotate copytruncate)
         try:
             current = os.stat(planned.name, dir_fd=root_fd, follow_symlinks=False)
         except FileNotFoundError:
-            raise _Skip(VANISHED) from None
+            raise Skip(VANISHED) from None
         if (current.st_dev, current.st_ino) != (planned.device, planned.inode):
-            raise _Skip(CHANGED)  # rotated or replaced meanwhile: renaming would lose the new one
+            raise Skip(CHANGED)  # rotated or replaced meanwhile: renaming would lose the new one
 
     # -- helpers ---------------------------------------------------------------------------------
 
     def _require_open(self) -> int:
-        if self._root_fd is None:
+        if self._root.fd is None:
             raise RuntimeError("CsvStore used before open()")  # a bug in the caller
-        return self._root_fd
+        return self._root.fd
 
     def _root_state(self) -> str:
         try:
-            status = os.lstat(self.root)
-        except OSError as error:
-            return f"warning: cannot be examined: {error.strerror}"
-        if stat.S_ISLNK(status.st_mode):
-            return "warning: a symlink, which retentiond refuses to follow"
-        if not stat.S_ISDIR(status.st_mode):
-            return "warning: not a folder"
+            examine_root(self.root)
+        except RootUnfit as unfit:
+            return unfit.warning
         if not os.access(self.root, os.R_OK | os.W_OK | os.X_OK):
             return "warning: retentiond's user cannot read and write it"
         return "readable and writable"
@@ -488,27 +464,16 @@ class CsvStore(Store):
 # -- files ---------------------------------------------------------------------------------------
 
 
-def _check_name(name: bytes) -> None:
-    """A payload names a single entry of the root: never a path, `.` or `..`."""
-    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
-        raise _Skip(CHANGED)
-
-
 def _open_file(root_fd: int, name: bytes) -> int:
     try:
-        return os.open(name, _READ_FLAGS, dir_fd=root_fd)
+        return os.open(name, READ_FLAGS, dir_fd=root_fd)
     except FileNotFoundError:
-        raise _Skip(VANISHED) from None
+        raise Skip(VANISHED) from None
     except PermissionError:
-        raise _Skip(UNREADABLE) from None
+        raise Skip(UNREADABLE) from None
     except OSError as error:
         # ELOOP: now a symlink. Anything else: cannot be read.
-        raise _Skip(CHANGED if error.errno == errno.ELOOP else UNREADABLE) from None
-
-
-def _names(folder_fd: int) -> list[bytes]:
-    # Name order; names stay bytes, as account codes can be in any encoding.
-    return sorted(os.fsencode(name) for name in os.listdir(folder_fd))
+        raise Skip(CHANGED if error.errno == errno.ELOOP else UNREADABLE) from None
 
 
 def _complete_lines(fd: int, stop: int) -> Iterator[bytes]:
@@ -658,7 +623,7 @@ def _remove_stale_temps(root_fd: int, name: bytes) -> None:
     now = time.time()
     removed = 0
     try:
-        names = _names(root_fd)
+        names = sorted_names(root_fd)
     except OSError:
         return  # the rewrite itself reports what is wrong with the folder
     for entry_name in names:

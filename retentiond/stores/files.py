@@ -22,7 +22,6 @@ deletes, since a row may have been written after the plan.
 from __future__ import annotations
 
 import calendar
-import errno
 import os
 import re
 import stat
@@ -32,7 +31,6 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from functools import partial
-from types import TracebackType
 from typing import Any, TypeVar
 
 import structlog
@@ -44,6 +42,27 @@ from retentiond.config.model import ConnectionConfig, FilesStoreConfig, Referenc
 from retentiond.errors import StoreAbsent, StoreError
 from retentiond.rules import end_of_day, latest_instant
 from retentiond.stores.base import Batch, BatchResult, Store, Survey
+from retentiond.stores.folders import (
+    CHANGED,
+    NOT_REGULAR_FILE,
+    OTHER_FILESYSTEM,
+    SYMLINK,
+    UNREADABLE,
+    UNREMOVABLE,
+    VANISHED,
+    FolderChain,
+    RootFolder,
+    RootUnfit,
+    RootWording,
+    Skip,
+    check_component,
+    entries,
+    examine_root,
+    list_folder,
+    open_folder,
+    open_root,
+    sorted_names,
+)
 from retentiond.stores.sql import (
     _GAVE_UP,
     BACKOFF_FIRST,
@@ -56,23 +75,16 @@ from retentiond.stores.sql import (
 
 log = structlog.get_logger()
 
-# Why an object was left alone, as counted in Survey.skipped and BatchResult.skipped.
-SYMLINK = "symlink"
-OTHER_FILESYSTEM = "other_filesystem"
-NOT_REGULAR_FILE = "not_regular_file"
-UNREADABLE = "unreadable"
+# Why an object was left alone, as counted in Survey.skipped and BatchResult.skipped (besides
+# the folders module's symlink, other_filesystem, unreadable, changed, vanished, ...).
 UNDATED = "undated"
 LOCK_FILE = "lock_file"
 PROTECTED = "protected"  # voicemail greetings and tmp/ folders (DESIGN.md safety rule 5)
-CHANGED = "changed"  # differs from what was planned: swapped, replaced, rewritten
-VANISHED = "vanished"  # removed by someone else between planning and deleting
-UNREMOVABLE = "unremovable"  # unlink refused (permissions, read-only filesystem)
 NAMED_BY_ROW = "named_by_row"  # a row of `named_by` names it: the store purging the rows owns it
 
 # What a batch did besides deleting, as counted in BatchResult.counts.
 REFERENCES_CLEARED = "references_cleared"  # rows naming a deleted file, set to ''
 
-_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # The reference values one sweep query reads, walking the column's index.
@@ -112,14 +124,6 @@ class _Found:
 Recording = tuple[PlannedFile, ...]
 
 
-class _Skip(Exception):
-    """One object is left alone; `reason` is what gets counted."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 class FilesStore(Store):
     """Files under one root, selected by glob patterns, aged by folder date, name or mtime."""
 
@@ -142,8 +146,7 @@ class FilesStore(Store):
         self.label = str(config.root)
         self.pause = config.pause
         self._patterns = [_compile_match(pattern) for pattern in config.match]
-        self._root_fd: int | None = None
-        self._root_device = 0
+        self._root = RootFolder(config.root, RootWording(), probe=True)
         self._reference_column = (
             ReferenceColumn(config.references, references)
             if config.references is not None and references is not None
@@ -161,24 +164,7 @@ class FilesStore(Store):
     def open(self) -> None:
         self.close()
         root = self.root
-        try:
-            status = os.lstat(root)
-        except FileNotFoundError:
-            raise StoreAbsent(f"{root} does not exist; create it or fix the store's root") from None
-        except OSError as error:
-            raise StoreError(
-                f"{root} cannot be examined ({error.strerror}); fix the store's root"
-            ) from None
-        if stat.S_ISLNK(status.st_mode):
-            raise StoreError(
-                f"{root} is a symlink and retentiond never follows symlinks; "
-                "set the store's root to the folder it points to"
-            )
-        if not stat.S_ISDIR(status.st_mode):
-            raise StoreError(f"{root} is not a folder; fix the store's root")
-        fd = _open_root(root)
-        self._root_fd = fd
-        self._root_device = os.fstat(fd).st_dev
+        self._root.open()
         if self.config.references is not None and self._reference_column is None:
             self.close()
             raise StoreError(
@@ -200,9 +186,7 @@ class FilesStore(Store):
                     raise
 
     def close(self) -> None:
-        if self._root_fd is not None:
-            os.close(self._root_fd)
-            self._root_fd = None
+        self._root.close()
         if self._reference_column is not None:
             self._reference_column.close()
         if self._named_by is not None:
@@ -280,7 +264,7 @@ class FilesStore(Store):
         deleted_bytes = 0
         # A row may have come to name a planned file since the plan: asked again, right before.
         recordings = self._still_unnamed(batch.payload, skipped)
-        with _FolderChain(root_fd, self._root_device) as chain:
+        with FolderChain(root_fd, self._root.device) as chain:
             for recording in recordings:
                 for planned, size in self._delete(chain, recording, cutoff, skipped):
                     deleted.append(planned)
@@ -403,22 +387,15 @@ class FilesStore(Store):
     ) -> Generator[_Found, None, None]:
         """Matching regular files, depth first in name order, holding one open folder per level."""
         root_fd = self._require_open()
-        stack = [_Listing(root_fd, (), _list_folder(root_fd, skipped, order), owned=False)]
+        stack = [_Listing.of(root_fd, (), skipped, order, owned=False)]
         try:
             while stack:
                 listing = stack[-1]
-                name = next(listing.names, None)
-                if name is None:
+                entry = next(listing.entries, None)
+                if entry is None:
                     stack.pop().close()
                     continue
-                try:
-                    status = os.stat(name, dir_fd=listing.fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # removed since the folder was listed
-                except OSError:
-                    skipped[UNREADABLE] += 1
-                    listing.names = iter(())  # no search permission: the rest fails the same way
-                    continue
+                name, status = entry
                 mode = status.st_mode
                 if stat.S_ISLNK(mode):
                     skipped[SYMLINK] += 1
@@ -447,19 +424,19 @@ class FilesStore(Store):
         skipped: Counter[str],
         order: Callable[[bytes], Any] | None = None,
     ) -> _Listing | None:
-        if status.st_dev != self._root_device:
+        if status.st_dev != self._root.device:
             skipped[OTHER_FILESYSTEM] += 1
             return None
         if name == b"tmp":  # Asterisk records into tmp/ and renames into place when done
             skipped[PROTECTED] += 1
             return None
         try:
-            fd = _open_folder(name, parent.fd, self._root_device)
-        except _Skip as skip:
+            fd = open_folder(name, parent.fd, self._root.device)
+        except Skip as skip:
             if skip.reason != VANISHED:
                 skipped[skip.reason] += 1
             return None
-        return _Listing(fd, (*parent.folder, name), _list_folder(fd, skipped, order), owned=True)
+        return _Listing.of(fd, (*parent.folder, name), skipped, order, owned=True)
 
     def _matches(self, relative: tuple[bytes, ...]) -> bool:
         # Patterns are text; surrogateescape keeps undecodable bytes matchable by `*` and `?`.
@@ -492,7 +469,7 @@ class FilesStore(Store):
     # -- deleting --------------------------------------------------------------------------------
 
     def _delete(
-        self, chain: _FolderChain, recording: Recording, cutoff: datetime, skipped: Counter[str]
+        self, chain: FolderChain, recording: Recording, cutoff: datetime, skipped: Counter[str]
     ) -> list[tuple[PlannedFile, int]]:
         """Unlink the files of one planned recording if all are still as planned.
 
@@ -504,7 +481,7 @@ class FilesStore(Store):
         for planned in recording:
             try:
                 checked.append((planned, self._check(chain, planned, cutoff)))
-            except _Skip as skip:
+            except Skip as skip:
                 if skip.reason == VANISHED:
                     vanished += 1
                     continue
@@ -518,7 +495,7 @@ class FilesStore(Store):
         for planned, size in checked:
             try:
                 os.unlink(planned.name, dir_fd=chain.open(planned.folder))
-            except _Skip as skip:
+            except Skip as skip:
                 skipped[skip.reason] += 1
                 continue
             except FileNotFoundError:
@@ -530,21 +507,21 @@ class FilesStore(Store):
             deleted.append((planned, size))
         return deleted
 
-    def _check(self, chain: _FolderChain, planned: PlannedFile, cutoff: datetime) -> int:
-        """The size of a planned file if it is still the file planned, or raise _Skip."""
+    def _check(self, chain: FolderChain, planned: PlannedFile, cutoff: datetime) -> int:
+        """The size of a planned file if it is still the file planned, or raise Skip."""
         if not planned.age < cutoff:
-            raise _Skip(CHANGED)  # a plan made for another cutoff is never applied
+            raise Skip(CHANGED)  # a plan made for another cutoff is never applied
         for component in (*planned.folder, planned.name):
-            _check_component(component)
+            check_component(component)
         folder_fd = chain.open(planned.folder)
         try:
             status = os.stat(planned.name, dir_fd=folder_fd, follow_symlinks=False)
         except FileNotFoundError:
-            raise _Skip(VANISHED) from None
+            raise Skip(VANISHED) from None
         except OSError:
-            raise _Skip(UNREADABLE) from None
+            raise Skip(UNREADABLE) from None
         if not self._still_planned(status, planned, cutoff):
-            raise _Skip(CHANGED)
+            raise Skip(CHANGED)
         return status.st_size
 
     def _still_planned(
@@ -595,7 +572,7 @@ class FilesStore(Store):
         or a sibling of it with another extension, exists or cannot be looked for.
         """
         column = self._require_reference_column()
-        with _FolderChain(self._require_open(), self._root_device) as chain:
+        with FolderChain(self._require_open(), self._root.device) as chain:
             for values in column.values():
                 stems: dict[tuple[bytes, ...], set[bytes] | None] = {}
                 gone = [value for value in values if self._is_gone(chain, value, cutoff, stems)]
@@ -604,15 +581,15 @@ class FilesStore(Store):
 
     def _is_gone(
         self,
-        chain: _FolderChain,
+        chain: FolderChain,
         value: str,
         cutoff: datetime,
         stems: dict[tuple[bytes, ...], set[bytes] | None],
     ) -> bool:
         name = value.encode("utf-8", "surrogateescape")
         try:
-            _check_component(name)
-        except _Skip:
+            check_component(name)
+        except Skip:
             return False  # a path, not a base name: not one of ours
         days = reference_days(name)
         young = (
@@ -629,9 +606,9 @@ class FilesStore(Store):
     # -- helpers ---------------------------------------------------------------------------------
 
     def _require_open(self) -> int:
-        if self._root_fd is None:
+        if self._root.fd is None:
             raise RuntimeError("FilesStore used before open()")  # a bug in the caller
-        return self._root_fd
+        return self._root.fd
 
     def _require_reference_column(self) -> ReferenceColumn:
         if self._reference_column is None:
@@ -640,17 +617,10 @@ class FilesStore(Store):
 
     def _root_state(self) -> str:
         try:
-            status = os.lstat(self.root)
-        except OSError as error:
-            return f"warning: cannot be examined: {error.strerror}"
-        if stat.S_ISLNK(status.st_mode):
-            return "warning: a symlink, which retentiond refuses to follow"
-        if not stat.S_ISDIR(status.st_mode):
-            return "warning: not a folder"
-        try:
-            os.close(_open_root(self.root))
-        except StoreError:
-            return "warning: cannot be read"
+            status = examine_root(self.root)
+            os.close(open_root(self.root, probe=True))
+        except RootUnfit as unfit:
+            return unfit.warning
         return f"readable, filesystem device {os.major(status.st_dev)}:{os.minor(status.st_dev)}"
 
     def _age_source(self) -> str:
@@ -677,12 +647,24 @@ class FilesStore(Store):
 
 @dataclass
 class _Listing:
-    """One open folder on a walk and the names in it still to visit."""
+    """One open folder on a walk and the entries in it still to visit."""
 
     fd: int
     folder: tuple[bytes, ...]
-    names: Iterator[bytes]
+    entries: Iterator[tuple[bytes, os.stat_result]]
     owned: bool
+
+    @classmethod
+    def of(
+        cls,
+        fd: int,
+        folder: tuple[bytes, ...],
+        skipped: Counter[str],
+        order: Callable[[bytes], Any] | None,
+        *,
+        owned: bool,
+    ) -> _Listing:
+        return cls(fd, folder, entries(fd, list_folder(fd, skipped, order), skipped), owned)
 
     def close(self) -> None:
         if self.owned:
@@ -690,105 +672,12 @@ class _Listing:
             self.owned = False
 
 
-class _FolderChain:
-    """The open folders from the root down to the one last asked for: at most one fd per level.
-
-    Batches come in walk order, so consecutive files share folders and each is opened once.
-    """
-
-    def __init__(self, root_fd: int, root_device: int) -> None:
-        self._root_fd = root_fd
-        self._root_device = root_device
-        self._names: list[bytes] = []
-        self._fds: list[int] = []
-
-    def open(self, folder: Sequence[bytes]) -> int:
-        shared = 0
-        while shared < min(len(folder), len(self._names)) and folder[shared] == self._names[shared]:
-            shared += 1
-        self._close_below(shared)
-        for name in folder[shared:]:
-            fd = _open_folder(name, self._innermost(), self._root_device)
-            self._names.append(name)
-            self._fds.append(fd)
-        return self._innermost()
-
-    def _innermost(self) -> int:
-        return self._fds[-1] if self._fds else self._root_fd
-
-    def _close_below(self, depth: int) -> None:
-        while len(self._fds) > depth:
-            os.close(self._fds.pop())
-            self._names.pop()
-
-    def __enter__(self) -> _FolderChain:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._close_below(0)
-
-
-def _open_root(root: os.PathLike[str]) -> int:
-    try:
-        fd = os.open(root, _FOLDER_FLAGS)
-    except OSError as error:
-        raise StoreError(
-            f"{root} cannot be read ({error.strerror}); give retentiond's user read and search "
-            "permission or fix the store's root"
-        ) from None
-    try:
-        os.listdir(fd)  # noqa: PTH208 - listing a descriptor, which pathlib cannot
-        os.stat(".", dir_fd=fd)  # needs search permission, which every lookup below needs too
-    except OSError as error:
-        os.close(fd)
-        raise StoreError(
-            f"{root} cannot be read ({error.strerror}); give retentiond's user read and search "
-            "permission or fix the store's root"
-        ) from None
-    return fd
-
-
-def _open_folder(name: bytes, parent_fd: int, root_device: int) -> int:
-    """Open a subfolder without following a symlink or leaving the root's filesystem."""
-    try:
-        fd = os.open(name, _FOLDER_FLAGS, dir_fd=parent_fd)
-    except FileNotFoundError:
-        raise _Skip(VANISHED) from None
-    except PermissionError:
-        raise _Skip(UNREADABLE) from None
-    except OSError as error:
-        # ELOOP: now a symlink; ENOTDIR: no longer a folder. Anything else: cannot be read.
-        swapped = error.errno in (errno.ELOOP, errno.ENOTDIR)
-        raise _Skip(CHANGED if swapped else UNREADABLE) from None
-    if os.fstat(fd).st_dev != root_device:
-        os.close(fd)
-        raise _Skip(OTHER_FILESYSTEM)
-    return fd
-
-
-def _list_folder(
-    fd: int, skipped: Counter[str], order: Callable[[bytes], Any] | None = None
-) -> Iterator[bytes]:
-    try:
-        names = os.listdir(fd)
-    except OSError:
-        skipped[UNREADABLE] += 1
-        return iter(())
-    # Name order walks date folders oldest first, so batches cover contiguous days.
-    return iter(sorted((os.fsencode(name) for name in names), key=order))
-
-
-def _remove_emptied_date_folders(chain: _FolderChain, folder: tuple[bytes, ...]) -> None:
+def _remove_emptied_date_folders(chain: FolderChain, folder: tuple[bytes, ...]) -> None:
     """Remove the YYYY/MM/DD folders a batch emptied, upwards, up to the first non-empty one."""
     while folder and folder[-1].isdigit():
         try:
             parent_fd = chain.open(folder[:-1])
-        except _Skip:
+        except Skip:
             return
         try:
             os.rmdir(folder[-1], dir_fd=parent_fd)
@@ -797,12 +686,6 @@ def _remove_emptied_date_folders(chain: _FolderChain, folder: tuple[bytes, ...])
         except OSError:
             return  # not empty, or no longer a plain folder: leave it and everything above
         folder = folder[:-1]
-
-
-def _check_component(name: bytes) -> None:
-    """A payload names a single entry of a folder: never a path, `.` or `..`."""
-    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
-        raise _Skip(CHANGED)
 
 
 def _is_lock_file(name: bytes) -> bool:
@@ -1169,7 +1052,7 @@ def reference_days(name: bytes) -> list[date]:
 
 
 def _absent(
-    chain: _FolderChain,
+    chain: FolderChain,
     folder: tuple[bytes, ...],
     name: bytes,
     stems: dict[tuple[bytes, ...], set[bytes] | None],
@@ -1177,7 +1060,7 @@ def _absent(
     """Whether neither `name` nor a sibling of it is in `folder`; False when that is unknown."""
     try:
         fd = chain.open(folder)
-    except _Skip as skip:
+    except Skip as skip:
         return skip.reason == VANISHED  # no such folder, so nothing in it
     try:
         os.stat(name, dir_fd=fd, follow_symlinks=False)
@@ -1189,7 +1072,7 @@ def _absent(
         return False
     if folder not in stems:
         try:
-            stems[folder] = {_stem(os.fsencode(entry)) for entry in os.listdir(fd)}  # noqa: PTH208
+            stems[folder] = {_stem(name) for name in sorted_names(fd)}
         except OSError:
             stems[folder] = None
     known = stems[folder]

@@ -26,7 +26,6 @@ into an exception: messages carry counts, names of tables and columns, and drive
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import stat
@@ -63,6 +62,17 @@ from retentiond.config.model import ConnectionConfig, SqlStoreConfig
 from retentiond.config.pbxfiles import PbxSettingsError, password_from
 from retentiond.errors import StoreAbsent, StoreError
 from retentiond.stores.base import Batch, BatchResult, Store, Survey
+from retentiond.stores.folders import (
+    CHANGED,
+    NOT_REGULAR_FILE,
+    OTHER_FILESYSTEM,
+    UNREMOVABLE,
+    VANISHED,
+    RootFolder,
+    RootWording,
+    Skip,
+    open_folder,
+)
 
 log = structlog.get_logger()
 
@@ -81,15 +91,22 @@ IN_LIST_CHUNK = 500
 DATETIME_FLOOR = datetime(1000, 1, 1)
 EPOCH_FLOOR = 1
 
-# Why a row's file was left in place, as counted in BatchResult.skipped. The row is gone anyway.
+# Why a row's file was left in place, as counted in BatchResult.skipped (besides the folders
+# module's not_regular_file, other_filesystem and unremovable). The row is gone anyway.
 UNSAFE_PATH = "unsafe_path"  # absolute, `..`, empty component, or a symlink on the way
 FILE_MISSING = "file_missing"
 STILL_REFERENCED = "still_referenced"  # a row that stays names the same file
-NOT_REGULAR_FILE = "not_regular_file"
-OTHER_FILESYSTEM = "other_filesystem"
-UNREMOVABLE = "unremovable"  # unlink refused (permissions, read-only filesystem)
 
-_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# `{root}` is "<store label>: file_root <path>".
+_FILE_ROOT_WORDING = RootWording(
+    missing="{root} does not exist; set it to the folder the file column's paths are relative to",
+    unexaminable="{root} cannot be examined ({reason})",
+    symlink="{root} is a symlink and retentiond never follows symlinks; "
+    "set file_root to the folder it points to",
+    not_a_folder="{root} is not a folder",
+    unreadable="{root} cannot be opened ({reason}); give retentiond's user search and write "
+    "permission there",
+)
 
 _TRANSIENT_CODES = {
     "1205": "lock wait timeout",  # MariaDB/MySQL innodb_lock_wait_timeout and lock_wait_timeout
@@ -393,64 +410,32 @@ class FileRoot:
     def __init__(self, path: Path, label: str) -> None:
         self.path = path
         self.label = label
-        self._fd: int | None = None
-        self._device = 0
+        # Not probed: unlinking needs search and write permission, never listing.
+        self._root = RootFolder(path, _FILE_ROOT_WORDING, shown=f"{label}: file_root {path}")
 
     def open(self) -> None:
-        self.close()
-        path = self.path
-        try:
-            status = os.lstat(path)
-        except FileNotFoundError:
-            raise StoreAbsent(
-                f"{self.label}: file_root {path} does not exist; set it to the folder the file "
-                "column's paths are relative to"
-            ) from None
-        except OSError as error:
-            raise StoreError(
-                f"{self.label}: file_root {path} cannot be examined ({error.strerror})"
-            ) from None
-        if stat.S_ISLNK(status.st_mode):
-            raise StoreError(
-                f"{self.label}: file_root {path} is a symlink and retentiond never follows "
-                "symlinks; set file_root to the folder it points to"
-            )
-        if not stat.S_ISDIR(status.st_mode):
-            raise StoreError(f"{self.label}: file_root {path} is not a folder")
-        try:
-            fd = os.open(path, _FOLDER_FLAGS)
-        except OSError as error:
-            raise StoreError(
-                f"{self.label}: file_root {path} cannot be opened ({error.strerror}); give "
-                "retentiond's user search and write permission there"
-            ) from None
-        self._fd = fd
-        self._device = os.fstat(fd).st_dev
+        self._root.open()
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._root.close()
 
     def remove(self, relative: str | bytes) -> tuple[str | None, int]:
         """Unlink the regular file at `relative` below the root: (None, its size) or (reason, 0)."""
-        if self._fd is None:
+        if self._root.fd is None:
             raise RuntimeError(f"{self.label}: the file root is not open")  # a bug in the caller
         path = os.fsencode(relative)
         parts = path.split(b"/")
         if path.startswith(b"/") or b"\0" in path or any(p in (b"", b".", b"..") for p in parts):
             return UNSAFE_PATH, 0
         opened: list[int] = []
-        folder = self._fd
+        folder = self._root.fd
         try:
             for part in parts[:-1]:
                 try:
-                    folder = os.open(part, _FOLDER_FLAGS, dir_fd=folder)
-                except OSError as error:
-                    return self._why_not_a_folder(part, folder, error), 0
+                    folder = open_folder(part, folder, self._root.device)
+                except Skip as skip:
+                    return self._why_not_a_folder(part, folder, skip.reason), 0
                 opened.append(folder)
-                if os.fstat(folder).st_dev != self._device:
-                    return OTHER_FILESYSTEM, 0
             return self._unlink(parts[-1], folder)
         finally:
             for fd in reversed(opened):
@@ -467,7 +452,7 @@ class FileRoot:
             return UNSAFE_PATH, 0
         if not stat.S_ISREG(status.st_mode):
             return NOT_REGULAR_FILE, 0
-        if status.st_dev != self._device:
+        if status.st_dev != self._root.device:
             return OTHER_FILESYSTEM, 0
         try:
             os.unlink(name, dir_fd=folder)
@@ -478,11 +463,14 @@ class FileRoot:
         return None, status.st_size
 
     @staticmethod
-    def _why_not_a_folder(name: bytes, parent: int, error: OSError) -> str:
-        if isinstance(error, FileNotFoundError):
+    def _why_not_a_folder(name: bytes, parent: int, reason: str) -> str:
+        """This store's reason for a folder on the way that `open_folder` refused."""
+        if reason == VANISHED:
             return FILE_MISSING
-        if error.errno in (errno.ELOOP, errno.ENOTDIR):
-            # O_DIRECTORY|O_NOFOLLOW refuses a symlink with ENOTDIR on Linux, ELOOP elsewhere.
+        if reason == OTHER_FILESYSTEM:
+            return OTHER_FILESYSTEM
+        if reason == CHANGED:
+            # Not a folder: a symlink (refused by O_NOFOLLOW) is unsafe, anything else missing.
             try:
                 status = os.stat(name, dir_fd=parent, follow_symlinks=False)
             except OSError:

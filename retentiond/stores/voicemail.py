@@ -31,29 +31,35 @@ from typing import BinaryIO
 import structlog
 
 from retentiond.config.model import AmiConfig, VoicemailStoreConfig
-from retentiond.errors import StoreAbsent, StoreError
 from retentiond.stores.base import Batch, BatchResult, Store, Survey
-from retentiond.stores.files import (
+from retentiond.stores.files import mtime_age
+from retentiond.stores.folders import (
     CHANGED,
     NOT_REGULAR_FILE,
     OTHER_FILESYSTEM,
+    READ_FLAGS,
     SYMLINK,
     UNREADABLE,
     UNREMOVABLE,
     VANISHED,
-    _check_component,
-    _FolderChain,
-    _list_folder,
-    _open_folder,
-    _open_root,
-    _Skip,
-    mtime_age,
+    FolderChain,
+    RootFolder,
+    RootUnfit,
+    RootWording,
+    Skip,
+    check_component,
+    entries,
+    examine_root,
+    list_folder,
+    open_folder,
+    open_root,
+    sorted_names,
 )
 
 log = structlog.get_logger()
 
 # How a message was aged or why it was left alone, as counted in Survey.skipped and
-# BatchResult.skipped (besides the files store's symlink, unreadable, changed, vanished, ...).
+# BatchResult.skipped (besides the folders module's symlink, unreadable, changed, vanished, ...).
 MALFORMED_TXT = "malformed_txt"  # msgNNNN.txt without a usable origtime: never guessed, kept
 AGED_BY_MTIME = "aged_by_mtime"  # no msgNNNN.txt: aged by its newest file (reported, not kept)
 LOCKED = "locked"  # Asterisk held the folder lock longer than lock_wait: left for a later run
@@ -68,8 +74,11 @@ _HOLD_LIMIT = 0.5  # seconds one folder lock is held before Asterisk gets a turn
 _TURN = 0.01  # seconds the folder is left to Asterisk between two holds
 _STALE_LOCK = timedelta(minutes=10)  # a `.lock` this old is a crashed process, not a recording
 
-# Never through a link; a FIFO planted under a message's name cannot block the open.
-_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# The default wording, but a missing spool says where Asterisk keeps it.
+_ROOT_WORDING = RootWording(
+    missing="{root} does not exist; fix the store's root (Asterisk's voicemail spool, "
+    "usually /var/spool/asterisk/voicemail) or mark the store optional"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,42 +141,18 @@ class VoicemailStore(Store):
         self.root = config.root
         self.label = str(config.root)
         self.pause = config.pause
-        self._root_fd: int | None = None
-        self._root_device = 0
+        self._root = RootFolder(config.root, _ROOT_WORDING, probe=True)
         self._ami_failed = False  # refresh once per open store at most after a failure
 
     # -- Store interface -------------------------------------------------------------------------
 
     def open(self) -> None:
         self.close()
-        root = self.root
-        try:
-            status = os.lstat(root)
-        except FileNotFoundError:
-            raise StoreAbsent(
-                f"{root} does not exist; fix the store's root (Asterisk's voicemail spool, "
-                "usually /var/spool/asterisk/voicemail) or mark the store optional"
-            ) from None
-        except OSError as error:
-            raise StoreError(
-                f"{root} cannot be examined ({error.strerror}); fix the store's root"
-            ) from None
-        if stat.S_ISLNK(status.st_mode):
-            raise StoreError(
-                f"{root} is a symlink and retentiond never follows symlinks; "
-                "set the store's root to the folder it points to"
-            )
-        if not stat.S_ISDIR(status.st_mode):
-            raise StoreError(f"{root} is not a folder; fix the store's root")
-        fd = _open_root(root)
-        self._root_fd = fd
-        self._root_device = os.fstat(fd).st_dev
+        self._root.open()
         self._ami_failed = False
 
     def close(self) -> None:
-        if self._root_fd is not None:
-            os.close(self._root_fd)
-            self._root_fd = None
+        self._root.close()
 
     def describe(self) -> list[str]:
         config = self.config
@@ -256,7 +241,7 @@ class VoicemailStore(Store):
         if not isinstance(plan, VoicemailPlan):
             raise TypeError("a voicemail batch carries a VoicemailPlan")  # a bug in the caller
         tally = _Tally(skipped=Counter(plan.left_alone))
-        with _FolderChain(root_fd, self._root_device) as chain:
+        with FolderChain(root_fd, self._root.device) as chain:
             for folder, messages in itertools.groupby(plan.messages, key=lambda m: m.folder):
                 self._apply_folder(chain, folder, list(messages), cutoff, tally)
         tally.skipped[AGED_BY_MTIME] += sum(m.aged_by_mtime for m in tally.deleted)
@@ -279,7 +264,7 @@ class VoicemailStore(Store):
         One folder's names are in memory at a time; folder-level blind spots go to `skipped`.
         """
         root_fd = self._require_open()
-        device = self._root_device
+        device = self._root.device
         for context, context_fd in _subfolders(root_fd, device, skipped):
             for mailbox, mailbox_fd in _subfolders(context_fd, device, skipped):
                 # tmp/ holds recordings in progress; Asterisk renames them into a folder
@@ -290,7 +275,7 @@ class VoicemailStore(Store):
         self, folder: tuple[bytes, ...], fd: int, skipped: Counter[str]
     ) -> Iterator[PlannedMessage | str]:
         groups: dict[bytes, list[bytes]] = {}
-        for name in _list_folder(fd, skipped):
+        for name in list_folder(fd, skipped):
             stem = _stem(name)
             if stem is not None:
                 groups.setdefault(stem, []).append(name)
@@ -326,7 +311,7 @@ class VoicemailStore(Store):
             return PlannedMessage(folder, stem, tuple(files), newest, aged_by_mtime=True)
         try:
             _, age = _read_txt(fd, txt)
-        except _Skip as skip:
+        except Skip as skip:
             return None if skip.reason == VANISHED else skip.reason
         if age is None:
             return MALFORMED_TXT
@@ -345,7 +330,7 @@ class VoicemailStore(Store):
 
     def _apply_folder(
         self,
-        chain: _FolderChain,
+        chain: FolderChain,
         folder: tuple[bytes, ...],
         messages: list[PlannedMessage],
         cutoff: datetime,
@@ -354,18 +339,18 @@ class VoicemailStore(Store):
         """Delete one folder's planned messages, each hold of its lock short."""
         try:
             if len(folder) != 3 or folder[2] == b"tmp":
-                raise _Skip(CHANGED)  # a payload only ever names context/mailbox/folder
+                raise Skip(CHANGED)  # a payload only ever names context/mailbox/folder
             for component in folder:
-                _check_component(component)
+                check_component(component)
             fd = chain.open(folder)
-        except _Skip as skip:
+        except Skip as skip:
             tally.skipped[skip.reason] += len(messages)
             return
         pending = deque(messages)
         while pending:
             try:
                 release = self._lock(fd)
-            except _Skip as skip:
+            except Skip as skip:
                 tally.skipped[skip.reason] += len(pending)
                 return
             if release is None:
@@ -375,7 +360,7 @@ class VoicemailStore(Store):
                 return
             try:
                 try:
-                    names = {os.fsencode(name) for name in os.listdir(fd)}  # noqa: PTH208
+                    names = set(sorted_names(fd))
                 except OSError:
                     tally.skipped[UNREADABLE] += len(pending)
                     return
@@ -466,23 +451,16 @@ class VoicemailStore(Store):
         return age.astimezone(self.zone).date()
 
     def _require_open(self) -> int:
-        if self._root_fd is None:
+        if self._root.fd is None:
             raise RuntimeError("VoicemailStore used before open()")  # a bug in the caller
-        return self._root_fd
+        return self._root.fd
 
     def _root_state(self) -> str:
         try:
-            status = os.lstat(self.root)
-        except OSError as error:
-            return f"warning: cannot be examined: {error.strerror}"
-        if stat.S_ISLNK(status.st_mode):
-            return "warning: a symlink, which retentiond refuses to follow"
-        if not stat.S_ISDIR(status.st_mode):
-            return "warning: not a folder"
-        try:
-            fd = _open_root(self.root)
-        except StoreError:
-            return "warning: cannot be read"
+            examine_root(self.root)
+            fd = open_root(self.root, probe=True)
+        except RootUnfit as unfit:
+            return unfit.warning
         try:
             contexts = sum(1 for _ in _subfolders(fd, os.fstat(fd).st_dev, Counter()))
         finally:
@@ -504,24 +482,16 @@ def _subfolders(
     parent_fd: int, root_device: int, skipped: Counter[str], leave: bytes = b""
 ) -> Iterator[tuple[bytes, int]]:
     """Each plain subfolder, opened without following links or leaving the filesystem."""
-    for name in _list_folder(parent_fd, skipped):
-        if name == leave:
-            continue
-        try:
-            status = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        except OSError:
-            skipped[UNREADABLE] += 1
-            return  # no search permission: every other name fails the same way
+    names = (name for name in list_folder(parent_fd, skipped) if name != leave)
+    for name, status in entries(parent_fd, names, skipped):
         if stat.S_ISLNK(status.st_mode):
             skipped[SYMLINK] += 1
             continue
         if not stat.S_ISDIR(status.st_mode):
             continue  # greetings and other mailbox files are not retention's business
         try:
-            fd = _open_folder(name, parent_fd, root_device)
-        except _Skip as skip:
+            fd = open_folder(name, parent_fd, root_device)
+        except Skip as skip:
             if skip.reason != VANISHED:
                 skipped[skip.reason] += 1
             continue
@@ -568,15 +538,15 @@ def parse_origtime(text: bytes) -> datetime | None:
 def _read_txt(fd: int, name: bytes) -> tuple[os.stat_result, datetime | None]:
     """The status and origtime of a msgNNNN.txt, opened without following a link."""
     try:
-        txt_fd = os.open(name, _READ_FLAGS, dir_fd=fd)
+        txt_fd = os.open(name, READ_FLAGS, dir_fd=fd)
     except FileNotFoundError:
-        raise _Skip(VANISHED) from None
+        raise Skip(VANISHED) from None
     except OSError as error:
-        raise _Skip(SYMLINK if error.errno == errno.ELOOP else UNREADABLE) from None
+        raise Skip(SYMLINK if error.errno == errno.ELOOP else UNREADABLE) from None
     try:
         status = os.fstat(txt_fd)
         if not stat.S_ISREG(status.st_mode):
-            raise _Skip(NOT_REGULAR_FILE)
+            raise Skip(NOT_REGULAR_FILE)
         chunks: list[bytes] = []
         size = 0
         while size < _TXT_LIMIT:
@@ -586,7 +556,7 @@ def _read_txt(fd: int, name: bytes) -> tuple[os.stat_result, datetime | None]:
             chunks.append(chunk)
             size += len(chunk)
     except OSError:
-        raise _Skip(UNREADABLE) from None
+        raise Skip(UNREADABLE) from None
     finally:
         os.close(txt_fd)
     return status, parse_origtime(b"".join(chunks))
@@ -603,8 +573,8 @@ def _delete(
         return 0, CHANGED  # a plan made for another cutoff is never applied
     try:
         for name in (message.stem, *(file.name for file in message.files)):
-            _check_component(name)
-    except _Skip as skip:
+            check_component(name)
+    except Skip as skip:
         return 0, skip.reason
     planned = {file.name for file in message.files}
     if any(_stem(name) != message.stem for name in planned):
@@ -633,7 +603,7 @@ def _delete(
         txt = next(file for file in message.files if file.name == message.txt)
         try:
             status, age = _read_txt(fd, message.txt)
-        except _Skip:
+        except Skip:
             return 0, CHANGED
         if not _same_file(status, txt) or age != message.age:
             return 0, CHANGED
@@ -691,7 +661,7 @@ def _lock_by_lockfile(fd: int, wait: float) -> Callable[[], None] | None:
                     return None  # held by someone else, maybe long dead: never broken
                 time.sleep(_RETRY)
             except OSError:
-                raise _Skip(UNREMOVABLE) from None
+                raise Skip(UNREMOVABLE) from None
     finally:
         try:
             os.unlink(helper, dir_fd=fd)
@@ -723,12 +693,12 @@ def _lock_helper(fd: int) -> tuple[bytes, os.stat_result]:
         except FileExistsError:
             continue
         except OSError:
-            raise _Skip(UNREMOVABLE) from None  # no write permission: nothing to delete either
+            raise Skip(UNREMOVABLE) from None  # no write permission: nothing to delete either
         try:
             return name, os.fstat(helper_fd)
         finally:
             os.close(helper_fd)
-    raise _Skip(UNREMOVABLE)
+    raise Skip(UNREMOVABLE)
 
 
 def _lock_by_flock(fd: int, wait: float) -> Callable[[], None] | None:
@@ -746,7 +716,7 @@ def _lock_by_flock(fd: int, wait: float) -> Callable[[], None] | None:
                 release = _flock_release(fd, lock_fd, held, created)
                 return release
         except OSError:
-            raise _Skip(UNREMOVABLE) from None
+            raise Skip(UNREMOVABLE) from None
         finally:
             if release is None:
                 os.close(lock_fd)
@@ -777,18 +747,18 @@ def _names(fd: int, name: bytes, held: os.stat_result) -> bool:
 def _open_lock_file(fd: int) -> tuple[int, bool]:
     for _ in range(8):
         try:
-            return os.open(b"lock", _READ_FLAGS | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=fd), True
+            return os.open(b"lock", READ_FLAGS | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=fd), True
         except FileExistsError:
             pass
         except OSError:
-            raise _Skip(UNREMOVABLE) from None
+            raise Skip(UNREMOVABLE) from None
         try:
-            return os.open(b"lock", _READ_FLAGS, dir_fd=fd), False
+            return os.open(b"lock", READ_FLAGS, dir_fd=fd), False
         except FileNotFoundError:
             continue  # removed in between: create it
         except OSError:
-            raise _Skip(UNREMOVABLE) from None
-    raise _Skip(UNREMOVABLE)
+            raise Skip(UNREMOVABLE) from None
+    raise Skip(UNREMOVABLE)
 
 
 def _flock_release(
