@@ -271,13 +271,17 @@ def print_plan(rule_plan: RulePlan, zone: tzinfo) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_context
 def run(ctx: Context, once: bool, rule_name: str | None, as_json: bool) -> None:
-    """Enforce the rules: `run --once` now; the scheduled daemon is not in this version."""
+    """Enforce the rules: as a daemon on their schedules, or with --once now and exit.
+
+    The daemon runs in the foreground (systemd Type=notify): SIGHUP or a saved config reloads,
+    SIGTERM finishes the current batch and exits 0.
+    """
     if not once:
-        _fail(
-            "the scheduling daemon is not available in this version; use `retentiond run --once` "
-            "from a systemd timer or cron",
-            2,
-        )
+        if rule_name or as_json:
+            raise click.UsageError("--rule and --json go with --once; the daemon runs every rule")
+        from retentiond.daemon import Daemon
+
+        sys.exit(Daemon(ctx.loaded).serve())
     loaded = ctx.loaded
     outcomes = enforce(loaded, rule_name, as_json=as_json)
     sys.exit(exit_code(outcomes))

@@ -143,8 +143,8 @@ def test_tampered_log_is_detected_at_the_changed_entry(pbx: Path) -> None:
 
 
 def test_command_line_mistakes_exit_2(pbx: Path) -> None:
-    daemon = retentiond("-c", pbx, "run")
-    assert daemon.returncode == 2 and "run --once" in daemon.stderr
+    daemon = retentiond("-c", pbx, "run", "--json")  # --json and --rule go with --once
+    assert daemon.returncode == 2 and "--once" in daemon.stderr
     unknown = retentiond("-c", pbx, "run", "--once", "--rule", "fax")
     assert unknown.returncode == 2 and "call-records" in unknown.stderr
     assert not (pbx.parent / "audit.jsonl").exists()

@@ -1,0 +1,434 @@
+"""`retentiond run`, the daemon, as systemd runs it: a real process, a real notify socket, real
+signals and real files. Nothing here mocks the scheduler or the clock.
+
+The demo PBX has never been enforced, so every rule is overdue at start and runs at once
+(catch-up): that keeps these tests fast. One test waits for a real scheduled minute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from privacy import leaked
+
+from retentiond import audit, demo
+
+RULES = ["call-records", "voicemail", "call-recordings"]
+
+
+def clean_env() -> dict[str, str]:
+    hidden = ("RETENTIOND_CONFIG", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+    return {k: v for k, v in os.environ.items() if k not in hidden}
+
+
+def retentiond(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "retentiond", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=60,
+        check=False,
+    )
+
+
+def wait_for(what: str, condition: Callable[[], Any], timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Service:
+    """One `retentiond run` process with its own sd_notify socket and a log file."""
+
+    def __init__(self, config: Path, log_file: Path, watchdog_usec: int | None = None) -> None:
+        self.config = config
+        self.log_file = log_file
+        address = f"retentiond-test-{secrets.token_hex(6)}"
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.socket.bind("\0" + address)  # abstract: `@name` in NOTIFY_SOCKET
+        self.socket.setblocking(False)
+        self.datagrams: list[str] = []
+        env = clean_env() | {"NOTIFY_SOCKET": f"@{address}"}
+        if watchdog_usec is not None:
+            env["WATCHDOG_USEC"] = str(watchdog_usec)
+        with log_file.open("ab") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "retentiond", "-c", str(config), "run"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env=env,
+            )
+
+    def messages(self) -> list[str]:
+        """Every datagram received so far, in order."""
+        while True:
+            try:
+                self.datagrams.append(self.socket.recv(65536).decode())
+            except BlockingIOError:
+                return self.datagrams
+
+    def lines(self) -> list[str]:
+        return [line for message in self.messages() for line in message.split("\n")]
+
+    def events(self) -> list[dict[str, Any]]:
+        """The daemon's own log: JSON lines with a syslog priority prefix."""
+        found = []
+        for line in self.log_file.read_text().splitlines():
+            if line.startswith("<") and ">" in line[:4]:
+                found.append(json.loads(line[line.index(">") + 1 :]))
+        return found
+
+    def event(self, name: str) -> dict[str, Any] | None:
+        return next((e for e in self.events() if e["event"].startswith(name)), None)
+
+    def wait_ready(self) -> None:
+        wait_for("READY=1", lambda: "READY=1" in self.lines() or self.process.poll() is not None)
+        assert self.process.poll() is None, self.log_file.read_text()
+
+    def signal(self, signum: signal.Signals) -> None:
+        self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 15) -> tuple[int, float]:
+        """SIGTERM; the exit code and the seconds it took."""
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=timeout)
+        return code, time.monotonic() - started
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.socket.close()
+
+
+@pytest.fixture
+def pbx(tmp_path: Path) -> Path:
+    return demo.build(tmp_path / "pbx")
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[..., Service]]:
+    services: list[Service] = []
+
+    def starter(config: Path, watchdog_usec: int | None = None) -> Service:
+        service = Service(config, tmp_path / f"daemon-{len(services)}.log", watchdog_usec)
+        services.append(service)
+        return service
+
+    yield starter
+    for service in services:
+        service.close()
+
+
+def entries(config: Path) -> list[dict[str, Any]]:
+    log = config.parent / "audit.jsonl"
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines() if line.endswith("}")]
+
+
+def finished(config: Path, status: str = "done") -> list[str]:
+    """Rules with a run_finished entry of `status`, in log order."""
+    return [
+        e["rule"] for e in entries(config) if e["type"] == "run_finished" and e["status"] == status
+    ]
+
+
+def verifies(config: Path) -> bool:
+    return audit.verify(config.parent / "audit.jsonl").ok
+
+
+def personal_data(config_file: Path) -> set[str]:
+    with sqlite3.connect(config_file.parent / "pbx" / "master.db") as db:
+        rows = db.execute("SELECT src, dst, clid, uniqueid, recordingfile FROM cdr").fetchall()
+    db.close()
+    values = {v for row in rows for v in row if v}
+    values |= {p.name for p in (config_file.parent / "pbx" / "monitor").rglob("*.wav")}
+    return values
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- start -------------------------------------------------------------------------------------
+
+
+def test_start_notifies_systemd_and_catches_up_every_overdue_rule(
+    pbx: Path, start: Callable[..., Service]
+) -> None:
+    personal = personal_data(pbx)
+    service = start(pbx, watchdog_usec=200_000)
+    service.wait_ready()
+    wait_for("three catch-up runs", lambda: sorted(finished(pbx)) == sorted(RULES))
+    wait_for("watchdog pings", lambda: service.lines().count("WATCHDOG=1") >= 5)
+
+    lines = service.lines()
+    assert lines[0] == "READY=1"
+    assert lines[1].startswith("STATUS=next: call-records 20") and " 03:15" in lines[1]
+    status = wait_for(
+        "a status with all results",
+        lambda: [
+            line
+            for line in service.lines()
+            if line.startswith("STATUS=") and "call-recordings done" in line
+        ],
+    )
+    assert "last: call-records done 2033 deleted, voicemail done" in status[-1]
+    started = service.event("daemon started")
+    assert started is not None
+    assert started["rules_scheduled"] == RULES
+    assert started["next_runs"]["call-records"].endswith("03:15:00+01:00")
+    assert started["catch_up"] == sorted(RULES)
+
+    code, _ = service.stop()
+    assert code == 0
+    assert service.messages()[-1] == "STOPPING=1"
+    assert verifies(pbx)
+    found = leaked(
+        personal, jsonl=[service.log_file.read_text(), (pbx.parent / "audit.jsonl").read_text()]
+    )
+    assert not found, found[:5]
+
+
+def test_a_rule_without_schedule_is_left_to_run_once_with_a_warning(
+    pbx: Path, start: Callable[..., Service]
+) -> None:
+    pbx.write_text(pbx.read_text().replace("    schedule: daily 03:20\n", ""))
+    service = start(pbx)
+    service.wait_ready()
+    wait_for("two runs", lambda: len(finished(pbx)) == 2)
+    warning = service.event("rule has no schedule")
+    assert warning is not None and warning["rule"] == "voicemail"
+    assert service.stop()[0] == 0
+    assert "voicemail" not in finished(pbx)
+
+
+def test_a_store_that_cannot_be_opened_stops_the_start(
+    pbx: Path, start: Callable[..., Service]
+) -> None:
+    pbx.write_text(pbx.read_text().replace("table: cdr", "table: cdr_old"))
+    service = start(pbx)
+    assert service.process.wait(timeout=30) == 1
+    assert "rule call-records" in service.log_file.read_text()
+    assert "READY=1" not in service.lines()
+    assert not finished(pbx)
+
+
+def test_run_once_is_refused_while_the_daemon_holds_the_log(
+    pbx: Path, start: Callable[..., Service]
+) -> None:
+    service = start(pbx)
+    service.wait_ready()
+    once = retentiond("-c", pbx, "run", "--once")
+    assert once.returncode == 1
+    assert "another retentiond process is writing" in once.stderr
+    wait_for("catch-up runs", lambda: len(finished(pbx)) == 3)
+    assert service.stop()[0] == 0
+    assert verifies(pbx)
+
+
+# --- reload ------------------------------------------------------------------------------------
+
+
+def test_sighup_reloads_a_changed_config_and_rejects_an_invalid_one(
+    pbx: Path, start: Callable[..., Service]
+) -> None:
+    service = start(pbx)
+    service.wait_ready()
+    wait_for("catch-up runs", lambda: len(finished(pbx)) == 3)
+    original = sha256(pbx)
+
+    pbx.write_text(pbx.read_text().replace("keep: 3 months", "keep: 2 months"))
+    service.signal(signal.SIGHUP)
+    reloaded = wait_for(
+        "config_reloaded", lambda: [e for e in entries(pbx) if e["type"] == "config_reloaded"]
+    )
+    assert reloaded[-1]["old_config_sha256"] == original
+    assert reloaded[-1]["new_config_sha256"] == sha256(pbx)
+    assert reloaded[-1]["rules_changed"] == ["call-records"]
+    assert reloaded[-1]["rules_added"] == [] and reloaded[-1]["rules_removed"] == []
+    event = wait_for("reload logged", lambda: service.event("config reloaded"))
+    assert event["source"] == "SIGHUP"
+    lines = service.lines()
+    reloading = lines.index("RELOADING=1")
+    assert lines[reloading + 1].startswith("MONOTONIC_USEC=")
+    assert "READY=1" in lines[reloading + 2 :]
+
+    valid = pbx.read_text()
+    pbx.write_text(valid.replace("keep: 60d", "keep: 60"))  # no unit: invalid
+    line = valid.splitlines().index("    keep: 60d") + 1
+    service.signal(signal.SIGHUP)
+    rejected = wait_for("rejection", lambda: service.event("config rejected"))
+    assert rejected["problems"] == [
+        f"{pbx}:{line}: rules.1.keep: 60 has no unit: write e.g. '60d' or '60 months'"
+    ]
+    wait_for(
+        "status says so",
+        lambda: any("config rejected" in line for line in service.lines()),
+    )
+    assert service.process.poll() is None
+    assert len([e for e in entries(pbx) if e["type"] == "config_reloaded"]) == 1
+
+    # A later valid reload works, and a rule new to the daemon runs at once.
+    pbx.write_text(valid.replace("name: call-recordings", "name: recordings"))
+    service.signal(signal.SIGHUP)
+    wait_for(
+        "second reload",
+        lambda: len([e for e in entries(pbx) if e["type"] == "config_reloaded"]) == 2,
+    )
+    second = [e for e in entries(pbx) if e["type"] == "config_reloaded"][-1]
+    assert second["old_config_sha256"] == reloaded[-1]["new_config_sha256"]
+    assert second["rules_added"] == ["recordings"]
+    assert second["rules_removed"] == ["call-recordings"]
+    assert second["rules_changed"] == []
+    wait_for("the new rule's catch-up run", lambda: "recordings" in finished(pbx))
+    assert service.stop()[0] == 0
+    assert verifies(pbx)
+
+
+def test_a_saved_config_file_is_reloaded_without_a_signal(
+    pbx: Path, start: Callable[..., Service]
+) -> None:
+    service = start(pbx)
+    service.wait_ready()
+
+    def reloads() -> list[dict[str, Any]]:
+        return [e for e in entries(pbx) if e["type"] == "config_reloaded"]
+
+    # as editors and Ansible save: a temporary file moved over the config
+    temporary = pbx.with_name(".retentiond.yaml.tmp")
+    temporary.write_text(pbx.read_text().replace("keep: 30d", "keep: 21d"))
+    temporary.replace(pbx)  # rename(2), as os.replace
+    wait_for("reload after an atomic save", lambda: len(reloads()) == 1)
+    assert reloads()[0]["rules_changed"] == ["call-recordings"]
+    assert reloads()[0]["new_config_sha256"] == sha256(pbx)
+
+    # rewritten in place
+    with pbx.open("r+") as handle:
+        text = handle.read().replace("keep: 60d", "keep: 45d")
+        handle.seek(0)
+        handle.write(text)
+        handle.truncate()
+    wait_for("reload after an in-place write", lambda: len(reloads()) == 2)
+    assert reloads()[1]["rules_changed"] == ["voicemail"]
+
+    def sources() -> list[str]:
+        return [e["source"] for e in service.events() if e["event"] == "config reloaded"]
+
+    assert wait_for("both logged", lambda: len(sources()) == 2 and sources())
+    assert sources() == ["config file changed", "config file changed"]
+    assert service.stop()[0] == 0
+    assert verifies(pbx)
+
+
+def test_an_unwritable_audit_log_rejects_the_reload_and_exits_1(
+    pbx: Path, start: Callable[..., Service]
+) -> None:
+    log = pbx.parent / "audit.jsonl"
+    service = start(pbx)
+    service.wait_ready()
+    wait_for("catch-up runs", lambda: len(finished(pbx)) == 3)
+    # immutable: the daemon's open descriptor can no longer write (as on a failing disk)
+    if subprocess.run(["chattr", "+i", str(log)], capture_output=True, check=False).returncode:
+        pytest.skip("chattr +i needs root on a filesystem with attributes")
+    try:
+        pbx.write_text(pbx.read_text().replace("keep: 60d", "keep: 45d"))
+        service.signal(signal.SIGHUP)
+        assert service.process.wait(timeout=15) == 1
+    finally:
+        subprocess.run(["chattr", "-i", str(log)], check=True)
+    rejected = service.event("config rejected")
+    assert rejected is not None
+    assert "cannot be recorded in the audit log" in rejected["problems"][0]
+    assert service.event("the audit log cannot be written") is not None
+    assert not [e for e in entries(pbx) if e["type"] == "config_reloaded"]
+    assert verifies(pbx)
+
+
+# --- stop --------------------------------------------------------------------------------------
+
+
+def test_sigterm_mid_run_ends_it_interrupted_and_the_next_start_completes_it(
+    pbx: Path, start: Callable[..., Service]
+) -> None:
+    fast = pbx.read_text()
+    pbx.write_text(fast.replace("batch_size: 500", "batch_size: 100\n        pause: 0.5"))
+    service = start(pbx)
+    wait_for(
+        "the first batch",
+        lambda: any(e["type"] == "batch_done" for e in entries(pbx)),
+    )
+    code, seconds = service.stop()
+    assert code == 0
+    assert seconds < 5  # one batch and a few seconds, not the rest of the run
+    log = entries(pbx)
+    assert log[-1]["type"] == "run_finished" and log[-1]["status"] == "interrupted"
+    assert log[-2]["type"] == "batch_done"
+    assert [e["rule"] for e in log if e["type"] == "run_started"] == ["call-records"]
+    lines = service.lines()  # systemd hears of the stop at once, not only when the run ends
+    interrupted = [i for i, line in enumerate(lines) if "call-records interrupted" in line]
+    assert lines.index("STOPPING=1") < interrupted[0]
+    assert verifies(pbx)
+
+    pbx.write_text(fast)
+    again = start(pbx)
+    wait_for("all rules done", lambda: sorted(finished(pbx)) == sorted(RULES), timeout=30)
+    assert again.stop()[0] == 0
+    assert verifies(pbx)
+    remaining = sqlite3.connect(pbx.parent / "pbx" / "master.db")
+    with remaining:
+        (left,) = remaining.execute("SELECT count(*) FROM cdr").fetchone()
+    remaining.close()
+    assert left == 2696 - 2033  # the interrupted run and its completion removed all expired
+
+
+# --- the schedule itself -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_rule_runs_at_its_scheduled_minute(pbx: Path, start: Callable[..., Service]) -> None:
+    assert retentiond("-c", pbx, "run", "--once").returncode == 0  # nothing is overdue now
+    zone = ZoneInfo("Europe/Berlin")
+    at = (datetime.now(zone) + timedelta(seconds=65)).replace(second=0, microsecond=0)
+    if at - datetime.now(zone) > timedelta(seconds=60):
+        at -= timedelta(minutes=1)  # the next minute at least 5 s away
+    pbx.write_text(pbx.read_text().replace("daily 03:15", f"{at.minute} {at.hour} * * *"))
+    service = start(pbx)
+    service.wait_ready()
+    started = service.event("daemon started")
+    assert started is not None
+    assert started["catch_up"] == []
+    assert started["next_runs"]["call-records"] == at.isoformat()
+    runs_before = len(finished(pbx))
+
+    wait_for("the scheduled run", lambda: len(finished(pbx)) > runs_before, timeout=90)
+    run = next(e for e in reversed(entries(pbx)) if e["type"] == "run_started")
+    assert run["rule"] == "call-records"
+    ran_at = datetime.fromisoformat(run["ts"])
+    assert at.astimezone(UTC) <= ran_at < at.astimezone(UTC) + timedelta(seconds=10)
+    assert service.stop()[0] == 0
+    assert verifies(pbx)
