@@ -279,19 +279,47 @@ def run(ctx: Context, once: bool, rule_name: str | None, as_json: bool) -> None:
     if not once:
         if rule_name or as_json:
             raise click.UsageError("--rule and --json go with --once; the daemon runs every rule")
-        from retentiond.daemon import Daemon
-
-        sys.exit(Daemon(ctx.loaded).serve())
+        sys.exit(_daemon(ctx.loaded))
     loaded = ctx.loaded
     outcomes = enforce(loaded, rule_name, as_json=as_json)
     sys.exit(exit_code(outcomes))
 
 
+def _daemon(loaded: LoadedConfig) -> int:
+    """The daemon with its monitoring: metrics over HTTP when configured, pings per rule."""
+    from retentiond.daemon import Daemon
+    from retentiond.metrics import Metrics
+    from retentiond.pings import Pings
+
+    config = loaded.config
+    metrics = Metrics(config.rules)
+    metrics.seed_from_audit(config.audit.path)
+    if config.monitoring.metrics_listen:
+        metrics.serve(config.monitoring.metrics_listen)
+    pings = Pings(config.rules, config.monitoring.ping_timeout)
+    try:
+        return Daemon(loaded, observers=[metrics, pings]).serve()
+    finally:
+        pings.close(5)
+        metrics.close()
+
+
 def enforce(loaded: LoadedConfig, rule_name: str | None, *, as_json: bool) -> list[RunOutcome]:
+    from retentiond.metrics import Metrics
+    from retentiond.pings import Pings
+
+    config = loaded.config
     rules = _rules(loaded, rule_name)
     show_progress = not as_json and sys.stderr.isatty()
-    with _stop_on_signals() as stop, audit.AuditLog(loaded.config.audit.path) as log:
-        engine = Engine(loaded, stop=stop, progress=_progress if show_progress else None)
+    metrics = Metrics(config.rules)
+    pings = Pings(rules, config.monitoring.ping_timeout)
+    with _stop_on_signals() as stop, audit.AuditLog(config.audit.path) as log:
+        engine = Engine(
+            loaded,
+            stop=stop,
+            progress=_progress if show_progress else None,
+            observers=[metrics, pings],
+        )
         outcomes = []
         for rule in rules:
             outcomes.append(engine.run(rule, log))
@@ -300,6 +328,11 @@ def enforce(loaded: LoadedConfig, rule_name: str | None, *, as_json: bool) -> li
             if stop.is_set():
                 break
         head = log.head
+    pings.close(config.monitoring.ping_timeout)
+    if config.monitoring.metrics_textfile:
+        # Seeded from the whole log, so a rule not run now keeps its last success in the file.
+        metrics.seed_from_audit(config.audit.path)
+        metrics.write_textfile(config.monitoring.metrics_textfile)
     if as_json:
         result = {"runs": [outcome_json(o) for o in outcomes], "audit_head": list(head)}
         click.echo(json.dumps(result, indent=2))

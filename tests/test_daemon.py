@@ -8,6 +8,7 @@ The demo PBX has never been enforced, so every rule is overdue at start and runs
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import os
 import secrets
@@ -16,11 +17,13 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -432,3 +435,83 @@ def test_a_rule_runs_at_its_scheduled_minute(pbx: Path, start: Callable[..., Ser
     assert at.astimezone(UTC) <= ran_at < at.astimezone(UTC) + timedelta(seconds=10)
     assert service.stop()[0] == 0
     assert verifies(pbx)
+
+
+# --- monitoring ----------------------------------------------------------------------------------
+
+
+class PingRecorder(http.server.BaseHTTPRequestHandler):
+    received: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self._record()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._record()
+
+    def _record(self) -> None:
+        PingRecorder.received.append(self.path)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback http only
+        return str(response.read().decode())
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_metrics_are_served_and_pings_report_start_success_and_failure(
+    pbx: Path, start: Callable[..., Service]
+) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), PingRecorder)
+    PingRecorder.received.clear()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    port = free_port()
+    text = pbx.read_text().replace("max_delete_fraction: 0.95", "max_delete_fraction: 0.9")
+    for rule in RULES:  # each rule pings its own path, healthchecks style
+        text = text.replace(f"  - name: {rule}\n", f"  - name: {rule}\n    ping: {base}/{rule}\n")
+    text += f"monitoring:\n  metrics_listen: 127.0.0.1:{port}\n  ping_timeout: 2\n"
+    pbx.write_text(text)
+    try:
+        service = start(pbx)
+        service.wait_ready()
+        # the recordings rule would remove 92% of its store: refused, so its failure URL is called
+        wait_for("three catch-up runs", lambda: len(PingRecorder.received) >= 6)
+        scraped = wait_for(
+            "metrics",
+            lambda: (
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+                .read()
+                .decode()
+            ),
+        )
+        code, _ = service.stop()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 0
+    assert sorted(PingRecorder.received) == sorted(
+        [
+            "/call-records/start",
+            "/call-records",
+            "/voicemail/start",
+            "/voicemail",
+            "/call-recordings/start",
+            "/call-recordings/fail",
+        ]
+    )
+    assert 'retentiond_deleted_total{rule="call-records",unit="rows"} 2033.0' in scraped
+    assert 'retentiond_runs_total{rule="call-recordings",status="refused"} 1.0' in scraped
+    assert 'retentiond_last_success_timestamp_seconds{rule="voicemail"}' in scraped
+    assert 'retentiond_last_success_timestamp_seconds{rule="call-recordings"}' not in scraped
