@@ -193,3 +193,13 @@ def test_sigterm_finishes_the_batch_then_stops_and_the_next_run_completes(pbx: P
     again = retentiond("-c", pbx, "run", "--once")
     assert again.returncode == 0
     assert retentiond("audit", "verify", log).returncode == 0
+
+
+def test_run_once_writes_the_node_exporter_textfile(pbx: Path) -> None:
+    textfile = pbx.parent / "retentiond.prom"
+    pbx.write_text(pbx.read_text() + f"monitoring:\n  metrics_textfile: {textfile}\n")
+    assert retentiond("-c", pbx, "run", "--once", "--rule", "voicemail").returncode == 0
+    text = textfile.read_text()
+    assert 'retentiond_runs_total{rule="voicemail",status="done"} 1.0' in text
+    assert 'retentiond_last_success_timestamp_seconds{rule="voicemail"}' in text
+    assert 'retentiond_last_success_timestamp_seconds{rule="call-records"}' not in text
