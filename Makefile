@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DEMO_DIR ?= demo-pbx
 
-.PHONY: demo test lint typecheck pytest clean
+.PHONY: demo test lint typecheck pytest clean install uninstall
 
 $(BIN)/retentiond: pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("retentiond needs Python 3.11 or newer (set PYTHON=python3.11)" if sys.version_info < (3, 11) else 0)'
@@ -30,3 +30,86 @@ test: lint typecheck pytest
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache
+
+# -- install on a PBX (docs/install.md) ------------------------------------------------------------
+# `sudo make install [PBX=freepbx|asterisk|3cx]`: a venv in /opt/retentiond with this source tree
+# installed into it (not editable), the systemd units, the system user and /etc/retentiond.
+# `make install DESTDIR=/tmp/stage` stages the same files without touching the system (for
+# packaging and tests): no user, no chown, no systemctl.
+DESTDIR        ?=
+PREFIX         ?= /usr/local
+VENVDIR        ?= /opt/retentiond
+SYSCONFDIR     ?= /etc
+UNITDIR        ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR    ?= $(SYSCONFDIR)/sysusers.d
+TMPFILESDIR    ?= $(SYSCONFDIR)/tmpfiles.d
+DOCDIR         ?= $(PREFIX)/share/doc/retentiond
+# The system's Python, never one under /root or /home: the service cannot see those (ProtectHome).
+INSTALL_PYTHON ?= /usr/bin/python3
+PBX            ?=
+
+DEST      := $(if $(DESTDIR),$(abspath $(DESTDIR)))
+UNITS     := retentiond.service retentiond-once.service retentiond-once.timer
+PBX_DROPIN = $(if $(filter freepbx asterisk,$(PBX)),asterisk.conf,$(if $(filter 3cx,$(PBX)),3cx.conf))
+
+install:
+	@if [ -n "$(PBX)" ] && [ -z "$(PBX_DROPIN)" ]; then echo "PBX must be freepbx, asterisk or 3cx" >&2; exit 2; fi
+	@if [ -z "$(DEST)" ] && [ "$$(id -u)" != 0 ]; then echo "make install changes the system: run it as root, or stage it with DESTDIR=/some/folder" >&2; exit 2; fi
+	@$(INSTALL_PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "retentiond needs Python 3.11 or newer: set INSTALL_PYTHON")'
+	@$(INSTALL_PYTHON) -c 'import ensurepip' 2>/dev/null || { echo "$(INSTALL_PYTHON) cannot create a venv: apt-get install python3-venv" >&2; exit 2; }
+	$(INSTALL_PYTHON) -m venv --clear $(DEST)$(VENVDIR)
+	$(DEST)$(VENVDIR)/bin/python -m pip install --quiet --disable-pip-version-check --no-compile $(CURDIR)
+ifneq ($(DEST),)
+	@# A staged venv must work at $(VENVDIR) once copied there: its scripts name the final paths.
+	grep -rlI --null -F '$(DEST)$(VENVDIR)' $(DEST)$(VENVDIR)/bin $(DEST)$(VENVDIR)/pyvenv.cfg \
+		| xargs -0 -r sed -i 's|$(DEST)$(VENVDIR)|$(VENVDIR)|g'
+	$(DEST)$(VENVDIR)/bin/python -m compileall -q -f -j 0 -s '$(DEST)' -p / $(DEST)$(VENVDIR)/lib
+else
+	$(DEST)$(VENVDIR)/bin/python -m compileall -q -j 0 $(DEST)$(VENVDIR)/lib
+endif
+	install -d $(DEST)$(PREFIX)/bin
+	ln -sfn $(VENVDIR)/bin/retentiond $(DEST)$(PREFIX)/bin/retentiond
+	install -d $(DEST)$(UNITDIR)
+	for unit in $(UNITS); do install -m 0644 systemd/$$unit $(DEST)$(UNITDIR)/$$unit; done
+ifneq ($(PBX_DROPIN),)
+	for unit in retentiond.service retentiond-once.service; do \
+		install -D -m 0644 systemd/$(PBX_DROPIN) $(DEST)$(UNITDIR)/$$unit.d/pbx.conf; done
+endif
+	install -D -m 0644 systemd/retentiond.sysusers $(DEST)$(SYSUSERSDIR)/retentiond.conf
+	install -D -m 0644 systemd/retentiond.tmpfiles $(DEST)$(TMPFILESDIR)/retentiond.conf
+	install -d $(DEST)$(DOCDIR)/examples
+	install -m 0644 docs/install.md $(DEST)$(DOCDIR)/install.md
+	install -m 0644 config/example.yaml systemd/asterisk.conf systemd/3cx.conf $(DEST)$(DOCDIR)/examples/
+ifeq ($(DEST),)
+	if command -v systemd-sysusers >/dev/null; then systemd-sysusers $(SYSUSERSDIR)/retentiond.conf; \
+	elif ! getent passwd retentiond >/dev/null; then \
+		useradd --system --user-group --home-dir /var/lib/retentiond --shell /usr/sbin/nologin retentiond; fi
+	if command -v systemd-tmpfiles >/dev/null; then systemd-tmpfiles --create $(TMPFILESDIR)/retentiond.conf; \
+	else install -d -m 0750 -o retentiond -g retentiond /var/lib/retentiond; fi
+	[ -d $(SYSCONFDIR)/retentiond ] || install -d -m 0750 -o root -g retentiond $(SYSCONFDIR)/retentiond
+	[ -d $(SYSCONFDIR)/retentiond/credentials ] || install -d -m 0700 -o root -g root $(SYSCONFDIR)/retentiond/credentials
+	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+else
+	[ -d $(DEST)$(SYSCONFDIR)/retentiond ] || install -d -m 0750 $(DEST)$(SYSCONFDIR)/retentiond
+	[ -d $(DEST)$(SYSCONFDIR)/retentiond/credentials ] || install -d -m 0700 $(DEST)$(SYSCONFDIR)/retentiond/credentials
+endif
+	@echo "installed retentiond $$($(DEST)$(VENVDIR)/bin/python -m retentiond --version | sed 's/.*version //') in $(DEST)$(VENVDIR)"
+	@[ -e $(DEST)$(SYSCONFDIR)/retentiond/retentiond.yaml ] || echo "next: retentiond init --preset $(or $(PBX),freepbx) -o $(SYSCONFDIR)/retentiond/retentiond.yaml (docs/install.md)"
+
+# Removes the program and the units; keeps the config, the credentials, the deletion log
+# (/var/lib/retentiond) and the user that owns it.
+uninstall:
+	@if [ -z "$(DEST)" ] && [ "$$(id -u)" != 0 ]; then echo "make uninstall changes the system: run it as root, or set DESTDIR" >&2; exit 2; fi
+ifeq ($(DEST),)
+	if [ -d /run/systemd/system ]; then systemctl disable --now retentiond.service retentiond-once.timer retentiond-once.service 2>/dev/null || true; fi
+endif
+	for unit in $(UNITS); do rm -f $(DEST)$(UNITDIR)/$$unit; done
+	for unit in retentiond.service retentiond-once.service; do \
+		rm -f $(DEST)$(UNITDIR)/$$unit.d/pbx.conf; rmdir $(DEST)$(UNITDIR)/$$unit.d 2>/dev/null || true; done
+	rm -f $(DEST)$(SYSUSERSDIR)/retentiond.conf $(DEST)$(TMPFILESDIR)/retentiond.conf
+	rm -f $(DEST)$(PREFIX)/bin/retentiond
+	rm -rf $(DEST)$(VENVDIR) $(DEST)$(DOCDIR)
+ifeq ($(DEST),)
+	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+endif
+	@echo "kept: $(SYSCONFDIR)/retentiond (config, credentials), /var/lib/retentiond (the deletion log), user retentiond"
