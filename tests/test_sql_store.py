@@ -24,7 +24,7 @@ from sqlalchemy import text
 from structlog.testing import capture_logs
 
 from retentiond.config.model import ConnectionConfig, SqlStoreConfig
-from retentiond.errors import StoreError
+from retentiond.errors import StoreAbsent, StoreError
 from retentiond.rules import latest_instant
 from retentiond.stores.base import BatchResult
 from retentiond.stores.sql import Database, SqlStore
@@ -843,3 +843,27 @@ def test_without_returning_the_files_are_read_under_lock_before_the_delete(
     assert [(result.deleted, result.bytes) for result in results] == [(4, 400), (4, 400), (1, 100)]
     assert not [name for name in expired if (tmp_path / name).exists()]
     assert all((tmp_path / name).is_file() for name in young)
+
+
+@pytest.mark.mariadb
+def test_a_table_a_least_privilege_user_cannot_see_counts_as_absent(
+    mariadb_server: Any,
+    mariadb_url: str,
+    pbx_database: Callable[[str], PbxDatabase],
+    open_store: StoreFactory,
+) -> None:
+    """MariaDB says "command denied" both for a missing table and one without grants."""
+    pbx_database(mariadb_url).create("cdr")
+    user, password = f"rtd_{secrets.token_hex(4)}", "least privilege"
+    database = mariadb_url.rsplit("/", 1)[1]
+    with mariadb_server.connect() as connection:
+        connection.execute(text(f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'"))
+        connection.execute(text(f"GRANT SELECT, DELETE ON {database}.cdr TO '{user}'@'%'"))
+    try:
+        url = mariadb_url.replace("root@", f"{user}:{password.replace(' ', '%20')}@")
+        assert open_store(url).strategy == "time_index"
+        with pytest.raises(StoreAbsent, match="does not exist, or this user has no privilege"):
+            open_store(url, "queuelog", "time")
+    finally:
+        with mariadb_server.connect() as connection:
+            connection.execute(text(f"DROP USER IF EXISTS '{user}'@'%'"))

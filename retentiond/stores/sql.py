@@ -571,6 +571,15 @@ class SqlStore(Store):
             )
         except NoSuchTableError:
             raise StoreAbsent(self._missing_table_message(connection)) from None
+        except DBAPIError as exc:
+            if error_code(exc) != "1142":
+                raise
+            # MariaDB answers "command denied" alike for a table that does not exist and one the
+            # user may not see, so a least-privilege user cannot tell them apart either.
+            raise StoreAbsent(
+                f"{self.label}: table {self._store.table} does not exist, or this user has no "
+                "privilege on it (MariaDB does not say which)"
+            ) from None
 
     def _missing_table_message(self, connection: Connection) -> str:
         tables = sorted(inspect(connection).get_table_names(schema=self._store.schema_name))
