@@ -104,7 +104,14 @@ def check(ctx: Context) -> None:
                     if isinstance(store, AbsentStore):
                         click.echo(f"  {store.kind} {label}: not found (optional): {store.reason}")
                         continue
+                    missing, excess = store.privileges()
+                    if missing:
+                        failures += 1
+                        click.echo(f"  {store.kind} {label}: FAILED: " + "; ".join(missing))
+                        continue
                     click.echo(f"  {store.kind} {label}: ok")
+                    for line in excess:
+                        click.echo(f"    warning: more privileges than needed: {line}")
                     for line in store.describe():
                         click.echo(f"    {line}")
                     skew = store.clock_skew()

@@ -166,6 +166,19 @@ def excess_privileges(
         return _postgres_excess(connection, table, schema)
 
 
+def review(
+    database: Connectable, table: str, needed: set[str], schema: str | None = None
+) -> tuple[list[str], list[str]]:
+    """For `check`: what is missing (the run would fail) and what is more than needed (warnings)."""
+    try:
+        missing = missing_privileges(database, None, table, needed, schema)
+        excess = excess_privileges(database, None, table, schema)
+    except PrivilegeError as error:
+        return [], [f"privileges on {table} could not be read: {error}"]
+    problems = [f"missing privilege {name} on {table}" for name in sorted(missing or ())]
+    return problems, describe_excess(excess or set())
+
+
 def describe_excess(names: set[str]) -> list[str]:
     """Warnings for excess_privileges(), one per privilege, in a stable order."""
     order = [*MYSQL_EXCESS, *POSTGRES_EXCESS]

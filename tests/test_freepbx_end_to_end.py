@@ -4,14 +4,17 @@ command line on real MariaDB and PostgreSQL servers, as an administrator runs it
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from pbxdata import PbxDatabase, cdr_rows, cel_rows
 from privacy import leaked
+from sqlalchemy import text
 from test_cli import retentiond
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -95,3 +98,33 @@ def test_freepbx_call_records_are_purged_from_the_command_line(
     )
     assert not found, found[:5]
     assert datetime.now(UTC) > datetime.fromisoformat(outcome["cutoff"])
+
+
+@pytest.mark.mariadb
+def test_check_names_missing_and_excess_privileges(
+    mariadb_url: str,
+    mariadb_server: Any,
+    pbx_database: Callable[[str], PbxDatabase],
+    tmp_path: Path,
+) -> None:
+    pbx_database(mariadb_url).create("cdr", "cel")
+    database = mariadb_url.rsplit("/", 1)[1]
+    user = f"rtd_{secrets.token_hex(4)}"
+    with mariadb_server.connect() as connection:
+        connection.execute(text(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'"))
+        connection.execute(text(f"GRANT SELECT, DELETE ON {database}.cdr TO '{user}'@'%'"))
+        connection.execute(text(f"GRANT SELECT ON {database}.cel TO '{user}'@'%'"))
+    try:
+        limited = retentiond(
+            "-c", config(tmp_path, mariadb_url.replace("root@", f"{user}:pw@")), "check"
+        )
+        assert limited.returncode == 1
+        assert "sql cdrdb/cdr: ok" in limited.stdout
+        assert "sql cdrdb/cel: FAILED: missing privilege DELETE on cel" in limited.stdout
+        assert "more privileges than needed" not in limited.stdout
+        root = retentiond("-c", config(tmp_path, mariadb_url), "check")
+        assert root.returncode == 0, root.stdout
+        assert "warning: more privileges than needed: DROP" in root.stdout
+    finally:
+        with mariadb_server.connect() as connection:
+            connection.execute(text(f"DROP USER IF EXISTS '{user}'@'%'"))

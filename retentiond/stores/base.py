@@ -82,6 +82,10 @@ class Store(ABC):
     def apply(self, batch: Batch, cutoff: datetime) -> BatchResult:
         """Delete one planned batch. The only method that changes anything."""
 
+    def privileges(self) -> tuple[list[str], list[str]]:
+        """For `check`: privileges the store lacks, and more than it needs (warnings)."""
+        return [], []
+
     def clock_skew(self) -> timedelta | None:
         """Database clock minus host clock, where the store has a clock of its own."""
         return None

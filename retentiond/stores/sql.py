@@ -1182,6 +1182,12 @@ class SqlStore(Store):
     def clock_skew(self) -> timedelta | None:
         return self._db.clock_skew()
 
+    def privileges(self) -> tuple[list[str], list[str]]:
+        from retentiond.privileges import review
+
+        needed = {"SELECT", "DELETE"}
+        return review(self._db.engine, self._store.table, needed, self._store.schema_name)
+
     # -- helpers ---------------------------------------------------------------------------------
 
     def _require_layout(self) -> Layout:
