@@ -932,7 +932,7 @@ def test_generic_asterisk_postgresql_recipe(
     assert statement is not None, first
     database.execute(statement.group(0))
     second = check(config)
-    assert "strategy time_index" in second and "warning" not in second
+    assert "strategy time_index" in second and "warning: no index" not in second
     session = administer(config, checked=second)
 
     records_cutoff = session.cutoff("call-records")
