@@ -106,9 +106,15 @@ class Strict(BaseModel):
 
 class AuditConfig(Strict):
     path: AbsolutePath
-    signing_key: Annotated[
-        Any, AfterValidator(_not_yet("audit.signing_key (signed checkpoints)"))
-    ] = None
+    # Ed25519 private key (`retentiond audit keygen`): every run ends with a signed checkpoint.
+    signing_key: AbsolutePath | None = None
+    # Start a new file (chained to the last head) when the log grows past this many bytes, or at
+    # the turn of the year; rotated files are kept as `<path>.<n>` and verified in order.
+    rotate_bytes: Annotated[int | None, Field(ge=1_000_000)] = None
+    rotate_yearly: bool = False
+    # How long the deletion log itself is kept (documented in the report; rotated files older
+    # than this may be removed by the administrator once filed).
+    retention: DurationField | None = None
 
 
 class ConnectionConfig(Strict):
@@ -264,6 +270,8 @@ def _ping(value: Any) -> Any:
 
 class Rule(Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    # what starts the period; version 1 knows the object's own business time only
+    start_event: Literal["object time"] = "object time"
     description: str | None = None
     purpose: str | None = None
     legal_basis: str | None = None
@@ -272,6 +280,15 @@ class Rule(Strict):
     schedule: ScheduleField | None = None
     stores: Annotated[list[StoreConfig], Field(min_length=1)]
     ping: Annotated[PingConfig | None, BeforeValidator(_ping)] = None
+
+
+class OrganisationConfig(Strict):
+    """Who the DPO report is for: the controller, the DPO, the record of processing."""
+
+    controller: Annotated[str, Field(min_length=1)]
+    dpo_contact: str | None = None
+    processing_record: str | None = None  # reference in the Art. 30 record of processing
+    system: str | None = None  # this PBX's name in reports covering several systems
 
 
 class MonitoringConfig(Strict):
@@ -284,6 +301,8 @@ class MonitoringConfig(Strict):
 
 class Safety(Strict):
     max_delete_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
+    # deadline = keep + the schedule's interval + this grace; status turns red past it
+    deadline_grace: DurationField = Duration(days=1, text="1d")
     max_clock_skew: Annotated[float, Field(gt=0, le=86400)] = 300
 
 
@@ -298,7 +317,7 @@ class Config(Strict):
     safety: Safety = Safety()
     monitoring: MonitoringConfig = MonitoringConfig()
     holds: Annotated[Any, AfterValidator(_not_yet("holds (legal holds)"))] = None
-    organisation: Annotated[Any, AfterValidator(_not_yet("organisation"))] = None
+    organisation: OrganisationConfig | None = None
 
     def zone(self) -> tzinfo:
         """The zone of naive PBX timestamps: the configured one, else the host's."""
