@@ -8,10 +8,24 @@ Safety rule 3 rests on this module: `append` returns only once the line is on di
 raises AuditError instead when it cannot be; after a failed append the log refuses further
 appends, so the engine cannot delete anything the log did not record. The log holds category
 level evidence only (safety rule 6), so paths are refused outright.
+
+Signed checkpoints: a `checkpoint` entry carries an Ed25519 signature over the seq and hash of
+the entry before it. The hash commits to every earlier entry, so one signature seals the whole
+log up to that point; the engine writes one after the last entry of every run (`Signer`,
+`AuditLog.checkpoint`). `check_log` verifies the chain, the signatures, and that no run lost its
+checkpoint. The format is described for other verifiers in docs/audit-log.md.
+
+Rotation: `AuditLog.rotate_if_due` renames a full (or last year's) file to `<path>.<N>` and starts
+`<path>` with a `continued` entry that carries the previous file's name, last seq and hash; seq
+and prev simply go on, so the chain runs unbroken through all files. `verify`, `read_entries`
+and `check_log` read `<path>.1`, `<path>.2`, ... then `<path>`, and name a missing or misplaced
+file.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import errno
 import fcntl
@@ -19,20 +33,40 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+import re
+import stat
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path, PurePath
 from types import TracebackType
 from typing import Any, BinaryIO, Self
 
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
 from retentiond.errors import AuditError
 
 GENESIS = "0" * 64
 RESERVED = frozenset({"seq", "ts", "type", "prev", "hash"})
+CHECKPOINT = "checkpoint"  # a signature over the entry before it
+CONTINUED = "continued"  # the first entry of a file that goes on from a rotated one
+RUN_ENDS = frozenset({"run_finished", "run_refused", "run_failed"})  # each gets a checkpoint
+CHECKPOINT_FIELDS = ("signed_seq", "signed_hash", "key_fingerprint", "signature")
+# The systemd credential name (LoadCredential=signing-key:...) preferred over audit.signing_key.
+CREDENTIAL_NAME = "signing-key"
 # Entries are a few hundred bytes; the cap keeps reading a damaged file bounded in memory.
 MAX_LINE = 1024 * 1024
 _TAIL_CHUNK = 64 * 1024
+_MAX_KEY_FILE = 64 * 1024
+_HASH = re.compile(r"[0-9a-f]{64}")
+_OPEN_ATTEMPTS = 5
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -49,7 +83,12 @@ class Entry:
 
 @dataclass(frozen=True)
 class Verification:
-    """The result of checking a whole log: intact, or where and why the chain first breaks."""
+    """The result of checking a whole log: intact, or where and why the chain first breaks.
+
+    `broken_at` is the line in `broken_file` (a base name: the log or one of its rotated files).
+    `begins_after` names the file the oldest one present continues from, when that file is gone
+    (rotated files removed after their retention period): the entries in it cannot be checked.
+    """
 
     ok: bool
     entries: int
@@ -57,6 +96,9 @@ class Verification:
     broken_at: int | None
     broken_seq: int | None
     reason: str | None
+    files: tuple[str, ...] = ()
+    broken_file: str | None = None
+    begins_after: str | None = None
 
 
 def canonical(obj: dict[str, Any]) -> bytes:
@@ -106,13 +148,14 @@ def _json_safe(value: Any, where: str) -> Any:
 
 
 class _Broken(Exception):
-    """Why a line fails verification; `line` is filled in by the reader that knows it."""
+    """Why a line fails verification; `line` and `file` are filled in by the reader."""
 
     def __init__(self, reason: str, seq: int | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.seq = seq
         self.line = 0
+        self.file: str | None = None
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -189,57 +232,712 @@ def _open_for_reading(path: Path) -> BinaryIO:
         raise AuditError(f"cannot read the audit log {path}: {exc.strerror}") from None
 
 
-def _walk(path: Path) -> Iterator[Entry]:
-    """Yield each intact entry in order; raise _Broken (with its line) at the first broken one."""
-    with _open_for_reading(path) as log:
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _rotation_number(path: Path, name: str) -> int | None:
+    """N for a file named `<path>.<N>` (N = 1, 2, ...; no leading zeros), else None."""
+    prefix = path.name + "."
+    suffix = name[len(prefix) :] if name.startswith(prefix) else ""
+    if suffix.isascii() and suffix.isdigit() and not suffix.startswith("0"):
+        return int(suffix)
+    return None
+
+
+def _rotated(path: Path) -> list[tuple[int, Path]]:
+    """The rotated files `<path>.<N>` in the folder, ordered by N."""
+    folder = path.parent
+    try:
+        children = list(folder.iterdir())
+    except OSError as exc:
+        raise AuditError(f"cannot list the audit folder {folder}: {exc.strerror}") from None
+    found = []
+    for child in children:
+        number = _rotation_number(path, child.name)
+        if number is not None:
+            found.append((number, child))
+    return sorted(found)
+
+
+def _same_file(path: Path, info: os.stat_result) -> bool:
+    try:
+        mine = path.stat()
+    except OSError:
+        return False
+    return (mine.st_dev, mine.st_ino) == (info.st_dev, info.st_ino)
+
+
+@dataclass
+class _WalkState:
+    """What a walk learned besides the entries: the files, and where the log begins."""
+
+    files: list[str] = field(default_factory=list)
+    begins_after: str | None = None
+
+
+def _walk(path: Path, state: _WalkState) -> Iterator[tuple[str, int, Entry]]:
+    """Yield (file name, line, entry) for each intact entry, oldest file first; raise _Broken
+    (with its file and line) at the first broken one.
+
+    `path` is opened before the folder is listed, so a rotation meanwhile cannot make a file
+    look missing: a rotated name that is the file already open is left out (that also covers a
+    rotation interrupted between its two renames).
+    """
+    path = Path(path)
+    with _open_for_reading(path) as current:
+        try:
+            info = os.fstat(current.fileno())
+        except OSError as exc:
+            raise AuditError(f"cannot read the audit log {path}: {exc.strerror}") from None
+        files = [file for _, file in _rotated(path) if not _same_file(file, info)]
+        files.append(path)
+        state.files = [file.name for file in files]
+        several = len(files) > 1
         prev_seq, prev_hash = 0, GENESIS
-        line = 0
-        while True:
-            line += 1
-            try:
-                raw = log.readline(MAX_LINE + 1)
-            except OSError as exc:
-                raise AuditError(f"cannot read the audit log {path}: {exc.strerror}") from None
-            try:
-                if not raw:
-                    return
-                if not raw.endswith(b"\n"):
-                    if len(raw) > MAX_LINE:
-                        raise _Broken(f"line longer than {MAX_LINE} bytes")
-                    raise _Broken("incomplete last line (the writer was interrupted)")
-                entry = _parse_line(raw[:-1])
-                _check_link(entry, prev_seq, prev_hash)
-            except _Broken as broken:
-                broken.line = line
-                raise
-            yield entry
-            prev_seq, prev_hash = entry.seq, entry.hash
+        for index, file in enumerate(files):
+            last = index == len(files) - 1
+            opened = contextlib.nullcontext(current) if last else _open_for_reading(file)
+            with opened as handle:
+                line = 0
+                for raw in _raw_lines(handle, file):
+                    line += 1
+                    try:
+                        entry = _entry_from(raw)
+                        if line == 1 and (index > 0 or entry.type == CONTINUED):
+                            prev_seq, prev_hash = _continuation(
+                                files, index, entry, prev_seq, prev_hash, state
+                            )
+                        elif entry.type == CONTINUED:
+                            raise _Broken(
+                                f"a continued entry inside {file.name}, not at its start: "
+                                "log files were joined",
+                                entry.seq,
+                            )
+                        _check_link(entry, prev_seq, prev_hash)
+                    except _Broken as broken:
+                        broken.line, broken.file = line, file.name
+                        raise
+                    yield file.name, line, entry
+                    prev_seq, prev_hash = entry.seq, entry.hash
+                if line == 0 and several:
+                    empty = _Broken(
+                        f"{file.name} is empty, but a rotated log file always starts with "
+                        "a continued entry: it was emptied or replaced"
+                    )
+                    empty.line, empty.file = 1, file.name
+                    raise empty
+
+
+def _raw_lines(handle: BinaryIO, file: Path) -> Iterator[bytes]:
+    while True:
+        try:
+            raw = handle.readline(MAX_LINE + 1)
+        except OSError as exc:
+            raise AuditError(f"cannot read the audit log {file}: {exc.strerror}") from None
+        if not raw:
+            return
+        yield raw
+
+
+def _entry_from(raw: bytes) -> Entry:
+    if not raw.endswith(b"\n"):
+        if len(raw) > MAX_LINE:
+            raise _Broken(f"line longer than {MAX_LINE} bytes")
+        raise _Broken("incomplete last line (the writer was interrupted)")
+    return _parse_line(raw[:-1])
+
+
+def _continuation(
+    files: list[Path],
+    index: int,
+    entry: Entry,
+    prev_seq: int,
+    prev_hash: str,
+    state: _WalkState,
+) -> tuple[int, str]:
+    """Check the first entry of a file after the first (or a first file that continues a
+    removed one); return the (seq, hash) the entry must link to."""
+    name = files[index].name
+    if entry.type != CONTINUED:
+        before = files[index - 1].name
+        raise _Broken(
+            f"{name} does not start with a continued entry, so it does not go on from "
+            f"{before}: log files were replaced or renamed",
+            entry.seq,
+        )
+    named = entry.fields.get("previous_file")
+    previous_seq = entry.fields.get("previous_seq")
+    previous_hash = entry.fields.get("previous_hash")
+    if not (isinstance(named, str) and _is_int(previous_seq) and isinstance(previous_hash, str)):
+        raise _Broken(
+            "a continued entry without previous_file, previous_seq and previous_hash", entry.seq
+        )
+    if previous_seq != entry.seq - 1 or previous_hash != entry.prev:
+        raise _Broken("the continued entry contradicts its own seq and prev", entry.seq)
+    if index == 0:
+        if any(file.name == named for file in files):
+            raise _Broken(
+                f"{name} goes on from {named}, which is here too, but not before it: "
+                "log files were renamed or reordered",
+                entry.seq,
+            )
+        state.begins_after = named
+        return previous_seq, previous_hash
+    before = files[index - 1].name
+    if named != before:
+        if any(file.name == named for file in files):
+            raise _Broken(
+                f"{name} goes on from {named}, but the file before it is {before}: "
+                "log files were renamed or reordered",
+                entry.seq,
+            )
+        raise _Broken(
+            f"{named} is missing: {name} goes on from it (after entry {previous_seq}), but "
+            f"the file before it here is {before}",
+            entry.seq,
+        )
+    if (previous_seq, previous_hash) != (prev_seq, prev_hash):
+        raise _Broken(
+            f"{name} goes on from entry {previous_seq} of {named}, but {named} ends with entry "
+            f"{prev_seq}" + (" of another hash" if previous_seq == prev_seq else "") + ": "
+            f"entries were removed from or added to the end of {named}, or it was replaced",
+            entry.seq,
+        )
+    return prev_seq, prev_hash
+
+
+def log_files(path: Path) -> list[Path]:
+    """The files of the log, oldest first: every rotated `<path>.<N>` by N, then `path`."""
+    path = Path(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise AuditError(f"the audit log {path} does not exist; check audit.path") from None
+    except OSError as exc:
+        raise AuditError(f"cannot read the audit log {path}: {exc.strerror}") from None
+    return [file for _, file in _rotated(path) if not _same_file(file, info)] + [path]
 
 
 def verify(path: Path) -> Verification:
-    """Check the whole chain in one streaming pass; report the first broken line, if any."""
+    """Check the whole chain, through every rotated file, in one streaming pass; report the
+    first broken line, if any. Signatures are `check_log`'s job."""
+    state = _WalkState()
     count, head = 0, (0, GENESIS)
     try:
-        for entry in _walk(path):
+        for _, _, entry in _walk(path, state):
             count, head = count + 1, (entry.seq, entry.hash)
     except _Broken as broken:
-        return Verification(False, count, head, broken.line, broken.seq, broken.reason)
-    return Verification(True, count, head, None, None, None)
+        return Verification(
+            False,
+            count,
+            head,
+            broken.line,
+            broken.seq,
+            broken.reason,
+            tuple(state.files),
+            broken.file,
+            state.begins_after,
+        )
+    return Verification(
+        True, count, head, None, None, None, tuple(state.files), None, state.begins_after
+    )
 
 
 def read_entries(path: Path) -> Iterator[Entry]:
-    """Yield the entries in order, checking the chain as it goes.
+    """Yield the entries in order, through every rotated file, checking the chain as it goes.
 
     A report must not quietly skip a damaged part, so the first broken line raises AuditError
     after every intact entry before it was yielded.
     """
     try:
-        yield from _walk(path)
+        for _, _, entry in _walk(path, _WalkState()):
+            yield entry
     except _Broken as broken:
         raise AuditError(
-            f"the audit log {path} is broken at line {broken.line} ({broken.reason}); "
-            "run `retentiond audit verify`"
+            f"the audit log {path} is broken at line {broken.line} of {broken.file} "
+            f"({broken.reason}); run `retentiond audit verify`"
         ) from None
+
+
+# --- keys and signatures -----------------------------------------------------------------------
+
+
+class SigningKeyError(AuditError):
+    """The signing key cannot be used; a run that should be signed is failed instead."""
+
+
+def fingerprint(public_key: Ed25519PublicKey) -> str:
+    """SHA-256 of the raw 32-byte public key, in hex: how entries and people name a key."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+def signed_message(seq: int, hash: str, key_fingerprint: str) -> bytes:
+    """The bytes a checkpoint's signature is over."""
+    return canonical({"seq": seq, "hash": hash, "fingerprint": key_fingerprint})
+
+
+class Signer:
+    """An Ed25519 private key that signs checkpoints. Read it with `from_file`/`from_config`."""
+
+    def __init__(self, key: Ed25519PrivateKey, source: Path | None = None) -> None:
+        self._key = key
+        self.source = source
+        self.fingerprint = fingerprint(key.public_key())
+
+    @classmethod
+    def from_file(cls, path: Path) -> Signer:
+        """Read a PEM (PKCS#8, unencrypted) Ed25519 private key.
+
+        A key that users other than its owner may read or change is refused: never sign with a
+        key others could have copied.
+        """
+        path = Path(path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise SigningKeyError(
+                f"the signing key {path} does not exist; create one with "
+                "`retentiond audit keygen` or correct audit.signing_key"
+            ) from None
+        except OSError as exc:
+            raise SigningKeyError(f"cannot read the signing key {path}: {exc.strerror}") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise SigningKeyError(f"the signing key {path} is not a regular file")
+            mode = stat.S_IMODE(info.st_mode)
+            if mode & 0o077:
+                raise SigningKeyError(
+                    f"the signing key {path} has mode {mode:04o}: users other than its owner may "
+                    "read or change it, so it is not used and nothing is signed or deleted. "
+                    f"Run `chmod 600 {path}` (or hand it to the service with LoadCredential=, "
+                    "see docs/audit-log.md); if others could read it, treat it as exposed: "
+                    "create a new key and give the DPO the new public key"
+                )
+            data = os.read(fd, _MAX_KEY_FILE + 1)
+        except OSError as exc:
+            raise SigningKeyError(f"cannot read the signing key {path}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            raise SigningKeyError(
+                f"the signing key {path} is not an unencrypted PEM private key; create one with "
+                "`retentiond audit keygen`"
+            ) from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise SigningKeyError(
+                f"the signing key {path} is not an Ed25519 key; create one with "
+                "`retentiond audit keygen`"
+            )
+        return cls(key, path)
+
+    @classmethod
+    def from_config(cls, configured: Path) -> Signer:
+        """The service's key: the systemd credential `signing-key` when the service has one
+        ($CREDENTIALS_DIRECTORY, from LoadCredential=signing-key:<file>), else `configured`
+        (audit.signing_key), read directly, e.g. by root running `run --once` from a shell."""
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+        if credentials:
+            candidate = Path(credentials) / CREDENTIAL_NAME
+            if candidate.is_file():
+                return cls.from_file(candidate)
+        return cls.from_file(configured)
+
+    def sign(self, seq: int, hash: str) -> dict[str, Any]:
+        """The fields of a checkpoint entry that signs entry `seq` with hash `hash`."""
+        signature = self._key.sign(signed_message(seq, hash, self.fingerprint))
+        return {
+            "signed_seq": seq,
+            "signed_hash": hash,
+            "key_fingerprint": self.fingerprint,
+            "signature": base64.b64encode(signature).decode("ascii"),
+        }
+
+    def verify_key(self) -> VerifyKey:
+        return VerifyKey(self._key.public_key(), self.fingerprint)
+
+
+@dataclass(frozen=True)
+class VerifyKey:
+    """A public key that checks checkpoints (the one `retentiond audit keygen` gave the DPO)."""
+
+    key: Ed25519PublicKey
+    fingerprint: str
+
+    @classmethod
+    def from_pem(cls, data: bytes, source: str = "the public key") -> VerifyKey:
+        try:
+            key = serialization.load_pem_public_key(data)
+        except (ValueError, UnsupportedAlgorithm):
+            raise AuditError(
+                f"{source} is not a PEM public key (the .pub file of `retentiond audit keygen`)"
+            ) from None
+        if not isinstance(key, Ed25519PublicKey):
+            raise AuditError(f"{source} is not an Ed25519 public key")
+        return cls(key, fingerprint(key))
+
+    @classmethod
+    def from_file(cls, path: Path) -> VerifyKey:
+        try:
+            with Path(path).open("rb") as file:
+                data = file.read(_MAX_KEY_FILE + 1)
+        except OSError as exc:
+            raise AuditError(f"cannot read the public key {path}: {exc.strerror}") from None
+        return cls.from_pem(data, f"{path}")
+
+    def verify(self, seq: int, hash: str, signature: str) -> bool:
+        try:
+            raw = base64.b64decode(signature.encode("ascii"), validate=True)
+            self.key.verify(raw, signed_message(seq, hash, self.fingerprint))
+        except (InvalidSignature, binascii.Error, UnicodeEncodeError, ValueError):
+            return False
+        return True
+
+    def pem(self) -> bytes:
+        return self.key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+
+def generate_key_pair(out_dir: Path, name: str = "retentiond") -> tuple[Path, Path, str]:
+    """Write `<name>.key` (private, PKCS#8 PEM, mode 0600) and `<name>.pub` (public, 0644) in
+    `out_dir` (created 0700 if missing); return both paths and the fingerprint.
+
+    Never overwrites: a key that signed checkpoints must stay, or its signatures cannot be
+    checked against the public key the DPO holds.
+    """
+    if not name or "/" in name or name.startswith(".") or name != name.strip():
+        raise SigningKeyError(f"key name {name!r}: use a plain file name such as 'retentiond'")
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise SigningKeyError(f"cannot create the folder {out_dir}: {exc.strerror}") from None
+    private, public = out_dir / f"{name}.key", out_dir / f"{name}.pub"
+    for existing in (private, public):
+        if existing.exists() or existing.is_symlink():
+            raise SigningKeyError(
+                f"{existing} already exists; keygen never overwrites a key (its checkpoints "
+                "could no longer be checked): choose another --name or --out-dir"
+            )
+    key = Ed25519PrivateKey.generate()
+    _write_new(
+        private,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        0o600,
+    )
+    try:
+        _write_new(public, VerifyKey(key.public_key(), "").pem(), 0o644)
+    except BaseException:
+        private.unlink(missing_ok=True)
+        raise
+    return private, public, fingerprint(key.public_key())
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    try:
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode
+        )
+    except OSError as exc:
+        raise SigningKeyError(f"cannot create {path}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, mode)  # whatever the umask
+        _write_all(fd, data)
+        os.fsync(fd)
+    except OSError as exc:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise SigningKeyError(f"cannot write {path}: {exc.strerror}") from None
+    os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, "short write")
+        view = view[written:]
+
+
+# --- the full check: chain, checkpoints, signatures, expected heads ------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason the log is not intact. `kind`: chain, checkpoint, order, signature, key,
+    missing_checkpoint, no_checkpoints, head."""
+
+    kind: str
+    message: str
+    seq: int | None = None
+    file: str | None = None
+    line: int | None = None
+
+    def __str__(self) -> str:
+        if self.file is not None and self.line:
+            return f"{self.file}:{self.line}: {self.message}"
+        return self.message
+
+
+@dataclass(frozen=True)
+class LogCheck:
+    """What `check_log` found. `ok` means: chain intact, every checkpoint in place and (when
+    keys were given) validly signed by one of them, every expected head present."""
+
+    chain: Verification
+    checkpoints: int
+    valid_signatures: int  # checkpoints whose signature one of the given keys confirmed
+    signatures_checked: bool  # keys were given
+    last_checkpoint: Entry | None
+    unsigned_tail: int  # entries after the last checkpoint (a run may be in progress)
+    problems: tuple[Problem, ...]
+    warnings: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class _Checkpoints:
+    """Checks the checkpoints while the entries stream past, in log order."""
+
+    def __init__(self, keys: Sequence[VerifyKey], heads: Sequence[tuple[int, str]]) -> None:
+        self.keys = {key.fingerprint: key for key in keys}
+        self.heads: dict[int, set[str]] = {}
+        for seq, hash in heads:
+            self.heads.setdefault(seq, set()).add(hash)
+        self.seen_heads: set[int] = set()
+        self.problems: list[Problem] = []
+        self.count = 0
+        self.valid = 0
+        self.last: Entry | None = None
+        self.pending: tuple[str, int, Entry] | None = None  # a run end awaiting its checkpoint
+        self.tail = 0
+        self.run_entries = 0
+
+    def problem(self, kind: str, message: str, where: tuple[str, int, Entry] | None) -> None:
+        if where is None:
+            self.problems.append(Problem(kind, message))
+        else:
+            file, line, entry = where
+            self.problems.append(Problem(kind, message, entry.seq, file, line))
+
+    def entry(self, file: str, line: int, entry: Entry) -> None:
+        where = (file, line, entry)
+        expected = self.heads.get(entry.seq)
+        if expected is not None:
+            self.seen_heads.add(entry.seq)
+            for hash in sorted(expected - {entry.hash}):
+                self.problem(
+                    "head",
+                    f"entry {entry.seq} has hash {entry.hash}, not the expected head {hash}: "
+                    "the log was rewritten after that head was copied",
+                    where,
+                )
+        if entry.type == CHECKPOINT:
+            self.checkpoint(where)
+            return
+        self.tail += 1
+        if "run_id" not in entry.fields:
+            return  # not part of a run: a config reload, the start of a rotated file
+        self.run_entries += 1
+        if self.pending is not None:
+            self.missing(self.pending)
+            self.pending = None
+        if entry.type in RUN_ENDS:
+            self.pending = where
+
+    def missing(self, pending: tuple[str, int, Entry]) -> None:
+        if self.last is None:
+            return  # before the first checkpoint: signing was not set up yet
+        entry = pending[2]
+        rule = entry.fields.get("rule")
+        self.problem(
+            "missing_checkpoint",
+            f"missing checkpoint after entry {entry.seq} ({entry.type}"
+            + (f" of rule {rule}" if isinstance(rule, str) else "")
+            + "): every run ends with a signed checkpoint, so it was removed, or it could not "
+            "be written (see the daemon log)",
+            pending,
+        )
+
+    def checkpoint(self, where: tuple[str, int, Entry]) -> None:
+        entry = where[2]
+        self.count += 1
+        previous, self.last = self.last, entry
+        self.pending, self.tail = None, 0
+        signed_seq, signed_hash, key_fingerprint, signature = (
+            entry.fields.get(name) for name in CHECKPOINT_FIELDS
+        )
+        if not (
+            _is_int(signed_seq)
+            and isinstance(signed_hash, str)
+            and isinstance(key_fingerprint, str)
+            and isinstance(signature, str)
+        ):
+            self.problem(
+                "checkpoint",
+                f"checkpoint {entry.seq} lacks signed_seq, signed_hash, key_fingerprint or "
+                "signature",
+                where,
+            )
+            return
+        assert isinstance(signed_seq, int) and isinstance(signed_hash, str)  # for mypy
+        previous_signed = previous.fields.get("signed_seq") if previous is not None else None
+        if isinstance(previous_signed, int) and signed_seq <= previous_signed:
+            self.problem(
+                "order",
+                f"checkpoint {entry.seq} is out of order: it signs entry {signed_seq}, but "
+                f"checkpoint {previous.seq if previous else '?'} before it already signed "
+                f"entry {previous_signed}",
+                where,
+            )
+        elif signed_seq != entry.seq - 1:
+            self.problem(
+                "checkpoint",
+                f"checkpoint {entry.seq} signs entry {signed_seq}, not the entry just before "
+                f"it ({entry.seq - 1}): entries were inserted or removed before it, or the "
+                "checkpoint was moved (and the chain recomputed)",
+                where,
+            )
+        elif signed_hash != entry.prev:
+            self.problem(
+                "checkpoint",
+                f"checkpoint {entry.seq} signs hash {signed_hash} for entry {signed_seq}, but "
+                f"that entry's hash is {entry.prev}: entries before it were changed (and the "
+                "chain recomputed)",
+                where,
+            )
+        if not self.keys:
+            return
+        key = self.keys.get(key_fingerprint)
+        if key is None:
+            given = ", ".join(sorted(self.keys))
+            self.problem(
+                "key",
+                f"checkpoint {entry.seq} was signed by another key ({key_fingerprint}), not by "
+                f"the given public key ({given})",
+                where,
+            )
+        elif not key.verify(signed_seq, signed_hash, signature):
+            self.problem(
+                "signature",
+                f"checkpoint {entry.seq}: bad signature: the checkpoint was changed or forged",
+                where,
+            )
+        else:
+            self.valid += 1
+
+    def finish(self, chain: Verification, first_seq: int | None) -> list[str]:
+        """The checks that need the whole log; returns the warnings."""
+        warnings: list[str] = []
+        if chain.begins_after is not None:
+            warnings.append(
+                f"the log begins at entry {first_seq}, going on from {chain.begins_after}, "
+                "which is not here (removed after its retention period?); entries before "
+                "it cannot be checked"
+            )
+        if not chain.ok:
+            return warnings  # the chain problem is reported; the rest would only guess
+        last_seq = chain.head[0]
+        for seq in sorted(set(self.heads) - self.seen_heads):
+            if seq > last_seq:
+                self.problem(
+                    "head",
+                    f"the log was cut: it ends at entry {last_seq}, but the expected head is "
+                    f"entry {seq}",
+                    None,
+                )
+            else:
+                self.problem(
+                    "head",
+                    f"the expected head entry {seq} is not in the files here (the log begins "
+                    f"at entry {first_seq})",
+                    None,
+                )
+        if self.pending is not None and self.last is not None:
+            self.missing(self.pending)
+        elif self.count and self.tail:
+            warnings.append(
+                f"{self.tail} entr{'y' if self.tail == 1 else 'ies'} after the last checkpoint "
+                "not signed yet (a run may be in progress; its checkpoint will sign them)"
+            )
+        if self.count == 0 and self.run_entries:
+            if self.keys:
+                self.problem(
+                    "no_checkpoints",
+                    "no checkpoints: the log was never signed or the checkpoints were removed",
+                    None,
+                )
+            else:
+                warnings.append("no checkpoints: the log is not signed (audit.signing_key)")
+        elif self.count and not self.keys:
+            warnings.append(
+                "signatures not checked: give the public key (--public-key) to check them"
+            )
+        return warnings
+
+
+def check_log(
+    path: Path,
+    keys: Sequence[VerifyKey] = (),
+    heads: Sequence[tuple[int, str]] = (),
+) -> LogCheck:
+    """Check the chain through every file, every checkpoint's place and, with `keys`, its
+    signature; that each run (after signing began) ends with a checkpoint; and that each
+    expected head (seq, hash), copied off the host earlier, is still in the log."""
+    state = _WalkState()
+    checker = _Checkpoints(keys, heads)
+    count, head, first_seq = 0, (0, GENESIS), None
+    chain_problem: Problem | None = None
+    broken: _Broken | None = None
+    try:
+        for file, line, entry in _walk(path, state):
+            if first_seq is None:
+                first_seq = entry.seq
+            checker.entry(file, line, entry)
+            count, head = count + 1, (entry.seq, entry.hash)
+    except _Broken as error:
+        broken = error
+        where = "" if error.seq is None else f" (entry {error.seq})"
+        chain_problem = Problem(
+            "chain", f"chain broken{where}: {error.reason}", error.seq, error.file, error.line
+        )
+    chain = Verification(
+        broken is None,
+        count,
+        head,
+        broken.line if broken else None,
+        broken.seq if broken else None,
+        broken.reason if broken else None,
+        tuple(state.files),
+        broken.file if broken else None,
+        state.begins_after,
+    )
+    warnings = checker.finish(chain, first_seq)
+    problems = list(checker.problems)
+    if chain_problem is not None:
+        problems.append(chain_problem)
+    return LogCheck(
+        chain,
+        checker.count,
+        checker.valid,
+        bool(keys),
+        checker.last,
+        checker.tail,
+        tuple(problems),
+        tuple(warnings),
+    )
 
 
 def _pread_exact(fd: int, size: int, offset: int) -> bytes:
@@ -268,19 +966,49 @@ def _last_line(fd: int, size: int) -> bytes:
     return b"".join(reversed(chunks))
 
 
-class AuditLog:
-    """The writer. Holds the file open with an exclusive lock so only one retentiond appends."""
+class _StaleHead(Exception):
+    """A checkpoint was signed for a head that another append has moved on from meanwhile."""
 
-    def __init__(self, path: Path) -> None:
+
+class AuditLog:
+    """The writer. Holds the file open with an exclusive lock so only one retentiond appends.
+
+    Rotation is off unless asked for: `rotate_bytes` starts a new file once the current one is
+    larger, `rotate_yearly` once the last entry is from another (UTC) year than `clock()`. It
+    happens only in `rotate_if_due`, which the engine calls before the first entry of a run,
+    so a run never spans two files. `clock` also stamps the entries (tests fake it).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        rotate_bytes: int | None = None,
+        rotate_yearly: bool = False,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        if rotate_bytes is not None and rotate_bytes < 1:
+            raise ValueError("rotate_bytes must be positive")
         self.path = Path(path)
+        self.rotate_bytes = rotate_bytes
+        self.rotate_yearly = rotate_yearly
+        self._clock = clock
         self._fd: int | None = None
         self._head = (0, GENESIS)
+        self._last: Entry | None = None
         self._failure: str | None = None
+        # Appends, checkpoints and rotation from several threads (the daemon) stay in order.
+        self._mutex = threading.RLock()
 
     @property
     def head(self) -> tuple[int, str]:
         """(seq, hash) of the last entry, or (0, GENESIS) for an empty log."""
         return self._head
+
+    @property
+    def last_entry(self) -> Entry | None:
+        """The last entry of the log (None when empty), e.g. to see whether it is signed."""
+        return self._last
 
     def __enter__(self) -> Self:
         self.open()
@@ -307,15 +1035,38 @@ class AuditLog:
             raise AuditError(
                 f"audit folder {folder} does not exist; create it or change audit.path"
             )
-        fd = self._open_file(folder)
-        try:
-            self._lock(fd)
-            self._head = self._read_head(fd)
-        except BaseException:
-            os.close(fd)
-            raise
+        for _ in range(_OPEN_ATTEMPTS):
+            fd = self._open_file(folder)
+            try:
+                self._lock_file(fd)
+                if not self._is_current(fd):
+                    # Rotated away between our open and our lock: open the new file instead.
+                    os.close(fd)
+                    continue
+                if self._rotates or self._staging.exists():
+                    self._repair_rotation(fd)
+                self._last = self._read_last(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                raise
+            break
+        else:
+            raise AuditError(
+                f"the audit log {self.path} was replaced {_OPEN_ATTEMPTS} times while it was "
+                "opened; is another program rotating it?"
+            )
+        self._head = (self._last.seq, self._last.hash) if self._last else (0, GENESIS)
         self._fd = fd
         self._failure = None
+
+    @property
+    def _rotates(self) -> bool:
+        return self.rotate_bytes is not None or self.rotate_yearly
+
+    @property
+    def _staging(self) -> Path:
+        return self.path.with_name(self.path.name + ".rotating")
 
     def _open_file(self, folder: Path) -> int:
         flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
@@ -338,7 +1089,7 @@ class AuditLog:
                 "is writable"
             ) from None
 
-    def _lock(self, fd: int) -> None:
+    def _lock_file(self, fd: int) -> None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -348,11 +1099,32 @@ class AuditLog:
         except OSError as exc:
             raise AuditError(f"cannot lock the audit log {self.path}: {exc.strerror}") from None
 
-    def _read_head(self, fd: int) -> tuple[int, str]:
+    def _is_current(self, fd: int) -> bool:
+        try:
+            mine = os.fstat(fd)
+        except OSError as exc:
+            raise AuditError(f"cannot read the audit log {self.path}: {exc.strerror}") from None
+        return _same_file(self.path, mine)
+
+    def _repair_rotation(self, fd: int) -> None:
+        """Undo a rotation a crash interrupted (we hold the lock, so no rotation is running):
+        the half-made next file goes, and so does a rotated name still linked to this file."""
+        try:
+            self._staging.unlink(missing_ok=True)
+            rotated = _rotated(self.path)
+            if rotated and _same_file(rotated[-1][1], os.fstat(fd)):
+                rotated[-1][1].unlink()
+        except OSError as exc:
+            raise AuditError(
+                f"cannot repair an interrupted rotation of the audit log {self.path}: "
+                f"{exc.strerror}"
+            ) from None
+
+    def _read_last(self, fd: int) -> Entry | None:
         try:
             size = os.fstat(fd).st_size
             if size == 0:
-                return (0, GENESIS)
+                return None
             if _pread_exact(fd, 1, size - 1) != b"\n":
                 raise AuditError(
                     f"the audit log {self.path} ends with an incomplete entry: a write was "
@@ -360,7 +1132,7 @@ class AuditLog:
                     "until it is repaired: run `retentiond audit verify`, keep a copy of the "
                     "file, then remove the incomplete last line"
                 )
-            entry = _parse_line(_last_line(fd, size))
+            return _parse_line(_last_line(fd, size))
         except OSError as exc:
             raise AuditError(f"cannot read the audit log {self.path}: {exc.strerror}") from None
         except _Broken as broken:
@@ -368,7 +1140,6 @@ class AuditLog:
                 f"the last entry of the audit log {self.path} is damaged ({broken.reason}); "
                 "run `retentiond audit verify`"
             ) from None
-        return (entry.seq, entry.hash)
 
     def append(self, type: str, **fields: Any) -> Entry:
         """Write one entry and fsync it; when this returns, the entry survives a power loss.
@@ -376,6 +1147,153 @@ class AuditLog:
         Any write or sync failure raises AuditError and leaves the log refusing further appends,
         so nothing can be deleted that the log did not record.
         """
+        if type == CONTINUED:
+            raise TypeError("continued entries start a rotated file; only rotation writes them")
+        with self._mutex:
+            fd = self._writable_fd()
+            if type == CHECKPOINT:
+                self._check_checkpoint(fields)
+            line = self._encode(type, fields)
+            return self._write(fd, line)
+
+    def checkpoint(self, signer: Signer) -> Entry:
+        """Sign the head and append the signature as a `checkpoint` entry.
+
+        The entry signs the one right before it; if another thread appends meanwhile, the head
+        is signed again. Raises AuditError like `append`.
+        """
+        for _ in range(100):
+            seq, head_hash = self.head
+            if seq == 0:
+                raise ValueError("an empty audit log has nothing to sign")
+            try:
+                return self.append(CHECKPOINT, **signer.sign(seq, head_hash))
+            except _StaleHead:
+                continue
+        raise AuditError(f"the audit log {self.path} changed while a checkpoint was signed")
+
+    def _check_checkpoint(self, fields: dict[str, Any]) -> None:
+        if set(fields) != set(CHECKPOINT_FIELDS):
+            raise TypeError(f"a checkpoint has exactly the fields {list(CHECKPOINT_FIELDS)}")
+        if (fields["signed_seq"], fields["signed_hash"]) != self._head:
+            raise _StaleHead
+
+    def rotate_if_due(self) -> Entry | None:
+        """Start a new file if rotation is due; call it only between runs.
+
+        Returns the `continued` entry that starts the new file, or None. On failure (folder not
+        writable, `chattr +a` on the file) it raises AuditError and the log goes on in the
+        current file, with nothing lost, unless the folder could not be synced after the
+        switch: then the log refuses appends like after a failed append.
+        """
+        with self._mutex:
+            fd = self._writable_fd()
+            reason = self._rotation_due(fd)
+            if reason is None:
+                return None
+            return self._rotate(fd, reason)
+
+    def _rotation_due(self, fd: int) -> str | None:
+        last = self._last
+        if last is None:
+            return None
+        if self.rotate_bytes is not None:
+            try:
+                size = os.fstat(fd).st_size
+            except OSError as exc:
+                raise AuditError(f"cannot read the audit log {self.path}: {exc.strerror}") from None
+            if size > self.rotate_bytes:
+                return "size"
+        if self.rotate_yearly:
+            year = last.ts[:4]
+            if year.isdigit() and int(year) != self._clock().astimezone(UTC).year:
+                return "year"
+        return None
+
+    def _next_number(self, fd: int) -> int:
+        """One more than any rotated file there is or was: names are never reused, even after
+        old files were removed, so a `previous_file` always means one file."""
+        highest = max((number for number, _ in _rotated(self.path)), default=0)
+        data = os.pread(fd, MAX_LINE + 1, 0)
+        newline = data.find(b"\n")
+        if newline > 0:
+            with contextlib.suppress(_Broken):
+                first = _parse_line(data[:newline])
+                named = first.fields.get("previous_file")
+                if first.type == CONTINUED and isinstance(named, str):
+                    highest = max(highest, _rotation_number(self.path, named) or 0)
+        return highest + 1
+
+    def _rotate(self, fd: int, reason: str) -> Entry:
+        """Rename the current file to `<path>.<N>` and start `<path>` with a continued entry.
+
+        `<path>` exists at every moment: the new file is made and locked under a staging name,
+        the current file gets its rotated name as a second link, then the new file is renamed
+        over `<path>`. A crash in between leaves the staging file and the extra link, which the
+        next `open` removes (and readers ignore).
+        """
+        try:
+            number = self._next_number(fd)
+        except OSError as exc:
+            raise AuditError(f"cannot read the audit log {self.path}: {exc.strerror}") from None
+        rotated = self.path.with_name(f"{self.path.name}.{number}")
+        seq, prev = self._head
+        line = self._encode(
+            CONTINUED,
+            {
+                "previous_file": rotated.name,
+                "previous_seq": seq,
+                "previous_hash": prev,
+                "reason": reason,
+            },
+        )
+        staging = self._staging
+        new_fd: int | None = None
+        linked = False
+        try:
+            staging.unlink(missing_ok=True)
+            new_fd = os.open(
+                staging, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | os.O_CREAT | os.O_EXCL, 0o640
+            )
+            os.fchmod(new_fd, 0o640)
+            _copy_owner(fd, new_fd)
+            fcntl.flock(new_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _write_all(new_fd, line)
+            os.fsync(new_fd)
+            os.link(self.path, rotated)
+            linked = True
+            staging.replace(self.path)
+        except OSError as exc:
+            if linked:
+                with contextlib.suppress(OSError):
+                    rotated.unlink()
+            with contextlib.suppress(OSError):
+                staging.unlink()
+            if new_fd is not None:
+                os.close(new_fd)
+            raise AuditError(
+                f"cannot rotate the audit log {self.path} ({exc.strerror}); it goes on in the "
+                "current file and nothing is lost. Rotation needs a writable folder and no "
+                "append-only attribute (chattr +a) on the file"
+            ) from None
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        self._fd = new_fd
+        entry = _parse_line(line[:-1])
+        self._head, self._last = (entry.seq, entry.hash), entry
+        try:
+            _fsync_folder(self.path.absolute().parent)
+        except OSError as exc:
+            # Until the rename is durable, a power loss could bring back the old names: appends
+            # to the new file could then be lost, so none are made.
+            self._failure = exc.strerror or str(exc)
+            raise AuditError(
+                f"cannot sync the audit folder after rotating {self.path}: {self._failure}; "
+                "nothing was deleted after this point"
+            ) from None
+        return entry
+
+    def _writable_fd(self) -> int:
         if self._fd is None:
             raise RuntimeError("the audit log is not open")
         if self._failure is not None:
@@ -383,8 +1301,9 @@ class AuditLog:
                 f"the audit log {self.path} failed earlier ({self._failure}); "
                 "nothing more may be deleted until it can be written"
             )
-        line = self._encode(type, fields)
-        fd = self._fd
+        return self._fd
+
+    def _write(self, fd: int, line: bytes) -> Entry:
         try:
             size_before = os.fstat(fd).st_size
             written = os.write(fd, line)
@@ -399,7 +1318,7 @@ class AuditLog:
                 "nothing was deleted after this point"
             ) from None
         entry = _parse_line(line[:-1])
-        self._head = (entry.seq, entry.hash)
+        self._head, self._last = (entry.seq, entry.hash), entry
         return entry
 
     def _encode(self, type: str, fields: dict[str, Any]) -> bytes:
@@ -409,7 +1328,7 @@ class AuditLog:
         if reserved:
             raise TypeError(f"audit fields {sorted(reserved)} are reserved for the chain")
         seq, prev = self._head[0] + 1, self._head[1]
-        obj: dict[str, Any] = {"seq": seq, "ts": _utc_text(datetime.now(UTC)), "type": type}
+        obj: dict[str, Any] = {"seq": seq, "ts": _utc_text(self._clock()), "type": type}
         obj.update((key, _json_safe(value, key)) for key, value in fields.items())
         obj["prev"] = prev
         try:
@@ -429,6 +1348,16 @@ class AuditLog:
         # Nothing unsynced can be lost here: each append fsyncs before it returns.
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+def _copy_owner(source_fd: int, target_fd: int) -> None:
+    """Give a new log file the owner of the old one (root rotating the service's log must not
+    leave it a file it cannot write). Best effort: only root may give files away."""
+    with contextlib.suppress(OSError):
+        info = os.fstat(source_fd)
+        mine = os.fstat(target_fd)
+        if (info.st_uid, info.st_gid) != (mine.st_uid, mine.st_gid):
+            os.fchown(target_fd, info.st_uid, info.st_gid)
 
 
 def _fsync_folder(folder: Path) -> None:

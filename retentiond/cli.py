@@ -320,7 +320,14 @@ def enforce(loaded: LoadedConfig, rule_name: str | None, *, as_json: bool) -> li
     show_progress = not as_json and sys.stderr.isatty()
     metrics = Metrics(config.rules)
     pings = Pings(rules, config.monitoring.ping_timeout)
-    with _stop_on_signals() as stop, audit.AuditLog(config.audit.path) as log:
+    with (
+        _stop_on_signals() as stop,
+        audit.AuditLog(
+            config.audit.path,
+            rotate_bytes=config.audit.rotate_bytes,
+            rotate_yearly=config.audit.rotate_yearly,
+        ) as log,
+    ):
         engine = Engine(
             loaded,
             stop=stop,
@@ -419,28 +426,13 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 # --- audit -------------------------------------------------------------------------------------
 
 
-@cli.group(name="audit")
-def audit_group() -> None:
-    """The deletion log (Löschprotokoll)."""
+from retentiond.audit_commands import audit_group  # noqa: E402 - registered after cli exists
+from retentiond.report.command import report  # noqa: E402
+from retentiond.status import status_command  # noqa: E402
 
-
-@audit_group.command()
-@click.argument("log_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@pass_context
-def verify(ctx: Context, log_file: Path | None) -> None:
-    """Check the hash chain of LOG_FILE (default: audit.path of the config)."""
-    path = log_file or ctx.loaded.config.audit.path
-    result = audit.verify(path)
-    if result.ok:
-        seq, head = result.head
-        click.echo(f"{path}: intact, {result.entries} entries, head #{seq} {head}")
-        return
-    click.echo(
-        f"{path}: BROKEN at line {result.broken_at}"
-        + (f" (entry #{result.broken_seq})" if result.broken_seq is not None else "")
-        + f": {result.reason}; {result.entries} entries before it are intact"
-    )
-    sys.exit(1)
+cli.add_command(audit_group)
+cli.add_command(status_command)
+cli.add_command(report)
 
 
 # --- demo --------------------------------------------------------------------------------------

@@ -74,8 +74,8 @@ class SerialAuditLog(AuditLog):
     with every run failing.
     """
 
-    def __init__(self, path: Path, on_failure: Callable[[], None]) -> None:
-        super().__init__(path)
+    def __init__(self, path: Path, on_failure: Callable[[], None], **options: Any) -> None:
+        super().__init__(path, **options)
         self._append_lock = threading.Lock()
         self._on_failure = on_failure
         self.failure: str | None = None
@@ -121,7 +121,13 @@ class Daemon:
 
     def serve(self) -> int:
         _forward_library_logs()
-        audit_log = SerialAuditLog(self.loaded.config.audit.path, on_failure=self._wake)
+        settings = self.loaded.config.audit
+        audit_log = SerialAuditLog(
+            settings.path,
+            on_failure=self._wake,
+            rotate_bytes=settings.rotate_bytes,
+            rotate_yearly=settings.rotate_yearly,
+        )
         with self._signals(), audit_log as audit:
             self._audit = audit
             config = self.loaded.config

@@ -3,6 +3,10 @@
 The plan is a value (`RulePlan`): cutoff, a survey of every store and the verdict of the safety
 guards. `plan()` only reads. `apply()` is the only path that deletes, and it writes the audit
 intent of each batch, durably, before the batch is applied.
+
+With `audit.signing_key` set, the key is read first (a key that cannot be used fails the run
+before anything is deleted), the log is rotated if due, and every run's last entry is followed
+by a signed checkpoint.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any, Protocol
 import structlog
 
 from retentiond import __version__
-from retentiond.audit import AuditLog
+from retentiond.audit import CHECKPOINT, AuditLog, Signer, SigningKeyError
 from retentiond.config.loader import LoadedConfig
 from retentiond.config.model import Rule
 from retentiond.errors import AuditError, StoreAbsent, StoreError
@@ -215,6 +219,60 @@ class Engine:
                 log.warning("observer failed", observer=type(observer).__name__, error=repr(error))
 
     def _run(self, rule: Rule, audit: AuditLog, run_id: str) -> RunOutcome:
+        """The run between its audit bookends: signing key and rotation before, checkpoint after."""
+        try:
+            signer = self._signer()
+        except SigningKeyError as error:
+            outcome = RunOutcome(rule.name, run_id, None, "failed", str(error))
+            log.error("run failed: the signing key cannot be used", reason=str(error))
+            self._audit_failure(audit, outcome)
+            return outcome
+        try:
+            self._before_run(audit, signer)
+        except AuditError as error:
+            log.error("run stopped: audit log unavailable", reason=str(error))
+            return RunOutcome(rule.name, run_id, None, "failed", str(error))
+        seq_before = audit.head[0]
+        outcome = self._enforce(rule, audit, run_id)
+        if signer is not None and audit.head[0] > seq_before:
+            self._checkpoint(audit, signer, outcome)
+        return outcome
+
+    def _signer(self) -> Signer | None:
+        """The signing key, read afresh for every run (a replaced key is used at once)."""
+        path = self.config.audit.signing_key
+        return None if path is None else Signer.from_config(path)
+
+    def _before_run(self, audit: AuditLog, signer: Signer | None) -> None:
+        """Sign what the last run left unsigned (a crash, a key problem), then rotate if due:
+        both before the run's first entry, so a run and its checkpoint share one file."""
+        last = audit.last_entry
+        if signer is not None and last is not None and last.type != CHECKPOINT:
+            audit.checkpoint(signer)
+        try:
+            continued = audit.rotate_if_due()
+        except AuditError as error:
+            log.warning("audit log not rotated", reason=str(error))
+            return
+        if continued is not None:
+            log.info(
+                "audit log rotated",
+                previous_file=continued.fields["previous_file"],
+                reason=continued.fields["reason"],
+            )
+
+    def _checkpoint(self, audit: AuditLog, signer: Signer, outcome: RunOutcome) -> None:
+        try:
+            entry = audit.checkpoint(signer)
+        except AuditError as error:
+            log.error("checkpoint not written", reason=str(error))
+            if outcome.status != "failed":
+                outcome.status = "failed"
+                outcome.message = f"the run's signed checkpoint could not be written: {error}"
+            return
+        log.debug("checkpoint written", seq=entry.seq, signed_seq=entry.fields["signed_seq"])
+
+    def _enforce(self, rule: Rule, audit: AuditLog, run_id: str) -> RunOutcome:
         outcome = RunOutcome(rule.name, run_id, None, "failed")
         try:
             with self.open_stores(rule) as stores:

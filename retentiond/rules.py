@@ -1,4 +1,4 @@
-"""Cutoffs and the time arithmetic behind them. Pure logic, no I/O.
+"""Cutoffs, deadlines and the time arithmetic behind them. Pure logic, no I/O.
 
 Every time inside retentiond is timezone-aware. Naive times exist only at a store's boundary, where
 the PBX wrote wall-clock times in a known zone; these helpers convert them in the direction that
@@ -7,9 +7,12 @@ deletes less when a wall-clock time is ambiguous (autumn) or does not exist (spr
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
 from retentiond.config.durations import Duration
+from retentiond.config.schedule import Schedule
 
 
 def cutoff(now: datetime, keep: Duration, zone: tzinfo) -> datetime:
@@ -61,3 +64,122 @@ def naive_bound(instant: datetime, zone: tzinfo) -> datetime:
         if repeat > timedelta(0):
             return wall - repeat
     return wall
+
+
+# --- deadlines ---------------------------------------------------------------------------------
+
+# A rule without a schedule is run by `run --once` from a timer or by hand; status assumes daily.
+ASSUMED_INTERVAL = timedelta(days=1)
+# Where the schedule's gaps are measured: a fixed stretch of calendar, so the interval of a rule
+# does not change from one day to the next. 2024 is a leap year (a `29 2` schedule is found).
+_INTERVAL_FROM = datetime(2024, 1, 1, tzinfo=UTC)
+_INTERVAL_SPAN = timedelta(days=400)
+_INTERVAL_MAX_TIMES = 3000  # per-minute schedules: their gaps show within two days
+
+
+def schedule_interval(schedule: Schedule | None) -> timedelta:
+    """The longest gap between two consecutive times of a schedule, on the wall clock.
+
+    Measured with the daemon's trigger on a clock without DST, over more than a year: `daily` is
+    1 day, `weekly` 7 days, `15 3 * * mon-fri` 3 days (Friday to Monday). The hour a DST change
+    adds or removes is left to the grace, which is at least a day. No schedule: a day, assumed.
+    """
+    if schedule is None:
+        return ASSUMED_INTERVAL
+    trigger = schedule.trigger(UTC)
+    times: list[datetime] = []
+    previous: datetime | None = None
+    while len(times) < _INTERVAL_MAX_TIMES:
+        moment = trigger.get_next_fire_time(previous, previous or _INTERVAL_FROM)
+        if moment is None:
+            break
+        times.append(moment)
+        previous = moment
+        if len(times) >= 2 and moment - times[0] >= _INTERVAL_SPAN:
+            break
+    if len(times) < 2:  # parse_schedule refuses schedules that never happen; once is not a cycle
+        raise ValueError(f"schedule {schedule.text!r} does not repeat")
+    return max(later - earlier for earlier, later in itertools.pairwise(times))
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """The regular deletion period (ISO/IEC 27555): keep + the schedule's interval + a grace.
+
+    An object older than `instant(now)` is overdue: every run the schedule made between
+    `now - grace - interval` and `now - grace` was already past its cutoff, so regular
+    processing should have deleted it.
+    """
+
+    keep: Duration
+    interval: timedelta
+    grace: Duration
+    scheduled: bool  # False: the rule has no schedule and the interval is assumed (daily)
+
+    def instant(self, now: datetime, zone: tzinfo) -> datetime:
+        """Objects strictly older than this instant are overdue. Never after `cutoff(now)`.
+
+        Normally `now - keep - interval - grace` on the wall clock of `zone`. Month ends clamp
+        (three months before 31 May and before 29 May are both 28 February), so a cutoff can
+        step back at midnight; the lowest cutoff any run in the window could have had is used,
+        so a month end never turns objects overdue that no run could yet have deleted.
+        """
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
+        latest = self.grace.before(now.astimezone(zone).replace(tzinfo=None))
+        earliest = latest - self.interval
+        runs = [earliest]
+        midnight = datetime.combine(earliest.date() + timedelta(days=1), time())
+        while midnight <= latest:
+            runs.append(midnight)
+            midnight += timedelta(days=1)
+        return earliest_instant(min(self.keep.before(run) for run in runs), zone)
+
+    def period(self) -> str:
+        """The deadline as one calendar period: '3 months 2 days', '62 days', '1 year 1 hour'."""
+        years, months, days, seconds = self._parts()
+        hours, rest = divmod(seconds, 3600)
+        parts = [
+            _plural(years, "year"),
+            _plural(months, "month"),
+            _plural(days, "day"),
+            _plural(hours, "hour"),
+            _plural(rest // 60, "minute"),
+        ]
+        return " ".join(p for p in parts if p) or "0 days"
+
+    def iso(self) -> str:
+        """The same period in ISO 8601: P3M2D, P62D, P1YT1H."""
+        years, months, days, seconds = self._parts()
+        hours, rest = divmod(seconds, 3600)
+        date_part = "".join(
+            f"{n}{unit}" for n, unit in ((years, "Y"), (months, "M"), (days, "D")) if n
+        )
+        time_part = "".join(f"{n}{unit}" for n, unit in ((hours, "H"), (rest // 60, "M")) if n)
+        if time_part:
+            return f"P{date_part}T{time_part}"
+        return f"P{date_part or '0D'}"
+
+    def _parts(self) -> tuple[int, int, int, int]:
+        months = (self.keep.years + self.grace.years) * 12 + self.keep.months + self.grace.months
+        days = (self.keep.weeks + self.grace.weeks) * 7 + self.keep.days + self.grace.days
+        days += self.interval.days
+        return months // 12, months % 12, days, self.interval.seconds
+
+
+def deadline(keep: Duration, schedule: Schedule | None, grace: Duration) -> Deadline:
+    """The deadline of a rule: its keep, its schedule's interval (daily if none) and the grace."""
+    return Deadline(keep, schedule_interval(schedule), grace, schedule is not None)
+
+
+def interval_text(interval: timedelta) -> str:
+    """'1 day', '7 days', '1 hour', '1 day 1 hour': how status names a schedule's interval."""
+    hours, rest = divmod(interval.seconds, 3600)
+    parts = [_plural(interval.days, "day"), _plural(hours, "hour"), _plural(rest // 60, "minute")]
+    return " ".join(p for p in parts if p) or "0 minutes"
+
+
+def _plural(count: int, unit: str) -> str:
+    if not count:
+        return ""
+    return f"{count} {unit}" if count == 1 else f"{count} {unit}s"

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from retentiond import audit
 from retentiond.audit import GENESIS, AuditLog, Entry, canonical, read_entries, verify
 from retentiond.errors import AuditError
 
@@ -458,10 +459,12 @@ json_values = st.recursive(
 field_names = st.text(min_size=1, max_size=8).filter(
     lambda name: name not in {"seq", "ts", "type", "prev", "hash"}
 )
+# Any type but the two the log itself gives a meaning (checked by their own tests).
+entry_types = st.text(min_size=1, max_size=10).filter(
+    lambda kind: kind not in {audit.CHECKPOINT, audit.CONTINUED}
+)
 entry_specs = st.lists(
-    st.tuples(
-        st.text(min_size=1, max_size=10), st.dictionaries(field_names, json_values, max_size=4)
-    ),
+    st.tuples(entry_types, st.dictionaries(field_names, json_values, max_size=4)),
     min_size=1,
     max_size=5,
 )
@@ -527,3 +530,42 @@ def test_timestamps_are_utc() -> None:
             entry = log.append("t")
         written = datetime.strptime(entry.ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
         assert before <= written <= datetime.now(UTC)
+
+
+# --- the extended API: files, clock, last entry, reserved types -------------------------------
+
+
+def test_verification_names_the_file_of_a_broken_line(log_path: Path) -> None:
+    write_batches(log_path, 3)
+    intact = verify(log_path)
+    assert (intact.files, intact.broken_file, intact.begins_after) == (("audit.jsonl",), None, None)
+    content = lines(log_path)
+    del content[1]
+    write_lines(log_path, content)
+    broken = verify(log_path)
+    assert (broken.broken_file, broken.broken_at, broken.broken_seq) == ("audit.jsonl", 2, 3)
+    assert audit.log_files(log_path) == [log_path]
+
+
+def test_the_clock_stamps_the_entries_and_the_last_entry_is_known(log_path: Path) -> None:
+    moment = datetime(2024, 2, 29, 23, 59, 59, 123456, tzinfo=timezone(timedelta(hours=1)))
+    with AuditLog(log_path, clock=lambda: moment) as log:
+        assert log.last_entry is None
+        entry = log.append("run_started", run_id="r")
+        assert entry.ts == "2024-02-29T22:59:59.123456Z"
+        assert log.last_entry == entry
+    with AuditLog(log_path) as log:
+        assert log.last_entry == entry  # read back from the file on open
+
+
+def test_rotation_entries_are_written_by_rotation_only(log_path: Path) -> None:
+    with AuditLog(log_path) as log:
+        log.append("run_started")
+        with pytest.raises(TypeError, match="only rotation writes them"):
+            log.append(audit.CONTINUED, previous_file="audit.jsonl.1")
+        with pytest.raises(TypeError, match="exactly the fields"):
+            log.append(audit.CHECKPOINT, signed_seq=1, signed_hash=GENESIS)
+        assert log.rotate_if_due() is None  # rotation is off unless asked for
+    assert verify(log_path).entries == 1
+    with pytest.raises(ValueError, match="positive"):
+        AuditLog(log_path, rotate_bytes=0)

@@ -139,7 +139,7 @@ def test_tampered_log_is_detected_at_the_changed_entry(pbx: Path) -> None:
     log.write_text("".join(lines))
     result = retentiond("audit", "verify", log)
     assert result.returncode == 1
-    assert "BROKEN at line 3" in result.stdout
+    assert "BROKEN: audit.jsonl:3: chain broken (entry 3): hash mismatch" in result.stdout
 
 
 def test_command_line_mistakes_exit_2(pbx: Path) -> None:
