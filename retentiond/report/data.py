@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
-from retentiond import __version__, audit
+from retentiond import __version__, audit, rules
 from retentiond.config.durations import Duration, parse_duration
 from retentiond.config.loader import LoadedConfig
 from retentiond.config.model import Config, Rule
@@ -378,29 +378,9 @@ def approximate_days(period: Duration) -> float:
 
 
 def schedule_interval(rule: Rule) -> tuple[timedelta, str]:
-    """The longest gap between two scheduled runs of the rule, and its text ("1 day").
-
-    Measured as `retentiond status` measures it: on a clock without DST, over a year, so `daily`
-    is 1 day and `15 3 * * mon-fri` 3 days; the hour a DST change adds is left to the grace.
-    No schedule: the rule runs from retentiond-once.timer, daily.
-    """
-    if rule.schedule is None:
-        return UNSCHEDULED_INTERVAL, span_text(UNSCHEDULED_INTERVAL)
-    trigger = rule.schedule.trigger(UTC)
-    moment = datetime(2024, 1, 1, tzinfo=UTC)  # a leap year: `29 2` schedules are found
-    end = moment + timedelta(days=400)
-    longest, previous = timedelta(0), None
-    for _ in range(3000):  # per-minute schedules show their gaps within two days
-        fire = trigger.get_next_fire_time(previous, moment)
-        if fire is None:
-            break
-        if previous is not None:
-            longest = max(longest, fire - previous)
-        if fire > end:
-            break
-        previous, moment = fire, fire
-    interval = longest or UNSCHEDULED_INTERVAL
-    return interval, span_text(interval)
+    """The longest gap between two scheduled runs of the rule, and its text, as `status` has it."""
+    interval = rules.schedule_interval(rule.schedule)
+    return interval, rules.interval_text(interval)
 
 
 def deadline_text(keep: Duration, interval: str, grace: Duration) -> str:
