@@ -216,7 +216,9 @@ class Engine:
             try:
                 getattr(observer, event)(*args)
             except Exception as error:  # any observer bug must not stop a run
-                log.warning("observer failed", observer=type(observer).__name__, error=repr(error))
+                log.warning(
+                    "observer failed", observer=type(observer).__name__, error=type(error).__name__
+                )
 
     def _run(self, rule: Rule, audit: AuditLog, run_id: str) -> RunOutcome:
         """The run between its audit bookends: signing key and rotation before, checkpoint after."""

@@ -76,7 +76,9 @@ class Pings(RunObserver):
             if rule.ping is not None and rule.ping.start:
                 self._enqueue(_Ping(rule.name, "start", rule.ping.start, None))
         except Exception as error:  # monitoring must never stop enforcement
-            log.warning("ping not queued", rule=getattr(rule, "name", None), error=repr(error))
+            log.warning(
+                "ping not queued", rule=getattr(rule, "name", None), error=type(error).__name__
+            )
 
     def run_finished(self, rule: Rule, outcome: RunOutcome) -> None:
         try:
@@ -88,7 +90,9 @@ class Pings(RunObserver):
                 event = "success" if done else "failure"
                 self._enqueue(_Ping(rule.name, event, url, _summary(rule.name, outcome)))
         except Exception as error:  # monitoring must never stop enforcement
-            log.warning("ping not queued", rule=getattr(rule, "name", None), error=repr(error))
+            log.warning(
+                "ping not queued", rule=getattr(rule, "name", None), error=type(error).__name__
+            )
 
     # -- queue and sender ----------------------------------------------------------------
 
@@ -131,7 +135,9 @@ class Pings(RunObserver):
                 self._send(ping)
             except Exception as error:  # a bug here must not end the sender
                 self._count(failed=1)
-                log.warning("ping failed", rule=ping.rule, ping=ping.event, error=repr(error))
+                log.warning(
+                    "ping failed", rule=ping.rule, ping=ping.event, error=type(error).__name__
+                )
 
     def _send(self, ping: _Ping) -> None:
         url, authorization = _split_credentials(ping.url)

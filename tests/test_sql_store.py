@@ -867,3 +867,27 @@ def test_a_table_a_least_privilege_user_cannot_see_counts_as_absent(
     finally:
         with mariadb_server.connect() as connection:
             connection.execute(text(f"DROP USER IF EXISTS '{user}'@'%'"))
+
+
+@pytest.mark.parametrize("database", SERVER_BACKENDS, indirect=True)
+def test_driver_messages_never_quote_a_row_value(database: PbxDatabase) -> None:
+    """MariaDB and PostgreSQL put the offending value into their error text."""
+    from sqlalchemy.exc import DBAPIError
+
+    from retentiond.stores.sql import driver_message
+
+    database.execute(
+        "CREATE TABLE numbers (n VARCHAR(20) PRIMARY KEY)", "CREATE TABLE counts (c INTEGER)"
+    )
+    database.insert("numbers", [{"n": "+4930123456"}])
+    failures = []
+    for statement in (
+        "INSERT INTO numbers (n) VALUES ('+4930123456')",  # duplicate key
+        "INSERT INTO counts (c) VALUES ('+4930123456x')",  # not an integer
+    ):
+        with pytest.raises(DBAPIError) as raised:
+            database.execute(statement)
+        failures.append(driver_message(raised.value))
+    assert failures[0]  # duplicate key, named without the value
+    for message in failures:
+        assert "4930123456" not in message, message

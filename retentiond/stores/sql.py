@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import stat
 import time
 from collections import Counter
@@ -189,6 +190,8 @@ class Database:
                 pool_size=1,
                 max_overflow=2,
                 pool_recycle=3600,
+                # SQLAlchemy errors print bound parameters (keys, file names) unless told not to.
+                hide_parameters=True,
             )
         except (ArgumentError, NoSuchModuleError, ImportError) as exc:
             raise StoreError(f"connection {self.name}: {exc}") from None
@@ -1367,14 +1370,34 @@ def _transient_reason(exc: DBAPIError) -> str | None:
     return None
 
 
+# Drivers quote the offending value (MariaDB "Duplicate entry '…'", PostgreSQL 'invalid input
+# syntax for type bigint: "…"'), and a row value can be a phone number. Identifiers (MariaDB
+# backticks, PostgreSQL double quotes inside the sentence) stay readable.
+_QUOTED = re.compile(r"'[^']*'|(\w+ )?\"[^\"]*\"")
+_IDENTIFIER_WORDS = {
+    "table", "constraint", "column", "relation", "index", "schema", "database", "role", "user",
+    "type", "sequence", "function", "view", "trigger",
+}  # fmt: skip
+
+
+def _without_quoted_values(message: str) -> str:
+    def replace(match: re.Match[str]) -> str:
+        word = match.group(1)
+        if word is not None and word.strip() in _IDENTIFIER_WORDS:
+            return match.group(0)  # a PostgreSQL identifier: "cl_calls"
+        return (word or "") + "…"
+
+    return _QUOTED.sub(replace, message)
+
+
 def driver_message(exc: DBAPIError) -> str:
-    """The driver's own message, first line only (PostgreSQL details can quote row values)."""
+    """The driver's own message, first line only, with quoted values cut out."""
     orig = exc.orig
     args: Sequence[Any] = getattr(orig, "args", ())
     if len(args) >= 2 and isinstance(args[0], int) and isinstance(args[1], str):
-        return f"error {args[0]}: {args[1]}"
+        return f"error {args[0]}: {_without_quoted_values(args[1])}"
     lines = str(orig).strip().splitlines()
-    return lines[0] if lines else type(orig).__name__
+    return _without_quoted_values(lines[0]) if lines else type(orig).__name__
 
 
 def _names_a_file(value: Any) -> bool:
