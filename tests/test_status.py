@@ -393,30 +393,11 @@ def test_json_has_every_figure(pbx: Path) -> None:
 
 # --- the command line ----------------------------------------------------------------------------
 
+
 # Until cli.py registers `status`, the same main() runs with the command added in the process.
-_UNREGISTERED = (
-    "import sys; from retentiond.cli import cli, main; "
-    "from retentiond.status import status_command; cli.add_command(status_command); main()"
-)
-
-
-def _registered() -> bool:
-    result = subprocess.run(
-        [sys.executable, "-m", "retentiond", "status", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    return result.returncode == 0
-
-
-REGISTERED = _registered()
-
-
 def retentiond(*args: str | Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "RETENTIOND_CONFIG"}
-    start = ["-m", "retentiond"] if REGISTERED else ["-c", _UNREGISTERED]
+    start = ["-m", "retentiond"]
     return subprocess.run(
         [sys.executable, *start, *map(str, args)],
         capture_output=True,
@@ -450,8 +431,6 @@ def personal_data(config_file: Path) -> set[str]:
 
 
 def test_status_is_registered_in_the_command_line() -> None:
-    if not REGISTERED:
-        pytest.skip("`retentiond status` is not registered in cli.py yet (the lead adds it)")
     result = retentiond("status", "--help")
     assert "--json" in result.stdout
 
