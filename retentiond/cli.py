@@ -441,8 +441,15 @@ cli.add_command(report)
 @cli.command()
 @click.argument("directory", default="demo-pbx", type=click.Path(file_okay=False, path_type=Path))
 def demo(directory: Path) -> None:
-    """Build a small demo PBX in DIRECTORY, then plan, enforce and verify its retention."""
+    """Build a small demo PBX in DIRECTORY; plan, enforce, verify, show status and report."""
+    import socket
+    from datetime import timedelta
+
     from retentiond import demo as demo_pbx
+    from retentiond.report import data as report_data
+    from retentiond.report import render as report_render
+    from retentiond.report import residual
+    from retentiond.status import compute, status_text
 
     config_file = demo_pbx.build(directory)
     loaded = load_config(config_file)
@@ -457,6 +464,24 @@ def demo(directory: Path) -> None:
     click.echo(f"\n== 3. the deletion log (retentiond audit verify {loaded.config.audit.path}) ==")
     result = audit.verify(loaded.config.audit.path)
     click.echo(f"{'intact' if result.ok else 'BROKEN'}: {result.entries} entries")
+    click.echo(f"\n== 4. compliance (retentiond -c {config_file} status) ==")
+    click.echo(status_text(compute(loaded)), nl=False)
+    today = datetime.now(zone).date()
+    report_file = config_file.parent / "report.html"
+    click.echo(
+        f"\n== 5. the DPO report (retentiond -c {config_file} report --from "
+        f"{today - timedelta(days=30)} --to {today} -o {report_file}) =="
+    )
+    period = report_data.Period(today - timedelta(days=30), today, zone)
+    built = report_data.build_report(
+        loaded,
+        [],
+        period,
+        residual=residual.detect(loaded.config),
+        residual_host=socket.gethostname(),
+    )
+    report_file.write_text(report_render.html(built), encoding="utf-8")
+    click.echo(f"wrote {report_file}: open it in a browser (self-contained, no external assets)")
     click.echo(demo_pbx.summary(directory, config_file, loaded))
     code = exit_code(outcomes) or (0 if result.ok else 1)
     sys.exit(code)

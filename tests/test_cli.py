@@ -155,6 +155,9 @@ def test_demo_command_runs_end_to_end(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "rule call-records: done" in result.stdout
     assert "intact" in result.stdout
+    assert "rule call-records: GREEN" in result.stdout
+    report = (tmp_path / "demo" / "report.html").read_text()
+    assert "<svg" in report and "call-records" in report
     again = retentiond("demo", tmp_path / "demo")  # an earlier demo is replaced
     assert again.returncode == 0
     (tmp_path / "mine").mkdir()
