@@ -25,7 +25,6 @@ import calendar
 import os
 import re
 import stat
-import time
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -65,11 +64,8 @@ from retentiond.stores.folders import (
 )
 from retentiond.stores.sql import (
     _GAVE_UP,
-    BACKOFF_FIRST,
-    BACKOFF_MAX,
     IN_LIST_CHUNK,
     Database,
-    _transient_reason,
     error_code,
 )
 
@@ -848,40 +844,16 @@ class _NamingColumnBase:
         return column["name"]
 
     def _retrying(self, action: str, work: Callable[[Connection], T], *, write: bool = False) -> T:
-        """Run `work` in its own transaction; retry lock waits, deadlocks and lost connections.
-
-        Like `sql.Database.retrying`, with messages that fit files already deleted.
-        """
-        engine = self._database.engine
-        retries = self._database.settings.retries
-        attempt = 0
-        while True:
-            try:
-                if write:
-                    with engine.begin() as connection:
-                        return work(connection)
-                with engine.connect() as connection:
-                    return work(connection)
-            except DBAPIError as exc:
-                reason = _transient_reason(exc)
-                if reason is None:
-                    # `from None`: the chained error would print the bound file names.
-                    raise StoreError(f"{action} failed: {_without_values(exc)}") from None
-                if attempt >= retries:
-                    raise StoreError(_GAVE_UP[reason].format(attempts=attempt + 1)) from None
-                delay = min(BACKOFF_FIRST * 2**attempt, BACKOFF_MAX)
-                attempt += 1
-                log.warning(
-                    f"{self.key} retrying",
-                    **{self.key: self.where},
-                    action=action,
-                    attempt=attempt,
-                    of=retries,
-                    error=reason,
-                    code=error_code(exc),
-                    delay=delay,
-                )
-                time.sleep(delay)
+        """`sql.Database.retrying`, with messages that fit files already deleted."""
+        return self._database.retrying(
+            action,
+            work,
+            write=write,
+            failure=lambda exc: f"{action} failed: {_without_values(exc)}",
+            gave_up=lambda reason, attempts: _GAVE_UP[reason].format(attempts=attempts),
+            event=f"{self.key} retrying",
+            context={self.key: self.where},
+        )
 
 
 class ReferenceColumn(_NamingColumnBase):

@@ -248,11 +248,22 @@ class Database:
         default_port = 3306 if self.family == "mysql" else 5432
         return f"{url.host or 'localhost'}:{url.port or default_port}"
 
-    def retrying(self, action: str, work: Callable[[Connection], T], *, write: bool = False) -> T:
+    def retrying(
+        self,
+        action: str,
+        work: Callable[[Connection], T],
+        *,
+        write: bool = False,
+        failure: Callable[[DBAPIError], str] | None = None,
+        gave_up: Callable[[str, int], str] | None = None,
+        event: str = "sql store retrying",
+        context: dict[str, Any] | None = None,
+    ) -> T:
         """Run `work` in its own transaction; retry lock waits, deadlocks and lost connections.
 
         A write commits before returning. A failed attempt rolled back completely, so retrying it
-        cannot delete twice what one batch planned.
+        cannot delete twice what one batch planned. `failure` and `gave_up` word the errors for
+        callers whose situation differs (files already deleted), `event` and `context` the log.
         """
         engine = self.engine
         retries = self.settings.retries
@@ -268,18 +279,21 @@ class Database:
                 reason = _transient_reason(exc)
                 if reason is None:
                     # `from None`: the chained SQLAlchemy error would print the bound parameters.
-                    raise StoreError(self.failure_message(action, exc)) from None
+                    message = failure(exc) if failure else self.failure_message(action, exc)
+                    raise StoreError(message) from None
                 if attempt >= retries:
                     attempts = attempt + 1
                     raise StoreError(
-                        f"{self.label}: {_GAVE_UP[reason].format(attempts=attempts)}; the run was "
-                        "stopped, nothing beyond the committed batches was deleted"
+                        gave_up(reason, attempts)
+                        if gave_up
+                        else f"{self.label}: {_GAVE_UP[reason].format(attempts=attempts)}; the "
+                        "run was stopped, nothing beyond the committed batches was deleted"
                     ) from None
                 delay = min(BACKOFF_FIRST * 2**attempt, BACKOFF_MAX)
                 attempt += 1
                 log.warning(
-                    "sql store retrying",
-                    store=self.label,
+                    event,
+                    **(context if context is not None else {"store": self.label}),
                     action=action,
                     attempt=attempt,
                     of=retries,
