@@ -8,11 +8,17 @@ deletes less when a wall-clock time is ambiguous (autumn) or does not exist (spr
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from typing import TYPE_CHECKING
 
 from retentiond.config.durations import Duration
 from retentiond.config.schedule import Schedule
+from retentiond.subjects import Subject
+
+if TYPE_CHECKING:
+    from retentiond.config.model import HoldConfig
 
 
 def cutoff(now: datetime, keep: Duration, zone: tzinfo) -> datetime:
@@ -183,3 +189,95 @@ def _plural(count: int, unit: str) -> str:
     if not count:
         return ""
     return f"{count} {unit}" if count == 1 else f"{count} {unit}s"
+
+
+@dataclass(frozen=True)
+class HoldScope:
+    """One hold as a store applies it: a window of object times and, optionally, whose objects.
+
+    `start` is inclusive and `end` exclusive (aware instants); None leaves that side open. A hold
+    without a subject holds every object in its window.
+    """
+
+    hold_id: str
+    start: datetime | None = None
+    end: datetime | None = None
+    subject: Subject | None = None
+
+    def in_window(self, when: datetime | None) -> bool:
+        """An object of unknown time is in every window: a hold errs on the side of keeping."""
+        if when is None:
+            return True
+        if self.start is not None and when < self.start:
+            return False
+        return self.end is None or when < self.end
+
+
+@dataclass(frozen=True)
+class Holds:
+    """The holds in force for one rule at one moment. Stores exclude what they cover."""
+
+    scopes: tuple[HoldScope, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.scopes)
+
+    @property
+    def ids(self) -> list[str]:
+        return [scope.hold_id for scope in self.scopes]
+
+    def covering(
+        self, when: datetime | None, names: Callable[[Subject], bool] | None = None
+    ) -> list[str]:
+        """The ids of the holds that cover an object of time `when`.
+
+        `names(subject)` says whether the object names the subject; a store that cannot tell
+        whose an object is passes None, and every hold in the window then covers it.
+        """
+        return [
+            scope.hold_id
+            for scope in self.scopes
+            if scope.in_window(when)
+            and (scope.subject is None or names is None or names(scope.subject))
+        ]
+
+    def covers(self, when: datetime | None, names: Callable[[Subject], bool] | None = None) -> bool:
+        return bool(self.covering(when, names))
+
+
+NO_HOLDS = Holds()
+
+
+def hold_in_force(hold: HoldConfig, now: datetime, zone: tzinfo) -> bool:
+    """A hold holds until the end of its `until` day; a passed `review_by` does not end it."""
+    return hold.until is None or now < _start_of_day(hold.until + timedelta(days=1), zone)
+
+
+def review_overdue(hold: HoldConfig, now: datetime, zone: tzinfo) -> bool:
+    return now >= _start_of_day(hold.review_by + timedelta(days=1), zone)
+
+
+def holds_for(holds: Iterable[HoldConfig], rule: str, now: datetime, zone: tzinfo) -> Holds:
+    """The holds in force for `rule` now, as windows of instants in the PBX's zone.
+
+    A window covers whole days: from the start of `from` to the end of `to`, each taken at its
+    widest where a DST change makes midnight ambiguous.
+    """
+    scopes = []
+    for hold in holds:
+        if hold.rules is not None and rule not in hold.rules:
+            continue
+        if not hold_in_force(hold, now, zone):
+            continue
+        start = None if hold.from_ is None else _start_of_day(hold.from_, zone)
+        end = None if hold.to is None else _end_of_day_exclusive(hold.to, zone)
+        scopes.append(HoldScope(hold.id, start, end, hold.subject()))
+    return Holds(tuple(scopes))
+
+
+def _start_of_day(day: date, zone: tzinfo) -> datetime:
+    return earliest_instant(datetime.combine(day, time()), zone)
+
+
+def _end_of_day_exclusive(day: date, zone: tzinfo) -> datetime:
+    return latest_instant(datetime.combine(day + timedelta(days=1), time()), zone)

@@ -52,6 +52,13 @@ class Duration:
     def is_zero(self) -> bool:
         return not (self.years or self.months or self.weeks or self.days)
 
+    def shorter_than(self, other: Duration) -> bool:
+        """Strictly shorter on every calendar (compared from a fixed long month, 1 Jan 2001)."""
+        start = datetime(2001, 1, 31)
+        return bool(self.after(start) < other.after(start)) and bool(
+            self.after(datetime(2001, 2, 28)) < other.after(datetime(2001, 2, 28))
+        )
+
     def __str__(self) -> str:
         return self.text or f"P{self.years}Y{self.months}M{self.weeks}W{self.days}D"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import tzinfo
+from datetime import date, tzinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -18,10 +18,13 @@ from pydantic import (
     model_validator,
 )
 
+from retentiond.anonymize import Transform, parse_transform
 from retentiond.config.durations import Duration, parse_duration
 from retentiond.config.schedule import Schedule, parse_schedule
+from retentiond.subjects import Subject, SubjectError, extension_form, number_forms
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+HOLD_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 IDENTIFIER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_$]{0,63}$"
 
 
@@ -94,14 +97,58 @@ def _not_yet(feature: str) -> Any:
     return check
 
 
+def _date(value: Any) -> date:
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value.strip())
+        except ValueError:
+            pass
+    raise ValueError("expected a date as YYYY-MM-DD, e.g. 2027-01-31")
+
+
+def _transforms(value: Any) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value:
+        raise ValueError("expected a mapping of field: transform, e.g. {src: truncate_digits}")
+    return {str(k): parse_transform(v) for k, v in value.items()}
+
+
+def _number(value: Any) -> str:
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise ValueError("write the number in quotes in international form, e.g. '+4930123456'")
+    text = str(value)
+    try:
+        number_forms(text)
+    except SubjectError as error:
+        raise ValueError(str(error)) from None
+    return text
+
+
+def _extension(value: Any) -> str:
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise ValueError("write the extension in quotes, e.g. '1001'")
+    try:
+        return extension_form(str(value))
+    except SubjectError as error:
+        raise ValueError(str(error)) from None
+
+
 DurationField = Annotated[Duration, BeforeValidator(_duration), PlainSerializer(str)]
 ScheduleField = Annotated[Schedule, BeforeValidator(_schedule), PlainSerializer(lambda s: s.text)]
 AbsolutePath = Annotated[Path, BeforeValidator(_absolute_path)]
 Seconds = Annotated[float, Field(ge=0, le=3600)]
+DateField = Annotated[date, BeforeValidator(_date)]
+Transforms = Annotated[dict[str, Transform] | None, BeforeValidator(_transforms)]
+Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", strict=True, frozen=True, arbitrary_types_allowed=True
+    )
 
 
 class AuditConfig(Strict):
@@ -146,6 +193,12 @@ class SqlStoreConfig(StoreBase):
     # deleted together with its row.
     file_column: Annotated[str | None, Field(pattern=IDENTIFIER_PATTERN)] = None
     file_root: AbsolutePath | None = None
+    # Columns that hold a person's number or extension (FreePBX cdr: src, dst, cnum, did):
+    # holds by number and `erase`/`find` match them. Without any, a hold by number holds every
+    # row of its time window, and `erase` cannot search this table.
+    subject_columns: list[Identifier] = []
+    # `action: anonymize`: the transform of each column (see docs/anonymization.md)
+    anonymize: Transforms = None
 
     @model_validator(mode="after")
     def _files_need_both(self) -> SqlStoreConfig:
@@ -181,6 +234,10 @@ class FilesStoreConfig(StoreBase):
     # the files they name belong to the store that purges those rows, so this store, sweeping
     # orphans, leaves them alone and counts them as `named_by_row`.
     named_by: ReferencesConfig | None = None
+    # The file names carry the numbers of the call (FreePBX: out-<dst>-<src>-<date>-...):
+    # holds by number and `erase`/`find` match the name's parts. Without it, a hold by number
+    # holds every file of its time window.
+    subject_in_name: bool = False
 
     @property
     def label(self) -> str:
@@ -216,6 +273,19 @@ class CsvStoreConfig(StoreBase):
     match: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] = ["*.csv"]
     time_field: Annotated[int, Field(ge=0, le=200)] = 9  # 0-based; cdr_csv writes `start` tenth
     time_format: Annotated[str, Field(min_length=2)] = "%Y-%m-%d %H:%M:%S"
+    # 0-based fields that hold numbers or caller ids (cdr_csv: src, dst, clid)
+    subject_fields: list[Annotated[int, Field(ge=0, le=200)]] = [1, 2, 4]
+    # `action: anonymize`: the transform of each field, keyed by its 0-based position
+    anonymize: Transforms = None
+
+    @model_validator(mode="after")
+    def _fields_are_positions(self) -> CsvStoreConfig:
+        for key in self.anonymize or {}:
+            if not key.isdigit():
+                raise ValueError(
+                    f"csv fields are named by their 0-based position, not {key!r} (src is 1)"
+                )
+        return self
 
     @property
     def label(self) -> str:
@@ -228,6 +298,8 @@ class ThreeCxCallsStoreConfig(StoreBase):
     type: Literal["3cx_call_history"]
     connection: Annotated[str, Field(min_length=1)]
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 500  # calls
+    # `action: anonymize`: transforms keyed `table.column` (the 3cx preset fills them in)
+    anonymize: Transforms = None
 
     @property
     def label(self) -> str:
@@ -276,10 +348,95 @@ class Rule(Strict):
     purpose: str | None = None
     legal_basis: str | None = None
     keep: DurationField
-    action: Literal["delete"] = "delete"
+    action: Literal["delete", "anonymize"] = "delete"
+    # Two stages: anonymize after `keep`, delete after this (counted from the object's time)
+    then_delete_after: DurationField | None = None
+    # A floor against typos (`keep: 3d` for `3m`): a shorter keep is refused unless forced
+    min_keep: DurationField | None = None
+    # Anonymized data is called anonymous in the report only if every group of equal
+    # anonymized values holds at least this many records; else "pseudonymized".
+    k_anonymity: Annotated[int, Field(ge=2, le=1000)] = 5
     schedule: ScheduleField | None = None
     stores: Annotated[list[StoreConfig], Field(min_length=1)]
     ping: Annotated[PingConfig | None, BeforeValidator(_ping)] = None
+
+    @model_validator(mode="after")
+    def _stages(self) -> Rule:
+        if self.then_delete_after is not None:
+            if self.action != "anonymize":
+                raise ValueError("then_delete_after goes with action: anonymize")
+            if not self.keep.shorter_than(self.then_delete_after):
+                raise ValueError(
+                    "then_delete_after must be longer than keep: records are anonymized "
+                    "after keep and deleted after then_delete_after"
+                )
+        if self.action == "anonymize":
+            for position, store in enumerate(self.stores):
+                if not isinstance(store, SqlStoreConfig | CsvStoreConfig | ThreeCxCallsStoreConfig):
+                    raise ValueError(
+                        f"stores.{position} ({store.type}) cannot be anonymized: voicemail and "
+                        "recordings are the voice itself. Put them in a rule with action: delete"
+                    )
+                if not store.anonymize:
+                    raise ValueError(
+                        f"stores.{position} ({store.label}) has no anonymize: transforms; "
+                        "say how each personal field is anonymized (docs/anonymization.md)"
+                    )
+        return self
+
+
+class HoldConfig(Strict):
+    """A legal hold: what it covers, why, who approved it, when it is reviewed and ends."""
+
+    id: Annotated[str, Field(pattern=HOLD_ID_PATTERN)]
+    reason: Annotated[str, Field(min_length=1)]
+    approved_by: Annotated[str, Field(min_length=1)]
+    review_by: DateField
+    until: DateField | None = None
+    rules: Annotated[list[str] | None, Field(min_length=1)] = None  # None: every rule
+    from_: Annotated[DateField | None, Field(alias="from")] = None
+    to: DateField | None = None
+    numbers: list[Annotated[str, BeforeValidator(_number)]] = []
+    extensions: list[Annotated[str, BeforeValidator(_extension)]] = []
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        arbitrary_types_allowed=True,
+        populate_by_name=True,
+    )
+
+    @model_validator(mode="after")
+    def _window(self) -> HoldConfig:
+        if self.from_ is not None and self.to is not None and self.to < self.from_:
+            raise ValueError("to: is before from:; the window would be empty")
+        return self
+
+    def subject(self) -> Subject | None:
+        """Whose objects the hold covers; None: everyone's in its window."""
+        if not self.numbers and not self.extensions:
+            return None
+        return Subject.parse(self.numbers, self.extensions)
+
+    def definition(self) -> dict[str, Any]:
+        """What the hold says, for change detection (numbers included: never logged)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    def summary(self) -> dict[str, Any]:
+        """What the audit log may say about the hold: no numbers, no extensions."""
+        return {
+            "hold": self.id,
+            "reason": self.reason,
+            "approved_by": self.approved_by,
+            "review_by": self.review_by.isoformat(),
+            "until": self.until.isoformat() if self.until else None,
+            "rules": self.rules,
+            "from": self.from_.isoformat() if self.from_ else None,
+            "to": self.to.isoformat() if self.to else None,
+            "numbers": len(self.numbers),
+            "extensions": len(self.extensions),
+        }
 
 
 class OrganisationConfig(Strict):
@@ -304,6 +461,11 @@ class Safety(Strict):
     # deadline = keep + the schedule's interval + this grace; status turns red past it
     deadline_grace: DurationField = Duration(days=1, text="1d")
     max_clock_skew: Annotated[float, Field(gt=0, le=86400)] = 300
+    # Refuse a run that would remove more than this many times what the store's previous run
+    # removed per day (and more than max_increase_floor objects): a sudden jump is a typo or a
+    # clock problem more often than a real backlog. Override once with `run --once --force`.
+    max_increase: Annotated[float, Field(ge=1)] = 10
+    max_increase_floor: Annotated[int, Field(ge=0)] = 1000
 
 
 class Config(Strict):
@@ -316,8 +478,27 @@ class Config(Strict):
     rules: Annotated[list[Rule], Field(min_length=1)]
     safety: Safety = Safety()
     monitoring: MonitoringConfig = MonitoringConfig()
-    holds: Annotated[Any, AfterValidator(_not_yet("holds (legal holds)"))] = None
+    holds: list[HoldConfig] = []
+    # One YAML file per hold (the DPO adds one without touching this file); default: holds.d
+    # beside the config file, when it exists
+    holds_dir: AbsolutePath | None = None
     organisation: OrganisationConfig | None = None
+
+    @model_validator(mode="after")
+    def _holds_name_rules(self) -> Config:
+        names = {rule.name for rule in self.rules}
+        seen: set[str] = set()
+        for hold in self.holds:
+            if hold.id in seen:
+                raise ValueError(f"hold id {hold.id!r} is used twice; give each hold its own id")
+            seen.add(hold.id)
+            unknown = sorted(set(hold.rules or ()) - names)
+            if unknown:
+                raise ValueError(
+                    f"hold {hold.id!r} names rules that do not exist: {', '.join(unknown)} "
+                    f"(rules: {', '.join(sorted(names))})"
+                )
+        return self
 
     def zone(self) -> tzinfo:
         """The zone of naive PBX timestamps: the configured one, else the host's."""

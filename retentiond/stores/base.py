@@ -2,7 +2,23 @@
 
 A run asks a store to `survey` (how much is there, how much is expired, the oldest), then walks
 `batches`: each batch is a plan value, written to the audit log as an intent before `apply`
-changes anything. Only `apply` deletes. A dry run never calls it.
+changes anything. Only `apply` deletes or rewrites. A dry run never calls it.
+
+Holds: `survey` and every batch-planning method take the `Holds` in force. A held object is
+never in a batch; the survey counts it in `held`, not in `expired`. When holds change during a
+run (a reload), the engine drops the batch it has planned and asks for a new generator with the
+new holds, so a batch always reflects the holds of the moment it was planned; `apply` must
+therefore apply exactly what the batch planned (keys, files) or use the holds recorded in its
+payload, never a wider predicate.
+
+A store that can tell whose an object is (`subject_fields()` not empty) matches holds by number
+and serves `find`/`subject_batches` for Art. 15/17 requests. A store that cannot tell treats a
+hold by number as covering every object in its time window.
+
+Anonymization (`anonymizes` True): `anonymize_survey`/`anonymize_batches` select the unheld
+objects older than the cutoff and not older than `since` (the previous complete run's cutoff:
+a rerun does not rescan what it already anonymized); `apply` on such a batch rewrites the
+fields with the store's transforms, only where a value changes, and reports `anonymized`.
 """
 
 from __future__ import annotations
@@ -12,6 +28,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
+
+from retentiond.errors import StoreError
+from retentiond.rules import NO_HOLDS, Holds
+from retentiond.subjects import Subject
 
 
 @dataclass(frozen=True)
@@ -25,6 +45,10 @@ class Survey:
     expired_bytes: int | None = None  # files only
     # Objects left out and why, e.g. {"undated": 3, "symlink": 1}; reported, never deleted.
     skipped: Mapping[str, int] = field(default_factory=dict)
+    # Objects older than the cutoff that a hold keeps (not counted in `expired`), and per hold
+    # id how many each covers (an object under two holds counts under both).
+    held: int = 0
+    held_by: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -49,6 +73,17 @@ class BatchResult:
     skipped: Mapping[str, int] = field(default_factory=dict)  # e.g. changed since planning
     # What else the batch did, e.g. {"references_cleared": 3, "files_deleted": 2}
     counts: Mapping[str, int] = field(default_factory=dict)
+    anonymized: int = 0  # objects whose fields were rewritten (anonymize batches)
+
+
+@dataclass(frozen=True)
+class Found:
+    """One object of a data subject, for `find` (printed on a terminal, never logged)."""
+
+    when: datetime | None
+    held: bool
+    where: str  # the table or the file's path relative to the store's root
+    fields: Mapping[str, str] = field(default_factory=dict)  # what the object says about them
 
 
 class Store(ABC):
@@ -71,16 +106,51 @@ class Store(ABC):
         """Lines for `check`: how this store will be purged (strategy, query plan, warnings)."""
 
     @abstractmethod
-    def survey(self, cutoff: datetime) -> Survey:
-        """Count what is there and what is older than `cutoff`. Changes nothing."""
+    def survey(self, cutoff: datetime, holds: Holds = NO_HOLDS) -> Survey:
+        """Count what is there, what is older than `cutoff` and unheld, and what is held."""
 
     @abstractmethod
-    def batches(self, cutoff: datetime) -> Iterator[Batch]:
+    def batches(self, cutoff: datetime, holds: Holds = NO_HOLDS) -> Iterator[Batch]:
         """Plan batches lazily; the next one is planned after the previous one was applied."""
 
     @abstractmethod
     def apply(self, batch: Batch, cutoff: datetime) -> BatchResult:
-        """Delete one planned batch. The only method that changes anything."""
+        """Carry out one planned batch. The only method that changes anything."""
+
+    # Data subjects (holds by number, Art. 15 find, Art. 17 erase)
+
+    def subject_fields(self) -> list[str]:
+        """The fields that name a person; empty when the store cannot tell whose an object is."""
+        return []
+
+    def find(self, subject: Subject, holds: Holds = NO_HOLDS) -> Iterator[Found]:
+        """Every object naming `subject`, of any age. Reads only."""
+        raise StoreError(f"{self.label}: this store cannot search for a person's records")
+
+    def subject_batches(self, subject: Subject, holds: Holds = NO_HOLDS) -> Iterator[Batch]:
+        """Batches of every unheld object naming `subject`, of any age; `apply(batch, now)`
+        deletes them (the cutoff passed is the moment of the erasure)."""
+        raise StoreError(f"{self.label}: this store cannot search for a person's records")
+
+    # Anonymization
+
+    anonymizes: bool = False
+
+    def anonymize_survey(
+        self, cutoff: datetime, holds: Holds = NO_HOLDS, since: datetime | None = None
+    ) -> Survey:
+        """`expired`: unheld objects in [since, cutoff) that anonymize batches would visit."""
+        raise StoreError(f"{self.label}: this store cannot anonymize")
+
+    def anonymize_batches(
+        self, cutoff: datetime, holds: Holds = NO_HOLDS, since: datetime | None = None
+    ) -> Iterator[Batch]:
+        raise StoreError(f"{self.label}: this store cannot anonymize")
+
+    def smallest_group(self, cutoff: datetime) -> int | None:
+        """Among objects older than `cutoff`, the size of the smallest group of records whose
+        transformed fields are all equal (k-anonymity); None when the store cannot tell."""
+        return None
 
     def privileges(self) -> tuple[list[str], list[str]]:
         """For `check`: privileges the store lacks, and more than it needs (warnings)."""
@@ -109,10 +179,26 @@ class AbsentStore(Store):
     def describe(self) -> list[str]:
         return [f"not found (optional): {self.reason}"]
 
-    def survey(self, cutoff: datetime) -> Survey:
+    def survey(self, cutoff: datetime, holds: Holds = NO_HOLDS) -> Survey:
         return Survey(unit=self.unit, total=0, expired=0, oldest=None)
 
-    def batches(self, cutoff: datetime) -> Iterator[Batch]:
+    def batches(self, cutoff: datetime, holds: Holds = NO_HOLDS) -> Iterator[Batch]:
+        return iter(())
+
+    def find(self, subject: Subject, holds: Holds = NO_HOLDS) -> Iterator[Found]:
+        return iter(())
+
+    def subject_batches(self, subject: Subject, holds: Holds = NO_HOLDS) -> Iterator[Batch]:
+        return iter(())
+
+    def anonymize_survey(
+        self, cutoff: datetime, holds: Holds = NO_HOLDS, since: datetime | None = None
+    ) -> Survey:
+        return Survey(unit=self.unit, total=0, expired=0, oldest=None)
+
+    def anonymize_batches(
+        self, cutoff: datetime, holds: Holds = NO_HOLDS, since: datetime | None = None
+    ) -> Iterator[Batch]:
         return iter(())
 
     def apply(self, batch: Batch, cutoff: datetime) -> BatchResult:
