@@ -20,6 +20,7 @@ from retentiond.config.loader import LoadedConfig, config_path, load_config
 from retentiond.config.model import Rule
 from retentiond.engine import Engine, RulePlan, RunOutcome, exit_code
 from retentiond.errors import ConfigError, RetentiondError
+from retentiond.history import read_history
 from retentiond.stores import AbsentStore
 
 
@@ -209,9 +210,10 @@ def plan(ctx: Context, rule_name: str | None, as_json: bool) -> None:
     loaded = ctx.loaded
     engine = Engine(loaded)
     plans: list[RulePlan] = []
+    history = read_history(loaded.config.audit.path)
     for rule in _rules(loaded, rule_name):
         with engine.open_stores(rule) as stores:
-            plans.append(engine.plan(rule, stores))
+            plans += engine.plans(rule, stores, history)
     if as_json:
         click.echo(json.dumps([plan_json(p) for p in plans], indent=2))
     else:
@@ -222,9 +224,11 @@ def plan(ctx: Context, rule_name: str | None, as_json: bool) -> None:
 def plan_json(rule_plan: RulePlan) -> dict[str, Any]:
     return {
         "rule": rule_plan.rule.name,
+        "stage": rule_plan.stage,
         "keep": str(rule_plan.rule.keep),
         "cutoff": _iso(rule_plan.cutoff),
         "refusal": rule_plan.refusal,
+        "holds": rule_plan.holds.ids,
         "stores": [
             {
                 "store": s.label,
@@ -232,8 +236,10 @@ def plan_json(rule_plan: RulePlan) -> dict[str, Any]:
                 "unit": s.survey.unit,
                 "total": s.survey.total,
                 "expired": s.survey.expired,
-                "held": 0,
-                "would_delete": 0 if rule_plan.refusal else s.survey.expired,
+                "held": s.survey.held,
+                "held_by": dict(s.survey.held_by),
+                f"would_{rule_plan.stage}": 0 if rule_plan.refusal else s.survey.expired,
+                "since": _iso(s.since),
                 "oldest": _iso(s.survey.oldest),
                 "expired_bytes": s.survey.expired_bytes,
                 "batches": s.batches,
@@ -247,7 +253,15 @@ def plan_json(rule_plan: RulePlan) -> dict[str, Any]:
 
 def print_plan(rule_plan: RulePlan, zone: tzinfo) -> None:
     rule = rule_plan.rule
-    click.echo(f"rule {rule.name}: keep {rule.keep}, cutoff {_local(rule_plan.cutoff, zone)}")
+    if rule_plan.stage == "anonymize":
+        what = f"anonymize after {rule.keep}"
+    elif rule.then_delete_after is not None:
+        what = f"delete after {rule.then_delete_after}"
+    else:
+        what = f"keep {rule.keep}"
+    click.echo(f"rule {rule.name}: {what}, cutoff {_local(rule_plan.cutoff, zone)}")
+    if rule_plan.holds:
+        click.echo(f"  holds in force: {', '.join(rule_plan.holds.ids)}")
     for s in rule_plan.stores:
         survey = s.survey
         if s.absent:
@@ -256,9 +270,11 @@ def print_plan(rule_plan: RulePlan, zone: tzinfo) -> None:
         oldest = _local(survey.oldest, zone) if survey.oldest else "-"
         would = 0 if rule_plan.refusal else survey.expired
         size = f" ({_bytes(survey.expired_bytes)})" if survey.expired_bytes else ""
+        since = f" (since {_local(s.since, zone)})" if s.since else ""
         click.echo(
             f"  {s.kind} {s.label}: {survey.total} {survey.unit}, expired {survey.expired}, "
-            f"held 0, oldest {oldest}, would delete {would}{size} in {s.batches} batches"
+            f"held {survey.held}, oldest {oldest}, would {rule_plan.stage} {would}{size}{since} "
+            f"in {s.batches} batches"
         )
         if survey.skipped:
             parts = ", ".join(
@@ -267,6 +283,8 @@ def print_plan(rule_plan: RulePlan, zone: tzinfo) -> None:
             click.echo(f"    left alone: {parts}")
     if rule_plan.refusal:
         click.echo(f"  REFUSED: {rule_plan.refusal}")
+    for reason in rule_plan.forced:
+        click.echo(f"  FORCED (recorded): {reason}")
 
 
 # --- run ---------------------------------------------------------------------------------------
@@ -276,19 +294,26 @@ def print_plan(rule_plan: RulePlan, zone: tzinfo) -> None:
 @click.option("--once", is_flag=True, help="Enforce the rules now and exit.")
 @click.option("--rule", "rule_name", metavar="NAME", help="Only this rule.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="With --once: proceed past the min_keep and max_increase guards (recorded).",
+)
 @pass_context
-def run(ctx: Context, once: bool, rule_name: str | None, as_json: bool) -> None:
+def run(ctx: Context, once: bool, rule_name: str | None, as_json: bool, force: bool) -> None:
     """Enforce the rules: as a daemon on their schedules, or with --once now and exit.
 
     The daemon runs in the foreground (systemd Type=notify): SIGHUP or a saved config reloads,
     SIGTERM finishes the current batch and exits 0.
     """
     if not once:
-        if rule_name or as_json:
-            raise click.UsageError("--rule and --json go with --once; the daemon runs every rule")
+        if rule_name or as_json or force:
+            raise click.UsageError(
+                "--rule, --json and --force go with --once; the daemon runs every rule"
+            )
         sys.exit(_daemon(ctx.loaded))
     loaded = ctx.loaded
-    outcomes = enforce(loaded, rule_name, as_json=as_json)
+    outcomes = enforce(loaded, rule_name, as_json=as_json, force=force)
     sys.exit(exit_code(outcomes))
 
 
@@ -311,7 +336,9 @@ def _daemon(loaded: LoadedConfig) -> int:
         metrics.close()
 
 
-def enforce(loaded: LoadedConfig, rule_name: str | None, *, as_json: bool) -> list[RunOutcome]:
+def enforce(
+    loaded: LoadedConfig, rule_name: str | None, *, as_json: bool, force: bool = False
+) -> list[RunOutcome]:
     from retentiond.metrics import Metrics
     from retentiond.pings import Pings
 
@@ -333,6 +360,7 @@ def enforce(loaded: LoadedConfig, rule_name: str | None, *, as_json: bool) -> li
             stop=stop,
             progress=_progress if show_progress else None,
             observers=[metrics, pings],
+            force=force,
         )
         outcomes = []
         for rule in rules:
@@ -365,12 +393,17 @@ def outcome_json(outcome: RunOutcome) -> dict[str, Any]:
         "message": outcome.message,
         "cutoff": _iso(outcome.cutoff),
         "deleted": outcome.deleted,
+        "anonymized": outcome.anonymized,
         "seconds": outcome.seconds,
         "stores": [
             {
                 "store": s.label,
+                "stage": s.stage,
                 "unit": s.unit,
                 "deleted": s.deleted,
+                "anonymized": s.anonymized,
+                "held": s.held,
+                "held_by": s.held_by,
                 "bytes": s.bytes,
                 "batches": s.batches,
                 "remaining": s.remaining,
@@ -387,10 +420,19 @@ def print_outcome(outcome: RunOutcome, zone: tzinfo) -> None:
     click.echo(f"rule {outcome.rule}: {outcome.status}, cutoff {cutoff}, {outcome.seconds:.1f} s")
     for s in outcome.stores:
         size = f" ({_bytes(s.bytes)})" if s.bytes else ""
-        remaining = "verified: none expired remain" if s.remaining == 0 else f"{s.remaining} remain"
-        click.echo(
-            f"  {s.label}: deleted {s.deleted} {s.unit}{size} in {s.batches} batches, {remaining}"
-        )
+        held = f", {s.held} held" if s.held else ""
+        if s.stage == "anonymize":
+            click.echo(
+                f"  {s.label}: anonymized {s.anonymized} {s.unit} in {s.batches} batches{held}"
+            )
+        else:
+            remaining = (
+                "verified: none expired remain" if s.remaining == 0 else f"{s.remaining} remain"
+            )
+            click.echo(
+                f"  {s.label}: deleted {s.deleted} {s.unit}{size} in {s.batches} batches, "
+                f"{remaining}{held}"
+            )
         if s.skipped:
             parts = ", ".join(f"{reason} {count}" for reason, count in sorted(s.skipped.items()))
             click.echo(f"    left alone: {parts}")
@@ -429,9 +471,12 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 from retentiond.audit_commands import audit_group  # noqa: E402 - registered after cli exists
 from retentiond.report.command import report  # noqa: E402
 from retentiond.status import status_command  # noqa: E402
+from retentiond.subject_commands import erase_command, find_command  # noqa: E402
 
 cli.add_command(audit_group)
 cli.add_command(status_command)
+cli.add_command(find_command)
+cli.add_command(erase_command)
 cli.add_command(report)
 
 

@@ -34,6 +34,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from watchdog.events import (
     FileClosedEvent,
     FileCreatedEvent,
+    FileDeletedEvent,
     FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
@@ -43,10 +44,11 @@ from watchdog.observers.api import BaseObserver
 
 from retentiond.audit import AuditLog, Entry, read_entries
 from retentiond.config.loader import LoadedConfig, load_config
-from retentiond.config.model import Config, Rule
+from retentiond.config.model import Config, HoldConfig, Rule
 from retentiond.config.schedule import Schedule, WallClockTrigger
-from retentiond.engine import Engine, RunObserver, RunOutcome
+from retentiond.engine import Engine, RunObserver, RunOutcome, utcnow
 from retentiond.errors import AuditError, ConfigError, ConfigProblem, RetentiondError, StoreError
+from retentiond.holds import record_hold_changes
 from retentiond.sdnotify import notify, reloading, watchdog_interval
 
 log = structlog.get_logger()
@@ -390,7 +392,11 @@ class Daemon:
             self._running = name
             self._progress_at = time.monotonic()
         engine = Engine(
-            loaded, stop=self.stop, progress=self._progressed, observers=[self, *self.observers]
+            loaded,
+            stop=self.stop,
+            progress=self._progressed,
+            observers=[self, *self.observers],
+            holds=self._current_holds,
         )
         try:
             engine.run(rule, self._audit)
@@ -459,9 +465,14 @@ class Daemon:
 
     # --- reload --------------------------------------------------------------------------------
 
+    def _current_holds(self) -> list[HoldConfig]:
+        """The holds of the config in force now: a run in progress sees a reload's holds."""
+        return list(self.loaded.config.holds)
+
     def _watch_config(self) -> BaseObserver | None:
         """inotify on the config's folder: editors and Ansible replace the file, so a watch on
-        the file itself would be lost at the first save. SIGHUP works without it."""
+        the file itself would be lost at the first save. SIGHUP works without it. The holds
+        folder is watched too: a hold file saved, replaced or removed reloads."""
         handler = _ConfigChanges(self.path.name, self._config_changed)
         observer = Observer()
         try:
@@ -471,6 +482,19 @@ class Daemon:
                 recursive=False,
                 event_filter=[FileClosedEvent, FileMovedEvent, FileCreatedEvent],
             )
+            holds_dir = self.loaded.holds_dir
+            if holds_dir is not None and holds_dir.is_dir():
+                observer.schedule(
+                    _HoldChanges(self._config_changed),
+                    str(holds_dir),
+                    recursive=False,
+                    event_filter=[
+                        FileClosedEvent,
+                        FileMovedEvent,
+                        FileCreatedEvent,
+                        FileDeletedEvent,
+                    ],
+                )
             observer.daemon = True
             observer.start()
         except OSError as error:
@@ -506,7 +530,10 @@ class Daemon:
             return
         if new.sha256 == old.sha256:
             self._config_note = None
-            log.info("config unchanged", source=source, config_sha256=old.sha256)
+            if new.holds_sha256 != old.holds_sha256:
+                self._reload_holds(source, new)
+            else:
+                log.info("config unchanged", source=source, config_sha256=old.sha256)
             return
         changes = _changes(old.config, new.config)
         assert self._audit is not None
@@ -522,6 +549,7 @@ class Daemon:
             return
         self.loaded = new
         self._config_note = None
+        self._record_holds(new)
         self._schedule(new.config)
         self._queue_overdue(new.config)
         log.info(
@@ -531,6 +559,21 @@ class Daemon:
             new_config_sha256=new.sha256,
             **changes,
         )
+
+    def _reload_holds(self, source: str, new: LoadedConfig) -> None:
+        """Only the holds folder changed: the new holds apply from the next batch on."""
+        self.loaded = new
+        self._record_holds(new)
+        log.info("holds reloaded", source=source, holds=len(new.config.holds))
+
+    def _record_holds(self, loaded: LoadedConfig) -> None:
+        assert self._audit is not None
+        config = loaded.config
+        try:
+            record_hold_changes(self._audit, config.holds, utcnow(), config.zone())
+        except AuditError as error:
+            # The holds are in force regardless (they only keep data); the next run records them
+            log.error("hold changes not recorded in the audit log", reason=str(error))
 
     def _reject(self, source: str, problems: list[str]) -> None:
         self._config_note = (
@@ -573,6 +616,19 @@ class Daemon:
             results.append(result)
         parts.append("last: " + (", ".join(results) or "none yet"))
         return "STATUS=" + "; ".join(parts)
+
+
+class _HoldChanges(FileSystemEventHandler):
+    """Calls `changed` for any hold file (`*.yaml`, `*.yml`) saved, moved or removed."""
+
+    def __init__(self, changed: Callable[[], None]) -> None:
+        self.changed = changed
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        for path in (event.src_path, getattr(event, "dest_path", "")):
+            if path and Path(os.fsdecode(path)).suffix in (".yaml", ".yml"):
+                self.changed()
+                return
 
 
 class _ConfigChanges(FileSystemEventHandler):

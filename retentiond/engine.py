@@ -7,6 +7,15 @@ intent of each batch, durably, before the batch is applied.
 With `audit.signing_key` set, the key is read first (a key that cannot be used fails the run
 before anything is deleted), the log is rotated if due, and every run's last entry is followed
 by a signed checkpoint.
+
+Stages: a `delete` rule has one stage. An `anonymize` rule has one (anonymize what is older than
+`keep`) or two (`then_delete_after`: first delete what is older than that, then anonymize the
+rest older than `keep`). One run, one `run_started` and one `run_finished` entry; each store
+entry and each batch names its stage.
+
+Holds are read from the config before the run and again before every batch: a hold added by a
+reload during a run drops the batch planned without it, is recorded in the log, and the store
+plans afresh with it.
 """
 
 from __future__ import annotations
@@ -26,11 +35,15 @@ import structlog
 
 from retentiond import __version__
 from retentiond.audit import CHECKPOINT, AuditLog, Signer, SigningKeyError
+from retentiond.config.durations import Duration
 from retentiond.config.loader import LoadedConfig
-from retentiond.config.model import Rule
+from retentiond.config.model import HoldConfig, Rule
 from retentiond.errors import AuditError, StoreAbsent, StoreError
+from retentiond.history import History, read_history
+from retentiond.holds import record_hold_changes
+from retentiond.rules import NO_HOLDS, Holds, holds_for, schedule_interval
 from retentiond.rules import cutoff as compute_cutoff
-from retentiond.stores import AbsentStore, Store, Survey, build_store
+from retentiond.stores import AbsentStore, Batch, Store, Survey, build_store
 
 log = structlog.get_logger()
 
@@ -41,6 +54,9 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+DELETE, ANONYMIZE = "delete", "anonymize"
+
+
 @dataclass(frozen=True)
 class StorePlan:
     label: str
@@ -48,6 +64,7 @@ class StorePlan:
     survey: Survey
     batch_size: int
     absent: str | None = None  # why an optional store is not there
+    since: datetime | None = None  # anonymize: the previous complete run's cutoff
 
     @property
     def batches(self) -> int:
@@ -65,17 +82,29 @@ class RulePlan:
     cutoff: datetime
     stores: list[StorePlan]
     refusal: str | None  # why a run would be refused; None when it may proceed
+    stage: str = DELETE
+    holds: Holds = NO_HOLDS
+    forced: tuple[str, ...] = ()  # guards overridden with --force (recorded in the log)
 
     @property
     def expired(self) -> int:
         return sum(s.survey.expired for s in self.stores)
+
+    @property
+    def held(self) -> int:
+        return sum(s.survey.held for s in self.stores)
 
 
 @dataclass
 class StoreOutcome:
     label: str
     unit: str
+    stage: str = DELETE
     deleted: int = 0
+    anonymized: int = 0
+    held: int = 0
+    held_by: dict[str, int] = field(default_factory=dict)
+    smallest_group: int | None = None  # anonymize: k of the anonymized records (None: unknown)
     bytes: int | None = None
     batches: int = 0
     remaining: int | None = None  # expired objects left after the run (verification)
@@ -96,6 +125,10 @@ class RunOutcome:
     @property
     def deleted(self) -> int:
         return sum(s.deleted for s in self.stores)
+
+    @property
+    def anonymized(self) -> int:
+        return sum(s.anonymized for s in self.stores)
 
 
 EXIT_FOR_STATUS = {"done": 0, "incomplete": 1, "failed": 1, "interrupted": 1, "refused": 3}
@@ -128,6 +161,8 @@ class Engine:
         stop: threading.Event | None = None,
         progress: Progress | None = None,
         observers: Sequence[RunObserver] = (),
+        holds: Callable[[], Sequence[HoldConfig]] | None = None,
+        force: bool = False,
     ) -> None:
         self.loaded = loaded
         self.config = loaded.config
@@ -135,6 +170,13 @@ class Engine:
         self.stop = stop or threading.Event()
         self.progress = progress
         self.observers = list(observers)
+        # The daemon passes the holds of its current config, so a reload reaches a running run
+        self.hold_source = holds or (lambda: loaded.config.holds)
+        self.force = force
+
+    def holds(self, rule: Rule) -> Holds:
+        """The holds in force for `rule` at this moment."""
+        return holds_for(self.hold_source(), rule.name, self.now(), self.config.zone())
 
     @contextmanager
     def open_stores(self, rule: Rule) -> Iterator[list[Store]]:
@@ -154,22 +196,106 @@ class Engine:
                 stores.append(store)
             yield stores
 
-    def plan(self, rule: Rule, stores: list[Store]) -> RulePlan:
-        """Cutoff, survey of every store, safety guards. Reads only."""
+    def plan(self, rule: Rule, stores: list[Store], history: History | None = None) -> RulePlan:
+        """The rule's main stage: delete, or anonymize what is older than `keep`. Reads only."""
+        return self.plans(rule, stores, history)[-1]
+
+    def plans(
+        self, rule: Rule, stores: list[Store], history: History | None = None
+    ) -> list[RulePlan]:
+        """Every stage of the rule, in the order they run. Reads only."""
+        history = history if history is not None else History()
+        holds = self.holds(rule)
+        stages: list[RulePlan] = []
+        if rule.action == ANONYMIZE and rule.then_delete_after is not None:
+            stages.append(self._plan(rule, stores, DELETE, rule.then_delete_after, holds, history))
+        stage = ANONYMIZE if rule.action == ANONYMIZE else DELETE
+        stages.append(self._plan(rule, stores, stage, rule.keep, holds, history))
+        return stages
+
+    def _plan(
+        self,
+        rule: Rule,
+        stores: list[Store],
+        stage: str,
+        keep: Duration,
+        holds: Holds,
+        history: History,
+    ) -> RulePlan:
         now = self.now()
-        rule_cutoff = compute_cutoff(now, rule.keep, self.config.zone())
-        plans = [
-            StorePlan(
-                store.label,
-                store.kind,
-                store.survey(rule_cutoff),
-                _batch_size(rule, i),
-                store.reason if isinstance(store, AbsentStore) else None,
+        rule_cutoff = compute_cutoff(now, keep, self.config.zone())
+        since = self._since(rule, holds, history) if stage == ANONYMIZE else None
+        plans = []
+        for i, store in enumerate(stores):
+            if stage == ANONYMIZE:
+                survey = store.anonymize_survey(rule_cutoff, holds, since)
+            else:
+                survey = store.survey(rule_cutoff, holds)
+            plans.append(
+                StorePlan(
+                    store.label,
+                    store.kind,
+                    survey,
+                    _batch_size(rule, i),
+                    store.reason if isinstance(store, AbsentStore) else None,
+                    since,
+                )
             )
-            for i, store in enumerate(stores)
-        ]
         refusal = self._guard(now, rule_cutoff, stores, plans)
-        return RulePlan(rule, rule_cutoff, plans, refusal)
+        forced: list[str] = []
+        for check in (self._min_keep(rule, keep, stage), self._jump(rule, stage, plans, history)):
+            if check is None or refusal is not None:
+                continue
+            if self.force:
+                forced.append(check)
+            else:
+                refusal = (
+                    check + "; if it is intended, run once with `run --once --force` "
+                    "(the override is recorded in the audit log)"
+                )
+        return RulePlan(rule, rule_cutoff, plans, refusal, stage, holds, tuple(forced))
+
+    def _since(self, rule: Rule, holds: Holds, history: History) -> datetime | None:
+        """Where anonymization resumes: the cutoff of the last complete anonymize run, unless a
+        hold that kept objects then has ended since (its objects are due now)."""
+        last = history.last_run(rule.name, ANONYMIZE)
+        if last is None or last.status != "done" or last.cutoff is None:
+            return None
+        if last.hold_ids - set(holds.ids):
+            return None
+        return last.cutoff
+
+    def _min_keep(self, rule: Rule, keep: Duration, stage: str) -> str | None:
+        if rule.min_keep is None or (stage == DELETE and rule.then_delete_after is not None):
+            return None
+        if keep.shorter_than(rule.min_keep):
+            return (
+                f"keep ({keep}) is shorter than the rule's min_keep ({rule.min_keep}); "
+                "check it for a typo (3d for 3 months?)"
+            )
+        return None
+
+    def _jump(self, rule: Rule, stage: str, plans: list[StorePlan], history: History) -> str | None:
+        """A store that would remove far more than its previous run did per interval."""
+        last = history.last_run(rule.name, stage)
+        if last is None:
+            return None
+        safety = self.config.safety
+        interval = schedule_interval(rule.schedule).total_seconds()
+        elapsed = max((self.now() - last.ts).total_seconds(), interval)
+        for plan in plans:
+            before = last.stores.get(plan.label)
+            if before is None:
+                continue
+            previous = _int(before.get("deleted")) + _int(before.get("anonymized"))
+            expected = max(previous * elapsed / interval, safety.max_increase_floor)
+            if plan.survey.expired > safety.max_increase * expected:
+                return (
+                    f"{plan.label}: would {stage} {plan.survey.expired} {plan.survey.unit}, more "
+                    f"than {safety.max_increase:g} times what its previous run did per interval "
+                    f"({previous}; safety.max_increase)"
+                )
+        return None
 
     def _guard(
         self, now: datetime, rule_cutoff: datetime, stores: list[Store], plans: list[StorePlan]
@@ -278,15 +404,29 @@ class Engine:
         outcome = RunOutcome(rule.name, run_id, None, "failed")
         try:
             with self.open_stores(rule) as stores:
-                plan = self.plan(rule, stores)
+                history = read_history(self.config.audit.path)
+                stages = self.plans(rule, stores, history)
+                plan = stages[-1]
                 outcome.cutoff = plan.cutoff
-                if plan.refusal:
-                    return self._refuse(plan, audit, outcome)
-                self._audit(audit, "run_started", run_id, plan, stores=_survey_fields(plan))
+                self._record_holds(audit, stages)
+                refused = next((s for s in stages if s.refusal), None)
+                if refused is not None:
+                    return self._refuse(refused, stages, audit, outcome)
+                self._audit(
+                    audit,
+                    "run_started",
+                    run_id,
+                    plan,
+                    **_stage_fields(stages),
+                    stores=[f for stage in stages for f in _survey_fields(stage)],
+                )
                 log.info("run started", cutoff=plan.cutoff.isoformat(), expired=plan.expired)
-                outcome.status = self._apply(plan, stores, audit, outcome)
+                for stage in stages:
+                    outcome.status = self._apply(stage, stores, audit, outcome)
+                    if outcome.status != "done":
+                        break
                 if outcome.status == "done":
-                    outcome.status = self._verify(plan, stores, outcome)
+                    outcome.status = self._verify(stages, stores, outcome)
         except StoreError as error:
             outcome.status, outcome.message = "failed", str(error)
             log.error("run failed", reason=str(error))
@@ -300,6 +440,10 @@ class Engine:
             return outcome
         if outcome.status != "done":
             outcome.message = outcome.message or _status_message(outcome)
+        finished: dict[str, Any] = {"deleted": outcome.deleted}
+        if rule.action == ANONYMIZE:
+            finished["anonymized"] = outcome.anonymized
+            finished["stage"] = ANONYMIZE
         self._audit(
             audit,
             "run_finished",
@@ -307,13 +451,32 @@ class Engine:
             None,
             rule=rule.name,
             status=outcome.status,
-            deleted=outcome.deleted,
+            **finished,
             stores=[_outcome_fields(s) for s in outcome.stores],
         )
-        log.info("run finished", status=outcome.status, deleted=outcome.deleted)
+        log.info(
+            "run finished",
+            status=outcome.status,
+            deleted=outcome.deleted,
+            anonymized=outcome.anonymized,
+        )
         return outcome
 
-    def _refuse(self, plan: RulePlan, audit: AuditLog, outcome: RunOutcome) -> RunOutcome:
+    def _record_holds(self, audit: AuditLog, stages: list[RulePlan], covers: bool = True) -> None:
+        """Holds added, changed or ended since the log last said, with what they keep here."""
+        counts: dict[str, dict[str, int]] = {}
+        if covers:
+            for stage in stages:
+                for store in stage.stores:
+                    for hold, count in store.survey.held_by.items():
+                        counts.setdefault(hold, {})[store.label] = count
+        record_hold_changes(
+            audit, self.hold_source(), self.now(), self.config.zone(), counts if covers else None
+        )
+
+    def _refuse(
+        self, plan: RulePlan, stages: list[RulePlan], audit: AuditLog, outcome: RunOutcome
+    ) -> RunOutcome:
         outcome.status, outcome.message = "refused", plan.refusal
         self._audit(
             audit,
@@ -321,7 +484,8 @@ class Engine:
             outcome.run_id,
             plan,
             reason=plan.refusal,
-            stores=_survey_fields(plan),
+            **_stage_fields(stages),
+            stores=[f for stage in stages for f in _survey_fields(stage)],
         )
         log.warning("run refused", reason=plan.refusal)
         return outcome
@@ -329,49 +493,108 @@ class Engine:
     def _apply(
         self, plan: RulePlan, stores: list[Store], audit: AuditLog, outcome: RunOutcome
     ) -> str:
+        holds = plan.holds
         for store, store_plan in zip(stores, plan.stores, strict=True):
-            result = StoreOutcome(store.label, store_plan.survey.unit)
+            result = StoreOutcome(store.label, store_plan.survey.unit, plan.stage)
+            result.held, result.held_by = store_plan.survey.held, dict(store_plan.survey.held_by)
             outcome.stores.append(result)
             if store_plan.survey.expired == 0:
                 continue
-            for batch in store.batches(plan.cutoff):
+            batches = self._batches(store, plan, store_plan, holds)
+            while True:
                 if self.stop.is_set():
                     return "interrupted"
-                intent: dict[str, Any] = {"store": store.label, "batch": batch.number}
-                intent["planned"] = batch.planned
-                if batch.span:
-                    intent["first_day"], intent["last_day"] = batch.span
-                self._audit(audit, "batch_intent", outcome.run_id, None, **intent)
-                applied = store.apply(batch, plan.cutoff)
-                result.batches += 1
-                result.deleted += applied.deleted
-                if applied.bytes is not None:
-                    result.bytes = (result.bytes or 0) + applied.bytes
-                _add(result.skipped, applied.skipped)
-                _add(result.counts, applied.counts)
-                done: dict[str, Any] = {"store": store.label, "batch": batch.number}
-                done["deleted"] = applied.deleted
-                if applied.bytes is not None:
-                    done["bytes"] = applied.bytes
-                if applied.span:
-                    done["first_day"], done["last_day"] = applied.span
-                if applied.skipped:
-                    done["skipped"] = dict(applied.skipped)
-                if applied.counts:
-                    done["counts"] = dict(applied.counts)
-                self._audit(audit, "batch_done", outcome.run_id, None, **done)
-                if self.progress:
-                    self.progress(store.label, result.deleted, store_plan.survey.expired)
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                fresh = self.holds(plan.rule)
+                if fresh != holds:
+                    # A reload changed the holds: this batch was planned without them
+                    self._holds_changed(audit, plan, store, holds, fresh)
+                    holds = fresh
+                    batches = self._batches(store, plan, store_plan, holds)
+                    continue
+                self._apply_batch(store, plan, store_plan, batch, audit, outcome, result)
                 if store.pause:
                     self.stop.wait(store.pause)
         return "interrupted" if self.stop.is_set() else "done"
 
-    def _verify(self, plan: RulePlan, stores: list[Store], outcome: RunOutcome) -> str:
-        """Re-survey: nothing expired may remain. Objects skipped for a reason are reported."""
+    def _batches(
+        self, store: Store, plan: RulePlan, store_plan: StorePlan, holds: Holds
+    ) -> Iterator[Batch]:
+        if plan.stage == ANONYMIZE:
+            return store.anonymize_batches(plan.cutoff, holds, store_plan.since)
+        return store.batches(plan.cutoff, holds)
+
+    def _holds_changed(
+        self, audit: AuditLog, plan: RulePlan, store: Store, old: Holds, new: Holds
+    ) -> None:
+        log.info(
+            "holds changed during the run; planning again with them",
+            store=store.label,
+            holds_before=len(old.scopes),
+            holds_now=len(new.scopes),
+        )
+        record_hold_changes(audit, self.hold_source(), self.now(), self.config.zone(), None)
+
+    def _apply_batch(
+        self,
+        store: Store,
+        plan: RulePlan,
+        store_plan: StorePlan,
+        batch: Batch,
+        audit: AuditLog,
+        outcome: RunOutcome,
+        result: StoreOutcome,
+    ) -> None:
+        intent: dict[str, Any] = {"store": store.label, "batch": batch.number}
+        if plan.stage == ANONYMIZE:
+            intent["stage"] = ANONYMIZE
+        intent["planned"] = batch.planned
+        if batch.span:
+            intent["first_day"], intent["last_day"] = batch.span
+        self._audit(audit, "batch_intent", outcome.run_id, None, **intent)
+        applied = store.apply(batch, plan.cutoff)
+        result.batches += 1
+        result.deleted += applied.deleted
+        result.anonymized += applied.anonymized
+        if applied.bytes is not None:
+            result.bytes = (result.bytes or 0) + applied.bytes
+        _add(result.skipped, applied.skipped)
+        _add(result.counts, applied.counts)
+        done: dict[str, Any] = {"store": store.label, "batch": batch.number}
+        if plan.stage == ANONYMIZE:
+            done["stage"] = ANONYMIZE
+            done["anonymized"] = applied.anonymized
+        done["deleted"] = applied.deleted
+        if applied.bytes is not None:
+            done["bytes"] = applied.bytes
+        if applied.span:
+            done["first_day"], done["last_day"] = applied.span
+        if applied.skipped:
+            done["skipped"] = dict(applied.skipped)
+        if applied.counts:
+            done["counts"] = dict(applied.counts)
+        self._audit(audit, "batch_done", outcome.run_id, None, **done)
+        if self.progress:
+            self.progress(
+                store.label, result.deleted + result.anonymized, store_plan.survey.expired
+            )
+
+    def _verify(self, stages: list[RulePlan], stores: list[Store], outcome: RunOutcome) -> str:
+        """Re-survey the delete stages: nothing expired and unheld may remain. Anonymize stages
+        are verified by their own counts (every visited row is anonymized or was unchanged)."""
         clean = True
-        for store, result in zip(stores, outcome.stores, strict=True):
-            result.remaining = store.survey(plan.cutoff).expired
-            clean = clean and result.remaining == 0
+        results = iter(outcome.stores)
+        for stage in stages:
+            holds = self.holds(stage.rule)
+            for store in stores:
+                result = next(results)
+                if stage.stage == ANONYMIZE:
+                    result.smallest_group = store.smallest_group(stage.cutoff)
+                    continue
+                result.remaining = store.survey(stage.cutoff, holds).expired
+                clean = clean and result.remaining == 0
         return "done" if clean else "incomplete"
 
     def _audit(
@@ -417,26 +640,51 @@ def _user() -> str:
 
 
 def _survey_fields(plan: RulePlan) -> list[dict[str, Any]]:
-    return [
-        {
+    fields = []
+    for s in plan.stores:
+        store: dict[str, Any] = {
             "store": s.label,
             "kind": s.kind,
             "unit": s.survey.unit,
             "total": s.survey.total,
             "expired": s.survey.expired,
         }
-        | ({"absent": True} if s.absent else {})
-        for s in plan.stores
-    ]
+        if plan.stage == ANONYMIZE:
+            store["stage"] = ANONYMIZE
+        if s.survey.held:
+            store["held"] = s.survey.held
+            store["held_by"] = dict(s.survey.held_by)
+        if s.absent:
+            store["absent"] = True
+        fields.append(store)
+    return fields
+
+
+def _stage_fields(stages: list[RulePlan]) -> dict[str, Any]:
+    """What a run's first entry says beyond the main stage's cutoff: the delete stage of a
+    two-stage rule, and guards overridden with --force."""
+    fields: dict[str, Any] = {}
+    if stages[-1].stage == ANONYMIZE:
+        fields["action"] = ANONYMIZE
+    if len(stages) > 1:
+        fields["delete_cutoff"] = stages[0].cutoff
+        fields["then_delete_after"] = str(stages[0].rule.then_delete_after)
+    forced = [reason for stage in stages for reason in stage.forced]
+    if forced:
+        fields["forced"] = forced
+    return fields
 
 
 def _outcome_fields(store: StoreOutcome) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "store": store.label,
-        "deleted": store.deleted,
-        "batches": store.batches,
-        "remaining": store.remaining,
-    }
+    fields: dict[str, Any] = {"store": store.label}
+    if store.stage == ANONYMIZE:
+        fields["stage"] = ANONYMIZE
+        fields["anonymized"] = store.anonymized
+        fields["smallest_group"] = store.smallest_group
+    fields |= {"deleted": store.deleted, "batches": store.batches, "remaining": store.remaining}
+    if store.held:
+        fields["held"] = store.held
+        fields["held_by"] = store.held_by
     if store.bytes is not None:
         fields["bytes"] = store.bytes
     if store.skipped:
@@ -444,6 +692,10 @@ def _outcome_fields(store: StoreOutcome) -> dict[str, Any]:
     if store.counts:
         fields["counts"] = store.counts
     return fields
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _add(totals: dict[str, int], more: Mapping[str, int]) -> None:

@@ -37,11 +37,12 @@ import click
 from retentiond import audit
 from retentiond.config.loader import LoadedConfig
 from retentiond.config.model import Config, Rule, StoreConfig
-from retentiond.engine import Engine, utcnow
+from retentiond.engine import ANONYMIZE, DELETE, Engine, RulePlan, utcnow
 from retentiond.errors import AuditError, StoreError
-from retentiond.rules import Deadline, deadline, interval_text
+from retentiond.history import History, read_history
+from retentiond.rules import Deadline, deadline, hold_in_force, interval_text, review_overdue
 from retentiond.rules import cutoff as compute_cutoff
-from retentiond.stores import AbsentStore
+from retentiond.stores import AbsentStore, Store
 
 if TYPE_CHECKING:
     from retentiond.cli import Context
@@ -50,7 +51,7 @@ Level = Literal["green", "amber", "red"]
 _RANK: dict[Level, int] = {"green": 0, "amber": 1, "red": 2}
 EXIT_DEADLINE = 4  # DESIGN.md: "4 a deadline is exceeded"
 EXIT_UNKNOWN = 1  # a store or the deletion log could not be read: compliance is not known
-HOLDS_NOT_AVAILABLE = "holds: none (not available in this version)"
+NO_HOLDS_LINE = "holds: none in force"
 _RUN_ENDS = {"run_finished": None, "run_refused": "refused", "run_failed": "failed"}
 _ENDED = {
     "failed": "failed",
@@ -83,11 +84,13 @@ class RunHistory:
 
 @dataclass(frozen=True)
 class HoldStatus:
-    """An open hold over a rule, as status shows it. Holds arrive in a later version."""
+    """A hold in force over a rule, as status shows it."""
 
     id: str
     review_by: date
     held: int  # objects of the rule it keeps from deletion
+    review_overdue: bool = False
+    until: date | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,8 @@ class StoreStatus:
     expired: int = 0  # older than the cutoff (now - keep)
     overdue: int = 0  # older than the deadline instant
     left_behind: int = 0  # already expired at the cutoff of the last successful run
-    held: int = 0  # under a hold: never deleted, never overdue (holds: a later version)
+    held: int = 0  # under a hold: never deleted, never overdue
+    held_by: Mapping[str, int] = field(default_factory=dict)
     oldest: datetime | None = None
     skipped: Mapping[str, int] = field(default_factory=dict)
     absent: str | None = None  # an optional store that is not there, and why
@@ -178,13 +182,17 @@ def compute(loaded: LoadedConfig, now: datetime | None = None) -> Status:
     zone = config.zone()
     histories, problem = run_histories(config.audit.path)
     engine = Engine(loaded, now=lambda: now)
+    past = read_history(config.audit.path)
     rules = [
-        rule_status(engine, rule, histories.get(rule.name, RunHistory())) for rule in config.rules
+        rule_status(engine, rule, histories.get(rule.name, RunHistory()), past)
+        for rule in config.rules
     ]
     return Status(now, zone, config.audit.path, problem, rules)
 
 
-def rule_status(engine: Engine, rule: Rule, history: RunHistory) -> RuleStatus:
+def rule_status(
+    engine: Engine, rule: Rule, history: RunHistory, past: History | None = None
+) -> RuleStatus:
     config = engine.config
     now, zone = engine.now(), config.zone()
     rule_deadline = deadline(rule.keep, rule.schedule, config.safety.deadline_grace)
@@ -192,15 +200,20 @@ def rule_status(engine: Engine, rule: Rule, history: RunHistory) -> RuleStatus:
     success = history.last_success
     left_before = success.cutoff if success else None
     stores = [
-        _store_status(engine, rule, store_config, overdue_before, left_before)
+        _store_status(engine, rule, store_config, overdue_before, left_before, past or History())
         for store_config in rule.stores
     ]
     next_run = None
     if rule.schedule is not None:
         next_run = rule.schedule.trigger(zone).get_next_fire_time(None, now)
     cutoff = compute_cutoff(now, rule.keep, zone)
-    holds = open_holds(config, rule, now)
+    holds = open_holds(config, rule, now, stores)
     reasons, code = judge(stores, history)
+    reasons += [
+        Reason("amber", f"hold {h.id} was due for review on {h.review_by}; it keeps holding")
+        for h in holds
+        if h.review_overdue
+    ]
     return RuleStatus(
         rule,
         now,
@@ -222,22 +235,23 @@ def _store_status(
     store_config: StoreConfig,
     overdue_before: datetime,
     left_before: datetime | None,
+    past: History,
 ) -> StoreStatus:
     """Open one store on its own (one that fails does not hide the others) and survey it the way
     `plan` does, then again at the deadline and at the last successful run's cutoff."""
     single = rule.model_copy(update={"stores": [store_config]})
     try:
         with engine.open_stores(single) as (store,):
-            plan = engine.plan(single, [store])
+            plan = engine.plan(single, [store], past)
             (store_plan,) = plan.stores
             survey = store_plan.survey
             if isinstance(store, AbsentStore):
                 return StoreStatus(store.label, store.kind, store.unit, absent=store.reason)
             overdue = left_behind = 0
             if survey.expired:  # both are parts of what is expired
-                overdue = store.survey(overdue_before).expired
-                if left_before is not None:
-                    left_behind = store.survey(min(left_before, plan.cutoff)).expired
+                overdue = _expired(store, plan, min(overdue_before, plan.cutoff))
+                if left_before is not None and plan.stage == DELETE:
+                    left_behind = _expired(store, plan, min(left_before, plan.cutoff))
             return StoreStatus(
                 store.label,
                 store.kind,
@@ -246,6 +260,8 @@ def _store_status(
                 expired=survey.expired,
                 overdue=overdue,
                 left_behind=left_behind,
+                held=survey.held,
+                held_by=dict(survey.held_by),
                 oldest=survey.oldest,
                 skipped=dict(survey.skipped),
                 refusal=plan.refusal,
@@ -254,9 +270,31 @@ def _store_status(
         return StoreStatus(store_config.label, store_config.type, "objects", error=str(error))
 
 
-def open_holds(config: Config, rule: Rule, now: datetime) -> list[HoldStatus]:
-    """The open holds over a rule. None in this version: the config refuses `holds:`."""
-    return []
+def _expired(store: Store, plan: RulePlan, before: datetime) -> int:
+    """Unheld objects older than `before` that the plan's stage has yet to treat."""
+    if plan.stage == ANONYMIZE:
+        (store_plan,) = plan.stores
+        return store.anonymize_survey(before, plan.holds, store_plan.since).expired
+    return store.survey(before, plan.holds).expired
+
+
+def open_holds(
+    config: Config, rule: Rule, now: datetime, stores: Iterable[StoreStatus] = ()
+) -> list[HoldStatus]:
+    """The holds in force over a rule, with what they keep in its stores; a hold past its
+    review date keeps holding and is flagged."""
+    zone = config.zone()
+    return [
+        HoldStatus(
+            hold.id,
+            hold.review_by,
+            sum(s.held_by.get(hold.id, 0) for s in stores),
+            review_overdue(hold, now, zone),
+            hold.until,
+        )
+        for hold in config.holds
+        if (hold.rules is None or rule.name in hold.rules) and hold_in_force(hold, now, zone)
+    ]
 
 
 def judge(stores: list[StoreStatus], history: RunHistory) -> tuple[list[Reason], int]:
@@ -456,7 +494,14 @@ def _rule_json(r: RuleStatus) -> dict[str, Any]:
         "left_behind": r.total("left_behind"),
         "held": r.total("held"),
         "holds": [
-            {"id": h.id, "review_by": h.review_by.isoformat(), "held": h.held} for h in r.holds
+            {
+                "id": h.id,
+                "review_by": h.review_by.isoformat(),
+                "review_overdue": h.review_overdue,
+                "until": h.until.isoformat() if h.until else None,
+                "held": h.held,
+            }
+            for h in r.holds
         ],
         "refusal": r.refusal,
         "stores": [_store_json(r.now, s) for s in r.stores],
@@ -526,13 +571,19 @@ def _rule_lines(r: RuleStatus, zone: tzinfo) -> list[str]:
     for s in r.stores:
         lines += _store_lines(s, zone)
     if r.holds:
-        lines += [f"  hold {h.id}: {h.held} held, review by {h.review_by}" for h in r.holds]
+        lines += [_hold_line(h) for h in r.holds]
     else:
-        lines.append(f"  {HOLDS_NOT_AVAILABLE}")
+        lines.append(f"  {NO_HOLDS_LINE}")
     if r.refusal:
         lines.append(f"  a run now would be refused: {r.refusal}")
     lines += [f"  {reason.level.upper()}: {reason.text}" for reason in r.reasons]
     return lines
+
+
+def _hold_line(hold: HoldStatus) -> str:
+    review = f"review by {hold.review_by}" + (" (OVERDUE)" if hold.review_overdue else "")
+    until = f", until {hold.until}" if hold.until else ""
+    return f"  hold {hold.id}: {hold.held} held, {review}{until}"
 
 
 def _run_line(run: RunRecord | None, zone: tzinfo) -> str:

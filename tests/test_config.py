@@ -93,15 +93,6 @@ def test_unknown_connection_and_duplicate_rule_names_are_named() -> None:
     assert any("rule name 'call-records' is used twice" in f for f in found)
 
 
-def test_unsupported_features_refuse_instead_of_being_ignored() -> None:
-    text = MINIMAL.replace("keep: 3 months", "keep: 3 months\n    action: anonymize") + (
-        "holds:\n  - id: HOLD-1\n"
-    )
-    found = problems(text)
-    assert any("rules.0.action" in f and "anonymize" in f for f in found)
-    assert any(f.startswith("retentiond.yaml:16: holds:") and "not available" in f for f in found)
-
-
 def test_unknown_store_type_says_which_types_exist() -> None:
     text = MINIMAL.replace("type: sql", "type: voicemail")
     found = problems(text)

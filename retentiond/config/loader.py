@@ -15,20 +15,29 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError
 
-from retentiond.config.model import STORE_TYPES, Config
+from retentiond.config.model import STORE_TYPES, Config, HoldConfig
 from retentiond.config.presets import PresetError, PresetProblem, expand
 from retentiond.errors import ConfigError, ConfigProblem
 
 DEFAULT_CONFIG_PATH = Path("/etc/retentiond/retentiond.yaml")
 
 
+HOLDS_DIR_NAME = "holds.d"
+
+
 @dataclass(frozen=True)
 class LoadedConfig:
-    """A validated config with where it came from and its hash (recorded in every audit entry)."""
+    """A validated config with where it came from and its hash (recorded in every audit entry).
+
+    `config.holds` holds the config's own holds and those of the holds folder; `holds_sha256`
+    is the hash of the folder's files (None without a folder), so a reload sees hold changes.
+    """
 
     config: Config
     path: Path
     sha256: str
+    holds_dir: Path | None = None
+    holds_sha256: str | None = None
 
 
 def config_path(option: str | None) -> Path:
@@ -51,7 +60,75 @@ def load_config(path: Path) -> LoadedConfig:
         raise ConfigError(
             [ConfigProblem(name, None, "", f"cannot read: {error.strerror}")]
         ) from None
-    return LoadedConfig(parse_config(raw, name), path, hashlib.sha256(raw).hexdigest())
+    config = parse_config(raw, name)
+    folder = config.holds_dir or path.parent / HOLDS_DIR_NAME
+    if config.holds_dir is None and not folder.is_dir():
+        return LoadedConfig(config, path, hashlib.sha256(raw).hexdigest())
+    holds, digest = load_holds_dir(folder)
+    config = _with_holds(config, holds, name, folder)
+    return LoadedConfig(config, path, hashlib.sha256(raw).hexdigest(), folder, digest)
+
+
+def hold_files(folder: Path) -> list[Path]:
+    """The hold files of a folder, in name order; editor backups and hidden files left out."""
+    return sorted(
+        entry
+        for entry in folder.iterdir()
+        if entry.suffix in (".yaml", ".yml") and not entry.name.startswith(".")
+    )
+
+
+def load_holds_dir(folder: Path) -> tuple[list[HoldConfig], str]:
+    """One hold per YAML file. Every problem of every file at once, each with file:line."""
+    try:
+        files = hold_files(folder)
+    except FileNotFoundError:
+        raise ConfigError(
+            [ConfigProblem(str(folder), None, "", "the holds folder does not exist; create it")]
+        ) from None
+    except OSError as error:
+        raise ConfigError(
+            [ConfigProblem(str(folder), None, "", f"cannot read: {error.strerror}")]
+        ) from None
+    digest = hashlib.sha256()
+    holds: list[HoldConfig] = []
+    problems: list[ConfigProblem] = []
+    for file in files:
+        try:
+            raw = file.read_bytes()
+        except OSError as error:
+            problems.append(ConfigProblem(str(file), None, "", f"cannot read: {error.strerror}"))
+            continue
+        digest.update(file.name.encode() + b"\0" + hashlib.sha256(raw).digest())
+        try:
+            holds.append(_parse_hold(raw, str(file)))
+        except ConfigError as error:
+            problems += error.problems
+    if problems:
+        raise ConfigError(problems)
+    return holds, digest.hexdigest()
+
+
+def _parse_hold(raw: bytes, name: str) -> HoldConfig:
+    tree = _read_yaml(raw, name)
+    if not isinstance(tree, CommentedMap):
+        raise ConfigError(
+            [ConfigProblem(name, 1, "", "a hold file is one YAML mapping: id, reason, ...")]
+        )
+    try:
+        return HoldConfig.model_validate(_plain(tree))
+    except ValidationError as error:
+        raise ConfigError([_problem(name, tree, detail) for detail in error.errors()]) from None
+
+
+def _with_holds(config: Config, holds: list[HoldConfig], name: str, folder: Path) -> Config:
+    """The config with the folder's holds added; ids unique, rules existing."""
+    merged = config.model_copy(update={"holds": [*config.holds, *holds]})
+    try:
+        merged.check_holds()
+    except ValueError as error:
+        raise ConfigError([ConfigProblem(str(folder), None, "holds", str(error))]) from None
+    return merged
 
 
 def parse_config(raw: bytes | str, name: str = "<config>") -> Config:
@@ -223,10 +300,7 @@ def _message(detail: Any, path: list[Any]) -> str:
     if kind == "union_tag_not_found":
         return f"every store needs a 'type:' ({', '.join(STORE_TYPES)})"
     if kind == "literal_error" and path and path[-1] == "action":
-        return (
-            "action must be 'delete'; 'anonymize' is not available in this version, and "
-            "retentiond refuses to start rather than delete what you meant to keep"
-        )
+        return "action is delete or anonymize"
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
     return message

@@ -85,18 +85,6 @@ def _prom_file(value: Path | None) -> Path | None:
     return value
 
 
-def _not_yet(feature: str) -> Any:
-    def check(value: Any) -> Any:
-        if value is not None:
-            raise ValueError(
-                f"{feature} is not available in this version of retentiond; remove this key. "
-                "retentiond refuses to start rather than ignore it"
-            )
-        return value
-
-    return check
-
-
 def _date(value: Any) -> date:
     if isinstance(value, date):
         return value
@@ -486,6 +474,11 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _holds_name_rules(self) -> Config:
+        self.check_holds()
+        return self
+
+    def check_holds(self) -> None:
+        """Hold ids are unique and name existing rules (also run for the holds folder)."""
         names = {rule.name for rule in self.rules}
         seen: set[str] = set()
         for hold in self.holds:
@@ -498,7 +491,6 @@ class Config(Strict):
                     f"hold {hold.id!r} names rules that do not exist: {', '.join(unknown)} "
                     f"(rules: {', '.join(sorted(names))})"
                 )
-        return self
 
     def zone(self) -> tzinfo:
         """The zone of naive PBX timestamps: the configured one, else the host's."""

@@ -3,6 +3,12 @@
     version: 1
     preset: freepbx
     keep: {call-records: 3 months, voicemail: 60d, call-recordings: 30d}
+    anonymize: {call-records: 2 years}   # optional: anonymize after keep, delete after 2 years
+
+`anonymize:` turns a rule of call records into `action: anonymize` with the preset's transforms
+for every table of the rule (`never` instead of a period keeps the anonymized records). Stores
+also name the columns that hold numbers (`subject_columns`), so holds by number and
+`erase`/`find` work without more configuration.
 
 `expand()` turns that into the full config (connections and rules) before validation, so a
 preset config is checked exactly like a hand-written one, and `retentiond init` prints the
@@ -23,6 +29,80 @@ from retentiond.config.pbxfiles import PbxSettingsError, read_3cx_config, read_f
 
 PRESETS = ("freepbx", "asterisk", "3cx")
 OFF = "off"  # `keep: {voicemail: off}` leaves a preset rule out, visibly
+NEVER = "never"  # `anonymize: {call-records: never}`: keep the anonymized records
+TRANSFORMS = "_anonymize"  # a template store's transforms, used only when the rule anonymizes
+
+# FreePBX/Asterisk `cdr`: the columns that name a party, and how each personal field is
+# anonymized. uniqueid/linkedid encode the call's time to the second, channels and lastdata the
+# numbers dialled, recordingfile both: blanked, not truncated.
+CDR_SUBJECTS = ["src", "dst", "cnum", "did", "outbound_cnum"]
+CDR_ANONYMIZE: dict[str, Any] = {
+    "src": "truncate_digits",
+    "dst": "truncate_digits",
+    "cnum": "truncate_digits",
+    "did": "truncate_digits",
+    "outbound_cnum": "truncate_digits",
+    "clid": "blank",
+    "cnam": "blank",
+    "outbound_cnam": "blank",
+    "dst_cnam": "blank",
+    "uniqueid": "blank",
+    "linkedid": "blank",
+    "channel": "blank",
+    "dstchannel": "blank",
+    "lastdata": "blank",
+    "recordingfile": "blank",
+    "userfield": "blank",
+}
+# Columns of the plain Asterisk cdr table that every backend writes
+ASTERISK_CDR_SUBJECTS = ["src", "dst"]
+ASTERISK_CDR_ANONYMIZE: dict[str, Any] = {
+    "src": "truncate_digits",
+    "dst": "truncate_digits",
+    "clid": "blank",
+    "channel": "blank",
+    "dstchannel": "blank",
+    "lastdata": "blank",
+    "uniqueid": "blank",
+    "userfield": "blank",
+}
+CEL_SUBJECTS = ["cid_num", "cid_ani", "cid_rdnis", "cid_dnid", "exten"]
+CEL_ANONYMIZE: dict[str, Any] = {
+    "cid_name": "blank",
+    "cid_num": "truncate_digits",
+    "cid_ani": "truncate_digits",
+    "cid_rdnis": "truncate_digits",
+    "cid_dnid": "truncate_digits",
+    "exten": "truncate_digits",
+    "channame": "blank",
+    "appdata": "blank",
+    "uniqueid": "blank",
+    "linkedid": "blank",
+    "peer": "blank",
+    "extra": "blank",
+}
+# FreePBX queuelog: callid is the call's uniqueid, data1..data5 carry caller ids and positions
+QUEUELOG_ANONYMIZE: dict[str, Any] = {
+    "callid": "blank",
+    "agent": "blank",
+    "data1": "blank",
+    "data2": "blank",
+    "data3": "blank",
+    "data4": "blank",
+    "data5": "blank",
+}
+# cdr_csv's Master.csv by position: src 1, dst 2, clid 4, channel 5, dstchannel 6, lastdata 8,
+# uniqueid 16, userfield 17
+CSV_ANONYMIZE: dict[str, Any] = {
+    "1": "truncate_digits",
+    "2": "truncate_digits",
+    "4": "blank",
+    "5": "blank",
+    "6": "blank",
+    "8": "blank",
+    "16": "blank",
+    "17": "blank",
+}
 
 
 @dataclass(frozen=True)
@@ -111,14 +191,17 @@ def freepbx(settings: dict[str, Any]) -> tuple[dict[str, Any], list[RuleTemplate
             "Troubleshooting, cost control and call statistics",
             "daily 03:15",
             [
-                _sql("cdrdb", cdr_table, "calldate"),
-                _sql(cel_connection, values["CELDBTABLENAME"], "eventtime", optional=True),
-                _sql("cdrdb", "transient_cdr", "calldate", optional=True),
-                _sql("cdrdb", "queuelog", "time", optional=True),
+                _sql("cdrdb", cdr_table, "calldate") | _people(CDR_SUBJECTS, CDR_ANONYMIZE),
+                _sql(cel_connection, values["CELDBTABLENAME"], "eventtime", optional=True)
+                | _people(CEL_SUBJECTS, CEL_ANONYMIZE),
+                _sql("cdrdb", "transient_cdr", "calldate", optional=True)
+                | _people(CDR_SUBJECTS, CDR_ANONYMIZE),
+                _sql("cdrdb", "queuelog", "time", optional=True) | {TRANSFORMS: QUEUELOG_ANONYMIZE},
                 {
                     "type": "csv",
                     "root": str(Path(values["ASTLOGDIR"]) / "cdr-csv"),
                     "optional": True,
+                    TRANSFORMS: CSV_ANONYMIZE,
                 },
             ],
         ),
@@ -141,6 +224,7 @@ def freepbx(settings: dict[str, Any]) -> tuple[dict[str, Any], list[RuleTemplate
                     "match": RECORDING_PATTERNS,
                     "age_from": "path_date",
                     "group_siblings": True,
+                    "subject_in_name": True,
                     "references": {
                         "connection": "cdrdb",
                         "table": cdr_table,
@@ -193,8 +277,14 @@ def asterisk(settings: dict[str, Any]) -> tuple[dict[str, Any], list[RuleTemplat
     monitor = Path(str(settings.get("monitor_dir", spool / "monitor")))
     connections: dict[str, Any] = {"masterdb": {"url": f"sqlite:///{log_dir / 'master.db'}"}}
     call_stores = [
-        _sql("masterdb", "cdr", "calldate", optional=True),  # cdr_sqlite3_custom
-        {"type": "csv", "root": str(log_dir / "cdr-csv"), "optional": True},  # cdr_csv
+        _sql("masterdb", "cdr", "calldate", optional=True)  # cdr_sqlite3_custom
+        | _people(ASTERISK_CDR_SUBJECTS, ASTERISK_CDR_ANONYMIZE),
+        {  # cdr_csv
+            "type": "csv",
+            "root": str(log_dir / "cdr-csv"),
+            "optional": True,
+            TRANSFORMS: CSV_ANONYMIZE,
+        },
     ]
     if settings.get("cdr_url"):  # tables written by cdr_adaptive_odbc or cdr_pgsql
         cdrdb: dict[str, Any] = {"url": str(settings["cdr_url"])}
@@ -207,7 +297,8 @@ def asterisk(settings: dict[str, Any]) -> tuple[dict[str, Any], list[RuleTemplat
                 "cdrdb",
                 str(settings.get("cdr_table", "cdr")),
                 str(settings.get("cdr_time_column", "calldate")),
-            ),
+            )
+            | _people(ASTERISK_CDR_SUBJECTS, ASTERISK_CDR_ANONYMIZE),
         )
         if settings.get("cel_table"):
             call_stores.insert(
@@ -217,7 +308,8 @@ def asterisk(settings: dict[str, Any]) -> tuple[dict[str, Any], list[RuleTemplat
                     str(settings["cel_table"]),
                     str(settings.get("cel_time_column", "eventtime")),
                     optional=True,
-                ),
+                )
+                | _people(CEL_SUBJECTS, CEL_ANONYMIZE),
             )
     rules = [
         RuleTemplate(
@@ -274,7 +366,7 @@ def threecx(settings: dict[str, Any]) -> tuple[dict[str, Any], list[RuleTemplate
             "Call history (numbers, names, times, durations)",
             "Troubleshooting, cost control and call statistics",
             "daily 03:15",
-            [{"type": "3cx_call_history", "connection": "3cx"}],
+            [{"type": "3cx_call_history", "connection": "3cx", TRANSFORMS: _threecx_anonymize()}],
         ),
         RuleTemplate(
             "call-recordings",
@@ -292,6 +384,7 @@ def threecx(settings: dict[str, Any]) -> tuple[dict[str, Any], list[RuleTemplate
                     "root": str(recordings),
                     "match": ["**/*.wav", "**/*.mp3", "**/*.opus"],
                     "age_from": "filename_date",
+                    "subject_in_name": True,  # [Name]_<ext>-<number>_<time>(<n>).wav
                     "named_by": {
                         "connection": "3cx",
                         "table": "recordings",
@@ -364,19 +457,17 @@ def expand(data: dict[str, Any]) -> dict[str, Any]:
     if problems:
         raise PresetError(problems)
     assert isinstance(keep, dict)  # checked above
+    anonymize = data.get("anonymize") or {}
+    problems = _anonymize_problems(anonymize, templates)
+    if problems:
+        raise PresetError(problems)
     rules = [
-        {
-            "name": t.name,
-            "description": t.description,
-            "purpose": t.purpose,
-            "keep": keep[t.name],
-            "schedule": t.schedule,
-            "stores": t.stores,
-        }
+        _rule(t, keep[t.name], anonymize.get(t.name))
         for t in templates
         if t.name in keep and keep[t.name] != OFF
     ]
-    expanded = {k: v for k, v in data.items() if k not in ("preset", "preset_settings", "keep")}
+    dropped = ("preset", "preset_settings", "keep", "anonymize")
+    expanded = {k: v for k, v in data.items() if k not in dropped}
     user_connections = expanded.get("connections") or {}
     expanded["connections"] = {**connections, **user_connections}
     expanded["rules"] = rules + list(expanded.get("rules") or [])
@@ -412,6 +503,68 @@ def _keep_problems(preset: str, keep: Any, templates: list[RuleTemplate]) -> lis
         if name not in keep and _required(name, templates)
     ]
     return problems
+
+
+def _rule(template: RuleTemplate, keep: Any, anonymize: Any) -> dict[str, Any]:
+    """One rule from its template: the transforms go in only when the rule anonymizes."""
+    stores = []
+    for store in template.stores:
+        transforms = store.get(TRANSFORMS)
+        store = {k: v for k, v in store.items() if k != TRANSFORMS}
+        if anonymize is not None and transforms:
+            store["anonymize"] = dict(transforms)
+        stores.append(store)
+    rule: dict[str, Any] = {
+        "name": template.name,
+        "description": template.description,
+        "purpose": template.purpose,
+        "keep": keep,
+    }
+    if anonymize is not None:
+        rule["action"] = "anonymize"
+        if anonymize != NEVER:
+            rule["then_delete_after"] = anonymize
+    return rule | {"schedule": template.schedule, "stores": stores}
+
+
+def _anonymize_problems(anonymize: Any, templates: list[RuleTemplate]) -> list[PresetProblem]:
+    if not isinstance(anonymize, dict):
+        return [
+            PresetProblem(
+                ("anonymize",), "expected a mapping such as {call-records: 2 years} (or never)"
+            )
+        ]
+    problems = []
+    for name, after in anonymize.items():
+        template = next((t for t in templates if t.name == name), None)
+        if template is None or not all(TRANSFORMS in store for store in template.stores):
+            can = [t.name for t in templates if all(TRANSFORMS in s for s in t.stores)]
+            problems.append(
+                PresetProblem(
+                    ("anonymize", name),
+                    f"{name!r} cannot be anonymized with this preset (only: {', '.join(can)}); "
+                    "voice recordings and voicemail are deleted",
+                )
+            )
+            continue
+        if after != NEVER:
+            try:
+                parse_keep(after)
+            except ValueError as error:
+                problems.append(
+                    PresetProblem(("anonymize", name), f"{error}, or never to keep them")
+                )
+    return problems
+
+
+def _people(subjects: list[str], transforms: dict[str, Any]) -> dict[str, Any]:
+    return {"subject_columns": list(subjects), TRANSFORMS: transforms}
+
+
+def _threecx_anonymize() -> dict[str, Any]:
+    from retentiond.stores.threecx import DEFAULT_ANONYMIZE
+
+    return dict(DEFAULT_ANONYMIZE)
 
 
 def _required(name: str, templates: list[RuleTemplate]) -> bool:

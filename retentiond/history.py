@@ -1,0 +1,144 @@
+"""What earlier runs left in the audit log that a new run needs to decide safely.
+
+- the last finished run of each rule and stage (its time, cutoff and per-store counts): the guard
+  against sudden jumps compares with it, and anonymization continues from its cutoff;
+- the holds the log has recorded (added, changed, not yet ended), so a run records each change
+  of a hold exactly once.
+
+The log is the only state retentiond keeps, besides a small file of hold fingerprints beside it
+(`holds.json`, 0600), which lets a run notice that a hold's numbers changed without ever writing
+a number, or a hash of one, into the log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from retentiond.audit import read_entries
+from retentiond.errors import AuditError
+
+log = structlog.get_logger()
+
+HOLD_ENTRIES = ("hold_added", "hold_changed", "hold_ended")
+
+
+@dataclass(frozen=True)
+class PastRun:
+    """A finished run of one rule's stage: when, with which cutoff, what each store did."""
+
+    ts: datetime
+    status: str
+    cutoff: datetime | None
+    stores: Mapping[str, Mapping[str, Any]]  # label -> the run_finished store fields
+    hold_ids: frozenset[str] = frozenset()  # holds that kept objects in this run
+
+
+@dataclass
+class History:
+    runs: dict[tuple[str, str], PastRun] = field(default_factory=dict)  # (rule, stage) -> last
+    holds: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> last summary logged
+    readable: bool = True
+
+    def last_run(self, rule: str, stage: str) -> PastRun | None:
+        return self.runs.get((rule, stage))
+
+
+def read_history(path: Path) -> History:
+    """Fold the log into what a run needs. A broken or unreadable log yields an empty history
+    (marked unreadable): guards that need the past then stay on their safe side."""
+    history = History()
+    starts: dict[str, dict[str, Any]] = {}
+    try:
+        for entry in read_entries(path):
+            fields = entry.fields
+            if entry.type == "run_started":
+                starts[str(fields.get("run_id"))] = fields
+            elif entry.type == "run_finished":
+                _finished(history, entry.ts, fields, starts.get(str(fields.get("run_id"))))
+            elif entry.type in HOLD_ENTRIES:
+                hold_id = str(fields.get("hold"))
+                if entry.type == "hold_ended":
+                    history.holds.pop(hold_id, None)
+                else:
+                    history.holds[hold_id] = dict(fields)
+    except FileNotFoundError:
+        return history
+    except (AuditError, OSError) as error:
+        log.warning(
+            "audit log history not readable; guards that need it stay safe", reason=str(error)
+        )
+        return History(readable=False)
+    return history
+
+
+def _finished(
+    history: History, ts: str, fields: Mapping[str, Any], started: Mapping[str, Any] | None
+) -> None:
+    rule = str(fields.get("rule"))
+    stage = str(fields.get("stage") or "delete")
+    cutoff = (started or {}).get("cutoff")
+    stores = {
+        str(store.get("store")): store
+        for store in fields.get("stores") or []
+        if isinstance(store, Mapping)
+    }
+    hold_ids = frozenset(hold for store in stores.values() for hold in (store.get("held_by") or {}))
+    history.runs[(rule, stage)] = PastRun(
+        _instant(ts) or datetime.min,
+        str(fields.get("status")),
+        _instant(cutoff) if isinstance(cutoff, str) else None,
+        stores,
+        hold_ids,
+    )
+
+
+def _instant(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+# --- hold fingerprints --------------------------------------------------------------------------
+
+
+def fingerprint(definition: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def fingerprints_path(audit_path: Path) -> Path:
+    return audit_path.parent / "holds.json"
+
+
+def read_fingerprints(audit_path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(fingerprints_path(audit_path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def write_fingerprints(audit_path: Path, prints: Mapping[str, str]) -> None:
+    """Atomically, readable by retentiond only: the fingerprints cover the holds' numbers."""
+    target = fingerprints_path(audit_path)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(dict(prints), handle, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary.replace(target)
+    except OSError as error:
+        log.warning("hold fingerprints not saved", reason=error.strerror or str(error))

@@ -1,0 +1,157 @@
+"""`retentiond find` (Art. 15 access) and `retentiond erase` (Art. 17 erasure).
+
+Both take the person's numbers (international form) and extensions. `find` prints what each
+store holds of them, to the terminal only: nothing of it reaches a log. `erase` shows the counts,
+asks for confirmation on a terminal (or takes `--yes`), deletes, and records the ticket id and
+the counts in the audit log.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime, tzinfo
+
+import click
+
+from retentiond import audit
+from retentiond.config.loader import LoadedConfig, config_path, load_config
+from retentiond.engine import Engine
+from retentiond.erasure import StoreMatches, check_ticket, erase, record_search, search
+from retentiond.errors import RetentiondError
+from retentiond.subjects import Subject, SubjectError
+
+
+class SubjectUsageError(RetentiondError):
+    exit_code = 2
+
+
+def _subject(numbers: tuple[str, ...], extensions: tuple[str, ...]) -> Subject:
+    if not numbers and not extensions:
+        raise click.UsageError("give at least one --number or --extension")
+    try:
+        return Subject.parse(numbers, extensions)
+    except SubjectError as error:
+        raise SubjectUsageError(f"--number/--extension: {error}") from None
+
+
+def _loaded(ctx: click.Context) -> LoadedConfig:
+    holder = ctx.find_object(object)
+    option = getattr(holder, "config_option", None)
+    return load_config(config_path(option if isinstance(option, str) else None))
+
+
+number_option = click.option(
+    "--number",
+    "numbers",
+    multiple=True,
+    metavar="NUMBER",
+    help="A phone number in international form (+4930123456); repeat for more.",
+)
+extension_option = click.option(
+    "--extension",
+    "extensions",
+    multiple=True,
+    metavar="EXT",
+    help="An internal extension (1001); repeat for more.",
+)
+rule_option = click.option(
+    "--rule", "rule_names", multiple=True, metavar="NAME", help="Only these rules."
+)
+
+
+@click.command("find")
+@number_option
+@extension_option
+@rule_option
+@click.option("--ticket", metavar="ID", help="Record the search (counts only) in the audit log.")
+@click.pass_context
+def find_command(
+    ctx: click.Context,
+    numbers: tuple[str, ...],
+    extensions: tuple[str, ...],
+    rule_names: tuple[str, ...],
+    ticket: str | None,
+) -> None:
+    """Art. 15: list one person's records in every store, to this terminal only."""
+    subject = _subject(numbers, extensions)
+    if ticket:
+        check_ticket(ticket, subject)
+    loaded = _loaded(ctx)
+    engine = Engine(loaded)
+    matches = search(engine, subject, _names(loaded, rule_names), keep=True)
+    zone = loaded.config.zone()
+    for match in matches:
+        _print_store(match, zone)
+        for found in match.objects:
+            when = found.when.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S") if found.when else "-"
+            mark = " [held]" if found.held else ""
+            details = ", ".join(f"{k}={v}" for k, v in found.fields.items())
+            click.echo(f"    {when}  {found.where}{mark}  {details}")
+    if ticket:
+        with audit.AuditLog(loaded.config.audit.path) as log:
+            record_search(log, ticket, matches)
+        click.echo(f"recorded in the audit log as a search for {ticket} (counts only)")
+
+
+@click.command("erase")
+@number_option
+@extension_option
+@rule_option
+@click.option("--ticket", required=True, metavar="ID", help="The request's reference (T-123).")
+@click.option("--dry-run", is_flag=True, help="Show the counts; change nothing.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def erase_command(
+    ctx: click.Context,
+    numbers: tuple[str, ...],
+    extensions: tuple[str, ...],
+    rule_names: tuple[str, ...],
+    ticket: str,
+    dry_run: bool,
+    yes: bool,
+) -> None:
+    """Art. 17: delete one person's records in every store now. Holds still win."""
+    subject = _subject(numbers, extensions)
+    check_ticket(ticket, subject)
+    loaded = _loaded(ctx)
+    engine = Engine(loaded)
+    names = _names(loaded, rule_names)
+    zone = loaded.config.zone()
+    matches = search(engine, subject, names)
+    for match in matches:
+        _print_store(match, zone)
+    erasable = sum(m.erasable for m in matches if not m.unsearchable)
+    held = sum(m.held for m in matches)
+    click.echo(f"to erase: {erasable}; held (kept): {held}")
+    if dry_run or not erasable:
+        click.echo("dry run: nothing changed" if dry_run else "nothing to erase")
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError("not on a terminal: confirm with --yes")
+        click.confirm(f"erase {erasable} objects for {ticket}?", abort=True)
+    with audit.AuditLog(loaded.config.audit.path) as log:
+        done = erase(engine, log, subject, ticket, names, now=datetime.now(UTC))
+        head = log.head
+    deleted = sum(m.deleted for m in done)
+    click.echo(f"erased {deleted} objects for {ticket}; held {held}")
+    click.echo(f"audit log {loaded.config.audit.path}: head #{head[0]} {head[1][:16]}")
+
+
+def _print_store(match: StoreMatches, zone: tzinfo) -> None:
+    if match.unsearchable:
+        click.echo(f"{match.rule}: {match.kind} {match.label}: NOT SEARCHED: {match.unsearchable}")
+        return
+    held = f", {match.held} held" if match.held else ""
+    click.echo(f"{match.rule}: {match.kind} {match.label}: {match.found} {match.unit}{held}")
+
+
+def _names(loaded: LoadedConfig, rule_names: tuple[str, ...]) -> list[str] | None:
+    known = {rule.name for rule in loaded.config.rules}
+    unknown = sorted(set(rule_names) - known)
+    if unknown:
+        raise click.BadParameter(
+            f"no rule named {', '.join(unknown)} (rules: {', '.join(sorted(known))})",
+            param_hint="--rule",
+        )
+    return list(rule_names) or None
