@@ -213,7 +213,7 @@ def test_figures_are_the_logs(pbx: DemoRun, reports: dict[str, str]) -> None:
     (log,) = document["logs"]
     assert log["intact"] and [log["head_seq"], log["head_hash"]] == list(result.head)
     assert log["checkpoint"] is None
-    assert document["holds"] == "none (not available in this version)"
+    assert document["holds"] == {"in_force": [], "history": [], "held": []}
 
 
 def test_rule_catalogue_rows_are_the_config(pbx: DemoRun, reports: dict[str, str]) -> None:

@@ -20,11 +20,10 @@ from typing import Any
 from retentiond import __version__, audit, rules
 from retentiond.config.durations import Duration, parse_duration
 from retentiond.config.loader import LoadedConfig
-from retentiond.config.model import Config, Rule
+from retentiond.config.model import Config, HoldConfig, Rule
 from retentiond.errors import AuditError
-from retentiond.rules import earliest_instant
+from retentiond.rules import earliest_instant, hold_in_force, review_overdue
 
-HOLDS_NOTE = "none (not available in this version)"
 NOT_SET = "not set"
 CONTROLLER_NOT_SET = "not set (add organisation: to the config)"
 UNKNOWN_RULE = "(unknown rule)"
@@ -145,6 +144,12 @@ class RuleRow:
     schedule: str
     stores: list[StoreRef]
     keep_days: float  # for sorting by period, as DIN 66398 sorts its catalogue
+    # what happens when: "delete", "anonymize", or "anonymize after 3 months, delete after 1y"
+    stages: str = ""
+    then_delete_after: str | None = None  # two stages: deleted this long after the object's time
+    delete_deadline: str | None = None  # the deadline of the delete stage of a two-stage rule
+    min_keep: str | None = None
+    k_anonymity: int | None = None  # anonymize rules: the group size that makes it anonymous
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,7 @@ class WeekDeletion:
     unit: str
     deleted: int
     bytes: int | None
+    anonymized: int = 0
 
 
 @dataclass(frozen=True)
@@ -170,6 +176,7 @@ class StoreDeletion:
     first_day: str | None  # day range of the deleted objects' own dates
     last_day: str | None
     skipped: dict[str, int]
+    anonymized: int = 0
 
 
 @dataclass(frozen=True)
@@ -179,6 +186,7 @@ class RuleTotal:
     unit: str
     deleted: int
     bytes: int | None
+    anonymized: int = 0
 
 
 @dataclass(frozen=True)
@@ -194,7 +202,8 @@ class Incident:
     at: datetime
     system: str
     rule: str
-    kind: str  # refused | failed | incomplete | interrupted | no end recorded | batch unconfirmed
+    # refused | failed | incomplete | interrupted | no end recorded | batch unconfirmed | forced
+    kind: str
     reason: str
 
 
@@ -211,6 +220,7 @@ class ComplianceRow:
     verdict: str
     level: str  # green | amber | red
     note: str
+    held: int | None = None  # objects the last run left alone because of holds
 
 
 @dataclass(frozen=True)
@@ -280,6 +290,131 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class HoldRow:
+    """A hold in force in the config: its scope by counts only, never a number."""
+
+    id: str
+    reason: str
+    approved_by: str
+    review_by: date
+    review_overdue: bool
+    until: date | None
+    rules: list[str] | None  # None: every rule
+    from_day: date | None
+    to_day: date | None
+    numbers: int
+    extensions: int
+
+
+@dataclass(frozen=True)
+class HoldEvent:
+    """A hold added, changed or ended, as the log recorded it."""
+
+    at: datetime
+    system: str
+    hold: str
+    event: str  # added | changed | ended
+    detail: str
+    reason: str | None = None
+    approved_by: str | None = None
+    review_by: str | None = None
+    until: str | None = None
+    rules: list[str] | None = None
+    from_day: str | None = None
+    to_day: str | None = None
+    numbers: int | None = None
+    extensions: int | None = None
+    changed: list[str] = field(default_factory=list)
+    covers: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HeldCount:
+    """What a hold kept in one store when it was last counted (by a run, or when recorded)."""
+
+    hold: str
+    system: str
+    store: str
+    held: int
+    counted_at: datetime
+
+
+@dataclass(frozen=True)
+class HoldReport:
+    in_force: list[HoldRow]
+    history: list[HoldEvent]
+    held: list[HeldCount]
+
+
+@dataclass(frozen=True)
+class FieldTransform:
+    field: str
+    transform: str
+
+
+@dataclass(frozen=True)
+class StoreAnonymization:
+    store: str
+    kind: str
+    fields: list[FieldTransform]
+    # the latest measured k (smallest group of equal anonymized records) per system; None:
+    # the last run could not measure it
+    smallest_group: int | None
+    measured: bool
+    wording: str
+
+
+@dataclass(frozen=True)
+class Anonymization:
+    """How a rule anonymizes, and whether the result may be called anonymous."""
+
+    rule: str
+    k_anonymity: int
+    wording: str  # anonymized | pseudonymized (smallest group N < k) | ... (not measured)
+    anonymous: bool
+    stores: list[StoreAnonymization]
+
+
+@dataclass(frozen=True)
+class SubjectStore:
+    rule: str
+    store: str
+    unit: str
+    found: int
+    held: int
+    deleted: int | None
+    unsearchable: bool
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """An Art. 17 erasure: its ticket and counts, never whose records they were."""
+
+    system: str
+    ticket: str
+    started: datetime | None
+    finished: datetime | None
+    status: str  # done | failed | no end recorded
+    reason: str | None
+    found: int
+    deleted: int
+    held: int
+    stores: list[SubjectStore]
+
+
+@dataclass(frozen=True)
+class SubjectSearch:
+    """An Art. 15 search with a ticket: counts found per store."""
+
+    at: datetime
+    system: str
+    ticket: str
+    found: int
+    held: int
+    stores: list[SubjectStore]
+
+
+@dataclass(frozen=True)
 class Catalogue:
     """The rule catalogue alone (`report --rules`): the deletion concept for the Art. 30 record."""
 
@@ -311,7 +446,7 @@ class Report:
     totals: list[RuleTotal]
     runs: list[RunCount]
     incidents: list[Incident]
-    holds: str
+    holds: HoldReport
     config_hashes: list[ConfigSeen]
     config_reloads: list[ConfigReload]
     logs: list[LogInfo]
@@ -320,6 +455,9 @@ class Report:
     methods: list[Method]
     grace: str = ""
     notes: list[str] = field(default_factory=list)
+    anonymization: list[Anonymization] = field(default_factory=list)
+    erasures: list[Erasure] = field(default_factory=list)
+    subject_searches: list[SubjectSearch] = field(default_factory=list)
 
 
 # --- organisation and rule catalogue ------------------------------------------------------------
@@ -358,6 +496,11 @@ def rule_rows(config: Config) -> list[RuleRow]:
 
 def _rule_row(rule: Rule, config: Config) -> RuleRow:
     _, interval = schedule_interval(rule)
+    grace = config.safety.deadline_grace
+    then = rule.then_delete_after
+    stages: str = rule.action
+    if then is not None:
+        stages = f"anonymize after {rule.keep}, delete after {then}"
     return RuleRow(
         name=rule.name,
         description=rule.description or NOT_SET,
@@ -370,6 +513,11 @@ def _rule_row(rule: Rule, config: Config) -> RuleRow:
         schedule=rule.schedule.text if rule.schedule else "none (retentiond-once.timer, daily)",
         stores=[StoreRef(s.type, s.label, s.optional) for s in rule.stores],
         keep_days=approximate_days(rule.keep),
+        stages=stages,
+        then_delete_after=str(then) if then is not None else None,
+        delete_deadline=deadline_text(then, interval, grace) if then is not None else None,
+        min_keep=str(rule.min_keep) if rule.min_keep is not None else None,
+        k_anonymity=rule.k_anonymity if rule.action == "anonymize" else None,
     )
 
 
@@ -502,6 +650,13 @@ def build_report(
         for log in logs
         if not log.verification.ok
     ]
+    in_force = hold_rows(config.holds, generated, period.zone)
+    notes += [
+        f"Hold {hold.id} was due for review on {hold.review_by}: it keeps holding until it is "
+        "reviewed (extend review_by, or end it with until:)."
+        for hold in in_force
+        if hold.review_overdue
+    ]
     return Report(
         organisation=organisation(config),
         first_day=period.first_day,
@@ -520,7 +675,7 @@ def build_report(
         totals=figures.totals(),
         runs=figures.run_counts(),
         incidents=sorted(figures.incidents, key=lambda i: (i.at, i.system, i.rule)),
-        holds=HOLDS_NOTE,
+        holds=HoldReport(in_force, figures.hold_history(), figures.held()),
         config_hashes=figures.config_hashes(),
         config_reloads=figures.reloads,
         logs=[_log_info(log) for log in logs],
@@ -529,7 +684,31 @@ def build_report(
         methods=_methods(config, figures.kinds),
         grace=str(config.safety.deadline_grace),
         notes=notes,
+        anonymization=figures.anonymization(),
+        erasures=figures.erasures_in_period(),
+        subject_searches=sorted(figures.searches, key=lambda s: (s.at, s.system)),
     )
+
+
+def hold_rows(holds: Iterable[HoldConfig], now: datetime, zone: tzinfo) -> list[HoldRow]:
+    """The holds in force at `now`, by counts of numbers and extensions only."""
+    return [
+        HoldRow(
+            id=hold.id,
+            reason=hold.reason,
+            approved_by=hold.approved_by,
+            review_by=hold.review_by,
+            review_overdue=review_overdue(hold, now, zone),
+            until=hold.until,
+            rules=list(hold.rules) if hold.rules is not None else None,
+            from_day=hold.from_,
+            to_day=hold.to,
+            numbers=len(hold.numbers),
+            extensions=len(hold.extensions),
+        )
+        for hold in holds
+        if hold_in_force(hold, now, zone)
+    ]
 
 
 def _in_file(result: audit.Verification) -> str:
@@ -604,6 +783,7 @@ class _Figures:
         self.week: dict[tuple[str, str, str, str], list[int | None]] = defaultdict(
             lambda: [0, None]
         )
+        self.week_anonymized: dict[tuple[str, str, str, str], int] = defaultdict(int)
         self.store: dict[tuple[str, str, str, str], dict[str, Any]] = {}
         self.status: dict[tuple[str, str, str], int] = defaultdict(int)
         self.incidents: list[Incident] = []
@@ -613,10 +793,18 @@ class _Figures:
         # per system and rule: times of verified runs (any time up to the period end), and the
         # last run that ended in the period
         self.successes: dict[tuple[str, str], list[datetime]] = defaultdict(list)
-        self.last: dict[tuple[str, str], tuple[datetime, str, int | None]] = {}
+        self.last: dict[tuple[str, str], tuple[datetime, str, int | None, int | None]] = {}
         self.log_start: dict[str, datetime] = {}
         self.keeps: dict[tuple[str, str], str] = {}
         self.seen: dict[str, set[str]] = {}
+        self.hold_events: list[HoldEvent] = []
+        # (system, hold, store) -> when it was last counted, how many objects it kept there
+        self.held_latest: dict[tuple[str, str, str], tuple[datetime, int]] = {}
+        self.ended_holds: dict[str, set[str]] = {}
+        # (system, rule, store) -> the latest anonymize run's smallest group (None: unknown)
+        self.groups: dict[tuple[str, str, str], tuple[datetime, int | None]] = {}
+        self.erasures: dict[tuple[str, str], _Erasure] = {}
+        self.searches: list[SubjectSearch] = []
 
     def read(self, system: str, entries: list[audit.Entry]) -> None:
         handlers: dict[str, Callable[[str, audit.Entry, datetime], None]] = {
@@ -627,6 +815,12 @@ class _Figures:
             "run_refused": self._refused,
             "run_failed": self._failed,
             "config_reloaded": self._reloaded,
+            "hold_added": self._hold,
+            "hold_changed": self._hold,
+            "hold_ended": self._hold,
+            "erasure_started": self._erasure_started,
+            "erasure_finished": self._erasure_finished,
+            "subject_search": self._subject_search,
         }
         seen = self.seen.setdefault(system, set())
         for entry in entries:
@@ -667,12 +861,46 @@ class _Figures:
         if keep:
             self.keeps[(system, run.rule)] = keep
         self._seen_config(system, entry, at)
+        self._count_held(system, entry.fields.get("stores"), at)
+        self._forced(system, run.rule, entry, at)
+
+    def _forced(self, system: str, rule: str, entry: audit.Entry, at: datetime) -> None:
+        forced = entry.fields.get("forced")
+        if not forced or not isinstance(forced, list) or not self.period.contains(at):
+            return
+        reasons = "; ".join(str(reason) for reason in forced)
+        self.incidents.append(
+            Incident(at, system, rule, "forced", f"safety guard overridden with --force: {reasons}")
+        )
+
+    def _count_held(self, system: str, stores: Any, at: datetime) -> None:
+        """The latest count of what each hold keeps per store, from a run's store fields. A hold
+        in force counted in a store before and absent now keeps nothing there any more; an
+        ended hold keeps its last count (what became due when it was released)."""
+        if at >= self.period.end:
+            return
+        ended = self.ended_holds.setdefault(system, set())
+        for label, by_hold in _held_by(stores).items():
+            for sys_, hold, store in list(self.held_latest):
+                if sys_ == system and store == label and hold not in by_hold and hold not in ended:
+                    self._held(system, hold, store, 0, at)
+            for hold, count in by_hold.items():
+                self._held(system, hold, label, count, at)
+
+    def _held(self, system: str, hold: str, store: str, count: int, at: datetime) -> None:
+        key = (system, hold, store)
+        if key not in self.held_latest or self.held_latest[key][0] <= at:
+            self.held_latest[key] = (at, count)
 
     def _intent(self, system: str, entry: audit.Entry, at: datetime) -> None:
+        if self._erasure_batch(system, entry, at, done=False):
+            return
         run = self._run(system, entry)
         run.intents.add((_text(entry.fields.get("store")), _int(entry.fields.get("batch"))))
 
     def _batch_done(self, system: str, entry: audit.Entry, at: datetime) -> None:
+        if self._erasure_batch(system, entry, at, done=True):
+            return
         run = self._run(system, entry)
         fields = entry.fields
         store = _text(fields.get("store"))
@@ -681,17 +909,21 @@ class _Figures:
             return
         unit = run.units.get(store, "objects")
         deleted = _int(fields.get("deleted"))
+        anonymized = _int(fields.get("anonymized"))
         size = fields.get("bytes")
         week = self.period.week_of(at)
         totals = self.week[(week.label, system, run.rule, unit)]
         totals[0] = (totals[0] or 0) + deleted
         if isinstance(size, int):
             totals[1] = (totals[1] or 0) + size
+        self.week_anonymized[(week.label, system, run.rule, unit)] += anonymized
         key = (system, run.rule, store, unit)
         figures = self.store.setdefault(
-            key, {"deleted": 0, "bytes": None, "batches": 0, "days": [], "skipped": {}}
+            key,
+            {"deleted": 0, "anonymized": 0, "bytes": None, "batches": 0, "days": [], "skipped": {}},
         )
         figures["deleted"] += deleted
+        figures["anonymized"] += anonymized
         figures["batches"] += 1
         if isinstance(size, int):
             figures["bytes"] = (figures["bytes"] or 0) + size
@@ -707,13 +939,30 @@ class _Figures:
         key = (system, run.rule)
         if status == "done" and at < self.period.end:
             self.successes[key].append(at)
+        stores = entry.fields.get("stores")
         if self.period.contains(at):
             self.status[(system, run.rule, status)] += 1
-            remaining = _remaining(entry.fields.get("stores"))
+            remaining = _remaining(stores)
+            held = _held_total(stores)
             if key not in self.last or self.last[key][0] <= at:
-                self.last[key] = (at, status, remaining)
+                self.last[key] = (at, status, remaining, held)
             self._unconfirmed(run, at)
+        self._count_held(system, stores, at)
+        self._groups(system, run.rule, stores, at)
         return run
+
+    def _groups(self, system: str, rule: str, stores: Any, at: datetime) -> None:
+        if at >= self.period.end or not isinstance(stores, list):
+            return
+        for store in stores:
+            if not isinstance(store, dict) or store.get("stage") != "anonymize":
+                continue
+            if "smallest_group" not in store:
+                continue
+            group = store.get("smallest_group")
+            key = (system, rule, _text(store.get("store")))
+            if key not in self.groups or self.groups[key][0] <= at:
+                self.groups[key] = (at, group if _is_int(group) else None)
 
     def _finished(self, system: str, entry: audit.Entry, at: datetime) -> None:
         status = _text(entry.fields.get("status")) or "unknown"
@@ -737,6 +986,119 @@ class _Figures:
             reason = _text(entry.fields.get("reason")) or "no reason recorded"
             self.incidents.append(Incident(at, system, run.rule, "refused", reason))
         self._seen_config(system, entry, at)
+        self._forced(system, run.rule, entry, at)
+
+    # --- holds, erasures, searches ---
+
+    def _hold(self, system: str, entry: audit.Entry, at: datetime) -> None:
+        fields = entry.fields
+        hold = _text(fields.get("hold"))
+        covers = {
+            str(store): _int(count)
+            for store, count in (fields.get("covers") or {}).items()
+            if _is_int(count)
+        }
+        if at < self.period.end:
+            for store, count in covers.items():
+                self._held(system, hold, store, count, at)
+            ended = self.ended_holds.setdefault(system, set())
+            if entry.type == "hold_ended":
+                ended.add(hold)
+            else:
+                ended.discard(hold)
+        if not self.period.contains(at):
+            return
+        event = entry.type.removeprefix("hold_")
+        changed = [str(name) for name in fields.get("changed") or []]
+        if entry.type == "hold_ended":
+            detail = f"ended: {_text(fields.get('ended')) or 'no reason recorded'}"
+        elif entry.type == "hold_changed":
+            detail = f"changed: {', '.join(changed) or 'not recorded'}"
+        else:
+            detail = "added"
+        rules_field = fields.get("rules")
+
+        def optional(key: str) -> str | None:
+            return _text(fields.get(key)) or None
+
+        def number(key: str) -> int | None:
+            value = fields.get(key)
+            return value if _is_int(value) else None
+
+        self.hold_events.append(
+            HoldEvent(
+                at=at,
+                system=system,
+                hold=hold,
+                event=event,
+                detail=detail,
+                reason=optional("reason"),
+                approved_by=optional("approved_by"),
+                review_by=optional("review_by"),
+                until=optional("until"),
+                rules=[str(r) for r in rules_field] if isinstance(rules_field, list) else None,
+                from_day=optional("from"),
+                to_day=optional("to"),
+                numbers=number("numbers"),
+                extensions=number("extensions"),
+                changed=changed,
+                covers=covers,
+            )
+        )
+
+    def _erasure_started(self, system: str, entry: audit.Entry, at: datetime) -> None:
+        fields = entry.fields
+        erasure = self.erasures.setdefault(
+            (system, _text(fields.get("run_id"))), _Erasure(_text(fields.get("ticket")))
+        )
+        erasure.started = at
+        erasure.stores = _subject_stores(fields.get("stores"))
+        self._seen_config(system, entry, at)
+
+    def _erasure_finished(self, system: str, entry: audit.Entry, at: datetime) -> None:
+        fields = entry.fields
+        erasure = self.erasures.setdefault(
+            (system, _text(fields.get("run_id"))), _Erasure(_text(fields.get("ticket")))
+        )
+        erasure.ticket = erasure.ticket or _text(fields.get("ticket"))
+        erasure.finished = at
+        erasure.status = _text(fields.get("status")) or "unknown"
+        erasure.reason = _text(fields.get("reason")) or None
+        erasure.final_deleted = _int(fields.get("deleted"))
+        erasure.final_held = _int(fields.get("held"))
+        stores = _subject_stores(fields.get("stores"))
+        if stores:
+            erasure.stores = stores
+
+    def _erasure_batch(self, system: str, entry: audit.Entry, at: datetime, *, done: bool) -> bool:
+        """Batches of an Art. 17 erasure: counted with their erasure, not as regular deletion."""
+        fields = entry.fields
+        key = (system, _text(fields.get("run_id")))
+        if fields.get("stage") != "erase" and key not in self.erasures:
+            return False
+        erasure = self.erasures.setdefault(key, _Erasure(""))
+        batch = (_text(fields.get("store")), _int(fields.get("batch")))
+        if done:
+            erasure.done.add(batch)
+            erasure.batch_deleted += _int(fields.get("deleted"))
+        else:
+            erasure.intents.add(batch)
+        return True
+
+    def _subject_search(self, system: str, entry: audit.Entry, at: datetime) -> None:
+        if not self.period.contains(at):
+            return
+        stores = _subject_stores(entry.fields.get("stores"))
+        self.searches.append(
+            SubjectSearch(
+                at,
+                system,
+                _text(entry.fields.get("ticket")),
+                sum(s.found for s in stores),
+                sum(s.held for s in stores),
+                stores,
+            )
+        )
 
     def _failed(self, system: str, entry: audit.Entry, at: datetime) -> None:
         run = self._end(system, entry, at, "failed")
@@ -804,7 +1166,14 @@ class _Figures:
         mondays = {w.label: w.monday for w in self.period.weeks()}
         rows = [
             WeekDeletion(
-                week, mondays.get(week, date.min), system, rule, unit, int(v[0] or 0), v[1]
+                week,
+                mondays.get(week, date.min),
+                system,
+                rule,
+                unit,
+                int(v[0] or 0),
+                v[1],
+                self.week_anonymized.get((week, system, rule, unit), 0),
             )
             for (week, system, rule, unit), v in self.week.items()
         ]
@@ -826,21 +1195,108 @@ class _Figures:
                     days[0] if days else None,
                     days[-1] if days else None,
                     dict(sorted(f["skipped"].items())),
+                    f["anonymized"],
                 )
             )
         return sorted(rows, key=lambda r: (r.system, r.rule, r.store))
 
     def totals(self) -> list[RuleTotal]:
-        sums: dict[tuple[str, str, str], list[int | None]] = defaultdict(lambda: [0, None])
+        sums: dict[tuple[str, str, str], list[int | None]] = defaultdict(lambda: [0, None, 0])
         for row in self.by_store():
             total = sums[(row.system, row.rule, row.unit)]
             total[0] = (total[0] or 0) + row.deleted
+            total[2] = (total[2] or 0) + row.anonymized
             if row.bytes is not None:
                 total[1] = (total[1] or 0) + row.bytes
         return [
-            RuleTotal(system, rule, unit, int(v[0] or 0), v[1])
+            RuleTotal(system, rule, unit, int(v[0] or 0), v[1], int(v[2] or 0))
             for (system, rule, unit), v in sorted(sums.items())
         ]
+
+    def hold_history(self) -> list[HoldEvent]:
+        return sorted(self.hold_events, key=lambda e: (e.at, e.system, e.hold))
+
+    def held(self) -> list[HeldCount]:
+        rows = [
+            HeldCount(hold, system, store, count, at)
+            for (system, hold, store), (at, count) in self.held_latest.items()
+        ]
+        return sorted(rows, key=lambda r: (r.hold, r.system, r.store))
+
+    def anonymization(self) -> list[Anonymization]:
+        """Per anonymize rule: each store's transforms and latest measured smallest group.
+
+        "anonymized" only when every store of the rule, on every system that anonymized it,
+        last measured a smallest group of at least the rule's k; else "pseudonymized"."""
+        results = []
+        for rule in self.config.rules:
+            if rule.action != "anonymize":
+                continue
+            k = rule.k_anonymity
+            stores = []
+            for store in rule.stores:
+                transforms: dict[str, Any] = getattr(store, "anonymize", None) or {}
+                named = store.type == "csv"
+                fields = [
+                    FieldTransform(f"field {key}" if named else key, transform.describe())
+                    for key, transform in transforms.items()
+                ]
+                measured = [
+                    group
+                    for (_, rule_name, label), (_, group) in self.groups.items()
+                    if rule_name == rule.name and label == store.label
+                ]
+                known = bool(measured) and all(g is not None for g in measured)
+                smallest = min((g for g in measured if g is not None), default=None)
+                stores.append(
+                    StoreAnonymization(
+                        store.label,
+                        store.type,
+                        fields,
+                        smallest,
+                        known,
+                        _wording(smallest, known, k),
+                    )
+                )
+            below = [s.smallest_group for s in stores if s.smallest_group is not None]
+            lowest = min(below, default=None)
+            # a group measured below k settles it; else every store must have been measured
+            below_k = lowest is not None and lowest < k
+            settled = below_k or all(s.measured for s in stores)
+            wording = _wording(lowest, settled, k)
+            results.append(Anonymization(rule.name, k, wording, wording == ANONYMIZED, stores))
+        return results
+
+    def erasures_in_period(self) -> list[Erasure]:
+        rows = []
+        for (system, _), e in self.erasures.items():
+            moment = e.started or e.finished
+            if moment is None or not self.period.contains(moment):
+                continue
+            stores = e.stores
+            finished = e.finished is not None
+            status, reason = e.status, e.reason
+            if not finished:
+                status = "no end recorded"
+                reason = (
+                    "the erasure started but recorded no end (crash or power loss); "
+                    "run it again with the same ticket"
+                )
+            rows.append(
+                Erasure(
+                    system=system,
+                    ticket=e.ticket,
+                    started=e.started,
+                    finished=e.finished,
+                    status=status,
+                    reason=reason,
+                    found=sum(s.found for s in stores),
+                    deleted=e.final_deleted if finished else e.batch_deleted,
+                    held=e.final_held if finished else sum(s.held for s in stores),
+                    stores=stores,
+                )
+            )
+        return sorted(rows, key=lambda r: (r.started or r.finished or self.period.start, r.system))
 
     def run_counts(self) -> list[RunCount]:
         return [
@@ -895,6 +1351,7 @@ class _Figures:
         if rule is None:
             why = f"{why}; the rule is not in this config (keep from the log)"
         return ComplianceRow(
+            held=last[3] if last else None,
             system=system,
             rule=name,
             keep=keep_text,
@@ -907,6 +1364,82 @@ class _Figures:
             level=level,
             note=why,
         )
+
+
+ANONYMIZED = "anonymized"
+
+
+def _wording(smallest: int | None, measured: bool, k: int) -> str:
+    if not measured or smallest is None:
+        return "pseudonymized (group sizes not measured)"
+    if smallest < k:
+        return f"pseudonymized (smallest group {smallest} < {k})"
+    return ANONYMIZED
+
+
+@dataclass
+class _Erasure:
+    ticket: str
+    started: datetime | None = None
+    finished: datetime | None = None
+    status: str = ""
+    reason: str | None = None
+    stores: list[SubjectStore] = field(default_factory=list)
+    final_deleted: int = 0
+    final_held: int = 0
+    batch_deleted: int = 0
+    intents: set[tuple[str, int]] = field(default_factory=set)
+    done: set[tuple[str, int]] = field(default_factory=set)
+
+
+def _subject_stores(stores: Any) -> list[SubjectStore]:
+    if not isinstance(stores, list):
+        return []
+    return [
+        SubjectStore(
+            rule=_text(store.get("rule")),
+            store=_text(store.get("store")),
+            unit=_text(store.get("unit")) or "objects",
+            found=_int(store.get("found")),
+            held=_int(store.get("held")),
+            deleted=store["deleted"] if _is_int(store.get("deleted")) else None,
+            unsearchable=bool(store.get("unsearchable")),
+        )
+        for store in stores
+        if isinstance(store, dict)
+    ]
+
+
+def _held_by(stores: Any) -> dict[str, dict[str, int]]:
+    """store label -> hold -> objects held, from a run entry's stores; a store listed for both
+    stages of a two-stage rule counts the larger of the two."""
+    result: dict[str, dict[str, int]] = {}
+    if not isinstance(stores, list):
+        return result
+    for store in stores:
+        if not isinstance(store, dict) or store.get("absent"):
+            continue
+        by_hold = result.setdefault(_text(store.get("store")), {})
+        for hold, count in (store.get("held_by") or {}).items():
+            if _is_int(count):
+                by_hold[str(hold)] = max(by_hold.get(str(hold), 0), count)
+    return result
+
+
+def _held_total(stores: Any) -> int | None:
+    """Objects a run left alone because of holds, over its stores (larger stage per store)."""
+    if not isinstance(stores, list):
+        return None
+    per_store: dict[str, int] = {}
+    for store in stores:
+        if isinstance(store, dict):
+            label = _text(store.get("store"))
+            per_store[label] = max(per_store.get(label, 0), _int(store.get("held")))
+    return sum(per_store.values())
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _parse_keep(text: str) -> Duration | None:

@@ -8,7 +8,12 @@ image, no font to fetch, so the filed copy shows the same in ten years. Jinja2 e
 CSV layout: one file, one figure per row, in the columns
 `section, system, rule, week, store, unit, item, value`; `section` says what the row is
 (organisation, period, rule, compliance, deleted_week, deleted_store, total, runs, incident,
-config_hash, config_reload, holds, log, residual, method) and `item` names the figure within it.
+hold, hold_event, hold_held, erasure, erasure_store, subject_search, config_hash, config_reload,
+log, residual, method, anonymization) and `item` names the figure within it. Anonymized counts
+are the `anonymized` items of deleted_week, deleted_store and total. hold and hold_event
+carry the hold id in the store column; hold_held names the hold in its item, the store in store
+and when it was counted in week; erasure and subject_search carry their ticket in the store
+column, erasure_store rows name it in their item.
 Empty columns do not apply to that section. JSON: the same figures as one document (`format` 1).
 """
 
@@ -19,6 +24,7 @@ import dataclasses
 import io
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -104,6 +110,10 @@ class Bar:
     rule: str
     value: int
     color: str
+    # anonymized objects, stacked on the deleted ones in a lighter shade of the rule's colour
+    anonymized: int = 0
+    anonymized_y: float = 0.0
+    anonymized_height: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -133,19 +143,25 @@ class Chart:
     groups: list[WeekGroup]
     ticks: list[Tick]
     legend: list[tuple[str, str, float]]  # rule, colour, x
+    anonymized: bool = False  # some bar has an anonymized part (the legend says so)
 
 
 def chart(report: Report) -> Chart:
-    """Deleted objects per week (bar groups) and rule (bars), all systems and units together.
+    """Deleted objects per week (bar groups) and rule (bars), all systems and units together;
+    anonymized objects stacked on top of them, lighter.
 
     The drawing is a fixed 680 units wide, so a year of weeks shrinks the bars, not the text.
     """
     rules = sorted({row.rule for row in report.deletions_by_week}) or [r.name for r in report.rules]
     colors = {rule: PALETTE[i % len(PALETTE)] for i, rule in enumerate(rules)}
     values: dict[tuple[str, str], int] = {}
+    anonymized: dict[tuple[str, str], int] = {}
     for row in report.deletions_by_week:
         values[(row.week, row.rule)] = values.get((row.week, row.rule), 0) + row.deleted
-    top_value = _nice_ceiling(max(values.values(), default=0))
+        anonymized[(row.week, row.rule)] = anonymized.get((row.week, row.rule), 0) + row.anonymized
+    top_value = _nice_ceiling(
+        max((v + anonymized.get(key, 0) for key, v in values.items()), default=0)
+    )
     width, left, right, top, plot_height = 680.0, 52.0, 672.0, 12.0, 170.0
     bottom = top + plot_height
     weeks = max(len(report.weeks), 1)
@@ -162,6 +178,10 @@ def chart(report: Report) -> Chart:
             height = plot_height * value / top_value if top_value else 0.0
             if value and height < 1:
                 height = 1.0  # a deletion is never invisible
+            more = anonymized.get((week.label, rule), 0)
+            extra = plot_height * more / top_value if top_value else 0.0
+            if more and extra < 1:
+                extra = 1.0
             bars.append(
                 Bar(
                     round(start + position * bar, 2),
@@ -171,6 +191,9 @@ def chart(report: Report) -> Chart:
                     rule,
                     value,
                     colors[rule],
+                    more,
+                    round(bottom - height - extra, 2),
+                    round(extra, 2),
                 )
             )
         short = week.label[-3:] if index % label_every == 0 else ""
@@ -182,7 +205,10 @@ def chart(report: Report) -> Chart:
         for step in range(5)
     ]
     legend = [(rule, colors[rule], left + i * 160.0) for i, rule in enumerate(rules)]
-    return Chart(width, bottom + 44, left, right, top, bottom, groups, ticks, legend)
+    shows_anonymized = any(anonymized.values())
+    return Chart(
+        width, bottom + 44, left, right, top, bottom, groups, ticks, legend, shows_anonymized
+    )
 
 
 def _nice_ceiling(value: int) -> int:
@@ -313,22 +339,36 @@ def csv_rows(report: Report) -> list[dict[str, str]]:
         for item in ("description", "purpose", "legal_basis", "start_event", "keep", "deadline"):
             add("rule", item, getattr(rule, item), rule=rule.name)
         add("rule", "action", rule.action, rule=rule.name)
+        add("rule", "stages", rule.stages, rule=rule.name)
+        for item in ("then_delete_after", "delete_deadline", "min_keep", "k_anonymity"):
+            if getattr(rule, item) is not None:
+                add("rule", item, getattr(rule, item), rule=rule.name)
         add("rule", "schedule", rule.schedule, rule=rule.name)
         for store in rule.stores:
             add("rule", "store_kind", store.kind, rule=rule.name, store=store.label)
     for c in report.compliance:
         where = {"system": c.system, "rule": c.rule}
-        for item in ("keep", "deadline", "last_success", "last_run", "last_status", "remaining"):
+        for item in (
+            "keep",
+            "deadline",
+            "last_success",
+            "last_run",
+            "last_status",
+            "remaining",
+            "held",
+        ):
             add("compliance", item, getattr(c, item), **where)
         add("compliance", "verdict", f"{c.verdict} ({c.level}): {c.note}", **where)
     for w in report.deletions_by_week:
         where = {"system": w.system, "rule": w.rule, "week": w.week, "unit": w.unit}
         add("deleted_week", "deleted", w.deleted, **where)
+        add("deleted_week", "anonymized", w.anonymized, **where)
         if w.bytes is not None:
             add("deleted_week", "bytes", w.bytes, **where)
     for s in report.deletions_by_store:
         where = {"system": s.system, "rule": s.rule, "store": s.store, "unit": s.unit}
         add("deleted_store", "deleted", s.deleted, **where)
+        add("deleted_store", "anonymized", s.anonymized, **where)
         add("deleted_store", "batches", s.batches, **where)
         if s.bytes is not None:
             add("deleted_store", "bytes", s.bytes, **where)
@@ -339,13 +379,15 @@ def csv_rows(report: Report) -> list[dict[str, str]]:
     for t in report.totals:
         where = {"system": t.system, "rule": t.rule, "unit": t.unit}
         add("total", "deleted", t.deleted, **where)
+        add("total", "anonymized", t.anonymized, **where)
         if t.bytes is not None:
             add("total", "bytes", t.bytes, **where)
     for r in report.runs:
         add("runs", r.status, r.runs, system=r.system, rule=r.rule)
     for i in report.incidents:
         add("incident", i.kind, f"{_plain(i.at)} {i.reason}", system=i.system, rule=i.rule)
-    add("holds", "holds", report.holds)
+    _hold_rows(report, add)
+    _subject_rows(report, add)
     for h in report.config_hashes:
         add(
             "config_hash",
@@ -385,7 +427,69 @@ def csv_rows(report: Report) -> list[dict[str, str]]:
         add("residual", f.check, f"{f.state}: {f.detail}", store=f.place)
     for m in report.methods:
         add("method", m.kind, m.statement)
+    for a in report.anonymization:
+        add("anonymization", "wording", a.wording, rule=a.rule)
+        add("anonymization", "k_anonymity", a.k_anonymity, rule=a.rule)
+        for anonymized in a.stores:
+            where = {"rule": a.rule, "store": anonymized.store}
+            for transform in anonymized.fields:
+                add("anonymization", f"field {transform.field}", transform.transform, **where)
+            add("anonymization", "smallest_group", anonymized.smallest_group, **where)
+            add("anonymization", "store_wording", anonymized.wording, **where)
     return rows
+
+
+Add = Callable[..., None]
+
+
+def _hold_rows(report: Report, add: Add) -> None:
+    """Holds by id: their scope as counts, their history and what they keep, never a number."""
+    for hold in report.holds.in_force:
+        for item in ("reason", "approved_by", "review_by", "review_overdue", "until"):
+            add("hold", item, getattr(hold, item), store=hold.id)
+        add("hold", "rules", "all" if hold.rules is None else "; ".join(hold.rules), store=hold.id)
+        add("hold", "from", hold.from_day, store=hold.id)
+        add("hold", "to", hold.to_day, store=hold.id)
+        add("hold", "numbers", hold.numbers, store=hold.id)
+        add("hold", "extensions", hold.extensions, store=hold.id)
+    for event in report.holds.history:
+        add(
+            "hold_event",
+            event.event,
+            f"{_plain(event.at)} {event.hold}: {event.detail}",
+            system=event.system,
+            store=event.hold,
+        )
+    for held in report.holds.held:
+        add(
+            "hold_held",
+            held.hold,
+            held.held,
+            system=held.system,
+            store=held.store,
+            week=_plain(held.counted_at),
+        )
+
+
+def _subject_rows(report: Report, add: Add) -> None:
+    for e in report.erasures:
+        where = {"system": e.system, "store": e.ticket}
+        add("erasure", "started", e.started, **where)
+        add("erasure", "finished", e.finished, **where)
+        add("erasure", "status", e.status, **where)
+        if e.reason:
+            add("erasure", "reason", e.reason, **where)
+        for item in ("found", "deleted", "held"):
+            add("erasure", item, getattr(e, item), **where)
+        for s in e.stores:
+            store_where = {"system": e.system, "rule": s.rule, "store": s.store, "unit": s.unit}
+            for item in ("found", "held", "deleted"):
+                add("erasure_store", f"{e.ticket} {item}", getattr(s, item), **store_where)
+    for search in report.subject_searches:
+        where = {"system": search.system, "store": search.ticket}
+        add("subject_search", "at", search.at, **where)
+        add("subject_search", "found", search.found, **where)
+        add("subject_search", "held", search.held, **where)
 
 
 # --- the rule catalogue ---------------------------------------------------------------------------
