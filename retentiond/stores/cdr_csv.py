@@ -26,6 +26,12 @@ the new file meanwhile: every line is kept exactly once, not always in arrival o
 the rename leaves the original intact and a temporary copy, which the next rewrite of that file
 removes; a crash during step 3 loses the late lines not yet carried over.
 
+The same rewrite serves the other selections (`Selection`): an erasure removes the lines whose
+`subject_fields` name a person, of any age; anonymization rewrites the configured fields of
+expired lines in place, each field quoted or bare as it was, and renames a copy over the file
+only when a line changed, so a second run leaves the file as it is. Held lines always stay as
+they are, counted in `held`.
+
 One batch is one file, whatever `batch_size` says: splitting a file would rewrite it once per
 batch. Lines are the unit of `total` and `expired`; file-level skips (`symlink`, `changed`, ...)
 count files, `unparseable` counts lines.
@@ -47,16 +53,18 @@ import secrets
 import stat
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, tzinfo
+from typing import Literal
 
 import structlog
 
+from retentiond.anonymize import Transform, anonymize_row
 from retentiond.config.model import CsvStoreConfig
 from retentiond.errors import StoreError
-from retentiond.rules import latest_instant
-from retentiond.stores.base import Batch, BatchResult, Store, Survey
+from retentiond.rules import NO_HOLDS, Holds, latest_instant
+from retentiond.stores.base import Batch, BatchResult, Found, Store, Survey
 from retentiond.stores.folders import (
     CHANGED,
     NOT_REGULAR_FILE,
@@ -73,6 +81,7 @@ from retentiond.stores.folders import (
     examine_root,
     sorted_names,
 )
+from retentiond.subjects import Subject
 
 log = structlog.get_logger()
 
@@ -82,6 +91,9 @@ log = structlog.get_logger()
 UNPARSEABLE = "unparseable"  # a line whose time cannot be read (counted in lines)
 HARD_LINKED = "hard_linked"  # a rewrite would leave the old lines under the other name
 LEFTOVER_TEMP = "leftover_temp"  # a rewrite interrupted by a crash; removed by the next rewrite
+
+# What an anonymizing batch did besides rewriting lines, as counted in BatchResult.counts.
+UNCHANGED = "unchanged"  # lines visited whose fields were anonymized already
 
 WRITER_WAIT = 5.0  # seconds to wait for writers that opened the old file before the rename
 QUIET = 0.1  # without a lease: seconds the old file must stay unchanged
@@ -96,6 +108,9 @@ _TEMP_PREFIX_MAX = 200  # bytes of the original name in a temporary name (NAME_M
 # The cdr_csv date format (`%Y-%m-%d %T`) parsed without strptime, which is slow per line.
 _PLAIN_TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %T")
 _PLAIN_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
+# One field as written: quoted (doubled quotes inside) or bare.
+_RAW_FIELD = re.compile(r'"(?:[^"]|"")*"|[^,"]*')
+_NEEDS_QUOTES = re.compile(r'[,"\r\n]')
 # The root is opened without listing it: a folder that cannot be listed fails at the walk.
 _ROOT_WORDING = RootWording(
     not_a_folder="{root} is not a folder; set the store's root to the cdr-csv folder",
@@ -105,17 +120,43 @@ _ROOT_WORDING = RootWording(
 
 
 @dataclass(frozen=True, slots=True)
+class Selection:
+    """Which lines a rewrite removes (`delete`: expired; `erase`: a subject's, of any age) or
+    anonymizes (expired, not older than `since`), leaving held ones. A batch carries the one it
+    was planned with, so its rewrite selects by the holds of that moment. Nothing personal in a
+    repr."""
+
+    action: Literal["delete", "erase", "anonymize"] = "delete"
+    holds: Holds = field(default=NO_HOLDS, repr=False)
+    subject: Subject | None = field(default=None, repr=False)
+    since: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PlannedCsv:
     """The file a batch rewrites, as it was when planned. Its name never shows in a repr."""
 
     name: bytes = field(repr=False)
     device: int
     inode: int
+    selection: Selection = Selection()
+
+
+@dataclass(frozen=True, slots=True)
+class _Line:
+    """One complete line of a file, read once: its fields (None: not one CSV record) and time."""
+
+    raw: bytes
+    fields: list[str] | None
+    when: datetime | None
 
 
 @dataclass
 class _Tally:
-    """Counts for one file (or all files) relative to a cutoff."""
+    """Counts for one file (or all files) relative to a cutoff.
+
+    `expired` counts the lines a selection picks (removed, or visited to be anonymized).
+    """
 
     lines: int = 0
     expired: int = 0
@@ -124,10 +165,17 @@ class _Tally:
     oldest: datetime | None = None
     first_day: date | None = None
     last_day: date | None = None
+    held: int = 0
+    held_by: Counter[str] = field(default_factory=Counter)
+    anonymized: int = 0
+    unchanged: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)  # lines a rewrite had to leave
 
-    def expire(self, size: int, day: date) -> None:
+    def expire(self, size: int, day: date | None) -> None:
         self.expired += 1
         self.expired_bytes += size
+        if day is None:
+            return  # an erased line whose time cannot be read
         self.first_day = day if self.first_day is None else min(self.first_day, day)
         self.last_day = day if self.last_day is None else max(self.last_day, day)
 
@@ -162,6 +210,12 @@ class CsvStore(Store):
         ]
         self._plain_time = config.time_format in _PLAIN_TIME_FORMATS
         self._root = RootFolder(config.root, _ROOT_WORDING)
+        # Keyed by position as text, the way anonymize_row meets a line's fields.
+        self._transforms: dict[str, Transform] = {
+            str(int(position)): transform
+            for position, transform in (config.anonymize or {}).items()
+        }
+        self.anonymizes = bool(self._transforms)
 
     # -- Store interface -------------------------------------------------------------------------
 
@@ -195,43 +249,11 @@ class CsvStore(Store):
             f"{config.pause:g}s apart",
         ]
 
-    def survey(self, cutoff: datetime) -> Survey:
-        skipped: Counter[str] = Counter()
-        tally = _Tally()
-        for found in self._walk(skipped):
-            try:
-                self._scan(found, cutoff, tally)
-            except Skip as skip:
-                skipped[skip.reason] += 1
-        if tally.unparseable:
-            skipped[UNPARSEABLE] += tally.unparseable
-        if skipped[UNREADABLE]:
-            log.warning(
-                "csv store could not read every file", store=self.label, count=skipped[UNREADABLE]
-            )
-        return Survey(
-            unit=self.unit,
-            total=tally.lines,
-            expired=tally.expired,
-            oldest=tally.oldest,
-            expired_bytes=tally.expired_bytes,
-            skipped=dict(sorted((reason, n) for reason, n in skipped.items() if n)),
-        )
+    def survey(self, cutoff: datetime, holds: Holds = NO_HOLDS) -> Survey:
+        return self._survey(cutoff, Selection("delete", holds))
 
-    def batches(self, cutoff: datetime) -> Iterator[Batch]:
-        number = 0
-        for found in self._walk(Counter()):
-            tally = _Tally()
-            try:
-                self._scan(found, cutoff, tally)
-            except Skip:
-                continue
-            if tally.expired:
-                number += 1
-                planned = PlannedCsv(
-                    name=found.name, device=found.status.st_dev, inode=found.status.st_ino
-                )
-                yield Batch(number=number, planned=tally.expired, span=tally.span, payload=planned)
+    def batches(self, cutoff: datetime, holds: Holds = NO_HOLDS) -> Iterator[Batch]:
+        return self._batches(cutoff, Selection("delete", holds))
 
     def apply(self, batch: Batch, cutoff: datetime) -> BatchResult:
         root_fd = self._require_open()
@@ -248,6 +270,172 @@ class CsvStore(Store):
             return BatchResult(deleted=0, bytes=0, skipped={skip.reason: 1})
         finally:
             os.close(fd)
+
+    # -- data subjects ---------------------------------------------------------------------------
+
+    def subject_fields(self) -> list[str]:
+        return [str(position) for position in self.config.subject_fields]
+
+    def find(self, subject: Subject, holds: Holds = NO_HOLDS) -> Iterator[Found]:
+        for found in self._walk(Counter()):
+            try:
+                yield from self._found_in(found, subject, holds)
+            except Skip:
+                continue  # a file that cannot be read names nobody we can tell
+
+    def _found_in(self, found: _Found, subject: Subject, holds: Holds) -> Iterator[Found]:
+        """The subject's lines of one file, streamed: Master.csv can hold years of calls."""
+        for number, line in enumerate(self._lines(found), start=1):
+            matched = self._matched(line, subject)
+            if matched:
+                yield Found(
+                    when=line.when,
+                    held=holds.covers(line.when, self._names(line)),
+                    where=f"{os.fsdecode(found.name)}:{number}",
+                    fields=matched,
+                )
+
+    def subject_batches(self, subject: Subject, holds: Holds = NO_HOLDS) -> Iterator[Batch]:
+        # Erased lines are of any age: the cutoff only bounds expiry, not an erasure.
+        return self._batches(None, Selection("erase", holds, subject))
+
+    def _matched(self, line: _Line, subject: Subject) -> dict[str, str]:
+        """The subject fields of a line that name `subject`, by position."""
+        if line.fields is None:
+            return {}
+        return {
+            str(position): line.fields[position]
+            for position in self.config.subject_fields
+            if position < len(line.fields) and subject.matches_callerid(line.fields[position])
+        }
+
+    def _names(self, line: _Line) -> Callable[[Subject], bool] | None:
+        """Whether a line names a subject; None for a line that is no CSV record (whose it is
+        cannot be told, so every hold in its window holds it)."""
+        if line.fields is None:
+            return None
+        return lambda subject: bool(self._matched(line, subject))
+
+    # -- anonymizing -----------------------------------------------------------------------------
+
+    def anonymize_survey(
+        self, cutoff: datetime, holds: Holds = NO_HOLDS, since: datetime | None = None
+    ) -> Survey:
+        self._require_transforms()
+        return self._survey(cutoff, Selection("anonymize", holds, since=since))
+
+    def anonymize_batches(
+        self, cutoff: datetime, holds: Holds = NO_HOLDS, since: datetime | None = None
+    ) -> Iterator[Batch]:
+        self._require_transforms()
+        return self._batches(cutoff, Selection("anonymize", holds, since=since))
+
+    def _require_transforms(self) -> None:
+        if not self.anonymizes:
+            raise StoreError(
+                f"{self.label}: this csv store has no anonymize: transforms; say how each "
+                "personal field (by its 0-based position) is anonymized"
+            )
+
+    def _anonymized(self, line: _Line) -> bytes | None:
+        """The line with its fields transformed, quoting kept; None when nothing changes.
+
+        Raises Skip(UNPARSEABLE) for a line whose fields cannot be rewritten one by one.
+        """
+        fields = line.fields
+        text = line.raw.decode("utf-8", "surrogateescape")
+        body = text.rstrip("\r\n")
+        raw_fields = _raw_fields(body)
+        if fields is None or raw_fields is None or len(raw_fields) != len(fields):
+            raise Skip(UNPARSEABLE)
+        transforms = {key: t for key, t in self._transforms.items() if int(key) < len(fields)}
+        changes = anonymize_row(transforms, {str(i): value for i, value in enumerate(fields)})
+        if not changes:
+            return None
+        for key, value in changes.items():
+            position = int(key)
+            raw_fields[position] = _field_text(value, quoted=raw_fields[position].startswith('"'))
+        rewritten = ",".join(raw_fields) + text[len(body) :]
+        return rewritten.encode("utf-8", "surrogateescape")
+
+    # -- selecting -------------------------------------------------------------------------------
+
+    def _survey(self, cutoff: datetime, selection: Selection) -> Survey:
+        skipped: Counter[str] = Counter()
+        tally = _Tally()
+        for found in self._walk(skipped):
+            try:
+                for line in self._lines(found):
+                    self._count(line, cutoff, selection, tally)
+            except Skip as skip:
+                skipped[skip.reason] += 1
+        if tally.unparseable:
+            skipped[UNPARSEABLE] += tally.unparseable
+        if skipped[UNREADABLE]:
+            log.warning(
+                "csv store could not read every file", store=self.label, count=skipped[UNREADABLE]
+            )
+        return Survey(
+            unit=self.unit,
+            total=tally.lines,
+            expired=tally.expired,
+            oldest=tally.oldest,
+            expired_bytes=tally.expired_bytes,
+            skipped=dict(sorted((reason, n) for reason, n in skipped.items() if n)),
+            held=tally.held,
+            held_by=dict(sorted(tally.held_by.items())),
+        )
+
+    def _batches(self, cutoff: datetime | None, selection: Selection) -> Iterator[Batch]:
+        """One batch per file with lines the selection picks (`cutoff` None: of any age)."""
+        number = 0
+        for found in self._walk(Counter()):
+            tally = _Tally()
+            try:
+                for line in self._lines(found):
+                    self._count(line, cutoff, selection, tally)
+            except Skip:
+                continue
+            if tally.expired:
+                number += 1
+                planned = PlannedCsv(
+                    name=found.name,
+                    device=found.status.st_dev,
+                    inode=found.status.st_ino,
+                    selection=selection,
+                )
+                yield Batch(number=number, planned=tally.expired, span=tally.span, payload=planned)
+
+    def _count(
+        self, line: _Line, cutoff: datetime | None, selection: Selection, tally: _Tally
+    ) -> None:
+        tally.lines += 1
+        if line.when is None:
+            tally.unparseable += 1
+        else:
+            tally.oldest = line.when if tally.oldest is None else min(tally.oldest, line.when)
+        if self._picks(selection, line, cutoff, tally):
+            tally.expire(len(line.raw), self._day(line.when))
+
+    def _picks(
+        self, selection: Selection, line: _Line, cutoff: datetime | None, tally: _Tally
+    ) -> bool:
+        """Whether `selection` removes or anonymizes the line; a held one is counted instead."""
+        if selection.action == "erase":
+            if selection.subject is None or not self._matched(line, selection.subject):
+                return False
+        elif cutoff is None or line.when is None or not line.when < cutoff:
+            return False
+        elif selection.since is not None and line.when < selection.since:
+            return False  # anonymized by an earlier run
+        if not selection.holds:
+            return True
+        covering = selection.holds.covering(line.when, self._names(line))
+        if covering:
+            tally.held += 1
+            tally.held_by.update(covering)
+            return False
+        return True
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -287,8 +475,8 @@ class CsvStore(Store):
         text = os.fsdecode(name)
         return any(pattern.fullmatch(text) for pattern in self._patterns)
 
-    def _scan(self, found: _Found, cutoff: datetime, tally: _Tally) -> None:
-        """Add one file's complete lines to `tally`. Raises Skip when it cannot be read."""
+    def _lines(self, found: _Found) -> Iterator[_Line]:
+        """One file's complete lines, read. Raises Skip when it cannot be read."""
         try:
             fd = _open_file(self._require_open(), found.name)
         except Skip as skip:
@@ -299,30 +487,23 @@ class CsvStore(Store):
             status = os.fstat(fd)
             if (status.st_dev, status.st_ino) != (found.status.st_dev, found.status.st_ino):
                 raise Skip(CHANGED)
-            for line in _complete_lines(fd, status.st_size):
-                self._count(line, cutoff, tally)
+            for raw in _complete_lines(fd, status.st_size):
+                yield self._read_line(raw)
         except OSError:
             raise Skip(UNREADABLE) from None
         finally:
             os.close(fd)
 
-    def _count(self, line: bytes, cutoff: datetime, tally: _Tally) -> None:
-        tally.lines += 1
-        when = self._line_time(line)
-        if when is None:
-            tally.unparseable += 1
-            return
-        tally.oldest = when if tally.oldest is None else min(tally.oldest, when)
-        if when < cutoff:
-            tally.expire(len(line), self._day(when))
-
-    def _line_time(self, line: bytes) -> datetime | None:
-        """The (latest) instant a CSV line's time field denotes, or None when it cannot be read."""
-        text = line.decode("utf-8", "surrogateescape")
+    def _read_line(self, raw: bytes) -> _Line:
+        text = raw.decode("utf-8", "surrogateescape")
         try:
             fields = next(csv.reader((text.rstrip("\n"),), strict=True))
         except (csv.Error, StopIteration):
-            return None
+            return _Line(raw, None, None)
+        return _Line(raw, fields, self._line_time(fields))
+
+    def _line_time(self, fields: list[str]) -> datetime | None:
+        """The (latest) instant a line's time field denotes, or None when it cannot be read."""
         if len(fields) <= self.config.time_field:
             return None
         value = fields[self.config.time_field]
@@ -337,8 +518,8 @@ class CsvStore(Store):
         except (ValueError, OverflowError):
             return None
 
-    def _day(self, when: datetime) -> date:
-        return when.astimezone(self.zone).date()
+    def _day(self, when: datetime | None) -> date | None:
+        return None if when is None else when.astimezone(self.zone).date()
 
     # -- rewriting -------------------------------------------------------------------------------
 
@@ -363,12 +544,13 @@ class CsvStore(Store):
         original = os.fstat(fd)
         _remove_stale_temps(root_fd, planned.name)
         temp_name, temp_fd = _create_temp(root_fd, planned.name, original, self.root)
-        removed = _Tally()
+        selection = planned.selection
+        done = _Tally()
         renamed = False
         try:
-            offset = self._filter(fd, temp_fd, original.st_size, cutoff, removed)
+            offset = self._filter(fd, temp_fd, original.st_size, cutoff, selection, done)
             filtered = offset
-            if removed.expired:
+            if done.anonymized if selection.action == "anonymize" else done.expired:
                 offset = _copy_from(fd, temp_fd, offset)
                 os.fsync(temp_fd)
                 # Again, for what came during the sync: fewer lines left for after the rename.
@@ -386,8 +568,8 @@ class CsvStore(Store):
             if not renamed:
                 os.close(temp_fd)
                 _unlink_quietly(root_fd, temp_name, self.root)
-        if not renamed:
-            return BatchResult(deleted=0, bytes=0)  # nothing expired any more: left as it is
+        if not renamed:  # nothing to remove or rewrite any more: left as it is
+            return _result(selection, done, appended=0)
         try:
             os.fsync(root_fd)
             late = _carry_late_appends(fd, temp_fd, offset)
@@ -403,35 +585,58 @@ class CsvStore(Store):
         log.debug(
             "csv file rewritten",
             store=self.label,
-            deleted=removed.expired,
-            bytes=removed.expired_bytes,
+            action=selection.action,
+            lines=done.expired,
+            anonymized=done.anonymized,
             late_bytes=late,
         )
-        return BatchResult(
-            deleted=removed.expired,
-            span=removed.span,
-            bytes=removed.expired_bytes,
-            counts={"appended_lines_carried_over": appended} if appended else {},
-        )
+        return _result(selection, done, appended)
 
-    def _filter(self, fd: int, temp_fd: int, stop: int, cutoff: datetime, removed: _Tally) -> int:
-        """Copy the complete lines up to `stop` except expired ones; the offset read up to."""
+    def _filter(
+        self,
+        fd: int,
+        temp_fd: int,
+        stop: int,
+        cutoff: datetime,
+        selection: Selection,
+        done: _Tally,
+    ) -> int:
+        """Copy the complete lines up to `stop` as the selection edits them; the offset read up to.
+
+        Removed lines are left out, anonymized ones rewritten, every other line copied byte for
+        byte. A line that cannot be anonymized field by field is copied and counted.
+        """
         offset = 0
         kept: list[bytes] = []
         kept_size = 0
-        for line in _complete_lines(fd, stop):
-            offset += len(line)
-            when = self._line_time(line)
-            if when is not None and when < cutoff:
-                removed.expire(len(line), self._day(when))
-                continue
-            kept.append(line)
-            kept_size += len(line)
+        for raw in _complete_lines(fd, stop):
+            offset += len(raw)
+            line = self._read_line(raw)
+            if self._picks(selection, line, cutoff, done):
+                done.expire(len(raw), self._day(line.when))
+                raw = self._edited(selection, line, done)
+            kept.append(raw)
+            kept_size += len(raw)
             if kept_size >= _CHUNK:
                 _write_all(temp_fd, b"".join(kept))
                 kept, kept_size = [], 0
         _write_all(temp_fd, b"".join(kept))
         return offset
+
+    def _edited(self, selection: Selection, line: _Line, done: _Tally) -> bytes:
+        """What a picked line becomes: nothing when removed, else its anonymized form."""
+        if selection.action != "anonymize":
+            return b""
+        try:
+            rewritten = self._anonymized(line)
+        except Skip as skip:
+            done.skipped[skip.reason] += 1
+            return line.raw
+        if rewritten is None:
+            done.unchanged += 1
+            return line.raw
+        done.anonymized += 1
+        return rewritten
 
     def _check_still_planned(self, root_fd: int, fd: int, planned: PlannedCsv, offset: int) -> None:
         """Just before the rename: the name still denotes the file read, and it only grew."""
@@ -459,6 +664,56 @@ class CsvStore(Store):
         if not os.access(self.root, os.R_OK | os.W_OK | os.X_OK):
             return "warning: retentiond's user cannot read and write it"
         return "readable and writable"
+
+
+def _result(selection: Selection, done: _Tally, appended: int) -> BatchResult:
+    counts = {"appended_lines_carried_over": appended} if appended else {}
+    skipped = dict(sorted(done.skipped.items()))
+    if selection.action == "anonymize":
+        return BatchResult(
+            deleted=0,
+            span=done.span,
+            anonymized=done.anonymized,
+            skipped=skipped,
+            counts={UNCHANGED: done.unchanged, **counts},
+        )
+    if not done.expired:
+        return BatchResult(deleted=0, bytes=0, skipped=skipped, counts=counts)
+    return BatchResult(
+        deleted=done.expired,
+        span=done.span,
+        bytes=done.expired_bytes,
+        skipped=skipped,
+        counts=counts,
+    )
+
+
+# -- fields --------------------------------------------------------------------------------------
+
+
+def _raw_fields(body: str) -> list[str] | None:
+    """One line's fields as written, quotes kept; None when a quote sits inside a bare field."""
+    fields: list[str] = []
+    position = 0
+    while True:
+        match = _RAW_FIELD.match(body, position)
+        if match is None:  # pragma: no cover - the pattern matches the empty string
+            return None
+        fields.append(match.group())
+        position = match.end()
+        if position == len(body):
+            return fields
+        if body[position] != ",":
+            return None
+        position += 1
+
+
+def _field_text(value: object, *, quoted: bool) -> str:
+    """A new value written as the field was (quoted or bare), quoted where it must be."""
+    text = "" if value is None else str(value)
+    if quoted or _NEEDS_QUOTES.search(text):
+        return '"' + text.replace('"', '""') + '"'
+    return text
 
 
 # -- files ---------------------------------------------------------------------------------------

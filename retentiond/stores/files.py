@@ -17,6 +17,11 @@ With `named_by`, the store sweeps what a rows store leaves (3CX `recordings.reco
 file a row names by its path relative to the root is that rows store's to delete with its row,
 so this one neither counts nor deletes it (`named_by_row`), asking again right before a batch
 deletes, since a row may have been written after the plan.
+
+With `subject_in_name`, a file whose name (without its extension) has a person's number as one
+of its `-`/`_`-separated parts is theirs: holds by number keep it, `find` and `subject_batches`
+serve Art. 15/17 requests. Without it, whose a file is cannot be told: a hold by number keeps
+every file of its window, and `find`/`subject_batches` refuse.
 """
 
 from __future__ import annotations
@@ -39,8 +44,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchTableError
 
 from retentiond.config.model import ConnectionConfig, FilesStoreConfig, ReferencesConfig
 from retentiond.errors import StoreAbsent, StoreError
-from retentiond.rules import end_of_day, latest_instant
-from retentiond.stores.base import Batch, BatchResult, Store, Survey
+from retentiond.rules import NO_HOLDS, Holds, end_of_day, latest_instant
+from retentiond.stores.base import Batch, BatchResult, Found, Store, Survey
 from retentiond.stores.folders import (
     CHANGED,
     NOT_REGULAR_FILE,
@@ -68,6 +73,7 @@ from retentiond.stores.sql import (
     Database,
     error_code,
 )
+from retentiond.subjects import Subject
 
 log = structlog.get_logger()
 
@@ -88,6 +94,7 @@ SWEEP_CHUNK = 1000
 
 T = TypeVar("T")
 U = TypeVar("U")
+A = TypeVar("A")  # the ages of a recording's files: known (`datetime`) or perhaps not (`None`)
 
 # FreePBX `...-YYYYMMDD-HHMMSS-<uniqueid>`, 3CX `..._YYYYMMDDhhmmss(<id>)`, or a bare `YYYYMMDD`.
 _FREEPBX_TIME = re.compile(rb"(?<![0-9])([0-9]{8})-([0-9]{6})(?![0-9])")
@@ -104,7 +111,7 @@ class PlannedFile:
     device: int
     inode: int
     size: int
-    age: datetime
+    age: datetime | None  # None only in an erasure, which deletes a subject's files of any age
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +125,8 @@ class _Found:
 
 # One recording as planned: a file, or a file and its siblings (group_siblings).
 Recording = tuple[PlannedFile, ...]
+# One recording as walked, with the age of each of its files.
+Walked = tuple[tuple[_Found, ...], list[datetime]]
 
 
 class FilesStore(Store):
@@ -214,15 +223,22 @@ class FilesStore(Store):
             )
         return lines
 
-    def survey(self, cutoff: datetime) -> Survey:
+    def survey(self, cutoff: datetime, holds: Holds = NO_HOLDS) -> Survey:
         skipped: Counter[str] = Counter()
-        total = expired = expired_bytes = 0
+        held_by: Counter[str] = Counter()
+        total = expired = expired_bytes = held = 0
         oldest: datetime | None = None
         for recording, ages in self._owned(self._dated(skipped), skipped):
             total += len(recording)
             age = max(ages)  # a recording is as young as its youngest file
             oldest = age if oldest is None else min(oldest, age)
-            if age < cutoff:
+            if not age < cutoff:
+                continue
+            covering = self._covering(recording, ages, holds)
+            if covering:
+                held += len(recording)
+                held_by.update(dict.fromkeys(covering, len(recording)))
+            else:
                 expired += len(recording)
                 expired_bytes += sum(found.status.st_size for found in recording)
         self._warn_if_incomplete(skipped)
@@ -233,25 +249,21 @@ class FilesStore(Store):
             oldest=oldest,
             expired_bytes=expired_bytes,
             skipped=dict(sorted(skipped.items())),
+            held=held,
+            held_by=dict(sorted(held_by.items())),
         )
 
-    def batches(self, cutoff: datetime) -> Iterator[Batch]:
+    def batches(self, cutoff: datetime, holds: Holds = NO_HOLDS) -> Iterator[Batch]:
         # Planning changes nothing: the sweep of dangling references waits for the first apply.
         self._sweep_due = self._reference_column is not None
         # The survey reports what a walk skips; a batch plan only carries what it will delete.
         skipped: Counter[str] = Counter()
-        planned: list[Recording] = []
-        files = number = 0
-        expired = (item for item in self._dated(skipped) if max(item[1]) < cutoff)
-        for recording, ages in self._owned(expired, skipped):
-            planned.append(tuple(map(_plan, recording, ages)))
-            files += len(recording)
-            if files >= self.config.batch_size:  # a recording is never split across batches
-                number += 1
-                yield self._batch(number, planned)
-                planned, files = [], 0
-        if planned:
-            yield self._batch(number + 1, planned)
+        expired = (
+            (recording, ages)
+            for recording, ages in self._dated(skipped)
+            if max(ages) < cutoff and not self._covering(recording, ages, holds)
+        )
+        return self._batched(self._owned(expired, skipped))
 
     def apply(self, batch: Batch, cutoff: datetime) -> BatchResult:
         root_fd = self._require_open()
@@ -275,7 +287,7 @@ class FilesStore(Store):
             cleared = self.clear_references([planned.name for planned in deleted], cutoff)
             log.info("references cleared", store=self.label, count=cleared)
             counts[REFERENCES_CLEARED] = cleared
-        deleted_days = [self._day(planned.age) for planned in deleted]
+        deleted_days = [self._day(planned.age) for planned in deleted if planned.age is not None]
         return BatchResult(
             deleted=len(deleted),
             span=(min(deleted_days), max(deleted_days)) if deleted_days else None,
@@ -284,9 +296,74 @@ class FilesStore(Store):
             counts=counts,
         )
 
+    # -- data subjects ---------------------------------------------------------------------------
+
+    def subject_fields(self) -> list[str]:
+        return ["file name"] if self.config.subject_in_name else []
+
+    def find(self, subject: Subject, holds: Holds = NO_HOLDS) -> Iterator[Found]:
+        self._require_subject_in_name()
+        return self._found(subject, holds)
+
+    def subject_batches(self, subject: Subject, holds: Holds = NO_HOLDS) -> Iterator[Batch]:
+        self._require_subject_in_name()
+        # An erasure is no regular run: dangling references wait for the next one's sweep.
+        self._sweep_due = False
+        skipped: Counter[str] = Counter()
+        unheld = (
+            (recording, ages)
+            for recording, ages in self._of_subject(subject, skipped)
+            if not self._covering(recording, ages, holds)
+        )
+        return self._batched(self._owned(unheld, skipped))
+
+    def _found(self, subject: Subject, holds: Holds) -> Iterator[Found]:
+        skipped: Counter[str] = Counter()
+        for recording, ages in self._owned(self._of_subject(subject, skipped), skipped):
+            held = bool(self._covering(recording, ages, holds))
+            for found, age in zip(recording, ages, strict=True):
+                yield Found(
+                    when=age,
+                    held=held,
+                    where=os.fsdecode(b"/".join((*found.folder, found.name))),
+                    fields={"file name": os.fsdecode(found.name)},
+                )
+
+    def _of_subject(
+        self, subject: Subject, skipped: Counter[str]
+    ) -> Iterator[tuple[tuple[_Found, ...], list[datetime | None]]]:
+        """The recordings whose names name `subject`, of any age, undated ones too."""
+        for recording in self._recordings(skipped):
+            if any(subject.matches_name(_stem_text(found.name)) for found in recording):
+                yield recording, [self._age(found) for found in recording]
+
+    def _covering(
+        self, recording: tuple[_Found, ...], ages: Sequence[datetime | None], holds: Holds
+    ) -> list[str]:
+        """The holds covering any file of a recording: its files go together or not at all."""
+        covering: dict[str, None] = {}
+        for found, age in zip(recording, ages, strict=True):
+            covering.update(dict.fromkeys(holds.covering(age, self._names(found.name))))
+        return list(covering)
+
+    def _names(self, name: bytes) -> Callable[[Subject], bool] | None:
+        """Whether a file names a subject; None when names do not tell (then holds by number
+        hold every file of their window)."""
+        if not self.config.subject_in_name:
+            return None
+        stem = _stem_text(name)
+        return lambda subject: subject.matches_name(stem)
+
+    def _require_subject_in_name(self) -> None:
+        if not self.config.subject_in_name:
+            raise StoreError(
+                f"{self.label}: this store cannot tell whose files are; set subject_in_name: "
+                "true when the file names carry the numbers of the call"
+            )
+
     # -- walking ---------------------------------------------------------------------------------
 
-    def _dated(self, skipped: Counter[str]) -> Iterator[tuple[tuple[_Found, ...], list[datetime]]]:
+    def _dated(self, skipped: Counter[str]) -> Iterator[Walked]:
         """The walk's recordings with the age of each file; undated ones are counted, not given."""
         for recording in self._recordings(skipped):
             ages = self._ages(recording)
@@ -296,8 +373,8 @@ class FilesStore(Store):
             yield recording, ages
 
     def _owned(
-        self, items: Iterator[tuple[tuple[_Found, ...], list[datetime]]], skipped: Counter[str]
-    ) -> Iterator[tuple[tuple[_Found, ...], list[datetime]]]:
+        self, items: Iterator[tuple[tuple[_Found, ...], A]], skipped: Counter[str]
+    ) -> Iterator[tuple[tuple[_Found, ...], A]]:
         """The recordings no `named_by` row names, in walk order; the others counted.
 
         The rows are asked about the paths of up to IN_LIST_CHUNK files at a time, never one
@@ -306,7 +383,7 @@ class FilesStore(Store):
         if self._named_by is None:
             yield from items
             return
-        pending: list[tuple[tuple[_Found, ...], list[datetime]]] = []
+        pending: list[tuple[tuple[_Found, ...], A]] = []
         paths = 0
         for item in items:
             pending.append(item)
@@ -456,10 +533,34 @@ class FilesStore(Store):
     def _day(self, age: datetime) -> date:
         return age.astimezone(self.zone).date()
 
+    def _batched(
+        self, recordings: Iterator[tuple[tuple[_Found, ...], Sequence[datetime | None]]]
+    ) -> Iterator[Batch]:
+        """Batches of about `batch_size` files; a recording is never split across batches."""
+        planned: list[Recording] = []
+        files = number = 0
+        for recording, ages in recordings:
+            planned.append(tuple(map(_plan, recording, ages)))
+            files += len(recording)
+            if files >= self.config.batch_size:
+                number += 1
+                yield self._batch(number, planned)
+                planned, files = [], 0
+        if planned:
+            yield self._batch(number + 1, planned)
+
     def _batch(self, number: int, planned: list[Recording]) -> Batch:
-        days = [self._day(file.age) for recording in planned for file in recording]
+        days = [
+            self._day(file.age)
+            for recording in planned
+            for file in recording
+            if file.age is not None
+        ]
         return Batch(
-            number=number, planned=len(days), span=(min(days), max(days)), payload=tuple(planned)
+            number=number,
+            planned=sum(len(recording) for recording in planned),
+            span=(min(days), max(days)) if days else None,
+            payload=tuple(planned),
         )
 
     # -- deleting --------------------------------------------------------------------------------
@@ -505,7 +606,7 @@ class FilesStore(Store):
 
     def _check(self, chain: FolderChain, planned: PlannedFile, cutoff: datetime) -> int:
         """The size of a planned file if it is still the file planned, or raise Skip."""
-        if not planned.age < cutoff:
+        if planned.age is not None and not planned.age < cutoff:
             raise Skip(CHANGED)  # a plan made for another cutoff is never applied
         for component in (*planned.folder, planned.name):
             check_component(component)
@@ -702,6 +803,11 @@ def _stem(name: bytes) -> bytes:
     return stem if dot else name
 
 
+def _stem_text(name: bytes) -> str:
+    """A file name without its extension, as text for matching (undecodable bytes escaped)."""
+    return os.fsdecode(_stem(name))
+
+
 def _sibling_order(name: bytes) -> tuple[bytes, bytes]:
     # By stem first: `x.mp3`, `x.n.wav`, `x.wav` would put a stranger between two siblings.
     return _stem(name), name
@@ -714,7 +820,7 @@ def _as_text(name: bytes) -> str | None:
         return None
 
 
-def _recording_of(item: tuple[tuple[_Found, ...], list[datetime]]) -> tuple[_Found, ...]:
+def _recording_of(item: tuple[tuple[_Found, ...], Any]) -> tuple[_Found, ...]:
     return item[0]
 
 
@@ -727,7 +833,7 @@ def _relative_text(folder: tuple[bytes, ...], name: bytes) -> str | None:
     return _as_text(b"/".join((*folder, name)))
 
 
-def _plan(found: _Found, age: datetime) -> PlannedFile:
+def _plan(found: _Found, age: datetime | None) -> PlannedFile:
     return PlannedFile(
         folder=found.folder,
         name=found.name,

@@ -19,6 +19,16 @@ says which files its rows named (RETURNING, or a locking read in the same transa
 once the rows are committed, each file no remaining row names is unlinked from the root's
 descriptor, one folder at a time, never through a symlink and never outside the root.
 
+Holds are part of every statement's predicate: a held row is never read into a batch, and the
+delete (or update) of a batch re-checks the predicate its batch was planned with, carried in the
+payload. A hold's window is widened, never narrowed, where a wall-clock column is ambiguous.
+With `subject_columns`, a hold by number covers only rows naming the person there (`IN` the
+subject's stored forms, NULL never matching); `find` and `subject_batches` search those columns.
+
+Anonymization walks the expired rows forward by time (then key), one batch at a time, and
+rewrites in Python only the rows whose values change. A row is identified by its key where it has
+one, and always by the values read (null-safe), so a row the PBX changed since is left alone.
+
 SQLAlchemy Core only (the ORM refuses tables without a primary key), and text() statements built
 from names that came out of reflection, quoted by the dialect. No row value is ever logged or put
 into an exception: messages carry counts, names of tables and columns, and driver messages.
@@ -32,7 +42,7 @@ import re
 import stat
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
@@ -59,10 +69,12 @@ from sqlalchemy import types as sqltypes
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, NoSuchTableError
 
 from retentiond import rules
+from retentiond.anonymize import Blank, Transform, TruncateDigits, anonymize_row
 from retentiond.config.model import ConnectionConfig, SqlStoreConfig
 from retentiond.config.pbxfiles import PbxSettingsError, password_from
 from retentiond.errors import StoreAbsent, StoreError
-from retentiond.stores.base import Batch, BatchResult, Store, Survey
+from retentiond.rules import NO_HOLDS, Holds, HoldScope
+from retentiond.stores.base import Batch, BatchResult, Found, Store, Survey
 from retentiond.stores.folders import (
     CHANGED,
     NOT_REGULAR_FILE,
@@ -74,12 +86,14 @@ from retentiond.stores.folders import (
     Skip,
     open_folder,
 )
+from retentiond.subjects import Subject
 
 log = structlog.get_logger()
 
 T = TypeVar("T")
 
 Strategy = Literal["time_index", "key_walk", "scan"]
+Side = Literal["from", "to"]
 # How the time column stores an instant, which decides the bound and how values read back.
 TimeKind = Literal["local", "utc", "aware", "date", "epoch", "text"]
 
@@ -88,6 +102,11 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 10.0
 # Keys per `IN (...)` list: below SQLite's old limit of 999 bound variables.
 IN_LIST_CHUNK = 500
+# The largest DST shift in tzdata is two hours (Antarctica/Troll): a wall-clock time near a hold's
+# edge may have been written with any offset in force this close to it.
+DST_REACH = timedelta(hours=2)
+# Why a planned anonymization left a row alone: the PBX changed it after it was read.
+CHANGED_SINCE_PLANNED = "changed"
 # Values below these are clock garbage (MariaDB zero dates, epoch 0): undated, never the oldest.
 DATETIME_FLOOR = datetime(1000, 1, 1)
 EPOCH_FLOOR = 1
@@ -154,6 +173,92 @@ class Layout:
     strategy: Strategy
     reason: str
     key: str | None  # SQL for the row key (quoted column, ctid, rowid); None: keyless deletes
+
+
+@dataclass(frozen=True)
+class Predicate:
+    """A condition on rows with its bound parameters; `expanding` names bind lists (`IN :name`).
+
+    Values are always parameters: the SQL text holds only reflected, quoted identifiers.
+    """
+
+    sql: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    expanding: frozenset[str] = frozenset()
+
+    def __and__(self, other: Predicate) -> Predicate:
+        return Predicate(
+            f"{self.sql} AND {other.sql}",
+            {**self.params, **other.params},
+            self.expanding | other.expanding,
+        )
+
+    def negated(self) -> Predicate:
+        return Predicate(f"NOT ({self.sql})", self.params, self.expanding)
+
+    @staticmethod
+    def any_of(parts: Sequence[Predicate]) -> Predicate | None:
+        if not parts:
+            return None
+        params: dict[str, Any] = {}
+        for part in parts:
+            params.update(part.params)
+        return Predicate(
+            "(" + " OR ".join(f"({part.sql})" for part in parts) + ")",
+            params,
+            frozenset().union(*(part.expanding for part in parts)),
+        )
+
+
+EVERY_ROW = Predicate("1 = 1")
+
+
+def _bind(sql: str, *parts: Predicate | None, **params: Any) -> tuple[TextClause, dict[str, Any]]:
+    """`sql`, which embeds the `parts`, with their parameters and `params` bound."""
+    merged: dict[str, Any] = {}
+    expanding: set[str] = set()
+    for part in parts:
+        if part is not None:
+            merged.update(part.params)
+            expanding |= part.expanding
+    merged.update(params)
+    statement = text(sql).bindparams(
+        *(bindparam(name, expanding=True) for name in sorted(expanding))
+    )
+    return statement, merged
+
+
+@dataclass(frozen=True)
+class _Deletion:
+    """A delete batch's payload: the rows matching `where` among `keys`, or in the walk's key
+    range `walk`, or (keyless) the first `limit` rows, in time order when `ordered`."""
+
+    where: Predicate
+    keys: list[Any] | None = None
+    walk: tuple[Any, Any] | None = None
+    ordered: bool = True
+
+
+@dataclass(frozen=True)
+class _Rewrite:
+    """An anonymize batch's payload: each row's key (None without one) and the values read
+    (the time column first, then the transformed columns), and the predicate they matched."""
+
+    where: Predicate
+    rows: list[tuple[Any, tuple[Any, ...]]]
+
+
+@dataclass(frozen=True)
+class _ToNull(Transform):
+    """`blank` on a nullable column that takes no text: NULL."""
+
+    name: str = "blank"
+
+    def apply(self, value: Any) -> Any:
+        return None
+
+    def describe(self) -> str:
+        return "blanked (NULL)"
 
 
 class Database:
@@ -528,8 +633,17 @@ class SqlStore(Store):
         self._file_name = ""
         self._file_index: str | None = None
         self._files: FileRoot | None = None
-        # The walk's key range from the last survey, so batches() need not scan again.
-        self._walk_range: tuple[datetime, tuple[Any, Any]] | None = None
+        # The walk's key range of unheld expired rows from the last survey, so batches() need not
+        # scan again when it is asked for the same cutoff and holds.
+        self._walk_range: tuple[datetime, Holds, tuple[Any, Any]] | None = None
+        self.anonymizes = bool(store.anonymize)
+        # subject_columns: their names, and each as SQL text to compare with a subject's values.
+        self._subject_names: list[str] = []
+        self._subject_sql: list[str] = []
+        # anonymize: each column's transform, and the columns a rewrite reads and compares
+        # (name, quoted), the time column first.
+        self._transforms: dict[str, Transform] = {}
+        self._rewritten: list[tuple[str, str]] = []
         self._applied: tuple[Batch, BatchResult] | None = None
 
     @property
@@ -554,6 +668,8 @@ class SqlStore(Store):
                 self._time_name = column.name
                 self._time_sql = self._preparer().quote(column.name)
                 self._layout = self._choose_layout(connection, table, column)
+                self._prepare_subjects(table)
+                self._prepare_anonymize(table)
                 if self._store.file_column is not None:
                     self._prepare_files(connection, table)
         except DBAPIError as exc:
@@ -615,11 +731,7 @@ class SqlStore(Store):
         return f"{message}; it has {len(tables)} tables, none of that name"
 
     def _column(self, table: Table, wanted: str, setting: str) -> Column[Any]:
-        column = table.columns.get(wanted)
-        if column is None:
-            # MariaDB column names are case-insensitive; accept a unique case-insensitive match.
-            matches = [c for c in table.columns if c.name.lower() == wanted.lower()]
-            column = matches[0] if len(matches) == 1 else None
+        column = _find_column(table, wanted)
         if column is None:
             columns = ", ".join(c.name for c in table.columns)
             holding = "the call time" if setting == "time_column" else "the file's path"
@@ -638,6 +750,63 @@ class SqlStore(Store):
                 "'2024-01-31 12:00:00'"
             )
         return kind
+
+    def _columns(self, table: Table, wanted: Iterable[str], setting: str) -> list[Column[Any]]:
+        """The columns a setting names; a StoreError naming every one the table lacks."""
+        found = {name: _find_column(table, name) for name in wanted}
+        missing = [name for name, column in found.items() if column is None]
+        if missing:
+            plural = "s" if len(missing) > 1 else ""
+            raise StoreError(
+                f"{self.label}: {setting} names column{plural} {', '.join(missing)}, not in table "
+                f"{table.name}; its columns: {', '.join(c.name for c in table.columns)}. Correct "
+                f"the name{plural} or remove {'them' if plural else 'it'} from {setting}"
+            )
+        return [column for column in found.values() if column is not None]
+
+    def _prepare_subjects(self, table: Table) -> None:
+        columns = self._columns(table, self._store.subject_columns, "subject_columns")
+        self._subject_names = [column.name for column in columns]
+        self._subject_sql = [self._as_text(column) for column in columns]
+
+    def _as_text(self, column: Column[Any]) -> str:
+        """A column compared with text: numbers stored as numbers (or untyped) cast to text."""
+        quoted: str = self._preparer().quote(column.name)
+        if isinstance(column.type, sqltypes.String):
+            return quoted
+        return f"CAST({quoted} AS {'CHAR' if self._family == 'mysql' else 'TEXT'})"
+
+    def _prepare_anonymize(self, table: Table) -> None:
+        transforms = self._store.anonymize or {}
+        columns = self._columns(table, transforms, "anonymize")
+        self._transforms = {
+            column.name: self._fitting(column, transforms[wanted])
+            for wanted, column in zip(transforms, columns, strict=True)
+        }
+        quote = self._preparer().quote
+        self._rewritten = [(self._time_name, self._time_sql)] + [
+            (name, quote(name)) for name in self._transforms if name != self._time_name
+        ]
+
+    def _fitting(self, column: Column[Any], transform: Transform) -> Transform:
+        """The transform as this column can take it; refused when its values cannot be written."""
+        if isinstance(column.type, sqltypes.String | sqltypes.LargeBinary | sqltypes.NullType):
+            return transform
+        if isinstance(transform, Blank):
+            if column.nullable:
+                return _ToNull()
+            raise StoreError(
+                f"{self.label}: anonymize: column {column.name} holds {column.type!r} values and "
+                "cannot be NULL, so blank cannot empty it; use {constant: 0} (or another value "
+                "of its type) instead"
+            )
+        if isinstance(transform, TruncateDigits):
+            raise StoreError(
+                f"{self.label}: anonymize: column {column.name} holds {column.type!r} values, "
+                "not text, and truncate_digits would write x into it; use bucket, constant or "
+                "blank instead"
+            )
+        return transform
 
     def _prepare_files(self, connection: Connection, table: Table) -> None:
         """Check the file column and open file_root: a batch's files go after its rows."""
@@ -761,6 +930,14 @@ class SqlStore(Store):
                 f"{self._time_name} is indexed ({self._index_hint()})"
             )
         lines.extend(self._describe_files())
+        if self._subject_names:
+            lines.append(
+                f"subjects: {', '.join(self._subject_names)} (holds by number, find and erase)"
+            )
+        lines.extend(
+            f"anonymize: {name} {transform.describe()}"
+            for name, transform in self._transforms.items()
+        )
         return lines
 
     def _describe_files(self) -> list[str]:
@@ -797,16 +974,14 @@ class SqlStore(Store):
     def _statement_to_explain(self, connection: Connection) -> tuple[str, dict[str, Any]]:
         """The statement each batch runs against the table (not only its keys)."""
         layout = self._require_layout()
-        params: dict[str, Any] = {
-            "bound": self._bound(self._typical_cutoff(connection)),
-            "n": self._store.batch_size,
-        }
+        where = self._expired(self._typical_cutoff(connection))
+        params: dict[str, Any] = {**where.params, "n": self._store.batch_size}
         if layout.strategy == "key_walk":
             params.update(last=0, hi=self._store.batch_size)
-            return self._walk_delete_sql(returning=False), params
+            return self._walk_delete_sql(where, returning=False), params
         if layout.key is None:
-            return self._keyless_delete_sql(returning=False), params
-        return self._plan_read_sql(), params
+            return self._keyless_delete_sql(where, ordered=True, returning=False), params
+        return self._plan_read_sql(where, ordered=True), params
 
     def _typical_cutoff(self, connection: Connection) -> datetime:
         """A day past the oldest row: a daily run's share of the table, not all of it.
@@ -819,67 +994,81 @@ class SqlStore(Store):
 
     # -- surveying -------------------------------------------------------------------------------
 
-    def survey(self, cutoff: datetime) -> Survey:
-        layout = self._require_layout()
-        bound = self._bound(cutoff)
+    def survey(self, cutoff: datetime, holds: Holds = NO_HOLDS) -> Survey:
+        walk = self.strategy == "key_walk"
+        survey, walk_range = self._survey(self._expired(cutoff), holds, walk)
+        if walk:
+            self._walk_range = (cutoff, holds, walk_range)
+        return survey
 
-        def count(connection: Connection) -> tuple[int, int, Any, tuple[Any, Any]]:
+    def _survey(
+        self, expired: Predicate, holds: Holds, walk: bool = False
+    ) -> tuple[Survey, tuple[Any, Any]]:
+        """Counts of `expired` rows, held ones per hold, in one pass; and for the key walk the
+        key range of the unheld ones."""
+        key = self._require_layout().key
+        each = [self._hold_predicate(index, scope) for index, scope in enumerate(holds.scopes)]
+        held = Predicate.any_of(each)
+        columns = ["COUNT(*)"] + [f"COUNT(CASE WHEN {part.sql} THEN 1 END)" for part in each]
+        if held is not None:
+            columns.append(f"COUNT(CASE WHEN {held.sql} THEN 1 END)")
+        if walk:
+            unheld = "1 = 1" if held is None else held.negated().sql
+            columns += [f"{edge}(CASE WHEN {unheld} THEN {key} END)" for edge in ("MIN", "MAX")]
+        statement = _bind(
+            f"SELECT {', '.join(columns)} FROM {self._table_sql} WHERE {expired.sql}", expired, held
+        )
+
+        def count(connection: Connection) -> tuple[int, tuple[Any, ...], Any]:
             total = connection.execute(text(f"SELECT COUNT(*) FROM {self._table_sql}")).scalar()
-            if layout.strategy == "key_walk":
-                expired, low, high = connection.execute(
-                    text(
-                        f"SELECT COUNT(*), MIN({layout.key}), MAX({layout.key}) "
-                        f"FROM {self._table_sql} WHERE {self._expired_sql()}"
-                    ),
-                    {"bound": bound},
-                ).one()
-            else:
-                expired = connection.execute(
-                    text(f"SELECT COUNT(*) FROM {self._table_sql} WHERE {self._expired_sql()}"),
-                    {"bound": bound},
-                ).scalar()
-                low = high = None
-            oldest = self._read_oldest(connection)
-            return int(total or 0), int(expired or 0), oldest, (low, high)
+            counts = tuple(connection.execute(*statement).one())
+            return int(total or 0), counts, self._read_oldest(connection)
 
-        total, expired, oldest, walk_range = self._db.retrying("surveying", count)
-        if layout.strategy == "key_walk":
-            self._walk_range = (cutoff, walk_range)
-        return Survey(
+        total, counts, oldest = self._db.retrying("surveying", count)
+        walk_range: tuple[Any, Any] = (counts[-2], counts[-1]) if walk else (None, None)
+        in_range = int(counts[0] or 0)
+        held_by: Counter[str] = Counter()
+        for scope, number in zip(holds.scopes, counts[1 : 1 + len(each)], strict=True):
+            held_by[scope.hold_id] += int(number or 0)
+        held_rows = int(counts[1 + len(each)] or 0) if held is not None else 0
+        survey = Survey(
             unit="rows",
             total=total,
-            expired=expired,
+            expired=in_range - held_rows,
             oldest=stored_instant(oldest, self._time_kind, self._zone),
+            held=held_rows,
+            held_by=dict(held_by),
         )
+        return survey, walk_range
 
     def _read_oldest(self, connection: Connection) -> Any:
         """The oldest stored time, leaving out zero dates and values that are no dates."""
+        guard = self._time_guard()
         return connection.execute(
             text(
                 f"SELECT MIN({self._time_sql}) FROM {self._table_sql} "
-                f"WHERE {self._time_sql} >= :floor{self._text_guard()}"
+                f"WHERE {self._time_sql} >= :floor{f' AND {guard}' if guard else ''}"
             ),
             {"floor": self._floor()},
         ).scalar()
 
     # -- planning --------------------------------------------------------------------------------
 
-    def batches(self, cutoff: datetime) -> Iterator[Batch]:
+    def batches(self, cutoff: datetime, holds: Holds = NO_HOLDS) -> Iterator[Batch]:
+        where = self._unheld(self._expired(cutoff), holds)
         if self._require_layout().strategy == "key_walk":
-            return self._walk_batches(cutoff)
-        return self._oldest_first_batches(cutoff)
+            return self._walk_batches(cutoff, holds, where)
+        return self._repeated_batches(where, ordered=True)
 
-    def _oldest_first_batches(self, cutoff: datetime) -> Iterator[Batch]:
-        """Each batch: the oldest expired rows still there (any expired rows, for `scan`)."""
+    def _repeated_batches(self, where: Predicate, ordered: bool) -> Iterator[Batch]:
+        """Each batch: the first rows still matching `where` (the oldest, when `ordered` and
+        the time column is indexed). Deleted rows no longer match, so the next read moves on."""
         layout = self._require_layout()
-        bound = self._bound(cutoff)
         size = self._store.batch_size
+        statement = _bind(self._plan_read_sql(where, ordered), where, n=size)
         number = 0
         while True:
-            rows = self._db.retrying(
-                "planning a batch",
-                partial(_read_rows, self._plan_read_sql(), {"bound": bound, "n": size}),
-            )
+            rows = self._db.retrying("planning a batch", partial(_read_rows, *statement))
             if not rows:
                 return
             number += 1
@@ -888,7 +1077,7 @@ class SqlStore(Store):
                 number=number,
                 planned=len(rows),
                 span=self._day_span(row[-1] for row in rows),
-                payload=keys,
+                payload=_Deletion(where, keys=keys, ordered=ordered),
             )
             self._applied = None
             yield batch
@@ -897,24 +1086,21 @@ class SqlStore(Store):
                 # Not applied (a dry run): the next batch would be this one again.
                 return
             if len(rows) < size or applied[1].deleted == 0:
-                # Fewer than n were expired, so none are left; or none could be deleted and the
+                # Fewer than n matched, so none are left; or none could be deleted and the
                 # next read would plan the same rows. The verifying survey reports what remains.
                 return
 
-    def _walk_batches(self, cutoff: datetime) -> Iterator[Batch]:
-        """Each batch: the next n keys; only its expired rows count and get deleted."""
-        bound = self._bound(cutoff)
-        low, high = self._walk_bounds(cutoff, bound)
+    def _walk_batches(self, cutoff: datetime, holds: Holds, where: Predicate) -> Iterator[Batch]:
+        """Each batch: the next n keys; only its rows matching `where` count and get deleted."""
+        low, high = self._walk_bounds(cutoff, holds, where)
         if low is None or high is None:
             return
         size = self._store.batch_size
         last = low - 1  # integer keys: the walk starts just below the first expired one
         number = 0
         while last < high:
-            params = {"bound": bound, "last": last, "end": high, "n": size}
-            rows = self._db.retrying(
-                "planning a batch", partial(_read_rows, self._walk_read_sql(), params)
-            )
+            statement = _bind(self._walk_read_sql(where), where, last=last, end=high, n=size)
+            rows = self._db.retrying("planning a batch", partial(_read_rows, *statement))
             if not rows:
                 return
             upper = rows[-1][0]
@@ -925,35 +1111,138 @@ class SqlStore(Store):
                     number=number,
                     planned=len(expired_times),
                     span=self._day_span(expired_times),
-                    payload=(last, upper),
+                    payload=_Deletion(where, walk=(last, upper)),
                 )
             last = upper
 
-    def _walk_bounds(self, cutoff: datetime, bound: Any) -> tuple[Any, Any]:
-        """The lowest and highest key of expired rows: from the survey, else one scan now."""
+    def _walk_bounds(self, cutoff: datetime, holds: Holds, where: Predicate) -> tuple[Any, Any]:
+        """The lowest and highest key of rows to delete: from the survey, else one scan now."""
         cached, self._walk_range = self._walk_range, None
-        if cached is not None and cached[0] == cutoff:
-            return cached[1]
+        if cached is not None and cached[:2] == (cutoff, holds):
+            return cached[2]
         key = self._require_layout().key
+        statement = _bind(
+            f"SELECT MIN({key}), MAX({key}) FROM {self._table_sql} WHERE {where.sql}", where
+        )
         row = self._db.retrying(
             "finding the expired key range",
-            lambda connection: connection.execute(
-                text(
-                    f"SELECT MIN({key}), MAX({key}) FROM {self._table_sql} "
-                    f"WHERE {self._expired_sql()}"
-                ),
-                {"bound": bound},
-            ).one(),
+            lambda connection: connection.execute(*statement).one(),
         )
         return row[0], row[1]
+
+    # -- data subjects ---------------------------------------------------------------------------
+
+    def subject_fields(self) -> list[str]:
+        return list(self._subject_names)
+
+    def find(self, subject: Subject, holds: Holds = NO_HOLDS) -> Iterator[Found]:
+        naming = self._naming(subject)
+        held = self._held_any(holds)
+        flag = "0" if held is None else f"CASE WHEN {held.sql} THEN 1 ELSE 0 END"
+        statement = _bind(
+            f"SELECT {self._time_sql}, {flag}, {', '.join(self._subject_sql)} "
+            f"FROM {self._table_sql} WHERE {naming.sql} ORDER BY {self._time_sql}",
+            naming,
+            held,
+        )
+        rows = self._db.retrying("searching for a person's rows", partial(_read_rows, *statement))
+        return iter([self._found(row) for row in rows])
+
+    def _found(self, row: tuple[Any, ...]) -> Found:
+        """What a row says about its subject: the time and the subject columns, nothing else."""
+        fields = {self._time_name: _shown(row[0])} if row[0] is not None else {}
+        for name, value in zip(self._subject_names, row[2:], strict=True):
+            if value is not None:
+                fields[name] = _shown(value)
+        return Found(
+            when=stored_instant(row[0], self._time_kind, self._zone),
+            held=bool(row[1]),
+            where=self.label,
+            fields=fields,
+        )
+
+    def subject_batches(self, subject: Subject, holds: Holds = NO_HOLDS) -> Iterator[Batch]:
+        return self._repeated_batches(self._unheld(self._naming(subject), holds), ordered=False)
+
+    def _naming(self, subject: Subject) -> Predicate:
+        """Rows where a subject column holds one of the subject's stored forms."""
+        if not self._subject_sql:
+            raise StoreError(
+                f"{self.label}: this table cannot be searched for a person's rows because no "
+                "subject_columns are set; set subject_columns to the columns holding numbers "
+                "and extensions (FreePBX cdr: src, dst, cnum, did)"
+            )
+        return Predicate(
+            self._names_sql("who"), {"who": sorted(subject.values)}, frozenset({"who"})
+        )
+
+    def _names_sql(self, values: str) -> str:
+        # IS NOT NULL: a NULL would make the whole condition NULL, and NOT (NULL) keeps a row
+        # that names nobody.
+        return (
+            "("
+            + " OR ".join(f"({c} IS NOT NULL AND {c} IN :{values})" for c in self._subject_sql)
+            + ")"
+        )
+
+    # -- holds -----------------------------------------------------------------------------------
+
+    def _unheld(self, where: Predicate, holds: Holds) -> Predicate:
+        held = self._held_any(holds)
+        return where if held is None else where & held.negated()
+
+    def _held_any(self, holds: Holds) -> Predicate | None:
+        return Predicate.any_of(
+            [self._hold_predicate(index, scope) for index, scope in enumerate(holds.scopes)]
+        )
+
+    def _hold_predicate(self, index: int, scope: HoldScope) -> Predicate:
+        """Rows `scope` covers: in its window (a row of unknown time is in every window) and,
+        with subject columns, naming its subject. Never NULL, so NOT of it is safe."""
+        time_sql = self._time_sql
+        parts: list[str] = []
+        params: dict[str, Any] = {}
+        window: list[str] = []
+        edges: tuple[tuple[Side, datetime | None, str], ...] = (
+            ("from", scope.start, ">="),
+            ("to", scope.end, "<"),
+        )
+        for side, edge, operator in edges:
+            if edge is not None:
+                name = f"hold{index}_{side}"
+                params[name] = self._hold_bound(edge, side)
+                window.append(f"{time_sql} {operator} :{name}")
+        if window:
+            guard = self._time_guard()
+            unknown = f"{time_sql} IS NULL" + (f" OR NOT ({guard})" if guard else "")
+            parts.append(f"({unknown} OR ({' AND '.join(window)}))")
+        expanding: frozenset[str] = frozenset()
+        if scope.subject is not None and self._subject_sql:
+            name = f"hold{index}_who"
+            params[name] = sorted(scope.subject.values)
+            expanding = frozenset({name})
+            parts.append(self._names_sql(name))
+        return Predicate(" AND ".join(parts) or EVERY_ROW.sql, params, expanding)
+
+    def _hold_bound(self, instant: datetime, side: Side) -> Any:
+        return hold_bound(self._time_kind, self._family, instant, self._zone, side)
 
     # -- deleting --------------------------------------------------------------------------------
 
     def apply(self, batch: Batch, cutoff: datetime) -> BatchResult:
-        bound = self._bound(cutoff)
+        """Carry out a batch with the predicate it was planned with (its payload)."""
+        plan = batch.payload
+        if isinstance(plan, _Rewrite):
+            result = self._rewrite(plan)
+        else:
+            result = self._apply_deletion(batch, plan)
+        self._applied = (batch, result)
+        return result
+
+    def _apply_deletion(self, batch: Batch, plan: _Deletion) -> BatchResult:
         deleted = self._db.retrying(
             "deleting a batch",
-            lambda connection: self._delete(connection, batch, bound),
+            lambda connection: self._delete(connection, plan, batch.planned),
             write=True,
         )
         if deleted.times is not None:
@@ -964,54 +1253,52 @@ class SqlStore(Store):
         result = BatchResult(deleted=deleted.count, span=span)
         if self._files is not None:
             result = self._remove_files(deleted, result)
-        self._applied = (batch, result)
         return result
 
-    def _delete(self, connection: Connection, batch: Batch, bound: Any) -> _Deleted:
-        layout = self._require_layout()
-        if layout.strategy == "key_walk":
-            last, upper = batch.payload
-            params = {"bound": bound, "last": last, "hi": upper}
-            deleted = self._run_delete(
-                connection,
-                text(self._walk_delete_sql()),
-                params,
-                self._locking_file_read(self._walk_where()),
-            )
-        elif layout.key is None:
+    def _delete(self, connection: Connection, plan: _Deletion, planned: int) -> _Deleted:
+        if plan.walk is not None:
+            last, upper = plan.walk
+            statement, params = _bind(self._walk_delete_sql(plan.where), plan.where)
+            params.update(last=last, hi=upper)
+            file_read = self._locking_file_read(self._walk_where(plan.where), plan.where)
+            deleted = self._run_delete(connection, statement, params, file_read)
+        elif plan.keys is None:
             # Refused at open without RETURNING: a second ORDER BY ... LIMIT may pick other ties.
             deleted = self._run_delete(
-                connection, text(self._keyless_delete_sql()), {"bound": bound, "n": batch.planned}
+                connection,
+                *_bind(self._keyless_delete_sql(plan.where, plan.ordered), plan.where, n=planned),
             )
         else:
-            deleted = self._delete_keys(connection, list(batch.payload), bound)
+            deleted = self._delete_keys(connection, plan.keys, plan.where)
         if self._files is not None and deleted.files:
             self._keep_files_still_named(connection, deleted)
         return deleted
 
-    def _delete_keys(self, connection: Connection, keys: list[Any], bound: Any) -> _Deleted:
+    def _delete_keys(self, connection: Connection, keys: list[Any], where: Predicate) -> _Deleted:
         key = self._require_layout().key
         returning = self._returning()
         if self._family == "postgresql":
             # One array parameter: psycopg allows at most 65535 parameters per statement.
             match = "ctid = ANY(CAST(:keys AS tid[]))" if key == "ctid" else f"{key} = ANY(:keys)"
-            statement = text(
-                f"DELETE FROM {self._table_sql} WHERE {match} AND {self._expired_sql()}{returning}"
+            statement, params = _bind(
+                f"DELETE FROM {self._table_sql} WHERE {match} AND {where.sql}{returning}",
+                where,
+                keys=keys,
             )
-            return self._run_delete(connection, statement, {"keys": keys, "bound": bound})
-        where = f"{key} IN :keys AND {self._expired_sql()}"
-        statement = text(f"DELETE FROM {self._table_sql} WHERE {where}{returning}").bindparams(
-            bindparam("keys", expanding=True)
-        )
-        file_read = self._locking_file_read(where)
-        if file_read is not None:
-            file_read = file_read.bindparams(bindparam("keys", expanding=True))
+            return self._run_delete(connection, statement, params)
         total = _Deleted(0, [] if returning else None)
         for start in range(0, len(keys), IN_LIST_CHUNK):
-            chunk = keys[start : start + IN_LIST_CHUNK]
-            part = self._run_delete(
-                connection, statement, {"keys": chunk, "bound": bound}, file_read
+            chunk = Predicate(
+                f"{key} IN :keys",
+                {"keys": keys[start : start + IN_LIST_CHUNK]},
+                frozenset({"keys"}),
             )
+            matching = chunk & where
+            statement, params = _bind(
+                f"DELETE FROM {self._table_sql} WHERE {matching.sql}{returning}", matching
+            )
+            file_read = self._locking_file_read(matching.sql, matching)
+            part = self._run_delete(connection, statement, params, file_read)
             total.count += part.count
             if total.times is not None and part.times is not None:
                 total.times.extend(part.times)
@@ -1104,22 +1391,217 @@ class SqlStore(Store):
             skipped=dict(sorted(skipped.items())),
         )
 
+    # -- anonymizing -----------------------------------------------------------------------------
+
+    def anonymize_survey(
+        self, cutoff: datetime, holds: Holds = NO_HOLDS, since: datetime | None = None
+    ) -> Survey:
+        self._require_anonymize()
+        return self._survey(self._expired(cutoff) & self._since(since), holds)[0]
+
+    def anonymize_batches(
+        self, cutoff: datetime, holds: Holds = NO_HOLDS, since: datetime | None = None
+    ) -> Iterator[Batch]:
+        self._require_anonymize()
+        where = self._unheld(self._expired(cutoff) & self._since(since), holds)
+        key = self._require_layout().key
+        if key is not None and key != "ctid":
+            return self._rewrite_batches_by_key(where, key)
+        # PostgreSQL gives an updated row a new ctid: the walk goes by time alone there.
+        return self._rewrite_batches_by_time(where, key)
+
+    def _rewrite_batches_by_key(self, where: Predicate, key: str) -> Iterator[Batch]:
+        """Forward along (time, key) from the last row read: each row is read once per run,
+        whatever the rewrite does to it (a coarsened time only moves back)."""
+        time_sql = self._time_sql
+        read = f"SELECT {key}, {self._rewritten_sql()} FROM {self._table_sql} WHERE {where.sql}"
+        after = (
+            f" AND ({time_sql} > :after_time OR ({time_sql} = :after_time AND {key} > :after_key))"
+        )
+        order = f" ORDER BY {time_sql}, {key} LIMIT :n"
+        size = self._store.batch_size
+        cursor: dict[str, Any] = {}
+        number = 0
+        while True:
+            statement = _bind(read + (after if cursor else "") + order, where, n=size, **cursor)
+            rows = self._db.retrying("planning an anonymize batch", partial(_read_rows, *statement))
+            if not rows:
+                return
+            number += 1
+            yield self._rewrite_batch(number, where, [(row[0], row[1:]) for row in rows])
+            if len(rows) < size:
+                return
+            cursor = {"after_time": rows[-1][1], "after_key": rows[-1][0]}
+
+    def _rewrite_batches_by_time(self, where: Predicate, key: str | None) -> Iterator[Batch]:
+        """Forward by time: a batch takes whole groups of rows sharing a time, so the next one
+        starts strictly after the last time read (no key, or one that changes on update)."""
+        columns = self._rewritten_sql() if key is None else f"{key}, {self._rewritten_sql()}"
+        read = f"SELECT {columns} FROM {self._table_sql} WHERE {where.sql}"
+        after: Any = None
+        number = 0
+        while True:
+            rows, full = self._db.retrying(
+                "planning an anonymize batch",
+                partial(self._read_time_groups, read, where, after, 0 if key is None else 1),
+            )
+            if not rows:
+                return
+            number += 1
+            batch_rows = [(None, row) if key is None else (row[0], row[1:]) for row in rows]
+            yield self._rewrite_batch(number, where, batch_rows)
+            if not full:
+                return
+            after = batch_rows[-1][1][0]
+
+    def _read_time_groups(
+        self, read: str, where: Predicate, after: Any, position: int, connection: Connection
+    ) -> tuple[list[tuple[Any, ...]], bool]:
+        """Up to batch_size rows after the time `after` (the time at `position` of each row), the
+        last time's rows completed; and whether the limit was reached (more may follow)."""
+        size = self._store.batch_size
+        time_sql = self._time_sql
+        later = f" AND {time_sql} > :after_time" if after is not None else ""
+        rows = _read_rows(
+            *_bind(f"{read}{later} ORDER BY {time_sql} LIMIT :n", where, n=size, after_time=after),
+            connection,
+        )
+        if len(rows) < size:
+            return rows, False
+        last = rows[-1][position]
+        group = _read_rows(*_bind(f"{read} AND {time_sql} = :tie", where, tie=last), connection)
+        return [row for row in rows if row[position] != last] + group, True
+
+    def _rewrite_batch(
+        self, number: int, where: Predicate, rows: list[tuple[Any, tuple[Any, ...]]]
+    ) -> Batch:
+        return Batch(
+            number=number,
+            planned=len(rows),
+            span=self._day_span(values[0] for _, values in rows),
+            payload=_Rewrite(where, rows),
+        )
+
+    def _rewrite(self, plan: _Rewrite) -> BatchResult:
+        """Rewrite the rows whose values change, each only if it still holds the values read."""
+        names = [name for name, _ in self._rewritten]
+        pending = []
+        for key, values in plan.rows:
+            original = dict(zip(names, values, strict=True))
+            changes = anonymize_row(self._transforms, original)
+            if changes:
+                pending.append((key, values, {**original, **changes}))
+        unchanged = len(plan.rows) - len(pending)
+        written = 0
+        if pending:
+            written = self._db.retrying(
+                "anonymizing a batch",
+                lambda connection: self._update_rows(connection, plan.where, pending),
+                write=True,
+            )
+        changed = len(pending) - written
+        return BatchResult(
+            deleted=0,
+            anonymized=written,
+            span=self._day_span(values[0] for _, values, _ in pending) if written else None,
+            skipped={CHANGED_SINCE_PLANNED: changed} if changed > 0 else {},
+            counts={"unchanged": unchanged} if unchanged else {},
+        )
+
+    def _update_rows(
+        self,
+        connection: Connection,
+        where: Predicate,
+        pending: list[tuple[Any, tuple[Any, ...], dict[str, Any]]],
+    ) -> int:
+        """One UPDATE per row in this transaction; the number of rows rewritten.
+
+        Identical keyless rows are all rewritten by the first of their statements (each gets
+        the same values), and the later ones find nothing: the sum still counts each row once.
+        """
+        key = self._require_layout().key
+        targets = list(self._transforms)
+        quote = self._preparer().quote
+        same = {"mysql": "<=>", "postgresql": "IS NOT DISTINCT FROM"}.get(self._family, "IS")
+        identity = [f"{sql} {same} :old_{i}" for i, (_, sql) in enumerate(self._rewritten)]
+        if key is not None:
+            identity.insert(0, "ctid = CAST(:key AS tid)" if key == "ctid" else f"{key} = :key")
+        assignments = ", ".join(f"{quote(name)} = :new_{i}" for i, name in enumerate(targets))
+        statement, common = _bind(
+            f"UPDATE {self._table_sql} SET {assignments} "
+            f"WHERE {' AND '.join(identity)} AND {where.sql}",
+            where,
+        )
+        written = 0
+        for row_key, values, rewritten in pending:
+            params = dict(common)
+            params.update((f"old_{i}", value) for i, value in enumerate(values))
+            params.update((f"new_{i}", rewritten[name]) for i, name in enumerate(targets))
+            if key is not None:
+                params["key"] = row_key
+            written += connection.execute(statement, params).rowcount
+        return written
+
+    def smallest_group(self, cutoff: datetime) -> int | None:
+        """The smallest group of expired rows alike in every transformed column that is not
+        blanked (a blanked column is alike in all rows)."""
+        if not self.anonymizes:
+            return None
+        quote = self._preparer().quote
+        grouping = [
+            quote(name)
+            for name, transform in self._transforms.items()
+            if transform.groups and not isinstance(transform, Blank | _ToNull)
+        ]
+        expired = self._expired(cutoff)
+        if grouping:
+            sql = (
+                f"SELECT MIN(cnt) FROM (SELECT COUNT(*) AS cnt FROM {self._table_sql} "
+                f"WHERE {expired.sql} GROUP BY {', '.join(grouping)}) AS sizes"
+            )
+        else:
+            sql = f"SELECT COUNT(*) FROM {self._table_sql} WHERE {expired.sql}"
+        statement = _bind(sql, expired)
+        smallest = self._db.retrying(
+            "measuring the smallest group",
+            lambda connection: connection.execute(*statement).scalar(),
+        )
+        return int(smallest) if smallest else None
+
+    def _require_anonymize(self) -> None:
+        if not self._transforms:
+            raise StoreError(
+                f"{self.label}: no columns to anonymize; set anonymize to each column's transform"
+            )
+
+    def _rewritten_sql(self) -> str:
+        return ", ".join(sql for _, sql in self._rewritten)
+
+    def _since(self, since: datetime | None) -> Predicate:
+        """Rows not older than the previous complete run's cutoff: the complement of what that
+        run's `time < bound` covered."""
+        if since is None:
+            return EVERY_ROW
+        return Predicate(f"{self._time_sql} >= :since", {"since": self._bound(since)})
+
     # -- statements ------------------------------------------------------------------------------
 
-    def _expired_sql(self) -> str:
-        return f"{self._time_sql} < :bound{self._text_guard()}"
+    def _expired(self, cutoff: datetime) -> Predicate:
+        guard = self._time_guard()
+        sql = f"{self._time_sql} < :bound" + (f" AND {guard}" if guard else "")
+        return Predicate(sql, {"bound": self._bound(cutoff)})
 
-    def _text_guard(self) -> str:
+    def _time_guard(self) -> str | None:
         """For dates stored as text: only values that look like a date are compared as one."""
         if self._family == "sqlite" and self._time_kind in ("text", "date"):
             # Untyped SQLite columns may hold numbers, which sort before any text: never match them.
-            return f" AND {self._time_sql} GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'"
+            return f"{self._time_sql} GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'"
         if self._time_kind == "text":
-            return f" AND {self._time_sql} LIKE '____-__-__%'"
-        return ""
+            return f"{self._time_sql} LIKE '____-__-__%'"
+        return None
 
-    def _order_by_time(self) -> str:
-        return f" ORDER BY {self._time_sql}" if self.strategy == "time_index" else ""
+    def _order_by_time(self, ordered: bool = True) -> str:
+        return f" ORDER BY {self._time_sql}" if ordered and self.strategy == "time_index" else ""
 
     def _returning(self, wanted: bool = True) -> str:
         """RETURNING the time (and the file column), where the database has it."""
@@ -1128,45 +1610,46 @@ class SqlStore(Store):
         files = f", {self._file_sql}" if self._files is not None else ""
         return f" RETURNING {self._time_sql}{files}"
 
-    def _locking_file_read(self, where: str) -> TextClause | None:
+    def _locking_file_read(self, where: str, *parts: Predicate) -> TextClause | None:
         """Without RETURNING: the file column of the rows a delete `where` will remove."""
         if self._files is None or self._db.delete_returning:
             return None
         lock = "" if self._family == "sqlite" else " FOR UPDATE"
-        return text(f"SELECT {self._file_sql} FROM {self._table_sql} WHERE {where}{lock}")
+        sql = f"SELECT {self._file_sql} FROM {self._table_sql} WHERE {where}{lock}"
+        return _bind(sql, *parts)[0]
 
-    def _plan_read_sql(self) -> str:
+    def _plan_read_sql(self, where: Predicate, ordered: bool) -> str:
         key = self._require_layout().key
         columns = f"{key}, {self._time_sql}" if key is not None else self._time_sql
         return (
-            f"SELECT {columns} FROM {self._table_sql} WHERE {self._expired_sql()}"
-            f"{self._order_by_time()} LIMIT :n"
+            f"SELECT {columns} FROM {self._table_sql} WHERE {where.sql}"
+            f"{self._order_by_time(ordered)} LIMIT :n"
         )
 
-    def _keyless_delete_sql(self, returning: bool = True) -> str:
+    def _keyless_delete_sql(self, where: Predicate, ordered: bool, returning: bool = True) -> str:
         # MariaDB/MySQL only: the one form that bounds a batch on a table without any key.
         return (
-            f"DELETE FROM {self._table_sql} WHERE {self._expired_sql()}"
-            f"{self._order_by_time()} LIMIT :n{self._returning(returning)}"
+            f"DELETE FROM {self._table_sql} WHERE {where.sql}"
+            f"{self._order_by_time(ordered)} LIMIT :n{self._returning(returning)}"
         )
 
-    def _walk_read_sql(self) -> str:
+    def _walk_read_sql(self, where: Predicate) -> str:
         key = self._require_layout().key
-        expired = self._expired_sql()
         return (
-            f"SELECT {key}, CASE WHEN {expired} THEN 1 ELSE 0 END, "
-            f"CASE WHEN {expired} THEN {self._time_sql} END "
+            f"SELECT {key}, CASE WHEN {where.sql} THEN 1 ELSE 0 END, "
+            f"CASE WHEN {where.sql} THEN {self._time_sql} END "
             f"FROM {self._table_sql} WHERE {key} > :last AND {key} <= :end "
             f"ORDER BY {key} LIMIT :n"
         )
 
-    def _walk_where(self) -> str:
+    def _walk_where(self, where: Predicate) -> str:
         key = self._require_layout().key
-        return f"{key} > :last AND {key} <= :hi AND {self._expired_sql()}"
+        return f"{key} > :last AND {key} <= :hi AND {where.sql}"
 
-    def _walk_delete_sql(self, returning: bool = True) -> str:
+    def _walk_delete_sql(self, where: Predicate, returning: bool = True) -> str:
         return (
-            f"DELETE FROM {self._table_sql} WHERE {self._walk_where()}{self._returning(returning)}"
+            f"DELETE FROM {self._table_sql} WHERE {self._walk_where(where)}"
+            f"{self._returning(returning)}"
         )
 
     # -- time values -----------------------------------------------------------------------------
@@ -1202,7 +1685,8 @@ class SqlStore(Store):
     def privileges(self) -> tuple[list[str], list[str]]:
         from retentiond.privileges import review
 
-        needed = {"SELECT", "DELETE"}
+        # Anonymizing rewrites only the transformed columns: UPDATE on those is enough.
+        needed = {"SELECT", "DELETE"} | {f"UPDATE({name})" for name in self._transforms}
         return review(self._db.engine, self._store.table, needed, self._store.schema_name)
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -1214,6 +1698,15 @@ class SqlStore(Store):
 
     def _preparer(self) -> Any:
         return self._db.preparer
+
+
+def _find_column(table: Table, wanted: str) -> Column[Any] | None:
+    column = table.columns.get(wanted)
+    if column is None:
+        # MariaDB column names are case-insensitive; accept a unique case-insensitive match.
+        matches = [c for c in table.columns if c.name.lower() == wanted.lower()]
+        column = matches[0] if len(matches) == 1 else None
+    return column
 
 
 KIND_WORDS: dict[TimeKind, str] = {
@@ -1247,8 +1740,15 @@ def _server_version(connection: Connection, family: str) -> str:
     return f"SQLite {connection.execute(text('SELECT sqlite_version()')).scalar()}"
 
 
-def _read_rows(sql: str, params: dict[str, Any], connection: Connection) -> list[tuple[Any, ...]]:
-    return [tuple(row) for row in connection.execute(text(sql), params)]
+def _read_rows(
+    statement: TextClause, params: dict[str, Any], connection: Connection
+) -> list[tuple[Any, ...]]:
+    return [tuple(row) for row in connection.execute(statement, params)]
+
+
+def _shown(value: Any) -> str:
+    """A stored value as `find` prints it."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _explain_mysql(
@@ -1325,6 +1825,62 @@ def time_bound(kind: TimeKind, family: str, cutoff: datetime, zone: tzinfo) -> A
     if kind == "text":
         return wall.strftime("%Y-%m-%d %H:%M:%S")
     return wall
+
+
+def hold_bound(kind: TimeKind, family: str, instant: datetime, zone: tzinfo, side: Side) -> Any:
+    """A hold window's edge as the column stores times: `time >= from`, `time < to`.
+
+    Conversions round outwards, so a window only ever widens: epoch seconds floor and ceil,
+    a date column holds every day the window touches, and wall-clock times take the widest
+    reading a DST change allows (see `widest_wall`).
+    """
+    if instant.tzinfo is None:
+        raise ValueError("a hold's window must be timezone-aware")
+    if kind == "aware":
+        return instant.astimezone(UTC)
+    if kind == "utc":
+        return instant.astimezone(UTC).replace(tzinfo=None)
+    if kind == "epoch":
+        stamp = instant.timestamp()
+        return math.floor(stamp) if side == "from" else math.ceil(stamp)
+    wall = widest_wall(instant, zone, side)
+    if kind == "date":
+        day = wall.date() if side == "from" else (wall - timedelta(microseconds=1)).date()
+        day += timedelta(days=0 if side == "from" else 1)
+        return day.isoformat() if family == "sqlite" else day
+    if kind == "text":
+        return _wall_text(wall, side)
+    return wall
+
+
+def widest_wall(instant: datetime, zone: tzinfo, side: Side) -> datetime:
+    """The wall-clock edge that keeps every naive value that may denote a time inside.
+
+    A naive value may have been written with any offset in force near it: in the repeated hour
+    of autumn it can be either pass, and a value in the skipped hour of spring was read with
+    either offset. The edge is taken with each offset in force within DST_REACH of the
+    instant, the lowest for a window's start and the highest for its end. Near a DST change
+    that may take in up to the shift more than the exact edge; never less.
+    """
+    utc = instant.astimezone(UTC).replace(tzinfo=None)
+    walls = [
+        utc + _offset(instant + shift, zone) for shift in (-DST_REACH, timedelta(0), DST_REACH)
+    ]
+    return min(walls) if side == "from" else max(walls)
+
+
+def _offset(instant: datetime, zone: tzinfo) -> timedelta:
+    return instant.astimezone(zone).utcoffset() or timedelta(0)
+
+
+def _wall_text(wall: datetime, side: Side) -> str:
+    if side == "to":
+        if wall.microsecond:
+            wall = wall.replace(microsecond=0) + timedelta(seconds=1)
+        return wall.strftime("%Y-%m-%d %H:%M:%S")
+    text_value = wall.strftime("%Y-%m-%d %H:%M:%S")
+    # A value holding its day alone ("2024-03-01") sorts before that day's "00:00:00".
+    return text_value[:10] if text_value.endswith(" 00:00:00") else text_value
 
 
 def stored_instant(value: Any, kind: TimeKind, zone: tzinfo) -> datetime | None:

@@ -7,6 +7,11 @@ moment, re-checks each message under it, removes the audio first and the `.txt` 
 counts messages by their `.txt`), and leaves numbering gaps for Asterisk to resequence.
 Greetings, `tmp/` and lock files are never touched. Mailbox numbers are extensions, hence
 personal data: they and every file name stay out of logs, exceptions and results.
+
+A message names a person by the caller id in its `.txt` or by its mailbox (an extension): holds
+by number or extension keep it whole (it is never planned, so gaps left around it never move
+it), and `find`/`subject_batches` serve Art. 15/17 requests, of any age, also for a message
+whose `.txt` has no usable origtime (which expiry never touches).
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from typing import BinaryIO
 import structlog
 
 from retentiond.config.model import AmiConfig, VoicemailStoreConfig
-from retentiond.stores.base import Batch, BatchResult, Store, Survey
+from retentiond.rules import NO_HOLDS, Holds
+from retentiond.stores.base import Batch, BatchResult, Found, Store, Survey
 from retentiond.stores.files import mtime_age
 from retentiond.stores.folders import (
     CHANGED,
@@ -55,6 +61,7 @@ from retentiond.stores.folders import (
     open_root,
     sorted_names,
 )
+from retentiond.subjects import Subject
 
 log = structlog.get_logger()
 
@@ -67,6 +74,7 @@ LOCKED = "locked"  # Asterisk held the folder lock longer than lock_wait: left f
 _MESSAGE_NAME = re.compile(rb"(msg[0-9]{4})(?:\..*|_.*\..*)", re.DOTALL)
 _TXT_LIMIT = 64 * 1024  # an Asterisk msgNNNN.txt is a few hundred bytes
 _ORIGTIME = re.compile(rb"[0-9]{1,12}")
+_CALLERID_LIMIT = 256  # characters of a caller id worth matching; Asterisk's own limit is 80
 _AMI_NAME = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no space: nothing can end a line
 
 _RETRY = 0.05  # seconds between attempts to take a folder lock
@@ -98,8 +106,9 @@ class PlannedMessage:
     folder: tuple[bytes, ...] = field(repr=False)  # context, mailbox, folder
     stem: bytes = field(repr=False)  # msgNNNN
     files: tuple[PlannedFile, ...] = field(repr=False)
-    age: datetime
+    age: datetime | None  # None: a msgNNNN.txt without origtime, never expired, only erased
     aged_by_mtime: bool
+    callerid: str | None = field(default=None, repr=False)  # from msgNNNN.txt, if it has one
 
     @property
     def size(self) -> int:
@@ -108,6 +117,20 @@ class PlannedMessage:
     @property
     def txt(self) -> bytes:
         return self.stem + b".txt"
+
+    @property
+    def mailbox(self) -> str:
+        return os.fsdecode(self.folder[1])
+
+    def names(self, subject: Subject) -> bool:
+        """The message is the subject's: their mailbox, or their number as its caller id."""
+        if self.mailbox in subject.extensions:
+            return True
+        return self.callerid is not None and subject.matches_callerid(self.callerid)
+
+    def where(self) -> str:
+        """Where it lies below the root: context/mailbox/folder/msgNNNN."""
+        return os.fsdecode(b"/".join((*self.folder, self.stem)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,19 +212,26 @@ class VoicemailStore(Store):
                 lines.append(f"warning: AMI {failure.reason}")
         return lines
 
-    def survey(self, cutoff: datetime) -> Survey:
+    def survey(self, cutoff: datetime, holds: Holds = NO_HOLDS) -> Survey:
         skipped: Counter[str] = Counter()
-        total = expired = expired_bytes = 0
+        held_by: Counter[str] = Counter()
+        total = expired = expired_bytes = held = 0
         oldest: datetime | None = None
         for found in self._walk(skipped):
             total += 1
-            if isinstance(found, str):
-                skipped[found] += 1
+            if isinstance(found, str) or found.age is None:
+                skipped[found if isinstance(found, str) else MALFORMED_TXT] += 1
                 continue
             if found.aged_by_mtime:
                 skipped[AGED_BY_MTIME] += 1
             oldest = found.age if oldest is None else min(oldest, found.age)
-            if found.age < cutoff:
+            if not found.age < cutoff:
+                continue
+            covering = holds.covering(found.age, found.names)
+            if covering:
+                held += 1
+                held_by.update(covering)
+            else:
                 expired += 1
                 expired_bytes += found.size
         self._warn_if_incomplete(skipped)
@@ -212,28 +242,18 @@ class VoicemailStore(Store):
             oldest=oldest,
             expired_bytes=expired_bytes,
             skipped=dict(sorted(skipped.items())),
+            held=held,
+            held_by=dict(sorted(held_by.items())),
         )
 
-    def batches(self, cutoff: datetime) -> Iterator[Batch]:
-        left_alone: Counter[str] = Counter()
-        planned: list[PlannedMessage] = []
-        number = 0
-        for found in self._walk(left_alone):
-            if isinstance(found, str):
-                left_alone[found] += 1
-                continue
-            if not found.age < cutoff:
-                continue
-            if len(planned) == self.config.batch_size:
-                # A full batch waits for the next expired message, so whatever the walk leaves
-                # alone after it is reported with the last batch.
-                number += 1
-                yield self._batch(number, planned, left_alone)
-                planned = []
-                left_alone.clear()
-            planned.append(found)
-        if planned:
-            yield self._batch(number + 1, planned, left_alone)
+    def batches(self, cutoff: datetime, holds: Holds = NO_HOLDS) -> Iterator[Batch]:
+        return self._batched(
+            lambda message: (
+                message.age is not None
+                and message.age < cutoff
+                and not holds.covers(message.age, message.names)
+            )
+        )
 
     def apply(self, batch: Batch, cutoff: datetime) -> BatchResult:
         root_fd = self._require_open()
@@ -248,13 +268,64 @@ class VoicemailStore(Store):
         self._warn_about(tally)
         if tally.deleted:
             self._refresh_lamps({m.folder[:2] for m in tally.deleted})
-        days = [self._day(message.age) for message in tally.deleted]
+        days = [self._day(m.age) for m in tally.deleted if m.age is not None]
         return BatchResult(
             deleted=len(tally.deleted),
             span=(min(days), max(days)) if days else None,
             bytes=tally.bytes,
             skipped={reason: n for reason, n in sorted(tally.skipped.items()) if n},
         )
+
+    # -- data subjects ---------------------------------------------------------------------------
+
+    def subject_fields(self) -> list[str]:
+        return ["callerid", "mailbox"]
+
+    def find(self, subject: Subject, holds: Holds = NO_HOLDS) -> Iterator[Found]:
+        for found in self._walk(Counter()):
+            if isinstance(found, str) or not found.names(subject):
+                continue
+            matched = {}
+            if found.callerid is not None and subject.matches_callerid(found.callerid):
+                matched["callerid"] = found.callerid
+            if found.mailbox in subject.extensions:
+                matched["mailbox"] = found.mailbox
+            yield Found(
+                when=found.age,
+                held=holds.covers(found.age, found.names),
+                where=found.where(),
+                fields=matched,
+            )
+
+    def subject_batches(self, subject: Subject, holds: Holds = NO_HOLDS) -> Iterator[Batch]:
+        # Any age, also a message whose .txt lacks origtime: an erasure does not wait for expiry.
+        return self._batched(
+            lambda message: message.names(subject) and not holds.covers(message.age, message.names)
+        )
+
+    def _batched(self, wanted: Callable[[PlannedMessage], bool]) -> Iterator[Batch]:
+        """Batches of the `wanted` messages, in spool order, up to `batch_size` each."""
+        left_alone: Counter[str] = Counter()
+        planned: list[PlannedMessage] = []
+        number = 0
+        for found in self._walk(left_alone):
+            if isinstance(found, str):
+                left_alone[found] += 1
+                continue
+            if not wanted(found):
+                if found.age is None:
+                    left_alone[MALFORMED_TXT] += 1
+                continue
+            if len(planned) == self.config.batch_size:
+                # A full batch waits for the next wanted message, so whatever the walk leaves
+                # alone after it is reported with the last batch.
+                number += 1
+                yield self._batch(number, planned, left_alone)
+                planned = []
+                left_alone.clear()
+            planned.append(found)
+        if planned:
+            yield self._batch(number + 1, planned, left_alone)
 
     # -- walking ---------------------------------------------------------------------------------
 
@@ -310,19 +381,24 @@ class VoicemailStore(Store):
         if not any(file.name == txt for file in files):
             return PlannedMessage(folder, stem, tuple(files), newest, aged_by_mtime=True)
         try:
-            _, age = _read_txt(fd, txt)
+            _, text = _read_txt(fd, txt)
         except Skip as skip:
             return None if skip.reason == VANISHED else skip.reason
-        if age is None:
-            return MALFORMED_TXT
-        return PlannedMessage(folder, stem, tuple(files), age, aged_by_mtime=False)
+        return PlannedMessage(
+            folder,
+            stem,
+            tuple(files),
+            parse_origtime(text),
+            aged_by_mtime=False,
+            callerid=parse_callerid(text),
+        )
 
     def _batch(self, number: int, planned: list[PlannedMessage], left_alone: Counter[str]) -> Batch:
-        days = [self._day(message.age) for message in planned]
+        days = [self._day(message.age) for message in planned if message.age is not None]
         return Batch(
             number=number,
             planned=len(planned),
-            span=(min(days), max(days)),
+            span=(min(days), max(days)) if days else None,
             payload=VoicemailPlan(tuple(planned), dict(sorted(left_alone.items()))),
         )
 
@@ -512,6 +588,31 @@ def parse_origtime(text: bytes) -> datetime | None:
     Keys before any section and in `[message]` count; comments (`;`, `#`), other sections,
     unparsable lines and values that are no positive epoch seconds are passed over.
     """
+    for raw in _message_values(text, b"origtime"):
+        value = raw.partition(b";")[0].strip()
+        if not _ORIGTIME.fullmatch(value) or int(value) <= 0:
+            continue
+        try:
+            return datetime.fromtimestamp(int(value), UTC)
+        except (OverflowError, OSError, ValueError):
+            continue
+    return None
+
+
+def parse_callerid(text: bytes) -> str | None:
+    """`callerid` of a msgNNNN.txt (`"Name" <number>`), the first non-empty one, else None.
+
+    Taken whole: a `;` in a caller's name is no comment to Asterisk's config reader there.
+    """
+    for raw in _message_values(text, b"callerid"):
+        value = raw.strip()[:_CALLERID_LIMIT]
+        if value:
+            return value.decode("utf-8", "replace")
+    return None
+
+
+def _message_values(text: bytes, wanted: bytes) -> Iterator[bytes]:
+    """The values of key `wanted` before any section and in `[message]`, in order."""
     section: bytes | None = None
     for raw in text.splitlines():
         line = raw.strip()
@@ -523,20 +624,12 @@ def parse_origtime(text: bytes) -> datetime | None:
         if section not in (None, b"message"):
             continue
         key, equals, value = line.partition(b"=")
-        if not equals or key.strip().lower() != b"origtime":
-            continue
-        value = value.partition(b";")[0].strip()
-        if not _ORIGTIME.fullmatch(value) or int(value) <= 0:
-            continue
-        try:
-            return datetime.fromtimestamp(int(value), UTC)
-        except (OverflowError, OSError, ValueError):
-            continue
-    return None
+        if equals and key.strip().lower() == wanted:
+            yield value
 
 
-def _read_txt(fd: int, name: bytes) -> tuple[os.stat_result, datetime | None]:
-    """The status and origtime of a msgNNNN.txt, opened without following a link."""
+def _read_txt(fd: int, name: bytes) -> tuple[os.stat_result, bytes]:
+    """The status and (first 64 KiB of) text of a msgNNNN.txt, opened without following a link."""
     try:
         txt_fd = os.open(name, READ_FLAGS, dir_fd=fd)
     except FileNotFoundError:
@@ -559,7 +652,7 @@ def _read_txt(fd: int, name: bytes) -> tuple[os.stat_result, datetime | None]:
         raise Skip(UNREADABLE) from None
     finally:
         os.close(txt_fd)
-    return status, parse_origtime(b"".join(chunks))
+    return status, b"".join(chunks)
 
 
 def _delete(
@@ -569,7 +662,7 @@ def _delete(
 
     Returns the bytes freed and, when the message was not (completely) deleted, why.
     """
-    if not message.age < cutoff:
+    if message.age is not None and not message.age < cutoff:
         return 0, CHANGED  # a plan made for another cutoff is never applied
     try:
         for name in (message.stem, *(file.name for file in message.files)):
@@ -602,10 +695,10 @@ def _delete(
     else:
         txt = next(file for file in message.files if file.name == message.txt)
         try:
-            status, age = _read_txt(fd, message.txt)
+            status, text = _read_txt(fd, message.txt)
         except Skip:
             return 0, CHANGED
-        if not _same_file(status, txt) or age != message.age:
+        if not _same_file(status, txt) or parse_origtime(text) != message.age:
             return 0, CHANGED
     freed = 0
     # Asterisk counts a message by its .txt, so the .txt goes last
