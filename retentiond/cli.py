@@ -496,7 +496,7 @@ def demo(directory: Path) -> None:
     from retentiond.report import residual
     from retentiond.status import compute, status_text
 
-    config_file = demo_pbx.build(directory)
+    config_file = demo_pbx.build(directory, hold=True)
     loaded = load_config(config_file)
     zone = loaded.config.zone()
     click.echo(f"\n== 1. the plan (retentiond -c {config_file} plan) ==")

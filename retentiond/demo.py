@@ -57,6 +57,7 @@ rules:
         table: cdr
         time_column: calldate
         batch_size: 500
+        subject_columns: [src, dst]      # holds by number, `find` and `erase` match these
   - name: voicemail
     description: Voicemail messages (voice, caller numbers and names)
     purpose: Delivering messages to the called person
@@ -77,14 +78,38 @@ rules:
         root: {monitor}
         match: ["**/*.wav", "**/*.WAV", "**/*.mp3"]
         age_from: path_date
+        subject_in_name: true            # FreePBX names carry the numbers: in-<dst>-<src>-...
 safety:
   # The first run on a year of data removes most of it; a regular run removes a few percent.
   max_delete_fraction: 0.95
 """
 
 
-def build(directory: Path, *, now: datetime | None = None, days: int = 365, seed: int = 7) -> Path:
-    """Create the demo PBX in `directory` and return the path of its config file."""
+HOLD = """\
+# A legal hold, as the DPO adds one: a file in holds.d/ beside the config.
+id: DEMO-HOLD-1
+reason: "Litigation (demo): the calls of two weeks are evidence"
+approved_by: DPO
+review_by: {review_by}
+rules: [call-records, call-recordings]
+from: {start}
+to: {end}
+"""
+
+
+def build(
+    directory: Path,
+    *,
+    now: datetime | None = None,
+    days: int = 365,
+    seed: int = 7,
+    hold: bool = False,
+) -> Path:
+    """Create the demo PBX in `directory` and return the path of its config file.
+
+    With `hold`, a legal hold over two weeks of five months ago is put into `holds.d/`: their
+    calls and recordings are expired but kept, and counted as held.
+    """
     directory = directory.resolve()
     _prepare(directory)
     pbx = directory / "pbx"
@@ -113,6 +138,17 @@ def build(directory: Path, *, now: datetime | None = None, days: int = 365, seed
             (folder / recording).write_bytes(WAV_HEADER + rng.randbytes(rng.randint(200, 4000)))
     messages = _voicemail(pbx / "voicemail", rows, end)
     config_file = directory / "retentiond.yaml"
+    if hold:
+        holds = directory / "holds.d"
+        holds.mkdir()
+        start = (end - timedelta(days=150)).date()
+        (holds / "demo-hold-1.yaml").write_text(
+            HOLD.format(
+                review_by=(end + timedelta(days=60)).date(),
+                start=start,
+                end=start + timedelta(days=13),
+            )
+        )
     config_file.write_text(
         CONFIG.format(
             audit=directory / "audit.jsonl",

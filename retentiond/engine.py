@@ -99,17 +99,17 @@ class RulePlan:
 class StoreOutcome:
     label: str
     unit: str
-    stage: str = DELETE
     deleted: int = 0
-    anonymized: int = 0
-    held: int = 0
-    held_by: dict[str, int] = field(default_factory=dict)
-    smallest_group: int | None = None  # anonymize: k of the anonymized records (None: unknown)
     bytes: int | None = None
     batches: int = 0
     remaining: int | None = None  # expired objects left after the run (verification)
     skipped: dict[str, int] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    stage: str = DELETE
+    anonymized: int = 0
+    held: int = 0
+    held_by: dict[str, int] = field(default_factory=dict)
+    smallest_group: int | None = None  # anonymize: k of the anonymized records (None: unknown)
 
 
 @dataclass
@@ -495,7 +495,7 @@ class Engine:
     ) -> str:
         holds = plan.holds
         for store, store_plan in zip(stores, plan.stores, strict=True):
-            result = StoreOutcome(store.label, store_plan.survey.unit, plan.stage)
+            result = StoreOutcome(store.label, store_plan.survey.unit, stage=plan.stage)
             result.held, result.held_by = store_plan.survey.held, dict(store_plan.survey.held_by)
             outcome.stores.append(result)
             if store_plan.survey.expired == 0:

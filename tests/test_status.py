@@ -32,7 +32,7 @@ from retentiond.rules import cutoff, deadline, schedule_interval
 from retentiond.status import (
     EXIT_DEADLINE,
     EXIT_UNKNOWN,
-    HOLDS_NOT_AVAILABLE,
+    NO_HOLDS_LINE,
     RunHistory,
     RunRecord,
     StoreStatus,
@@ -366,8 +366,8 @@ def test_an_absent_optional_store_stays_green(pbx: Path) -> None:
     enforce(config)
     config = edit(
         pbx,
-        "        batch_size: 500\n",
-        "        batch_size: 500\n      - type: csv\n"
+        "these\n",
+        "these\n      - type: csv\n"
         f"        root: {pbx.parent / 'cdr-csv'}\n        optional: true\n",
     )
     calls = compute(config, now=NOW + timedelta(minutes=5)).rules[0]
@@ -442,7 +442,7 @@ def test_before_any_run_status_is_red_and_exits_4(live: Path) -> None:
     assert "past the deadline" in text.stdout
     assert "deadline 3 months 2 days: overdue if older than" in text.stdout
     assert "last successful run: none recorded" in text.stdout
-    assert HOLDS_NOT_AVAILABLE in text.stdout
+    assert NO_HOLDS_LINE in text.stdout
     assert text.stdout.rstrip().endswith("overall: RED (exit 4)")
     machine, document = status(live, "--json")
     assert machine.returncode == 4

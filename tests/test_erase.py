@@ -1,0 +1,170 @@
+"""`retentiond erase` and `find` as an administrator runs them, on the demo PBX: a person's calls,
+recordings and voicemail, in every store, holds winning, the log holding the ticket and counts."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from privacy import leaked
+
+from retentiond import audit, demo
+
+
+def retentiond(*args: str | Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "RETENTIOND_CONFIG"}
+    return subprocess.run(
+        [sys.executable, "-m", "retentiond", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        input=stdin,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture
+def pbx(tmp_path: Path) -> Path:
+    return demo.build(tmp_path / "pbx", days=120)
+
+
+def calls(
+    config_file: Path, sql: str = "SELECT src, dst, calldate, recordingfile FROM cdr"
+) -> list[tuple[str, ...]]:
+    with sqlite3.connect(config_file.parent / "pbx" / "master.db") as db:
+        found = db.execute(sql).fetchall()
+    db.close()
+    return found
+
+
+def frequent_caller(config_file: Path) -> str:
+    """A person who called often: a recorded call's number, given to two more calls and to the
+    caller id of a voicemail message, as a real caller's would be."""
+    recorded = next(c for c in calls(config_file) if c[3] and c[0].startswith("+"))
+    number = recorded[0]
+    with sqlite3.connect(config_file.parent / "pbx" / "master.db") as db:
+        db.execute(
+            "UPDATE cdr SET src = ?, clid = ? WHERE AcctId IN "
+            "(SELECT AcctId FROM cdr WHERE src LIKE '+%' AND src != ? LIMIT 2)",
+            (number, f'"Caller" <{number}>', number),
+        )
+    db.close()
+    message = sorted((config_file.parent / "pbx" / "voicemail").rglob("msg*.txt"))[0]
+    text = message.read_text()
+    old = text.split("callerid=")[1].split("\n")[0]
+    message.write_text(text.replace(f"callerid={old}", f'callerid="Caller" <{number}>'))
+    return number
+
+
+def voicemail_from(config_file: Path, number: str) -> list[Path]:
+    spool = config_file.parent / "pbx" / "voicemail"
+    return [p for p in spool.rglob("msg*.txt") if f"<{number}>" in p.read_text()]
+
+
+def test_erase_removes_one_persons_data_everywhere_and_logs_only_the_ticket(pbx: Path) -> None:
+    number = frequent_caller(pbx)
+    theirs = [c for c in calls(pbx) if number in c[:2]]
+    files = [c[3] for c in theirs if c[3]]
+    messages = voicemail_from(pbx, number)
+    others = len(calls(pbx)) - len(theirs)
+    assert theirs and files and messages
+
+    dry = retentiond("-c", pbx, "erase", "--number", number, "--ticket", "DSR-1", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"{len(theirs)} rows" in dry.stdout and "dry run: nothing changed" in dry.stdout
+    assert len(calls(pbx)) == others + len(theirs)
+    assert not config_audit(pbx).exists()  # a dry run writes nothing, not even to the log
+
+    refused = retentiond("-c", pbx, "erase", "--number", number, "--ticket", "DSR-1")
+    assert refused.returncode == 2 and "--yes" in refused.stderr  # not a terminal: no silent yes
+
+    done = retentiond("-c", pbx, "erase", "--number", number, "--ticket", "DSR-1", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert not [c for c in calls(pbx) if number in c[:2]]
+    assert len(calls(pbx)) == others
+    monitor = pbx.parent / "pbx" / "monitor"
+    assert not [p for p in monitor.rglob("*") if p.name in files]
+    assert not voicemail_from(pbx, number)
+    entries = list(audit.read_entries(config_audit(pbx)))
+    started, finished = entries[0], entries[-1]
+    assert started.type == "erasure_started" and finished.type == "erasure_finished"
+    assert finished.fields["ticket"] == "DSR-1"
+    assert finished.fields["deleted"] == len(theirs) + len(files) + len(messages)
+    assert audit.verify(config_audit(pbx)).ok
+    secrets = {number, number[3:], *files, *(c[2] for c in theirs)}
+    log_text = config_audit(pbx).read_text()
+    assert not leaked(secrets - {c[2] for c in theirs}, jsonl=[log_text])
+
+
+def test_a_hold_wins_over_erasure(pbx: Path) -> None:
+    number = frequent_caller(pbx)
+    theirs = [c for c in calls(pbx) if number in c[:2]]
+    recorded = [c for c in theirs if c[3]]
+    messages = voicemail_from(pbx, number)
+    holds = pbx.parent / "holds.d"
+    holds.mkdir()
+    (holds / "claim.yaml").write_text(
+        "id: CLAIM-7\nreason: Pending claim\napproved_by: DPO\nreview_by: 2099-01-01\n"
+        f"numbers: ['{number}']\n"
+    )
+    done = retentiond("-c", pbx, "erase", "--number", number, "--ticket", "DSR-2", "--yes")
+    assert done.returncode == 0, done.stderr
+    held = len(theirs) + len(recorded) + len(messages)
+    assert f"to erase: 0; held (kept): {held}" in done.stdout
+    assert "nothing to erase" in done.stdout
+    assert [c for c in calls(pbx) if number in c[:2]] == theirs  # all kept
+    assert len(voicemail_from(pbx, number)) == len(messages)
+
+
+def test_find_lists_a_persons_records_on_the_terminal_only(pbx: Path) -> None:
+    number = frequent_caller(pbx)
+    theirs = [c for c in calls(pbx) if number in c[:2]]
+    written = "0049 " + number[3:5] + " " + number[5:]  # as the person writes it
+    found = retentiond("-c", pbx, "find", "--number", written, "--ticket", "AR-9")
+    assert found.returncode == 0, found.stderr
+    assert f"call-records: sql cdrdb/cdr: {len(theirs)} rows" in found.stdout
+    assert found.stdout.count(number) >= len(theirs)
+    entries = list(audit.read_entries(config_audit(pbx)))
+    assert [e.type for e in entries] == ["subject_search"]
+    assert not leaked({number, number[3:]}, jsonl=[config_audit(pbx).read_text()])
+    assert calls(pbx) and len([c for c in calls(pbx) if number in c[:2]]) == len(theirs)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--number", "98765"], "international form"),
+        (["--number", "+1 555"], "wrong length"),
+        ([], "at least one --number or --extension"),
+    ],
+)
+def test_bad_subjects_are_refused_without_echoing_the_number(
+    pbx: Path, args: list[str], message: str
+) -> None:
+    result = retentiond("-c", pbx, "erase", *args, "--ticket", "T-1", "--yes")
+    assert result.returncode == 2 and message in result.stderr
+    for arg in args[1:]:
+        assert arg not in result.stderr
+
+
+def test_a_ticket_carrying_the_number_is_refused(pbx: Path) -> None:
+    result = retentiond(
+        "-c", pbx, "erase", "--number", "+4930123456", "--ticket", "call-4930123456", "--yes"
+    )
+    assert result.returncode == 2 and "contains the subject's number" in result.stderr
+
+
+def test_find_without_a_ticket_records_nothing(pbx: Path) -> None:
+    number = frequent_caller(pbx)
+    result = retentiond("-c", pbx, "find", "--number", number)
+    assert result.returncode == 0 and number in result.stdout
+    assert not config_audit(pbx).exists()
+
+
+def config_audit(config_file: Path) -> Path:
+    return config_file.parent / "audit.jsonl"
