@@ -422,11 +422,15 @@ class Engine:
                 )
                 log.info("run started", cutoff=plan.cutoff.isoformat(), expired=plan.expired)
                 for stage in stages:
+                    first = len(outcome.stores)
                     outcome.status = self._apply(stage, stores, audit, outcome)
                     if outcome.status != "done":
                         break
-                if outcome.status == "done":
-                    outcome.status = self._verify(stages, stores, outcome)
+                    # Verified at once: a later stage may change what the survey sees
+                    # (coarsening the time column moves records back by up to a day)
+                    outcome.status = self._verify(stage, stores, outcome.stores[first:])
+                    if outcome.status != "done":
+                        break
         except StoreError as error:
             outcome.status, outcome.message = "failed", str(error)
             log.error("run failed", reason=str(error))
@@ -581,20 +585,18 @@ class Engine:
                 store.label, result.deleted + result.anonymized, store_plan.survey.expired
             )
 
-    def _verify(self, stages: list[RulePlan], stores: list[Store], outcome: RunOutcome) -> str:
-        """Re-survey the delete stages: nothing expired and unheld may remain. Anonymize stages
-        are verified by their own counts (every visited row is anonymized or was unchanged)."""
+    def _verify(self, stage: RulePlan, stores: list[Store], results: list[StoreOutcome]) -> str:
+        """Re-survey after a delete stage: nothing expired and unheld may remain. An anonymize
+        stage is verified by its counts (every row visited was rewritten or already anonymous)
+        and measures k, the smallest group of equal anonymized records."""
         clean = True
-        results = iter(outcome.stores)
-        for stage in stages:
-            holds = self.holds(stage.rule)
-            for store in stores:
-                result = next(results)
-                if stage.stage == ANONYMIZE:
-                    result.smallest_group = store.smallest_group(stage.cutoff)
-                    continue
-                result.remaining = store.survey(stage.cutoff, holds).expired
-                clean = clean and result.remaining == 0
+        holds = self.holds(stage.rule)
+        for store, result in zip(stores, results, strict=True):
+            if stage.stage == ANONYMIZE:
+                result.smallest_group = store.smallest_group(stage.cutoff)
+                continue
+            result.remaining = store.survey(stage.cutoff, holds).expired
+            clean = clean and result.remaining == 0
         return "done" if clean else "incomplete"
 
     def _audit(
