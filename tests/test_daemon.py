@@ -515,3 +515,57 @@ def test_metrics_are_served_and_pings_report_start_success_and_failure(
     assert 'retentiond_runs_total{rule="call-recordings",status="refused"} 1.0' in scraped
     assert 'retentiond_last_success_timestamp_seconds{rule="voicemail"}' in scraped
     assert 'retentiond_last_success_timestamp_seconds{rule="call-recordings"}' not in scraped
+
+
+# --- holds --------------------------------------------------------------------------------------
+
+
+def test_a_hold_file_saved_during_a_run_holds_before_the_next_batch(
+    pbx: Path, start: Callable[..., Service]
+) -> None:
+    """The DPO drops a hold into holds.d while the daemon deletes: the batches after it keep
+    the held calls, and the log records the hold between two batches."""
+    holds = pbx.parent / "holds.d"
+    holds.mkdir()
+    slow = pbx.read_text().replace("batch_size: 500", "batch_size: 100\n        pause: 0.5")
+    pbx.write_text(slow)
+    database = pbx.parent / "pbx" / "master.db"
+    with sqlite3.connect(database) as db:
+        # expired calls of the last three weeks before the cutoff: walked last
+        days = [r[0] for r in db.execute("SELECT DISTINCT substr(calldate, 1, 10) FROM cdr")]
+    db.close()
+    cutoff_day = (datetime.now(UTC) - timedelta(days=95)).date()
+    window = (cutoff_day - timedelta(days=20), cutoff_day - timedelta(days=7))
+    assert str(window[0]) in days
+    in_window = (
+        "SELECT count(*) FROM cdr WHERE calldate >= ? AND calldate < ?",
+        (str(window[0]), str(window[1] + timedelta(days=1))),
+    )
+    with sqlite3.connect(database) as db:
+        (before,) = db.execute(*in_window).fetchone()
+    db.close()
+    service = start(pbx)
+    wait_for("the first batch", lambda: any(e["type"] == "batch_done" for e in entries(pbx)))
+    draft = holds / ".lit.yaml.tmp"
+    draft.write_text(
+        "id: LIT-LATE\nreason: Litigation\napproved_by: DPO\nreview_by: 2099-01-01\n"
+        f"rules: [call-records]\nfrom: {window[0]}\nto: {window[1]}\n"
+    )
+    draft.rename(holds / "lit.yaml")  # as editors and Ansible save
+    wait_for("call-records done", lambda: "call-records" in finished(pbx), timeout=60)
+    log = [e for e in entries(pbx) if e.get("run_id") or e["type"].startswith("hold")]
+    kinds = [e["type"] for e in log]
+    added = kinds.index("hold_added")
+    assert "batch_done" in kinds[:added] and "batch_done" in kinds[added:]
+    assert log[added]["hold"] == "LIT-LATE"
+    with sqlite3.connect(database) as db:
+        (kept,) = db.execute(*in_window).fetchone()
+    db.close()
+    assert kept == before > 0
+    finished_entry = next(
+        e for e in entries(pbx) if e["type"] == "run_finished" and e["rule"] == "call-records"
+    )
+    assert finished_entry["status"] == "done"
+    assert service.event("holds reloaded") is not None
+    assert service.stop()[0] == 0
+    assert verifies(pbx)
