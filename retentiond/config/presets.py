@@ -404,6 +404,7 @@ def threecx(settings: dict[str, Any]) -> tuple[dict[str, Any], list[RuleTemplate
                     **_sql("3cx", "s_voicemail", "created_time", optional=True),
                     "file_column": "wav_file",
                     "file_root": str(voicemail),
+                    "subject_columns": ["caller", "callee"],
                 },
                 {
                     "type": "files",
