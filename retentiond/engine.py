@@ -110,6 +110,7 @@ class StoreOutcome:
     held: int = 0
     held_by: dict[str, int] = field(default_factory=dict)
     smallest_group: int | None = None  # anonymize: k of the anonymized records (None: unknown)
+    absent: bool = False  # an optional store that is not there
 
 
 @dataclass
@@ -499,7 +500,12 @@ class Engine:
     ) -> str:
         holds = plan.holds
         for store, store_plan in zip(stores, plan.stores, strict=True):
-            result = StoreOutcome(store.label, store_plan.survey.unit, stage=plan.stage)
+            result = StoreOutcome(
+                store.label,
+                store_plan.survey.unit,
+                stage=plan.stage,
+                absent=store_plan.absent is not None,
+            )
             result.held, result.held_by = store_plan.survey.held, dict(store_plan.survey.held_by)
             outcome.stores.append(result)
             if store_plan.survey.expired == 0:
@@ -682,7 +688,10 @@ def _outcome_fields(store: StoreOutcome) -> dict[str, Any]:
     if store.stage == ANONYMIZE:
         fields["stage"] = ANONYMIZE
         fields["anonymized"] = store.anonymized
-        fields["smallest_group"] = store.smallest_group
+        if not store.absent:
+            fields["smallest_group"] = store.smallest_group
+    if store.absent:
+        fields["absent"] = True
     fields |= {"deleted": store.deleted, "batches": store.batches, "remaining": store.remaining}
     if store.held:
         fields["held"] = store.held

@@ -280,3 +280,60 @@ def test_a_sudden_jump_against_the_previous_run_is_refused(pbx: Path) -> None:
     refused = run_at(config, NOW + timedelta(days=2))
     assert refused.status == "refused" and "max_increase" in (refused.message or "")
     assert rows(pbx, "SELECT COUNT(*) FROM cdr")[0][0] == count
+
+
+COARSE = """\
+        anonymize:
+          src: {constant: external}
+          dst: {constant: external}
+          clid: blank
+          channel: blank
+          dstchannel: blank
+          lastdata: blank
+          uniqueid: blank
+          recordingfile: blank
+          billsec: {bucket: [0, 100000]}
+      - type: csv
+        root: /nonexistent/cdr-csv
+        optional: true
+        anonymize: {"1": truncate_digits, "2": truncate_digits, "4": blank}
+"""
+
+
+def test_anonymized_means_every_group_reaches_k_and_an_absent_optional_store_does_not_count(
+    pbx: Path,
+) -> None:
+    from retentiond.report import data
+
+    text = pbx.read_text().replace("    keep: 3 months\n", "    keep: 3 months\n" + ANONYMIZE, 1)
+    text = text.replace(
+        "        subject_columns: [src, dst]",
+        "        subject_columns: [src, dst]\n" + COARSE.rstrip("\n"),
+        1,
+    )
+    pbx.write_text(text)
+    config = load_config(pbx)
+    outcome = run(config, "call-records")
+    assert outcome.status == "done", outcome.message
+    groups = {s.label: s.smallest_group for s in outcome.stores if s.stage == "anonymize"}
+    assert groups["cdrdb/cdr"] is not None and groups["cdrdb/cdr"] >= 5
+    finished = [e for e in audit.read_entries(config.config.audit.path) if e.type == "run_finished"]
+    absent = [s for s in finished[-1].fields["stores"] if s["store"] == "/nonexistent/cdr-csv"]
+    assert absent and all(s.get("absent") and "smallest_group" not in s for s in absent)
+    period = data.Period(date(2026, 11, 1), date(2026, 11, 30), config.config.zone())
+    report = data.build_report(config, [config.config.audit.path], period, generated_at=NOW)
+    (rule,) = report.anonymization
+    assert rule.wording == "anonymized"
+    # one call with a value of its own makes a group of one: pseudonymized, with the figure
+    with sqlite3.connect(database(pbx)) as db:
+        db.execute(
+            "UPDATE cdr SET billsec = 200000 WHERE AcctId = (SELECT AcctId FROM cdr "
+            "WHERE calldate < '2026-07-26' ORDER BY calldate DESC LIMIT 1)"
+        )
+    db.close()
+    run_next_day = Engine(config, now=lambda: NOW + timedelta(days=1), force=True)
+    with audit.AuditLog(config.config.audit.path) as log:
+        assert run_next_day.run(config.config.rule("call-records"), log).status == "done"
+    report = data.build_report(config, [config.config.audit.path], period, generated_at=NOW)
+    (rule,) = report.anonymization
+    assert rule.wording == "pseudonymized (smallest group 1 < 5)"

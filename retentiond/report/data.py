@@ -803,6 +803,7 @@ class _Figures:
         self.ended_holds: dict[str, set[str]] = {}
         # (system, rule, store) -> the latest anonymize run's smallest group (None: unknown)
         self.groups: dict[tuple[str, str, str], tuple[datetime, int | None]] = {}
+        self.absent_seen: set[str] = set()  # optional stores reported absent at an anonymize run
         self.erasures: dict[tuple[str, str], _Erasure] = {}
         self.searches: list[SubjectSearch] = []
 
@@ -957,8 +958,10 @@ class _Figures:
         for store in stores:
             if not isinstance(store, dict) or store.get("stage") != "anonymize":
                 continue
+            if store.get("absent"):
+                self.absent_seen.add(_text(store.get("store")))
             if "smallest_group" not in store:
-                continue
+                continue  # an optional store that is not there holds nothing to group
             group = store.get("smallest_group")
             key = (system, rule, _text(store.get("store")))
             if key not in self.groups or self.groups[key][0] <= at:
@@ -1260,9 +1263,13 @@ class _Figures:
                 )
             below = [s.smallest_group for s in stores if s.smallest_group is not None]
             lowest = min(below, default=None)
-            # a group measured below k settles it; else every store must have been measured
+            # a group measured below k settles it; else every store that anonymized anything
+            # must have been measured (an optional store absent everywhere holds nothing)
             below_k = lowest is not None and lowest < k
-            settled = below_k or all(s.measured for s in stores)
+            measured_labels = {label for (_, _, label) in self.groups}
+            absent_only = self.absent_seen - measured_labels
+            present = [s for s in stores if s.measured or s.store not in absent_only]
+            settled = below_k or (bool(present) and all(s.measured for s in present))
             wording = _wording(lowest, settled, k)
             results.append(Anonymization(rule.name, k, wording, wording == ANONYMIZED, stores))
         return results
