@@ -598,7 +598,9 @@ def _oldest_line(r: RuleStatus, zone: tzinfo) -> str:
     if store is None or store.oldest is None:
         return "unknown" if any(s.error for s in r.stores) else "none"
     oldest = store.oldest
-    if oldest < r.deadline_instant:
+    if oldest < r.cutoff and store.held and not store.expired:
+        verdict = "held: every expired object of this store is under a hold"
+    elif oldest < r.deadline_instant:
         verdict = "past the deadline"
     elif oldest < r.cutoff:
         verdict = "past keep, within the deadline"

@@ -178,6 +178,8 @@ def test_holds_in_the_plan_and_in_status(pbx: Path) -> None:
     assert rule.verdict == "amber"
     text = status_text(status)
     assert "hold LIT-1:" in text and "OVERDUE" in text
+    # the oldest call left is a held one: neither overdue nor red
+    assert "held: every expired object of this store is under a hold" in text
 
 
 ANONYMIZED_BEFORE = "2026-08-26 13:00:00"

@@ -185,6 +185,10 @@ class SqlStoreConfig(StoreBase):
     # holds by number and `erase`/`find` match them. Without any, a hold by number holds every
     # row of its time window, and `erase` cannot search this table.
     subject_columns: list[Identifier] = []
+    # The file names in file_column carry the numbers of the call (3CX recording_url:
+    # <ext>/[Name]_<ext>-<number>_<time>(<n>).wav): holds by number and `erase`/`find` also
+    # match the parts of the file's name, as a files store's subject_in_name does.
+    subject_in_file_name: bool = False
     # `action: anonymize`: the transform of each column (see docs/anonymization.md)
     anonymize: Transforms = None
 
@@ -192,6 +196,11 @@ class SqlStoreConfig(StoreBase):
     def _files_need_both(self) -> SqlStoreConfig:
         if (self.file_column is None) != (self.file_root is None):
             raise ValueError("file_column and file_root go together: set both or neither")
+        if self.subject_in_file_name and self.file_column is None:
+            raise ValueError(
+                "subject_in_file_name matches the file names of file_column: set file_column "
+                "(and file_root) to the column naming each row's file, or leave it out"
+            )
         return self
 
     @property

@@ -60,7 +60,7 @@ from typing import Literal
 
 import structlog
 
-from retentiond.anonymize import Transform, anonymize_row
+from retentiond.anonymize import Blank, Constant, Transform, anonymize_row
 from retentiond.config.model import CsvStoreConfig
 from retentiond.errors import StoreError
 from retentiond.rules import NO_HOLDS, Holds, latest_instant
@@ -336,6 +336,37 @@ class CsvStore(Store):
                 f"{self.label}: this csv store has no anonymize: transforms; say how each "
                 "personal field (by its 0-based position) is anonymized"
             )
+
+    def smallest_group(self, cutoff: datetime) -> int | None:
+        """The smallest group of expired lines alike in every transformed field that is not
+        blanked or made constant (those are alike in every line); None without expired lines.
+
+        Lines are compared as stored: after an anonymize stage their anonymized values, while a
+        held line keeps its own and may stand alone. Lines whose time cannot be read are left
+        out, as they never expire. A matched file that cannot be read to its end makes the
+        answer unknown (None): its lines may not be anonymized at all.
+        """
+        if not self.anonymizes:
+            return None
+        positions = sorted(
+            int(key)
+            for key, transform in self._transforms.items()
+            if transform.groups and not isinstance(transform, Blank | Constant)
+        )
+        sizes: Counter[tuple[str | None, ...]] = Counter()
+        skipped: Counter[str] = Counter()
+        for found in self._walk(skipped):
+            try:
+                for line in self._lines(found):
+                    fields = line.fields
+                    if fields is None or line.when is None or not line.when < cutoff:
+                        continue
+                    sizes[tuple(fields[p] if p < len(fields) else None for p in positions)] += 1
+            except Skip:
+                return None
+        if skipped[UNREADABLE] or not sizes:
+            return None
+        return min(sizes.values())
 
     def _anonymized(self, line: _Line) -> bytes | None:
         """The line with its fields transformed, quoting kept; None when nothing changes.

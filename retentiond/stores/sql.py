@@ -24,6 +24,12 @@ delete (or update) of a batch re-checks the predicate its batch was planned with
 payload. A hold's window is widened, never narrowed, where a wall-clock column is ambiguous.
 With `subject_columns`, a hold by number covers only rows naming the person there (`IN` the
 subject's stored forms, NULL never matching); `find` and `subject_batches` search those columns.
+With `subject_in_file_name`, a row also names the person whose stored form is a part of its file's
+name (3CX `<ext>/[Name]_<ext>-<number>_<time>(<n>).wav`), as a files store's `subject_in_name`
+matches: the name without folders and extension, split at `-`, `_` and blanks. The database
+computes that name and looks for `-<form>-` in `-<name>-` with the separators made `-`, the
+form a bound parameter compared byte for byte (instr, strpos, LOCATE on BINARY): no pattern
+characters to escape, and no case folding.
 
 Anonymization walks the expired rows forward by time (then key), one batch at a time, and
 rewrites in Python only the rows whose values change. A row is identified by its key where it has
@@ -105,6 +111,8 @@ IN_LIST_CHUNK = 500
 # The largest DST shift in tzdata is two hours (Antarctica/Troll): a wall-clock time near a hold's
 # edge may have been written with any offset in force this close to it.
 DST_REACH = timedelta(hours=2)
+# A value with one of these can never be a whole part of a file name (subjects.matches_name).
+_NAME_SEPARATORS = re.compile(r"[-_\s]")
 # Why a planned anonymization left a row alone: the PBX changed it after it was read.
 CHANGED_SINCE_PLANNED = "changed"
 # Values below these are clock garbage (MariaDB zero dates, epoch 0): undated, never the oldest.
@@ -640,6 +648,9 @@ class SqlStore(Store):
         # subject_columns: their names, and each as SQL text to compare with a subject's values.
         self._subject_names: list[str] = []
         self._subject_sql: list[str] = []
+        # subject_in_file_name: `-<stem>-` of the file column's base name, separators made `-`;
+        # and the same without `.()`, which a number's form never has (subjects.matches).
+        self._file_parts: tuple[str, str] | None = None
         # anonymize: each column's transform, and the columns a rewrite reads and compares
         # (name, quoted), the time column first.
         self._transforms: dict[str, Transform] = {}
@@ -829,9 +840,45 @@ class SqlStore(Store):
         self._file_name = column.name
         self._file_sql = self._preparer().quote(column.name)
         self._file_index = self._leading_index(connection, table, column)
+        if store.subject_in_file_name:
+            self._prepare_file_subjects(column)
         files = FileRoot(store.file_root, self.label)
         files.open()
         self._files = files
+
+    def _prepare_file_subjects(self, column: Column[Any]) -> None:
+        """The file's name as parts between `-`: its base name (after the last `/`) up to its
+        last dot, `_` and blanks made `-`, with a `-` at each end."""
+        value = self._file_sql
+        text_type = isinstance(column.type, sqltypes.String)
+        if self._family == "mysql":
+            # Binary values work alike: the functions then count bytes.
+            base = f"SUBSTRING_INDEX({value}, '/', -1)"
+            after_dot = f"SUBSTRING_INDEX({base}, '.', -1)"
+            stem = (
+                f"CASE WHEN LOCATE('.', {base}) > 0 THEN "
+                f"SUBSTRING({base}, 1, CHAR_LENGTH({base}) - CHAR_LENGTH({after_dot}) - 1) "
+                f"ELSE {base} END"
+            )
+        elif self._family == "postgresql":
+            value = value if text_type else f"encode({value}, 'escape')"
+            stem = f"regexp_replace(regexp_replace({value}, '^.*/', ''), '\\.[^.]*$', '')"
+        else:
+            value = value if text_type else f"CAST({value} AS TEXT)"
+            # rtrim by every character but `/` (or `.`) leaves the text up to the last one.
+            base = f"substr({value}, length(rtrim({value}, replace({value}, '/', ''))) + 1)"
+            dotted = f"rtrim({base}, replace({base}, '.', ''))"
+            stem = (
+                f"CASE WHEN {dotted} = '' THEN {base} "
+                f"ELSE substr({dotted}, 1, length({dotted}) - 1) END"
+            )
+        parts = f"REPLACE(REPLACE({stem}, '_', '-'), ' ', '-')"
+        if self._family == "sqlite":
+            parts = f"('-' || {parts} || '-')"
+        else:
+            parts = f"CONCAT('-', {parts}, '-')"
+        digits = f"REPLACE(REPLACE(REPLACE({parts}, '.', ''), '(', ''), ')', '')"
+        self._file_parts = (parts, digits)
 
     def _choose_layout(self, connection: Connection, table: Table, column: Column[Any]) -> Layout:
         index = self._leading_index(connection, table, column)
@@ -930,10 +977,11 @@ class SqlStore(Store):
                 f"{self._time_name} is indexed ({self._index_hint()})"
             )
         lines.extend(self._describe_files())
-        if self._subject_names:
-            lines.append(
-                f"subjects: {', '.join(self._subject_names)} (holds by number, find and erase)"
-            )
+        searched = list(self._subject_names)
+        if self._file_parts is not None:
+            searched.append(f"the parts of the file names in {self._file_name}")
+        if searched:
+            lines.append(f"subjects: {', '.join(searched)} (holds by number, find and erase)")
         lines.extend(
             f"anonymize: {name} {transform.describe()}"
             for name, transform in self._transforms.items()
@@ -1133,14 +1181,18 @@ class SqlStore(Store):
     # -- data subjects ---------------------------------------------------------------------------
 
     def subject_fields(self) -> list[str]:
-        return list(self._subject_names)
+        files = [self._file_name] if self._file_parts is not None else []
+        return self._subject_names + files
 
     def find(self, subject: Subject, holds: Holds = NO_HOLDS) -> Iterator[Found]:
         naming = self._naming(subject)
         held = self._held_any(holds)
         flag = "0" if held is None else f"CASE WHEN {held.sql} THEN 1 ELSE 0 END"
+        shown = list(self._subject_sql)
+        if self._file_parts is not None:
+            shown.append(self._file_sql)
         statement = _bind(
-            f"SELECT {self._time_sql}, {flag}, {', '.join(self._subject_sql)} "
+            f"SELECT {', '.join([self._time_sql, flag, *shown])} "
             f"FROM {self._table_sql} WHERE {naming.sql} ORDER BY {self._time_sql}",
             naming,
             held,
@@ -1149,11 +1201,14 @@ class SqlStore(Store):
         return iter([self._found(row) for row in rows])
 
     def _found(self, row: tuple[Any, ...]) -> Found:
-        """What a row says about its subject: the time and the subject columns, nothing else."""
+        """What a row says about its subject: the time, the subject columns and the file's base
+        name (the folders name nobody), nothing else."""
         fields = {self._time_name: _shown(row[0])} if row[0] is not None else {}
-        for name, value in zip(self._subject_names, row[2:], strict=True):
-            if value is not None:
-                fields[name] = _shown(value)
+        for name, value in zip(self.subject_fields(), row[2:], strict=True):
+            if value is None:
+                continue
+            shown = _shown(value)
+            fields[name] = shown.rsplit("/", 1)[-1] if name == self._file_name else shown
         return Found(
             when=stored_instant(row[0], self._time_kind, self._zone),
             held=bool(row[1]),
@@ -1165,16 +1220,56 @@ class SqlStore(Store):
         return self._repeated_batches(self._unheld(self._naming(subject), holds), ordered=False)
 
     def _naming(self, subject: Subject) -> Predicate:
-        """Rows where a subject column holds one of the subject's stored forms."""
-        if not self._subject_sql:
+        """Rows where a subject column holds one of the subject's stored forms, or (with
+        subject_in_file_name) the file's name has one as a part."""
+        naming = self._subject_naming(subject, "who")
+        if naming is None:
             raise StoreError(
                 f"{self.label}: this table cannot be searched for a person's rows because no "
                 "subject_columns are set; set subject_columns to the columns holding numbers "
-                "and extensions (FreePBX cdr: src, dst, cnum, did)"
+                "and extensions (FreePBX cdr: src, dst, cnum, did), or subject_in_file_name: "
+                "true when the file names in file_column carry the numbers of the call"
             )
-        return Predicate(
-            self._names_sql("who"), {"who": sorted(subject.values)}, frozenset({"who"})
-        )
+        return naming
+
+    def _subject_naming(self, subject: Subject, name: str) -> Predicate | None:
+        """Rows naming `subject`, never NULL; None when this table cannot tell whose a row is.
+        `name` prefixes the parameters."""
+        parts: list[Predicate] = []
+        if self._subject_sql:
+            parts.append(
+                Predicate(self._names_sql(name), {name: sorted(subject.values)}, frozenset({name}))
+            )
+        if self._file_parts is not None:
+            parts.append(self._file_naming(subject, name, *self._file_parts))
+        return Predicate.any_of(parts)
+
+    def _file_naming(self, subject: Subject, name: str, parts: str, digits: str) -> Predicate:
+        """Rows whose file's name has one of the subject's forms as a whole part: `-<form>-`
+        occurs in its `parts`. A number's forms are looked for in its `digits` (`.()` taken
+        out), as subjects.matches compares them; extensions as written."""
+        params: dict[str, Any] = {}
+        tests: list[str] = []
+        for kind, values, where in (
+            ("number", subject.numbers, digits),
+            ("extension", subject.extensions, parts),
+        ):
+            usable = sorted(v for v in values if v and not _NAME_SEPARATORS.search(v))
+            for index, value in enumerate(usable):
+                param = f"{name}_{kind}{index}"
+                params[param] = f"-{value}-"
+                tests.append(self._contains(where, param))
+        if not tests:
+            return Predicate("1 = 0")  # no form of theirs can be a part of a name
+        return Predicate(f"({self._file_sql} IS NOT NULL AND ({' OR '.join(tests)}))", params)
+
+    def _contains(self, haystack: str, param: str) -> str:
+        """`haystack` holds the parameter's text, compared byte for byte (case too)."""
+        if self._family == "mysql":
+            return f"LOCATE(CAST(:{param} AS BINARY), CAST({haystack} AS BINARY)) > 0"
+        if self._family == "postgresql":
+            return f"strpos({haystack}, CAST(:{param} AS TEXT)) > 0"
+        return f"instr({haystack}, :{param}) > 0"
 
     def _names_sql(self, values: str) -> str:
         # IS NOT NULL: a NULL would make the whole condition NULL, and NOT (NULL) keeps a row
@@ -1198,7 +1293,8 @@ class SqlStore(Store):
 
     def _hold_predicate(self, index: int, scope: HoldScope) -> Predicate:
         """Rows `scope` covers: in its window (a row of unknown time is in every window) and,
-        with subject columns, naming its subject. Never NULL, so NOT of it is safe."""
+        where the table tells whose a row is, naming its subject. Never NULL, so NOT of it is
+        safe."""
         time_sql = self._time_sql
         parts: list[str] = []
         params: dict[str, Any] = {}
@@ -1217,11 +1313,13 @@ class SqlStore(Store):
             unknown = f"{time_sql} IS NULL" + (f" OR NOT ({guard})" if guard else "")
             parts.append(f"({unknown} OR ({' AND '.join(window)}))")
         expanding: frozenset[str] = frozenset()
-        if scope.subject is not None and self._subject_sql:
-            name = f"hold{index}_who"
-            params[name] = sorted(scope.subject.values)
-            expanding = frozenset({name})
-            parts.append(self._names_sql(name))
+        naming = None
+        if scope.subject is not None:
+            naming = self._subject_naming(scope.subject, f"hold{index}_who")
+        if naming is not None:
+            params.update(naming.params)
+            expanding = naming.expanding
+            parts.append(naming.sql)
         return Predicate(" AND ".join(parts) or EVERY_ROW.sql, params, expanding)
 
     def _hold_bound(self, instant: datetime, side: Side) -> Any:

@@ -44,7 +44,14 @@ from sqlalchemy.engine.reflection import Inspector
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import sqltypes
 
-from retentiond.anonymize import Blank, MapValues, Transform, TruncateDigits, anonymize_row
+from retentiond.anonymize import (
+    Blank,
+    Constant,
+    MapValues,
+    Transform,
+    TruncateDigits,
+    anonymize_row,
+)
 from retentiond.config.model import ConnectionConfig, ThreeCxCallsStoreConfig
 from retentiond.errors import StoreAbsent, StoreError
 from retentiond.rules import NO_HOLDS, Holds, HoldScope
@@ -196,6 +203,9 @@ class _Generation:
     party: _PartyInfo | None
     notes: tuple[str, ...]  # what was not found or is left alone, and why
     numbers: tuple[_Numbers, ...] = ()  # whose a call is; empty: this layout cannot tell
+    # The column naming the call a row of `table` belongs to, where rows are segments
+    # (cdroutput.call_history_id); None: each row of `table` is a call of its own.
+    call: str | None = None
 
 
 @dataclass(frozen=True)
@@ -413,6 +423,9 @@ class ThreeCxCallsStore(Store):
             party=None,
             notes=tuple(notes),
             numbers=_cdroutput_numbers(inspector),
+            call="call_history_id"
+            if "call_history_id" in _column_names(inspector, calls)
+            else None,
         )
 
     def _require_call_columns(
@@ -1128,6 +1141,79 @@ class ThreeCxCallsStore(Store):
             params,
         ).scalar_one()
 
+    def smallest_group(self, cutoff: datetime) -> int | None:
+        """The smallest group of expired calls alike in every transformed field that is not
+        blanked or made constant (those are alike in every call); None without expired calls.
+
+        A call is compared by all of its rows: per table, the sorted list of its rows' values
+        of those fields (cl_party_info through the call's participants). In cdroutput a call
+        is the expired segments sharing a call_history_id. Values are compared as stored.
+        """
+        if not self._anonymization:
+            return None
+        smallest: int | None = None
+        for generation in self._generations:
+            plan = self._anonymization.get(generation.name)
+            if plan is None:
+                continue
+            statement, params = self._group_sizes(generation, plan, cutoff)
+            size = self._db.retrying(
+                "measuring the smallest group", partial(_read_scalar, statement, params)
+            )
+            if size is not None:
+                smallest = int(size) if smallest is None else min(smallest, int(size))
+        return smallest
+
+    def _group_sizes(
+        self, generation: _Generation, plan: _Anonymization, cutoff: datetime
+    ) -> tuple[TextClause, dict[str, Any]]:
+        """The smallest group of one layout's expired calls, as one statement."""
+        key = f"c.{self._q(generation.key)}"
+        parts = []
+        for rewrite in plan.rewrites:
+            columns = _grouping(rewrite.transforms)
+            if not columns:
+                continue
+            if rewrite.table == generation.table:
+                parts.append(self._row_text("c", columns))
+                continue
+            parts.append(
+                f"ARRAY(SELECT {self._row_text('t', columns)} FROM {self._q(rewrite.table)} AS t "
+                f"WHERE t.{self._q(rewrite.call_column)} = {key} ORDER BY 1)"
+            )
+        party = generation.party
+        party_columns = _grouping(plan.party)
+        if party is not None and party_columns:
+            via = party.via
+            call_column = next(
+                link.column for link in generation.dependents if link.table == via.table
+            )
+            parts.append(
+                f"ARRAY(SELECT {self._row_text('n', party_columns)} FROM {self._q(via.table)} "
+                f"AS p JOIN {self._q(party.table)} AS n ON n.{self._q(party.key)} = "
+                f"p.{self._q(via.column)} WHERE p.{self._q(call_column)} = {key} ORDER BY 1)"
+            )
+        alike = f"CAST(ROW({', '.join(parts)}) AS text)" if parts else "''"
+        if generation.call is None:
+            call = f"CAST({key} AS text)"
+        else:  # a segment without a call is a call of its own
+            call = (
+                f"COALESCE('c' || CAST(c.{self._q(generation.call)} AS text), CAST({key} AS text))"
+            )
+        due = self._due(generation, cutoff, None)
+        statement = text(
+            "SELECT MIN(size) FROM (SELECT COUNT(*) AS size FROM ("
+            f"SELECT array_agg({_ROW} ORDER BY {_ROW}) AS alike FROM ("
+            f"SELECT {call} AS {_CALL}, {alike} AS {_ROW} FROM {self._q(generation.table)} AS c "
+            f"WHERE {due.sql}) AS segments GROUP BY {_CALL}) AS calls GROUP BY alike) AS groups"
+        )
+        return statement, dict(due.params)
+
+    def _row_text(self, alias: str, columns: Sequence[str]) -> str:
+        """Some columns of one row as one text, NULL told apart from the empty string."""
+        values = ", ".join(f"{alias}.{self._q(column)}" for column in columns)
+        return f"CAST(ROW({values}) AS text)"
+
     def _require_anonymization(self) -> None:
         if not self._anonymization:
             raise StoreError(
@@ -1317,10 +1403,23 @@ def _order(generation: _Generation) -> str:
     return ", ".join(steps)
 
 
+def _grouping(transforms: Mapping[str, Transform]) -> list[str]:
+    """The transformed columns that can tell calls apart: not blanked, not made constant."""
+    return sorted(
+        column
+        for column, transform in transforms.items()
+        if transform.groups and not isinstance(transform, Blank | Constant)
+    )
+
+
 def _read_rows(
     statement: TextClause, params: dict[str, Any], connection: Connection
 ) -> list[tuple[Any, ...]]:
     return [tuple(row) for row in connection.execute(statement, params)]
+
+
+def _read_scalar(statement: TextClause, params: dict[str, Any], connection: Connection) -> Any:
+    return connection.execute(statement, params).scalar()
 
 
 def _column_names(inspector: Inspector, table: str) -> set[str]:
