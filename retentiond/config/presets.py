@@ -378,6 +378,7 @@ def threecx(settings: dict[str, Any]) -> tuple[dict[str, Any], list[RuleTemplate
                     **_sql("3cx", "recordings", "start_time", optional=True),
                     "file_column": "recording_url",
                     "file_root": str(recordings),
+                    "subject_in_file_name": True,  # <ext>/[Name]_<ext>-<number>_<time>(<n>).wav
                 },
                 {
                     "type": "files",

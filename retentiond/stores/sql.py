@@ -862,7 +862,8 @@ class SqlStore(Store):
             )
         elif self._family == "postgresql":
             value = value if text_type else f"encode({value}, 'escape')"
-            stem = f"regexp_replace(regexp_replace({value}, '^.*/', ''), '\\.[^.]*$', '')"
+            # `[.]`, not a backslash: old servers may read backslashes in literals as escapes.
+            stem = f"regexp_replace(regexp_replace({value}, '^.*/', ''), '[.][^.]*$', '')"
         else:
             value = value if text_type else f"CAST({value} AS TEXT)"
             # rtrim by every character but `/` (or `.`) leaves the text up to the last one.
