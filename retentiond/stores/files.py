@@ -48,6 +48,7 @@ from retentiond.rules import NO_HOLDS, Holds, end_of_day, latest_instant
 from retentiond.stores.base import Batch, BatchResult, Found, Store, Survey
 from retentiond.stores.folders import (
     CHANGED,
+    HARD_LINKED,
     NOT_REGULAR_FILE,
     OTHER_FILESYSTEM,
     SYMLINK,
@@ -269,20 +270,28 @@ class FilesStore(Store):
         root_fd = self._require_open()
         skipped: Counter[str] = Counter()
         deleted: list[PlannedFile] = []
-        deleted_bytes = 0
+        deleted_bytes = hard_linked = 0
         # A row may have come to name a planned file since the plan: asked again, right before.
         recordings = self._still_unnamed(batch.payload, skipped)
         with FolderChain(root_fd, self._root.device) as chain:
             for recording in recordings:
-                for planned, size in self._delete(chain, recording, cutoff, skipped):
+                for planned, status in self._delete(chain, recording, cutoff, skipped):
                     deleted.append(planned)
-                    deleted_bytes += size
+                    deleted_bytes += status.st_size
+                    hard_linked += status.st_nlink > 1
             # Deepest first, so a day folder goes before the month folder that holds it.
             for folder in sorted({planned.folder for planned in deleted}, reverse=True):
                 _remove_emptied_date_folders(chain, folder)
         if skipped[UNREMOVABLE]:
             log.warning("files could not be removed", store=self.label, count=skipped[UNREMOVABLE])
         counts: dict[str, int] = {}
+        if hard_linked:
+            log.warning(
+                "deleted files had other names (hard links), which keep their content",
+                store=self.label,
+                count=hard_linked,
+            )
+            counts[HARD_LINKED] = hard_linked
         if self._reference_column is not None:
             cleared = self.clear_references([planned.name for planned in deleted], cutoff)
             log.info("references cleared", store=self.label, count=cleared)
@@ -483,6 +492,10 @@ class FilesStore(Store):
                         skipped[PROTECTED] += 1
                     elif not stat.S_ISREG(mode):
                         skipped[NOT_REGULAR_FILE] += 1
+                    elif status.st_dev != self._root.device:
+                        # A file mounted over a name in the root (a bind mount): another
+                        # filesystem, which the store never touches (and cannot unlink).
+                        skipped[OTHER_FILESYSTEM] += 1
                     else:
                         yield _Found(listing.folder, name, status)
         finally:
@@ -567,13 +580,14 @@ class FilesStore(Store):
 
     def _delete(
         self, chain: FolderChain, recording: Recording, cutoff: datetime, skipped: Counter[str]
-    ) -> list[tuple[PlannedFile, int]]:
+    ) -> list[tuple[PlannedFile, os.stat_result]]:
         """Unlink the files of one planned recording if all are still as planned.
 
         One file changed (rewritten, replaced, grown, made young) keeps the whole recording;
-        one removed by someone else does not. Returns the files unlinked and their sizes.
+        one removed by someone else does not. Returns the files unlinked, each with its status
+        as checked right before.
         """
-        checked: list[tuple[PlannedFile, int]] = []
+        checked: list[tuple[PlannedFile, os.stat_result]] = []
         vanished = 0
         for planned in recording:
             try:
@@ -589,7 +603,7 @@ class FilesStore(Store):
         if vanished:
             skipped[VANISHED] += vanished
         deleted = []
-        for planned, size in checked:
+        for planned, status in checked:
             try:
                 os.unlink(planned.name, dir_fd=chain.open(planned.folder))
             except Skip as skip:
@@ -601,11 +615,11 @@ class FilesStore(Store):
             except OSError:
                 skipped[UNREMOVABLE] += 1
                 continue
-            deleted.append((planned, size))
+            deleted.append((planned, status))
         return deleted
 
-    def _check(self, chain: FolderChain, planned: PlannedFile, cutoff: datetime) -> int:
-        """The size of a planned file if it is still the file planned, or raise Skip."""
+    def _check(self, chain: FolderChain, planned: PlannedFile, cutoff: datetime) -> os.stat_result:
+        """The status of a planned file if it is still the file planned, or raise Skip."""
         if planned.age is not None and not planned.age < cutoff:
             raise Skip(CHANGED)  # a plan made for another cutoff is never applied
         for component in (*planned.folder, planned.name):
@@ -619,7 +633,7 @@ class FilesStore(Store):
             raise Skip(UNREADABLE) from None
         if not self._still_planned(status, planned, cutoff):
             raise Skip(CHANGED)
-        return status.st_size
+        return status
 
     def _still_planned(
         self, status: os.stat_result, planned: PlannedFile, cutoff: datetime

@@ -39,7 +39,13 @@ NOT_REGULAR_FILE = "not_regular_file"
 UNREADABLE = "unreadable"
 CHANGED = "changed"  # differs from what was planned: swapped, replaced, rewritten
 VANISHED = "vanished"  # removed by someone else between planning and deleting
-UNREMOVABLE = "unremovable"  # unlink refused (permissions, read-only filesystem)
+UNREMOVABLE = "unremovable"  # unlink refused (permissions, read-only filesystem, a mount point)
+
+# What a batch did besides deleting, as counted in BatchResult.counts. A file with another name
+# (a hard link, perhaps outside the root) is deleted like any other: only the name inside the
+# root goes, the other name and the content behind it are not the store's to touch, so the
+# count tells the operator that the content lives on there.
+HARD_LINKED = "hard_linked"
 
 # O_NOFOLLOW: a symlink in a folder's place is refused, never followed (with ENOTDIR on Linux,
 # ELOOP elsewhere). O_CLOEXEC: no descriptor leaks into a process the daemon starts.

@@ -41,6 +41,7 @@ from retentiond.stores.base import Batch, BatchResult, Found, Store, Survey
 from retentiond.stores.files import mtime_age
 from retentiond.stores.folders import (
     CHANGED,
+    HARD_LINKED,
     NOT_REGULAR_FILE,
     OTHER_FILESYSTEM,
     READ_FLAGS,
@@ -150,6 +151,7 @@ class _Tally:
     skipped: Counter[str] = field(default_factory=Counter)
     locked_folders: int = 0
     stale_locks: int = 0
+    hard_linked: int = 0  # files deleted that had another name, which keeps their content
 
 
 class VoicemailStore(Store):
@@ -274,6 +276,7 @@ class VoicemailStore(Store):
             span=(min(days), max(days)) if days else None,
             bytes=tally.bytes,
             skipped={reason: n for reason, n in sorted(tally.skipped.items()) if n},
+            counts={HARD_LINKED: tally.hard_linked} if tally.hard_linked else {},
         )
 
     # -- data subjects ---------------------------------------------------------------------------
@@ -372,6 +375,10 @@ class VoicemailStore(Store):
                 return SYMLINK
             if not stat.S_ISREG(status.st_mode):
                 return NOT_REGULAR_FILE
+            if status.st_dev != self._root.device:
+                # A file mounted over a message's name (a bind mount): another filesystem,
+                # never read nor deleted (its unlink would fail half-way through a message).
+                return OTHER_FILESYSTEM
             files.append(PlannedFile(name, status.st_dev, status.st_ino, status.st_size))
             modified = mtime_age(status)
             newest = modified if newest is None else max(newest, modified)
@@ -436,15 +443,18 @@ class VoicemailStore(Store):
                 return
             try:
                 try:
-                    names = set(sorted_names(fd))
+                    # Grouped by message once per hold: a message looks up its own files, so a
+                    # full folder (msg0000 to msg9998) is not scanned once per message.
+                    by_stem = _by_stem(sorted_names(fd))
                 except OSError:
                     tally.skipped[UNREADABLE] += len(pending)
                     return
                 started = time.monotonic()
                 while pending and time.monotonic() - started < _HOLD_LIMIT:
                     message = pending.popleft()
-                    freed, reason = _delete(fd, names, message, cutoff)
+                    freed, reason, linked = _delete(fd, by_stem, message, cutoff)
                     tally.bytes += freed
+                    tally.hard_linked += linked
                     if reason is None:
                         tally.deleted.append(message)
                     else:
@@ -489,6 +499,12 @@ class VoicemailStore(Store):
                 "voicemail messages could not be removed",
                 store=self.label,
                 count=tally.skipped[UNREMOVABLE],
+            )
+        if tally.hard_linked:
+            log.warning(
+                "deleted voicemail files had other names (hard links), which keep their content",
+                store=self.label,
+                count=tally.hard_linked,
             )
 
     # -- message-waiting lamps -------------------------------------------------------------------
@@ -652,65 +668,83 @@ def _read_txt(fd: int, name: bytes) -> tuple[os.stat_result, bytes]:
         raise Skip(UNREADABLE) from None
     finally:
         os.close(txt_fd)
-    return status, b"".join(chunks)
+    text = b"".join(chunks)
+    if size >= _TXT_LIMIT:  # a line cut by the limit (`origtime=17` of a longer value) is no line
+        text = text[: text.rfind(b"\n") + 1]
+    return status, text
+
+
+def _by_stem(names: Iterable[bytes]) -> dict[bytes, set[bytes]]:
+    """A folder's message files by message (msgNNNN); other names are left out."""
+    groups: dict[bytes, set[bytes]] = {}
+    for name in names:
+        stem = _stem(name)
+        if stem is not None:
+            groups.setdefault(stem, set()).add(name)
+    return groups
 
 
 def _delete(
-    fd: int, names: set[bytes], message: PlannedMessage, cutoff: datetime
-) -> tuple[int, str | None]:
+    fd: int, by_stem: Mapping[bytes, set[bytes]], message: PlannedMessage, cutoff: datetime
+) -> tuple[int, str | None, int]:
     """Under the folder lock: unlink one message if it is still the one planned.
 
-    Returns the bytes freed and, when the message was not (completely) deleted, why.
+    Returns the bytes freed, why the message was not (completely) deleted (None if it was), and
+    how many of the files unlinked had another name (HARD_LINKED).
     """
     if message.age is not None and not message.age < cutoff:
-        return 0, CHANGED  # a plan made for another cutoff is never applied
+        return 0, CHANGED, 0  # a plan made for another cutoff is never applied
     try:
         for name in (message.stem, *(file.name for file in message.files)):
             check_component(name)
     except Skip as skip:
-        return 0, skip.reason
+        return 0, skip.reason, 0
     planned = {file.name for file in message.files}
     if any(_stem(name) != message.stem for name in planned):
-        return 0, CHANGED
-    current = {name for name in names if _stem(name) == message.stem}
+        return 0, CHANGED, 0
+    current = by_stem.get(message.stem, set())
     if not current:
-        return 0, _gone(fd, names, message)
+        return 0, _gone(fd, by_stem, message), 0
     if current != planned:
-        return 0, CHANGED  # a file came or went: Asterisk is working on this number
+        return 0, CHANGED, 0  # a file came or went: Asterisk is working on this number
     newest: datetime | None = None
+    linked: set[bytes] = set()
     for file in message.files:
         try:
             status = os.stat(file.name, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
-            return 0, CHANGED
+            return 0, CHANGED, 0
         except OSError:
-            return 0, UNREADABLE
+            return 0, UNREADABLE, 0
         if not _same_file(status, file):
-            return 0, CHANGED  # renumbered, moved, or rewritten since planning
+            return 0, CHANGED, 0  # renumbered, moved, or rewritten since planning
+        if status.st_nlink > 1:
+            linked.add(file.name)
         modified = mtime_age(status)
         newest = modified if newest is None else max(newest, modified)
     if message.aged_by_mtime:
         if newest is None or not newest < cutoff:
-            return 0, CHANGED
+            return 0, CHANGED, 0
     else:
         txt = next(file for file in message.files if file.name == message.txt)
         try:
             status, text = _read_txt(fd, message.txt)
         except Skip:
-            return 0, CHANGED
+            return 0, CHANGED, 0
         if not _same_file(status, txt) or parse_origtime(text) != message.age:
-            return 0, CHANGED
-    freed = 0
+            return 0, CHANGED, 0
+    freed = unlinked_linked = 0
     # Asterisk counts a message by its .txt, so the .txt goes last
     for file in sorted(message.files, key=lambda f: f.name == message.txt):
         try:
             os.unlink(file.name, dir_fd=fd)
         except FileNotFoundError:
-            return freed, CHANGED
+            return freed, CHANGED, unlinked_linked
         except OSError:
-            return freed, UNREMOVABLE
+            return freed, UNREMOVABLE, unlinked_linked
         freed += file.size
-    return freed, None
+        unlinked_linked += file.name in linked
+    return freed, None, unlinked_linked
 
 
 def _same_file(status: os.stat_result, planned: PlannedFile) -> bool:
@@ -722,12 +756,10 @@ def _same_file(status: os.stat_result, planned: PlannedFile) -> bool:
     )
 
 
-def _gone(fd: int, names: set[bytes], message: PlannedMessage) -> str:
+def _gone(fd: int, by_stem: Mapping[bytes, set[bytes]], message: PlannedMessage) -> str:
     """Why a planned message is no longer under its number: renumbered (changed) or deleted."""
     planned = {(file.device, file.inode) for file in message.files}
-    for name in names:
-        if _stem(name) is None:
-            continue
+    for name in itertools.chain.from_iterable(by_stem.values()):
         try:
             status = os.stat(name, dir_fd=fd, follow_symlinks=False)
         except OSError:
