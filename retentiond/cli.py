@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import signal
 import sys
@@ -11,14 +12,14 @@ from contextlib import contextmanager
 from datetime import datetime, tzinfo
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 import click
 
 from retentiond import __version__, audit, logs
 from retentiond.config.loader import LoadedConfig, config_path, load_config
 from retentiond.config.model import Rule
-from retentiond.engine import Engine, RulePlan, RunOutcome, exit_code
+from retentiond.engine import Engine, RulePlan, RunObserver, RunOutcome, exit_code
 from retentiond.errors import ConfigError, RetentiondError
 from retentiond.history import read_history
 from retentiond.stores import AbsentStore
@@ -64,7 +65,31 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """Commands that pull in heavy libraries (report: Jinja2, SQLAlchemy inspection; status,
+    find, erase) are imported when called, so the daemon's resident memory stays small."""
+
+    LAZY: ClassVar[dict[str, str]] = {
+        "audit": "retentiond.audit_commands:audit_group",
+        "erase": "retentiond.subject_commands:erase_command",
+        "find": "retentiond.subject_commands:find_command",
+        "report": "retentiond.report.command:report",
+        "status": "retentiond.status:status_command",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.LAZY])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY:
+            module, _, name = self.LAZY[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), name)
+            assert isinstance(command, click.Command)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-c",
     "--config",
@@ -320,33 +345,44 @@ def run(ctx: Context, once: bool, rule_name: str | None, as_json: bool, force: b
 def _daemon(loaded: LoadedConfig) -> int:
     """The daemon with its monitoring: metrics over HTTP when configured, pings per rule."""
     from retentiond.daemon import Daemon
-    from retentiond.metrics import Metrics
     from retentiond.pings import Pings
 
     config = loaded.config
-    metrics = Metrics(config.rules)
-    metrics.seed_from_audit(config.audit.path)
-    if config.monitoring.metrics_listen:
+    observers: list[RunObserver] = []
+    metrics = None
+    if config.monitoring.metrics_listen:  # prometheus-client only when asked for: 13 MiB
+        from retentiond.metrics import Metrics
+
+        metrics = Metrics(config.rules)
+        metrics.seed_from_audit(config.audit.path)
         metrics.serve(config.monitoring.metrics_listen)
+        observers.append(metrics)
     pings = Pings(config.rules, config.monitoring.ping_timeout)
+    observers.append(pings)
     try:
-        return Daemon(loaded, observers=[metrics, pings]).serve()
+        return Daemon(loaded, observers=observers).serve()
     finally:
         pings.close(5)
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
 
 
 def enforce(
     loaded: LoadedConfig, rule_name: str | None, *, as_json: bool, force: bool = False
 ) -> list[RunOutcome]:
-    from retentiond.metrics import Metrics
     from retentiond.pings import Pings
 
     config = loaded.config
     rules = _rules(loaded, rule_name)
     show_progress = not as_json and sys.stderr.isatty()
-    metrics = Metrics(config.rules)
     pings = Pings(rules, config.monitoring.ping_timeout)
+    observers: list[RunObserver] = [pings]
+    metrics = None
+    if config.monitoring.metrics_textfile:
+        from retentiond.metrics import Metrics
+
+        metrics = Metrics(config.rules)
+        observers.insert(0, metrics)
     with (
         _stop_on_signals() as stop,
         audit.AuditLog(
@@ -359,7 +395,7 @@ def enforce(
             loaded,
             stop=stop,
             progress=_progress if show_progress else None,
-            observers=[metrics, pings],
+            observers=observers,
             force=force,
         )
         outcomes = []
@@ -371,7 +407,7 @@ def enforce(
                 break
         head = log.head
     pings.close(config.monitoring.ping_timeout)
-    if config.monitoring.metrics_textfile:
+    if metrics is not None and config.monitoring.metrics_textfile:
         # Seeded from the whole log, so a rule not run now keeps its last success in the file.
         metrics.seed_from_audit(config.audit.path)
         metrics.write_textfile(config.monitoring.metrics_textfile)
@@ -468,16 +504,7 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 # --- audit -------------------------------------------------------------------------------------
 
 
-from retentiond.audit_commands import audit_group  # noqa: E402 - registered after cli exists
-from retentiond.report.command import report  # noqa: E402
-from retentiond.status import status_command  # noqa: E402
-from retentiond.subject_commands import erase_command, find_command  # noqa: E402
-
-cli.add_command(audit_group)
-cli.add_command(status_command)
-cli.add_command(find_command)
-cli.add_command(erase_command)
-cli.add_command(report)
+# audit, status, report, find, erase: registered lazily (LazyGroup.LAZY)
 
 
 # --- demo --------------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ def find_command(
     rule_names: tuple[str, ...],
     ticket: str | None,
 ) -> None:
-    """Art. 15: list one person's records in every store, to this terminal only."""
+    """List one person's records in every store (Art. 15), to this terminal only."""
     subject = _subject(numbers, extensions)
     if ticket:
         check_ticket(ticket, subject)
@@ -110,7 +110,7 @@ def erase_command(
     dry_run: bool,
     yes: bool,
 ) -> None:
-    """Art. 17: delete one person's records in every store now. Holds still win."""
+    """Erase one person's records in every store now (Art. 17); holds still win."""
     subject = _subject(numbers, extensions)
     check_ticket(ticket, subject)
     loaded = _loaded(ctx)
