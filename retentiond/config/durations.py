@@ -27,6 +27,8 @@ _SIMPLE = re.compile(r"^(\d+)\s*([a-z]+)$")
 _ISO = re.compile(r"^P(?!$)(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?$")
 
 DURATION_HINT = "write a period such as '90d', '12w', '3 months', '1y' or ISO 8601 'P3M'"
+# Longer is a typo (and beyond it `now - keep` leaves the calendar datetime can count).
+MAX_YEARS = 1000
 
 
 @dataclass(frozen=True)
@@ -67,11 +69,25 @@ def parse_duration(text: str) -> Duration:
     """Parse '90d', '12w', '3m', '3 months', '1y', 'P3M', 'P1Y6M'. Raises ValueError with a hint."""
     raw = text.strip()
     iso = _ISO.match(raw.upper())
-    if iso:
-        years, months, weeks, days = (int(g) if g else 0 for g in iso.groups())
-        return Duration(years=years, months=months, weeks=weeks, days=days, text=raw)
     simple = _SIMPLE.match(raw.lower())
-    if simple and simple.group(2) in _UNITS:
-        amount = int(simple.group(1))
-        return Duration(text=raw, **{_UNITS[simple.group(2)]: amount})
-    raise ValueError(f"{text!r} is not a period: {DURATION_HINT}")
+    if iso:
+        years, months, weeks, days = (_amount(g) if g else 0 for g in iso.groups())
+        duration = Duration(years=years, months=months, weeks=weeks, days=days, text=raw)
+    elif simple and simple.group(2) in _UNITS:
+        duration = Duration(text=raw, **{_UNITS[simple.group(2)]: _amount(simple.group(1))})
+    else:
+        raise ValueError(f"{_shown(text)} is not a period: {DURATION_HINT}")
+    months = duration.years * 12 + duration.months
+    days = duration.weeks * 7 + duration.days
+    if months > MAX_YEARS * 12 or days > MAX_YEARS * 366 or months * 31 + days > MAX_YEARS * 366:
+        raise ValueError(f"{_shown(text)} is longer than {MAX_YEARS} years; check the number")
+    return duration
+
+
+def _amount(digits: str) -> int:
+    # \d also matches other scripts' digits; a number of 20 digits is over any bound anyway
+    return int(digits) if len(digits) <= 20 else 10**20
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:40] + "...")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -12,8 +13,10 @@ from typing import Any
 from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.constructor import DuplicateKeyError
-from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.composer import MaxDepthExceededError
+from ruamel.yaml.constructor import ConstructorError, DuplicateKeyError, RoundTripConstructor
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.reader import ReaderError
 
 from retentiond.config.model import STORE_TYPES, Config, HoldConfig
 from retentiond.config.presets import PresetError, PresetProblem, expand
@@ -23,6 +26,12 @@ DEFAULT_CONFIG_PATH = Path("/etc/retentiond/retentiond.yaml")
 
 
 HOLDS_DIR_NAME = "holds.d"
+
+# Bounds against hostile or mistaken files (a config pointed at /dev/zero, an alias bomb):
+# a real config is a few kilobytes, a few hundred values, nested less than ten deep.
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_VALUES = 100_000
+MAX_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -51,14 +60,14 @@ def config_path(option: str | None) -> Path:
 def load_config(path: Path) -> LoadedConfig:
     name = str(path)
     try:
-        raw = path.read_bytes()
+        raw = _read_bounded(path)
     except FileNotFoundError:
         raise ConfigError(
             [ConfigProblem(name, None, "", "no such file; pass -c FILE or set RETENTIOND_CONFIG")]
         ) from None
-    except OSError as error:
+    except (OSError, ValueError) as error:  # ValueError: a NUL in the path
         raise ConfigError(
-            [ConfigProblem(name, None, "", f"cannot read: {error.strerror}")]
+            [ConfigProblem(name, None, "", f"cannot read: {_reason(error)}")]
         ) from None
     config = parse_config(raw, name)
     folder = config.holds_dir or path.parent / HOLDS_DIR_NAME
@@ -67,6 +76,30 @@ def load_config(path: Path) -> LoadedConfig:
     holds, digest = load_holds_dir(folder)
     config = _with_holds(config, holds, name, folder)
     return LoadedConfig(config, path, hashlib.sha256(raw).hexdigest(), folder, digest)
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The file's bytes; ConfigError for one too large to be a config (or endless, /dev/zero)."""
+    with path.open("rb") as handle:
+        raw = handle.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    str(path),
+                    None,
+                    "",
+                    f"larger than {MAX_CONFIG_BYTES // 1024} KiB; is this the config file?",
+                )
+            ]
+        )
+    return raw
+
+
+def _reason(error: OSError | ValueError) -> str:
+    if isinstance(error, OSError):
+        return error.strerror or str(error)
+    return "the path is not usable (it contains a NUL character?)"
 
 
 def hold_files(folder: Path) -> list[Path]:
@@ -86,18 +119,21 @@ def load_holds_dir(folder: Path) -> tuple[list[HoldConfig], str]:
         raise ConfigError(
             [ConfigProblem(str(folder), None, "", "the holds folder does not exist; create it")]
         ) from None
-    except OSError as error:
+    except (OSError, ValueError) as error:
         raise ConfigError(
-            [ConfigProblem(str(folder), None, "", f"cannot read: {error.strerror}")]
+            [ConfigProblem(str(folder), None, "", f"cannot read: {_reason(error)}")]
         ) from None
     digest = hashlib.sha256()
     holds: list[HoldConfig] = []
     problems: list[ConfigProblem] = []
     for file in files:
         try:
-            raw = file.read_bytes()
+            raw = _read_bounded(file)
         except OSError as error:
-            problems.append(ConfigProblem(str(file), None, "", f"cannot read: {error.strerror}"))
+            problems.append(ConfigProblem(str(file), None, "", f"cannot read: {_reason(error)}"))
+            continue
+        except ConfigError as error:
+            problems += error.problems
             continue
         digest.update(file.name.encode() + b"\0" + hashlib.sha256(raw).digest())
         try:
@@ -116,7 +152,7 @@ def _parse_hold(raw: bytes, name: str) -> HoldConfig:
             [ConfigProblem(name, 1, "", "a hold file is one YAML mapping: id, reason, ...")]
         )
     try:
-        return HoldConfig.model_validate(_plain(tree))
+        return HoldConfig.model_validate(_plain(tree, name))
     except ValidationError as error:
         raise ConfigError([_problem(name, tree, detail) for detail in error.errors()]) from None
 
@@ -135,7 +171,7 @@ def parse_config(raw: bytes | str, name: str = "<config>") -> Config:
     tree = _read_yaml(raw, name)
     if not isinstance(tree, CommentedMap):
         raise ConfigError([ConfigProblem(name, 1, "", "the config must be a YAML mapping of keys")])
-    data = _plain(tree)
+    data = _plain(tree, name)
     try:
         data = expand(data)
     except PresetError as error:
@@ -173,7 +209,7 @@ def _reference_problems(name: str, tree: CommentedMap) -> list[ConfigProblem]:
             problems.append(
                 ConfigProblem(
                     name,
-                    rule.lc.key("name")[0] + 1,
+                    _key_line(rule, "name"),
                     f"rules.{index}.name",
                     f"rule name {rule_name!r} is used twice; give each rule its own name",
                 )
@@ -203,36 +239,145 @@ def _unknown_connection(
     return [
         ConfigProblem(
             name,
-            holder.lc.key("connection")[0] + 1,
+            _key_line(holder, "connection"),
             f"{where}.connection",
             f"connection {connection!r} is not defined under connections: (defined: {defined})",
         )
     ]
 
 
+class _Constructor(RoundTripConstructor):
+    """ruamel's round-trip constructor, but a value it cannot build (`2027-13-45`, `!!int x`,
+    `!!set` on a scalar) is a YAML error at that value's line rather than a bare exception."""
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (YAMLError, RecursionError):
+            raise
+        except Exception as error:  # ruamel's own slips too: `!!int` alone is an IndexError
+            raise ConstructorError(
+                problem=f"cannot read the value {_shape(node)}: {error}",
+                problem_mark=node.start_mark,
+            ) from None
+
+
+def _shape(node: Any) -> str:
+    value = getattr(node, "value", None)
+    if isinstance(value, str):
+        return repr(value if len(value) <= 40 else value[:40] + "...")
+    return f"tagged {node.tag}" if getattr(node, "tag", None) else "here"
+
+
 def _read_yaml(raw: bytes | str, name: str) -> Any:
     yaml = YAML(typ="rt")
+    yaml.Constructor = _Constructor
     yaml.allow_duplicate_keys = False
+    yaml.max_depth = MAX_DEPTH
     try:
-        return yaml.load(raw)
+        with warnings.catch_warnings():
+            # ruamel warns (reused anchors, YAML 1.1 floats) on stderr; the config is judged here
+            warnings.simplefilter("ignore")
+            return yaml.load(raw)
     except DuplicateKeyError as error:
         line = error.problem_mark.line + 1 if error.problem_mark else None
         key = str(error.problem).split('"')[1] if '"' in str(error.problem) else ""
         message = f"duplicate key {key!r}: a second value would silently replace the first"
+        raise ConfigError([ConfigProblem(name, line, "", message)]) from None
+    except MaxDepthExceededError as error:
+        line = error.problem_mark.line + 1 if error.problem_mark else None
+        message = f"nested more than {MAX_DEPTH} levels deep"
         raise ConfigError([ConfigProblem(name, line, "", message)]) from None
     except MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark else None
         problem = error.problem or error.context or "invalid YAML"
         raise ConfigError([ConfigProblem(name, line, "", f"YAML syntax: {problem}")]) from None
+    except ReaderError as error:
+        before = raw[: error.position]
+        line = (before.count(b"\n") if isinstance(before, bytes) else before.count("\n")) + 1
+        if "special characters" in str(error.reason):
+            what = f"has a control character (#x{error.character:04x}) that YAML does not allow"
+        else:
+            what = "is not UTF-8 text"
+        raise ConfigError([ConfigProblem(name, line, "", f"the file {what}")]) from None
+    except RecursionError:
+        raise ConfigError(
+            [ConfigProblem(name, None, "", f"nested more than {MAX_DEPTH} levels deep")]
+        ) from None
+    except YAMLError as error:
+        raise ConfigError([ConfigProblem(name, None, "", f"YAML: {error}")]) from None
 
 
-def _plain(node: Any) -> Any:
-    """ruamel's round-trip types to plain Python, so strict validation sees ordinary values."""
-    if isinstance(node, dict):
-        return {str(k): _plain(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_plain(v) for v in node]
+def _key_line(node: CommentedMap, key: Any) -> int:
+    """The line of a key; for one that came in by a merge (`<<: *base`), the mapping's own line."""
+    if key in (node.lc.data or {}):
+        return int(node.lc.key(key)[0]) + 1
+    return int(node.lc.line or 0) + 1
+
+
+def _item_line(node: CommentedSeq, index: int) -> int:
+    if index in (node.lc.data or {}):
+        return int(node.lc.item(index)[0]) + 1
+    return int(node.lc.line or 0) + 1
+
+
+def _plain(tree: Any, name: str) -> Any:
+    """ruamel's round-trip types to plain Python, so strict validation sees ordinary values.
+
+    Aliases are expanded here, so this is where an alias bomb (aliases of aliases of lists)
+    or an alias that contains itself is stopped: at most MAX_VALUES values, MAX_DEPTH deep.
+    Keys that differ only in their type (`1:` and `'1':`) are duplicates once made text.
+    """
+    count = 0
+    active: set[int] = set()
+
+    def problem(node: Any, message: str) -> ConfigError:
+        line = int(node.lc.line) + 1 if hasattr(node, "lc") and node.lc.line is not None else None
+        return ConfigError([ConfigProblem(name, line, "", message)])
+
+    def plain(node: Any, depth: int) -> Any:
+        nonlocal count
+        count += 1
+        if count > MAX_VALUES:
+            raise problem(
+                node, f"the config expands to more than {MAX_VALUES} values (aliases of aliases?)"
+            )
+        if isinstance(node, dict | list):
+            if id(node) in active:
+                raise problem(node, "an alias refers to the collection that contains it")
+            if depth >= MAX_DEPTH:
+                raise problem(node, f"nested more than {MAX_DEPTH} levels deep")
+            active.add(id(node))
+            try:
+                if isinstance(node, list):
+                    return [plain(v, depth + 1) for v in node]
+                result: dict[str, Any] = {}
+                for key, value in node.items():
+                    text = str(key)
+                    if text in result:
+                        line = _key_line(node, key) if isinstance(node, CommentedMap) else None
+                        raise ConfigError(
+                            [
+                                ConfigProblem(
+                                    name,
+                                    line,
+                                    "",
+                                    f"duplicate key {text!r} (written once as text, once as "
+                                    "a number or other value): quote keys the same way",
+                                )
+                            ]
+                        )
+                    result[text] = plain(value, depth + 1)
+                return result
+            finally:
+                active.discard(id(node))
+        return _scalar(node)
+
+    return plain(tree, 0)
+
+
+def _scalar(node: Any) -> Any:
     if isinstance(node, bool) or node is None:
         return node
     if isinstance(node, int):
@@ -262,15 +407,15 @@ def _locate(tree: CommentedMap, loc: tuple[Any, ...]) -> tuple[list[Any], int | 
     line: int | None = 1
     for part in loc:
         if isinstance(node, CommentedMap) and part in node:
-            line = node.lc.key(part)[0] + 1
+            line = _key_line(node, part)
             node = node[part]
             path.append(part)
         elif isinstance(node, CommentedMap) and part == "schema_name" and "schema" in node:
-            line = node.lc.key("schema")[0] + 1
+            line = _key_line(node, "schema")
             node = node["schema"]
             path.append("schema")
-        elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
-            line = node.lc.item(part)[0] + 1
+        elif isinstance(node, CommentedSeq) and isinstance(part, int) and 0 <= part < len(node):
+            line = _item_line(node, part)
             node = node[part]
             path.append(part)
         elif isinstance(part, str) and part in (*STORE_TYPES, "[key]"):

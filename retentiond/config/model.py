@@ -63,6 +63,8 @@ def _absolute_path(value: Any) -> Path:
         raise ValueError("expected a path")
     if not path.is_absolute():
         raise ValueError(f"{str(path)!r} is not absolute; write the full path starting with /")
+    if "\0" in str(path):
+        raise ValueError("a path cannot contain a NUL character")
     return path
 
 
@@ -73,7 +75,7 @@ def _zone(value: Any) -> ZoneInfo:
         raise ValueError("expected a time zone name such as 'Europe/Berlin'")
     try:
         return ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder such as Europe
         raise ValueError(
             f"{value!r} is not a time zone; use an IANA name such as 'Europe/Berlin' or 'UTC'"
         ) from None
@@ -134,8 +136,13 @@ Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
 
 
 class Strict(BaseModel):
+    # allow_inf_nan: `.inf` and `.nan` are YAML floats, but no limit or timeout means either
     model_config = ConfigDict(
-        extra="forbid", strict=True, frozen=True, arbitrary_types_allowed=True
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        arbitrary_types_allowed=True,
+        allow_inf_nan=False,
     )
 
 
@@ -401,6 +408,7 @@ class HoldConfig(Strict):
         strict=True,
         frozen=True,
         arbitrary_types_allowed=True,
+        allow_inf_nan=False,
         populate_by_name=True,
     )
 
@@ -445,9 +453,17 @@ class OrganisationConfig(Strict):
     system: str | None = None  # this PBX's name in reports covering several systems
 
 
+def _listen(value: str | None) -> str | None:
+    if value is not None and not 1 <= int(value.rsplit(":", 1)[1]) <= 65535:
+        raise ValueError(f"{value!r}: a port is a number from 1 to 65535")
+    return value
+
+
 class MonitoringConfig(Strict):
     # host:port for Prometheus metrics served by the daemon; loopback unless you say otherwise
-    metrics_listen: Annotated[str | None, Field(pattern=r"^[^\s:]+:\d{1,5}$")] = None
+    metrics_listen: Annotated[
+        str | None, Field(pattern=r"^[^\s:]+:\d{1,5}$"), AfterValidator(_listen)
+    ] = None
     # node_exporter textfile written after `run --once` (must end in .prom)
     metrics_textfile: Annotated[AbsolutePath | None, AfterValidator(_prom_file)] = None
     ping_timeout: Annotated[float, Field(gt=0, le=120)] = 10

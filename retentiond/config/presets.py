@@ -442,7 +442,7 @@ def expand(data: dict[str, Any]) -> dict[str, Any]:
     preset = data.get("preset")
     if preset is None:
         return data
-    if preset not in EXPANDERS:
+    if not isinstance(preset, str) or preset not in EXPANDERS:
         raise PresetError(
             [
                 PresetProblem(
@@ -453,6 +453,16 @@ def expand(data: dict[str, Any]) -> dict[str, Any]:
     settings = data.get("preset_settings") or {}
     if not isinstance(settings, dict):
         raise PresetError([PresetProblem(("preset_settings",), "expected a mapping of settings")])
+    problems = [
+        PresetProblem((key,), f"{message}; with a preset it adds to the preset's {key}")
+        for key, kind, message in (
+            ("connections", dict, "expected a mapping of connection names"),
+            ("rules", list, "expected a list of rules"),
+        )
+        if data.get(key) is not None and not isinstance(data[key], kind)
+    ]
+    if problems:
+        raise PresetError(problems)
     connections, templates, timezone = EXPANDERS[preset](settings)
     keep = data.get("keep")
     problems = _keep_problems(preset, keep, templates)

@@ -118,6 +118,8 @@ CHANGED_SINCE_PLANNED = "changed"
 # Values below these are clock garbage (MariaDB zero dates, epoch 0): undated, never the oldest.
 DATETIME_FLOOR = datetime(1000, 1, 1)
 EPOCH_FLOOR = 1
+# Rows whose time is NULL or no date at all, as counted in Survey.skipped: never expired.
+UNDATED = "undated"
 
 # Why a row's file was left in place, as counted in BatchResult.skipped (besides the folders
 # module's not_regular_file, other_filesystem and unremovable). The row is gone anyway.
@@ -1068,12 +1070,18 @@ class SqlStore(Store):
             f"SELECT {', '.join(columns)} FROM {self._table_sql} WHERE {expired.sql}", expired, held
         )
 
-        def count(connection: Connection) -> tuple[int, tuple[Any, ...], Any]:
-            total = connection.execute(text(f"SELECT COUNT(*) FROM {self._table_sql}")).scalar()
-            counts = tuple(connection.execute(*statement).one())
-            return int(total or 0), counts, self._read_oldest(connection)
+        guard = self._time_guard()
+        undated = f"{self._time_sql} IS NULL" + (f" OR NOT ({guard})" if guard else "")
+        totals = text(
+            f"SELECT COUNT(*), COUNT(CASE WHEN {undated} THEN 1 END) FROM {self._table_sql}"
+        )
 
-        total, counts, oldest = self._db.retrying("surveying", count)
+        def count(connection: Connection) -> tuple[tuple[Any, ...], tuple[Any, ...], Any]:
+            all_rows = tuple(connection.execute(totals).one())
+            counts = tuple(connection.execute(*statement).one())
+            return all_rows, counts, self._read_oldest(connection)
+
+        (total, without_time), counts, oldest = self._db.retrying("surveying", count)
         walk_range: tuple[Any, Any] = (counts[-2], counts[-1]) if walk else (None, None)
         in_range = int(counts[0] or 0)
         held_by: Counter[str] = Counter()
@@ -1082,9 +1090,11 @@ class SqlStore(Store):
         held_rows = int(counts[1 + len(each)] or 0) if held is not None else 0
         survey = Survey(
             unit="rows",
-            total=total,
+            total=int(total or 0),
             expired=in_range - held_rows,
             oldest=stored_instant(oldest, self._time_kind, self._zone),
+            # NULL (or, stored as text, no date at all): never expires, so never deleted
+            skipped={UNDATED: int(without_time)} if without_time else {},
             held=held_rows,
             held_by=dict(held_by),
         )
