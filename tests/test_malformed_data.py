@@ -256,7 +256,8 @@ def test_null_and_zero_calldates_in_a_freepbx_cdr_table_do_not_break_a_run(
     mariadb_url: str, pbx_database: Callable[[str], PbxDatabase]
 ) -> None:
     """FreePBX installs run with a lax sql_mode: zero dates and (in a nullable calldate) NULL.
-    Neither is taken for the oldest call, NULL rows are counted as undated and never deleted."""
+    Neither is taken for the oldest call; both are counted as undated and never deleted (a zero
+    date says nothing about the call's age)."""
     database = pbx_database(mariadb_url)
     database.create("cdr")
     database.execute("ALTER TABLE cdr MODIFY calldate datetime NULL")
@@ -274,14 +275,15 @@ def test_null_and_zero_calldates_in_a_freepbx_cdr_table_do_not_break_a_run(
     try:
         survey = store.survey(CUTOFF)
         assert survey.total == 8
-        assert survey.skipped == {UNDATED: 2}
+        assert survey.skipped == {UNDATED: 4}
         assert survey.oldest is not None and survey.oldest.year == 2025  # not year 0
         purge(store)
         assert database.count("cdr", "calldate IS NULL") == 2
+        assert database.count("cdr", "calldate < '1000-01-01'") == 2  # the zero dates
         assert database.count("cdr", "calldate >= '2026-01-01'") == 1
         assert database.count("cdr", "calldate >= '1000-01-01' AND calldate < '2026-01-01'") == 0
         after = store.survey(CUTOFF)
-        assert (after.expired, after.skipped) == (0, {UNDATED: 2})
+        assert (after.expired, after.skipped) == (0, {UNDATED: 4})
     finally:
         store.close()
 

@@ -343,7 +343,7 @@ def test_asterisk_sqlite_cdr_walks_acctid_until_calldate_is_indexed(
     assert "CREATE INDEX cdr_calldate ON cdr (calldate)" in description
     assert "warning:" not in description
     assert indexed.strategy == "time_index"
-    assert "INDEX cdr_calldate (calldate<?)" in "\n".join(indexed.describe())
+    assert "INDEX cdr_calldate (calldate>? AND calldate<?)" in "\n".join(indexed.describe())
 
 
 @pytest.mark.parametrize("database", SERVER_BACKENDS, indirect=True)
@@ -426,7 +426,7 @@ def test_planning_batches_without_applying_them_deletes_nothing(
 
 
 @pytest.mark.mariadb
-def test_zero_dates_are_not_taken_for_the_oldest_call(
+def test_zero_dates_are_kept_counted_and_not_taken_for_the_oldest_call(
     mariadb_url: str, pbx_database: Callable[[str], PbxDatabase], open_store: StoreFactory
 ) -> None:
     database = pbx_database(mariadb_url)
@@ -439,9 +439,13 @@ def test_zero_dates_are_not_taken_for_the_oldest_call(
 
     survey = store.survey(CUTOFF)
 
-    assert (survey.total, survey.expired) == (4, 4)
+    # a zero date says nothing about the call's age: kept, and counted as undated
+    assert (survey.total, survey.expired, survey.skipped) == (4, 3, {"undated": 1})
     assert survey.oldest == latest_instant(min(hours_before_cutoff(3)), BERLIN)
-    assert sum(result.deleted for result in purge(store)) == 4
+    assert sum(result.deleted for result in purge(store)) == 3
+    with database.engine.connect() as connection:
+        left = connection.execute(text("SELECT COUNT(*) FROM cdr")).scalar()
+    assert left == 1
 
 
 def test_sqlite_values_that_are_no_dates_are_left_alone(

@@ -1071,13 +1071,15 @@ class SqlStore(Store):
         )
 
         guard = self._time_guard()
-        undated = f"{self._time_sql} IS NULL" + (f" OR NOT ({guard})" if guard else "")
+        undated = f"{self._time_sql} IS NULL OR {self._time_sql} < :floor" + (
+            f" OR NOT ({guard})" if guard else ""
+        )
         totals = text(
             f"SELECT COUNT(*), COUNT(CASE WHEN {undated} THEN 1 END) FROM {self._table_sql}"
         )
 
         def count(connection: Connection) -> tuple[tuple[Any, ...], tuple[Any, ...], Any]:
-            all_rows = tuple(connection.execute(totals).one())
+            all_rows = tuple(connection.execute(totals, {"floor": self._floor()}).one())
             counts = tuple(connection.execute(*statement).one())
             return all_rows, counts, self._read_oldest(connection)
 
@@ -1696,9 +1698,14 @@ class SqlStore(Store):
     # -- statements ------------------------------------------------------------------------------
 
     def _expired(self, cutoff: datetime) -> Predicate:
+        """Older than the cutoff, and a real time: a zero date (`0000-00-00`, written by old
+        MySQL modes for an invalid time) says nothing about the call's age, so it never
+        expires; the survey counts it as undated."""
         guard = self._time_guard()
-        sql = f"{self._time_sql} < :bound" + (f" AND {guard}" if guard else "")
-        return Predicate(sql, {"bound": self._bound(cutoff)})
+        sql = f"{self._time_sql} < :bound AND {self._time_sql} >= :floor" + (
+            f" AND {guard}" if guard else ""
+        )
+        return Predicate(sql, {"bound": self._bound(cutoff), "floor": self._floor()})
 
     def _time_guard(self) -> str | None:
         """For dates stored as text: only values that look like a date are compared as one."""
