@@ -3,7 +3,10 @@
 - the last finished run of each rule and stage (its time, cutoff and per-store counts): the guard
   against sudden jumps compares with it, and anonymization continues from its cutoff;
 - the holds the log has recorded (added, changed, not yet ended), so a run records each change
-  of a hold exactly once.
+  of a hold exactly once;
+- the runs a crash, a kill or a power loss interrupted and no `run_reconciled` entry has
+  accounted for yet (`Interrupted`): a run that recorded no end, or a batch whose intent has no
+  result. The engine reconciles each one exactly once, at the start of the next run.
 
 The log is the only state retentiond keeps, besides a small file of hold fingerprints beside it
 (`holds.json`, 0600), which lets a run notice that a hold's numbers changed without ever writing
@@ -29,6 +32,9 @@ from retentiond.errors import AuditError
 log = structlog.get_logger()
 
 HOLD_ENTRIES = ("hold_added", "hold_changed", "hold_ended")
+RECONCILED = "run_reconciled"
+_STARTS = ("run_started", "erasure_started")
+_ENDS = ("run_finished", "run_refused", "run_failed", "erasure_finished")
 
 
 @dataclass(frozen=True)
@@ -42,11 +48,42 @@ class PastRun:
     hold_ids: frozenset[str] = frozenset()  # holds that kept objects in this run
 
 
+@dataclass(frozen=True)
+class OpenBatch:
+    """A batch whose intent is in the log and its result is not: the process ended while the
+    batch was applied (or before its result was synced). It removed between none and all of
+    the `planned` objects."""
+
+    store: str
+    batch: int
+    planned: int
+    stage: str  # delete | anonymize | erase
+
+
+@dataclass
+class Interrupted:
+    """A run (or an erasure) the log does not account for completely, not yet reconciled."""
+
+    run_id: str
+    rule: str | None = None  # None: an erasure, or a run whose start is in a removed file
+    ticket: str | None = None  # an erasure's ticket
+    end: str | None = None  # the type of the run's last entry, None when it recorded no end
+    open_batches: dict[tuple[str, str, int], OpenBatch] = field(default_factory=dict)
+    batches_done: int = 0
+    deleted: int = 0  # what the batch results of the run confirm
+    anonymized: int = 0
+
+    @property
+    def erasure(self) -> bool:
+        return self.ticket is not None
+
+
 @dataclass
 class History:
     runs: dict[tuple[str, str], PastRun] = field(default_factory=dict)  # (rule, stage) -> last
     holds: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> last summary logged
     readable: bool = True
+    interrupted: list[Interrupted] = field(default_factory=list)  # oldest first
 
     def last_run(self, rule: str, stage: str) -> PastRun | None:
         return self.runs.get((rule, stage))
@@ -57,9 +94,11 @@ def read_history(path: Path) -> History:
     (marked unreadable): guards that need the past then stay on their safe side."""
     history = History()
     starts: dict[str, dict[str, Any]] = {}
+    runs = _Runs()
     try:
         for entry in read_entries(path):
             fields = entry.fields
+            runs.read(entry.type, fields)
             if entry.type == "run_started":
                 starts[str(fields.get("run_id"))] = fields
             elif entry.type == "run_finished":
@@ -77,7 +116,57 @@ def read_history(path: Path) -> History:
             "audit log history not readable; guards that need it stay safe", reason=str(error)
         )
         return History(readable=False)
+    history.interrupted = runs.interrupted()
     return history
+
+
+class _Runs:
+    """Follows every run through the log, keeping only what is still open: a run is dropped
+    once it ended with every batch accounted for, or once it was reconciled."""
+
+    def __init__(self) -> None:
+        self.open: dict[str, Interrupted] = {}
+
+    def read(self, kind: str, fields: Mapping[str, Any]) -> None:
+        run_id = fields.get("run_id")
+        if not isinstance(run_id, str):
+            return
+        if kind == RECONCILED:
+            self.open.pop(run_id, None)
+            return
+        if kind in _STARTS:
+            run = self.open.setdefault(run_id, Interrupted(run_id))
+            if kind == "run_started":
+                run.rule = _text(fields.get("rule"))
+            else:
+                run.ticket = _text(fields.get("ticket")) or ""
+        elif kind == "batch_intent":
+            run = self.open.setdefault(run_id, Interrupted(run_id))
+            batch = OpenBatch(
+                _text(fields.get("store")) or "",
+                _count(fields.get("batch")),
+                _count(fields.get("planned")),
+                _text(fields.get("stage")) or "delete",
+            )
+            run.open_batches[(batch.stage, batch.store, batch.batch)] = batch
+        elif kind == "batch_done":
+            run = self.open.setdefault(run_id, Interrupted(run_id))
+            stage = _text(fields.get("stage")) or "delete"
+            key = (stage, _text(fields.get("store")) or "", _count(fields.get("batch")))
+            run.open_batches.pop(key, None)
+            run.batches_done += 1
+            run.deleted += _count(fields.get("deleted"))
+            run.anonymized += _count(fields.get("anonymized"))
+        elif kind in _ENDS:
+            run = self.open.get(run_id) or Interrupted(run_id, _text(fields.get("rule")))
+            run.end = kind
+            if run.open_batches:
+                self.open[run_id] = run
+            else:
+                self.open.pop(run_id, None)
+
+    def interrupted(self) -> list[Interrupted]:
+        return list(self.open.values())
 
 
 def _finished(
@@ -99,6 +188,14 @@ def _finished(
         stores,
         hold_ids,
     )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _instant(text: str | None) -> datetime | None:
