@@ -71,7 +71,7 @@ from retentiond.history import History, Interrupted, read_history
 from retentiond.holds import record_hold_changes
 from retentiond.rules import NO_HOLDS, Holds, holds_for, schedule_interval
 from retentiond.rules import cutoff as compute_cutoff
-from retentiond.stores import AbsentStore, Batch, Store, Survey, build_store
+from retentiond.stores import AbsentStore, Batch, FailedStore, Store, Survey, build_store
 
 log = structlog.get_logger()
 
@@ -93,6 +93,7 @@ class StorePlan:
     batch_size: int
     absent: str | None = None  # why an optional store is not there
     since: datetime | None = None  # anonymize: the previous complete run's cutoff
+    failed: str | None = None  # why the store could not be opened or surveyed in this run
 
     @property
     def batches(self) -> int:
@@ -139,6 +140,7 @@ class StoreOutcome:
     held_by: dict[str, int] = field(default_factory=dict)
     smallest_group: int | None = None  # anonymize: k of the anonymized records (None: unknown)
     absent: bool = False  # an optional store that is not there
+    failed: str | None = None  # why this store failed; the rule's other stores went on
 
 
 @dataclass
@@ -208,8 +210,12 @@ class Engine:
         return holds_for(self.hold_source(), rule.name, self.now(), self.config.zone())
 
     @contextmanager
-    def open_stores(self, rule: Rule) -> Iterator[list[Store]]:
-        """Open every store of a rule; all are closed again when the block ends."""
+    def open_stores(self, rule: Rule, *, isolate: bool = False) -> Iterator[list[Store]]:
+        """Open every store of a rule; all are closed again when the block ends.
+
+        With `isolate` (a run), a store that cannot be opened is replaced by a FailedStore, so
+        the rule's other stores are still enforced; otherwise its StoreError propagates.
+        """
         with ExitStack() as stack:
             stores: list[Store] = []
             for store_config in rule.stores:
@@ -218,10 +224,17 @@ class Engine:
                 try:
                     store.open()
                 except StoreAbsent as absent:
-                    if not store_config.optional:
+                    if not store_config.optional and not isolate:
                         raise
                     store.close()
-                    store = AbsentStore(store.kind, store.label, store.unit, str(absent))
+                    kind = AbsentStore if store_config.optional else FailedStore
+                    store = kind(store.kind, store.label, store.unit, str(absent))
+                except StoreError as error:
+                    if not isolate:
+                        raise
+                    store.close()
+                    log.error("store failed; the rule's other stores go on", store=store.label)
+                    store = FailedStore(store.kind, store.label, store.unit, str(error))
                 stores.append(store)
             yield stores
 
@@ -230,16 +243,23 @@ class Engine:
         return self.plans(rule, stores, history)[-1]
 
     def plans(
-        self, rule: Rule, stores: list[Store], history: History | None = None
+        self,
+        rule: Rule,
+        stores: list[Store],
+        history: History | None = None,
+        *,
+        isolate: bool = False,
     ) -> list[RulePlan]:
         """Every stage of the rule, in the order they run. Reads only."""
         history = history if history is not None else History()
         holds = self.holds(rule)
         stages: list[RulePlan] = []
         if rule.action == ANONYMIZE and rule.then_delete_after is not None:
-            stages.append(self._plan(rule, stores, DELETE, rule.then_delete_after, holds, history))
+            stages.append(
+                self._plan(rule, stores, DELETE, rule.then_delete_after, holds, history, isolate)
+            )
         stage = ANONYMIZE if rule.action == ANONYMIZE else DELETE
-        stages.append(self._plan(rule, stores, stage, rule.keep, holds, history))
+        stages.append(self._plan(rule, stores, stage, rule.keep, holds, history, isolate))
         return stages
 
     def _plan(
@@ -250,24 +270,31 @@ class Engine:
         keep: Duration,
         holds: Holds,
         history: History,
+        isolate: bool = False,
     ) -> RulePlan:
         now = self.now()
         rule_cutoff = compute_cutoff(now, keep, self.config.zone())
         since = self._since(rule, holds, history) if stage == ANONYMIZE else None
         plans = []
         for i, store in enumerate(stores):
-            if stage == ANONYMIZE:
-                survey = store.anonymize_survey(rule_cutoff, holds, since)
-            else:
-                survey = store.survey(rule_cutoff, holds)
+            failed = store.reason if isinstance(store, FailedStore) else None
+            try:
+                if stage == ANONYMIZE:
+                    survey = store.anonymize_survey(rule_cutoff, holds, since)
+                else:
+                    survey = store.survey(rule_cutoff, holds)
+            except StoreError as error:
+                if not isolate:
+                    raise
+                log.error("store survey failed; the rule's other stores go on", store=store.label)
+                survey, failed = (
+                    Survey(unit=store.unit, total=0, expired=0, oldest=None),
+                    str(error),
+                )
+            absent = store.reason if type(store) is AbsentStore else None
             plans.append(
                 StorePlan(
-                    store.label,
-                    store.kind,
-                    survey,
-                    _batch_size(rule, i),
-                    store.reason if isinstance(store, AbsentStore) else None,
-                    since,
+                    store.label, store.kind, survey, _batch_size(rule, i), absent, since, failed
                 )
             )
         refusal = self._guard(now, rule_cutoff, stores, plans)
@@ -457,10 +484,10 @@ class Engine:
     ) -> RunOutcome:
         outcome = RunOutcome(rule.name, run_id, None, "failed")
         try:
-            with self.open_stores(rule) as stores:
+            with self.open_stores(rule, isolate=True) as stores:
                 if history is None:
                     history = read_history(self.config.audit.path)
-                stages = self.plans(rule, stores, history)
+                stages = self.plans(rule, stores, history, isolate=True)
                 plan = stages[-1]
                 outcome.cutoff = plan.cutoff
                 self._record_holds(audit, stages)
@@ -486,6 +513,12 @@ class Engine:
                     outcome.status = self._verify(stage, stores, outcome.stores[first:])
                     if outcome.status != "done":
                         break
+                failed = [s for s in outcome.stores if s.failed]
+                if failed and outcome.status in ("done", "incomplete"):
+                    outcome.status = "failed"
+                    outcome.message = "; ".join(f"{s.label} failed: {s.failed}" for s in failed) + (
+                        "; the rule's other stores were enforced"
+                    )
         except StoreError as error:
             outcome.status, outcome.message = "failed", str(error)
             log.error("run failed", reason=str(error))
@@ -553,35 +586,57 @@ class Engine:
         self, plan: RulePlan, stores: list[Store], audit: AuditLog, outcome: RunOutcome
     ) -> str:
         holds = plan.holds
+        failed_before = {s.label: s.failed for s in outcome.stores if s.failed}
         for store, store_plan in zip(stores, plan.stores, strict=True):
             result = StoreOutcome(
                 store.label,
                 store_plan.survey.unit,
                 stage=plan.stage,
                 absent=store_plan.absent is not None,
+                failed=store_plan.failed or failed_before.get(store.label),
             )
             result.held, result.held_by = store_plan.survey.held, dict(store_plan.survey.held_by)
             outcome.stores.append(result)
-            if store_plan.survey.expired == 0:
+            if result.failed or store_plan.survey.expired == 0:
                 continue
-            batches = self._batches(store, plan, store_plan, holds)
-            while True:
-                if self.stop.is_set():
+            try:
+                if not self._apply_store(store, plan, store_plan, holds, audit, outcome, result):
                     return "interrupted"
-                batch = next(batches, None)
-                if batch is None:
-                    break
-                fresh = self.holds(plan.rule)
-                if fresh != holds:
-                    # A reload changed the holds: this batch was planned without them
-                    self._holds_changed(audit, plan, store, holds, fresh)
-                    holds = fresh
-                    batches = self._batches(store, plan, store_plan, holds)
-                    continue
-                self._apply_batch(store, plan, store_plan, batch, audit, outcome, result)
-                if store.pause:
-                    self.stop.wait(store.pause)
+            except StoreError as error:
+                # One store's failure (a folder gone, a table locked for good) must not keep
+                # the others from being enforced; the run ends failed and names it.
+                result.failed = str(error)
+                log.error("store failed; the rule's other stores go on", store=store.label)
         return "interrupted" if self.stop.is_set() else "done"
+
+    def _apply_store(
+        self,
+        store: Store,
+        plan: RulePlan,
+        store_plan: StorePlan,
+        holds: Holds,
+        audit: AuditLog,
+        outcome: RunOutcome,
+        result: StoreOutcome,
+    ) -> bool:
+        """The batches of one store; False when a stop was requested."""
+        batches = self._batches(store, plan, store_plan, holds)
+        while True:
+            if self.stop.is_set():
+                return False
+            batch = next(batches, None)
+            if batch is None:
+                return True
+            fresh = self.holds(plan.rule)
+            if fresh != holds:
+                # A reload changed the holds: this batch was planned without them
+                self._holds_changed(audit, plan, store, holds, fresh)
+                holds = fresh
+                batches = self._batches(store, plan, store_plan, holds)
+                continue
+            self._apply_batch(store, plan, store_plan, batch, audit, outcome, result)
+            if store.pause:
+                self.stop.wait(store.pause)
 
     def _batches(
         self, store: Store, plan: RulePlan, store_plan: StorePlan, holds: Holds
@@ -652,6 +707,8 @@ class Engine:
         clean = True
         holds = self.holds(stage.rule)
         for store, result in zip(stores, results, strict=True):
+            if result.failed:
+                continue
             if stage.stage == ANONYMIZE:
                 result.smallest_group = store.smallest_group(stage.cutoff)
                 continue
@@ -718,6 +775,8 @@ def _survey_fields(plan: RulePlan) -> list[dict[str, Any]]:
             store["held_by"] = dict(s.survey.held_by)
         if s.absent:
             store["absent"] = True
+        if s.failed:
+            store["failed"] = s.failed
         fields.append(store)
     return fields
 
@@ -750,6 +809,8 @@ def _outcome_fields(store: StoreOutcome) -> dict[str, Any]:
     if store.held:
         fields["held"] = store.held
         fields["held_by"] = store.held_by
+    if store.failed:
+        fields["failed"] = store.failed
     if store.bytes is not None:
         fields["bytes"] = store.bytes
     if store.skipped:

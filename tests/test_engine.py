@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -175,5 +174,35 @@ def test_missing_table_fails_the_run_cleanly_and_is_audited(pbx: Path) -> None:
     assert outcomes[0].status == "failed"
     assert "cdr_archive" in (outcomes[0].message or "")
     assert [o.status for o in outcomes[1:]] == ["done", "done"]  # other rules go on
-    failed = [e for e in entries(config) if e.type == "run_failed"]
-    assert len(failed) == 1 and "cdr_archive" in json.dumps(failed[0].fields)
+    (finished, *_) = [e for e in entries(config) if e.type == "run_finished"]
+    assert finished.fields["status"] == "failed"
+    assert "cdr_archive" in finished.fields["stores"][0]["failed"]
+
+
+def test_a_failing_store_does_not_stop_the_rules_other_stores(pbx: Path) -> None:
+    """A recordings folder gone: that store fails, the rule's call records are still deleted,
+    the run ends failed (exit 1) and the log and the report name the failing store."""
+    from retentiond.report import data
+
+    text = pbx.read_text()
+    monitor = pbx.parent / "pbx" / "monitor"
+    anchor = next(line for line in text.splitlines(keepends=True) if "subject_columns" in line)
+    text = text.replace(anchor, f"{anchor}      - type: files\n        root: {monitor}-gone\n", 1)
+    pbx.write_text(text)
+    config = load_config(pbx)
+    before = cdr_dates(pbx)
+    outcome = run_all(config)[0]
+    assert outcome.status == "failed" and exit_code([outcome]) == 1
+    assert "monitor-gone failed" in (outcome.message or "")
+    assert outcome.stores[0].deleted > 0 and len(cdr_dates(pbx)) < len(before)
+    assert outcome.stores[0].remaining == 0
+    finished = next(e for e in entries(config) if e.type == "run_finished")
+    assert finished.fields["status"] == "failed"
+    assert "failed" in finished.fields["stores"][1] and "failed" not in finished.fields["stores"][0]
+    assert audit.verify(config.config.audit.path).ok
+    zone = config.config.zone()
+    today = datetime.now(zone).date()  # the log's entries carry the real time
+    period = data.Period(today - timedelta(days=1), today + timedelta(days=1), zone)
+    report = data.build_report(config, [config.config.audit.path], period, generated_at=NOW)
+    (incident,) = [i for i in report.incidents if i.rule == "call-records"]
+    assert "store failed" in incident.reason and "monitor-gone" in incident.reason

@@ -980,7 +980,16 @@ class _Figures:
                 f"{left if left is not None else 'some'} expired objects remained after the run"
             )
         else:
-            reason = f"run ended with status {status}"
+            failed = [
+                f"{_text(store.get('store'))}: {_text(store.get('failed'))}"
+                for store in entry.fields.get("stores") or []
+                if isinstance(store, dict) and store.get("failed")
+            ]
+            reason = (
+                "store failed, the rule's other stores were enforced: " + "; ".join(failed)
+                if failed
+                else f"run ended with status {status}"
+            )
         self.incidents.append(Incident(at, system, run.rule, status, reason))
 
     def _refused(self, system: str, entry: audit.Entry, at: datetime) -> None:

@@ -11,7 +11,15 @@ from retentiond.config.model import (
     ThreeCxCallsStoreConfig,
     VoicemailStoreConfig,
 )
-from retentiond.stores.base import AbsentStore, Batch, BatchResult, Found, Store, Survey
+from retentiond.stores.base import (
+    AbsentStore,
+    Batch,
+    BatchResult,
+    FailedStore,
+    Found,
+    Store,
+    Survey,
+)
 
 
 def build_store(store: StoreConfig, config: Config) -> Store:
@@ -50,4 +58,13 @@ def build_store(store: StoreConfig, config: Config) -> Store:
     )  # a bug: the schema has no other
 
 
-__all__ = ["AbsentStore", "Batch", "BatchResult", "Found", "Store", "Survey", "build_store"]
+__all__ = [
+    "AbsentStore",
+    "Batch",
+    "BatchResult",
+    "FailedStore",
+    "Found",
+    "Store",
+    "Survey",
+    "build_store",
+]

@@ -203,3 +203,11 @@ class AbsentStore(Store):
 
     def apply(self, batch: Batch, cutoff: datetime) -> BatchResult:
         raise RuntimeError("an absent store has no batches")  # a bug in the caller
+
+
+class FailedStore(AbsentStore):
+    """A store that could not be opened or surveyed during a run. It stands in for the real one,
+    so the other stores of the rule are still enforced and the log and report name the failure."""
+
+    def describe(self) -> list[str]:
+        return [f"FAILED: {self.reason}"]
