@@ -694,7 +694,8 @@ class Engine:
             done["skipped"] = dict(applied.skipped)
         if applied.counts:
             done["counts"] = dict(applied.counts)
-        self._audit(audit, "batch_done", outcome.run_id, None, **done)
+        # The next intent or the run's end syncs it: one fsync per batch (AuditLog docstring)
+        audit.append_unsynced("batch_done", run_id=outcome.run_id, **done)
         if self.progress:
             self.progress(
                 store.label, result.deleted + result.anonymized, store_plan.survey.expired

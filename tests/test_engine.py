@@ -206,3 +206,31 @@ def test_a_failing_store_does_not_stop_the_rules_other_stores(pbx: Path) -> None
     report = data.build_report(config, [config.config.audit.path], period, generated_at=NOW)
     (incident,) = [i for i in report.incidents if i.rule == "call-records"]
     assert "store failed" in incident.reason and "monitor-gone" in incident.reason
+
+
+def test_one_fsync_per_batch_and_every_result_reaches_the_log(
+    pbx: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's result is written without its own fsync: the next intent's fsync (or the run's
+    end) makes it durable. Counted on the real log file."""
+    import os
+
+    config = loaded(pbx, **{"batch_size: 500": "batch_size: 50"})
+    real_fsync = os.fsync
+    synced: list[int] = []
+
+    def counting(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    engine = Engine(config, now=lambda: NOW)
+    with audit.AuditLog(config.config.audit.path) as log:
+        outcome = engine.run(config.config.rule("call-records"), log)
+    monkeypatch.undo()
+    batches = outcome.stores[0].batches
+    assert outcome.status == "done" and batches > 10
+    # an intent per batch, the run's start and end; nothing else needs its own sync
+    assert len(synced) <= batches + 4
+    done = [e for e in entries(config) if e.type == "batch_done"]
+    assert len(done) == batches and audit.verify(config.config.audit.path).ok
