@@ -564,6 +564,7 @@ def ami_server() -> Iterator[AmiServer]:
 def ami_config(tmp_path: Path, port: int, secret: str = AMI_SECRET) -> AmiConfig:
     secret_file = tmp_path / "ami.secret"
     secret_file.write_text(secret + "\n")
+    secret_file.chmod(0o600)  # retentiond refuses a secret every user can read
     return AmiConfig(host="127.0.0.1", port=port, username="retentiond", secret_file=secret_file)
 
 
@@ -616,6 +617,7 @@ def test_secret_comes_from_the_systemd_credential_when_no_file_is_set(
     credentials = tmp_path / "credentials"
     credentials.mkdir()
     (credentials / "ami").write_text(AMI_SECRET)
+    (credentials / "ami").chmod(0o400)  # as systemd leaves it
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
     ami = AmiConfig(host="127.0.0.1", port=ami_server.port, username="retentiond")
 

@@ -36,6 +36,7 @@ from typing import BinaryIO
 import structlog
 
 from retentiond.config.model import AmiConfig, VoicemailStoreConfig
+from retentiond.credentials import CredentialError, read_secret
 from retentiond.rules import NO_HOLDS, Holds
 from retentiond.stores.base import Batch, BatchResult, Found, Store, Survey
 from retentiond.stores.files import mtime_age
@@ -1003,9 +1004,9 @@ def _ami_secret(ami: AmiConfig) -> str:
             )
         path = Path(credentials) / "ami"
     try:
-        secret = path.read_text(encoding="utf-8").rstrip("\r\n")
-    except (OSError, UnicodeDecodeError):
-        raise _AmiFailure(f"secret file {path} cannot be read") from None
+        secret = read_secret(path, "the AMI secret file")
+    except CredentialError as error:
+        raise _AmiFailure(str(error)) from None
     if not secret or "\n" in secret or "\r" in secret:
         raise _AmiFailure(f"secret file {path} must hold the secret on one line")
     return secret
