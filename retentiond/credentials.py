@@ -27,10 +27,11 @@ def read_secret(path: Path, what: str) -> str:
                 f"{what} {path} is a symlink; point the config at the file itself"
             ) from None
         raise CredentialError(f"cannot read {what} {path}: {error.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise CredentialError(f"{what} {path} is not a regular file")
     with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise CredentialError(f"{what} {path} is not a regular file")
         if info.st_mode & stat.S_IROTH:
             raise CredentialError(
                 f"{what} {path} is readable by every user on this host; "
