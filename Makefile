@@ -31,6 +31,22 @@ test: lint typecheck pytest
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache
 
+# -- benchmarks (benchmarks/README.md) -------------------------------------------------------------
+# `make bench [BENCH_SCALE=rows]`: each benchmark on identical copies of the same data, a table
+# on the terminal and JSON in benchmarks/results/. Needs mariadb-server, percona-toolkit,
+# tmpreaper and PostgreSQL. BENCH_SCALE sets the MariaDB rows; the other sizes follow it
+# (at the default 2,000,000: 1,000,000 3CX calls, 200,000 messages and 200,000 recordings).
+BENCH_SCALE ?= 2000000
+BENCH_CALLS = $(shell expr $(BENCH_SCALE) / 2)
+BENCH_FILES = $(shell expr $(BENCH_SCALE) / 10)
+
+.PHONY: bench
+bench: $(BIN)/retentiond
+	$(BIN)/python benchmarks/sql_mariadb.py --rows $(BENCH_SCALE)
+	$(BIN)/python benchmarks/pg_3cx.py --calls $(BENCH_CALLS)
+	$(BIN)/python benchmarks/files.py --messages $(BENCH_FILES) --recordings $(BENCH_FILES)
+	$(BIN)/python benchmarks/idle.py
+
 # -- install on a PBX (docs/install.md) ------------------------------------------------------------
 # `sudo make install [PBX=freepbx|asterisk|3cx]`: a venv in /opt/retentiond with this source tree
 # installed into it (not editable), the systemd units, the system user and /etc/retentiond.

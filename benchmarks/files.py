@@ -1,0 +1,382 @@
+"""retentiond vs `find -delete` vs `tmpreaper --mtime` on a voicemail spool and a recordings tree.
+
+The trees are built once, as Asterisk and FreePBX write them, over two retention periods (about
+half expired; nothing within 1.5 days of the cutoff, so every method removes the same files):
+
+- voicemail: `<root>/default/<mailbox>/{INBOX,Old}/msgNNNN.{txt,wav,WAV}`, 100 messages a mailbox,
+  msgNNNN.txt as app_voicemail writes it (tests/spool.py) with its origtime, files dated origtime;
+  a greeting in every fourth mailbox (young, so `find` does not take it either);
+- recordings: `<root>/YYYY/MM/DD/{in,out}-<dst>-<src>-<YYYYMMDD>-<HHMMSS>-<uniqueid>.wav`, dated
+  by their call.
+
+Each method gets its own tree, built alike before any purge (same seeds and clock: same names,
+contents and mtimes), the caches are dropped before each purge (when run as root), and each
+method's wall time, CPU time and peak RSS (GNU time) are measured.
+retentiond runs both rules (asterisk_voicemail; files with age_from path_date) with its deletion
+log on; `find ROOT -type f -mtime +KEEP -delete` is the floor.
+
+    .venv/bin/python benchmarks/files.py                               # 200,000 + 200,000
+    .venv/bin/python benchmarks/files.py --messages 300 --recordings 300   # seconds, for CI
+
+Targets (issue 7): retentiond <= 1.5x find's wall time; its peak RSS <= 100 MB. Exit 1 on an
+error (a method failing or leaving the wrong files), not on a missed target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _files_common as common
+
+common.import_test_fixtures()
+from pbxdata import phone_number  # noqa: E402
+from spool import AUDIO, CALLERIDS, message_txt  # noqa: E402
+
+NAME = "files"
+ZONE = ZoneInfo("Europe/Berlin")
+GAP = timedelta(days=1.5)  # nothing this close to the cutoff: every method agrees on what expired
+PER_MAILBOX = 100  # Asterisk's default maxmsg
+METHODS = ("retentiond", "find", "tmpreaper")
+TARGET_RATIO = 1.5
+TARGET_RSS_MIB = 100.0
+
+
+@dataclass
+class Tree:
+    """What was built: files in total, files expired, and the share of each root."""
+
+    files: int = 0
+    expired: int = 0
+    messages: int = 0
+    expired_messages: int = 0
+    recordings: int = 0
+    expired_recordings: int = 0
+    seconds: float = 0.0
+
+
+def ages(count: int, keep: timedelta, rng: random.Random) -> list[timedelta]:
+    """Ages over two retention periods, none within GAP of `keep`."""
+    span = (2 * keep).total_seconds()
+    result: list[timedelta] = []
+    while len(result) < count:
+        age = timedelta(seconds=rng.uniform(3600, span))
+        if abs(age - keep) > GAP:
+            result.append(age)
+    return result
+
+
+def write_file(path: Path, content: bytes, epoch: float) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, content)
+    finally:
+        os.close(fd)
+    os.utime(path, (epoch, epoch))
+
+
+def build_spool(root: Path, messages: int, keep: timedelta, now: datetime, tree: Tree) -> None:
+    rng = random.Random(1)
+    mailboxes = max(1, math.ceil(messages / PER_MAILBOX))
+    all_ages = ages(messages, keep, rng)
+    sequence = 0
+    for index in range(mailboxes):
+        mailbox = root / "default" / str(2000 + index)
+        share = sorted(all_ages[index * PER_MAILBOX : (index + 1) * PER_MAILBOX], reverse=True)
+        old_count = len(share) * 2 // 5  # the older ones were listened to
+        for folder, folder_ages in (("Old", share[:old_count]), ("INBOX", share[old_count:])):
+            directory = mailbox / folder
+            directory.mkdir(parents=True)
+            for number, age in enumerate(folder_ages):
+                sequence += 1
+                origtime = (now - age).replace(microsecond=0)
+                epoch = origtime.timestamp()
+                stem = directory / f"msg{number:04d}"
+                txt = message_txt(
+                    origtime=origtime,
+                    mailbox=mailbox.name,
+                    callerid=CALLERIDS[sequence % len(CALLERIDS)],
+                    sequence=sequence,
+                    duration=rng.randrange(3, 120),
+                )
+                write_file(stem.with_suffix(".WAV"), AUDIO["WAV"], epoch)
+                write_file(stem.with_suffix(".wav"), AUDIO["wav"], epoch)
+                write_file(stem.with_suffix(".txt"), txt.encode(), epoch)
+                tree.files += 3
+                tree.messages += 1
+                if age > keep:
+                    tree.expired += 3
+                    tree.expired_messages += 1
+        (mailbox / "tmp").mkdir()
+        if index % 4 == 0:
+            young = (now - timedelta(days=10)).timestamp()
+            write_file(mailbox / "unavail.wav", AUDIO["wav"], young)
+            write_file(mailbox / "greet.wav", AUDIO["wav"], young)
+            tree.files += 2
+
+
+def build_recordings(root: Path, count: int, keep: timedelta, now: datetime, tree: Tree) -> None:
+    rng = random.Random(2)
+    made: set[Path] = set()
+    for sequence, age in enumerate(sorted(ages(count, keep, rng), reverse=True)):
+        moment = (now - age).astimezone(ZONE).replace(microsecond=0)
+        folder = root / f"{moment:%Y/%m/%d}"
+        if folder not in made:
+            folder.mkdir(parents=True, exist_ok=True)
+            made.add(folder)
+        extension = str(rng.randrange(201, 240))
+        outside = phone_number(rng).replace("+49", "0")
+        inbound = rng.random() < 0.6
+        kind, dst, src = ("in", extension, outside) if inbound else ("out", outside, extension)
+        stamp = f"{moment:%Y%m%d-%H%M%S}"
+        uniqueid = f"{int(moment.timestamp())}.{sequence}"
+        name = f"{kind}-{dst}-{src}-{stamp}-{uniqueid}.wav"
+        write_file(folder / name, AUDIO["wav"], moment.timestamp())
+        tree.files += 1
+        tree.recordings += 1
+        if age > keep:
+            tree.expired += 1
+            tree.expired_recordings += 1
+
+
+def census(roots: Sequence[Path], cutoff: float) -> dict[str, int]:
+    """Files under the roots, and those among them dated before the cutoff."""
+    files = old = 0
+    for root in roots:
+        stack = [root]
+        while stack:
+            with os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                    else:
+                        files += 1
+                        if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                            old += 1
+    return {"files": files, "expired": old}
+
+
+# -- the methods -----------------------------------------------------------------------------
+
+
+def retentiond_command(copy: Path, workdir: Path, keep_days: int) -> list[str]:
+    config = {
+        "version": 1,
+        "timezone": str(ZONE),
+        "audit": {"path": str(workdir / "audit.jsonl")},
+        "rules": [
+            {
+                "name": "voicemail",
+                "keep": f"{keep_days}d",
+                "stores": [{"type": "asterisk_voicemail", "root": str(copy / "voicemail")}],
+            },
+            {
+                "name": "call-recordings",
+                "keep": f"{keep_days}d",
+                "stores": [
+                    {
+                        "type": "files",
+                        "root": str(copy / "monitor"),
+                        "match": ["**/*.wav", "**/*.WAV", "**/*.mp3"],
+                        "age_from": "path_date",
+                    }
+                ],
+            },
+        ],
+        "safety": {"max_delete_fraction": 1.0},
+    }
+    path = workdir / "retentiond.yaml"
+    path.write_text(common.yaml_config(config))
+    return [str(common.RETENTIOND), "-c", str(path), "run", "--once", "--json"]
+
+
+def command_for(method: str, copy: Path, workdir: Path, keep_days: int) -> list[str]:
+    roots = [str(copy / "voicemail"), str(copy / "monitor")]
+    if method == "retentiond":
+        return retentiond_command(copy, workdir, keep_days)
+    if method == "find":
+        # -mtime +N: at least N+1 whole days old; no file is within GAP of keep, so this is keep.
+        return ["find", *roots, "-type", "f", "-mtime", f"+{keep_days}", "-delete"]
+    return ["tmpreaper", "--mtime", "--runtime=0", f"{keep_days}d", *roots]
+
+
+def run_method(
+    method: str, copy: Path, args: argparse.Namespace, tree: Tree, cutoff: float
+) -> dict[str, Any]:
+    workdir = copy.parent / f"{method}-work"
+    workdir.mkdir()
+    roots = [copy / "voicemail", copy / "monitor"]
+    command = command_for(method, copy, workdir, args.keep_days)
+    cold = False if args.warm else common.drop_caches()
+    measured = common.measure(command, workdir=workdir)
+    result: dict[str, Any] = {"method": method, "cold_cache": cold, **measured.brief()}
+    after = census(roots, cutoff)
+    result["files_left"] = after["files"]
+    result["files_deleted"] = tree.files - after["files"]
+    result["expired_left"] = after["expired"]
+    if method == "retentiond":
+        audit = workdir / "audit.jsonl"
+        result["audit"] = common.audit_figures(audit) if audit.exists() else None
+        try:
+            runs = json.loads(measured.stdout)["runs"]
+            result["runs"] = [
+                {
+                    key: run[key]
+                    for key in ("rule", "status", "deleted", "seconds", "stores", "message")
+                }
+                for run in runs
+            ]
+            del result["stdout"]
+        except (ValueError, KeyError):
+            pass
+    problems = []
+    if measured.returncode != 0:
+        problems.append(f"exit code {measured.returncode}: {measured.stderr[-500:]}")
+    if after["files"] != tree.files - tree.expired:
+        problems.append(f"{after['files']:,} files left, {tree.files - tree.expired:,} expected")
+    if after["expired"]:
+        problems.append(f"{after['expired']:,} expired files left")
+    result["problems"] = problems
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=200_000, help="voicemail messages")
+    parser.add_argument("--recordings", type=int, default=200_000)
+    parser.add_argument("--keep-days", type=int, default=90)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--workdir", type=Path, help="where the trees go (default: a temp dir)")
+    parser.add_argument("--warm", action="store_true", help="do not drop the caches before each")
+    parser.add_argument("--keep-trees", action="store_true")
+    parser.add_argument("--out", type=Path, default=common.RESULTS / f"{NAME}.json")
+    args = parser.parse_args(argv)
+    methods = [method.strip() for method in args.methods.split(",") if method.strip()]
+    if set(methods) - set(METHODS):
+        parser.error(f"methods are {', '.join(METHODS)}")
+    if "tmpreaper" in methods and shutil.which("tmpreaper") is None:
+        parser.error("tmpreaper is not installed (Debian: apt-get install tmpreaper)")
+
+    keep = timedelta(days=args.keep_days)
+    now = datetime.now(ZONE)
+    cutoff = (now - keep).timestamp()
+    base = Path(tempfile.mkdtemp(prefix="retentiond-bench-files-", dir=args.workdir))
+    info = common.machine(base)
+    results: dict[str, dict[str, Any]] = {}
+    errors: list[str] = []
+    tree = Tree()
+    build_seconds: dict[str, float] = {}
+    try:
+        print(
+            f"building {args.messages:,} messages and {args.recordings:,} recordings per tree ..."
+        )
+        for method in methods:
+            # Each method its own tree, built alike (same seeds, same `now`): faster than cp -a.
+            started = time.perf_counter()
+            built = Tree()
+            build_spool(base / method / "tree" / "voicemail", args.messages, keep, now, built)
+            build_recordings(base / method / "tree" / "monitor", args.recordings, keep, now, built)
+            build_seconds[method] = round(time.perf_counter() - started, 1)
+            tree = built
+            tree.seconds = build_seconds[method]
+        print(f"  {tree.files:,} files ({tree.expired:,} expired) per tree", flush=True)
+        for method in methods:
+            copy = base / method / "tree"
+            print(f"{method}: built in {build_seconds[method]} s, purging ...", flush=True)
+            results[method] = run_method(method, copy, args, tree, cutoff)
+            errors.extend(f"{method}: {problem}" for problem in results[method]["problems"])
+            if not args.keep_trees:
+                shutil.rmtree(copy.parent)
+    finally:
+        if not args.keep_trees:
+            shutil.rmtree(base, ignore_errors=True)
+
+    floor = results.get("find", {}).get("wall_s")
+    rows = []
+    for method, result in results.items():
+        rows.append(
+            [
+                method,
+                result["wall_s"],
+                result["user_s"],
+                result["sys_s"],
+                result["wall_s"] / floor if floor else None,
+                result["files_deleted"],
+                result["files_left"],
+                result["peak_rss_mib"],
+                "ok" if not result["problems"] else "ERROR",
+            ]
+        )
+    print()
+    print(
+        f"files: {tree.messages:,} voicemail messages + {tree.recordings:,} recordings = "
+        f"{tree.files:,} files, {tree.expired:,} expired (keep {args.keep_days}d), "
+        f"{'warm' if args.warm else 'cold'} cache"
+    )
+    print(common.machine_line(info))
+    print(
+        common.table(
+            [
+                "method",
+                "wall s",
+                "user s",
+                "sys s",
+                "x find",
+                "deleted",
+                "left",
+                "peak RSS MiB",
+                "result",
+            ],
+            rows,
+        )
+    )
+    targets: dict[str, bool] = {}
+    if "retentiond" in results:
+        mine = results["retentiond"]
+        if floor:
+            targets["wall<=1.5x_find"] = mine["wall_s"] <= TARGET_RATIO * floor
+        targets["peak_rss<=100MB"] = mine["peak_rss_mib"] * common.MIB <= TARGET_RSS_MIB * 1e6
+        print(
+            "targets (retentiond): "
+            + ", ".join(f"{k}: {common.fmt(v)}" for k, v in targets.items())
+        )
+    for error in errors:
+        print(f"ERROR {error}", file=sys.stderr)
+    out = common.write_json(
+        args.out,
+        {
+            "benchmark": NAME,
+            "machine": info,
+            "parameters": {
+                "messages": args.messages,
+                "recordings": args.recordings,
+                "keep_days": args.keep_days,
+                "cold_cache": not args.warm,
+            },
+            "tree": tree.__dict__,
+            "build_seconds": build_seconds,
+            "results": results,
+            "targets": targets,
+            "errors": errors,
+        },
+    )
+    print(f"written {out}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,634 @@
+"""retentiond vs a plain DELETE on 3CX's cl_* call history (PostgreSQL), with a PBX writing.
+
+One template database is filled once with `--calls` calls over two retention periods (about
+half expired; no call within 1.5 days of the cutoff, so every method removes the same calls),
+from the generator the tests use (tests/threecx_schema.py). Each method gets its own copy
+(CREATE DATABASE ... TEMPLATE) and purges it while a writer inserts new calls with all their rows
+at `--rate` per second, as 3CX does during business hours. Reported per method: wall time, the
+writer's latency (p50, p99, max) and errors during the purge, and what is left.
+
+    .venv/bin/python benchmarks/pg_3cx.py                 # 1,000,000 calls
+    .venv/bin/python benchmarks/pg_3cx.py --calls 500     # seconds, for CI
+
+Targets (issue 7): retentiond's writer p99 <= 50 ms and no writer error. Exit 1 on an error of
+the benchmark or a purge (wrong rows left, a failed run), not on a missed target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+from psycopg import sql
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _files_common as common
+
+common.import_test_fixtures()
+from threecx_schema import CL_QUALITY, CL_TABLES, cl_history  # noqa: E402
+
+NAME = "pg_3cx"
+ZONE = ZoneInfo("Europe/Berlin")
+TABLES = ("cl_party_info", "cl_calls", "cl_participants", "cl_segments", "cl_quality")
+GAP = timedelta(days=1.5)  # no call this close to the cutoff: methods agree on what expired
+CHUNK = 20_000  # calls generated and copied at a time
+TARGET_P99_MS = 50.0
+
+PLAIN_DELETE = [
+    # What an administrator would write: dependents first, in one transaction.
+    "CREATE TEMP TABLE gone_calls ON COMMIT DROP AS "
+    "SELECT id FROM cl_calls WHERE start_time < %(cutoff)s",
+    "CREATE TEMP TABLE gone_parties ON COMMIT DROP AS SELECT DISTINCT p.info_id "
+    "FROM cl_participants AS p JOIN gone_calls AS g ON p.call_id = g.id",
+    "DELETE FROM cl_segments AS s USING gone_calls AS g WHERE s.call_id = g.id",
+    "DELETE FROM cl_quality AS q USING gone_calls AS g WHERE q.call_id = g.id",
+    "DELETE FROM cl_participants AS p USING gone_calls AS g WHERE p.call_id = g.id",
+    "DELETE FROM cl_party_info AS party USING gone_parties AS g WHERE party.id = g.info_id "
+    "AND NOT EXISTS (SELECT 1 FROM cl_participants AS p WHERE p.info_id = party.id)",
+    "DELETE FROM cl_calls AS c USING gone_calls AS g WHERE c.id = g.id",
+]
+
+
+# -- the data --------------------------------------------------------------------------------
+
+
+def call_starts(calls: int, keep: timedelta, now: datetime, seed: int) -> list[datetime]:
+    """Start times over two retention periods, ascending (3CX's ids grow with time)."""
+    rng = random.Random(seed)
+    span = 2 * keep
+    starts = []
+    while len(starts) < calls:
+        age = timedelta(seconds=rng.uniform(3600, span.total_seconds()))
+        if abs(age - keep) > GAP:
+            starts.append((now - age).replace(microsecond=0))
+    starts.sort()
+    return starts
+
+
+@dataclass
+class Loader:
+    """Copies chunks of generated calls into the cl_* tables with globally unique ids."""
+
+    connection: psycopg.Connection[Any]
+    shared: dict[tuple[Any, Any], int] = field(default_factory=dict)  # (dn_type, dn) → party id
+    next_id: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TABLES, 1))
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TABLES, 0))
+
+    def load(self, starts: Sequence[datetime], seed: int) -> None:
+        rows = cl_history(starts, seed=seed).rows
+        party_map: dict[int, int] = {}
+        parties = []
+        for party in rows["cl_party_info"]:
+            key = (party["dn_type"], party["dn"])
+            if party["dn_type"] in (0, 2):  # an extension or a ring group: one row for all calls
+                if key in self.shared:
+                    party_map[party["id"]] = self.shared[key]
+                    continue
+                self.shared[key] = self._take("cl_party_info")
+                party_map[party["id"]] = self.shared[key]
+            else:
+                party_map[party["id"]] = self._take("cl_party_info")
+            parties.append({**party, "id": party_map[party["id"]]})
+        call_base = self.next_id["cl_calls"] - 1
+        part_base = self.next_id["cl_participants"] - 1
+        seg_base = self.next_id["cl_segments"] - 1
+        self.next_id["cl_calls"] += len(rows["cl_calls"])
+        self.next_id["cl_participants"] += len(rows["cl_participants"])
+        self.next_id["cl_segments"] += len(rows["cl_segments"])
+        calls = [{**call, "id": call["id"] + call_base} for call in rows["cl_calls"]]
+        participants = [
+            {
+                **p,
+                "id": p["id"] + part_base,
+                "call_id": p["call_id"] + call_base,
+                "info_id": party_map[p["info_id"]],
+            }
+            for p in rows["cl_participants"]
+        ]
+        segments = [
+            {
+                **s,
+                "id": s["id"] + seg_base,
+                "call_id": s["call_id"] + call_base,
+                "src_part_id": s["src_part_id"] + part_base,
+                "dst_part_id": s["dst_part_id"] + part_base,
+                "action_party_id": s["action_party_id"] + part_base,
+            }
+            for s in rows["cl_segments"]
+        ]
+        quality = [{**q, "call_id": q["call_id"] + call_base} for q in rows["cl_quality"]]
+        for table, table_rows in (
+            ("cl_party_info", parties),
+            ("cl_calls", calls),
+            ("cl_participants", participants),
+            ("cl_segments", segments),
+            ("cl_quality", quality),
+        ):
+            self._copy(table, table_rows)
+
+    def _take(self, table: str) -> int:
+        value = self.next_id[table]
+        self.next_id[table] += 1
+        return value
+
+    def _copy(self, table: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        columns = list(rows[0])
+        statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, columns))
+        )
+        with self.connection.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row([row[column] for column in columns])
+        self.counts[table] += len(rows)
+
+
+def build_template(dsn: str, name: str, starts: list[datetime], seed: int) -> dict[str, Any]:
+    admin(dsn, f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"')
+    started = time.perf_counter()
+    with psycopg.connect(database_dsn(dsn, name)) as connection:
+        for statement in (*CL_TABLES, *CL_QUALITY):
+            connection.execute(statement)
+        loader = Loader(connection)
+        for index in range(0, len(starts), CHUNK):
+            loader.load(starts[index : index + CHUNK], seed=seed + index)
+            connection.commit()
+        for table in ("cl_party_info", "cl_calls", "cl_participants", "cl_segments"):
+            connection.execute(
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                f"(SELECT COALESCE(MAX(id), 1) FROM {table}))"
+            )
+        connection.commit()
+        connection.autocommit = True
+        connection.execute("VACUUM ANALYZE")
+        connection.execute("CHECKPOINT")
+        size = connection.execute("SELECT pg_database_size(current_database())").fetchone()
+    return {
+        "seconds": round(time.perf_counter() - started, 1),
+        "rows": loader.counts,
+        "bytes": size[0] if size else None,
+    }
+
+
+def database_dsn(dsn: str, name: str) -> str:
+    return f"{dsn.rstrip('/')}/{name}"
+
+
+def admin(dsn: str, *statements: str) -> None:
+    with psycopg.connect(database_dsn(dsn, "postgres"), autocommit=True) as connection:
+        for statement in statements:
+            connection.execute(statement)
+
+
+def counts(dsn: str, cutoff: datetime) -> dict[str, int]:
+    """Rows per table, expired calls, and rows no call (or participant) accounts for."""
+    with psycopg.connect(dsn) as connection:
+        result = {
+            table: connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]  # type: ignore[index]
+            for table in TABLES
+        }
+        queries = {
+            "expired_calls": "SELECT COUNT(*) FROM cl_calls WHERE start_time < %(cutoff)s",
+            "orphan_participants": "SELECT COUNT(*) FROM cl_participants p "
+            "WHERE NOT EXISTS (SELECT 1 FROM cl_calls c WHERE c.id = p.call_id)",
+            "orphan_segments": "SELECT COUNT(*) FROM cl_segments s "
+            "WHERE NOT EXISTS (SELECT 1 FROM cl_calls c WHERE c.id = s.call_id)",
+            "orphan_quality": "SELECT COUNT(*) FROM cl_quality q "
+            "WHERE NOT EXISTS (SELECT 1 FROM cl_calls c WHERE c.id = q.call_id)",
+            "unused_parties": "SELECT COUNT(*) FROM cl_party_info i "
+            "WHERE NOT EXISTS (SELECT 1 FROM cl_participants p WHERE p.info_id = i.id)",
+        }
+        for key, query in queries.items():
+            result[key] = connection.execute(query, {"cutoff": cutoff}).fetchone()[0]  # type: ignore[index]
+    return result
+
+
+# -- the writer: a PBX recording calls -------------------------------------------------------
+
+
+@dataclass
+class CallShape:
+    """One call's rows to insert, with references by position instead of ids."""
+
+    outside: dict[str, Any]
+    call: dict[str, Any]
+    participants: list[tuple[str | None, dict[str, Any]]]  # shared party key or None (outside)
+    segments: list[tuple[int, int, int | None, dict[str, Any]]]  # src, dst, action positions
+    quality: dict[str, Any] | None
+
+
+def call_shapes(count: int, seed: int) -> list[CallShape]:
+    now = datetime.now(UTC)
+    rows = cl_history([now] * count, seed=seed).rows
+    parties = {party["id"]: party for party in rows["cl_party_info"]}
+    shapes: dict[int, CallShape] = {}
+    for call in rows["cl_calls"]:
+        shapes[call["id"]] = CallShape({}, _without(call, "id"), [], [], None)
+    positions: dict[int, int] = {}
+    for p in rows["cl_participants"]:
+        shape = shapes[p["call_id"]]
+        party = parties[p["info_id"]]
+        shared = f"{party['dn_type']}:{party['dn']}" if party["dn_type"] in (0, 2) else None
+        if shared is None:
+            shape.outside = _without(party, "id")
+        positions[p["id"]] = len(shape.participants)
+        shape.participants.append((shared, _without(p, "id", "call_id", "info_id")))
+    for s in rows["cl_segments"]:
+        shapes[s["call_id"]].segments.append(
+            (
+                positions[s["src_part_id"]],
+                positions[s["dst_part_id"]],
+                positions.get(s["action_party_id"]),
+                _without(s, "id", "call_id", "src_part_id", "dst_part_id", "action_party_id"),
+            )
+        )
+    for q in rows["cl_quality"]:
+        shapes[q["call_id"]].quality = _without(q, "call_id")
+    return list(shapes.values())
+
+
+def _without(row: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {key: value for key, value in row.items() if key not in keys}
+
+
+def _insert(table: str, row: dict[str, Any], returning: bool = True) -> str:
+    columns = ", ".join(row)
+    values = ", ".join(f"%({column})s" for column in row)
+    tail = " RETURNING id" if returning else ""
+    return f"INSERT INTO {table} ({columns}) VALUES ({values}){tail}"
+
+
+@dataclass
+class Sample:
+    at: float  # seconds since the writer started
+    latency_ms: float
+    late_ms: float  # how far behind its schedule the call started
+    error: str | None = None
+
+
+class Writer(threading.Thread):
+    """Inserts one call (party, call, participants, segments, quality) per 1/rate seconds,
+    each in its own transaction, and times each commit."""
+
+    def __init__(self, dsn: str, rate: float, shapes: list[CallShape]) -> None:
+        super().__init__(daemon=True)
+        self.dsn, self.interval, self.shapes = dsn, 1 / rate, shapes
+        self.samples: list[Sample] = []
+        self.halt = threading.Event()
+        self.ready = threading.Event()
+        self.started_at = 0.0
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as error:  # reported by the main thread
+            self.failure = error
+            self.ready.set()
+
+    def _run(self) -> None:
+        with psycopg.connect(self.dsn) as connection:
+            shared = {
+                f"{dn_type}:{dn}": party_id
+                for dn_type, dn, party_id in connection.execute(
+                    "SELECT dn_type, dn, MIN(id) FROM cl_party_info "
+                    "WHERE dn_type IN (0, 2) GROUP BY dn_type, dn"
+                )
+            }
+            connection.commit()
+            self.started_at = time.perf_counter()
+            self.ready.set()
+            due = self.started_at
+            number = 0
+            while not self.halt.is_set():
+                now = time.perf_counter()
+                if now < due:
+                    time.sleep(due - now)
+                begun = time.perf_counter()
+                late = max(0.0, begun - due)
+                shape = self.shapes[number % len(self.shapes)]
+                error = None
+                try:
+                    self._insert_call(connection, shape, shared)
+                except psycopg.Error as failure:
+                    connection.rollback()
+                    error = type(failure).__name__
+                ended = time.perf_counter()
+                self.samples.append(
+                    Sample(begun - self.started_at, (ended - begun) * 1000, late * 1000, error)
+                )
+                number += 1
+                due += self.interval
+                if ended - due > 1.0:
+                    due = ended  # far behind: do not burst to catch up
+
+    def _insert_call(
+        self, connection: psycopg.Connection[Any], shape: CallShape, shared: dict[str, int]
+    ) -> None:
+        start = datetime.now(UTC)
+        shift = start - shape.call["start_time"]
+        with connection.transaction(), connection.cursor() as cursor:
+            cursor.execute(_insert("cl_party_info", shape.outside), shape.outside)
+            outside = cursor.fetchone()[0]  # type: ignore[index]
+            call = {**shape.call, "start_time": start, "end_time": shape.call["end_time"] + shift}
+            cursor.execute(_insert("cl_calls", call), call)
+            call_id = cursor.fetchone()[0]  # type: ignore[index]
+            ids = []
+            for key, participant in shape.participants:
+                row = {
+                    **_shifted(participant, shift),
+                    "call_id": call_id,
+                    "info_id": outside if key is None else shared[key],
+                }
+                cursor.execute(_insert("cl_participants", row), row)
+                ids.append(cursor.fetchone()[0])  # type: ignore[index]
+            for src, dst, action, segment in shape.segments:
+                row = {
+                    **_shifted(segment, shift),
+                    "call_id": call_id,
+                    "src_part_id": ids[src],
+                    "dst_part_id": ids[dst],
+                    "action_party_id": None if action is None else ids[action],
+                }
+                cursor.execute(_insert("cl_segments", row, returning=False), row)
+            if shape.quality is not None:
+                row = {**_shifted(shape.quality, shift), "call_id": call_id}
+                cursor.execute(_insert("cl_quality", row, returning=False), row)
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(30)
+
+
+def _shifted(row: dict[str, Any], shift: timedelta) -> dict[str, Any]:
+    return {
+        key: value + shift if isinstance(value, datetime) else value for key, value in row.items()
+    }
+
+
+def writer_figures(samples: Sequence[Sample], start: float, end: float) -> dict[str, Any]:
+    """The writer's calls begun within [start, end) (seconds since it started)."""
+    window = [sample for sample in samples if start <= sample.at < end]
+    ok = [sample.latency_ms for sample in window if sample.error is None]
+    errors: dict[str, int] = {}
+    for sample in window:
+        if sample.error:
+            errors[sample.error] = errors.get(sample.error, 0) + 1
+    seconds = max(end - start, 1e-9)
+    return {
+        "calls": len(window),
+        "rate_per_s": round(len(window) / seconds, 1),
+        "p50_ms": _round(common.percentile(ok, 0.50)),
+        "p99_ms": _round(common.percentile(ok, 0.99)),
+        "max_ms": _round(max(ok) if ok else None),
+        "late_p99_ms": _round(common.percentile([s.late_ms for s in window], 0.99)),
+        "errors": sum(errors.values()),
+        "errors_by_kind": errors,
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+# -- the methods -----------------------------------------------------------------------------
+
+
+def purge_plain(dsn: str, cutoff: datetime, workdir: Path) -> dict[str, Any]:
+    del workdir
+    started = time.perf_counter()
+    deleted: dict[str, int] = {}
+    with psycopg.connect(dsn) as connection, connection.cursor() as cursor:
+        for statement in PLAIN_DELETE:
+            cursor.execute(statement, {"cutoff": cutoff})
+            if statement.startswith("DELETE"):
+                deleted[statement.split()[2]] = cursor.rowcount
+        connection.commit()
+    return {"wall_s": time.perf_counter() - started, "returncode": 0, "deleted": deleted}
+
+
+def purge_retentiond(
+    dsn: str, cutoff: datetime, workdir: Path, *, keep_days: int, batch_size: int | None
+) -> dict[str, Any]:
+    del cutoff  # retentiond computes its own from `keep`
+    audit = workdir / "audit.jsonl"
+    store: dict[str, Any] = {"type": "3cx_call_history", "connection": "threecx"}
+    if batch_size:
+        store["batch_size"] = batch_size
+    config = {
+        "version": 1,
+        "timezone": str(ZONE),
+        "audit": {"path": str(audit)},
+        "connections": {"threecx": {"url": dsn.replace("postgresql://", "postgresql+psycopg://")}},
+        "rules": [{"name": "call-records", "keep": f"{keep_days}d", "stores": [store]}],
+        "safety": {"max_delete_fraction": 1.0},
+    }
+    path = workdir / "retentiond.yaml"
+    path.write_text(common.yaml_config(config))
+    measured = common.measure(
+        [str(common.RETENTIOND), "-c", str(path), "run", "--once", "--json"], workdir=workdir
+    )
+    result = measured.brief()
+    result["audit"] = common.audit_figures(audit) if audit.exists() else None
+    try:
+        runs = json.loads(measured.stdout)["runs"]
+        result["runs"] = runs
+        result["deleted"] = {"calls": sum(run["deleted"] for run in runs)}
+        result["batches"] = sum(store["batches"] for run in runs for store in run["stores"])
+        del result["stdout"]
+    except (ValueError, KeyError):
+        pass
+    return result
+
+
+def run_method(
+    method: str, args: argparse.Namespace, template: str, cutoff: datetime, workdir: Path
+) -> dict[str, Any]:
+    name = f"{template}_{method}"
+    admin(
+        args.dsn,
+        f'DROP DATABASE IF EXISTS "{name}"',
+        f'CREATE DATABASE "{name}" TEMPLATE "{template}"',
+    )
+    dsn = database_dsn(args.dsn, name)
+    before = counts(dsn, cutoff)
+    writer = Writer(dsn, args.rate, call_shapes(500, seed=args.seed + 1))
+    writer.start()
+    writer.ready.wait(30)
+    if writer.failure:
+        raise writer.failure
+    time.sleep(args.baseline_seconds)
+    purge_start = time.perf_counter() - writer.started_at
+    try:
+        if method == "retentiond":
+            result = purge_retentiond(
+                dsn, cutoff, workdir, keep_days=args.keep_days, batch_size=args.batch_size
+            )
+        else:
+            result = purge_plain(dsn, cutoff, workdir)
+    finally:
+        purge_end = time.perf_counter() - writer.started_at
+        writer.stop()
+    if writer.failure:
+        raise writer.failure
+    after = counts(dsn, cutoff)
+    written = writer_figures(writer.samples, 0, 1e9)
+    result.update(
+        method=method,
+        purge_s=round(purge_end - purge_start, 2),
+        writer_baseline=writer_figures(writer.samples, 0, purge_start),
+        writer=writer_figures(writer.samples, purge_start, purge_end),
+        before=before,
+        after=after,
+    )
+    calls_written = written["calls"] - written["errors"]
+    problems = []
+    if result.get("returncode") != 0:
+        problems.append(f"exit code {result.get('returncode')}")
+    if after["expired_calls"]:
+        problems.append(f"{after['expired_calls']} expired calls left")
+    if after["cl_calls"] != before["cl_calls"] - before["expired_calls"] + calls_written:
+        problems.append("calls left differ from the young calls plus the writer's")
+    for key in ("orphan_participants", "orphan_segments", "orphan_quality", "unused_parties"):
+        if after[key] > before[key]:
+            problems.append(f"{key}: {after[key]}")
+    result["problems"] = problems
+    if not args.keep_databases:
+        admin(args.dsn, f'DROP DATABASE IF EXISTS "{name}"')
+    return result
+
+
+def postgres_version(dsn: str) -> str:
+    with psycopg.connect(database_dsn(dsn, "postgres")) as connection:
+        row = connection.execute("SHOW server_version").fetchone()
+    return f"PostgreSQL {row[0] if row else '?'}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=1_000_000)
+    parser.add_argument("--rate", type=float, default=100.0, help="writer calls per second")
+    parser.add_argument("--keep-days", type=int, default=180)
+    parser.add_argument("--batch-size", type=int, help="retentiond's batch_size (default: its own)")
+    parser.add_argument("--baseline-seconds", type=float, default=2.0)
+    parser.add_argument("--methods", default="retentiond,plain-delete")
+    parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--keep-databases", action="store_true")
+    parser.add_argument("--out", type=Path, default=common.RESULTS / f"{NAME}.json")
+    args = parser.parse_args(argv)
+    methods = [method.strip() for method in args.methods.split(",") if method.strip()]
+    unknown = set(methods) - {"retentiond", "plain-delete"}
+    if unknown:
+        parser.error(f"unknown methods: {', '.join(sorted(unknown))}")
+
+    keep = timedelta(days=args.keep_days)
+    now = datetime.now(ZONE)
+    cutoff = now - keep
+    template = f"retentiond_bench_3cx_{args.calls}"
+    print(f"building {args.calls:,} calls in database {template} ...", flush=True)
+    build = build_template(
+        args.dsn, template, call_starts(args.calls, keep, now, args.seed), args.seed
+    )
+    print(f"  {build['seconds']} s, {sum(build['rows'].values()):,} rows", flush=True)
+    info = common.machine(Path(tempfile.gettempdir()), postgres=postgres_version(args.dsn))
+    results: dict[str, dict[str, Any]] = {}
+    errors: list[str] = []
+    try:
+        for method in methods:
+            print(f"purging with {method} ...", flush=True)
+            with tempfile.TemporaryDirectory(prefix="retentiond-bench-") as workdir:
+                results[method] = run_method(method, args, template, cutoff, Path(workdir))
+            errors.extend(f"{method}: {problem}" for problem in results[method]["problems"])
+    finally:
+        if not args.keep_databases:
+            admin(args.dsn, f'DROP DATABASE IF EXISTS "{template}"')
+
+    rows = []
+    for method, result in results.items():
+        writer = result["writer"]
+        rows.append(
+            [
+                method,
+                result["purge_s"],
+                result["before"]["expired_calls"],
+                result["after"]["cl_calls"],
+                writer["calls"],
+                writer["p50_ms"],
+                writer["p99_ms"],
+                writer["max_ms"],
+                writer["errors"],
+                result.get("peak_rss_mib"),
+            ]
+        )
+    print()
+    print(f"3CX cl_* purge, {args.calls:,} calls, keep {args.keep_days}d, writer {args.rate:g}/s")
+    print(common.machine_line(info))
+    print(
+        common.table(
+            [
+                "method",
+                "purge s",
+                "expired calls",
+                "calls left",
+                "writer calls",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "errors",
+                "peak RSS MiB",
+            ],
+            rows,
+        )
+    )
+    targets = {}
+    if "retentiond" in results:
+        writer = results["retentiond"]["writer"]
+        targets = {
+            "writer_p99_ms<=50": writer["p99_ms"] is not None and writer["p99_ms"] <= TARGET_P99_MS,
+            "writer_errors==0": writer["errors"] == 0,
+        }
+        print(
+            "targets (retentiond): "
+            + ", ".join(f"{k}: {common.fmt(v)}" for k, v in targets.items())
+        )
+    for error in errors:
+        print(f"ERROR {error}", file=sys.stderr)
+    out = common.write_json(
+        args.out,
+        {
+            "benchmark": NAME,
+            "machine": info,
+            "parameters": {
+                "calls": args.calls,
+                "rate": args.rate,
+                "keep_days": args.keep_days,
+                "batch_size": args.batch_size,
+                "cutoff": cutoff.isoformat(),
+                "seed": args.seed,
+            },
+            "build": build,
+            "results": results,
+            "targets": targets,
+            "errors": errors,
+        },
+    )
+    print(f"written {out}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
