@@ -69,7 +69,29 @@ def naive_bound(instant: datetime, zone: tzinfo) -> datetime:
         repeat = first_offset - second_offset
         if repeat > timedelta(0):
             return wall - repeat
-    return wall
+    return _before_skipped_times(wall, instant, zone)
+
+
+def _before_skipped_times(wall: datetime, instant: datetime, zone: tzinfo) -> datetime:
+    """The bound moved back to the first skipped wall time (spring) that could be newer.
+
+    A PBX with a wrong clock may still write a wall time the spring change skips (02:30 on the
+    last Sunday of March in Berlin). Read with the earlier offset, such a value is later than
+    the instant just after the gap, so it must not fall below the bound.
+    """
+    bound = wall
+    probe = wall - timedelta(hours=3)
+    while probe < wall:
+        if _skipped(probe, zone) and latest_instant(probe, zone) >= instant:
+            return min(bound, probe)
+        probe += timedelta(minutes=1)
+    return bound
+
+
+def _skipped(wall: datetime, zone: tzinfo) -> bool:
+    """A wall time that does not exist in `zone` (the hour a spring change skips)."""
+    round_trip = wall.replace(tzinfo=zone).astimezone(UTC).astimezone(zone).replace(tzinfo=None)
+    return round_trip != wall
 
 
 # --- deadlines ---------------------------------------------------------------------------------

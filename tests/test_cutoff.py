@@ -123,3 +123,20 @@ def _skipped(wall: datetime, zone: ZoneInfo) -> bool:
     """Wall times a spring-forward change skips: no PBX can have written them."""
     aware = wall.replace(tzinfo=zone)
     return aware.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != wall
+
+
+def test_a_skipped_spring_wall_time_that_could_be_newer_stays_above_the_bound() -> None:
+    """A PBX with a wrong clock writes 02:30 on the morning Berlin skips 02:00-02:59. Read with
+    the winter offset it is 01:30 UTC: newer than a cutoff of 01:15 UTC (03:15 CEST), so the
+    bound moves back to 02:15, below which every value is older in every reading."""
+    from retentiond.rules import latest_instant, naive_bound
+
+    cutoff = datetime(2024, 3, 31, 1, 15, tzinfo=UTC)
+    bound = naive_bound(cutoff, BERLIN)
+    assert bound == datetime(2024, 3, 31, 2, 15)
+    assert latest_instant(datetime(2024, 3, 31, 2, 14), BERLIN) < cutoff
+    assert latest_instant(datetime(2024, 3, 31, 2, 15), BERLIN) >= cutoff
+    # away from the change the bound is the cutoff's wall time
+    assert naive_bound(datetime(2024, 6, 1, 3, 15, tzinfo=UTC), BERLIN) == datetime(
+        2024, 6, 1, 5, 15
+    )
