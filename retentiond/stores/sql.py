@@ -7,12 +7,32 @@ The bound is computed here from the run's cutoff; the database's NOW() is never 
 How a batch finds its rows follows from the table, chosen at `open` and shown by `describe`:
 
 - time_index: the time column leads an index. Batches take the oldest expired rows along it.
-  Without a usable key (FreePBX `cdr` has no primary key) MariaDB/MySQL delete with
-  `ORDER BY time LIMIT n`; with one (a primary key, PostgreSQL's ctid, SQLite's rowid) a read
-  picks the keys and a short transaction deletes them, re-checking the predicate.
+  A planning read returns one summary row (count, first and last time) of the n oldest; the
+  batch is every row up to a time, deleted by `time <= that time` under the full predicate,
+  with no ORDER BY, LIMIT or key list: the table needs no key (FreePBX `cdr` has none), the
+  binary log (MIXED) holds one statement instead of every row, and no row is sent back. Ties
+  at the batch's edge are counted by the plan; when they would take it past n the batch stops
+  before them, and when n rows share one time it deletes n of those (LIMIT, or their keys).
 - key_walk: no index on the time column, but an integer primary key (FreePBX `cel`,
-  cdr_sqlite3_custom's AcctId). Each batch covers the next n keys through the primary key.
+  cdr_sqlite3_custom's AcctId). Each batch covers the next n key values through the primary
+  key; its plan is one summary row too.
 - scan: neither. Correct but every batch reads the table; `describe` says which index fixes it.
+
+A batch's count and span are exact without reading its rows back: the plan counts the rows of
+the delete's own predicate and reads their first and last time on the server, so when the
+delete's rowcount equals the plan, those rows went; when it does not (the table changed in
+between), the span is reported unknown rather than guessed. RETURNING is used only for the
+files a file_column names.
+
+A store's statements run one after another on one pooled connection, without a ping at checkout
+or a rollback at checkin (see `Database.open`): a batch is its planning read, the rollback that
+ends that read, the DELETE and its commit. A connection found dead fails its statement, and
+`Database.retrying` retries it on a new one.
+
+Tables whose engine locks the whole table for a DELETE (MyISAM, Aria) get batches of
+TABLE_LOCK_BATCH_SIZE rows unless batch_size is set in the config: each batch keeps the PBX's
+inserts waiting for as long as it runs, and a fixed small size keeps that wait short and
+predictable (an adaptive size would chase a machine's noise and make runs hard to compare).
 
 Rows may name a file (3CX `recordings.recording_url`, relative to `file_root`). The delete itself
 says which files its rows named (RETURNING, or a locking read in the same transaction on MySQL);
@@ -106,6 +126,10 @@ TimeKind = Literal["local", "utc", "aware", "date", "epoch", "text"]
 # Retries back off 0.5 s, 1 s, 2 s, ... and never wait longer than this between attempts.
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 10.0
+# MariaDB/MySQL engines that lock the whole table for a DELETE, and their batch size unless
+# batch_size is set: about 10-20 ms per DELETE on FreePBX's cdr, so the PBX's inserts barely wait.
+TABLE_LOCKING_ENGINES = frozenset({"MyISAM", "Aria", "MRG_MyISAM"})
+TABLE_LOCK_BATCH_SIZE = 250
 # Keys per `IN (...)` list: below SQLite's old limit of 999 bound variables.
 IN_LIST_CHUNK = 500
 # The largest DST shift in tzdata is two hours (Antarctica/Troll): a wall-clock time near a hold's
@@ -241,12 +265,28 @@ def _bind(sql: str, *parts: Predicate | None, **params: Any) -> tuple[TextClause
 @dataclass(frozen=True)
 class _Deletion:
     """A delete batch's payload: the rows matching `where` among `keys`, or in the walk's key
-    range `walk`, or (keyless) the first `limit` rows, in time order when `ordered`."""
+    range `walk`, or with a time up to `upto`, or the first `planned` with the time `tied`, or
+    (keyless) the first `planned` rows, in time order when `ordered`."""
 
     where: Predicate
     keys: list[Any] | None = None
     walk: tuple[Any, Any] | None = None
     ordered: bool = True
+    upto: Any = None
+    tied: Any = None
+
+
+@dataclass(frozen=True)
+class _RangePlan:
+    """A time_index batch as its planning summary found it: `count` rows from `first` to `last`,
+    either all rows up to `upto` or `count` of the rows at `tied`; `more` when rows may follow."""
+
+    count: int
+    first: Any
+    last: Any
+    upto: Any = None
+    tied: Any = None
+    more: bool = True
 
 
 @dataclass(frozen=True)
@@ -301,7 +341,12 @@ class Database:
             engine = create_engine(
                 url,
                 connect_args=self._connect_args(),
-                pool_pre_ping=True,
+                # A store's statements run one after another on the one pooled connection. No
+                # ping at checkout and no rollback at checkin: each Connection ends its own
+                # transaction, and a connection that died fails its statement, which `retrying`
+                # retries on a new one. Both would cost a round trip per statement.
+                pool_pre_ping=False,
+                pool_reset_on_return=None,
                 pool_size=1,
                 max_overflow=2,
                 pool_recycle=3600,
@@ -508,8 +553,9 @@ class Database:
                 f"/*!50500 , SESSION lock_wait_timeout={lock} */, SESSION time_zone='+00:00' "
                 f"/*M!100100 , SESSION max_statement_time={settings.statement_timeout:.3f} */"
             )
-            # The socket waits a little longer than the server, so the server's error wins.
-            io_timeout = math.ceil(max(settings.statement_timeout, settings.lock_timeout) + 30)
+            # The socket waits a little longer than the server, so the server's error wins; a
+            # server that stops answering is a lost connection (2013), retried like one.
+            io_timeout = math.ceil(max(settings.statement_timeout, settings.lock_timeout) + 5)
             return {
                 "init_command": init,
                 "connect_timeout": max(1, math.ceil(settings.connect_timeout)),
@@ -638,6 +684,9 @@ class SqlStore(Store):
         self._time_name = ""
         self._time_kind: TimeKind = "local"
         self._layout: Layout | None = None
+        # Rows per batch: batch_size, or when it is not set the default for the table's engine.
+        self._batch_size = store.batch_size
+        self._table_engine: str | None = None  # MariaDB/MySQL's storage engine of the table
         # file_column: its quoted name, its name, the index led by it, and the open root.
         self._file_sql = ""
         self._file_name = ""
@@ -680,6 +729,7 @@ class SqlStore(Store):
                 self._table_sql = self._preparer().format_table(table)
                 self._time_name = column.name
                 self._time_sql = self._preparer().quote(column.name)
+                self._choose_batch_size(connection, table)
                 self._layout = self._choose_layout(connection, table, column)
                 self._prepare_subjects(table)
                 self._prepare_anonymize(table)
@@ -883,6 +933,25 @@ class SqlStore(Store):
         digits = f"REPLACE(REPLACE(REPLACE({parts}, '.', ''), '(', ''), ')', '')"
         self._file_parts = (parts, digits)
 
+    def _choose_batch_size(self, connection: Connection, table: Table) -> None:
+        """A table-locking engine gets TABLE_LOCK_BATCH_SIZE rows per batch unless batch_size is
+        set: each DELETE holds the whole table, the PBX's inserts wait until it ends."""
+        self._batch_size = self._store.batch_size
+        self._table_engine = None
+        if self._family != "mysql":
+            return
+        found = connection.execute(
+            text(
+                "SELECT ENGINE FROM information_schema.TABLES "
+                "WHERE TABLE_SCHEMA = COALESCE(:schema, DATABASE()) AND TABLE_NAME = :table"
+            ),
+            {"schema": table.schema, "table": table.name},
+        ).scalar()
+        self._table_engine = str(found) if found is not None else None
+        explicit = "batch_size" in self._store.model_fields_set
+        if self._table_engine in TABLE_LOCKING_ENGINES and not explicit:
+            self._batch_size = min(self._batch_size, TABLE_LOCK_BATCH_SIZE)
+
     def _choose_layout(self, connection: Connection, table: Table, column: Column[Any]) -> Layout:
         index = self._leading_index(connection, table, column)
         key, key_name, integer_key = self._row_key(connection, table)
@@ -890,22 +959,20 @@ class SqlStore(Store):
         if index is not None:
             if key is None and self._family != "mysql":
                 raise self._no_key_error()
+            size = self._batch_size
+            found = f"index {index} on {time_name}, row key {key_name}"
             if key is None:
-                reason = (
-                    f"no primary key; index {index} on {time_name}: DELETE ... WHERE {time_name} "
-                    f"< cutoff ORDER BY {time_name} LIMIT {self._store.batch_size} per batch"
-                )
-            else:
-                reason = (
-                    f"index {index} on {time_name}, row key {key_name}: each batch reads the "
-                    f"{self._store.batch_size} oldest expired keys along the index, then deletes "
-                    f"them by key with {time_name} < cutoff checked again"
-                )
+                found = f"no primary key; index {index} on {time_name}"
+            reason = (
+                f"{found}: each batch reads along the index how far the {size} oldest expired "
+                f"rows reach (ORDER BY {time_name} LIMIT {size}, one summary row), then deletes "
+                f"that range: DELETE ... WHERE {time_name} < cutoff AND {time_name} <= its end"
+            )
             return Layout("time_index", reason, key)
         if key is not None and integer_key:
             reason = (
                 f"no index on {time_name}; integer key {key_name}: each batch walks the next "
-                f"{self._store.batch_size} keys and deletes those with {time_name} < cutoff; "
+                f"{self._batch_size} key values and deletes those with {time_name} < cutoff; "
                 f"the survey reads the table once per run ({self._index_hint()} would let "
                 "batches go by time)"
             )
@@ -914,7 +981,7 @@ class SqlStore(Store):
             raise self._no_key_error()
         reason = (
             f"no index on {time_name} and no integer key: every batch scans the table for "
-            f"rows with {time_name} < cutoff, {self._store.batch_size} at a time"
+            f"rows with {time_name} < cutoff, {self._batch_size} at a time"
         )
         return Layout("scan", reason, key)
 
@@ -1026,10 +1093,14 @@ class SqlStore(Store):
         """The statement each batch runs against the table (not only its keys)."""
         layout = self._require_layout()
         where = self._expired(self._typical_cutoff(connection))
-        params: dict[str, Any] = {**where.params, "n": self._store.batch_size}
+        params: dict[str, Any] = {**where.params, "n": self._batch_size}
         if layout.strategy == "key_walk":
-            params.update(last=0, hi=self._store.batch_size)
+            params.update(last=0, hi=self._batch_size)
             return self._walk_delete_sql(where, returning=False), params
+        if layout.strategy == "time_index":
+            params["upto"] = where.params["bound"]
+            upto = f"{where.sql} AND {self._time_sql} <= :upto"
+            return f"DELETE FROM {self._table_sql} WHERE {upto}", params
         if layout.key is None:
             return self._keyless_delete_sql(where, ordered=True, returning=False), params
         return self._plan_read_sql(where, ordered=True), params
@@ -1117,15 +1188,77 @@ class SqlStore(Store):
 
     def batches(self, cutoff: datetime, holds: Holds = NO_HOLDS) -> Iterator[Batch]:
         where = self._unheld(self._expired(cutoff), holds)
-        if self._require_layout().strategy == "key_walk":
+        strategy = self._require_layout().strategy
+        if strategy == "key_walk":
             return self._walk_batches(cutoff, holds, where)
+        if strategy == "time_index":
+            return self._range_batches(where)
         return self._repeated_batches(where, ordered=True)
+
+    def _range_batches(self, where: Predicate) -> Iterator[Batch]:
+        """Each batch: the oldest rows still matching `where` up to a time (see `_plan_range`),
+        deleted by that time range. Deleted rows no longer match, so the next plan moves on."""
+        number = 0
+        while True:
+            plan = self._db.retrying("planning a batch", partial(self._plan_range, where))
+            if plan is None:
+                return
+            number += 1
+            batch = Batch(
+                number=number,
+                planned=plan.count,
+                span=self._day_span((plan.first, plan.last)),
+                payload=_Deletion(where, upto=plan.upto, tied=plan.tied),
+            )
+            self._applied = None
+            yield batch
+            applied = self._applied
+            if applied is None or applied[0] is not batch:
+                return  # not applied (a dry run): the next batch would be this one again
+            if not plan.more or applied[1].deleted == 0:
+                return  # none left, or none could be deleted; the verifying survey tells
+
+    def _plan_range(self, where: Predicate, connection: Connection) -> _RangePlan | None:
+        """The next batch, from one summary row of the n oldest rows matching `where` (the head).
+
+        The batch is every row up to the head's last time (`edge`) when those are at most n:
+        the head's rows before the edge plus all rows at it, counted by an index lookup. Else the
+        head's rows before the edge; and when every row of the head has that one time, n of
+        them. So each batch is at most n rows, and its count and span are those of the rows its
+        predicate covers.
+        """
+        size = self._batch_size
+        head = self._head_sql(where)
+        ties = (
+            f"SELECT COUNT(*) FROM {self._table_sql} "
+            f"WHERE {where.sql} AND {self._time_sql} = e.edge"
+        )
+        before = "h.t < m.edge"
+        statement = _bind(
+            f"SELECT COUNT(*), MIN(h.t), MAX(h.t), COUNT(CASE WHEN {before} THEN 1 END), "
+            f"MAX(CASE WHEN {before} THEN h.t END), MAX(m.ties) FROM ({head}) AS h, "
+            f"(SELECT e.edge, ({ties}) AS ties "
+            f"FROM (SELECT MAX(t) AS edge FROM ({head}) AS x) AS e) AS m",
+            where,
+            n=size,
+        )
+        row = connection.execute(*statement).one()
+        count, first, edge, before_count, before_last = row[:5]
+        at_edge = int(row[5] or 0)
+        if not count:
+            return None
+        whole = int(before_count) + at_edge
+        if whole <= size:
+            return _RangePlan(whole, first, edge, upto=edge, more=count >= size)
+        if before_count:
+            return _RangePlan(int(before_count), first, before_last, upto=before_last)
+        return _RangePlan(size, edge, edge, tied=edge)
 
     def _repeated_batches(self, where: Predicate, ordered: bool) -> Iterator[Batch]:
         """Each batch: the first rows still matching `where` (the oldest, when `ordered` and
         the time column is indexed). Deleted rows no longer match, so the next read moves on."""
         layout = self._require_layout()
-        size = self._store.batch_size
+        size = self._batch_size
         statement = _bind(self._plan_read_sql(where, ordered), where, n=size)
         number = 0
         while True:
@@ -1152,29 +1285,51 @@ class SqlStore(Store):
                 return
 
     def _walk_batches(self, cutoff: datetime, holds: Holds, where: Predicate) -> Iterator[Batch]:
-        """Each batch: the next n keys; only its rows matching `where` count and get deleted."""
+        """Each batch: the next n key values; only its rows matching `where` count and get
+        deleted. The plan is one summary row: how many match, their first and last time."""
         low, high = self._walk_bounds(cutoff, holds, where)
         if low is None or high is None:
             return
-        size = self._store.batch_size
+        size = self._batch_size
         last = low - 1  # integer keys: the walk starts just below the first expired one
         number = 0
         while last < high:
-            statement = _bind(self._walk_read_sql(where), where, last=last, end=high, n=size)
-            rows = self._db.retrying("planning a batch", partial(_read_rows, *statement))
-            if not rows:
-                return
-            upper = rows[-1][0]
-            expired_times = [row[2] for row in rows if row[1]]
-            if expired_times:
+            upper = min(last + size, high)
+            count, first, latest, following = self._db.retrying(
+                "planning a batch", partial(self._plan_walk, where, last, upper, high)
+            )
+            if count:
                 number += 1
                 yield Batch(
                     number=number,
-                    planned=len(expired_times),
-                    span=self._day_span(expired_times),
+                    planned=int(count),
+                    span=self._day_span((first, latest)),
                     payload=_Deletion(where, walk=(last, upper)),
                 )
-            last = upper
+            if following is None:
+                return
+            last = max(upper, following - 1)
+
+    def _plan_walk(
+        self, where: Predicate, last: Any, upper: Any, end: Any, connection: Connection
+    ) -> tuple[Any, Any, Any, Any]:
+        """Rows matching `where` with keys in (last, upper]: count, first and last time; and the
+        lowest key above `upper` up to `end` when the range has no key at all (sparse keys)."""
+        key = self._require_layout().key
+        matching = f"CASE WHEN {where.sql} THEN {self._time_sql} END"
+        statement = _bind(
+            f"SELECT COUNT(CASE WHEN {where.sql} THEN 1 END), MIN({matching}), MAX({matching}), "
+            f"COUNT(*) FROM {self._table_sql} WHERE {key} > :last AND {key} <= :hi",
+            where,
+            last=last,
+            hi=upper,
+        )
+        count, first, latest, keys = connection.execute(*statement).one()
+        following = upper + 1
+        if not keys:
+            after = f"SELECT MIN({key}) FROM {self._table_sql} WHERE {key} > :hi AND {key} <= :end"
+            following = connection.execute(text(after), {"hi": upper, "end": end}).scalar()
+        return count, first, latest, following
 
     def _walk_bounds(self, cutoff: datetime, holds: Holds, where: Predicate) -> tuple[Any, Any]:
         """The lowest and highest key of rows to delete: from the survey, else one scan now."""
@@ -1358,21 +1513,38 @@ class SqlStore(Store):
         )
         if deleted.times is not None:
             span = self._day_span(deleted.times)
+        elif deleted.count == batch.planned or (plan.tied is not None and deleted.count):
+            # The plan counted, under the delete's own predicate, the rows it would delete and
+            # their first and last time: when as many went, those were them (rows of `tied`
+            # have that one time however many went).
+            span = batch.span
         else:
-            # Without RETURNING the planned span stands when every planned row went.
-            span = batch.span if deleted.count == batch.planned else None
+            span = None  # the table changed between plan and delete: the span is not known
         result = BatchResult(deleted=deleted.count, span=span)
         if self._files is not None:
             result = self._remove_files(deleted, result)
         return result
 
     def _delete(self, connection: Connection, plan: _Deletion, planned: int) -> _Deleted:
+        # RETURNING only for the files the rows name: counts come from rowcount, spans from the
+        # plan, and returned rows cost the server and the driver.
+        files = self._files is not None
         if plan.walk is not None:
             last, upper = plan.walk
-            statement, params = _bind(self._walk_delete_sql(plan.where), plan.where)
+            statement, params = _bind(self._walk_delete_sql(plan.where, files), plan.where)
             params.update(last=last, hi=upper)
             file_read = self._locking_file_read(self._walk_where(plan.where), plan.where)
             deleted = self._run_delete(connection, statement, params, file_read)
+        elif plan.upto is not None:
+            # A range, without ORDER BY or LIMIT: binlog_format MIXED logs it as one statement.
+            upto = plan.where & Predicate(f"{self._time_sql} <= :upto", {"upto": plan.upto})
+            statement, params = _bind(
+                f"DELETE FROM {self._table_sql} WHERE {upto.sql}{self._returning(files)}", upto
+            )
+            file_read = self._locking_file_read(upto.sql, upto)
+            deleted = self._run_delete(connection, statement, params, file_read)
+        elif plan.tied is not None:
+            deleted = self._delete_tied(connection, plan, planned)
         elif plan.keys is None:
             # Refused at open without RETURNING: a second ORDER BY ... LIMIT may pick other ties.
             deleted = self._run_delete(
@@ -1384,6 +1556,20 @@ class SqlStore(Store):
         if self._files is not None and deleted.files:
             self._keep_files_still_named(connection, deleted)
         return deleted
+
+    def _delete_tied(self, connection: Connection, plan: _Deletion, planned: int) -> _Deleted:
+        """`planned` of the rows matching the plan's predicate at its time `tied`."""
+        key = self._require_layout().key
+        tied = plan.where & Predicate(f"{self._time_sql} = :tied", {"tied": plan.tied})
+        if key is None:  # MariaDB/MySQL only; file_column there needs RETURNING (open)
+            returning = self._returning(self._files is not None)
+            sql = f"DELETE FROM {self._table_sql} WHERE {tied.sql} LIMIT :n{returning}"
+            return self._run_delete(connection, *_bind(sql, tied, n=planned))
+        statement = _bind(
+            f"SELECT {key} FROM {self._table_sql} WHERE {tied.sql} LIMIT :n", tied, n=planned
+        )
+        keys = list(connection.execute(*statement).scalars())
+        return self._delete_keys(connection, keys, tied)
 
     def _delete_keys(self, connection: Connection, keys: list[Any], where: Predicate) -> _Deleted:
         key = self._require_layout().key
@@ -1530,7 +1716,7 @@ class SqlStore(Store):
             f" AND ({time_sql} > :after_time OR ({time_sql} = :after_time AND {key} > :after_key))"
         )
         order = f" ORDER BY {time_sql}, {key} LIMIT :n"
-        size = self._store.batch_size
+        size = self._batch_size
         cursor: dict[str, Any] = {}
         number = 0
         while True:
@@ -1570,7 +1756,7 @@ class SqlStore(Store):
     ) -> tuple[list[tuple[Any, ...]], bool]:
         """Up to batch_size rows after the time `after` (the time at `position` of each row), the
         last time's rows completed; and whether the limit was reached (more may follow)."""
-        size = self._store.batch_size
+        size = self._batch_size
         time_sql = self._time_sql
         later = f" AND {time_sql} > :after_time" if after is not None else ""
         rows = _read_rows(
@@ -1734,6 +1920,13 @@ class SqlStore(Store):
         sql = f"SELECT {self._file_sql} FROM {self._table_sql} WHERE {where}{lock}"
         return _bind(sql, *parts)[0]
 
+    def _head_sql(self, where: Predicate) -> str:
+        """The times of the n oldest rows matching `where`, as `t`: the head of the next batch."""
+        return (
+            f"SELECT {self._time_sql} AS t FROM {self._table_sql} WHERE {where.sql} "
+            f"ORDER BY {self._time_sql} LIMIT :n"
+        )
+
     def _plan_read_sql(self, where: Predicate, ordered: bool) -> str:
         key = self._require_layout().key
         columns = f"{key}, {self._time_sql}" if key is not None else self._time_sql
@@ -1747,15 +1940,6 @@ class SqlStore(Store):
         return (
             f"DELETE FROM {self._table_sql} WHERE {where.sql}"
             f"{self._order_by_time(ordered)} LIMIT :n{self._returning(returning)}"
-        )
-
-    def _walk_read_sql(self, where: Predicate) -> str:
-        key = self._require_layout().key
-        return (
-            f"SELECT {key}, CASE WHEN {where.sql} THEN 1 ELSE 0 END, "
-            f"CASE WHEN {where.sql} THEN {self._time_sql} END "
-            f"FROM {self._table_sql} WHERE {key} > :last AND {key} <= :end "
-            f"ORDER BY {key} LIMIT :n"
         )
 
     def _walk_where(self, where: Predicate) -> str:
@@ -1786,12 +1970,25 @@ class SqlStore(Store):
         return DATETIME_FLOOR
 
     def _day_span(self, values: Iterable[Any]) -> tuple[date, date] | None:
+        """The first and last day of the stored times `values`, from their least and greatest
+        alone: times of one column sort as the instants they denote."""
+        present = [value for value in values if value is not None]
+        try:
+            edges = [min(present), max(present)] if present else []
+        except TypeError:  # an untyped SQLite column mixing numbers and text
+            edges = present
+        days = self._days(edges)
+        if len(days) < len(edges):
+            days = self._days(present)  # an edge is no time (garbage text): look at them all
+        return (min(days), max(days)) if days else None
+
+    def _days(self, values: Iterable[Any]) -> list[date]:
         days = []
         for value in values:
             instant = stored_instant(value, self._time_kind, self._zone)
             if instant is not None:
                 days.append(instant.astimezone(self._zone).date())
-        return (min(days), max(days)) if days else None
+        return days
 
     # -- clocks ----------------------------------------------------------------------------------
 
@@ -2053,7 +2250,30 @@ def _transient_reason(exc: DBAPIError) -> str | None:
         return "database locked"
     if code.startswith("08") or exc.connection_invalidated:  # SQLSTATE class 08: connection
         return "connection lost"
+    if not code and _connection_failed(exc):
+        return "connection lost"
     return None
+
+
+# psycopg reports a failed connection attempt without an SQLSTATE, whether the server refused
+# it, closed it or did not answer in time. The server's own refusals (a wrong password, an unknown
+# database) come as FATAL and stay failures, except the ones a restart gives for a moment.
+_RESTARTING = (
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+)
+
+
+def _connection_failed(exc: DBAPIError) -> bool:
+    orig = exc.orig
+    if not type(orig).__module__.startswith("psycopg"):
+        return False
+    message = str(orig)
+    if "FATAL:" in message:
+        return any(phrase in message for phrase in _RESTARTING)
+    return message.startswith(("connection failed:", "connection timeout expired"))
 
 
 # Drivers quote the offending value (MariaDB "Duplicate entry '…'", PostgreSQL 'invalid input

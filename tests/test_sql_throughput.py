@@ -1,0 +1,257 @@
+"""How a purge batch talks to the database: few round trips, one summary row per plan, a range
+DELETE without ORDER BY, LIMIT or RETURNING, and counts and day spans that stay exact.
+
+Every test counts what reaches the driver (statements, commits, rollbacks, pings) or compares a
+batch's report with the rows that really left the table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from pbxdata import PbxDatabase, cdr_rows, cel_rows, sqlite_cdr_rows
+from sqlalchemy import Engine, event
+
+from retentiond.config.model import ConnectionConfig, SqlStoreConfig
+from retentiond.stores.sql import TABLE_LOCK_BATCH_SIZE, SqlStore
+
+BERLIN = ZoneInfo("Europe/Berlin")
+CUTOFF = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+WALL_CUTOFF = datetime(2024, 3, 1, 13, 0)  # the cutoff on Berlin's wall clock
+
+URL_FIXTURES = {"mariadb": "mariadb_url", "postgresql": "postgres_url", "sqlite": "sqlite_url"}
+ALL_BACKENDS = [
+    pytest.param("mariadb", marks=pytest.mark.mariadb),
+    pytest.param("postgresql", marks=pytest.mark.postgres),
+    "sqlite",
+]
+SERVER_BACKENDS = ALL_BACKENDS[:2]
+
+
+@pytest.fixture
+def database(
+    request: pytest.FixtureRequest, pbx_database: Callable[[str], PbxDatabase]
+) -> PbxDatabase:
+    return pbx_database(request.getfixturevalue(URL_FIXTURES[request.param]))
+
+
+@pytest.fixture
+def open_store() -> Iterator[Callable[..., SqlStore]]:
+    stores: list[SqlStore] = []
+
+    def factory(url: str, table: str = "cdr", batch_size: int | None = None) -> SqlStore:
+        settings: dict[str, Any] = {
+            "type": "sql",
+            "connection": "cdrdb",
+            "table": table,
+            "time_column": "calldate" if table == "cdr" else "eventtime",
+        }
+        if batch_size is not None:
+            settings["batch_size"] = batch_size
+        store = SqlStore(
+            SqlStoreConfig.model_validate(settings),
+            ConnectionConfig.model_validate({"url": url}),
+            BERLIN,
+        )
+        stores.append(store)
+        store.open()
+        return store
+
+    yield factory
+    for store in stores:
+        store.close()
+
+
+@dataclass
+class Traffic:
+    """What a store sent its driver: statements (with the rows a SELECT returned), commits,
+    rollbacks and connection pings."""
+
+    statements: list[tuple[str, int]] = field(default_factory=list)
+    commits: int = 0
+    rollbacks: int = 0
+    pings: int = 0
+
+    @property
+    def round_trips(self) -> int:
+        return len(self.statements) + self.commits + self.rollbacks + self.pings
+
+
+def watch(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Traffic:
+    traffic = Traffic()
+
+    def executed(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        traffic.statements.append((" ".join(statement.split()), cursor.rowcount))
+
+    event.listen(engine, "after_cursor_execute", executed)
+    dialect = engine.dialect
+
+    def counting(name: str, attribute: str) -> None:
+        original = getattr(dialect, name)
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            setattr(traffic, attribute, getattr(traffic, attribute) + 1)
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(dialect, name, counted)
+
+    counting("do_commit", "commits")
+    counting("do_rollback", "rollbacks")
+    counting("do_ping", "pings")
+    return traffic
+
+
+def insert_calls(database: PbxDatabase, calldates: list[datetime]) -> None:
+    if database.dialect == "sqlite":
+        database.insert("cdr", sqlite_cdr_rows(calldates))
+    else:
+        database.insert("cdr", cdr_rows(calldates))
+
+
+def expired_hours(count: int) -> list[datetime]:
+    return [WALL_CUTOFF - timedelta(hours=1 + 3 * i) for i in range(count)]
+
+
+@pytest.mark.parametrize("database", ALL_BACKENDS, indirect=True)
+@pytest.mark.parametrize("table", ["cdr", "cel"])
+def test_a_purge_batch_costs_four_round_trips_and_no_pings(
+    database: PbxDatabase,
+    table: str,
+    open_store: Callable[..., SqlStore],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    if table == "cel" and database.dialect == "sqlite":
+        pytest.skip("no cel table on SQLite")
+    database.create(table)
+    times = expired_hours(100)
+    if table == "cdr":
+        insert_calls(database, times)
+    else:
+        database.insert("cel", cel_rows(times))
+    store = open_store(database.url, table, batch_size=25)
+    store.survey(CUTOFF)
+    traffic = watch(store._db.engine, monkeypatch)
+
+    results = [store.apply(batch, CUTOFF) for batch in store.batches(CUTOFF)]
+
+    assert [result.deleted for result in results] == [25] * 4
+    assert traffic.pings == 0, "no pre-ping per checkout"
+    # planning read and its rollback, DELETE and its commit; the last plan finds nothing
+    assert traffic.round_trips <= 4 * len(results) + 2, traffic
+    deletes = [sql for sql, _ in traffic.statements if sql.startswith("DELETE")]
+    assert len(deletes) == 4
+    assert not [sql for sql in deletes if "RETURNING" in sql], "no rows sent back"
+
+
+@pytest.mark.parametrize("database", SERVER_BACKENDS, indirect=True)
+def test_each_plan_is_one_summary_row_not_the_batch_s_rows(
+    database: PbxDatabase, open_store: Callable[..., SqlStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database.create("cdr")
+    insert_calls(database, expired_hours(300))
+    store = open_store(database.url, batch_size=100)
+    traffic = watch(store._db.engine, monkeypatch)
+
+    results = [store.apply(batch, CUTOFF) for batch in store.batches(CUTOFF)]
+
+    assert sum(result.deleted for result in results) == 300
+    reads = [rows for sql, rows in traffic.statements if sql.startswith("SELECT")]
+    assert reads and set(reads) == {1}
+
+
+@pytest.mark.mariadb
+def test_keyless_cdr_deletes_a_time_range_without_order_by_or_limit(
+    mariadb_url: str,
+    pbx_database: Callable[[str], PbxDatabase],
+    open_store: Callable[..., SqlStore],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MIXED binary logging writes such a DELETE as one statement, not every row deleted."""
+    database = pbx_database(mariadb_url)
+    database.create("cdr")
+    insert_calls(database, expired_hours(60))
+    store = open_store(database.url, batch_size=25)
+    traffic = watch(store._db.engine, monkeypatch)
+
+    assert sum(store.apply(batch, CUTOFF).deleted for batch in store.batches(CUTOFF)) == 60
+
+    deletes = [sql for sql, _ in traffic.statements if sql.startswith("DELETE")]
+    assert len(deletes) == 3
+    for sql in deletes:
+        assert "ORDER BY" not in sql and "LIMIT" not in sql and "RETURNING" not in sql
+        assert "calldate < %(bound)s" in sql and "calldate <= %(upto)s" in sql
+
+
+@pytest.mark.parametrize("database", ALL_BACKENDS, indirect=True)
+def test_ties_at_a_batch_edge_are_counted_and_spanned_exactly(
+    database: PbxDatabase, open_store: Callable[..., SqlStore]
+) -> None:
+    """Batches never exceed batch_size, and each reports exactly the rows that left the table:
+    how many, and the first and last day among them, in its plan and in its result."""
+    database.create("cdr")
+    day = datetime(2024, 1, 10, 12, 0)
+    calldates = [day + timedelta(days=i) for i in range(8)]  # one call a day
+    calldates += [day + timedelta(days=8)] * 5  # five at once straddle the first batch's edge
+    calldates += [day + timedelta(days=9)] * 23  # more at once than a batch holds
+    calldates += [day + timedelta(days=10, hours=i) for i in range(7)]
+    calldates += [WALL_CUTOFF, WALL_CUTOFF + timedelta(days=1)]  # not expired
+    insert_calls(database, calldates)
+    store = open_store(database.url, batch_size=10)
+
+    def rows() -> dict[str, date]:
+        with database.engine.connect() as connection:
+            found = connection.exec_driver_sql("SELECT uniqueid, calldate FROM cdr")
+            return {
+                str(key): (
+                    when if isinstance(when, datetime) else datetime.fromisoformat(when)
+                ).date()
+                for key, when in found
+            }
+
+    before = rows()
+    reports = []
+    for batch in store.batches(CUTOFF):
+        result = store.apply(batch, CUTOFF)
+        after = rows()
+        gone = [before[key] for key in before.keys() - after.keys()]
+        before = after
+        reports.append((batch.planned, batch.span, result.deleted, result.span))
+        assert result.deleted == len(gone) == batch.planned <= 10
+        assert result.span == batch.span == (min(gone), max(gone))
+
+    assert sum(report[2] for report in reports) == 43
+    assert len(before) == 2, "the calls at and after the cutoff stay"
+
+
+@pytest.mark.mariadb
+@pytest.mark.parametrize(
+    ("engine", "configured", "expected"),
+    [
+        ("MyISAM", None, [TABLE_LOCK_BATCH_SIZE, TABLE_LOCK_BATCH_SIZE, 100]),
+        ("MyISAM", 1000, [600]),
+        ("InnoDB", None, [600]),
+    ],
+)
+def test_myisam_tables_get_short_batches_unless_batch_size_is_set(
+    mariadb_url: str,
+    pbx_database: Callable[[str], PbxDatabase],
+    open_store: Callable[..., SqlStore],
+    engine: str,
+    configured: int | None,
+    expected: list[int],
+) -> None:
+    """MyISAM locks the whole table for each DELETE: the PBX's inserts wait for it."""
+    database = pbx_database(mariadb_url)
+    database.create("cdr")
+    database.execute(f"ALTER TABLE cdr ENGINE={engine}")
+    insert_calls(database, [WALL_CUTOFF - timedelta(minutes=1 + i) for i in range(600)])
+    store = open_store(database.url, batch_size=configured)
+
+    results = [store.apply(batch, CUTOFF) for batch in store.batches(CUTOFF)]
+
+    assert [result.deleted for result in results] == expected
