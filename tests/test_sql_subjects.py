@@ -184,3 +184,54 @@ def test_missing_subject_and_anonymize_columns_are_named_at_open(
         open_store(database.url, subject_columns=["src", "callerid", "cnum2"])
     with pytest.raises(StoreError, match=r"anonymize names column caller, not in table cdr"):
         open_store(database.url, anonymize={"src": "blank", "caller": "blank"})
+
+
+def test_numbers_stored_with_blanks_and_separators_are_held_and_found(
+    sqlite_url: str,
+) -> None:
+    """A PBX that stores `030 123456` or `+49 (30) 123-456`: a hold for +4930123456 keeps the
+    row, `find` lists it, as the files and voicemail stores already do."""
+    from sqlalchemy import create_engine, text
+
+    from retentiond.config.model import ConnectionConfig, SqlStoreConfig
+    from retentiond.rules import Holds, HoldScope
+    from retentiond.stores.sql import SqlStore
+    from retentiond.subjects import Subject
+
+    engine = create_engine(sqlite_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text("CREATE TABLE calls (id INTEGER PRIMARY KEY, started TEXT, src TEXT)")
+        )
+        connection.execute(text("CREATE INDEX calls_started ON calls (started)"))
+        for key, src in enumerate(["030 123456", "+49 (30) 123-456", "030 1234567", "1001"], 1):
+            connection.execute(
+                text("INSERT INTO calls VALUES (:k, '2024-02-01 10:00:00', :s)"),
+                {"k": key, "s": src},
+            )
+    engine.dispose()
+    config = SqlStoreConfig.model_validate(
+        {
+            "type": "sql",
+            "connection": "c",
+            "table": "calls",
+            "time_column": "started",
+            "subject_columns": ["src"],
+        }
+    )
+    store = SqlStore(config, ConnectionConfig.model_validate({"url": sqlite_url}), BERLIN)
+    store.open()
+    try:
+        person = Subject.parse(numbers=["+4930123456"])
+        assert len(list(store.find(person))) == 2
+        holds = Holds((HoldScope("HOLD-P", subject=person),))
+        cutoff = datetime(2025, 1, 1, tzinfo=UTC)
+        deleted = sum(store.apply(b, cutoff).deleted for b in store.batches(cutoff, holds))
+        assert deleted == 2  # the stranger's 0301234567 and the extension's row
+    finally:
+        store.close()
+    engine = create_engine(sqlite_url)
+    with engine.connect() as connection:
+        left = sorted(r[0] for r in connection.execute(text("SELECT src FROM calls")))
+    engine.dispose()
+    assert left == ["+49 (30) 123-456", "030 123456"]

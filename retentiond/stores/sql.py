@@ -1440,11 +1440,16 @@ class SqlStore(Store):
         return f"instr({haystack}, :{param}) > 0"
 
     def _names_sql(self, values: str) -> str:
+        """A subject column holds one of the forms, as written or with blanks and `-./()` taken
+        out (`030 123456`, `+49 (30) 123-456`), as subjects.Subject.matches compares them."""
         # IS NOT NULL: a NULL would make the whole condition NULL, and NOT (NULL) keeps a row
         # that names nobody.
         return (
             "("
-            + " OR ".join(f"({c} IS NOT NULL AND {c} IN :{values})" for c in self._subject_sql)
+            + " OR ".join(
+                f"({c} IS NOT NULL AND ({c} IN :{values} OR {_stripped(c)} IN :{values}))"
+                for c in self._subject_sql
+            )
             + ")"
         )
 
@@ -2320,3 +2325,11 @@ def _loose(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.rstrip(b" ").lower()
     return value
+
+
+def _stripped(column: str) -> str:
+    """The column's text without blanks and the separators `-./()` (REPLACE is portable)."""
+    expression = column
+    for separator in (" ", "-", ".", "/", "(", ")"):
+        expression = f"REPLACE({expression}, '{separator}', '')"
+    return expression
