@@ -549,6 +549,8 @@ def test_password_comes_from_password_file_or_systemd_credential(
     (credentials / "cdrdb").write_text(password + "\n")
     wrong = tmp_path / "wrong.password"
     wrong.write_text("not the password\n")
+    for secret in (password_file, credentials / "cdrdb", wrong):
+        secret.chmod(0o600)  # a world-readable password file is refused (next test)
 
     assert open_store(url, password_file=password_file).strategy == "time_index"
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
@@ -558,6 +560,11 @@ def test_password_comes_from_password_file_or_systemd_credential(
     message = str(raised.value)
     assert message.startswith("cannot connect to cdrdb (127.0.0.1:3306): error 1045: Access denied")
     assert "not the password" not in message
+    password_file.chmod(0o644)
+    with pytest.raises(StoreError) as readable:
+        open_store(url, password_file=password_file)
+    assert f"chmod o-rwx {password_file}" in str(readable.value)
+    assert password not in str(readable.value)
 
 
 @pytest.mark.mariadb

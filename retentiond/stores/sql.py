@@ -98,6 +98,7 @@ from retentiond import rules
 from retentiond.anonymize import Blank, Transform, TruncateDigits, anonymize_row
 from retentiond.config.model import ConnectionConfig, SqlStoreConfig
 from retentiond.config.pbxfiles import PbxSettingsError, password_from
+from retentiond.credentials import CredentialError, read_secret
 from retentiond.errors import StoreAbsent, StoreError
 from retentiond.rules import NO_HOLDS, Holds, HoldScope
 from retentiond.stores.base import Batch, BatchResult, Found, Store, Survey
@@ -525,12 +526,9 @@ class Database:
                 return None
             path = Path(credentials) / name
         try:
-            return path.read_text(encoding="utf-8").rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise StoreError(
-                f"connection {name}: cannot read password file {path}: {reason}"
-            ) from None
+            return read_secret(path, "password file")
+        except CredentialError as error:
+            raise StoreError(f"connection {name}: {error}") from None
 
     def _require_sqlite_file(self, url: URL) -> None:
         # SQLite would silently create an empty file where Asterisk's database is expected.
