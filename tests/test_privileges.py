@@ -643,6 +643,7 @@ def test_documented_freepbx_grants_are_exactly_enough(
         credentials = tmp_path / "credentials"
         credentials.mkdir(mode=0o700)
         (credentials / "cdrdb").write_text(password + "\n")
+        (credentials / "cdrdb").chmod(0o400)  # as systemd leaves a credential
         env = {"CREDENTIALS_DIRECTORY": str(credentials)}
 
         check = retentiond_cli("-c", config, "check", env=env)
