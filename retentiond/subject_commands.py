@@ -59,7 +59,7 @@ rule_option = click.option(
 )
 
 
-@click.command("find")
+@click.command("find", short_help="List one person's records in every store (Art. 15 access).")
 @number_option
 @extension_option
 @rule_option
@@ -93,7 +93,7 @@ def find_command(
         click.echo(f"recorded in the audit log as a search for {ticket} (counts only)")
 
 
-@click.command("erase")
+@click.command("erase", short_help="Erase one person's records in every store (Art. 17).")
 @number_option
 @extension_option
 @rule_option
