@@ -8,6 +8,7 @@ hashing every number, not an anonymization.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -17,17 +18,18 @@ from typing import Any
 MASK = "x"
 
 
-class Transform:
+class Transform(ABC):
     """One field's anonymization. `apply` must be idempotent."""
 
     name: str
 
+    @abstractmethod
     def apply(self, value: Any) -> Any:
-        raise NotImplementedError
+        """The anonymized form of `value`; applied to its own result, it changes nothing."""
 
+    @abstractmethod
     def describe(self) -> str:
         """How the report's method statement names it."""
-        raise NotImplementedError
 
     # A transform that turns every value into one of a few (blank, constant, map, bucket,
     # coarsened time) may be a grouping key for the k-anonymity check; truncated numbers too.
