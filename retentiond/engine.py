@@ -490,7 +490,7 @@ class Engine:
                 stages = self.plans(rule, stores, history, isolate=True)
                 plan = stages[-1]
                 outcome.cutoff = plan.cutoff
-                self._record_holds(audit, stages)
+                self._record_holds(audit, stages, history)
                 refused = next((s for s in stages if s.refusal), None)
                 if refused is not None:
                     return self._refuse(refused, stages, audit, outcome)
@@ -554,16 +554,16 @@ class Engine:
         )
         return outcome
 
-    def _record_holds(self, audit: AuditLog, stages: list[RulePlan], covers: bool = True) -> None:
-        """Holds added, changed or ended since the log last said, with what they keep here."""
+    def _record_holds(self, audit: AuditLog, stages: list[RulePlan], history: History) -> None:
+        """Holds added, changed or ended since the log last said, with what they keep here.
+        `history` is the run's own reading of the log: no second pass over it."""
         counts: dict[str, dict[str, int]] = {}
-        if covers:
-            for stage in stages:
-                for store in stage.stores:
-                    for hold, count in store.survey.held_by.items():
-                        counts.setdefault(hold, {})[store.label] = count
+        for stage in stages:
+            for store in stage.stores:
+                for hold, count in store.survey.held_by.items():
+                    counts.setdefault(hold, {})[store.label] = count
         record_hold_changes(
-            audit, self.hold_source(), self.now(), self.config.zone(), counts if covers else None
+            audit, self.hold_source(), self.now(), self.config.zone(), counts, history=history
         )
 
     def _refuse(

@@ -16,6 +16,7 @@ import structlog
 from retentiond.audit import AuditLog, Entry
 from retentiond.config.model import HoldConfig
 from retentiond.history import (
+    History,
     fingerprint,
     read_fingerprints,
     read_history,
@@ -63,10 +64,14 @@ def record_hold_changes(
     now: datetime,
     zone: tzinfo,
     covers: Mapping[str, Mapping[str, int]] | None = None,
+    *,
+    history: History | None = None,
 ) -> list[Entry]:
     """Append an entry per changed hold; `covers` (hold id -> store -> objects held) is added
-    where the caller has just counted them. Raises AuditError when the log cannot be written."""
-    history = read_history(audit.path)
+    where the caller has just counted them. `history` is the log as the caller last read it
+    (read here when not given). Raises AuditError when the log cannot be written."""
+    if history is None:
+        history = read_history(audit.path)
     if not history.readable:
         return []  # a broken log is reported by verify; do not pile entries onto it
     prints = read_fingerprints(audit.path)
