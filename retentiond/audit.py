@@ -20,6 +20,15 @@ Rotation: `AuditLog.rotate_if_due` renames a full (or last year's) file to `<pat
 and prev simply go on, so the chain runs unbroken through all files. `verify`, `read_entries`
 and `check_log` read `<path>.1`, `<path>.2`, ... then `<path>`, and name a missing or misplaced
 file.
+
+Interrupted writes: a power loss can leave the log ending in a torn last line, a prefix of the
+entry being written (or zeros the filesystem had not filled yet): no newline, not complete JSON.
+That line was never synced, so the entry it began never counted (an intent whose batch was not
+applied, or a batch result the next run reconciles). `verify` reports it apart from damage; the
+writer, on `open`, moves its bytes to a side file `<path>.torn-<UTC time>` and records their
+count and SHA-256 in a `log_repaired` entry, so the chain goes on from the last complete entry
+and nothing is lost. Anything else at the end (a complete line that fails its hash, a line
+without its newline that is complete JSON) stays damage that a person must look at.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import binascii
 import contextlib
 import errno
 import fcntl
+import glob
 import hashlib
 import json
 import math
@@ -43,6 +53,7 @@ from pathlib import Path, PurePath
 from types import TracebackType
 from typing import Any, BinaryIO, Self
 
+import structlog
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -53,6 +64,7 @@ GENESIS = "0" * 64
 RESERVED = frozenset({"seq", "ts", "type", "prev", "hash"})
 CHECKPOINT = "checkpoint"  # a signature over the entry before it
 CONTINUED = "continued"  # the first entry of a file that goes on from a rotated one
+LOG_REPAIRED = "log_repaired"  # a torn last line was moved aside before this entry
 RUN_ENDS = frozenset({"run_finished", "run_refused", "run_failed"})  # each gets a checkpoint
 CHECKPOINT_FIELDS = ("signed_seq", "signed_hash", "key_fingerprint", "signature")
 # The systemd credential name (LoadCredential=signing-key:...) preferred over audit.signing_key.
@@ -63,6 +75,11 @@ _TAIL_CHUNK = 64 * 1024
 _MAX_KEY_FILE = 64 * 1024
 _HASH = re.compile(r"[0-9a-f]{64}")
 _OPEN_ATTEMPTS = 5
+_TORN_MARK = ".torn-"  # side files: <path>.torn-<UTC time>, never a rotated file's name
+_UNRECORDED = ".unrecorded"  # a side file whose log_repaired entry is not written yet
+_TORN_REASON = "incomplete last line"
+
+log = structlog.get_logger()
 
 
 def _utcnow() -> datetime:
@@ -99,6 +116,33 @@ class Verification:
     files: tuple[str, ...] = ()
     broken_file: str | None = None
     begins_after: str | None = None
+    torn_tail: TornTail | None = None  # an incomplete last line after the intact entries
+
+
+@dataclass(frozen=True)
+class TornTail:
+    """A last line a write left incomplete (a power loss): not an entry, and not damage.
+
+    `line` is its line in `file`; `after_seq` the entry it follows (0: none). The writer moves
+    these bytes aside when it next opens the log, recording `bytes` and `sha256`.
+    """
+
+    file: str
+    line: int
+    bytes: int
+    sha256: str
+    after_seq: int
+
+    def describe(self) -> str:
+        return (
+            f"the last line is incomplete ({_count(self.bytes, 'byte')} at {self.file}:"
+            f"{self.line}, likely a power loss while it was written); the next run moves it "
+            "aside and records that in the log"
+        )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def canonical(obj: dict[str, Any]) -> bytes:
@@ -183,7 +227,7 @@ def _parse_line(raw: bytes) -> Entry:
         raise _Broken("empty line")
     try:
         obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise _Broken("not valid JSON") from None
     if not isinstance(obj, dict):
         raise _Broken("not a JSON object")
@@ -274,6 +318,7 @@ class _WalkState:
 
     files: list[str] = field(default_factory=list)
     begins_after: str | None = None
+    torn: TornTail | None = None
 
 
 def _walk(path: Path, state: _WalkState) -> Iterator[tuple[str, int, Entry]]:
@@ -302,6 +347,18 @@ def _walk(path: Path, state: _WalkState) -> Iterator[tuple[str, int, Entry]]:
                 line = 0
                 for raw in _raw_lines(handle, file):
                     line += 1
+                    if last and _cut_short(raw):
+                        if line == 1 and several:
+                            torn_only = _Broken(
+                                f"{file.name} holds only an incomplete line, but the current "
+                                "file of a rotated log always starts with a complete continued "
+                                "entry: it was emptied or replaced"
+                            )
+                            torn_only.line, torn_only.file = line, file.name
+                            raise torn_only
+                        digest = hashlib.sha256(raw).hexdigest()
+                        state.torn = TornTail(file.name, line, len(raw), digest, prev_seq)
+                        return  # it is the end of the file: readline stops short only there
                     try:
                         entry = _entry_from(raw)
                         if line == 1 and (index > 0 or entry.type == CONTINUED):
@@ -344,8 +401,32 @@ def _entry_from(raw: bytes) -> Entry:
     if not raw.endswith(b"\n"):
         if len(raw) > MAX_LINE:
             raise _Broken(f"line longer than {MAX_LINE} bytes")
-        raise _Broken("incomplete last line (the writer was interrupted)")
+        if _is_json(raw):
+            raise _Broken(
+                "the last line has no newline, yet is complete JSON, so no write was cut short "
+                "there: retentiond ends every line with a newline; the line was edited, or "
+                "lost exactly its newline"
+            )
+        raise _Broken(
+            "incomplete last line in a rotated file (a file is complete when it is rotated): "
+            "it was cut or edited"
+        )
     return _parse_line(raw[:-1])
+
+
+def _is_json(raw: bytes) -> bool:
+    try:
+        json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return True
+
+
+def _cut_short(raw: bytes) -> bool:
+    """Whether `raw`, the file's last line, is what an interrupted write leaves: no newline, at
+    most one entry long, and not complete JSON (a prefix of a line never is; neither are the
+    zeros a filesystem may leave where the data was not written yet)."""
+    return not raw.endswith(b"\n") and len(raw) <= MAX_LINE and not _is_json(raw)
 
 
 def _continuation(
@@ -440,7 +521,16 @@ def verify(path: Path) -> Verification:
             state.begins_after,
         )
     return Verification(
-        True, count, head, None, None, None, tuple(state.files), None, state.begins_after
+        True,
+        count,
+        head,
+        None,
+        None,
+        None,
+        tuple(state.files),
+        None,
+        state.begins_after,
+        state.torn,
     )
 
 
@@ -448,7 +538,8 @@ def read_entries(path: Path) -> Iterator[Entry]:
     """Yield the entries in order, through every rotated file, checking the chain as it goes.
 
     A report must not quietly skip a damaged part, so the first broken line raises AuditError
-    after every intact entry before it was yielded.
+    after every intact entry before it was yielded. An incomplete last line (a power loss) is
+    no entry and no damage: reading ends before it.
     """
     try:
         for _, _, entry in _walk(path, _WalkState()):
@@ -675,7 +766,8 @@ def _write_all(fd: int, data: bytes) -> None:
 @dataclass(frozen=True)
 class Problem:
     """One reason the log is not intact. `kind`: chain, checkpoint, order, signature, key,
-    missing_checkpoint, no_checkpoints, head."""
+    missing_checkpoint, no_checkpoints, head; with `strict`, also unsigned_tail and torn_tail
+    (what an interrupted run left for the next one to finish, otherwise warnings)."""
 
     kind: str
     message: str
@@ -692,16 +784,18 @@ class Problem:
 @dataclass(frozen=True)
 class LogCheck:
     """What `check_log` found. `ok` means: chain intact, every checkpoint in place and (when
-    keys were given) validly signed by one of them, every expected head present."""
+    keys were given) validly signed by one of them, every expected head present; with `strict`
+    also nothing left unsigned after the last checkpoint and no incomplete last line."""
 
     chain: Verification
     checkpoints: int
     valid_signatures: int  # checkpoints whose signature one of the given keys confirmed
     signatures_checked: bool  # keys were given
     last_checkpoint: Entry | None
-    unsigned_tail: int  # entries after the last checkpoint (a run may be in progress)
+    unsigned_tail: int  # entries after the last checkpoint (a run in progress or interrupted)
     problems: tuple[Problem, ...]
     warnings: tuple[str, ...]
+    torn_tail: TornTail | None = None  # an incomplete last line (chain.torn_tail)
 
     @property
     def ok(self) -> bool:
@@ -723,6 +817,8 @@ class _Checkpoints:
         self.last: Entry | None = None
         self.pending: tuple[str, int, Entry] | None = None  # a run end awaiting its checkpoint
         self.tail = 0
+        self.first_unsigned: tuple[str, int, Entry] | None = None
+        self.tail_runs = 0  # entries of runs among the tail
         self.run_entries = 0
 
     def problem(self, kind: str, message: str, where: tuple[str, int, Entry] | None) -> None:
@@ -748,9 +844,12 @@ class _Checkpoints:
             self.checkpoint(where)
             return
         self.tail += 1
+        if self.first_unsigned is None:
+            self.first_unsigned = where
         if "run_id" not in entry.fields:
-            return  # not part of a run: a config reload, the start of a rotated file
+            return  # not part of a run: a config reload, a repair, the start of a rotated file
         self.run_entries += 1
+        self.tail_runs += 1
         if self.pending is not None:
             self.missing(self.pending)
             self.pending = None
@@ -775,7 +874,7 @@ class _Checkpoints:
         entry = where[2]
         self.count += 1
         previous, self.last = self.last, entry
-        self.pending, self.tail = None, 0
+        self.pending, self.tail, self.first_unsigned, self.tail_runs = None, 0, None, 0
         signed_seq, signed_hash, key_fingerprint, signature = (
             entry.fields.get(name) for name in CHECKPOINT_FIELDS
         )
@@ -838,7 +937,24 @@ class _Checkpoints:
         else:
             self.valid += 1
 
-    def finish(self, chain: Verification, first_seq: int | None) -> list[str]:
+    def unsigned(self) -> str:
+        """What the entries after the last checkpoint are, and who signs them."""
+        one = self.tail == 1
+        entries, verb = f"{self.tail} entr{'y' if one else 'ies'}", "is" if one else "are"
+        text = f"{entries} after the last signed checkpoint {verb} hash-chained but not yet signed"
+        if self.pending is not None:
+            return (
+                f"{text}: the run that wrote them ended without its checkpoint (it was "
+                "interrupted, or could not use the signing key); the next run signs them"
+            )
+        if self.tail_runs:
+            return (
+                f"{text}: a run is in progress (its checkpoint will sign them) or was "
+                "interrupted (the next run signs them)"
+            )
+        return f"{text}: written between runs; the next run signs them"
+
+    def finish(self, chain: Verification, first_seq: int | None, strict: bool) -> list[str]:
         """The checks that need the whole log; returns the warnings."""
         warnings: list[str] = []
         if chain.begins_after is not None:
@@ -865,13 +981,22 @@ class _Checkpoints:
                     f"at entry {first_seq})",
                     None,
                 )
-        if self.pending is not None and self.last is not None:
-            self.missing(self.pending)
-        elif self.count and self.tail:
-            warnings.append(
-                f"{self.tail} entr{'y' if self.tail == 1 else 'ies'} after the last checkpoint "
-                "not signed yet (a run may be in progress; its checkpoint will sign them)"
-            )
+        if self.count and self.tail:
+            # A kill between a run's last entry and its checkpoint leaves exactly this, and the
+            # next run signs it first; a checkpoint removed from the end looks the same, which
+            # only a head copied off the host (--head) can tell.
+            if strict:
+                self.problem("unsigned_tail", self.unsigned(), self.first_unsigned)
+            else:
+                warnings.append(self.unsigned())
+        torn = chain.torn_tail
+        if torn is not None:
+            if strict:
+                self.problems.append(
+                    Problem("torn_tail", torn.describe(), None, torn.file, torn.line)
+                )
+            else:
+                warnings.append(torn.describe())
         if self.count == 0 and self.run_entries:
             if self.keys:
                 self.problem(
@@ -892,10 +1017,16 @@ def check_log(
     path: Path,
     keys: Sequence[VerifyKey] = (),
     heads: Sequence[tuple[int, str]] = (),
+    *,
+    strict: bool = False,
 ) -> LogCheck:
     """Check the chain through every file, every checkpoint's place and, with `keys`, its
-    signature; that each run (after signing began) ends with a checkpoint; and that each
-    expected head (seq, hash), copied off the host earlier, is still in the log."""
+    signature; that each run (after signing began) ends with a checkpoint, or is the last and
+    still unsigned; and that each expected head (seq, hash), copied off the host earlier, is
+    still in the log.
+
+    What an interrupted run leaves for the next one (entries after the last checkpoint, an
+    incomplete last line) is a warning, or with `strict` a problem."""
     state = _WalkState()
     checker = _Checkpoints(keys, heads)
     count, head, first_seq = 0, (0, GENESIS), None
@@ -923,8 +1054,9 @@ def check_log(
         tuple(state.files),
         broken.file if broken else None,
         state.begins_after,
+        state.torn,
     )
-    warnings = checker.finish(chain, first_seq)
+    warnings = checker.finish(chain, first_seq, strict)
     problems = list(checker.problems)
     if chain_problem is not None:
         problems.append(chain_problem)
@@ -937,6 +1069,7 @@ def check_log(
         checker.tail,
         tuple(problems),
         tuple(warnings),
+        state.torn,
     )
 
 
@@ -977,6 +1110,9 @@ class AuditLog:
     larger, `rotate_yearly` once the last entry is from another (UTC) year than `clock()`. It
     happens only in `rotate_if_due`, which the engine calls before the first entry of a run,
     so a run never spans two files. `clock` also stamps the entries (tests fake it).
+
+    `open` repairs what a power loss can leave: a torn last line is moved aside and recorded
+    (`repairs` holds the `log_repaired` entries it wrote, for the caller to report).
     """
 
     def __init__(
@@ -997,6 +1133,7 @@ class AuditLog:
         self._head = (0, GENESIS)
         self._last: Entry | None = None
         self._failure: str | None = None
+        self.repairs: list[Entry] = []
         # Appends, checkpoints and rotation from several threads (the daemon) stay in order.
         self._mutex = threading.RLock()
 
@@ -1025,8 +1162,10 @@ class AuditLog:
     def open(self) -> None:
         """Create or open the log, lock it, and take the head from its last line.
 
-        Only the last line is checked (the full chain is `retentiond audit verify`'s job), but a
-        log that ends mid-line is refused: appending after it would bury the damage.
+        Only the last line is checked (the full chain is `retentiond audit verify`'s job). A torn
+        last line (a power loss during a write) is moved aside to `<path>.torn-<UTC time>` and
+        a `log_repaired` entry records its size and SHA-256; any other damage at the end is
+        refused: appending after it would bury it.
         """
         if self._fd is not None:
             raise RuntimeError("the audit log is already open")
@@ -1045,6 +1184,7 @@ class AuditLog:
                     continue
                 if self._rotates or self._staging.exists():
                     self._repair_rotation(fd)
+                unrecorded = self._move_torn_tail(fd, folder)
                 self._last = self._read_last(fd)
             except BaseException:
                 with contextlib.suppress(OSError):
@@ -1059,6 +1199,170 @@ class AuditLog:
         self._head = (self._last.seq, self._last.hash) if self._last else (0, GENESIS)
         self._fd = fd
         self._failure = None
+        self.repairs = []
+        try:
+            for side_file in unrecorded:
+                self._record_moved_tail(side_file, folder)
+        except BaseException:
+            self.close()
+            raise
+
+    def sign_tail(self, signer: Signer) -> Entry | None:
+        """Sign what the log ends with unless a checkpoint already does (entries an interrupted
+        run, a failed key or a repair left unsigned); return the checkpoint written, if any.
+        For the start of a run, or of the daemon, with a usable key."""
+        with self._mutex:
+            last = self._last
+            if last is None or last.type == CHECKPOINT:
+                return None
+            return self.checkpoint(signer)
+
+    def _move_torn_tail(self, fd: int, folder: Path) -> list[Path]:
+        """Move a torn last line into a new side file and cut the log after its last complete
+        line; return the side files whose `log_repaired` entry is still to be written.
+
+        Crash-safe in this order: the side file is written and synced under a name ending in
+        `.unrecorded`, the log is cut and synced, the entry is appended, the side file gets its
+        final name. An open after a crash in between finishes what is left: a side file whose
+        bytes the log still ends with is a redundant copy and goes; any other is recorded.
+        """
+        try:
+            unrecorded = self._unrecorded_side_files()
+            size = os.fstat(fd).st_size
+            found = _find_torn_tail(fd, size)
+            if found is None:
+                return unrecorded
+            offset, torn = found
+            if offset > 0:
+                _parse_line(_last_line(fd, offset))  # one torn line, not more damage before it
+            elif _rotated(self.path):
+                raise AuditError(
+                    f"the audit log {self.path} holds only an incomplete line, but after a "
+                    "rotation it starts with a complete continued entry: it was emptied or "
+                    "replaced; run `retentiond audit verify`"
+                )
+            for side_file in list(unrecorded):
+                if torn.startswith(_read_capped(side_file, len(torn) + 1)):
+                    side_file.unlink()
+                    unrecorded.remove(side_file)
+            side_file = self._write_side_file(fd, torn, folder)
+            try:
+                os.ftruncate(fd, offset)
+                os.fsync(fd)
+                _fsync_folder(folder)
+            except OSError as exc:
+                side_file.unlink(missing_ok=True)  # the bytes are still in the log
+                raise AuditError(
+                    f"the audit log {self.path} ends with an incomplete line "
+                    f"({_count(len(torn), 'byte')}, likely a power loss while it was written) "
+                    f"that cannot be moved aside: {exc.strerror}. Nothing will be deleted until "
+                    "it is. If the file is append-only (chattr +a), remove the attribute for "
+                    "one run (chattr -a, then retentiond run --once, then chattr +a)"
+                ) from None
+        except OSError as exc:
+            raise AuditError(
+                f"cannot move the incomplete last line of the audit log {self.path} aside: "
+                f"{exc.strerror}; the audit folder must be writable"
+            ) from None
+        except _Broken as broken:
+            raise AuditError(
+                f"the audit log {self.path} ends with damage, not with a write cut short "
+                f"({broken.reason}). Nothing will be deleted until a person has looked at it: "
+                "run `retentiond audit verify`"
+            ) from None
+        unrecorded.append(side_file)
+        return unrecorded
+
+    def _unrecorded_side_files(self) -> list[Path]:
+        """Side files a crash left before their `log_repaired` entry was written, oldest first.
+        Only regular files: a symlink planted under such a name is not followed."""
+        pattern = f"{glob.escape(self.path.name)}{_TORN_MARK}*{_UNRECORDED}"
+        try:
+            found = sorted(self.path.parent.glob(pattern))
+            return [path for path in found if stat.S_ISREG(path.lstat().st_mode)]
+        except OSError:
+            return []  # a folder we may not list: there is nothing of ours to finish either
+
+    def _write_side_file(self, log_fd: int, torn: bytes, folder: Path) -> Path:
+        """Write the torn bytes, synced, to `<path>.torn-<UTC time>.unrecorded` (mode 0600)."""
+        stamp = self._clock().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+        for attempt in range(1, 100):
+            name = f"{self.path.name}{_TORN_MARK}{stamp}" + (f"-{attempt}" if attempt > 1 else "")
+            final = self.path.with_name(name)
+            staged = self.path.with_name(name + _UNRECORDED)
+            if final.exists():
+                continue
+            try:
+                side_fd = os.open(
+                    staged,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o600,
+                )
+            except FileExistsError:
+                continue
+            break
+        else:
+            raise AuditError(f"no free name for a side file of the audit log {self.path}")
+        try:
+            os.fchmod(side_fd, 0o600)  # whatever the umask
+            _copy_owner(log_fd, side_fd)  # the service must be able to finish root's repair
+            _write_all(side_fd, torn)
+            os.fsync(side_fd)
+        except OSError:
+            os.close(side_fd)
+            staged.unlink(missing_ok=True)
+            raise
+        os.close(side_fd)
+        _fsync_folder(folder)  # the copy is durable before the log is cut
+        return staged
+
+    def _record_moved_tail(self, staged: Path, folder: Path) -> None:
+        """Append the `log_repaired` entry for a side file (unless a crash came right after
+        it was written) and give the side file its final name."""
+        final = staged.with_name(staged.name.removesuffix(_UNRECORDED))
+        last = self._last
+        recorded = (
+            last is not None
+            and last.type == LOG_REPAIRED
+            and last.fields.get("moved_to") == final.name
+        )
+        if not recorded:
+            try:
+                size, digest = _size_and_sha256(staged)
+            except OSError as exc:
+                raise AuditError(
+                    f"cannot read {staged}, the incomplete last line moved aside from the audit "
+                    f"log: {exc.strerror}"
+                ) from None
+            # Counts and a hash only: the bytes themselves stay in the side file.
+            entry = self.append(
+                LOG_REPAIRED,
+                reason=_TORN_REASON,
+                removed_bytes=size,
+                removed_sha256=digest,
+                moved_to=final.name,
+            )
+            self.repairs.append(entry)
+            log.warning(
+                "the deletion log ended with an incomplete line (a power loss while it was "
+                "written?): moved aside and recorded",
+                removed_bytes=size,
+                moved_to=final.name,
+                seq=entry.seq,
+            )
+        try:
+            try:
+                os.link(staged, final)
+            except FileExistsError:
+                if not final.samefile(staged):
+                    raise
+            staged.unlink()
+            _fsync_folder(folder)
+        except OSError as exc:
+            raise AuditError(
+                f"cannot rename {staged} to {final.name} after recording it in the audit log: "
+                f"{exc.strerror}"
+            ) from None
 
     @property
     def _rotates(self) -> bool:
@@ -1381,11 +1685,46 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def _find_torn_tail(fd: int, size: int) -> tuple[int, bytes] | None:
+    """(offset, bytes) of a torn last line, None when the file ends with a newline; _Broken when
+    the end is damaged otherwise (too long for an entry, or complete JSON without a newline)."""
+    if size == 0 or _pread_exact(fd, 1, size - 1) == b"\n":
+        return None
+    start = max(0, size - MAX_LINE - 1)
+    data = _pread_exact(fd, size - start, start)
+    newline = data.rfind(b"\n")
+    torn = data[newline + 1 :]
+    if (newline < 0 and start > 0) or len(torn) > MAX_LINE:
+        raise _Broken(f"a last line longer than {MAX_LINE} bytes")
+    if not _cut_short(torn):
+        raise _Broken("a last line without its newline that is complete JSON")
+    return start + newline + 1, torn
+
+
+def _open_side_file(path: Path) -> BinaryIO:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    return os.fdopen(fd, "rb")
+
+
+def _read_capped(path: Path, limit: int) -> bytes:
+    with _open_side_file(path) as file:
+        return file.read(limit)
+
+
+def _size_and_sha256(path: Path) -> tuple[int, str]:
+    digest, size = hashlib.sha256(), 0
+    with _open_side_file(path) as file:
+        while chunk := file.read(_TAIL_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
 def _drop_partial_line(fd: int, size_before: int) -> None:
     """Best effort: cut our own half-written line, so the log stays verifiable and reopenable.
 
     We hold the lock, so the bytes after `size_before` are ours. On an append-only (chattr +a)
-    file this fails, and the next open reports the incomplete line instead.
+    file this fails, and the next open reports the incomplete line (it cannot cut it either).
     """
     try:
         os.ftruncate(fd, size_before)

@@ -2,7 +2,8 @@
 
 Registered in cli.py as the `audit` group. Without a LOG argument the commands use audit.path of
 the config (-c, $RETENTIOND_CONFIG or the default path). Exit codes: 0 intact, 1 broken or an
-error (DESIGN.md).
+error (DESIGN.md). What an interrupted run leaves for the next one to finish (entries not yet
+signed, an incomplete last line) is intact evidence, so a warning; `verify --strict` fails on it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from retentiond.config.loader import config_path, load_config
 
 _HEAD = re.compile(r"^([1-9][0-9]*):([0-9a-f]{64})$")
 _SHOWN_PROBLEMS = 20
+_STRICT_KINDS = frozenset({"unsigned_tail", "torn_tail"})  # problems only under --strict
 _LOG_ARGUMENT = click.argument(
     "log_file", required=False, type=click.Path(dir_okay=False, path_type=Path)
 )
@@ -110,34 +112,47 @@ def _parse_heads(
     callback=_parse_heads,
     help="A head copied off the host earlier (`retentiond audit head`): must still be there.",
 )
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Also fail on what an interrupted run left for the next one: entries after the last "
+    "checkpoint not yet signed, an incomplete last line. Use on a copy taken between runs.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
 def verify(
     log_file: Path | None,
     public_keys: tuple[Path, ...],
     heads: list[tuple[int, str]],
+    strict: bool,
     as_json: bool,
 ) -> None:
     """Check LOG_FILE: the hash chain through all rotated files, every checkpoint and (with
     --public-key) its signature, and that no run lost its checkpoint.
 
-    Exit 0: intact (warnings, e.g. a run in progress, do not count); 1: broken.
+    Exit 0: intact. Warnings do not count: entries after the last checkpoint (a run in
+    progress, or interrupted before it signed), an incomplete last line (a power loss); the
+    next run signs the one and moves the other aside. With --strict they count. 1: broken.
     """
     path = _log_path(log_file)
     keys = [audit.VerifyKey.from_file(key) for key in public_keys]
-    result = audit.check_log(path, keys, heads)
+    result = audit.check_log(path, keys, heads, strict=strict)
     if as_json:
-        click.echo(json.dumps(check_json(path, result, keys), indent=2))
+        click.echo(json.dumps(check_json(path, result, keys, strict), indent=2))
     else:
         _print_check(path, result, keys)
     if not result.ok:
         sys.exit(1)
 
 
-def check_json(path: Path, result: audit.LogCheck, keys: list[audit.VerifyKey]) -> dict[str, Any]:
+def check_json(
+    path: Path, result: audit.LogCheck, keys: list[audit.VerifyKey], strict: bool = False
+) -> dict[str, Any]:
     chain = result.chain
+    torn = result.torn_tail
     return {
         "log": str(path),
         "ok": result.ok,
+        "strict": strict,
         "files": list(chain.files),
         "begins_after": chain.begins_after,
         "entries": chain.entries,
@@ -148,6 +163,15 @@ def check_json(path: Path, result: audit.LogCheck, keys: list[audit.VerifyKey]) 
         "keys": [key.fingerprint for key in keys],
         "last_checkpoint": _checkpoint_json(result.last_checkpoint),
         "unsigned_tail": result.unsigned_tail,
+        "torn_tail": None
+        if torn is None
+        else {
+            "file": torn.file,
+            "line": torn.line,
+            "bytes": torn.bytes,
+            "sha256": torn.sha256,
+            "after_seq": torn.after_seq,
+        },
         "problems": [
             {
                 "kind": p.kind,
@@ -179,7 +203,10 @@ def _print_check(path: Path, result: audit.LogCheck, keys: list[audit.VerifyKey]
         click.echo(f"{path}: intact, {size}, {head}")
     else:
         problems = result.problems
-        click.echo(f"{path}: BROKEN: {problems[0]}")
+        if all(problem.kind in _STRICT_KINDS for problem in problems):
+            click.echo(f"{path}: UNFINISHED (--strict): {problems[0]}")
+        else:
+            click.echo(f"{path}: BROKEN: {problems[0]}")
         if len(problems) > 1:
             click.echo(f"  {len(problems)} problems in all:")
             for problem in problems[:_SHOWN_PROBLEMS]:

@@ -281,15 +281,18 @@ def test_swapped_lines_are_found(log_path: Path) -> None:
     assert result.reason == "sequence jumps from 2 to 4"
 
 
-def test_truncated_last_line_is_found(log_path: Path) -> None:
-    write_batches(log_path, 5)
-    data = log_path.read_bytes()
-    log_path.write_bytes(data[: len(data) - 40])
+def test_a_torn_last_line_is_reported_apart_from_damage(log_path: Path) -> None:
+    written = write_batches(log_path, 5)
+    complete = b"".join(lines(log_path)[:4])
+    torn = lines(log_path)[4][:-40]
+    log_path.write_bytes(complete + torn)
 
     result = verify(log_path)
-    assert (result.ok, result.broken_at, result.broken_seq) == (False, 5, None)
-    assert result.reason == "incomplete last line (the writer was interrupted)"
-    assert result.entries == 4
+    assert (result.ok, result.broken_at, result.entries) == (True, None, 4)
+    assert result.head == (4, written[3].hash)
+    assert result.torn_tail == audit.TornTail(
+        "audit.jsonl", 5, len(torn), hashlib.sha256(torn).hexdigest(), 4
+    )
 
 
 def test_garbage_line_is_found(log_path: Path) -> None:
@@ -322,13 +325,18 @@ def test_missing_log_cannot_be_verified_or_read(tmp_path: Path) -> None:
 # --- opening: damage, locking ---------------------------------------------------------------------
 
 
-def test_log_ending_mid_line_is_not_appended_to(log_path: Path) -> None:
-    write_batches(log_path, 3)
-    damaged = log_path.read_bytes()[:-10]
-    log_path.write_bytes(damaged)
-    with pytest.raises(AuditError, match=r"incomplete entry.*retentiond audit verify"):
-        AuditLog(log_path).open()
-    assert log_path.read_bytes() == damaged
+def test_a_log_ending_mid_line_is_repaired_before_it_is_appended_to(log_path: Path) -> None:
+    written = write_batches(log_path, 3)
+    complete = b"".join(lines(log_path)[:-1])
+    log_path.write_bytes(log_path.read_bytes()[:-10])
+    with AuditLog(log_path) as log:
+        (repaired,) = log.repairs
+        assert (repaired.seq, repaired.prev) == (3, written[1].hash)  # goes on from entry 2
+        assert log.append("batch.intent", count=1).seq == 4
+    assert log_path.read_bytes().startswith(complete)
+    assert [e.type for e in read_entries(log_path)][2:] == ["log_repaired", "batch.intent"]
+    result = verify(log_path)
+    assert result.ok and result.torn_tail is None and result.entries == 4
 
 
 def test_log_with_a_damaged_last_entry_is_not_appended_to(log_path: Path) -> None:

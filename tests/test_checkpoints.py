@@ -146,8 +146,10 @@ def rehash(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def check(path: Path, *public: Path, heads: tuple[tuple[int, str], ...] = ()) -> LogCheck:
-    return check_log(path, [VerifyKey.from_file(p) for p in public], heads)
+def check(
+    path: Path, *public: Path, heads: tuple[tuple[int, str], ...] = (), strict: bool = False
+) -> LogCheck:
+    return check_log(path, [VerifyKey.from_file(p) for p in public], heads, strict=strict)
 
 
 def kinds(result: LogCheck) -> list[str]:
@@ -361,15 +363,19 @@ def test_a_key_problem_is_reported_until_the_next_good_run_signs_it(
     failed = entries(path)[-1]
     assert failed.type == "run_failed"
     result = check(path, keys[1])
-    assert kinds(result) == ["missing_checkpoint"]
-    assert result.problems[0].message.startswith(
-        f"missing checkpoint after entry {failed.seq} (run_failed of rule voicemail)"
+    assert result.ok and result.unsigned_tail == 1
+    assert result.warnings == (
+        "1 entry after the last signed checkpoint is hash-chained but not yet signed: the run "
+        "that wrote them ended without its checkpoint (it was interrupted, or could not use the "
+        "signing key); the next run signs them",
     )
+    strict = check(path, keys[1], strict=True)
+    assert kinds(strict) == ["unsigned_tail"] and strict.problems[0].seq == failed.seq
 
     keys[0].chmod(0o600)
     assert run_rules(config, ("voicemail",))[0].status == "done"
     assert entries(path)[failed.seq].type == CHECKPOINT  # signed first thing in the next run
-    assert check(path, keys[1]).ok
+    assert check(path, keys[1], strict=True).ok
 
 
 def test_a_checkpoint_that_cannot_be_written_fails_the_run(
@@ -475,14 +481,27 @@ def test_a_removed_checkpoint_is_found_even_with_the_chain_recomputed(
     assert kinds(check(signed_log, keys[1])) == ["checkpoint", "checkpoint"]
 
 
-def test_a_removed_last_checkpoint_is_found(signed_log: Path, keys: tuple[Path, Path]) -> None:
+def test_a_removed_last_checkpoint_is_an_unsigned_tail_that_the_head_copied_earlier_finds(
+    signed_log: Path, keys: tuple[Path, Path]
+) -> None:
+    real_head = verify(signed_log).head
     objs = objects(signed_log)
     assert objs[-1]["type"] == CHECKPOINT
     write_objects(signed_log, objs[:-1])  # no recomputing needed: it was the last line
+    # Exactly what a kill between a run's last entry and its checkpoint leaves: a warning ...
     result = check(signed_log, keys[1])
-    assert kinds(result) == ["missing_checkpoint"]
-    assert result.problems[0].seq == objs[-2]["seq"]
-    assert check(signed_log).problems == result.problems  # the gap shows without a key too
+    previous = max(i for i, o in enumerate(objs[:-1]) if o["type"] == CHECKPOINT)
+    assert result.ok and result.unsigned_tail == len(objs) - 2 - previous  # the last run
+    assert result.warnings[0].startswith(
+        f"{result.unsigned_tail} entries after the last signed checkpoint are hash-chained but "
+        "not yet signed: the run that wrote them ended without its checkpoint"
+    )
+    assert check(signed_log).warnings[0] == result.warnings[0]  # the same without a key
+    # ... a failure when the DPO asks for a fully signed log ...
+    assert kinds(check(signed_log, keys[1], strict=True)) == ["unsigned_tail"]
+    # ... and a cut log with the head copied off the host.
+    cut = check(signed_log, keys[1], heads=(real_head,))
+    assert kinds(cut) == ["head"] and "the log was cut" in cut.problems[0].message
 
 
 def test_all_checkpoints_removed_is_found_with_the_key(
@@ -600,12 +619,62 @@ def test_an_unsigned_tail_is_a_warning_while_a_run_is_in_progress(
     result = check(signed_log, keys[1])
     assert result.ok and result.unsigned_tail == 2
     assert result.warnings == (
-        "2 entries after the last checkpoint not signed yet (a run may be in progress; its "
-        "checkpoint will sign them)",
+        "2 entries after the last signed checkpoint are hash-chained but not yet signed: a run "
+        "is in progress (its checkpoint will sign them) or was interrupted (the next run signs "
+        "them)",
     )
     cli = invoke("verify", signed_log, "--public-key", keys[1])
     assert cli.exit_code == 0
-    assert "warning: 2 entries after the last checkpoint" in cli.output
+    assert "warning: 2 entries after the last signed checkpoint" in cli.output
+    strict = invoke("verify", signed_log, "--public-key", keys[1], "--strict")
+    assert strict.exit_code == 1
+    assert strict.output.startswith(
+        f"{signed_log}: UNFINISHED (--strict): audit.jsonl:{verify(signed_log).head[0] - 1}: 2 "
+        "entries after the last signed checkpoint"
+    )
+
+
+def test_a_kill_before_the_checkpoint_is_a_warning_until_the_next_run_signs_it(
+    signed_log: Path, keys: tuple[Path, Path], pbx: Path
+) -> None:
+    objs = objects(signed_log)
+    run_end = objs[-2]
+    # SIGKILL after the run's last entry was synced, before its checkpoint was written.
+    write_objects(signed_log, objs[:-1])
+    cli = invoke("verify", signed_log, "--public-key", keys[1])
+    assert cli.exit_code == 0, cli.output
+    assert cli.output.startswith(f"{signed_log}: intact")
+    assert "2 checkpoints, the last signs entry" in cli.output
+    assert "2 of 2 signatures valid" in cli.output
+    assert "are hash-chained but not yet signed: the run that wrote them ended without its " in (
+        cli.output
+    )
+    as_json = json.loads(invoke("verify", signed_log, "--public-key", keys[1], "--json").output)
+    assert as_json["ok"] is True and as_json["problems"] == []
+    assert as_json["unsigned_tail"] == run_end["seq"] - as_json["last_checkpoint"]["seq"]
+    strict = invoke("verify", signed_log, "--public-key", keys[1], "--strict", "--json")
+    assert strict.exit_code == 1
+    assert [p["kind"] for p in json.loads(strict.output)["problems"]] == ["unsigned_tail"]
+
+    # Tampering is still found while the tail is unsigned: an edit before the last checkpoint
+    # with the chain recomputed, and an edit in the unsigned tail without recomputing it.
+    edited = [dict(o) for o in objs[:-1]]
+    next(o for o in edited if o["type"] == "batch_done")["deleted"] += 1
+    write_objects(signed_log, rehash(edited))
+    assert kinds(check(signed_log, keys[1])) == ["checkpoint", "checkpoint"]
+    edited = [dict(o) for o in objs[:-1]]
+    edited[-1]["deleted"] += 1
+    write_objects(signed_log, edited)
+    assert kinds(check(signed_log, keys[1])) == ["chain"]
+
+    # The next run signs the interrupted run's end before its own first entry.
+    write_objects(signed_log, objs[:-1])
+    config = load_config(pbx)
+    assert run_rules(config, ("voicemail",))[0].status == "done"
+    log = entries(signed_log)
+    assert log[run_end["seq"]].type == CHECKPOINT
+    assert log[run_end["seq"]].fields["signed_seq"] == run_end["seq"]
+    assert check(signed_log, keys[1], strict=True).ok
 
 
 def test_verify_and_head_commands(signed_log: Path, keys: tuple[Path, Path]) -> None:
@@ -1016,9 +1085,14 @@ def test_the_installed_command_line(tmp_path: Path) -> None:
     assert (int(seq), hash) == verify(path).head
 
     objs = objects(path)
-    write_objects(path, objs[:-1])
+    write_objects(path, objs[:-1])  # the last checkpoint gone, as after a kill before it
+    unsigned = retentiond("audit", "verify", path, "--public-key", public)
+    assert unsigned.returncode == 0, unsigned.stdout
+    assert "hash-chained but not yet signed" in unsigned.stdout
+    strict = retentiond("audit", "verify", path, "--public-key", public, "--strict")
+    assert strict.returncode == 1 and "UNFINISHED (--strict)" in strict.stdout
     broken = retentiond("audit", "verify", path, "--public-key", public, "--head", f"{seq}:{hash}")
     assert broken.returncode == 1
-    assert "missing checkpoint after entry" in broken.stdout and "the log was cut" in broken.stdout
-    as_json = json.loads(retentiond("audit", "verify", path, "--json").stdout)
-    assert as_json["ok"] is False and as_json["problems"][0]["kind"] == "missing_checkpoint"
+    assert "BROKEN: the log was cut" in broken.stdout
+    as_json = json.loads(retentiond("audit", "verify", path, "--json", "--strict").stdout)
+    assert as_json["ok"] is False and as_json["problems"][0]["kind"] == "unsigned_tail"
