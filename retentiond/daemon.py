@@ -44,7 +44,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from retentiond.audit import AuditLog, Entry, read_entries
+from retentiond.audit import AuditLog, Entry, Signer, read_entries
 from retentiond.config.loader import LoadedConfig, load_config
 from retentiond.config.model import Config, HoldConfig, Rule
 from retentiond.config.schedule import Schedule, WallClockTrigger
@@ -135,6 +135,7 @@ class Daemon:
         with self._signals(), audit_log as audit:
             self._audit = audit
             config = self.loaded.config
+            self._sign_tail(audit)
             _require_a_schedule(self.loaded)
             self._check_stores(self.loaded)
             self._read_history(config)
@@ -376,6 +377,17 @@ class Daemon:
             if moment is not None:
                 runs[name] = moment
         return dict(sorted(runs.items(), key=lambda item: item[1].astimezone(UTC)))
+
+    def _sign_tail(self, audit: AuditLog) -> None:
+        """At start, sign what the log ends with (a run killed before its checkpoint, a repaired
+        torn line), so `audit verify --public-key` need not wait for the next run."""
+        path = self.loaded.config.audit.signing_key
+        if path is None:
+            return
+        try:
+            audit.sign_tail(Signer.from_config(path))
+        except AuditError as error:
+            log.warning("the log's unsigned end could not be signed at start", reason=str(error))
 
     def _run_rule(self, name: str, catch_up: bool = False) -> None:
         """A job: one run of one rule, with the config in force when it starts."""

@@ -9,6 +9,8 @@ the counts in the audit log.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, tzinfo
 
 import click
@@ -88,7 +90,8 @@ def find_command(
             details = ", ".join(f"{k}={v}" for k, v in found.fields.items())
             click.echo(f"    {when}  {found.where}{mark}  {details}")
     if ticket:
-        with audit.AuditLog(loaded.config.audit.path) as log:
+        signer = _signer(loaded)
+        with audit.AuditLog(loaded.config.audit.path) as log, _signed(log, signer):
             record_search(log, ticket, matches)
         click.echo(f"recorded in the audit log as a search for {ticket} (counts only)")
 
@@ -130,12 +133,37 @@ def erase_command(
         if not sys.stdin.isatty():
             raise click.UsageError("not on a terminal: confirm with --yes")
         click.confirm(f"erase {erasable} objects for {ticket}?", abort=True)
+    signer = _signer(loaded)
     with audit.AuditLog(loaded.config.audit.path) as log:
-        done = erase(engine, log, subject, ticket, names, now=datetime.now(UTC))
+        with _signed(log, signer):
+            done = erase(engine, log, subject, ticket, names, now=datetime.now(UTC))
         head = log.head
     deleted = sum(m.deleted for m in done)
     click.echo(f"erased {deleted} objects for {ticket}; held {held}")
     click.echo(f"audit log {loaded.config.audit.path}: head #{head[0]} {head[1][:16]}")
+
+
+def _signer(loaded: LoadedConfig) -> audit.Signer | None:
+    """The signing key, read before anything is written: with audit.signing_key set, a request
+    is recorded only when it can be signed, as a run is."""
+    path = loaded.config.audit.signing_key
+    if path is None:
+        return None
+    try:
+        return audit.Signer.from_config(path)
+    except audit.SigningKeyError as error:
+        raise click.ClickException(f"{error}; nothing was recorded or erased") from None
+
+
+@contextmanager
+def _signed(log: audit.AuditLog, signer: audit.Signer | None) -> Iterator[None]:
+    """Sign what the log ends with first (an interrupted run's entries), and the request's
+    entries after, so a signed log has no stretch a checkpoint does not cover."""
+    if signer is not None:
+        log.sign_tail(signer)
+    yield
+    if signer is not None:
+        log.checkpoint(signer)
 
 
 def _print_store(match: StoreMatches, zone: tzinfo) -> None:
