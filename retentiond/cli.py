@@ -268,6 +268,7 @@ def plan_json(rule_plan: RulePlan) -> dict[str, Any]:
                 "oldest": _iso(s.survey.oldest),
                 "expired_bytes": s.survey.expired_bytes,
                 "batches": s.batches,
+                "batch_time": s.batch_time,
                 "skipped": dict(s.survey.skipped),
                 "absent": s.absent,
             }
@@ -296,10 +297,15 @@ def print_plan(rule_plan: RulePlan, zone: tzinfo) -> None:
         would = 0 if rule_plan.refusal else survey.expired
         size = f" ({_bytes(survey.expired_bytes)})" if survey.expired_bytes else ""
         since = f" (since {_local(s.since, zone)})" if s.since else ""
+        batches = (
+            f"in batches of about {s.batch_time:g} s each"
+            if s.batch_time is not None
+            else f"in {s.batches} batches"
+        )
         click.echo(
             f"  {s.kind} {s.label}: {survey.total} {survey.unit}, expired {survey.expired}, "
             f"held {survey.held}, oldest {oldest}, would {rule_plan.stage} {would}{size}{since} "
-            f"in {s.batches} batches"
+            f"{batches}"
         )
         if survey.skipped:
             parts = ", ".join(

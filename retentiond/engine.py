@@ -90,14 +90,18 @@ class StorePlan:
     label: str
     kind: str
     survey: Survey
-    batch_size: int
+    batch_size: int  # rows per batch; adaptive stores (batch_time): the first batch's
     absent: str | None = None  # why an optional store is not there
     since: datetime | None = None  # anonymize: the previous complete run's cutoff
     failed: str | None = None  # why the store could not be opened or surveyed in this run
+    batch_time: float | None = None  # adaptive batches: the seconds each one aims at
 
     @property
-    def batches(self) -> int:
-        """How many batches deleting the expired objects takes, at least."""
+    def batches(self) -> int | None:
+        """How many batches deleting the expired objects takes, at least; None when their size
+        adapts to their duration (batch_time)."""
+        if self.batch_time is not None:
+            return None
         return -(-self.survey.expired // self.batch_size)
 
     @property
@@ -294,7 +298,14 @@ class Engine:
             absent = store.reason if type(store) is AbsentStore else None
             plans.append(
                 StorePlan(
-                    store.label, store.kind, survey, _batch_size(rule, i), absent, since, failed
+                    store.label,
+                    store.kind,
+                    survey,
+                    _batch_size(rule, i),
+                    absent,
+                    since,
+                    failed,
+                    store.batch_time,
                 )
             )
         refusal = self._guard(now, rule_cutoff, stores, plans)

@@ -6,6 +6,7 @@ cuts connections, holds back the server's answers, or refuses new connections.
     proxy.delay(5)                          # answers arrive 5 s late
     proxy.refuse()                          # new connections are closed at once
     proxy.stop_listening()                  # new connections are refused (ECONNREFUSED)
+    proxy.lose_commit(skip=2)               # the 3rd COMMIT is applied, its reply never arrives
     proxy.normal()                          # pass-through again
 
 Every connection is a pair of sockets and two pump threads; cutting one shuts both sockets down
@@ -19,6 +20,7 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 CHUNK = 65536
@@ -32,6 +34,7 @@ class _Link:
         self.client = client
         self.server = server
         self.closed = threading.Event()
+        self.dropping_reply = False  # a COMMIT went through: drop its answer and cut
 
     def close(self) -> None:
         if self.closed.is_set():
@@ -55,6 +58,9 @@ class FaultProxy:
         self._budget: int | None = None  # server->client bytes left before the next cut
         self._refusing = False
         self._accept_left: int | None = None  # connections accepted before refusing
+        self._commits_to_skip: int | None = None  # COMMITs let through before one is lost
+        self._commit_applied = True
+        self._after_lost_commit: Callable[[], None] | None = None
         self._closing = False
         self.accepted = 0  # connections forwarded to the server
         self.refused = 0  # connections closed at once by refuse() or allow()
@@ -72,6 +78,7 @@ class FaultProxy:
             self._budget = None
             self._refusing = False
             self._accept_left = None
+            self._commits_to_skip = None
         if self._listener is None:
             self._listen()
 
@@ -106,6 +113,17 @@ class FaultProxy:
         """Forward the next `count` connections, then close any later one at once."""
         with self._lock:
             self._accept_left = count
+
+    def lose_commit(
+        self, skip: int = 0, applied: bool = True, then: Callable[[], None] | None = None
+    ) -> None:
+        """Let `skip` COMMITs through, then cut the connection that sends the next one: once the
+        server has answered it, dropping the answer (`applied`: committed, and the client cannot
+        know), or before passing it on (never committed). `then` runs right after the cut."""
+        with self._lock:
+            self._commits_to_skip = skip
+            self._commit_applied = applied
+            self._after_lost_commit = then
 
     def stop_listening(self) -> None:
         """Close the listening socket: new connections are refused by the kernel."""
@@ -180,14 +198,39 @@ class FaultProxy:
             threading.Thread(target=self._pump_down, args=(link,), daemon=True).start()
 
     def _pump_up(self, link: _Link) -> None:
-        """Client to server, untouched."""
+        """Client to server, untouched but for the COMMIT `lose_commit` picks."""
         while not link.closed.is_set():
             chunk = _receive(link.client)
             if chunk is None:
                 continue
+            if chunk and _is_commit(chunk) and self._loses_commit():
+                if not self._commit_applied:
+                    self._lose(link)
+                    return
+                link.dropping_reply = True
             if not chunk or not _send(link.server, chunk):
                 break
         self._drop(link)
+
+    def _loses_commit(self) -> bool:
+        with self._lock:
+            if self._commits_to_skip is None:
+                return False
+            if self._commits_to_skip > 0:
+                self._commits_to_skip -= 1
+                return False
+            self._commits_to_skip = None
+            return True
+
+    def _lose(self, link: _Link) -> None:
+        """Cut the connection of a lost COMMIT, then tell the test."""
+        with self._lock:
+            self._links.discard(link)
+            self.cuts += 1
+            then = self._after_lost_commit
+        link.close()
+        if then is not None:
+            then()
 
     def _pump_down(self, link: _Link) -> None:
         """Server to client: delayed, and cut when the byte budget runs out."""
@@ -197,6 +240,9 @@ class FaultProxy:
                 continue
             if not chunk:
                 break
+            if link.dropping_reply:
+                self._lose(link)
+                return
             received = time.monotonic()
             with self._lock:
                 delay = self._delay
@@ -244,6 +290,12 @@ def _send(sock: socket.socket, data: bytes) -> bool:
     except OSError:
         return False
     return True
+
+
+def _is_commit(chunk: bytes) -> bool:
+    """A COMMIT on its own: a MySQL COM_QUERY packet (3 bytes length, 1 sequence, 0x03) or a
+    PostgreSQL simple Query message ('Q', 4 bytes length, the text ending in NUL)."""
+    return chunk[4:] == b"\x03COMMIT" or (chunk[:1] == b"Q" and chunk[5:] == b"COMMIT\x00")
 
 
 def _slam(sock: socket.socket) -> None:

@@ -72,6 +72,18 @@ def test_every_error_is_reported_at_once_with_line_and_path() -> None:
     assert len(found) == 3
 
 
+def test_batch_size_and_batch_time_are_one_or_the_other() -> None:
+    adaptive = parse_config(MINIMAL.replace("table: cdr", "table: cdr\n        batch_time: 0.05"))
+    assert adaptive.rules[0].stores[0].batch_time == 0.05
+    both = MINIMAL.replace(
+        "table: cdr", "table: cdr\n        batch_size: 500\n        batch_time: 0.1"
+    )
+    (found,) = problems(both)
+    assert "set one of the two" in found
+    (found,) = problems(MINIMAL.replace("table: cdr", "table: cdr\n        batch_time: 0"))
+    assert "batch_time" in found
+
+
 def test_duplicate_key_is_an_error_not_a_silent_override() -> None:
     text = MINIMAL.replace("keep: 3 months", "keep: 3 months\n    keep: 10 years")
     (found,) = problems(text)

@@ -18,7 +18,12 @@ from pbxdata import PbxDatabase, cdr_rows, cel_rows, sqlite_cdr_rows
 from sqlalchemy import Engine, event
 
 from retentiond.config.model import ConnectionConfig, SqlStoreConfig
-from retentiond.stores.sql import TABLE_LOCK_BATCH_SIZE, SqlStore
+from retentiond.stores.sql import (
+    BATCH_TIME,
+    TABLE_LOCK_BATCH_SIZE,
+    TABLE_LOCK_BATCH_TIME,
+    SqlStore,
+)
 
 BERLIN = ZoneInfo("Europe/Berlin")
 CUTOFF = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -44,12 +49,15 @@ def database(
 def open_store() -> Iterator[Callable[..., SqlStore]]:
     stores: list[SqlStore] = []
 
-    def factory(url: str, table: str = "cdr", batch_size: int | None = None) -> SqlStore:
+    def factory(
+        url: str, table: str = "cdr", batch_size: int | None = None, **options: Any
+    ) -> SqlStore:
         settings: dict[str, Any] = {
             "type": "sql",
             "connection": "cdrdb",
             "table": table,
             "time_column": "calldate" if table == "cdr" else "eventtime",
+            **options,
         }
         if batch_size is not None:
             settings["batch_size"] = batch_size
@@ -230,28 +238,65 @@ def test_ties_at_a_batch_edge_are_counted_and_spanned_exactly(
 
 @pytest.mark.mariadb
 @pytest.mark.parametrize(
-    ("engine", "configured", "expected"),
+    ("engine", "options", "expected"),
     [
-        ("MyISAM", None, [TABLE_LOCK_BATCH_SIZE, TABLE_LOCK_BATCH_SIZE, 100]),
-        ("MyISAM", 1000, [600]),
-        ("InnoDB", None, [600]),
+        # Adaptive: a MyISAM table starts at TABLE_LOCK_BATCH_SIZE rows. A batch far faster
+        # than batch_time makes the next one ADAPT_GROWTH times larger (the rest: 350 rows)...
+        ("MyISAM", {"batch_time": 10}, [TABLE_LOCK_BATCH_SIZE, 350]),
+        # ...one far slower makes it ADAPT_SHRINK times smaller, down to ADAPT_MIN_ROWS.
+        ("MyISAM", {"batch_time": 1e-6}, [250, 125, 62, 31, 20, 20, 20, 20, 20, 20, 12]),
+        # A row-locking engine starts at batch_size's default, 1000.
+        ("InnoDB", {"batch_time": 1e-6}, [600]),
+        # batch_size fixes the size, whatever the engine.
+        ("MyISAM", {"batch_size": 100}, [100] * 6),
+        ("MyISAM", {"batch_size": 1000}, [600]),
     ],
 )
-def test_myisam_tables_get_short_batches_unless_batch_size_is_set(
+def test_batches_adapt_to_their_duration_unless_batch_size_is_set(
     mariadb_url: str,
     pbx_database: Callable[[str], PbxDatabase],
     open_store: Callable[..., SqlStore],
     engine: str,
-    configured: int | None,
+    options: dict[str, Any],
     expected: list[int],
 ) -> None:
-    """MyISAM locks the whole table for each DELETE: the PBX's inserts wait for it."""
+    """MyISAM locks the whole table for each DELETE: the PBX's inserts wait for it, so its
+    batches start small and aim at TABLE_LOCK_BATCH_TIME; each batch is sized from how long
+    the one before took."""
     database = pbx_database(mariadb_url)
     database.create("cdr")
     database.execute(f"ALTER TABLE cdr ENGINE={engine}")
     insert_calls(database, [WALL_CUTOFF - timedelta(minutes=1 + i) for i in range(600)])
-    store = open_store(database.url, batch_size=configured)
+    store = open_store(database.url, **options)
 
     results = [store.apply(batch, CUTOFF) for batch in store.batches(CUTOFF)]
 
     assert [result.deleted for result in results] == expected
+    assert (store.batch_time is None) == ("batch_size" in options)
+
+
+@pytest.mark.mariadb
+@pytest.mark.parametrize(
+    ("engine", "first", "aim"),
+    [("MyISAM", 250, TABLE_LOCK_BATCH_TIME), ("InnoDB", 1000, BATCH_TIME)],
+)
+def test_the_default_batches_aim_at_the_engines_duration(
+    mariadb_url: str,
+    pbx_database: Callable[[str], PbxDatabase],
+    open_store: Callable[..., SqlStore],
+    engine: str,
+    first: int,
+    aim: float,
+) -> None:
+    database = pbx_database(mariadb_url)
+    database.create("cdr")
+    database.execute(f"ALTER TABLE cdr ENGINE={engine}")
+    insert_calls(database, [WALL_CUTOFF - timedelta(minutes=1 + i) for i in range(2000)])
+    store = open_store(database.url)
+
+    results = [store.apply(batch, CUTOFF) for batch in store.batches(CUTOFF)]
+
+    assert store.batch_time == aim
+    assert results[0].deleted == first
+    assert sum(result.deleted for result in results) == 2000
+    assert any(f"about {aim:g} s each" in line for line in store.describe())

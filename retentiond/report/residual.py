@@ -61,7 +61,8 @@ def _shortest_keep(config: Config) -> tuple[str, float] | None:
 
 
 def _database(config: Config, name: str, settings: ConnectionConfig) -> list[Finding]:
-    database = Database(name, settings, f"connection {name}")
+    # Once: a report says a database it cannot reach was not checked, it does not wait for it.
+    database = Database(name, settings.model_copy(update={"retries": 0}), f"connection {name}")
     place = f"connection {name}"
     try:
         connection = database.open()

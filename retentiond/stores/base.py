@@ -93,6 +93,8 @@ class Store(ABC):
     label: str  # how logs and the audit log name it: connection/table or the root folder
     unit: str  # "rows" or "files"
     pause: float = 0.0  # seconds to wait between batches
+    # Adaptive batches: the seconds each batch aims at (its size follows); None: a fixed size.
+    batch_time: float | None = None
 
     @abstractmethod
     def open(self) -> None:

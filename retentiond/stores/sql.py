@@ -25,14 +25,15 @@ between), the span is reported unknown rather than guessed. RETURNING is used on
 files a file_column names.
 
 A store's statements run one after another on one pooled connection, without a ping at checkout
-or a rollback at checkin (see `Database.open`): a batch is its planning read, the rollback that
-ends that read, the DELETE and its commit. A connection found dead fails its statement, and
+or a rollback at checkin (see `Database.open`): a batch is its planning read, the DELETE and its
+commit, in one transaction. A connection found dead fails its statement, and
 `Database.retrying` retries it on a new one.
 
-Tables whose engine locks the whole table for a DELETE (MyISAM, Aria) get batches of
-TABLE_LOCK_BATCH_SIZE rows unless batch_size is set in the config: each batch keeps the PBX's
-inserts waiting for as long as it runs, and a fixed small size keeps that wait short and
-predictable (an adaptive size would chase a machine's noise and make runs hard to compare).
+Without batch_size in the config, the rows per batch adapt: after each batch the size moves
+toward the one whose transaction takes about `batch_time` (BATCH_TIME; TABLE_LOCK_BATCH_TIME where
+a DELETE locks the whole table, MyISAM, Aria and SQLite, since the PBX's inserts wait for as long
+as it runs). Steps are bounded (ADAPT_GROWTH, ADAPT_SHRINK) so one slow or fast batch does not
+swing the size. With batch_size set, every batch is that size, which makes runs comparable.
 
 Rows may name a file (3CX `recordings.recording_url`, relative to `file_root`). The delete itself
 says which files its rows named (RETURNING, or a locking read in the same transaction on MySQL);
@@ -62,14 +63,17 @@ into an exception: messages carry counts, names of tables and columns, and drive
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
+import socket
 import stat
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from functools import partial
@@ -92,6 +96,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy import types as sqltypes
+from sqlalchemy.event import listen
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, NoSuchTableError
 
 from retentiond import rules
@@ -131,6 +136,15 @@ BACKOFF_MAX = 10.0
 # batch_size is set: about 10-20 ms per DELETE on FreePBX's cdr, so the PBX's inserts barely wait.
 TABLE_LOCKING_ENGINES = frozenset({"MyISAM", "Aria", "MRG_MyISAM"})
 TABLE_LOCK_BATCH_SIZE = 250
+# Adaptive batches (batch_size not set): the first batch has batch_size's default rows (or
+# TABLE_LOCK_BATCH_SIZE), then each one is sized for a transaction of about this many seconds.
+BATCH_TIME = 0.2
+TABLE_LOCK_BATCH_TIME = 0.02
+# A batch is at most this much larger, or smaller, than the one before, and within these bounds.
+ADAPT_GROWTH = 1.5
+ADAPT_SHRINK = 0.5
+ADAPT_MIN_ROWS = 20
+ADAPT_MAX_ROWS = 50_000
 # Keys per `IN (...)` list: below SQLite's old limit of 999 bound variables.
 IN_LIST_CHUNK = 500
 # The largest DST shift in tzdata is two hours (Antarctica/Troll): a wall-clock time near a hold's
@@ -317,8 +331,10 @@ class Database:
 
     It reads the password (password_file, else the systemd credential named like the connection),
     sets the lock and statement timeouts of every session per dialect, and runs each piece of work
-    in its own transaction, retrying lock waits, deadlocks and lost connections with backoff.
-    `label` names the store in messages and logs.
+    in its own transaction, retrying lock waits, deadlocks and lost connections with backoff; the
+    first connect too, when the server is down or restarting. A server that stops answering is a
+    lost connection after statement_timeout + 5 s (the driver's read timeout on MariaDB/MySQL,
+    `_ReadDeadline` on PostgreSQL). `label` names the store in messages and logs.
     """
 
     def __init__(self, name: str, settings: ConnectionConfig, label: str) -> None:
@@ -357,22 +373,70 @@ class Database:
         except (ArgumentError, NoSuchModuleError, ImportError) as exc:
             raise StoreError(f"connection {self.name}: {exc}") from None
         self._engine = engine
+        if self.family == "postgresql":
+            # libpq has no read timeout: give up on a server silent as long as MariaDB's would be.
+            _ReadDeadline(self._io_timeout(), self.label).watch(engine)
         try:
-            connection = engine.connect()
-        except DBAPIError as exc:
+            return self._first_connection(engine)
+        except StoreError:
             self.close()
-            raise StoreError(
-                f"cannot connect to {self.name} ({self.where()}): {driver_message(exc)}"
-            ) from None
-        try:
-            self.server = _server_version(connection, self.family)
-        except DBAPIError as exc:
-            connection.close()
-            self.close()
-            raise StoreError(
-                f"{self.label}: cannot read the server version: {driver_message(exc)}"
-            ) from None
-        return connection
+            raise
+
+    def _first_connection(self, engine: Engine) -> Connection:
+        """A first connection, and the server's version read on it.
+
+        A server that is down, restarting or busy is waited for with the backoff of `retrying`;
+        one that refuses us (user, password, database, host name) fails at once, with what to
+        check. Each wait is logged with its reason and error code, never the URL.
+        """
+        retries = self.settings.retries
+        attempt = 0
+        while True:
+            connection: Connection | None = None
+            try:
+                connection = engine.connect()
+                self.server = _server_version(connection, self.family)
+                return connection
+            except DBAPIError as exc:
+                if connection is not None:
+                    with contextlib.suppress(DBAPIError):
+                        connection.close()
+                reason = _connect_transient_reason(exc)
+                if reason is None:
+                    if connection is not None:
+                        raise StoreError(
+                            f"{self.label}: cannot read the server version: {driver_message(exc)}"
+                        ) from None
+                    raise StoreError(self._refused_message(exc)) from None
+                if attempt >= retries:
+                    check = (
+                        "the server's max_connections is used up: raise it, or find who holds them"
+                        if reason == "too many connections"
+                        else "check that the database server is running and accepts connections "
+                        "at that address (firewall, bind-address, listen_addresses)"
+                    )
+                    raise StoreError(
+                        f"cannot connect to {self.name} ({self.where()}): {driver_message(exc)}; "
+                        f"tried {attempt + 1} times: {check}"
+                    ) from None
+                delay = _backoff(attempt)
+                attempt += 1
+                log.warning(
+                    "sql store retrying",
+                    store=self.label,
+                    action="connecting",
+                    attempt=attempt,
+                    of=retries,
+                    error=reason,
+                    code=error_code(exc),
+                    delay=delay,
+                )
+                time.sleep(delay)
+
+    def _refused_message(self, exc: DBAPIError) -> str:
+        message = f"cannot connect to {self.name} ({self.where()}): {driver_message(exc)}"
+        hint = _connect_hint(exc)
+        return f"{message}; {hint}" if hint else message
 
     def close(self) -> None:
         if self._engine is not None:
@@ -415,6 +479,7 @@ class Database:
         work: Callable[[Connection], T],
         *,
         write: bool = False,
+        settle: Callable[[Connection, T], T] | None = None,
         failure: Callable[[DBAPIError], str] | None = None,
         gave_up: Callable[[str, int], str] | None = None,
         event: str = "sql store retrying",
@@ -425,32 +490,53 @@ class Database:
         A write commits before returning. A failed attempt rolled back completely, so retrying it
         cannot delete twice what one batch planned. `failure` and `gave_up` word the errors for
         callers whose situation differs (files already deleted), `event` and `context` the log.
+
+        Except a write whose connection was lost while committing: the server may have committed
+        it and only the reply was lost. With `settle`, the next attempt runs
+        `settle(connection, that attempt's result)` instead of `work`, which finds out in its own
+        transaction and returns the result to keep (doing the work again where it was not
+        committed). Without `settle` the work simply runs again.
         """
         engine = self.engine
         retries = self.settings.retries
         attempt = 0
+        unsettled: list[T] = []  # the result of the attempt whose commit got no reply
         while True:
+            done: list[T] = []  # this attempt's result, once its work is done: committing
             try:
-                if write:
-                    with engine.begin() as connection:
+                if not write:
+                    with engine.connect() as connection:
                         return work(connection)
-                with engine.connect() as connection:
-                    return work(connection)
+                with engine.begin() as connection:
+                    if settle is not None and unsettled:
+                        done.append(settle(connection, unsettled[0]))
+                    else:
+                        done.append(work(connection))
+                return done[0]
             except DBAPIError as exc:
                 reason = _transient_reason(exc)
                 if reason is None:
                     # `from None`: the chained SQLAlchemy error would print the bound parameters.
                     message = failure(exc) if failure else self.failure_message(action, exc)
                     raise StoreError(message) from None
+                lost_commit = bool(done) and reason == "connection lost"
+                if lost_commit and settle is not None:
+                    unsettled[:] = done
                 if attempt >= retries:
                     attempts = attempt + 1
                     raise StoreError(
                         gave_up(reason, attempts)
                         if gave_up
                         else f"{self.label}: {_GAVE_UP[reason].format(attempts=attempts)}; the "
-                        "run was stopped, nothing beyond the committed batches was deleted"
+                        "run was stopped, "
+                        + (
+                            "and whether the last batch was committed is not known (the next run "
+                            "reconciles it)"
+                            if unsettled or lost_commit
+                            else "nothing beyond the committed batches was deleted"
+                        )
                     ) from None
-                delay = min(BACKOFF_FIRST * 2**attempt, BACKOFF_MAX)
+                delay = _backoff(attempt)
                 attempt += 1
                 log.warning(
                     event,
@@ -461,6 +547,7 @@ class Database:
                     error=reason,
                     code=error_code(exc),
                     delay=delay,
+                    **({"while_committing": True} if lost_commit else {}),
                 )
                 time.sleep(delay)
 
@@ -551,9 +638,8 @@ class Database:
                 f"/*!50500 , SESSION lock_wait_timeout={lock} */, SESSION time_zone='+00:00' "
                 f"/*M!100100 , SESSION max_statement_time={settings.statement_timeout:.3f} */"
             )
-            # The socket waits a little longer than the server, so the server's error wins; a
-            # server that stops answering is a lost connection (2013), retried like one.
-            io_timeout = math.ceil(max(settings.statement_timeout, settings.lock_timeout) + 5)
+            # A server that stops answering is a lost connection (2013), retried like one.
+            io_timeout = self._io_timeout()
             return {
                 "init_command": init,
                 "connect_timeout": max(1, math.ceil(settings.connect_timeout)),
@@ -570,9 +656,23 @@ class Database:
                 "options": options,
                 "application_name": "retentiond",
                 "connect_timeout": max(2, math.ceil(settings.connect_timeout)),
+                # A server host that died or is cut off: the kernel drops the connection once
+                # nothing was acknowledged for the I/O timeout, while sending or waiting alike
+                # (keepalive probes). A server alive but silent is `_ReadDeadline`'s.
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
+                "tcp_user_timeout": self._io_timeout() * 1000,
             }
         # Asterisk writes the same file: wait for its write lock instead of failing at once.
         return {"timeout": settings.lock_timeout}
+
+    def _io_timeout(self) -> int:
+        """Seconds to wait for an answer: a little longer than the server's own timeouts, so
+        the server's error wins where it still answers."""
+        settings = self.settings
+        return math.ceil(max(settings.statement_timeout, settings.lock_timeout) + 5)
 
 
 class FileRoot:
@@ -682,9 +782,12 @@ class SqlStore(Store):
         self._time_name = ""
         self._time_kind: TimeKind = "local"
         self._layout: Layout | None = None
-        # Rows per batch: batch_size, or when it is not set the default for the table's engine.
+        # Rows per batch: batch_size; or, when it is not set, adapted after every batch so it
+        # takes about `batch_time` seconds (None: a fixed size).
         self._batch_size = store.batch_size
+        self.batch_time: float | None = None
         self._table_engine: str | None = None  # MariaDB/MySQL's storage engine of the table
+        self._locks_table = False  # a DELETE locks the whole table (MyISAM, Aria, SQLite)
         # file_column: its quoted name, its name, the index led by it, and the open root.
         self._file_sql = ""
         self._file_name = ""
@@ -932,23 +1035,42 @@ class SqlStore(Store):
         self._file_parts = (parts, digits)
 
     def _choose_batch_size(self, connection: Connection, table: Table) -> None:
-        """A table-locking engine gets TABLE_LOCK_BATCH_SIZE rows per batch unless batch_size is
-        set: each DELETE holds the whole table, the PBX's inserts wait until it ends."""
+        """batch_size when it is set; else adaptive batches aiming at `batch_time`, shorter and
+        starting smaller where each DELETE holds the whole table and the PBX's inserts wait."""
         self._batch_size = self._store.batch_size
         self._table_engine = None
-        if self._family != "mysql":
+        if self._family == "mysql":
+            found = connection.execute(
+                text(
+                    "SELECT ENGINE FROM information_schema.TABLES "
+                    "WHERE TABLE_SCHEMA = COALESCE(:schema, DATABASE()) AND TABLE_NAME = :table"
+                ),
+                {"schema": table.schema, "table": table.name},
+            ).scalar()
+            self._table_engine = str(found) if found is not None else None
+        self._locks_table = self._family == "sqlite" or self._table_engine in TABLE_LOCKING_ENGINES
+        if "batch_size" in self._store.model_fields_set:
+            self.batch_time = None
             return
-        found = connection.execute(
-            text(
-                "SELECT ENGINE FROM information_schema.TABLES "
-                "WHERE TABLE_SCHEMA = COALESCE(:schema, DATABASE()) AND TABLE_NAME = :table"
-            ),
-            {"schema": table.schema, "table": table.name},
-        ).scalar()
-        self._table_engine = str(found) if found is not None else None
-        explicit = "batch_size" in self._store.model_fields_set
-        if self._table_engine in TABLE_LOCKING_ENGINES and not explicit:
+        if self._locks_table:
             self._batch_size = min(self._batch_size, TABLE_LOCK_BATCH_SIZE)
+        self.batch_time = self._store.batch_time or (
+            TABLE_LOCK_BATCH_TIME if self._locks_table else BATCH_TIME
+        )
+
+    def _adapt_batch_size(self, rows: int, seconds: float) -> None:
+        """After a batch of `rows` that took `seconds`: the size that would take `batch_time`.
+
+        Only a batch of at least half the current size says how long a full one takes (the
+        last batch of a run is often small, and its fixed costs would dominate).
+        """
+        target = self.batch_time
+        size = self._batch_size
+        if target is None or seconds <= 0 or rows < size / 2:
+            return
+        wanted = rows * target / seconds
+        bounded = min(max(wanted, size * ADAPT_SHRINK), size * ADAPT_GROWTH)
+        self._batch_size = int(min(max(bounded, ADAPT_MIN_ROWS), ADAPT_MAX_ROWS))
 
     def _choose_layout(self, connection: Connection, table: Table, column: Column[Any]) -> Layout:
         index = self._leading_index(connection, table, column)
@@ -963,8 +1085,9 @@ class SqlStore(Store):
                 found = f"no primary key; index {index} on {time_name}"
             reason = (
                 f"{found}: each batch reads along the index how far the {size} oldest expired "
-                f"rows reach (ORDER BY {time_name} LIMIT {size}, one summary row), then deletes "
-                f"that range: DELETE ... WHERE {time_name} < cutoff AND {time_name} <= its end"
+                f"rows reach (one summary row), then deletes that range: DELETE ... WHERE "
+                f"{time_name} < cutoff AND {time_name} > the last batch's end AND "
+                f"{time_name} <= its end"
             )
             return Layout("time_index", reason, key)
         if key is not None and integer_key:
@@ -1030,6 +1153,7 @@ class SqlStore(Store):
             f"{self.label}: {self._db.server}",
             f"time column {self._time_name} ({KIND_WORDS[self._time_kind]})",
             f"strategy {layout.strategy}: {layout.reason}",
+            self._describe_batches(),
         ]
         plan, full_scan = self._db.retrying("explaining the batch statement", self._explain)
         lines.append("query plan of each batch:")
@@ -1055,6 +1179,15 @@ class SqlStore(Store):
             for name, transform in self._transforms.items()
         )
         return lines
+
+    def _describe_batches(self) -> str:
+        locks = " (a DELETE locks the whole table)" if self._locks_table else ""
+        if self.batch_time is None:
+            return f"batches of {self._batch_size} rows (batch_size)"
+        return (
+            f"batches sized to take about {self.batch_time:g} s each{locks}, starting at "
+            f"{self._batch_size} rows (set batch_size for a fixed size)"
+        )
 
     def _describe_files(self) -> list[str]:
         if self._files is None:
@@ -1195,10 +1328,18 @@ class SqlStore(Store):
 
     def _range_batches(self, where: Predicate) -> Iterator[Batch]:
         """Each batch: the oldest rows still matching `where` up to a time (see `_plan_range`),
-        deleted by that time range. Deleted rows no longer match, so the next plan moves on."""
+        deleted by that time range. Deleted rows no longer match, so the next plan moves on.
+
+        Forward only: the next batch starts after this one's last time (at it, when this one
+        took only some of the rows at that time), so neither its plan nor its delete walks the
+        index entries of deleted rows, which InnoDB keeps (delete-marked) until its purge thread
+        catches up. (Reading the next plan on a second connection while the delete runs was
+        measured slower: the two compete for the server's CPU and the index's pages.)
+        """
         number = 0
+        ahead = where
         while True:
-            plan = self._db.retrying("planning a batch", partial(self._plan_range, where))
+            plan = self._db.retrying("planning a batch", partial(self._plan_range, ahead))
             if plan is None:
                 return
             number += 1
@@ -1206,7 +1347,7 @@ class SqlStore(Store):
                 number=number,
                 planned=plan.count,
                 span=self._day_span((plan.first, plan.last)),
-                payload=_Deletion(where, upto=plan.upto, tied=plan.tied),
+                payload=_Deletion(ahead, upto=plan.upto, tied=plan.tied),
             )
             self._applied = None
             yield batch
@@ -1215,51 +1356,54 @@ class SqlStore(Store):
                 return  # not applied (a dry run): the next batch would be this one again
             if not plan.more or applied[1].deleted == 0:
                 return  # none left, or none could be deleted; the verifying survey tells
+            if plan.upto is not None:
+                after = Predicate(f"{self._time_sql} > :after", {"after": plan.upto})
+            else:
+                after = Predicate(f"{self._time_sql} >= :after", {"after": plan.tied})
+            ahead = where & after
 
     def _plan_range(self, where: Predicate, connection: Connection) -> _RangePlan | None:
-        """The next batch, from one summary row of the n oldest rows matching `where` (the head).
+        """The next batch, from one summary row of the oldest rows matching `where`.
 
-        The batch is every row up to the head's last time (`edge`) when those are at most n:
-        the head's rows before the edge plus all rows at it, counted by an index lookup. Else the
-        head's rows before the edge; and when every row of the head has that one time, n of
-        them. So each batch is at most n rows, and its count and span are those of the rows its
-        predicate covers.
+        Along the time index: the time of the (n+1)th oldest row (`stop`), then the count, first
+        and last time of the rows before it. Those are at most n, and the batch is all of them:
+        every row matching `where` up to their last time. Without an (n+1)th row, the batch is
+        every row left. When all of the first n+1 rows have the time `stop`, the batch is n of
+        the rows at that time. So each batch is at most n rows, and its count and span are those
+        of the rows its predicate covers. (Measured on MariaDB 10.11: a third of the time of
+        reading the n oldest rows' times twice and counting the rows at the last.)
         """
         size = self._batch_size
-        head = self._head_sql(where)
-        ties = (
-            f"SELECT COUNT(*) FROM {self._table_sql} "
-            f"WHERE {where.sql} AND {self._time_sql} = e.edge"
+        table, time_sql = self._table_sql, self._time_sql
+        stop = (
+            f"SELECT {time_sql} FROM {table} WHERE {where.sql} "
+            f"ORDER BY {time_sql} LIMIT 1 OFFSET :n"
         )
-        before = "h.t < m.edge"
         statement = _bind(
-            f"SELECT COUNT(*), MIN(h.t), MAX(h.t), COUNT(CASE WHEN {before} THEN 1 END), "
-            f"MAX(CASE WHEN {before} THEN h.t END), MAX(m.ties) FROM ({head}) AS h, "
-            f"(SELECT e.edge, ({ties}) AS ties "
-            f"FROM (SELECT MAX(t) AS edge FROM ({head}) AS x) AS e) AS m",
+            f"SELECT COUNT(*), MIN({time_sql}), MAX({time_sql}), MAX(s.stop) "
+            f"FROM {table}, (SELECT ({stop}) AS stop) AS s "
+            f"WHERE {where.sql} AND (s.stop IS NULL OR {time_sql} < s.stop)",
             where,
             n=size,
         )
-        row = connection.execute(*statement).one()
-        count, first, edge, before_count, before_last = row[:5]
-        at_edge = int(row[5] or 0)
-        if not count:
+        count, first, last, following = connection.execute(*statement).one()
+        if count:
+            return _RangePlan(int(count), first, last, upto=last, more=following is not None)
+        # No row before `stop` (and so none to aggregate it from): none matches at all, or the
+        # first n+1 share one time.
+        following = connection.execute(*_bind(stop, where, n=size)).scalar()
+        if following is None:
             return None
-        whole = int(before_count) + at_edge
-        if whole <= size:
-            return _RangePlan(whole, first, edge, upto=edge, more=count >= size)
-        if before_count:
-            return _RangePlan(int(before_count), first, before_last, upto=before_last)
-        return _RangePlan(size, edge, edge, tied=edge)
+        return _RangePlan(size, following, following, tied=following)
 
     def _repeated_batches(self, where: Predicate, ordered: bool) -> Iterator[Batch]:
         """Each batch: the first rows still matching `where` (the oldest, when `ordered` and
         the time column is indexed). Deleted rows no longer match, so the next read moves on."""
         layout = self._require_layout()
-        size = self._batch_size
-        statement = _bind(self._plan_read_sql(where, ordered), where, n=size)
         number = 0
         while True:
+            size = self._batch_size
+            statement = _bind(self._plan_read_sql(where, ordered), where, n=size)
             rows = self._db.retrying("planning a batch", partial(_read_rows, *statement))
             if not rows:
                 return
@@ -1288,11 +1432,10 @@ class SqlStore(Store):
         low, high = self._walk_bounds(cutoff, holds, where)
         if low is None or high is None:
             return
-        size = self._batch_size
         last = low - 1  # integer keys: the walk starts just below the first expired one
         number = 0
         while last < high:
-            upper = min(last + size, high)
+            upper = min(last + self._batch_size, high)
             count, first, latest, following = self._db.retrying(
                 "planning a batch", partial(self._plan_walk, where, last, upper, high)
             )
@@ -1501,19 +1644,56 @@ class SqlStore(Store):
     def apply(self, batch: Batch, cutoff: datetime) -> BatchResult:
         """Carry out a batch with the predicate it was planned with (its payload)."""
         plan = batch.payload
+        started = time.monotonic()
         if isinstance(plan, _Rewrite):
             result = self._rewrite(plan)
+            self._adapt_batch_size(len(plan.rows), time.monotonic() - started)
         else:
             result = self._apply_deletion(batch, plan)
+            self._adapt_batch_size(result.deleted, time.monotonic() - started)
         self._applied = (batch, result)
         return result
 
     def _apply_deletion(self, batch: Batch, plan: _Deletion) -> BatchResult:
-        deleted = self._db.retrying(
-            "deleting a batch",
-            lambda connection: self._delete(connection, plan, batch.planned),
-            write=True,
-        )
+        def attempt(connection: Connection) -> _Attempt:
+            deleted = self._delete(connection, plan, batch.planned)
+            if plan.tied is None:
+                return _Attempt(deleted)  # the others delete every row their predicate covers
+            tied = plan.where & Predicate(f"{self._time_sql} = :tied", {"tied": plan.tied})
+            sql = f"SELECT COUNT(*) FROM {self._table_sql} WHERE {tied.sql}"
+            return _Attempt(deleted, int(connection.execute(*_bind(sql, tied)).scalar() or 0))
+
+        def settle(connection: Connection, lost: _Attempt) -> _Attempt:
+            """The batch's commit got no reply: keep its result if it went through, else delete
+            again; when the rows say neither, the lost commit's rows are unconfirmed."""
+            if self._table_engine in TABLE_LOCKING_ENGINES:
+                # MyISAM and Aria apply a DELETE before answering it: COMMIT had nothing to do
+                return _settled(self.label, batch.number, "went through", lost)
+            if plan.keys is None and plan.walk is None and plan.upto is None and plan.tied is None:
+                # any n expired rows of a table without a key: nothing tells which went
+                again = attempt(connection)
+                again.unconfirmed = lost.unconfirmed + lost.deleted.count
+                return _settled(self.label, batch.number, "unknown", again)
+            # The same delete again: it waits for the locks the lost transaction may still hold,
+            # then finds the batch's rows as they are. Under a savepoint, to take back further
+            # ties of a tied batch should the lost commit have gone through.
+            savepoint = connection.begin_nested()
+            again = attempt(connection)
+            # the batch's rows found now, less those the lost attempt left: the ones it deleted
+            present = again.deleted.count + again.left - lost.left
+            if present <= 0:
+                savepoint.rollback()
+                return _settled(self.label, batch.number, "went through", lost)
+            savepoint.commit()
+            again.unconfirmed = lost.unconfirmed
+            if present >= lost.deleted.count:
+                return _settled(self.label, batch.number, "did not go through", again)
+            # Some are gone: taken by someone else after it rolled back, or by it after all
+            again.unconfirmed += lost.deleted.count
+            return _settled(self.label, batch.number, "unknown", again)
+
+        outcome = self._db.retrying("deleting a batch", attempt, write=True, settle=settle)
+        deleted = outcome.deleted
         if deleted.times is not None:
             span = self._day_span(deleted.times)
         elif deleted.count == batch.planned or (plan.tied is not None and deleted.count):
@@ -1526,6 +1706,10 @@ class SqlStore(Store):
         result = BatchResult(deleted=deleted.count, span=span)
         if self._files is not None:
             result = self._remove_files(deleted, result)
+        if outcome.unconfirmed:
+            # As a reconciled run says it: at most this many more, unconfirmed
+            counts = {**result.counts, UNCONFIRMED_DELETED_MAX: outcome.unconfirmed}
+            result = replace(result, counts=counts)
         return result
 
     def _delete(self, connection: Connection, plan: _Deletion, planned: int) -> _Deleted:
@@ -1719,10 +1903,10 @@ class SqlStore(Store):
             f" AND ({time_sql} > :after_time OR ({time_sql} = :after_time AND {key} > :after_key))"
         )
         order = f" ORDER BY {time_sql}, {key} LIMIT :n"
-        size = self._batch_size
         cursor: dict[str, Any] = {}
         number = 0
         while True:
+            size = self._batch_size
             statement = _bind(read + (after if cursor else "") + order, where, n=size, **cursor)
             rows = self._db.retrying("planning an anonymize batch", partial(_read_rows, *statement))
             if not rows:
@@ -1922,13 +2106,6 @@ class SqlStore(Store):
         lock = "" if self._family == "sqlite" else " FOR UPDATE"
         sql = f"SELECT {self._file_sql} FROM {self._table_sql} WHERE {where}{lock}"
         return _bind(sql, *parts)[0]
-
-    def _head_sql(self, where: Predicate) -> str:
-        """The times of the n oldest rows matching `where`, as `t`: the head of the next batch."""
-        return (
-            f"SELECT {self._time_sql} AS t FROM {self._table_sql} WHERE {where.sql} "
-            f"ORDER BY {self._time_sql} LIMIT :n"
-        )
 
     def _plan_read_sql(self, where: Predicate, ordered: bool) -> str:
         key = self._require_layout().key
@@ -2279,6 +2456,58 @@ def _connection_failed(exc: DBAPIError) -> bool:
     return message.startswith(("connection failed:", "connection timeout expired"))
 
 
+def _backoff(attempt: int) -> float:
+    """Seconds to wait before retry number `attempt + 1`: 0.5 s, 1 s, 2 s, ... up to BACKOFF_MAX."""
+    return float(min(BACKOFF_FIRST * 2**attempt, BACKOFF_MAX))
+
+
+# A host name that does not resolve stays wrong however often it is looked up (pymysql reports it
+# as 2003, "can't connect"); a temporary resolver failure does not.
+_UNKNOWN_HOST = (
+    "Name or service not known",
+    "No address associated with hostname",
+    "nodename nor servname provided",
+    "could not translate host name",
+    "failed to resolve host",
+)
+_TOO_MANY_CLIENTS = ("1040", "53300")  # the server's max_connections, for a moment
+_BAD_LOGIN_CODES = {"1045", "1698", "28000", "28P01"}
+
+
+def _connect_transient_reason(exc: DBAPIError) -> str | None:
+    """Why a failed connect is worth another try: the server is down, restarting or full. A
+    refusal by the server (user, password, database) or a host name that does not resolve: None."""
+    message = str(exc.orig)
+    if any(phrase in message for phrase in _UNKNOWN_HOST):
+        return None
+    if error_code(exc) in _TOO_MANY_CLIENTS or "too many clients already" in message:
+        return "too many connections"
+    reason = _transient_reason(exc)
+    return "cannot connect" if reason == "connection lost" else reason
+
+
+def _connect_hint(exc: DBAPIError) -> str | None:
+    """What to check when the server refused a connection, from the driver's error."""
+    code = error_code(exc)
+    message = str(exc.orig)
+    if any(phrase in message for phrase in _UNKNOWN_HOST):
+        return "the host name in url does not resolve: check it"
+    if code in _BAD_LOGIN_CODES or re.search(
+        r"authentication failed|FATAL:\s+role \S+ does not exist", message
+    ):
+        return (
+            "check the user in url and its password (password_file, password_from or the "
+            "systemd credential named like the connection)"
+        )
+    if code == "1044" or "permission denied for database" in message:
+        return "the user may not use that database: grant it access (docs/install.md)"
+    if code == "1049" or re.search(r"FATAL:\s+database \S+ does not exist", message):
+        return "check the database name in url"
+    if "no pg_hba.conf entry" in message:
+        return "allow this host and user to connect in the server's pg_hba.conf"
+    return None
+
+
 # Drivers quote the offending value (MariaDB "Duplicate entry '…'", PostgreSQL 'invalid input
 # syntax for type bigint: "…"'), and a row value can be a phone number. Identifiers (MariaDB
 # backticks, PostgreSQL double quotes inside the sentence) stay readable.
@@ -2331,3 +2560,139 @@ def _stripped(column: str) -> str:
     for separator in (" ", "-", ".", "/", "(", ")"):
         expression = f"REPLACE({expression}, '{separator}', '')"
     return expression
+
+
+class _ReadDeadline:
+    """A client-side read timeout for PostgreSQL, whose driver has none (MariaDB's has).
+
+    Every statement, commit and rollback on the engine's connections must be answered within
+    `seconds`; a watcher thread shuts down the socket of one that is not. The driver then reports
+    a lost connection, which `Database.retrying` retries like any other. statement_timeout is
+    enforced by the server: this is for a server, or a network path, that stopped answering.
+    """
+
+    def __init__(self, seconds: float, label: str) -> None:
+        self.seconds = seconds
+        self.label = label
+        self._waiting: dict[int, tuple[float, Any]] = {}  # id of a DBAPI connection: deadline
+        self._changed = threading.Condition()
+        self._watcher: threading.Thread | None = None
+
+    def watch(self, engine: Engine) -> None:
+        # An answer ends the wait; so does the connection's return to the pool, after a commit,
+        # a rollback or an error (a connection that failed is closed, and nothing waits on it).
+        for name in ("before_cursor_execute", "commit", "rollback"):
+            listen(engine, name, lambda connection, *_: self._start(_driver_connection(connection)))
+        listen(engine, "after_cursor_execute", self._answered)
+        listen(engine, "checkin", self._checked_in)
+        # A new connection's first queries (the dialect's, before its first checkout): `insert`
+        # puts this ahead of the listener that runs them.
+        listen(
+            engine,
+            "connect",
+            lambda dbapi_connection, _: self._start(dbapi_connection),
+            insert=True,
+        )
+        listen(engine, "checkout", lambda dbapi_connection, *_: self._forget(dbapi_connection))
+        listen(engine, "engine_disposed", lambda _: self._end())
+
+    def _start(self, dbapi_connection: Any) -> None:
+        if dbapi_connection is None:
+            return
+        with self._changed:
+            idle = not self._waiting
+            self._waiting[id(dbapi_connection)] = (
+                time.monotonic() + self.seconds,
+                dbapi_connection,
+            )
+            if self._watcher is None:
+                self._watcher = threading.Thread(
+                    target=self._watch, name="retentiond-read-deadline", daemon=True
+                )
+                self._watcher.start()
+            elif idle:
+                self._changed.notify()  # every deadline is the same span ahead: only the first
+
+    def _answered(self, connection: Connection, *_: Any) -> None:
+        self._forget(_driver_connection(connection))
+
+    def _checked_in(self, dbapi_connection: Any, _record: Any) -> None:
+        self._forget(dbapi_connection)
+
+    def _forget(self, dbapi_connection: Any) -> None:
+        if dbapi_connection is not None:
+            with self._changed:
+                self._waiting.pop(id(dbapi_connection), None)
+
+    def _end(self) -> None:
+        with self._changed:
+            self._waiting.clear()
+            watcher, self._watcher = self._watcher, None
+            self._changed.notify()
+        if watcher is not None and watcher is not threading.current_thread():
+            watcher.join(timeout=1)
+
+    def _watch(self) -> None:
+        me = threading.current_thread()
+        with self._changed:
+            while self._watcher is me:
+                now = time.monotonic()
+                for key, (deadline, dbapi_connection) in list(self._waiting.items()):
+                    if deadline <= now:
+                        del self._waiting[key]
+                        self._cut(dbapi_connection)
+                following = min((deadline for deadline, _ in self._waiting.values()), default=None)
+                self._changed.wait(None if following is None else max(0.0, following - now))
+
+    def _cut(self, dbapi_connection: Any) -> None:
+        """Shut the connection's socket down: the blocked driver call returns with an error.
+        Called with the lock held, so the connection is still the one that was waiting."""
+        try:
+            if dbapi_connection.closed:
+                return
+            descriptor = os.dup(dbapi_connection.fileno())
+        except Exception:  # closed meanwhile: nothing is waiting on it
+            return
+        with socket.socket(fileno=descriptor) as duplicate, contextlib.suppress(OSError):
+            duplicate.shutdown(socket.SHUT_RDWR)
+        log.warning(
+            "sql store gave up waiting for the database",
+            store=self.label,
+            seconds=self.seconds,
+        )
+
+
+@dataclass
+class _Attempt:
+    """One attempt at a deletion batch: what its transaction deleted, and for a batch of tied
+    rows how many of its predicate's rows it left (the rest of the tie). `unconfirmed` rows went
+    with a commit whose reply was lost and that no check could attribute."""
+
+    deleted: _Deleted
+    left: int = 0
+    unconfirmed: int = 0
+
+
+# A batch's count in BatchResult.counts: rows a commit whose reply was lost deleted, or not.
+UNCONFIRMED_DELETED_MAX = "unconfirmed_deleted_max"
+
+
+def _settled(label: str, batch: int, commit: str, kept: _Attempt) -> _Attempt:
+    """Log what became of a batch's commit whose reply was lost, and keep `kept`."""
+    log.warning(
+        "sql store checked a lost commit",
+        store=label,
+        batch=batch,
+        commit=commit,
+        deleted=kept.deleted.count,
+        **({UNCONFIRMED_DELETED_MAX: kept.unconfirmed} if kept.unconfirmed else {}),
+    )
+    return kept
+
+
+def _driver_connection(connection: Connection) -> Any:
+    """The driver's connection under `connection`; None once it was closed or invalidated (the
+    `connection` attribute would open a new one)."""
+    if connection.closed or connection.invalidated:
+        return None
+    return connection.connection.dbapi_connection
