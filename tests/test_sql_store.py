@@ -510,9 +510,7 @@ def test_missing_sqlite_file_is_not_created(tmp_path: Path, open_store: StoreFac
 
 def test_unreachable_server_is_named_without_the_password(open_store: StoreFactory) -> None:
     with pytest.raises(StoreError) as raised:
-        open_store(
-            "postgresql+psycopg://retentiond:s3cret-pw@127.0.0.1:1/asteriskcdrdb", retries=0
-        )
+        open_store("postgresql+psycopg://retentiond:s3cret-pw@127.0.0.1:1/asteriskcdrdb", retries=0)
 
     message = str(raised.value)
     assert message.startswith("cannot connect to cdrdb (127.0.0.1:1): ")
