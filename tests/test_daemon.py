@@ -569,3 +569,126 @@ def test_a_hold_file_saved_during_a_run_holds_before_the_next_batch(
     assert service.event("holds reloaded") is not None
     assert service.stop()[0] == 0
     assert verifies(pbx)
+
+
+# --- signing -------------------------------------------------------------------------------------
+
+
+def signing_key(pbx: Path) -> Path:
+    """A key pair from `retentiond audit keygen`, the private key set as audit.signing_key;
+    returns the public key, as the DPO holds it."""
+    keys = pbx.parent / "keys"
+    made = retentiond("audit", "keygen", "--out-dir", keys)
+    assert made.returncode == 0, made.stderr
+    text = pbx.read_text().replace("audit:\n", f"audit:\n  signing_key: {keys}/retentiond.key\n")
+    pbx.write_text(text)
+    return keys / "retentiond.pub"
+
+
+def verify_strict(pbx: Path, public: Path) -> subprocess.CompletedProcess[str]:
+    """What the DPO runs on a copy filed between runs: every entry must be signed."""
+    log = pbx.parent / "audit.jsonl"
+    return retentiond("audit", "verify", log, "--public-key", public, "--strict")
+
+
+def killed_before_its_checkpoint(pbx: Path) -> None:
+    """The log a SIGKILL leaves between a run's last entry and its checkpoint: every entry is
+    synced when it is written, so it is the signed log without its last line."""
+    log = pbx.parent / "audit.jsonl"
+    lines = log.read_bytes().splitlines(keepends=True)
+    assert json.loads(lines[-1])["type"] == "checkpoint"
+    assert json.loads(lines[-2])["type"] == "run_finished"
+    log.write_bytes(b"".join(lines[:-1]))
+
+
+def failed_on_its_key(pbx: Path) -> None:
+    """A real run whose key others could read: it fails before deleting, its end unsigned."""
+    key = pbx.parent / "keys" / "retentiond.key"
+    key.chmod(0o644)
+    failed = retentiond("-c", pbx, "run", "--once", "--rule", "voicemail")
+    key.chmod(0o600)
+    assert failed.returncode != 0 and "mode 0644" in failed.stdout + failed.stderr
+    assert entries(pbx)[-1]["type"] == "run_failed"
+
+
+def torn_by_a_power_loss(pbx: Path) -> None:
+    """The first bytes of the next entry, without its newline: a power loss while it was
+    written. The daemon moves them aside (a `log_repaired` entry), which must be signed too."""
+    log = pbx.parent / "audit.jsonl"
+    seq = entries(pbx)[-1]["seq"] + 1
+    with log.open("ab") as file:
+        file.write(f'{{"seq":{seq},"ts":"20'.encode())
+
+
+@pytest.mark.parametrize(
+    ("unsigned_end", "written_at_start"),
+    [
+        (killed_before_its_checkpoint, ["checkpoint"]),
+        (failed_on_its_key, ["checkpoint"]),
+        (torn_by_a_power_loss, ["log_repaired", "checkpoint"]),
+    ],
+)
+def test_the_daemon_signs_an_unsigned_end_of_the_log_at_start(
+    pbx: Path,
+    start: Callable[..., Service],
+    unsigned_end: Callable[[Path], None],
+    written_at_start: list[str],
+) -> None:
+    public = signing_key(pbx)
+    assert retentiond("-c", pbx, "run", "--once").returncode == 0  # nothing is overdue now
+    unsigned_end(pbx)
+    before = entries(pbx)
+    unfinished = verify_strict(pbx, public)
+    assert unfinished.returncode == 1, unfinished.stdout
+    assert "UNFINISHED (--strict)" in unfinished.stdout
+
+    service = start(pbx)
+    service.wait_ready()
+    signed = verify_strict(pbx, public)  # before any scheduled run, while the daemon runs
+    assert signed.returncode == 0, signed.stdout
+    assert "intact" in signed.stdout and "warning" not in signed.stdout
+    log = entries(pbx)
+    assert log[: len(before)] == before
+    # what the daemon wrote at start, and nothing else: no run signed it
+    assert [e["type"] for e in log[len(before) :]] == written_at_start
+    checkpoint = log[-1]
+    assert (checkpoint["signed_seq"], checkpoint["signed_hash"]) == (
+        log[-2]["seq"],
+        log[-2]["hash"],
+    )
+    started = service.event("daemon started")
+    assert started is not None and started["catch_up"] == []
+    assert service.stop()[0] == 0
+    assert verify_strict(pbx, public).returncode == 0
+
+
+@pytest.mark.parametrize("problem", ["readable by others", "missing"])
+def test_an_unusable_key_at_start_is_a_warning_and_the_daemon_starts(
+    pbx: Path, start: Callable[..., Service], problem: str
+) -> None:
+    personal = personal_data(pbx)
+    public = signing_key(pbx)
+    assert retentiond("-c", pbx, "run", "--once").returncode == 0
+    killed_before_its_checkpoint(pbx)
+    log = pbx.parent / "audit.jsonl"
+    before = log.read_bytes()
+    key = pbx.parent / "keys" / "retentiond.key"
+    if problem == "missing":
+        key.unlink()
+    else:
+        key.chmod(0o644)
+
+    service = start(pbx)
+    service.wait_ready()
+    warning = wait_for(
+        "the warning", lambda: service.event("the log's unsigned end could not be signed")
+    )
+    assert warning["level"] == "warning"
+    assert str(key) in warning["reason"]
+    assert ("mode 0644" if problem != "missing" else "does not exist") in warning["reason"]
+    assert log.read_bytes() == before  # nothing signed, nothing else written
+    assert verify_strict(pbx, public).returncode == 1  # still unsigned, and said so
+    assert service.process.poll() is None
+    assert service.stop()[0] == 0
+    found = leaked(personal, jsonl=[service.log_file.read_text(), log.read_text()])
+    assert not found, found[:5]

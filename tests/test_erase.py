@@ -168,3 +168,114 @@ def test_find_without_a_ticket_records_nothing(pbx: Path) -> None:
 
 def config_audit(config_file: Path) -> Path:
     return config_file.parent / "audit.jsonl"
+
+
+# --- a signed log: requests are signed like runs ------------------------------------------------
+
+
+def signing_key(config_file: Path) -> Path:
+    """A key pair from `retentiond audit keygen`, the private key set as audit.signing_key;
+    returns the public key, as the DPO holds it."""
+    keys = config_file.parent / "keys"
+    made = retentiond("audit", "keygen", "--out-dir", keys)
+    assert made.returncode == 0, made.stderr
+    text = config_file.read_text()
+    config_file.write_text(
+        text.replace("audit:\n", f"audit:\n  signing_key: {keys}/retentiond.key\n", 1)
+    )
+    return keys / "retentiond.pub"
+
+
+def verify_strict(config_file: Path, public: Path) -> subprocess.CompletedProcess[str]:
+    return retentiond(
+        "audit", "verify", config_audit(config_file), "--public-key", public, "--strict"
+    )
+
+
+def killed_before_its_checkpoint(config_file: Path) -> None:
+    """A signed `run --once`, then the log a SIGKILL leaves between the run's last entry and its
+    checkpoint (every entry is synced as it is written: the log without its last line)."""
+    assert retentiond("-c", config_file, "run", "--once").returncode == 0
+    log = config_audit(config_file)
+    lines = log.read_bytes().splitlines(keepends=True)
+    assert [e.type for e in audit.read_entries(log)][-2:] == ["run_finished", "checkpoint"]
+    log.write_bytes(b"".join(lines[:-1]))
+
+
+def test_erase_signs_what_a_killed_run_left_and_then_its_own_entries(pbx: Path) -> None:
+    public = signing_key(pbx)
+    killed_before_its_checkpoint(pbx)
+    before = list(audit.read_entries(config_audit(pbx)))
+    unfinished = verify_strict(pbx, public)
+    assert unfinished.returncode == 1 and "UNFINISHED (--strict)" in unfinished.stdout
+    number = frequent_caller(pbx)
+    assert [c for c in calls(pbx) if number in c[:2]]
+
+    done = retentiond("-c", pbx, "erase", "--number", number, "--ticket", "DSR-3", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert not [c for c in calls(pbx) if number in c[:2]]
+    log = list(audit.read_entries(config_audit(pbx)))
+    assert log[: len(before)] == before
+    catch_up, started = log[len(before)], log[len(before) + 1]
+    assert catch_up.type == "checkpoint" and catch_up.fields["signed_seq"] == before[-1].seq
+    assert started.type == "erasure_started" and started.fields["ticket"] == "DSR-3"
+    finished, checkpoint = log[-2:]
+    assert finished.type == "erasure_finished"
+    assert checkpoint.type == "checkpoint" and checkpoint.fields["signed_seq"] == finished.seq
+    checked = verify_strict(pbx, public)  # not a missing checkpoint after the killed run
+    assert checked.returncode == 0, checked.stdout
+    assert "intact" in checked.stdout and "warning" not in checked.stdout
+
+
+def test_a_search_with_a_ticket_signs_the_log_it_writes_to(pbx: Path) -> None:
+    public = signing_key(pbx)
+    assert retentiond("-c", pbx, "run", "--once").returncode == 0
+    key = pbx.parent / "keys" / "retentiond.key"
+    key.chmod(0o644)  # a run that could not use its key: failed, its end unsigned
+    failed = retentiond("-c", pbx, "run", "--once", "--rule", "voicemail")
+    key.chmod(0o600)
+    assert failed.returncode != 0
+    before = list(audit.read_entries(config_audit(pbx)))
+    assert before[-1].type == "run_failed"
+    assert verify_strict(pbx, public).returncode == 1
+    number = frequent_caller(pbx)
+
+    found = retentiond("-c", pbx, "find", "--number", number, "--ticket", "AR-10")
+    assert found.returncode == 0, found.stderr
+    log = list(audit.read_entries(config_audit(pbx)))
+    assert [e.type for e in log[len(before) :]] == ["checkpoint", "subject_search", "checkpoint"]
+    assert log[len(before)].fields["signed_seq"] == before[-1].seq
+    checked = verify_strict(pbx, public)
+    assert checked.returncode == 0, checked.stdout
+
+
+@pytest.mark.parametrize("problem", ["readable by others", "missing"])
+def test_an_unusable_key_refuses_erase_and_search_and_changes_nothing(
+    pbx: Path, problem: str
+) -> None:
+    signing_key(pbx)
+    killed_before_its_checkpoint(pbx)
+    number = frequent_caller(pbx)
+    log = config_audit(pbx)
+    log_before, calls_before = log.read_bytes(), calls(pbx)
+    messages_before = voicemail_from(pbx, number)
+    monitor = pbx.parent / "pbx" / "monitor"
+    recordings_before = sorted(monitor.rglob("*"))
+    key = pbx.parent / "keys" / "retentiond.key"
+    if problem == "missing":
+        key.unlink()
+    else:
+        key.chmod(0o644)
+
+    refused = retentiond("-c", pbx, "erase", "--number", number, "--ticket", "DSR-4", "--yes")
+    assert refused.returncode == 2, refused.stdout  # a config mistake: nothing was done
+    reason = "does not exist" if problem == "missing" else "mode 0644"
+    assert reason in refused.stderr and str(key) in refused.stderr
+    assert "nothing was recorded or erased" in refused.stderr
+    assert "Traceback" not in refused.stderr and number not in refused.stderr
+    search = retentiond("-c", pbx, "find", "--number", number, "--ticket", "AR-11")
+    assert search.returncode == 2 and "nothing was recorded" in search.stderr
+    assert log.read_bytes() == log_before  # no entry, not even a checkpoint
+    assert calls(pbx) == calls_before
+    assert voicemail_from(pbx, number) == messages_before
+    assert sorted(monitor.rglob("*")) == recordings_before

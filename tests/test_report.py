@@ -5,9 +5,11 @@ carry the same ones, and no form may carry personal data."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -693,3 +695,275 @@ def test_no_verified_run_is_red_and_a_late_start_is_amber() -> None:
     assert data.verdict_for(late, "done", START, END, covered)[1] == "amber"
     stopped = daily(START - timedelta(days=1), START + timedelta(days=20))
     assert data.verdict_for(stopped, "done", START, END, covered)[1] == "red"
+
+
+# --- what verification found: warnings, repairs, problems -----------------------------------------
+
+# The start of an entry a power loss cut short; the marker must never reach a report.
+TORN = b'{"seq":9999,"ts":"2026-11-26T02:15:04.118512Z","type":"batch_done","run_id":"torn-7f3a'
+TORN_MARKER = "torn-7f3a"
+
+
+def signed_demo_run(folder: Path) -> DemoRun:
+    """A demo PBX enforced for real with audit.signing_key set: every run ends signed."""
+    private, _, _ = audit.generate_key_pair(folder.parent / f"{folder.name}-keys")
+    config_file = demo.build(folder, days=40)
+    signed = config_file.read_text().replace("audit:\n", f"audit:\n  signing_key: {private}\n", 1)
+    config_file.write_text(signed + ORGANISATION)
+    personal = personal_data(config_file)
+    run_rules(load_config(config_file))
+    return DemoRun(config_file, folder / "audit.jsonl", personal)
+
+
+def without_last_checkpoint(run: DemoRun) -> None:
+    """What a kill between a run's last entry and its checkpoint leaves (each entry is synced
+    as it is written): the log without its last line."""
+    lines = run.log.read_bytes().splitlines(keepends=True)
+    assert json.loads(lines[-1])["type"] == "checkpoint"
+    run.log.write_bytes(b"".join(lines[:-1]))
+
+
+@dataclass(frozen=True)
+class Forms:
+    html: str
+    csv: list[dict[str, str]]
+    json: dict[str, Any]
+
+    def log_rows(self) -> dict[str, str]:
+        return {r["item"]: r["value"] for r in self.csv if r["section"] == "log"}
+
+
+def report_forms(run: DemoRun, out: Path) -> Forms:
+    forms = {}
+    for form in ("html", "csv", "json"):
+        invoke("-c", run.config, "report", *period_args(), "--format", form, "-o", out / form)
+        forms[form] = (out / form).read_text()
+    assert not leaked(
+        run.personal | {TORN_MARKER},
+        texts=[forms["html"], forms["csv"]],
+        documents=[forms["json"]],
+    )
+    return Forms(
+        forms["html"], list(csv.DictReader(io.StringIO(forms["csv"]))), json.loads(forms["json"])
+    )
+
+
+@pytest.fixture(scope="module")
+def torn(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """A signed log whose last line a power loss cut short, not yet repaired."""
+    run = signed_demo_run(tmp_path_factory.mktemp("torn") / "pbx")
+    with run.log.open("ab") as file:
+        file.write(TORN)
+    return run
+
+
+@pytest.fixture(scope="module")
+def unsigned(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """A signed log whose last run was killed before its checkpoint."""
+    run = signed_demo_run(tmp_path_factory.mktemp("unsigned") / "pbx")
+    without_last_checkpoint(run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def repaired(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """A torn last line that the next real run moved aside (log_repaired) and signed."""
+    run = signed_demo_run(tmp_path_factory.mktemp("repaired") / "pbx")
+    with run.log.open("ab") as file:
+        file.write(TORN)
+    run_rules(load_config(run.config))
+    return run
+
+
+@pytest.fixture(scope="module")
+def missing_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """A run killed before its checkpoint, then the signing key taken out of the config: the
+    next run goes on unsigned, so that checkpoint is missing for good."""
+    run = signed_demo_run(tmp_path_factory.mktemp("missing") / "pbx")
+    without_last_checkpoint(run)
+    text = run.config.read_text()
+    run.config.write_text(re.sub(r"  signing_key: .*\n", "", text, count=1))
+    run_rules(load_config(run.config), ["voicemail"])
+    return run
+
+
+def test_an_intact_log_is_green_without_warnings_or_repairs(
+    pbx: DemoRun, reports: dict[str, str]
+) -> None:
+    (log,) = json.loads(reports["json"])["logs"]
+    assert (log["intact"], log["level"]) == (True, "green")
+    assert log["problems"] == [] and log["warnings"] == [] and log["repairs"] == []
+    assert (log["unsigned_tail"], log["torn_tail"]) == (0, None)
+    assert '<tr class="log green">' in reports["html"]
+    assert "warning:" not in reports["html"]
+    assert "No repair of the log was recorded." in reports["html"]
+    rows = list(csv.DictReader(io.StringIO(reports["csv"])))
+    assert {r["item"]: r["value"] for r in rows if r["section"] == "log"}["level"] == "green"
+    assert not [r for r in rows if r["section"] == "log_repair"]
+
+
+def test_a_torn_last_line_is_reported_as_a_warning(torn: DemoRun, tmp_path: Path) -> None:
+    before = torn.log.read_bytes()
+    forms = report_forms(torn, tmp_path)
+    assert torn.log.read_bytes() == before  # a report reads; the next run repairs
+    chain = audit.verify(torn.log)
+    line = len(before.splitlines())
+    message = (
+        f"the last line is incomplete ({len(TORN)} bytes at audit.jsonl:{line}, likely a power "
+        "loss while it was written); the next run moves it aside and records that in the log"
+    )
+
+    (log,) = forms.json["logs"]
+    assert (log["intact"], log["level"]) == (True, "amber")
+    assert log["entries"] == line - 1 and log["head_seq"] == chain.head[0]
+    assert log["problems"] == []
+    assert log["warnings"] == [
+        {"kind": "torn_tail", "message": message, "file": "audit.jsonl", "line": line}
+    ]
+    assert log["torn_tail"] == {
+        "file": "audit.jsonl",
+        "line": line,
+        "bytes": len(TORN),
+        "sha256": hashlib.sha256(TORN).hexdigest(),
+        "after_seq": chain.head[0],
+    }
+    assert log["unsigned_tail"] == 0  # the last complete entry is a checkpoint
+
+    assert '<tr class="log amber">' in forms.html and '<tr class="log green">' not in forms.html
+    assert (
+        f'<strong>warning:</strong> <span class="log-warning torn-tail">audit.jsonl:{line}: '
+        in (forms.html)
+    )
+    assert str(escape(message)) in forms.html
+
+    rows = forms.log_rows()
+    assert (rows["intact"], rows["level"]) == ("True", "amber")
+    assert rows["warning_torn_tail"] == f"audit.jsonl:{line}: {message}"
+    assert rows["torn_tail_line"] == f"audit.jsonl:{line}"
+    assert rows["torn_tail_bytes"] == str(len(TORN))
+    assert rows["torn_tail_sha256"] == hashlib.sha256(TORN).hexdigest()
+
+
+def test_entries_after_the_last_checkpoint_are_a_warning(unsigned: DemoRun, tmp_path: Path) -> None:
+    forms = report_forms(unsigned, tmp_path)
+    entries = list(audit.read_entries(unsigned.log))
+    last_checkpoint = max(e.seq for e in entries if e.type == "checkpoint")
+    tail = entries[-1].seq - last_checkpoint
+    assert tail > 1
+
+    (log,) = forms.json["logs"]
+    assert (log["intact"], log["level"]) == (True, "amber")
+    assert log["problems"] == [] and log["torn_tail"] is None
+    assert log["unsigned_tail"] == tail
+    (warning,) = log["warnings"]
+    assert warning["kind"] == "unsigned_tail" and warning["line"] == last_checkpoint + 1
+    assert warning["message"] == (
+        f"{tail} entries after the last signed checkpoint are hash-chained but not yet signed: "
+        "the run that wrote them ended without its checkpoint (it was interrupted, or could not "
+        "use the signing key); the next run signs them"
+    )
+    assert log["checkpoint"]["seq"] == last_checkpoint  # the last one there is, still shown
+
+    assert '<tr class="log amber">' in forms.html
+    assert str(escape(warning["message"])) in forms.html
+    rows = forms.log_rows()
+    assert rows["level"] == "amber" and rows["unsigned_tail"] == str(tail)
+    assert rows["warning_unsigned_tail"].endswith(warning["message"])
+
+
+def test_a_repaired_log_lists_the_repair_without_its_content(
+    repaired: DemoRun, tmp_path: Path
+) -> None:
+    forms = report_forms(repaired, tmp_path)  # no form carries the torn bytes (TORN_MARKER)
+    (side_file,) = repaired.log.parent.glob("audit.jsonl.torn-*")
+    assert side_file.read_bytes() == TORN
+    digest = hashlib.sha256(TORN).hexdigest()
+    (entry,) = [e for e in audit.read_entries(repaired.log) if e.type == "log_repaired"]
+
+    (log,) = forms.json["logs"]
+    assert (log["intact"], log["level"]) == (True, "green")  # repaired and signed since
+    assert log["warnings"] == [] and log["torn_tail"] is None
+    assert log["repairs"] == [
+        {
+            "at": datetime.fromisoformat(entry.ts).isoformat(),
+            "seq": entry.seq,
+            "reason": "incomplete last line",
+            "removed_bytes": len(TORN),
+            "removed_sha256": digest,
+            "moved_to": side_file.name,
+        }
+    ]
+
+    page = forms.html
+    (row,) = [line for line in page.splitlines() if line.startswith('<tr class="log-repair">')]
+    assert f"<td>#{entry.seq}</td>" in row and f'<td class="n">{len(TORN)}</td>' in row
+    assert side_file.name in row and digest[:16] in row
+    assert digest not in page  # a prefix to compare, not the whole hash
+    assert "No repair of the log was recorded." not in page
+    assert "sha256sum" in page
+
+    (repair_row,) = [r for r in forms.csv if r["section"] == "log_repair"]
+    assert repair_row["store"] == str(repaired.log)
+    assert repair_row["item"] == datetime.fromisoformat(entry.ts).isoformat()
+    assert repair_row["value"] == (
+        f"entry {entry.seq}: incomplete last line, {len(TORN)} bytes moved aside to "
+        f"{side_file.name}, sha256 {digest}"
+    )
+
+
+def test_a_missing_checkpoint_makes_the_log_not_intact(
+    missing_checkpoint: DemoRun, tmp_path: Path
+) -> None:
+    forms = report_forms(missing_checkpoint, tmp_path)
+    assert audit.verify(missing_checkpoint.log).ok  # the hash chain alone is fine
+
+    (log,) = forms.json["logs"]
+    assert (log["intact"], log["level"]) == (False, "red")
+    assert log["broken_line"] is None
+    problem = log["problems"][0]
+    assert problem["kind"] == "missing_checkpoint"
+    assert problem["message"].startswith(
+        f"missing checkpoint after entry {problem['line']} (run_finished of rule "
+    )
+    located = f"audit.jsonl:{problem['line']}: {problem['message']}"
+    assert (
+        f"The audit log {missing_checkpoint.log} does not verify: {located}."
+        in (forms.json["notes"])
+    )
+    assert '<tr class="log red">' in forms.html
+    assert f"BROKEN: {escape(located)}" in forms.html
+    assert forms.log_rows()["problem_missing_checkpoint"] == located
+
+
+@pytest.mark.parametrize(
+    ("case", "words"),
+    [
+        ("torn", f"the last line is incomplete ({len(TORN)} bytes"),
+        ("torn", "likely a power loss while it was written); the next run moves it aside"),
+        ("unsigned", "after the last signed checkpoint are hash-chained but not yet signed"),
+        ("repaired", "incomplete last line"),
+        ("missing_checkpoint", "BROKEN: audit.jsonl:"),
+    ],
+)
+def test_the_pdf_states_the_verification_too(
+    case: str, words: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    missing = pdf_available()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+    run: DemoRun = request.getfixturevalue(case)
+    pdf = tmp_path / "report.pdf"
+    invoke("-c", run.config, "report", *period_args(), "--format", "pdf", "-o", pdf)
+    text = subprocess.run(
+        ["pdftotext", "-raw", pdf, "-"], capture_output=True, text=True, check=True, timeout=60
+    ).stdout  # -raw: cell by cell, as drawn
+    squeezed = "".join(text.split())  # table cells wrap anywhere, even inside file names
+    assert "".join(words.split()) in squeezed
+    if case == "repaired":
+        (side_file,) = run.log.parent.glob("audit.jsonl.torn-*")
+        assert side_file.name in squeezed
+        assert hashlib.sha256(TORN).hexdigest()[:16] in squeezed
+    assert TORN_MARKER not in squeezed
+    assert not leaked(run.personal, texts=[text])

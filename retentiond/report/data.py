@@ -254,12 +254,44 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
+class LogFinding:
+    """What `retentiond audit verify` reports about a log: a problem (the log is not intact) or
+    a warning (intact, but an interruption left something for the next run to finish)."""
+
+    # problems: chain, checkpoint, order, missing_checkpoint, ...; warnings: unsigned_tail
+    # (entries after the last checkpoint), torn_tail (an incomplete last line)
+    kind: str
+    message: str
+    file: str | None = None
+    line: int | None = None
+
+    def __str__(self) -> str:
+        """'audit.jsonl:12: message', as `retentiond audit verify` names it."""
+        if self.file is not None and self.line:
+            return f"{self.file}:{self.line}: {self.message}"
+        return self.message
+
+
+@dataclass(frozen=True)
+class LogRepair:
+    """A `log_repaired` entry: an incomplete last line moved aside to a side file next to the
+    log. Its size, its SHA-256 and the side file's name; never the bytes themselves."""
+
+    at: datetime
+    seq: int
+    reason: str
+    removed_bytes: int
+    removed_sha256: str
+    moved_to: str
+
+
+@dataclass(frozen=True)
 class LogInfo:
     path: str
     system: str
     hosts: list[str]
     entries: int
-    intact: bool
+    intact: bool  # as `retentiond audit verify` says: no problem (warnings aside)
     broken_line: int | None
     broken_reason: str | None
     head_seq: int
@@ -269,6 +301,12 @@ class LogInfo:
     checkpoint: Checkpoint | None
     begins_after: str | None  # the rotated file the oldest one present goes on from, if removed
     verify_commands: list[str]
+    problems: list[LogFinding] = field(default_factory=list)
+    warnings: list[LogFinding] = field(default_factory=list)
+    unsigned_tail: int = 0  # entries after the last checkpoint, not yet signed
+    torn_tail: audit.TornTail | None = None  # an incomplete last line, not yet moved aside
+    repairs: list[LogRepair] = field(default_factory=list)
+    level: str = "green"  # green: intact | amber: intact, with warnings | red: not intact
 
 
 @dataclass(frozen=True)
@@ -563,15 +601,27 @@ class _Log:
     path: Path
     base: str
     entries: list[audit.Entry]
-    verification: audit.Verification
+    check: audit.LogCheck
     hosts: list[str]
     system: str = ""
+
+    @property
+    def verification(self) -> audit.Verification:
+        return self.check.chain
+
+
+# What an interrupted run or a power loss leaves for the next run to finish: with `strict`,
+# check_log names it as a problem of these kinds; the report shows it as a warning.
+_UNFINISHED = frozenset({"unsigned_tail", "torn_tail"})
 
 
 def _read_log(path: Path) -> _Log:
     """Every intact entry. A broken log still yields what precedes the break; the report shows
-    where it breaks (from verify) instead of quietly leaving the rest out."""
-    verification = audit.verify(path)
+    where it breaks (from the check) instead of quietly leaving the rest out."""
+    # The check `retentiond audit verify` makes (without a key: signatures are the DPO's to
+    # check); strict, so that what is unfinished comes with its kind, file and line.
+    check = audit.check_log(path, strict=True)
+    verification = check.chain
     entries: list[audit.Entry] = []
     try:
         entries.extend(audit.read_entries(path))
@@ -584,7 +634,7 @@ def _read_log(path: Path) -> _Log:
         if isinstance(host, str) and host and host not in hosts:
             hosts.append(host)
     base = re.sub(r"\.\d+$", "", str(path.absolute()))
-    return _Log(path, base, entries, verification, hosts)
+    return _Log(path, base, entries, check, hosts)
 
 
 def _name_systems(logs: list[_Log], config_log: Path, own_system: str | None) -> None:
@@ -643,12 +693,18 @@ def build_report(
     for log in sorted(logs, key=lambda lg: (lg.system, _first_ts(lg))):
         figures.read(log.system, log.entries)
     figures.finish()
+    log_infos = [_log_info(log) for log in logs]
     notes = [
         f"The audit log {log.path} is broken at line {log.verification.broken_at}"
         f"{_in_file(log.verification)} ({log.verification.reason}): figures after that line "
         "are missing."
         for log in logs
         if not log.verification.ok
+    ]
+    notes += [
+        f"The audit log {info.path} does not verify: {info.problems[0]}."
+        for info in log_infos
+        if info.problems and info.broken_line is None
     ]
     in_force = hold_rows(config.holds, generated, period.zone)
     notes += [
@@ -678,7 +734,7 @@ def build_report(
         holds=HoldReport(in_force, figures.hold_history(), figures.held()),
         config_hashes=figures.config_hashes(),
         config_reloads=figures.reloads,
-        logs=[_log_info(log) for log in logs],
+        logs=log_infos,
         residual_host=residual_host,
         residual=list(residual),
         methods=_methods(config, figures.kinds),
@@ -726,8 +782,34 @@ def _methods(config: Config, seen: Iterable[str]) -> list[Method]:
     return [Method(kind, *METHODS[kind]) for kind in METHODS if kind in kinds]
 
 
+def _findings(check: audit.LogCheck) -> tuple[list[LogFinding], list[LogFinding]]:
+    """(problems, warnings) of the check, each with the file and line it names."""
+    problems: list[LogFinding] = []
+    warnings: list[LogFinding] = []
+    for problem in check.problems:
+        found = LogFinding(problem.kind, problem.message, problem.file, problem.line)
+        (warnings if problem.kind in _UNFINISHED else problems).append(found)
+    return problems, warnings
+
+
+def _repairs(entries: Iterable[audit.Entry]) -> list[LogRepair]:
+    return [
+        LogRepair(
+            at=_when(entry),
+            seq=entry.seq,
+            reason=_text(entry.fields.get("reason")),
+            removed_bytes=_int(entry.fields.get("removed_bytes")),
+            removed_sha256=_text(entry.fields.get("removed_sha256")),
+            moved_to=_text(entry.fields.get("moved_to")),
+        )
+        for entry in entries
+        if entry.type == audit.LOG_REPAIRED
+    ]
+
+
 def _log_info(log: _Log) -> LogInfo:
     result = log.verification
+    problems, warnings = _findings(log.check)
     checkpoint = None
     for entry in reversed(log.entries):
         if entry.type == "checkpoint":
@@ -746,7 +828,7 @@ def _log_info(log: _Log) -> LogInfo:
         system=log.system,
         hosts=log.hosts,
         entries=result.entries,
-        intact=result.ok,
+        intact=not problems,
         broken_line=result.broken_at,
         broken_reason=result.reason,
         head_seq=result.head[0],
@@ -756,6 +838,12 @@ def _log_info(log: _Log) -> LogInfo:
         checkpoint=checkpoint,
         begins_after=getattr(result, "begins_after", None),
         verify_commands=_verify_commands(log.path, result, checkpoint),
+        problems=problems,
+        warnings=warnings,
+        unsigned_tail=log.check.unsigned_tail if log.check.checkpoints else 0,
+        torn_tail=log.check.torn_tail,
+        repairs=_repairs(log.entries),
+        level="red" if problems else "amber" if warnings else "green",
     )
 
 

@@ -9,11 +9,13 @@ CSV layout: one file, one figure per row, in the columns
 `section, system, rule, week, store, unit, item, value`; `section` says what the row is
 (organisation, period, rule, compliance, deleted_week, deleted_store, total, runs, incident,
 hold, hold_event, hold_held, erasure, erasure_store, subject_search, config_hash, config_reload,
-log, residual, method, anonymization) and `item` names the figure within it. Anonymized counts
-are the `anonymized` items of deleted_week, deleted_store and total. hold and hold_event
-carry the hold id in the store column; hold_held names the hold in its item, the store in store
-and when it was counted in week; erasure and subject_search carry their ticket in the store
-column, erasure_store rows name it in their item.
+log, log_repair, residual, method, anonymization) and `item` names the figure within it.
+Anonymized counts are the `anonymized` items of deleted_week, deleted_store and total. hold and
+hold_event carry the hold id in the store column; hold_held names the hold in its item, the
+store in store and when it was counted in week; erasure and subject_search carry their ticket in
+the store column, erasure_store rows name it in their item. log and log_repair carry the log's
+path in the store column; a log's problems and warnings are `problem_<kind>` and
+`warning_<kind>` items, and a log_repair row is named by the time of its entry.
 Empty columns do not apply to that section. JSON: the same figures as one document (`format` 1).
 """
 
@@ -410,9 +412,21 @@ def csv_rows(report: Report) -> list[dict[str, str]]:
         add("log", "entries", log.entries, **where)
         add("log", "head_seq", log.head_seq, **where)
         add("log", "head_hash", log.head_hash, **where)
-        if not log.intact:
+        add("log", "level", log.level, **where)
+        if log.broken_line is not None:
             add("log", "broken_at_line", log.broken_line, **where)
             add("log", "broken_reason", log.broken_reason, **where)
+        for finding in log.problems:
+            add("log", f"problem_{finding.kind}", str(finding), **where)
+        for finding in log.warnings:
+            add("log", f"warning_{finding.kind}", str(finding), **where)
+        if log.unsigned_tail:
+            add("log", "unsigned_tail", log.unsigned_tail, **where)
+        if log.torn_tail is not None:
+            torn = log.torn_tail
+            add("log", "torn_tail_line", f"{torn.file}:{torn.line}", **where)
+            add("log", "torn_tail_bytes", torn.bytes, **where)
+            add("log", "torn_tail_sha256", torn.sha256, **where)
         if log.checkpoint is not None:
             cp = log.checkpoint
             add("log", "checkpoint_signed_seq", cp.signed_seq, **where)
@@ -423,6 +437,14 @@ def csv_rows(report: Report) -> list[dict[str, str]]:
             add("log", "begins_after", log.begins_after, **where)
         for command in log.verify_commands:
             add("log", "verify_command", command, **where)
+        for repair in log.repairs:
+            add(
+                "log_repair",
+                _plain(repair.at),
+                f"entry {repair.seq}: {repair.reason}, {repair.removed_bytes} bytes moved aside "
+                f"to {repair.moved_to}, sha256 {repair.removed_sha256}",
+                **where,
+            )
     for f in report.residual:
         add("residual", f.check, f"{f.state}: {f.detail}", store=f.place)
     for m in report.methods:
