@@ -51,14 +51,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path, PurePath
 from types import TracebackType
-from typing import Any, BinaryIO, Self
+from typing import TYPE_CHECKING, Any, BinaryIO, Self
 
 import structlog
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from retentiond.errors import AuditError
+
+if TYPE_CHECKING:
+    # Imported where keys are used: cryptography's OpenSSL is about 10 MiB of resident memory
+    # that a daemon without audit.signing_key never needs.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 GENESIS = "0" * 64
 RESERVED = frozenset({"seq", "ts", "type", "prev", "hash"})
@@ -560,6 +565,8 @@ class SigningKeyError(AuditError):
 
 def fingerprint(public_key: Ed25519PublicKey) -> str:
     """SHA-256 of the raw 32-byte public key, in hex: how entries and people name a key."""
+    from cryptography.hazmat.primitives import serialization
+
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()
 
@@ -612,6 +619,10 @@ class Signer:
             raise SigningKeyError(f"cannot read the signing key {path}: {exc.strerror}") from None
         finally:
             os.close(fd)
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         try:
             key = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError, UnsupportedAlgorithm):
@@ -661,6 +672,10 @@ class VerifyKey:
 
     @classmethod
     def from_pem(cls, data: bytes, source: str = "the public key") -> VerifyKey:
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
         try:
             key = serialization.load_pem_public_key(data)
         except (ValueError, UnsupportedAlgorithm):
@@ -681,6 +696,8 @@ class VerifyKey:
         return cls.from_pem(data, f"{path}")
 
     def verify(self, seq: int, hash: str, signature: str) -> bool:
+        from cryptography.exceptions import InvalidSignature
+
         try:
             raw = base64.b64decode(signature.encode("ascii"), validate=True)
             self.key.verify(raw, signed_message(seq, hash, self.fingerprint))
@@ -689,6 +706,8 @@ class VerifyKey:
         return True
 
     def pem(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
         return self.key.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
@@ -715,6 +734,9 @@ def generate_key_pair(out_dir: Path, name: str = "retentiond") -> tuple[Path, Pa
                 f"{existing} already exists; keygen never overwrites a key (its checkpoints "
                 "could no longer be checked): choose another --name or --out-dir"
             )
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.generate()
     _write_new(
         private,
@@ -819,6 +841,7 @@ class _Checkpoints:
         self.tail = 0
         self.first_unsigned: tuple[str, int, Entry] | None = None
         self.tail_runs = 0  # entries of runs among the tail
+        self.ended_unsigned = False  # the tail holds a run end that could not be signed
         self.run_entries = 0
 
     def problem(self, kind: str, message: str, where: tuple[str, int, Entry] | None) -> None:
@@ -854,7 +877,12 @@ class _Checkpoints:
             self.missing(self.pending)
             self.pending = None
         if entry.type in RUN_ENDS:
-            self.pending = where
+            if entry.fields.get("unsigned") is True:
+                # A run failed because its key could not be used, so no checkpoint could
+                # follow it; the next checkpoint signs it along with everything before.
+                self.ended_unsigned = True
+            else:
+                self.pending = where
 
     def missing(self, pending: tuple[str, int, Entry]) -> None:
         if self.last is None:
@@ -875,6 +903,7 @@ class _Checkpoints:
         self.count += 1
         previous, self.last = self.last, entry
         self.pending, self.tail, self.first_unsigned, self.tail_runs = None, 0, None, 0
+        self.ended_unsigned = False
         signed_seq, signed_hash, key_fingerprint, signature = (
             entry.fields.get(name) for name in CHECKPOINT_FIELDS
         )
@@ -942,7 +971,7 @@ class _Checkpoints:
         one = self.tail == 1
         entries, verb = f"{self.tail} entr{'y' if one else 'ies'}", "is" if one else "are"
         text = f"{entries} after the last signed checkpoint {verb} hash-chained but not yet signed"
-        if self.pending is not None:
+        if self.pending is not None or self.ended_unsigned:
             return (
                 f"{text}: the run that wrote them ended without its checkpoint (it was "
                 "interrupted, or could not use the signing key); the next run signs them"

@@ -420,7 +420,9 @@ class Engine:
         except SigningKeyError as error:
             outcome = RunOutcome(rule.name, run_id, None, "failed", str(error))
             log.error("run failed: the signing key cannot be used", reason=str(error))
-            self._audit_failure(audit, outcome)
+            # No checkpoint can follow this run's end; `unsigned` tells verify so. The next
+            # checkpoint signs it with everything before it.
+            self._audit_failure(audit, outcome, unsigned=True)
             return outcome
         try:
             self._before_run(audit, signer)
@@ -743,7 +745,7 @@ class Engine:
             }
         audit.append(kind, run_id=run_id, **fields)
 
-    def _audit_failure(self, audit: AuditLog, outcome: RunOutcome) -> None:
+    def _audit_failure(self, audit: AuditLog, outcome: RunOutcome, **extra: Any) -> None:
         try:
             self._audit(
                 audit,
@@ -754,6 +756,7 @@ class Engine:
                 reason=outcome.message,
                 deleted=outcome.deleted,
                 stores=[_outcome_fields(s) for s in outcome.stores],
+                **extra,
             )
         except AuditError as error:
             log.error("audit log unavailable", reason=str(error))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, tzinfo
 
 import click
@@ -19,7 +19,7 @@ from retentiond import audit
 from retentiond.config.loader import LoadedConfig, config_path, load_config
 from retentiond.engine import Engine
 from retentiond.erasure import StoreMatches, check_ticket, erase, record_search, search
-from retentiond.errors import RetentiondError
+from retentiond.errors import AuditError, RetentiondError
 from retentiond.subjects import Subject, SubjectError
 
 
@@ -161,9 +161,15 @@ def _signed(log: audit.AuditLog, signer: audit.Signer | None) -> Iterator[None]:
     entries after, so a signed log has no stretch a checkpoint does not cover."""
     if signer is not None:
         log.sign_tail(signer)
-    yield
-    if signer is not None:
-        log.checkpoint(signer)
+    try:
+        yield
+    finally:
+        # Also after a request that stopped half way: what it wrote is signed. If the log
+        # cannot take the checkpoint, the error that stopped the request is the one shown, and
+        # the next run signs the end.
+        if signer is not None:
+            with suppress(AuditError):
+                log.checkpoint(signer)
 
 
 def _print_store(match: StoreMatches, zone: tzinfo) -> None:

@@ -378,6 +378,28 @@ def test_a_key_problem_is_reported_until_the_next_good_run_signs_it(
     assert check(path, keys[1], strict=True).ok
 
 
+def test_several_runs_failed_on_the_key_are_signed_by_the_next_good_run(
+    pbx: Path, keys: tuple[Path, Path]
+) -> None:
+    """A `run --once` of every rule with a broken key writes one run_failed per rule and no
+    checkpoint can follow any of them: each is marked `unsigned`, so none is reported as a
+    removed checkpoint, and the next good run signs them all."""
+    config = signed(pbx, keys[0])
+    run_rules(config, ("call-records",))
+    keys[0].chmod(0o644)
+    failed = run_rules(config)
+    assert len(failed) > 1 and {outcome.status for outcome in failed} == {"failed"}
+    path = log_of(config)
+    ends = [entry for entry in entries(path) if entry.type == "run_failed"]
+    assert len(ends) == len(failed) and all(entry.fields["unsigned"] is True for entry in ends)
+    result = check(path, keys[1])
+    assert result.ok and kinds(check(path, keys[1], strict=True)) == ["unsigned_tail"]
+
+    keys[0].chmod(0o600)
+    assert run_rules(config, ("voicemail",))[0].status == "done"
+    assert check(path, keys[1], strict=True).ok
+
+
 def test_a_checkpoint_that_cannot_be_written_fails_the_run(
     pbx: Path, keys: tuple[Path, Path], monkeypatch: Any
 ) -> None:
