@@ -788,6 +788,10 @@ def _survey_fields(plan: RulePlan) -> list[dict[str, Any]]:
         if s.survey.held:
             store["held"] = s.survey.held
             store["held_by"] = dict(s.survey.held_by)
+        if s.survey.skipped:
+            # What the survey could not date or read (counts by reason): kept, and on record
+            # from the run's first entry, not only from the batches that met them.
+            store["skipped"] = dict(s.survey.skipped)
         if s.absent:
             store["absent"] = True
         if s.failed:

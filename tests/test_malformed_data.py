@@ -375,3 +375,8 @@ safety: {{max_delete_fraction: 1.0}}
         for entry in voicemail
         for store in entry["stores"]
     )
+    # The survey's counts are in each run's first entry too.
+    started = {e["rule"]: e["stores"] for e in finished if e.get("type") == "run_started"}
+    skipped = {s["kind"]: s.get("skipped") for s in started["call-records"]}
+    assert skipped == {"sql": {UNDATED: 3}, "csv": {UNPARSEABLE: len(BROKEN_LINES)}}
+    assert [s.get("skipped") for s in started["voicemail"]] == [{MALFORMED_TXT: 1}]
