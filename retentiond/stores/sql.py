@@ -1259,28 +1259,50 @@ class SqlStore(Store):
     ) -> tuple[Survey, tuple[Any, Any]]:
         """Counts of `expired` rows, held ones per hold, in one pass; and for the key walk the
         key range of the unheld ones."""
-        key = self._require_layout().key
+        layout = self._require_layout()
+        key = layout.key
         each = [self._hold_predicate(index, scope) for index, scope in enumerate(holds.scopes)]
         held = Predicate.any_of(each)
-        columns = ["COUNT(*)"] + [f"COUNT(CASE WHEN {part.sql} THEN 1 END)" for part in each]
+        # With an index on the time column, each count below reads only its range. Without
+        # one, every query reads the whole table: then they are one pass, each count limited
+        # to the expired rows by its CASE (at 2,000,000 FreePBX cel rows, a third of the time).
+        one_pass = layout.strategy != "time_index"
+        among = f"{expired.sql} AND " if one_pass else ""
+        columns = [f"COUNT(CASE WHEN {expired.sql} THEN 1 END)" if one_pass else "COUNT(*)"]
+        columns += [f"COUNT(CASE WHEN {among}{part.sql} THEN 1 END)" for part in each]
         if held is not None:
-            columns.append(f"COUNT(CASE WHEN {held.sql} THEN 1 END)")
+            columns.append(f"COUNT(CASE WHEN {among}{held.sql} THEN 1 END)")
         if walk:
             unheld = "1 = 1" if held is None else held.negated().sql
-            columns += [f"{edge}(CASE WHEN {unheld} THEN {key} END)" for edge in ("MIN", "MAX")]
-        statement = _bind(
-            f"SELECT {', '.join(columns)} FROM {self._table_sql} WHERE {expired.sql}", expired, held
-        )
+            columns += [
+                f"{edge}(CASE WHEN {among}{unheld} THEN {key} END)" for edge in ("MIN", "MAX")
+            ]
 
         guard = self._time_guard()
         undated = f"{self._time_sql} IS NULL OR {self._time_sql} < :floor" + (
             f" OR NOT ({guard})" if guard else ""
         )
-        totals = text(
-            f"SELECT COUNT(*), COUNT(CASE WHEN {undated} THEN 1 END) FROM {self._table_sql}"
-        )
+        whole = ["COUNT(*)", f"COUNT(CASE WHEN {undated} THEN 1 END)"]
+        if one_pass:
+            dated = f"{self._time_sql} >= :floor" + (f" AND {guard}" if guard else "")
+            statement = _bind(
+                f"SELECT {', '.join(columns + whole)}, "
+                f"MIN(CASE WHEN {dated} THEN {self._time_sql} END) FROM {self._table_sql}",
+                expired,
+                held,
+            )
+        else:
+            statement = _bind(
+                f"SELECT {', '.join(columns)} FROM {self._table_sql} WHERE {expired.sql}",
+                expired,
+                held,
+            )
+        totals = text(f"SELECT {', '.join(whole)} FROM {self._table_sql}")
 
         def count(connection: Connection) -> tuple[tuple[Any, ...], tuple[Any, ...], Any]:
+            if one_pass:
+                row = tuple(connection.execute(*statement).one())
+                return row[-3:-1], row[: len(columns)], row[-1]
             all_rows = tuple(connection.execute(totals, {"floor": self._floor()}).one())
             counts = tuple(connection.execute(*statement).one())
             return all_rows, counts, self._read_oldest(connection)
