@@ -818,7 +818,7 @@ def test_a_torn_last_line_is_reported_as_a_warning(torn: DemoRun, tmp_path: Path
     assert log["entries"] == line - 1 and log["head_seq"] == chain.head[0]
     assert log["problems"] == []
     assert log["warnings"] == [
-        {"kind": "torn_tail", "message": message, "file": "audit.jsonl", "line": line}
+        {"kind": "torn_tail", "message": message, "seq": None, "file": "audit.jsonl", "line": line}
     ]
     assert log["torn_tail"] == {
         "file": "audit.jsonl",

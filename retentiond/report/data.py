@@ -253,23 +253,10 @@ class Checkpoint:
     signature: str | None
 
 
-@dataclass(frozen=True)
-class LogFinding:
-    """What `retentiond audit verify` reports about a log: a problem (the log is not intact) or
-    a warning (intact, but an interruption left something for the next run to finish)."""
-
-    # problems: chain, checkpoint, order, missing_checkpoint, ...; warnings: unsigned_tail
-    # (entries after the last checkpoint), torn_tail (an incomplete last line)
-    kind: str
-    message: str
-    file: str | None = None
-    line: int | None = None
-
-    def __str__(self) -> str:
-        """'audit.jsonl:12: message', as `retentiond audit verify` names it."""
-        if self.file is not None and self.line:
-            return f"{self.file}:{self.line}: {self.message}"
-        return self.message
+# What `retentiond audit verify` reports about a log, as it names it ('audit.jsonl:12: ...'):
+# a problem (the log is not intact) or, of the kinds in _UNFINISHED, a warning (intact, but an
+# interruption left something for the next run to finish).
+LogFinding = audit.Problem
 
 
 @dataclass(frozen=True)
@@ -787,8 +774,7 @@ def _findings(check: audit.LogCheck) -> tuple[list[LogFinding], list[LogFinding]
     problems: list[LogFinding] = []
     warnings: list[LogFinding] = []
     for problem in check.problems:
-        found = LogFinding(problem.kind, problem.message, problem.file, problem.line)
-        (warnings if problem.kind in _UNFINISHED else problems).append(found)
+        (warnings if problem.kind in _UNFINISHED else problems).append(problem)
     return problems, warnings
 
 
