@@ -419,19 +419,15 @@ class Database:
                         f"cannot connect to {self.name} ({self.where()}): {driver_message(exc)}; "
                         f"tried {attempt + 1} times: {check}"
                     ) from None
-                delay = _backoff(attempt)
-                attempt += 1
-                log.warning(
+                attempt = _wait_to_retry(
                     "sql store retrying",
-                    store=self.label,
+                    {"store": self.label},
                     action="connecting",
                     attempt=attempt,
                     of=retries,
-                    error=reason,
-                    code=error_code(exc),
-                    delay=delay,
+                    reason=reason,
+                    exc=exc,
                 )
-                time.sleep(delay)
 
     def _refused_message(self, exc: DBAPIError) -> str:
         message = f"cannot connect to {self.name} ({self.where()}): {driver_message(exc)}"
@@ -536,20 +532,18 @@ class Database:
                             else "nothing beyond the committed batches was deleted"
                         )
                     ) from None
-                delay = _backoff(attempt)
-                attempt += 1
-                log.warning(
+                attempt = _wait_to_retry(
                     event,
-                    **(context if context is not None else {"store": self.label}),
+                    {
+                        **(context if context is not None else {"store": self.label}),
+                        **({"while_committing": True} if lost_commit else {}),
+                    },
                     action=action,
                     attempt=attempt,
                     of=retries,
-                    error=reason,
-                    code=error_code(exc),
-                    delay=delay,
-                    **({"while_committing": True} if lost_commit else {}),
+                    reason=reason,
+                    exc=exc,
                 )
-                time.sleep(delay)
 
     def failure_message(self, action: str, exc: DBAPIError) -> str:
         message = f"{self.label}: {action} failed: {driver_message(exc)}"
@@ -2481,6 +2475,33 @@ def _connection_failed(exc: DBAPIError) -> bool:
 def _backoff(attempt: int) -> float:
     """Seconds to wait before retry number `attempt + 1`: 0.5 s, 1 s, 2 s, ... up to BACKOFF_MAX."""
     return float(min(BACKOFF_FIRST * 2**attempt, BACKOFF_MAX))
+
+
+def _wait_to_retry(
+    event: str,
+    context: dict[str, Any],
+    *,
+    action: str,
+    attempt: int,
+    of: int,
+    reason: str,
+    exc: DBAPIError,
+) -> int:
+    """Log the retry (the reason and error code, never the statement or the URL), wait its
+    backoff, and return the number of the attempt about to start."""
+    delay = _backoff(attempt)
+    log.warning(
+        event,
+        **context,
+        action=action,
+        attempt=attempt + 1,
+        of=of,
+        error=reason,
+        code=error_code(exc),
+        delay=delay,
+    )
+    time.sleep(delay)
+    return attempt + 1
 
 
 # A host name that does not resolve stays wrong however often it is looked up (pymysql reports it
