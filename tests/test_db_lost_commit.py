@@ -9,16 +9,25 @@ which picks one COMMIT and loses it (`FaultProxy.lose_commit`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from faultproxy import FaultProxy, _is_commit
 from pbxdata import PbxDatabase, cdr_rows, cel_rows
-from sqlalchemy import bindparam, text
+from sqlalchemy import bindparam, make_url, text
+from structlog.testing import capture_logs
 from test_db_faults import BATCH, EXPIRED, KEPT, Pbx, finish, log_events, moments, proxy_to
+from test_sql_anonymize import CUTOFF, FREEPBX_TRANSFORMS, YOUNGER, create_freepbx_cdr
+from test_sql_anonymize import EXPIRED as ANONYMIZABLE
+from threecx_schema import CL_DEPENDENTS, cl_history, create_cl_schema
 
 from retentiond import audit
+from retentiond.config.model import ConnectionConfig, SqlStoreConfig, ThreeCxCallsStoreConfig
+from retentiond.stores.sql import SqlStore
+from retentiond.stores.threecx import ThreeCxCallsStore
 
 
 def checked(stderr: str) -> list[dict[str, Any]]:
@@ -161,6 +170,180 @@ def test_rows_someone_else_deleted_meanwhile_leave_the_lost_commit_unconfirmed(
     assert finished["status"] == "done"
     assert audit.verify(pbx.log).ok
     assert pbx.uniqueids() == pbx.kept
+
+
+# -- the 3CX store: a batch is a set of calls and their rows, in one transaction ----------------
+
+CX_BATCH = 7
+CX_EXPIRED = 40
+CX_KEPT = 15
+
+
+@pytest.fixture
+def threecx(
+    postgres_url: str, pbx_database: Callable[[str], PbxDatabase]
+) -> Iterator[tuple[PbxDatabase, FaultProxy, ThreeCxCallsStore]]:
+    """A 3CX cl_* call history, and a store reaching it through the proxy."""
+    database = pbx_database(postgres_url)
+    starts = [CUTOFF - timedelta(hours=1 + 5 * i) for i in range(CX_EXPIRED)]
+    starts += [CUTOFF + timedelta(minutes=30 + 97 * i) for i in range(CX_KEPT)]
+    create_cl_schema(database)
+    cl_history(starts).insert(database)
+    proxy = proxy_to(postgres_url)
+    url = make_url(postgres_url).set(host="127.0.0.1", port=proxy.port)
+    config = ThreeCxCallsStoreConfig.model_validate(
+        {"type": "3cx_call_history", "connection": "threecx", "batch_size": CX_BATCH}
+    )
+    connection = ConnectionConfig.model_validate(
+        {"url": url.render_as_string(hide_password=False), "retries": 3}
+    )
+    store = ThreeCxCallsStore(config, connection, ZoneInfo("Europe/Berlin"))
+    store.open()
+    yield database, proxy, store
+    store.close()
+    proxy.close()
+
+
+def cx_rows(database: PbxDatabase, table: str) -> int:
+    with database.engine.connect() as connection:
+        return int(connection.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar() or 0)
+
+
+def cx_checked(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == "3cx store checked a lost commit"]
+
+
+def orphans(database: PbxDatabase) -> int:
+    """Rows of a call that is gone: a batch deletes a call's rows with it, or none of them."""
+    with database.engine.connect() as connection:
+        return sum(
+            int(
+                connection.execute(
+                    text(
+                        f"SELECT COUNT(*) FROM {table} AS t WHERE NOT EXISTS "
+                        "(SELECT 1 FROM cl_calls AS c WHERE c.id = t.call_id)"
+                    )
+                ).scalar()
+                or 0
+            )
+            for table in CL_DEPENDENTS
+        )
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("applied", [True, False], ids=["commit-applied", "commit-not-applied"])
+def test_a_3cx_batch_whose_commit_reply_was_lost_is_counted_once_and_exactly(
+    threecx: tuple[PbxDatabase, FaultProxy, ThreeCxCallsStore], applied: bool
+) -> None:
+    database, proxy, store = threecx
+    proxy.lose_commit(skip=1, applied=applied)  # the second batch's
+    with capture_logs() as logs:
+        results = [store.apply(batch, CUTOFF) for batch in store.batches(CUTOFF)]
+
+    assert proxy.cuts == 1
+    assert [e for e in logs if e.get("while_committing")]
+    # every batch counts the calls it deleted, the one whose commit was lost too
+    assert [result.deleted for result in results] == [7, 7, 7, 7, 7, 5]
+    assert not [result.counts for result in results if result.counts]
+    assert sum(result.deleted for result in results) == CX_EXPIRED
+    assert cx_rows(database, "cl_calls") == CX_KEPT
+    assert orphans(database) == 0
+    (check,) = cx_checked(logs)
+    assert check["commit"] == ("went through" if applied else "did not go through")
+    assert (check["batch"], check["deleted"]) == (2, CX_BATCH)
+
+
+@pytest.mark.postgres
+def test_3cx_calls_someone_else_deleted_meanwhile_leave_the_lost_commit_unconfirmed(
+    threecx: tuple[PbxDatabase, FaultProxy, ThreeCxCallsStore],
+) -> None:
+    database, proxy, store = threecx
+    taken = 3
+
+    def someone_else_deletes() -> None:
+        # the first calls of the second batch, once the server has rolled the cut one back
+        with database.engine.begin() as connection:
+            connection.execute(
+                text(
+                    "DELETE FROM cl_calls WHERE id IN (SELECT id FROM cl_calls "
+                    f"ORDER BY start_time LIMIT {taken})"
+                )
+            )
+
+    proxy.lose_commit(skip=1, applied=False, then=someone_else_deletes)
+    with capture_logs() as logs:
+        results = [store.apply(batch, CUTOFF) for batch in store.batches(CUTOFF)]
+
+    (check,) = cx_checked(logs)
+    assert check["commit"] == "unknown"
+    assert check["deleted"] == CX_BATCH - taken
+    assert check["unconfirmed_deleted_max"] == CX_BATCH
+    # what the batch surely deleted, and at most how many more its lost commit took
+    assert results[1].deleted == CX_BATCH - taken
+    assert results[1].counts == {"unconfirmed_deleted_max": CX_BATCH}
+    assert sum(result.deleted for result in results) == CX_EXPIRED - taken
+    assert cx_rows(database, "cl_calls") == CX_KEPT
+
+
+# -- the SQL anonymize stage: a batch rewrites rows that still hold the values read ------------
+
+
+@pytest.mark.parametrize(
+    "url_fixture",
+    [
+        pytest.param("mariadb_url", marks=pytest.mark.mariadb, id="mariadb-keyless"),
+        pytest.param("postgres_url", marks=pytest.mark.postgres, id="postgres-ctid"),
+    ],
+)
+@pytest.mark.parametrize("applied", [True, False], ids=["commit-applied", "commit-not-applied"])
+def test_an_anonymize_batch_whose_commit_reply_was_lost_counts_the_rows_it_rewrote(
+    request: pytest.FixtureRequest,
+    pbx_database: Callable[[str], PbxDatabase],
+    url_fixture: str,
+    applied: bool,
+) -> None:
+    url = request.getfixturevalue(url_fixture)
+    database = pbx_database(url)
+    originals = create_freepbx_cdr(database, ANONYMIZABLE + YOUNGER)
+    proxy = proxy_to(url)
+    config = SqlStoreConfig.model_validate(
+        {
+            "type": "sql",
+            "connection": "cdrdb",
+            "table": "cdr",
+            "time_column": "calldate",
+            "batch_size": 7,
+            "anonymize": FREEPBX_TRANSFORMS,
+        }
+    )
+    through = make_url(url).set(host="127.0.0.1", port=proxy.port)
+    connection = ConnectionConfig.model_validate(
+        {"url": through.render_as_string(hide_password=False), "retries": 3}
+    )
+    store = SqlStore(config, connection, ZoneInfo("Europe/Berlin"))
+    try:
+        store.open()
+        proxy.lose_commit(skip=1, applied=applied)  # the second batch's
+        with capture_logs() as logs:
+            batches = store.anonymize_batches(CUTOFF)
+            results = [store.apply(batch, CUTOFF) for batch in batches]
+        cuts = proxy.cuts
+    finally:
+        store.close()
+        proxy.close()
+
+    assert cuts == 1
+    with database.engine.connect() as reading:
+        rewritten = reading.execute(text("SELECT COUNT(*) FROM cdr WHERE src LIKE '%xxx'"))
+        in_database = int(rewritten.scalar() or 0)
+    expired = [row for row in originals if row["calldate"] in ANONYMIZABLE]
+    assert in_database == len(expired)
+    # every batch counts the rows it rewrote, the one whose commit was lost too
+    assert sum(result.anonymized for result in results) == len(expired)
+    assert not [result.skipped for result in results if result.skipped]
+    (check,) = [e for e in logs if e["event"] == "sql store checked a lost commit"]
+    assert check["commit"] == ("went through" if applied else "did not go through")
+    assert check["anonymized"] == 7
 
 
 def test_the_proxy_loses_commits_and_nothing_else() -> None:

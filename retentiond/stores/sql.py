@@ -1992,12 +1992,32 @@ class SqlStore(Store):
             if changes:
                 pending.append((key, values, {**original, **changes}))
         unchanged = len(plan.rows) - len(pending)
+
+        def settle(connection: Connection, lost: int) -> int:
+            """The batch's commit got no reply: rewrite again what still holds the values read
+            (a rewrite is idempotent), and count the rows that already hold the new values as
+            rewritten by the lost commit."""
+            again, already = self._update_rows(connection, plan.where, pending, settling=True)
+            kept = min(already, lost)
+            commit = (
+                "went through" if not again else "did not go through" if not kept else "unknown"
+            )
+            log.warning(
+                "sql store checked a lost commit",
+                store=self.label,
+                action="anonymizing",
+                commit=commit,
+                anonymized=again + kept,
+            )
+            return again + kept
+
         written = 0
         if pending:
             written = self._db.retrying(
                 "anonymizing a batch",
-                lambda connection: self._update_rows(connection, plan.where, pending),
+                lambda connection: self._update_rows(connection, plan.where, pending)[0],
                 write=True,
+                settle=settle,
             )
         changed = len(pending) - written
         return BatchResult(
@@ -2013,8 +2033,11 @@ class SqlStore(Store):
         connection: Connection,
         where: Predicate,
         pending: list[tuple[Any, tuple[Any, ...], dict[str, Any]]],
-    ) -> int:
-        """One UPDATE per row in this transaction; the number of rows rewritten.
+        *,
+        settling: bool = False,
+    ) -> tuple[int, int]:
+        """One UPDATE per row in this transaction; the number of rows rewritten, and when
+        `settling` a lost commit, of the rows not rewritten that already hold the new values.
 
         Identical keyless rows are all rewritten by the first of their statements (each gets
         the same values), and the later ones find nothing: the sum still counts each row once.
@@ -2032,15 +2055,30 @@ class SqlStore(Store):
             f"WHERE {' AND '.join(identity)} AND {where.sql}",
             where,
         )
-        written = 0
+        # A rewritten row has a new ctid: there, the new values alone find it
+        found = identity[1:] if key == "ctid" else identity
+        check, _ = _bind(
+            f"SELECT COUNT(*) FROM {self._table_sql} "
+            f"WHERE {' AND '.join(found).replace(':old_', ':now_')} AND {where.sql}",
+            where,
+        )
+        names = [name for name, _ in self._rewritten]
+        written = already = 0
+        checked: set[tuple[Any, tuple[Any, ...]]] = set()
         for row_key, values, rewritten in pending:
             params = dict(common)
             params.update((f"old_{i}", value) for i, value in enumerate(values))
             params.update((f"new_{i}", rewritten[name]) for i, name in enumerate(targets))
             if key is not None:
                 params["key"] = row_key
-            written += connection.execute(statement, params).rowcount
-        return written
+            count = connection.execute(statement, params).rowcount
+            written += count
+            row = (None if key in (None, "ctid") else row_key, values)
+            if settling and not count and row not in checked:
+                checked.add(row)  # rows found by their values: each set of values once
+                params.update((f"now_{i}", rewritten[name]) for i, name in enumerate(names))
+                already += int(connection.execute(check, params).scalar() or 0)
+        return written, already
 
     def smallest_group(self, cutoff: datetime) -> int | None:
         """The smallest group of expired rows alike in every transformed column that is not

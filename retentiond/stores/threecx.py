@@ -59,6 +59,7 @@ from retentiond.stores.base import Batch, BatchResult, Found, Store, Survey
 from retentiond.stores.sql import (
     DATETIME_FLOOR,
     KIND_WORDS,
+    UNCONFIRMED_DELETED_MAX,
     Database,
     TimeKind,
     driver_message,
@@ -233,6 +234,18 @@ class _Counts:
     undated: int
     held: int
     held_by: Mapping[str, int]
+
+
+@dataclass
+class _Deleted:
+    """One attempt at a deletion batch: the calls it locked and deleted, their times, and the
+    rows per table. `unconfirmed` calls went with a commit whose reply was lost and that no
+    check could attribute. Keys never show in a repr."""
+
+    keys: tuple[Any, ...] = field(repr=False)
+    times: list[Any] = field(repr=False)
+    counts: dict[str, int]
+    unconfirmed: int = 0
 
 
 # Result columns of the anonymizing reads; no 3CX column is named like this.
@@ -886,7 +899,7 @@ class ThreeCxCallsStore(Store):
         if planned.anonymize:
             result = self._apply_anonymize(generation, planned, guard)
         else:
-            result = self._apply_delete(generation, planned, guard)
+            result = self._apply_delete(generation, planned, guard, batch.number)
         self._applied = (batch, result)
         return result
 
@@ -904,21 +917,53 @@ class ThreeCxCallsStore(Store):
         return _all_of(erasable, names, held)
 
     def _apply_delete(
-        self, generation: _Generation, planned: _Planned, guard: _Clause
+        self, generation: _Generation, planned: _Planned, guard: _Clause, number: int
     ) -> BatchResult:
-        times, counts = self._db.retrying(
-            "deleting a batch",
-            lambda connection: self._delete(connection, generation, list(planned.keys), guard),
-            write=True,
-        )
+        def attempt(connection: Connection) -> _Deleted:
+            return self._delete(connection, generation, list(planned.keys), guard)
+
+        def settle(connection: Connection, lost: _Deleted) -> _Deleted:
+            """The batch's commit got no reply: keep its result if its calls are gone, else
+            delete again; when only some are gone, the lost commit's calls are unconfirmed."""
+            # Locking waits for the lost transaction, should the server still hold it.
+            present = len(self._lock(connection, generation, list(lost.keys), _Clause("TRUE")))
+            if present == 0:
+                return self._settled(number, "went through", lost)
+            again = attempt(connection)
+            again.unconfirmed = lost.unconfirmed
+            if present >= len(lost.keys):
+                return self._settled(number, "did not go through", again)
+            # Some are gone: taken by someone else after it rolled back, or by it after all
+            again.unconfirmed += len(lost.keys)
+            return self._settled(number, "unknown", again)
+
+        deleted = self._db.retrying("deleting a batch", attempt, write=True, settle=settle)
         log.debug(
             "3cx store deleted a batch",
             store=self.label,
             generation=generation.name,
-            calls=len(times),
-            **counts,
+            calls=len(deleted.times),
+            **deleted.counts,
         )
-        return BatchResult(deleted=len(times), span=self._day_span(generation, times))
+        result = BatchResult(
+            deleted=len(deleted.times), span=self._day_span(generation, deleted.times)
+        )
+        if deleted.unconfirmed:
+            # As a reconciled run says it: at most this many more, unconfirmed
+            result = replace(result, counts={UNCONFIRMED_DELETED_MAX: deleted.unconfirmed})
+        return result
+
+    def _settled(self, number: int, commit: str, kept: _Deleted) -> _Deleted:
+        """Log what became of a batch's commit whose reply was lost, and keep `kept`."""
+        log.warning(
+            "3cx store checked a lost commit",
+            store=self.label,
+            batch=number,
+            commit=commit,
+            deleted=len(kept.times),
+            **({UNCONFIRMED_DELETED_MAX: kept.unconfirmed} if kept.unconfirmed else {}),
+        )
+        return kept
 
     def _lock(
         self, connection: Connection, generation: _Generation, keys: list[Any], guard: _Clause
@@ -940,11 +985,11 @@ class ThreeCxCallsStore(Store):
 
     def _delete(
         self, connection: Connection, generation: _Generation, keys: list[Any], guard: _Clause
-    ) -> tuple[list[Any], dict[str, int]]:
-        """One batch: the calls' rows in dependency order, then the calls; times deleted."""
+    ) -> _Deleted:
+        """One batch: the calls' rows in dependency order, then the calls."""
         keys = [key for key, _ in self._lock(connection, generation, keys, guard)]
         if not keys:
-            return [], {}
+            return _Deleted((), [], {})
         counts: dict[str, int] = {}
         party = generation.party
         pointed_to: list[Any] = []
@@ -974,7 +1019,7 @@ class ThreeCxCallsStore(Store):
                 {"keys": keys},
             ).scalars()
         )
-        return times, counts
+        return _Deleted(tuple(keys), times, counts)
 
     def _delete_unused_party_info(
         self, connection: Connection, party: _PartyInfo, pointed_to: list[Any]
