@@ -38,6 +38,7 @@ from _common import (
     ROOT,
     VENV_BIN,
     BenchmarkError,
+    Finished,
     Server,
     Writer,
     format_table,
@@ -545,15 +546,8 @@ safety:
     finished = run_measured(
         [_retentiond(), "-c", str(config), "run", "--once", "--json"], folder, "retentiond"
     )
-    outcome: dict[str, Any] = {
-        "seconds": finished.seconds,
-        "peak_rss_mb": finished.peak_rss_mb,
-        "cpu_seconds": finished.cpu_seconds,
-    }
-    if finished.returncode != 0:
-        outcome["error"] = (
-            f"retentiond exit {finished.returncode}: {_tail(finished.stderr or finished.stdout)}"
-        )
+    outcome = _measured(finished, "retentiond")
+    if "error" in outcome:
         return outcome
     try:
         import json
@@ -603,15 +597,7 @@ def purge_pt_archiver(
         str(folder / "sentinel"),
     ]
     finished = run_measured(command, folder, "pt-archiver")
-    outcome: dict[str, Any] = {
-        "seconds": finished.seconds,
-        "peak_rss_mb": finished.peak_rss_mb,
-        "cpu_seconds": finished.cpu_seconds,
-    }
-    if finished.returncode != 0:
-        outcome["error"] = (
-            f"pt-archiver exit {finished.returncode}: {_tail(finished.stderr or finished.stdout)}"
-        )
+    outcome = _measured(finished, "pt-archiver")
     found = re.search(r"^DELETE\s+(\d+)", finished.stdout, re.MULTILINE)
     if found:
         outcome["reported_deleted"] = int(found.group(1))
@@ -697,6 +683,19 @@ def _pt_archiver() -> str | None:
     import shutil
 
     return shutil.which("pt-archiver")
+
+
+def _measured(finished: Finished, name: str) -> dict[str, Any]:
+    """A purging subprocess's time and memory, and an error if it did not exit 0."""
+    outcome: dict[str, Any] = {
+        "seconds": finished.seconds,
+        "peak_rss_mb": finished.peak_rss_mb,
+        "cpu_seconds": finished.cpu_seconds,
+    }
+    if finished.returncode != 0:
+        output = _tail(finished.stderr or finished.stdout)
+        outcome["error"] = f"{name} exit {finished.returncode}: {output}"
+    return outcome
 
 
 def _tail(text: str, lines: int = 5) -> str:
