@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import statistics
 import subprocess
 import tempfile
@@ -167,6 +168,10 @@ def start_server(port: int, buffer_pool: str, workdir: Path | None = None) -> Se
         raise BenchmarkError(
             "mariadbd and mariadb-install-db are needed: apt-get install mariadb-server"
         )
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            # Else the readiness check below, and the SHUTDOWN at the end, would reach that server
+            raise BenchmarkError(f"port {port} is in use; pass --port with a free one")
     folder = Path(tempfile.mkdtemp(prefix="retentiond-bench-", dir=workdir))
     data = folder / "data"
     user = ["--user=root"] if os.geteuid() == 0 else []
@@ -211,15 +216,16 @@ def start_server(port: int, buffer_pool: str, workdir: Path | None = None) -> Se
     server = Server("127.0.0.1", port, folder, process)
     deadline = time.monotonic() + 60
     while True:
+        # A server that exited (its port taken meanwhile) must not pass for another one answering
+        if process.poll() is not None or time.monotonic() > deadline:
+            server.process = None
+            raise BenchmarkError(
+                f"mariadbd on port {port} did not start; see {folder / 'mariadbd.log'}"
+            )
         try:
             server.query("SELECT 1")
             return server
         except pymysql.MySQLError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                server.process = None
-                raise BenchmarkError(
-                    f"mariadbd on port {port} did not start; see {folder / 'mariadbd.log'}"
-                ) from None
             time.sleep(0.3)
 
 
