@@ -1409,9 +1409,23 @@ class SqlStore(Store):
         the rows at that time. So each batch is at most n rows, and its count and span are those
         of the rows its predicate covers. (Measured on MariaDB 10.11: a third of the time of
         reading the n oldest rows' times twice and counting the rows at the last.)
+
+        Mostly the nth and (n+1)th oldest times differ: then one index read to the (n+1)th row
+        says it all (the batch is the n rows up to the nth time; half the time again).
         """
         size = self._batch_size
         table, time_sql = self._table_sql, self._time_sql
+        edge = _bind(
+            f"SELECT COUNT(*), MIN(e.t), CASE WHEN MIN(e.t) < MAX(e.t) THEN 1 ELSE 0 END, "
+            f"(SELECT MIN({time_sql}) FROM {table} WHERE {where.sql}) "
+            f"FROM (SELECT {time_sql} AS t FROM {table} WHERE {where.sql} "
+            f"ORDER BY {time_sql} LIMIT 2 OFFSET :edge) AS e",
+            where,
+            edge=size - 1,
+        )
+        rows, nth, apart, first = connection.execute(*edge).one()
+        if rows == 2 and apart:
+            return _RangePlan(size, first, nth, upto=nth)
         stop = (
             f"SELECT {time_sql} FROM {table} WHERE {where.sql} "
             f"ORDER BY {time_sql} LIMIT 1 OFFSET :n"
@@ -1513,21 +1527,21 @@ class SqlStore(Store):
         self, where: Predicate, last: Any, upper: Any, end: Any, connection: Connection
     ) -> tuple[Any, Any, Any, Any]:
         """Rows matching `where` with keys in (last, upper]: count, first and last time; and the
-        lowest key above `upper` up to `end` when the range has no key at all (sparse keys)."""
+        lowest key above `upper` up to `end` when none matched (sparse keys: the walk skips to
+        it), else `upper` + 1."""
         key = self._require_layout().key
-        matching = f"CASE WHEN {where.sql} THEN {self._time_sql} END"
         statement = _bind(
-            f"SELECT COUNT(CASE WHEN {where.sql} THEN 1 END), MIN({matching}), MAX({matching}), "
-            f"COUNT(*) FROM {self._table_sql} WHERE {key} > :last AND {key} <= :hi",
+            f"SELECT COUNT(*), MIN({self._time_sql}), MAX({self._time_sql}) "
+            f"FROM {self._table_sql} WHERE {key} > :last AND {key} <= :hi AND {where.sql}",
             where,
             last=last,
             hi=upper,
         )
-        count, first, latest, keys = connection.execute(*statement).one()
-        following = upper + 1
-        if not keys:
-            after = f"SELECT MIN({key}) FROM {self._table_sql} WHERE {key} > :hi AND {key} <= :end"
-            following = connection.execute(text(after), {"hi": upper, "end": end}).scalar()
+        count, first, latest = connection.execute(*statement).one()
+        if count:
+            return count, first, latest, upper + 1
+        after = f"SELECT MIN({key}) FROM {self._table_sql} WHERE {key} > :hi AND {key} <= :end"
+        following = connection.execute(text(after), {"hi": upper, "end": end}).scalar()
         return count, first, latest, following
 
     def _walk_bounds(self, cutoff: datetime, holds: Holds, where: Predicate) -> tuple[Any, Any]:
