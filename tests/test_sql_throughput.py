@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from pbxdata import PbxDatabase, cdr_rows, cel_rows, sqlite_cdr_rows
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 
 from retentiond.config.model import ConnectionConfig, SqlStoreConfig
 from retentiond.stores.sql import (
@@ -175,6 +175,38 @@ def test_each_plan_is_one_summary_row_not_the_batch_s_rows(
     assert sum(result.deleted for result in results) == 300
     reads = [rows for sql, rows in traffic.statements if sql.startswith("SELECT")]
     assert reads and set(reads) == {1}
+
+
+@pytest.mark.mariadb
+@pytest.mark.parametrize("engine", ["InnoDB", "MyISAM"])
+def test_plans_read_about_a_batch_of_index_entries_however_many_rows_remain(
+    mariadb_url: str,
+    pbx_database: Callable[[str], PbxDatabase],
+    open_store: Callable[..., SqlStore],
+    engine: str,
+) -> None:
+    """The purge's cost grows with the rows it deletes, not with the table: each plan reads
+    along the index from where the last batch ended (a MIN() under two lower bounds once read
+    every expired row that was left, for every batch)."""
+    database = pbx_database(mariadb_url)
+    database.create("cdr")
+    database.execute(f"ALTER TABLE cdr ENGINE={engine}")
+    insert_calls(database, [WALL_CUTOFF - timedelta(minutes=1 + i) for i in range(3000)])
+    store = open_store(database.url, batch_size=100)
+
+    def index_reads() -> int:
+        # the store's one pooled connection: its session's counters
+        with store._db.engine.connect() as connection:
+            found = connection.execute(text("SHOW SESSION STATUS LIKE 'Handler_read_%'"))
+            return sum(int(value) for name, value in found if name != "Handler_read_rnd_deleted")
+
+    before = index_reads()
+    deleted = sum(store.apply(batch, CUTOFF).deleted for batch in store.batches(CUTOFF))
+    reads = index_reads() - before
+
+    assert deleted == 3000
+    # each row once for its plan and once for its delete, and a few entries per statement
+    assert reads < 3 * deleted, reads
 
 
 @pytest.mark.mariadb

@@ -1462,7 +1462,9 @@ class SqlStore(Store):
         table, time_sql = self._table_sql, self._time_sql
         edge = _bind(
             f"SELECT COUNT(*), MIN(e.t), CASE WHEN MIN(e.t) < MAX(e.t) THEN 1 ELSE 0 END, "
-            f"(SELECT MIN({time_sql}) FROM {table} WHERE {where.sql}) "
+            # the first row in index order: MIN() under two lower bounds (the floor and the
+            # previous batch's end) reads the whole range on MariaDB
+            f"(SELECT {time_sql} FROM {table} WHERE {where.sql} ORDER BY {time_sql} LIMIT 1) "
             f"FROM (SELECT {time_sql} AS t FROM {table} WHERE {where.sql} "
             f"ORDER BY {time_sql} LIMIT 2 OFFSET :edge) AS e",
             where,
