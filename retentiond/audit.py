@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path, PurePath
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, BinaryIO, Self
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, Self
 
 import structlog
 
@@ -170,7 +170,7 @@ def _utc_text(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _json_safe(value: Any, where: str) -> Any:
+def json_safe(value: Any, where: str) -> Any:
     """`value` with datetimes and dates as text. A wrong type is a bug in the caller: TypeError."""
     if value is None or isinstance(value, bool | int | str):
         return value
@@ -188,11 +188,11 @@ def _json_safe(value: Any, where: str) -> Any:
         # File names can be personal data (safety rule 6): log counts or hashes instead.
         raise TypeError(f"audit field {where}: paths must not be written to the audit log")
     if isinstance(value, list | tuple):
-        return [_json_safe(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return [json_safe(item, f"{where}[{i}]") for i, item in enumerate(value)]
     if isinstance(value, dict):
         if not all(isinstance(key, str) for key in value):
             raise TypeError(f"audit field {where}: dictionary keys must be strings")
-        return {key: _json_safe(item, f"{where}.{key}") for key, item in value.items()}
+        return {key: json_safe(item, f"{where}.{key}") for key, item in value.items()}
     raise TypeError(f"audit field {where}: {type(value).__name__} is not JSON-serialisable")
 
 
@@ -1128,6 +1128,27 @@ def _last_line(fd: int, size: int) -> bytes:
     return b"".join(reversed(chunks))
 
 
+class AuditWriter(Protocol):
+    """What a run needs of the log's writer: an `AuditLog`, or in the daemon's run process a
+    proxy that has the daemon (the one writer, which holds the lock) append each entry."""
+
+    path: Path
+
+    @property
+    def head(self) -> tuple[int, str]: ...
+
+    @property
+    def last_entry(self) -> Entry | None: ...
+
+    def append(self, type: str, **fields: Any) -> Entry: ...
+
+    def append_unsynced(self, type: str, **fields: Any) -> Entry: ...
+
+    def checkpoint(self, signer: Signer) -> Entry: ...
+
+    def rotate_if_due(self) -> Entry | None: ...
+
+
 class _StaleHead(Exception):
     """A checkpoint was signed for a head that another append has moved on from meanwhile."""
 
@@ -1511,11 +1532,20 @@ class AuditLog:
             seq, head_hash = self.head
             if seq == 0:
                 raise ValueError("an empty audit log has nothing to sign")
-            try:
-                return self.append(CHECKPOINT, **signer.sign(seq, head_hash))
-            except _StaleHead:
-                continue
+            entry = self.append_signature(signer.sign(seq, head_hash))
+            if entry is not None:
+                return entry
         raise AuditError(f"the audit log {self.path} changed while a checkpoint was signed")
+
+    def append_signature(self, fields: dict[str, Any]) -> Entry | None:
+        """Append a checkpoint signed elsewhere (`Signer.sign` of the head): the daemon writes
+        those of its run processes without reading the key. None when the head has moved on
+        since it was signed: sign the new head and try again. Raises AuditError like `append`.
+        """
+        try:
+            return self.append(CHECKPOINT, **fields)
+        except _StaleHead:
+            return None
 
     def _check_checkpoint(self, fields: dict[str, Any]) -> None:
         if set(fields) != set(CHECKPOINT_FIELDS):
@@ -1675,7 +1705,7 @@ class AuditLog:
             raise TypeError(f"audit fields {sorted(reserved)} are reserved for the chain")
         seq, prev = self._head[0] + 1, self._head[1]
         obj: dict[str, Any] = {"seq": seq, "ts": _utc_text(self._clock()), "type": type}
-        obj.update((key, _json_safe(value, key)) for key, value in fields.items())
+        obj.update((key, json_safe(value, key)) for key, value in fields.items())
         obj["prev"] = prev
         try:
             obj["hash"] = hashlib.sha256(canonical(obj)).hexdigest()

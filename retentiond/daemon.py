@@ -8,8 +8,13 @@ Threads, and what each may do:
   and the PBX database never sees two retentiond runs at once.
 - watchdog's inotify thread on the config file's folder: only wakes the main thread.
 
+Each run, and the start-up check of the stores, happens in a run process of its own
+(`retentiond.runner`): the worker starts it and answers it until it ends. So the daemon never
+imports a store, SQLAlchemy, a database driver or the signing key's cryptography, and stays
+small between runs. A run process that crashes or is killed fails that run only.
+
 The daemon holds the audit log (and its lock) from start to exit, so a `run --once` meanwhile is
-refused instead of interleaving with it.
+refused instead of interleaving with it; run processes write through it.
 """
 
 from __future__ import annotations
@@ -44,13 +49,14 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from retentiond.audit import AuditLog, Entry, Signer, read_entries
+from retentiond.audit import AuditLog, Entry, read_entries
 from retentiond.config.loader import LoadedConfig, load_config
 from retentiond.config.model import Config, HoldConfig, Rule
 from retentiond.config.schedule import Schedule, WallClockTrigger
-from retentiond.engine import Engine, RunObserver, RunOutcome, utcnow
+from retentiond.engine import RunObserver, RunOutcome, tell, utcnow
 from retentiond.errors import AuditError, ConfigError, ConfigProblem, RetentiondError, StoreError
 from retentiond.holds import record_hold_changes
+from retentiond.runner import RunProcess, exit_status, outcome_from_fields
 from retentiond.sdnotify import notify, reloading, watchdog_interval
 
 log = structlog.get_logger()
@@ -112,6 +118,7 @@ class Daemon:
         self._stuck_reported = False
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._audit: SerialAuditLog | None = None
+        self._child: RunProcess | None = None  # the run process of the run in progress
         self._triggers: dict[str, WallClockTrigger] = {}
         self.scheduler = BackgroundScheduler(
             # One worker: runs never overlap, whatever their schedules.
@@ -135,9 +142,8 @@ class Daemon:
         with self._signals(), audit_log as audit:
             self._audit = audit
             config = self.loaded.config
-            self._sign_tail(audit)
             _require_a_schedule(self.loaded)
-            self._check_stores(self.loaded)
+            self._check_at_start(audit)
             self._read_history(config)
             self.scheduler.start(paused=True)
             watcher = self._watch_config()
@@ -151,6 +157,7 @@ class Daemon:
             finally:
                 notify("STOPPING=1")
                 self.stop.set()
+                self._stop_child()
                 if watcher is not None:
                     watcher.stop()
                 self._wait_for_worker()
@@ -255,19 +262,37 @@ class Daemon:
 
     # --- start ---------------------------------------------------------------------------------
 
-    def _check_stores(self, loaded: LoadedConfig) -> None:
-        """Open every store of every scheduled rule once: a daemon that cannot reach its data at
+    def _check_at_start(self, audit: AuditLog) -> None:
+        """In a run process: sign what the log ends with (a run killed before its checkpoint, a
+        repaired torn line), so `audit verify --public-key` need not wait for the next run; then
+        open every store of every scheduled rule once: a daemon that cannot reach its data at
         start is misconfigured, and failing now is louder than failing at 03:15."""
-        engine = Engine(loaded)
-        for rule, _ in _scheduled(loaded.config):
-            try:
-                with engine.open_stores(rule):
-                    pass
-            except StoreError as error:
-                raise StoreError(
-                    f"rule {rule.name}: {error}. The daemon does not start with a store it "
-                    "cannot open; `retentiond check` shows every store"
-                ) from None
+        rules = [rule.name for rule, _ in _scheduled(self.loaded.config)]
+        news: dict[str, dict[str, Any]] = {}
+        try:
+            child = RunProcess({"task": "start", "rules": rules}, self.loaded)
+        except OSError as error:
+            raise RetentiondError(
+                f"cannot start the process that checks the stores ({error.strerror or error}); "
+                "the daemon does not start"
+            ) from None
+        status = child.serve(audit, self._current_holds, news.__setitem__)
+        unsigned = news.get("tail_unsigned")
+        if unsigned is not None:
+            log.warning(
+                "the log's unsigned end could not be signed at start", reason=unsigned["reason"]
+            )
+        failed = news.get("store_failed")
+        if failed is not None:
+            raise StoreError(
+                f"rule {failed['rule']}: {failed['message']}. The daemon does not start with a "
+                "store it cannot open; `retentiond check` shows every store"
+            )
+        if "checked" not in news:
+            raise StoreError(
+                f"the check of the stores at start ended without a result ({exit_status(status)}); "
+                "the daemon does not start. `retentiond check` shows every store"
+            )
 
     def _read_history(self, config: Config) -> None:
         """Last success and last result per rule, from the audit log (empty on a first start)."""
@@ -378,17 +403,6 @@ class Daemon:
                 runs[name] = moment
         return dict(sorted(runs.items(), key=lambda item: item[1].astimezone(UTC)))
 
-    def _sign_tail(self, audit: AuditLog) -> None:
-        """At start, sign what the log ends with (a run killed before its checkpoint, a repaired
-        torn line), so `audit verify --public-key` need not wait for the next run."""
-        path = self.loaded.config.audit.signing_key
-        if path is None:
-            return
-        try:
-            audit.sign_tail(Signer.from_config(path))
-        except AuditError as error:
-            log.warning("the log's unsigned end could not be signed at start", reason=str(error))
-
     def _run_rule(self, name: str, catch_up: bool = False) -> None:
         """A job: one run of one rule, with the config in force when it starts."""
         if catch_up:
@@ -405,28 +419,70 @@ class Daemon:
         with self._lock:
             self._running = name
             self._progress_at = time.monotonic()
-        engine = Engine(
-            loaded,
-            stop=self.stop,
-            progress=self._progressed,
-            observers=[self, *self.observers],
-            holds=self._current_holds,
-        )
+        run = _RunNews()
         try:
-            engine.run(rule, self._audit)
-        except (
-            Exception
-        ) as crash:  # a bug in one store must not end the daemon; the next run retries
-            # The type only: an exception's text can carry a file name from a store's folder.
-            log.error("run crashed", rule=name, error=type(crash).__name__)
-            with self._lock:
-                state = self.states.setdefault(name, RuleState())
-                state.last_status, state.last_deleted = "failed", None
+            self._run_in_child(rule, loaded, run)
+        except OSError as error:  # no process could be started (out of memory, a pid limit)
+            run.lost = error.strerror or type(error).__name__
         finally:
             with self._lock:
                 self._running = None
-            notify(self._status())
-            _release_memory()
+        if run.stopped:
+            log.info("run not started: the daemon is stopping", rule=name)
+        elif run.crash is not None or run.outcome is None:
+            if run.crash is not None:
+                # The type only: an exception's text can carry a file name from a store's folder.
+                log.error("run crashed", rule=name, error=run.crash)
+            else:
+                log.error(
+                    "the run process ended without a result; the next run reconciles the log",
+                    rule=name,
+                    exit_status=run.lost,
+                )
+            with self._lock:
+                state = self.states.setdefault(name, RuleState())
+                state.last_status, state.last_deleted = "failed", None
+        notify(self._status())
+        _release_memory()
+
+    def _run_in_child(self, rule: Rule, loaded: LoadedConfig, run: _RunNews) -> None:
+        """One run in a run process; its news reach the observers here, as if it ran here."""
+        child = RunProcess({"task": "run", "rule": rule.name}, loaded)
+        with self._lock:
+            self._child = child
+        if self.stop.is_set():  # a stop that came while it started, after _stop_child looked
+            child.stop()
+        observers = [self, *self.observers]
+
+        def told(news: str, message: dict[str, Any]) -> None:
+            if news == "progress":
+                self._progressed(message["label"], message["done"], message["expected"])
+            elif news == "run_started":
+                structlog.contextvars.bind_contextvars(rule=rule.name, run_id=message["run_id"])
+                tell(observers, "run_started", rule)
+            elif news == "run_finished":
+                run.outcome = outcome_from_fields(message["outcome"])
+                tell(observers, "run_finished", rule, run.outcome)
+            elif news == "crashed":
+                run.crash = str(message["error"])
+            elif news == "stopped":
+                run.stopped = True
+
+        assert self._audit is not None
+        try:
+            status = child.serve(self._audit, self._current_holds, told)
+        finally:
+            structlog.contextvars.unbind_contextvars("rule", "run_id")
+            with self._lock:
+                self._child = None
+        run.lost = exit_status(status)
+
+    def _stop_child(self) -> None:
+        """Forward the stop to the run in progress: it ends after its current batch."""
+        with self._lock:
+            child = self._child
+        if child is not None:
+            child.stop()
 
     # --- RunObserver: progress for the watchdog, results for STATUS ----------------------------
 
@@ -631,6 +687,16 @@ class Daemon:
             results.append(result)
         parts.append("last: " + (", ".join(results) or "none yet"))
         return "STATUS=" + "; ".join(parts)
+
+
+@dataclass
+class _RunNews:
+    """What a run process reported, and how it ended when it reported no result."""
+
+    outcome: RunOutcome | None = None
+    crash: str | None = None  # the exception's type name
+    lost: str | None = None  # its exit status
+    stopped: bool = False  # the daemon stopped before the run began
 
 
 def _release_memory() -> None:

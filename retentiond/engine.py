@@ -62,7 +62,7 @@ from typing import Any, Protocol
 import structlog
 
 from retentiond import __version__
-from retentiond.audit import CHECKPOINT, AuditLog, Signer, SigningKeyError
+from retentiond.audit import CHECKPOINT, AuditWriter, Signer, SigningKeyError
 from retentiond.config.durations import Duration
 from retentiond.config.loader import LoadedConfig
 from retentiond.config.model import HoldConfig, Rule
@@ -183,6 +183,18 @@ class RunObserver(Protocol):
     def run_started(self, rule: Rule) -> None: ...
 
     def run_finished(self, rule: Rule, outcome: RunOutcome) -> None: ...
+
+
+def tell(observers: Sequence[RunObserver], event: str, *args: Any) -> None:
+    """Call `event` on every observer. Observers are monitoring: their failure never stops
+    enforcement."""
+    for observer in observers:
+        try:
+            getattr(observer, event)(*args)
+        except Exception as error:  # any observer bug must not stop a run
+            log.warning(
+                "observer failed", observer=type(observer).__name__, error=type(error).__name__
+            )
 
 
 class Engine:
@@ -389,31 +401,21 @@ class Engine:
                 )
         return None
 
-    def run(self, rule: Rule, audit: AuditLog) -> RunOutcome:
+    def run(self, rule: Rule, audit: AuditWriter) -> RunOutcome:
         """Enforce one rule: plan, guard, apply in audited batches, verify."""
         run_id = uuid.uuid4().hex[:16]
         started = time.monotonic()
         structlog.contextvars.bind_contextvars(rule=rule.name, run_id=run_id)
         try:
-            self._tell("run_started", rule)
+            tell(self.observers, "run_started", rule)
             outcome = self._run(rule, audit, run_id)
             outcome.seconds = round(time.monotonic() - started, 3)
-            self._tell("run_finished", rule, outcome)
+            tell(self.observers, "run_finished", rule, outcome)
         finally:
             structlog.contextvars.unbind_contextvars("rule", "run_id")
         return outcome
 
-    def _tell(self, event: str, *args: Any) -> None:
-        """Observers are monitoring: their failure never stops enforcement."""
-        for observer in self.observers:
-            try:
-                getattr(observer, event)(*args)
-            except Exception as error:  # any observer bug must not stop a run
-                log.warning(
-                    "observer failed", observer=type(observer).__name__, error=type(error).__name__
-                )
-
-    def _run(self, rule: Rule, audit: AuditLog, run_id: str) -> RunOutcome:
+    def _run(self, rule: Rule, audit: AuditWriter, run_id: str) -> RunOutcome:
         """The run between its audit bookends: signing key and rotation before, checkpoint after."""
         try:
             signer = self._signer()
@@ -447,7 +449,7 @@ class Engine:
         path = self.config.audit.signing_key
         return None if path is None else Signer.from_config(path)
 
-    def _before_run(self, audit: AuditLog, signer: Signer | None) -> None:
+    def _before_run(self, audit: AuditWriter, signer: Signer | None) -> None:
         """Sign what the last run left unsigned (a crash, a key problem), then rotate if due:
         both before the run's first entry, so a run and its checkpoint share one file."""
         last = audit.last_entry
@@ -465,7 +467,7 @@ class Engine:
                 reason=continued.fields["reason"],
             )
 
-    def _checkpoint(self, audit: AuditLog, signer: Signer, outcome: RunOutcome) -> None:
+    def _checkpoint(self, audit: AuditWriter, signer: Signer, outcome: RunOutcome) -> None:
         try:
             entry = audit.checkpoint(signer)
         except AuditError as error:
@@ -476,7 +478,7 @@ class Engine:
             return
         log.debug("checkpoint written", seq=entry.seq, signed_seq=entry.fields["signed_seq"])
 
-    def _reconcile(self, audit: AuditLog, run_id: str, history: History) -> None:
+    def _reconcile(self, audit: AuditWriter, run_id: str, history: History) -> None:
         """One `run_reconciled` entry for each earlier run the log does not account for."""
         for interrupted in history.interrupted:
             fields = _reconciled_fields(interrupted)
@@ -493,7 +495,7 @@ class Engine:
             )
 
     def _enforce(
-        self, rule: Rule, audit: AuditLog, run_id: str, history: History | None = None
+        self, rule: Rule, audit: AuditWriter, run_id: str, history: History | None = None
     ) -> RunOutcome:
         outcome = RunOutcome(rule.name, run_id, None, "failed")
         try:
@@ -567,7 +569,7 @@ class Engine:
         )
         return outcome
 
-    def _record_holds(self, audit: AuditLog, stages: list[RulePlan], history: History) -> None:
+    def _record_holds(self, audit: AuditWriter, stages: list[RulePlan], history: History) -> None:
         """Holds added, changed or ended since the log last said, with what they keep here.
         `history` is the run's own reading of the log: no second pass over it."""
         counts: dict[str, dict[str, int]] = {}
@@ -580,7 +582,7 @@ class Engine:
         )
 
     def _refuse(
-        self, plan: RulePlan, stages: list[RulePlan], audit: AuditLog, outcome: RunOutcome
+        self, plan: RulePlan, stages: list[RulePlan], audit: AuditWriter, outcome: RunOutcome
     ) -> RunOutcome:
         outcome.status, outcome.message = "refused", plan.refusal
         self._audit(
@@ -596,7 +598,7 @@ class Engine:
         return outcome
 
     def _apply(
-        self, plan: RulePlan, stores: list[Store], audit: AuditLog, outcome: RunOutcome
+        self, plan: RulePlan, stores: list[Store], audit: AuditWriter, outcome: RunOutcome
     ) -> str:
         holds = plan.holds
         failed_before = {s.label: s.failed for s in outcome.stores if s.failed}
@@ -628,7 +630,7 @@ class Engine:
         plan: RulePlan,
         store_plan: StorePlan,
         holds: Holds,
-        audit: AuditLog,
+        audit: AuditWriter,
         outcome: RunOutcome,
         result: StoreOutcome,
     ) -> bool:
@@ -659,7 +661,7 @@ class Engine:
         return store.batches(plan.cutoff, holds)
 
     def _holds_changed(
-        self, audit: AuditLog, plan: RulePlan, store: Store, old: Holds, new: Holds
+        self, audit: AuditWriter, plan: RulePlan, store: Store, old: Holds, new: Holds
     ) -> None:
         log.info(
             "holds changed during the run; planning again with them",
@@ -675,7 +677,7 @@ class Engine:
         plan: RulePlan,
         store_plan: StorePlan,
         batch: Batch,
-        audit: AuditLog,
+        audit: AuditWriter,
         outcome: RunOutcome,
         result: StoreOutcome,
     ) -> None:
@@ -731,7 +733,7 @@ class Engine:
         return "done" if clean else "incomplete"
 
     def _audit(
-        self, audit: AuditLog, kind: str, run_id: str, plan: RulePlan | None, **fields: Any
+        self, audit: AuditWriter, kind: str, run_id: str, plan: RulePlan | None, **fields: Any
     ) -> None:
         if plan is not None:
             fields |= {
@@ -745,7 +747,7 @@ class Engine:
             }
         audit.append(kind, run_id=run_id, **fields)
 
-    def _audit_failure(self, audit: AuditLog, outcome: RunOutcome, **extra: Any) -> None:
+    def _audit_failure(self, audit: AuditWriter, outcome: RunOutcome, **extra: Any) -> None:
         try:
             self._audit(
                 audit,

@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from retentiond.audit import AuditLog, Entry
+from retentiond.audit import AuditWriter, Entry
 from retentiond.config.model import HoldConfig
 from retentiond.history import (
     History,
@@ -59,7 +59,7 @@ def hold_changes(
 
 
 def record_hold_changes(
-    audit: AuditLog,
+    audit: AuditWriter,
     holds: Sequence[HoldConfig],
     now: datetime,
     zone: tzinfo,

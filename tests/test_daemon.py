@@ -12,6 +12,7 @@ import http.server
 import json
 import os
 import secrets
+import select
 import signal
 import socket
 import sqlite3
@@ -70,8 +71,13 @@ class Service:
         address = f"retentiond-test-{secrets.token_hex(6)}"
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.socket.bind("\0" + address)  # abstract: `@name` in NOTIFY_SOCKET
-        self.socket.setblocking(False)
         self.datagrams: list[str] = []
+        self._receiving = threading.Lock()
+        # Read at once, as systemd does: a full socket queue (10 datagrams) would block the
+        # daemon's sd_notify while a run takes longer than a few watchdog periods.
+        self._reading = True
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         env = clean_env() | {"NOTIFY_SOCKET": f"@{address}"}
         if watchdog_usec is not None:
             env["WATCHDOG_USEC"] = str(watchdog_usec)
@@ -84,13 +90,21 @@ class Service:
                 env=env,
             )
 
+    def _read(self) -> None:
+        while self._reading:
+            ready, _, _ = select.select([self.socket], [], [], 0.1)
+            if ready:
+                self.messages()
+
     def messages(self) -> list[str]:
         """Every datagram received so far, in order."""
-        while True:
-            try:
-                self.datagrams.append(self.socket.recv(65536).decode())
-            except BlockingIOError:
-                return self.datagrams
+        with self._receiving:
+            while True:
+                try:
+                    data = self.socket.recv(65536, socket.MSG_DONTWAIT)
+                except (BlockingIOError, OSError):
+                    return list(self.datagrams)
+                self.datagrams.append(data.decode())
 
     def lines(self) -> list[str]:
         return [line for message in self.messages() for line in message.split("\n")]
@@ -124,6 +138,8 @@ class Service:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        self._reading = False
+        self._reader.join()
         self.socket.close()
 
 

@@ -17,10 +17,13 @@ seccomp) these tests skip and say what is missing; with CI set, they fail: .ci/r
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -409,6 +412,65 @@ def test_installed_retentiond_runs_in_the_units_sandbox(staged: Path, tmp_path: 
         assert "InotifyObserver saw True" in probe.stdout
     if os.environ.get("CI"):
         assert "not reachable" not in probe.stdout
+
+
+def test_the_installed_daemon_starts_its_run_processes_in_the_units_sandbox(
+    staged: Path, tmp_path: Path
+) -> None:
+    """The daemon runs each rule in a child process (retentiond/runner.py): starting it, and
+    the pipes between them, must work under the unit's system call filter too."""
+    _tool("systemd-analyze")
+    seccomp = subprocess.run([INSTALL_PYTHON, "-c", "import seccomp"], check=False)
+    if seccomp.returncode != 0:
+        _missing(f"{INSTALL_PYTHON} has no seccomp module (Debian package python3-seccomp)")
+    sandbox = tmp_path / "sandbox.py"
+    sandbox.write_text(SANDBOX)
+    python = staged / "opt/retentiond/bin/python"
+    probe = _run(INSTALL_PYTHON, sandbox, python, "-c", "pass", check=False)
+    if "MDWE" in probe.stdout + probe.stderr:
+        _missing("this kernel has no PR_SET_MDWE (Linux 6.3 or newer) to emulate it")
+    # A PBX never enforced: every rule is overdue, so the daemon runs each at once.
+    build = (
+        "import sys, pathlib; from retentiond import demo; demo.build(pathlib.Path(sys.argv[1]))"
+    )
+    _run(python, "-c", build, tmp_path / "pbx")
+    config = tmp_path / "pbx/retentiond.yaml"
+    log = tmp_path / "pbx/audit.jsonl"
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    with (tmp_path / "daemon.log").open("wb") as stderr:
+        daemon = subprocess.Popen(
+            [
+                INSTALL_PYTHON,
+                str(sandbox),
+                str(python),
+                "-m",
+                "retentiond",
+                "-c",
+                str(config),
+                "run",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=env,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while daemon.poll() is None and (
+            not log.exists() or log.read_text().count('"type":"run_finished"') < 3
+        ):
+            assert time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()
+            time.sleep(0.2)
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0, (tmp_path / "daemon.log").read_text()
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    ends = [json.loads(line) for line in log.read_text().splitlines() if "run_finished" in line]
+    assert [e["status"] for e in ends] == ["done", "done", "done"]
+    verify = _run(python, "-m", "retentiond", "audit", "verify", log)
+    assert "intact" in verify.stdout
 
 
 def test_make_uninstall_keeps_config_credentials_and_log(tmp_path: Path) -> None:
