@@ -34,11 +34,6 @@ toward the one whose transaction takes about `batch_time` (BATCH_TIME; TABLE_LOC
 a DELETE locks the whole table, MyISAM, Aria and SQLite, since the PBX's inserts wait for as long
 as it runs). Steps are bounded (ADAPT_GROWTH, ADAPT_SHRINK) so one slow or fast batch does not
 swing the size. With batch_size set, every batch is that size, which makes runs comparable.
-Where a DELETE locks the table and keeps what it deleted as it answers (MyISAM, Aria), a batch
-along the time index is up to STATEMENTS_PER_BATCH range DELETEs of that size, planned and
-audited together: the lock is held for one statement at a time, and the plan's transaction,
-the audit intent and its fsync are paid once per batch. A retry repeats only the statements
-that were not answered.
 
 Rows may name a file (3CX `recordings.recording_url`, relative to `file_root`). The delete itself
 says which files its rows named (RETURNING, or a locking read in the same transaction on MySQL);
@@ -150,11 +145,6 @@ ADAPT_GROWTH = 1.5
 ADAPT_SHRINK = 0.5
 ADAPT_MIN_ROWS = 20
 ADAPT_MAX_ROWS = 50_000
-# Where a DELETE locks the table and commits as it answers (TABLE_LOCKING_ENGINES), a batch of
-# the range strategy is up to this many DELETE statements of the batch size each, planned and
-# audited together: the PBX's inserts still wait for one statement at most, and the audit log's
-# intent, its fsync and the batch's other fixed costs come once per ten statements.
-STATEMENTS_PER_BATCH = 10
 # Keys per `IN (...)` list: below SQLite's old limit of 999 bound variables.
 IN_LIST_CHUNK = 500
 # The largest DST shift in tzdata is two hours (Antarctica/Troll): a wall-clock time near a hold's
@@ -302,8 +292,6 @@ class _Deletion:
     # Plans the batch after this one, in this one's transaction once its rows are deleted: one
     # round trip and one transaction fewer per batch than planning it on its own.
     ahead: Callable[[Connection], Any] | None = None
-    # Or several statements (STATEMENTS_PER_BATCH): each part with its planned count.
-    parts: tuple[tuple[_Deletion, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -796,7 +784,6 @@ class SqlStore(Store):
         self._batch_size = store.batch_size
         self.batch_time: float | None = None
         self._table_engine: str | None = None  # MariaDB/MySQL's storage engine of the table
-        self._statements = 1  # DELETE statements per range batch, each of the batch size
         self._locks_table = False  # a DELETE locks the whole table (MyISAM, Aria, SQLite)
         # file_column: its quoted name, its name, the index led by it, and the open root.
         self._file_sql = ""
@@ -1060,9 +1047,6 @@ class SqlStore(Store):
             ).scalar()
             self._table_engine = str(found) if found is not None else None
         self._locks_table = self._family == "sqlite" or self._table_engine in TABLE_LOCKING_ENGINES
-        self._statements = (
-            STATEMENTS_PER_BATCH if self._table_engine in TABLE_LOCKING_ENGINES else 1
-        )
         if "batch_size" in self._store.model_fields_set:
             self.batch_time = None
             return
@@ -1196,17 +1180,11 @@ class SqlStore(Store):
 
     def _describe_batches(self) -> str:
         locks = " (a DELETE locks the whole table)" if self._locks_table else ""
-        layout = self._layout
-        if self._statements > 1 and layout is not None and layout.strategy == "time_index":
-            unit = "DELETE statements"
-            per_batch = f", up to {self._statements} statements per batch"
-        else:
-            unit, per_batch = "batches", ""
         if self.batch_time is None:
-            return f"{unit} of {self._batch_size} rows (batch_size){per_batch}"
+            return f"batches of {self._batch_size} rows (batch_size)"
         return (
-            f"{unit} sized to take about {self.batch_time:g} s each{locks}, starting at "
-            f"{self._batch_size} rows (set batch_size for a fixed size){per_batch}"
+            f"batches sized to take about {self.batch_time:g} s each{locks}, starting at "
+            f"{self._batch_size} rows (set batch_size for a fixed size)"
         )
 
     def _describe_files(self) -> list[str]:
@@ -1380,24 +1358,20 @@ class SqlStore(Store):
         """
         number = 0
         ahead = where
-        group = self._db.retrying("planning a batch", partial(self._plan_group, where, ahead))
-        while group:
+        plan = self._db.retrying("planning a batch", partial(self._plan_range, ahead))
+        while plan is not None:
             number += 1
-            last = group[-1][1]
-            following = where & self._after(last) if last.more else None
-            read_ahead = None if following is None else partial(self._plan_group, where, following)
-            if len(group) == 1:
-                payload = _Deletion(ahead, upto=last.upto, tied=last.tied, ahead=read_ahead)
-            else:
-                parts = tuple(
-                    (_Deletion(part_where, upto=plan.upto, tied=plan.tied), plan.count)
-                    for part_where, plan in group
-                )
-                payload = _Deletion(ahead, parts=parts, ahead=read_ahead)
+            following = where & self._after(plan) if plan.more else None
+            payload = _Deletion(
+                ahead,
+                upto=plan.upto,
+                tied=plan.tied,
+                ahead=None if following is None else partial(self._plan_range, following),
+            )
             batch = Batch(
                 number=number,
-                planned=sum(plan.count for _, plan in group),
-                span=self._day_span((group[0][1].first, last.last)),
+                planned=plan.count,
+                span=self._day_span((plan.first, plan.last)),
                 payload=payload,
             )
             self._applied = None
@@ -1408,28 +1382,9 @@ class SqlStore(Store):
             if following is None or applied[1].deleted == 0:
                 return  # none left, or none could be deleted; the verifying survey tells
             ahead = following
-            found, group = self._planned_ahead(payload)
+            found, plan = self._planned_ahead(payload)
             if not found:
-                group = self._db.retrying(
-                    "planning a batch", partial(self._plan_group, where, ahead)
-                )
-
-    def _plan_group(
-        self, where: Predicate, ahead: Predicate, connection: Connection
-    ) -> list[tuple[Predicate, _RangePlan]]:
-        """A batch's statements: the next plan along `ahead` and, where a batch is several
-        statements, the plans after it, each with its predicate. A batch of ties ends the group
-        (the plan after it must come after its delete)."""
-        group: list[tuple[Predicate, _RangePlan]] = []
-        while len(group) < self._statements:
-            plan = self._plan_range(ahead, connection)
-            if plan is None:
-                break
-            group.append((ahead, plan))
-            if not plan.more or plan.tied is not None:
-                break
-            ahead = where & self._after(plan)
-        return group
+                plan = self._db.retrying("planning a batch", partial(self._plan_range, ahead))
 
     def _after(self, plan: _RangePlan) -> Predicate:
         """The rows after a batch's: past its last time, or from its tied time on."""
@@ -1773,14 +1728,9 @@ class SqlStore(Store):
         return result
 
     def _apply_deletion(self, batch: Batch, plan: _Deletion) -> BatchResult:
-        finished: dict[int, _Deleted] = {}  # parts done: MyISAM keeps them whatever follows
-
         def attempt(connection: Connection, plan_ahead: bool = True) -> _Attempt:
             started = time.monotonic()
-            if plan.parts:
-                deleted = self._delete_parts(connection, plan.parts, finished)
-            else:
-                deleted = self._delete(connection, plan, batch.planned)
+            deleted = self._delete(connection, plan, batch.planned)
             if plan.tied is None:
                 result = _Attempt(deleted)  # the others delete every row their predicate covers
             else:
@@ -1790,9 +1740,7 @@ class SqlStore(Store):
                 result = _Attempt(deleted, left)
             if plan_ahead:
                 # Sized by this batch's time, the next batch is planned before this one commits
-                statements = max(len(plan.parts), 1)
-                seconds = (time.monotonic() - started) / statements
-                self._adapt_batch_size(round(deleted.count / statements), seconds)
+                self._adapt_batch_size(deleted.count, time.monotonic() - started)
                 if plan.ahead is not None and deleted.count:
                     self._ahead = (plan, plan.ahead(connection))
             return result
@@ -1879,26 +1827,6 @@ class SqlStore(Store):
         if self._files is not None and deleted.files:
             self._keep_files_still_named(connection, deleted)
         return deleted
-
-    def _delete_parts(
-        self,
-        connection: Connection,
-        parts: tuple[tuple[_Deletion, int], ...],
-        finished: dict[int, _Deleted],
-    ) -> _Deleted:
-        """A batch of several statements, on an engine that applies each as it answers: a retry
-        repeats only the parts not answered (`finished` holds those that were)."""
-        for index, (part, planned) in enumerate(parts):
-            if index not in finished:
-                finished[index] = self._delete(connection, part, planned)
-        done = [finished[index] for index in range(len(parts))]
-        times = [part.times for part in done]
-        return _Deleted(
-            sum(part.count for part in done),
-            None if None in times else [moment for part in times for moment in part or ()],
-            [name for part in done for name in part.files],
-            sum(part.still_referenced for part in done),
-        )
 
     def _delete_tied(self, connection: Connection, plan: _Deletion, planned: int) -> _Deleted:
         """`planned` of the rows matching the plan's predicate at its time `tied`."""
