@@ -1729,6 +1729,7 @@ class SqlStore(Store):
 
     def _apply_deletion(self, batch: Batch, plan: _Deletion) -> BatchResult:
         def attempt(connection: Connection, plan_ahead: bool = True) -> _Attempt:
+            self._ahead = None  # an earlier attempt's, read in a transaction that rolled back
             started = time.monotonic()
             deleted = self._delete(connection, plan, batch.planned)
             if plan.tied is None:
@@ -1775,7 +1776,6 @@ class SqlStore(Store):
             again.unconfirmed += lost.deleted.count
             return _settled(self.label, batch.number, "unknown", again)
 
-        self._ahead = None
         outcome = self._db.retrying("deleting a batch", attempt, write=True, settle=settle)
         deleted = outcome.deleted
         if deleted.times is not None:
