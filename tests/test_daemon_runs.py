@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -18,6 +17,9 @@ from privacy import leaked
 from test_daemon import (
     RULES,
     Service,
+    assert_expired_calls_gone,
+    calls,
+    deleted_by,
     entries,
     finished,
     personal_data,
@@ -99,7 +101,9 @@ def test_the_daemon_never_loads_what_its_runs_need(
     log = run_entries(pbx, "call-records")
     kinds = [e["type"] for e in log]
     assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
-    assert kinds.count("batch_intent") == kinds.count("batch_done") == 5  # 2033 rows by 500
+    batches = -(-deleted_by(pbx, "call-records") // 500)  # the rows, by 500
+    assert batches > 2
+    assert kinds.count("batch_intent") == kinds.count("batch_done") == batches
     assert [e["seq"] for e in log] == sorted(e["seq"] for e in log)
     every = entries(pbx)
     ends = [i for i, e in enumerate(every) if e["type"] == "run_finished"]
@@ -158,6 +162,7 @@ def test_a_killed_run_process_fails_its_run_only_and_the_next_run_reconciles(
     pbx: Path, start: Callable[..., Service]
 ) -> None:
     personal = personal_data(pbx)
+    before = calls(pbx)
     slow_batches(pbx)
     service = start(pbx)
     wait_for("the first batch", lambda: any(e["type"] == "batch_done" for e in entries(pbx)))
@@ -182,11 +187,8 @@ def test_a_killed_run_process_fails_its_run_only_and_the_next_run_reconciles(
     assert reconciled[0]["end"] == "none" and reconciled[0]["rule"] == "call-records"
     assert again.stop()[0] == 0
     assert verifies(pbx)
-    database = sqlite3.connect(pbx.parent / "pbx" / "master.db")
-    with database:
-        (left,) = database.execute("SELECT count(*) FROM cdr").fetchone()
-    database.close()
-    assert left == 2696 - 2033  # the killed run and the next removed every expired call
+    # the killed run and the next removed every expired call, and only those
+    assert_expired_calls_gone(pbx, before)
     logs = [service.log_file.read_text(), again.log_file.read_text()]
     found = leaked(personal, jsonl=[*logs, (pbx.parent / "audit.jsonl").read_text()])
     assert not found, found[:5]
