@@ -425,6 +425,7 @@ def measure(
     }
     binlog_before = server.binlog_bytes()
     server_cpu_before = server.cpu_seconds()
+    key_writes_before = server.status("Key_writes")
     writer = Writer(
         server,
         database,
@@ -439,6 +440,7 @@ def measure(
         outcome = {"error": str(exc)}
     binlog_after = server.binlog_bytes()
     server_cpu_after = server.cpu_seconds()
+    key_writes = server.status("Key_writes") - key_writes_before
     report = writer.report()
     result.update(outcome)
     result.update(
@@ -447,6 +449,7 @@ def measure(
         writer_p99_ms=report.p99_ms,
         writer_max_ms=report.max_ms,
         writer_errors=report.errors,
+        writer_backlog=report.backlog,
         lock_errors=report.error_count,
         binlog_bytes=None
         if binlog_before is None or binlog_after is None
@@ -455,6 +458,9 @@ def measure(
         if server_cpu_before is None or server_cpu_after is None
         else server_cpu_after - server_cpu_before,
         load_average=os.getloadavg()[0],
+        # MyISAM index blocks written out of the key cache: at the end of every statement that
+        # changed the table, unless another thread already waits to write it
+        key_writes=key_writes,
     )
     result.update(check(server, data, target, database, report.inserts))
     if "error" in result:
@@ -803,7 +809,9 @@ HEADERS = [
     "w p99 ms",
     "w max ms",
     "w errors",
+    "w backlog",
     "binlog MB",
+    "key writes k",
     "RSS MB",
     "cpu s",
     "db cpu s",
@@ -826,7 +834,9 @@ def render(results: list[dict[str, Any]]) -> str:
             r.get("writer_p99_ms"),
             r.get("writer_max_ms"),
             r.get("lock_errors"),
+            r.get("writer_backlog"),
             None if r.get("binlog_bytes") is None else r["binlog_bytes"] / 2**20,
+            None if r.get("key_writes") is None else r["key_writes"] / 1000,
             r.get("peak_rss_mb"),
             r.get("cpu_seconds"),
             r.get("server_cpu_seconds"),
