@@ -334,6 +334,7 @@ class Writer:
     Latency is per statement (send to commit). A blocked insert delays the ones after it, which
     then go back to back until the schedule is caught up, as a real CDR queue would.
     The session does not write the binary log, so the log measures only the purge.
+    At rate 0 it inserts nothing: the purge runs alone.
     """
 
     def __init__(
@@ -348,7 +349,7 @@ class Writer:
         self._database = database
         self._statement = statement
         self._rows = rows
-        self._interval = 1.0 / rate
+        self._interval = 1.0 / rate if rate > 0 else None
         self._stop = threading.Event()
         self._latencies: list[float] = []
         self._errors: dict[str, int] = {}
@@ -358,6 +359,8 @@ class Writer:
         self._backlog = 0
 
     def __enter__(self) -> Writer:
+        if self._interval is None:
+            return self
         self._thread.start()
         self._ready.wait(30)
         if self._failure is not None:
@@ -366,7 +369,8 @@ class Writer:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(120)
+        if self._thread.is_alive():
+            self._thread.join(120)
 
     def report(self) -> WriterReport:
         latencies = sorted(self._latencies)
@@ -395,6 +399,8 @@ class Writer:
             self._ready.set()
             return
         self._ready.set()
+        interval = self._interval
+        assert interval is not None  # no thread at rate 0
         rows = self._rows()
         due = time.perf_counter()
         try:
@@ -402,7 +408,7 @@ class Writer:
                 pause = due - time.perf_counter()
                 if pause > 0 and self._stop.wait(pause):
                     break
-                due += self._interval
+                due += interval
                 row = next(rows)
                 started = time.perf_counter()
                 try:
@@ -415,7 +421,7 @@ class Writer:
                     if isinstance(exc, pymysql.OperationalError) and code in {"2006", "2013"}:
                         connection = self._open()
             # A PBX's CDR queue this long when the purge ended: rows that waited behind it
-            self._backlog = max(0, int((time.perf_counter() - due) / self._interval))
+            self._backlog = max(0, int((time.perf_counter() - due) / interval))
         finally:
             connection.close()
 

@@ -120,7 +120,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--rows", type=int, default=2_000_000, help="rows per table (default 2,000,000)"
     )
     parser.add_argument("--batch-size", type=int, default=1000, help="rows per batch, all methods")
-    parser.add_argument("--rate", type=float, default=100.0, help="writer inserts per second")
+    parser.add_argument(
+        "--rate", type=float, default=100.0, help="writer inserts per second (0: no writer)"
+    )
     parser.add_argument(
         "--scaling-rows",
         type=int,
