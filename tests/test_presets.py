@@ -90,7 +90,7 @@ def test_freepbx_settings_override_paths_tables_and_zone(freepbx_conf: Path) -> 
     cel = config.rules[0].stores[1]
     assert isinstance(cel, SqlStoreConfig)
     assert (cel.connection, cel.table) == ("celdb", "cel_events")
-    assert config.connections["celdb"].url.endswith("/celdb?charset=utf8mb4")
+    assert "/celdb?charset=utf8mb4&unix_socket=" in config.connections["celdb"].url
     recordings = config.rules[2].stores[0]
     assert isinstance(recordings, FilesStoreConfig) and str(recordings.root) == "/recordings"
 
