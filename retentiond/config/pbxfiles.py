@@ -163,15 +163,15 @@ _INCLUDE_DEPTH = 10  # as the client: an include loop ends here
 
 
 def mariadb_socket(
-    option_files: Iterable[Path] = MARIADB_OPTION_FILES,
-    environ: Mapping[str, str] = os.environ,
+    option_files: Iterable[Path] | None = None, environ: Mapping[str, str] | None = None
 ) -> str:
     """The local socket a MariaDB client connects to for `localhost`, found as the client does:
     `socket=` in its option files (with their !include and !includedir), else $MYSQL_UNIX_PORT,
     else the compiled-in default."""
     socket = ""
-    for path in option_files:
+    for path in MARIADB_OPTION_FILES if option_files is None else option_files:
         socket = _option_file_socket(path.expanduser(), socket, 0)
+    environ = os.environ if environ is None else environ
     return socket or environ.get("MYSQL_UNIX_PORT") or MARIADB_DEFAULT_SOCKET
 
 
