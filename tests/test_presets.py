@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from retentiond.config import parse_config, pbxfiles
+from retentiond.config import parse_config, pbxfiles, presets
 from retentiond.config.init import render
 from retentiond.config.model import (
     CsvStoreConfig,
@@ -123,7 +123,10 @@ def test_missing_freepbx_conf_says_how_to_point_at_it(tmp_path: Path) -> None:
         parse_config(freepbx_yaml(tmp_path / "nope.conf"))
 
 
-def test_3cx_preset_reads_its_config_json(tmp_path: Path) -> None:
+def test_3cx_preset_reads_its_config_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The older layout 3CX-Tools reads (adroste/3cx-tools 3cx-tools-server/path.prod.json)."""
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.setattr(presets, "THREECX_CREDENTIALS", tmp_path / "no-credentials")
     config_json = tmp_path / "config.json"
     config_json.write_text(
         json.dumps(
@@ -291,3 +294,91 @@ def test_the_socket_found_on_this_machine_is_the_servers(mariadb_server: Any) ->
             assert connection.execute(text("SELECT @@socket")).scalar() == socket
     finally:
         via_socket.dispose()
+
+
+# -- 3CX: 3CXPhoneSystem.ini ----------------------------------------------------------------------
+
+# The sections and keys public code reads from 3CX's 3CXPhoneSystem.ini, written `Key = Value`:
+# [CfgServerProfile] DBHost, DBPort, MasterDBUser, MasterDBPassword, [QMDatabase] DBName and the
+# read-only [DbAdminREADONLY] User, Password (AhmetKalenderr/3CXCallReporterLast,
+# 3CXCallReporterLast/Helpers/ConnectionString.cs, commit 5c917d55); scripts read the master
+# account with `sed -n 's/MasterDBPassword = \(.*\)/\1/p' /var/lib/3cxpbx/Bin/3CXPhoneSystem.ini`.
+# Values are made up; 5480 is the port older 3CX versions used.
+THREECX_INI = """\
+[CfgServerProfile]
+DBHost = 127.0.0.1
+DBPort = 5480
+MasterDBUser = phonesystem
+MasterDBPassword = Pass%word;1
+
+[QMDatabase]
+DBHost = 127.0.0.1
+DBPort = 5480
+DBName = database_single
+
+[DbAdminREADONLY]
+User = logsreader_single
+Password = read-only-pw
+"""
+
+
+def threecx_yaml(settings: str) -> str:
+    return f"""\
+version: 1
+preset: 3cx
+preset_settings: {settings}
+keep: {{call-records: 6 months, call-recordings: 30d, voicemail: 30d}}
+"""
+
+
+def test_3cx_preset_reads_3cxphonesystem_ini(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.setattr(presets, "THREECX_CREDENTIALS", tmp_path / "no-credentials")
+    ini = tmp_path / "3CXPhoneSystem.ini"
+    ini.write_text(THREECX_INI)
+    config = parse_config(threecx_yaml(f"{{ini: {ini}, data_dir: /srv/3cx/Data}}"))
+    connection = config.connections["3cx"]
+    assert connection.url == "postgresql+psycopg://phonesystem@127.0.0.1:5480/database_single"
+    assert connection.password_from == ini  # 3CX's master account, read at each connect
+    assert password_from(ini) == "Pass%word;1"
+    assert "Pass" not in connection.url
+
+
+def test_3cx_settings_are_found_in_bin_or_instance1_bin(tmp_path: Path) -> None:
+    bin_ini = tmp_path / "Bin" / "3CXPhoneSystem.ini"
+    instance_ini = tmp_path / "Instance1" / "Bin" / "3CXPhoneSystem.ini"
+    candidates = [bin_ini, instance_ini, tmp_path / "Bin" / "config.json"]
+    with pytest.raises(PbxSettingsError, match=r"no 3CX settings file found .*\{ini: "):
+        pbxfiles.find_3cx_settings(candidates)
+    instance_ini.parent.mkdir(parents=True)
+    instance_ini.write_text(THREECX_INI)
+    assert pbxfiles.find_3cx_settings(candidates) == instance_ini
+    bin_ini.parent.mkdir(parents=True)
+    bin_ini.write_text(THREECX_INI)
+    assert pbxfiles.find_3cx_settings(candidates) == bin_ini
+
+
+def test_3cx_preset_connects_as_retentiond_where_its_credential_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ini = tmp_path / "3CXPhoneSystem.ini"
+    ini.write_text(THREECX_INI)
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "3cx").write_text("the role's password\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    connection = parse_config(threecx_yaml(f"{{ini: {ini}}}")).connections["3cx"]
+    assert connection.url == "postgresql+psycopg://retentiond@127.0.0.1:5480/database_single"
+    assert connection.password_from is None and connection.password_file is None
+
+
+def test_an_ini_without_the_master_account_is_named(tmp_path: Path) -> None:
+    ini = tmp_path / "3CXPhoneSystem.ini"
+    ini.write_text("[QMDatabase]\nDBName = database_single\n")
+    with pytest.raises(PbxSettingsError, match=r"no MasterDBUser in \[CfgServerProfile\]"):
+        parse_config(threecx_yaml(f"{{ini: {ini}}}"))
+    ini.write_text("DBName = database_single\n")
+    with pytest.raises(PbxSettingsError, match="is not an ini file"):
+        parse_config(threecx_yaml(f"{{ini: {ini}}}"))
