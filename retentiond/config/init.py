@@ -92,7 +92,7 @@ def _dump(value: Any) -> str:
     yaml = YAML()  # round-trip dumper: keeps the order the preset wrote
     yaml.default_flow_style = False
     yaml.indent(mapping=2, sequence=4, offset=2)
-    yaml.width = 100
+    yaml.width = 4096  # a URL (with its socket) stays on one line
     out = io.StringIO()
     yaml.dump(value, out)
     return out.getvalue()
