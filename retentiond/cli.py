@@ -19,6 +19,7 @@ import click
 from retentiond import __version__, audit, logs
 from retentiond.config.loader import LoadedConfig, config_path, load_config
 from retentiond.config.model import Rule
+from retentiond.config.pbxfiles import THREECX_MASTER_ACCOUNT, is_3cx_settings
 from retentiond.engine import Engine, RulePlan, RunObserver, RunOutcome, exit_code
 from retentiond.errors import ConfigError, RetentiondError
 from retentiond.history import read_history
@@ -121,6 +122,9 @@ def check(ctx: Context) -> None:
     )
     engine = Engine(loaded)
     failures = 0
+    for name, connection in config.connections.items():
+        if connection.password_from is not None and is_3cx_settings(connection.password_from):
+            click.echo(f"connection {name}: warning: {THREECX_MASTER_ACCOUNT}")
     for rule in config.rules:
         click.echo(f"rule {rule.name}: keep {rule.keep}, action {rule.action}")
         for store_config in rule.stores:

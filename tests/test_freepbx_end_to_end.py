@@ -3,9 +3,11 @@ command line on real MariaDB and PostgreSQL servers, as an administrator runs it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -128,3 +130,188 @@ def test_check_names_missing_and_excess_privileges(
     finally:
         with mariadb_server.connect() as connection:
             connection.execute(text(f"DROP USER IF EXISTS '{user}'@'%'"))
+
+
+# -- FreePBX as its installer leaves it ----------------------------------------------------------
+
+# /etc/freepbx.conf as FreePBX's installer writes it (FreePBX/framework
+# installlib/installcommand.class.php, "Write freepbx.conf"; the stored copy read is commit
+# 008c45731b0339ffeb271cd170ac5cd2d27bba41, the framework repository being too large to fetch whole
+# to confirm its release/17.0 branch): AMPDBHOST 'localhost' and AMPDBPORT '3306' are the
+# installer's defaults, user and password those of its root install ('freepbxuser', an md5);
+# here the user, its password and AMPDBNAME are per test.
+FREEPBX_CONF = """<?php
+$amp_conf['AMPDBUSER'] = '{user}';
+$amp_conf['AMPDBPASS'] = '{password}';
+$amp_conf['AMPDBHOST'] = 'localhost';
+$amp_conf['AMPDBPORT'] = '3306';
+$amp_conf['AMPDBNAME'] = '{database}';
+$amp_conf['AMPDBENGINE'] = 'mysql';
+$amp_conf['datasource'] = ''; //for sqlite3
+
+require_once('/var/www/html/admin/bootstrap.php');
+?>
+"""
+# freepbx_settings as FreePBX's dumps show it (framework's table, 14 columns)
+FREEPBX_SETTINGS_TABLE = """
+CREATE TABLE `freepbx_settings` (
+  `keyword` varchar(50) NOT NULL DEFAULT '',
+  `value` varchar(255) DEFAULT NULL,
+  `name` varchar(80) DEFAULT NULL,
+  `level` tinyint(1) DEFAULT 0,
+  `description` longtext DEFAULT NULL,
+  `type` varchar(25) DEFAULT NULL,
+  `options` longtext DEFAULT NULL,
+  `defaultval` varchar(255) DEFAULT NULL,
+  `readonly` tinyint(1) DEFAULT 0,
+  `hidden` tinyint(1) DEFAULT 0,
+  `category` varchar(50) DEFAULT NULL,
+  `module` varchar(50) DEFAULT NULL,
+  `emptyok` tinyint(1) DEFAULT 1,
+  `sortorder` int(11) DEFAULT 0,
+  PRIMARY KEY (`keyword`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci
+"""
+# The rows the installer and the cdr/cel modules define, value and defaultval '' ("use the
+# default"), verbatim but for the descriptions: FreePBX/framework installlib/installer.class.php
+# freepbx_settings_init() category 'Remote CDR Database' (stored commit
+# 03008c8ba86a360837bf97aa61b84f1ca5807f8d), FreePBX/cel release/17.0 install.php (9a9e242,
+# cel 17.0.2.7) for CELDBNAME and CELDBTABLENAME.
+REMOTE_CDR = ("Remote CDR Database", "", 3, 1, 1)  # category, module, level, readonly, emptyok
+INSTALLED_SETTINGS = [
+    ("CDRDBHOST", "Remote CDR DB Host", "text", *REMOTE_CDR),
+    ("CDRDBNAME", "Remote CDR DB Name", "text", *REMOTE_CDR),
+    ("CDRDBPASS", "Remote CDR DB Password", "text", *REMOTE_CDR),
+    ("CDRDBPORT", "Remote CDR DB Port", "int", *REMOTE_CDR),
+    ("CDRDBTABLENAME", "Remote CDR DB Table", "text", *REMOTE_CDR),
+    ("CDRDBTYPE", "Remote CDR DB Type", "select", *REMOTE_CDR),
+    ("CDRDBUSER", "Remote CDR DB User", "text", *REMOTE_CDR),
+    ("CELDBNAME", "Remote CEL DB Name", "text", "CEL Report Module", "cel", 3, 1, 1),
+    ("CELDBTABLENAME", "Remote CEL DB Table", "text", "CEL Report Module", "cel", 3, 1, 1),
+]
+CDR_DATABASE = "asteriskcdrdb"  # what FreePBX uses for CDRDBNAME ''
+
+
+@dataclass
+class InstalledFreePBX:
+    conf: Path
+    cdrdb: PbxDatabase
+    spool: Path
+    log_dir: Path
+
+
+@pytest.fixture
+def installed_freepbx(
+    mariadb_server: Any,
+    mariadb_url: str,
+    pbx_database: Callable[[str], PbxDatabase],
+    tmp_path: Path,
+) -> Iterator[InstalledFreePBX]:
+    """FreePBX's databases as installed: `asteriskcdrdb` (its real name, since CDRDBNAME is ''),
+    the settings database with the installer's rows, and a user known only as 'user'@'localhost'
+    with the installer's grants, which this server (skip-name-resolve) lets in over the socket
+    only."""
+    user, password = f"fpbx_{secrets.token_hex(4)}", secrets.token_hex(16)
+    settings_db = mariadb_url.rsplit("/", 1)[1]
+    with mariadb_server.connect() as admin, contextlib.ExitStack() as cleanup:
+        # One test at a time owns the server-wide name asteriskcdrdb.
+        assert admin.execute(text(f"SELECT GET_LOCK('{CDR_DATABASE}', 600)")).scalar() == 1
+        cleanup.callback(admin.execute, text(f"DO RELEASE_LOCK('{CDR_DATABASE}')"))
+        admin.execute(text(f"DROP DATABASE IF EXISTS {CDR_DATABASE}"))
+        admin.execute(text(f"CREATE DATABASE {CDR_DATABASE} CHARACTER SET utf8mb4"))
+        cleanup.callback(admin.execute, text(f"DROP DATABASE IF EXISTS {CDR_DATABASE}"))
+        admin.execute(text(f"CREATE USER '{user}'@'localhost' IDENTIFIED BY '{password}'"))
+        cleanup.callback(admin.execute, text(f"DROP USER IF EXISTS '{user}'@'localhost'"))
+        for database in (settings_db, CDR_DATABASE):  # the installer's GRANT ALL PRIVILEGES
+            admin.execute(text(f"GRANT ALL PRIVILEGES ON {database}.* TO '{user}'@'localhost'"))
+        cdr_url = mariadb_url.rsplit("/", 1)[0] + f"/{CDR_DATABASE}"
+        cdrdb = PbxDatabase.connect(cdr_url)
+        cleanup.callback(cdrdb.close)
+        cdrdb.create("cdr", "cel")
+
+        spool, log_dir = tmp_path / "spool", tmp_path / "log"
+        for folder in (spool / "voicemail", spool / "monitor", log_dir):
+            folder.mkdir(parents=True)
+        settings = pbx_database(mariadb_url)
+        settings.execute(FREEPBX_SETTINGS_TABLE)
+        columns = ("keyword", "name", "type", "category", "module", "level", "readonly", "emptyok")
+        rows = [
+            dict(zip(columns, row, strict=True)) | {"value": "", "defaultval": ""}
+            for row in INSTALLED_SETTINGS
+        ]
+        settings.insert("freepbx_settings", rows)
+        # Paths of this test instead of the installer's /var/spool/asterisk and /var/log/asterisk
+        paths = {"ASTSPOOLDIR": spool, "ASTLOGDIR": log_dir}
+        settings.insert(
+            "freepbx_settings", [{"keyword": k, "value": str(v)} for k, v in paths.items()]
+        )
+
+        conf = tmp_path / "freepbx.conf"
+        conf.write_text(FREEPBX_CONF.format(user=user, password=password, database=settings_db))
+        yield InstalledFreePBX(conf, cdrdb, spool, log_dir)
+
+
+def three_line_config(freepbx: InstalledFreePBX, tmp_path: Path) -> Path:
+    path = tmp_path / "retentiond.yaml"
+    path.write_text(f"""\
+version: 1
+preset: freepbx
+preset_settings: {{freepbx_conf: {freepbx.conf}}}
+keep: {{call-records: 3 months, voicemail: 60d, call-recordings: 30d}}
+timezone: Europe/Berlin
+audit: {{path: {tmp_path / "audit.jsonl"}}}
+safety: {{max_delete_fraction: 0.95}}
+""")
+    return path
+
+
+def init_config(freepbx: InstalledFreePBX, tmp_path: Path) -> Path:
+    path = tmp_path / "retentiond.yaml"
+    init = retentiond(
+        "init", "--preset", "freepbx", "--set", f"freepbx_conf={freepbx.conf}", "-o", path
+    )
+    assert init.returncode == 0, init.stderr
+    written = path.read_text()
+    assert f"/{CDR_DATABASE}?charset=utf8mb4&unix_socket=" in written
+    assert "table: cdr\n" in written and "table: cel\n" in written
+    edits = {
+        "# timezone: Europe/Berlin": "timezone: Europe/Berlin",
+        "/var/lib/retentiond/audit.jsonl": str(tmp_path / "audit.jsonl"),
+        "max_delete_fraction: 0.5": "max_delete_fraction: 0.95",
+    }
+    for old, new in edits.items():
+        assert written.count(old) == 1, old
+        written = written.replace(old, new)
+    path.write_text(written)
+    return path
+
+
+@pytest.mark.mariadb
+@pytest.mark.parametrize("written_by", [init_config, three_line_config], ids=["init", "preset"])
+def test_freepbx_as_installed_is_purged_by_its_preset(
+    written_by: Callable[[InstalledFreePBX, Path], Path],
+    installed_freepbx: InstalledFreePBX,
+    tmp_path: Path,
+) -> None:
+    """Empty CDRDB* settings mean FreePBX's defaults, and AMPDBHOST localhost means the socket."""
+    now = datetime.now(BERLIN).replace(tzinfo=None, microsecond=0)
+    times = [now - timedelta(hours=12 * i + 1) for i in range(730)]
+    cdrdb = installed_freepbx.cdrdb
+    cdrdb.insert("cdr", cdr_rows(times, seed=21))
+    cdrdb.insert("cel", cel_rows(times, seed=22))
+    config = written_by(installed_freepbx, tmp_path)
+
+    check = retentiond("-c", config, "check")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "sql cdrdb/cdr: ok" in check.stdout and "sql cdrdb/cel: ok" in check.stdout
+
+    run = retentiond("-c", config, "run", "--once", "--json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    outcome = next(r for r in json.loads(run.stdout)["runs"] if r["rule"] == "call-records")
+    assert outcome["status"] == "done"
+    cutoff = datetime.fromisoformat(outcome["cutoff"]).astimezone(BERLIN).replace(tzinfo=None)
+    young = sum(1 for t in times if t >= cutoff)
+    assert 100 < young < len(times) - 100  # both sides of the cutoff have rows
+    assert cdrdb.count("cdr", "calldate < :c", c=cutoff) == 0
+    assert cdrdb.count("cel", "eventtime < :c", c=cutoff) == 0
+    assert cdrdb.count("cdr") == young and cdrdb.count("cel") == young

@@ -1,10 +1,11 @@
 """A 3CX PBX purged through the `3cx` preset, from the command line, as its administrator does it.
 
 A year of a small German office on a real PostgreSQL database (3CX's own tables, from
-tests/threecx_schema.py) and in a miniature of `/var/lib/3cxpbx/Instance1/Data`; a `config.json`
-like 3CX's own; then `retentiond init --preset 3cx`, the admin's review edits, `check`, `plan`,
-`run --once` and `audit verify`. The test compares what is in the tables and folders before and
-after, and looks for the fixture's personal data in everything retentiond printed or logged.
+tests/threecx_schema.py) and in a miniature of `/var/lib/3cxpbx/Instance1/Data`; a
+`3CXPhoneSystem.ini` like 3CX's own; then `retentiond init --preset 3cx`, the admin's review
+edits, `check`, `plan`, `run --once` and `audit verify`. The test compares what is in the tables
+and folders before and after, and looks for the fixture's personal data in everything
+retentiond printed or logged.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from pbxdata import PbxDatabase, phone_number
 from privacy import leaked
-from sqlalchemy import make_url
+from sqlalchemy import make_url, text
 from test_cli import retentiond
 from threecx_schema import (
     CALLERS,
@@ -61,6 +63,9 @@ CHAT_MESSAGE = [
     )
     """
 ]
+# docs/install.md 3.1: the tables the role may read and delete, where the database has them
+CALL_DATA_TABLES = ["cl_calls", "cl_participants", "cl_party_info", "cl_segments", "cl_quality"]
+CALL_DATA_TABLES += ["cdroutput", "cdrbilling", "recordings", "s_voicemail", "chat_message"]
 GREETINGS = ["Greeting.wav", "GreetingOutOfOffice.wav", "RecordedName.wav", "prompt_menu.wav"]
 
 
@@ -69,7 +74,7 @@ class Office:
     """What the fixture put where: the database, the 3CX folders and every personal value."""
 
     database: PbxDatabase
-    root: Path  # tmp_path: config.json, the config and the audit log live here too
+    root: Path  # tmp_path: 3CXPhoneSystem.ini, the config and the audit log live here too
     data_dir: Path  # /var/lib/3cxpbx/Instance1/Data
     now: datetime
     personal: set[str] = field(default_factory=set)
@@ -101,20 +106,31 @@ def write_file(path: Path, moment: datetime, size: int = 256) -> None:
     os.utime(path, (moment.timestamp(), moment.timestamp()))
 
 
-def config_json(office: Office, url: str) -> Path:
-    """3CX's Bin/config.json: the database settings the preset reads."""
-    path = office.root / "Bin" / "config.json"
+def threecx_ini(office: Office, url: str) -> Path:
+    """3CX's Bin/3CXPhoneSystem.ini: the database settings the preset reads. Its sections and keys
+    are those public code reads ([CfgServerProfile] DBHost, DBPort, MasterDBUser,
+    MasterDBPassword; [QMDatabase] DBName; [DbAdminREADONLY] User, Password: AhmetKalenderr/
+    3CXCallReporterLast, 3CXCallReporterLast/Helpers/ConnectionString.cs, commit 5c917d55),
+    written `Key = Value` as the scripts that read it with sed expect."""
+    path = office.root / "Bin" / "3CXPhoneSystem.ini"
     path.parent.mkdir()
     database = make_url(url).database
-    settings = {
-        "DbHost": "127.0.0.1",
-        "DbPort": 5432,
-        "DbUser": "postgres",
-        "DbPassword": "kein-Passwort-nötig",  # trust authentication; read at each connect
-        "DbName": database,
-        "InstanceName": "Instance1",
-    }
-    path.write_text(json.dumps(settings, indent=2))
+    path.write_text(f"""\
+[CfgServerProfile]
+DBHost = 127.0.0.1
+DBPort = 5432
+MasterDBUser = postgres
+MasterDBPassword = kein-Passwort-nötig
+
+[QMDatabase]
+DBHost = 127.0.0.1
+DBPort = 5432
+DBName = {database}
+
+[DbAdminREADONLY]
+User = logsreader_single
+Password = nur-lesen
+""")  # trust authentication: the password is read at each connect, and not needed
     return path
 
 
@@ -127,7 +143,7 @@ def init_config(office: Office, settings: Path) -> tuple[Path, subprocess.Comple
         "--preset",
         "3cx",
         "--set",
-        f"config_json={settings}",
+        f"ini={settings}",
         "--set",
         f"data_dir={office.data_dir}",
         *keeps,
@@ -137,6 +153,7 @@ def init_config(office: Office, settings: Path) -> tuple[Path, subprocess.Comple
     assert init.returncode == 0, init.stderr
     text = path.read_text()
     assert "password_from: " + str(settings) in text
+    assert "# 3CX's master account: better a role of its own, docs/install.md 3.1" in text
     assert "kein-Passwort" not in text
     edits = {
         "# timezone: Europe/Berlin": "timezone: Europe/Berlin",
@@ -340,7 +357,13 @@ def add_chats(office: Office) -> dict[str, Any]:
 
 
 @pytest.fixture
-def office(postgres_url: str, pbx_database: Callable[[str], PbxDatabase], tmp_path: Path) -> Office:
+def office(
+    postgres_url: str,
+    pbx_database: Callable[[str], PbxDatabase],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Office:
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)  # 3CX's own account, unless set
     data_dir = tmp_path / "Instance1" / "Data"
     (data_dir / "Recordings").mkdir(parents=True)
     (data_dir / "Ivr" / "Voicemail" / "Data").mkdir(parents=True)
@@ -361,10 +384,12 @@ def test_3cx_preset_purges_calls_recordings_voicemail_and_chats_end_to_end(
     greetings_before = {
         name: (office.voicemail / name).read_bytes() for name in voicemail["greetings"]
     }
-    config, init = init_config(office, config_json(office, postgres_url))
+    config, init = init_config(office, threecx_ini(office, postgres_url))
 
     check = retentiond("-c", config, "check")
     assert check.returncode == 0, check.stdout + check.stderr
+    assert "connection 3cx: warning: connects as 3CX's master account" in check.stdout
+    assert "create retentiond's own role" in check.stdout
     assert "generation: cl_* tables (3CX v18, and v20 before Update 6)" in check.stdout
     assert "3cx_call_history 3cx/3cx-call-history: ok" in check.stdout
     for store in (
@@ -465,7 +490,7 @@ def test_3cx_preset_purges_the_cdroutput_generation_end_to_end(
             "destination_participant_name",
         )
     }
-    config, init = init_config(office, config_json(office, postgres_url))
+    config, init = init_config(office, threecx_ini(office, postgres_url))
 
     check = retentiond("-c", config, "check")
     assert check.returncode == 0, check.stdout + check.stderr
@@ -517,7 +542,7 @@ def test_plan_counts_a_file_named_by_an_expired_row_once(office: Office, postgre
     database.insert("recordings", rows)
     for row, moment in zip(rows, moments, strict=True):
         write_file(office.recordings / row["recording_url"], moment)
-    config, _ = init_config(office, config_json(office, postgres_url))
+    config, _ = init_config(office, threecx_ini(office, postgres_url))
 
     planned, deleted, _, (plan, _) = plan_and_run(config)
 
@@ -533,3 +558,58 @@ def test_plan_counts_a_file_named_by_an_expired_row_once(office: Office, postgre
     )
     assert (files_store["total"], files_store["expired"]) == (0, 0)
     assert files_store["skipped"] == {"named_by_row": 3}
+
+
+def test_3cx_preset_connects_as_the_role_of_its_own(
+    office: Office, postgres_url: str, postgres_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The role docs/install.md 3.1 creates, with exactly its grants, and its credential `3cx`:
+    the preset connects as it, `check` finds nothing missing and no master account, and the run
+    deletes as it."""
+    calls = add_calls(office)
+    role = f"rtd_{secrets.token_hex(4)}"
+    database = make_url(postgres_url).database
+    grants = [
+        f"CREATE ROLE {role} LOGIN PASSWORD 'role-pw'",
+        f"GRANT CONNECT ON DATABASE {database} TO {role}",
+        f"GRANT USAGE ON SCHEMA public TO {role}",
+        *(  # the docs' list of call-data tables, those this database has
+            f"GRANT SELECT, DELETE ON public.{table} TO {role}"
+            for table in CALL_DATA_TABLES
+            if office.database.scalar("SELECT to_regclass(:t)", t=f"public.{table}")
+        ),
+        f"GRANT UPDATE (id) ON public.cl_calls TO {role}",
+    ]
+    office.database.execute(*grants)
+    credentials = office.root / "credentials"
+    credentials.mkdir()
+    (credentials / "3cx").write_text("role-pw\n")
+    (credentials / "3cx").chmod(0o600)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    try:
+        path = office.root / "retentiond.yaml"
+        path.write_text(f"""\
+version: 1
+preset: 3cx
+preset_settings: {{ini: {threecx_ini(office, postgres_url)}, data_dir: {office.data_dir}, \
+db_user: {role}}}
+keep: {{call-records: 3m, call-recordings: off, voicemail: off}}
+timezone: Europe/Berlin
+audit: {{path: {office.root / "audit.jsonl"}}}
+safety: {{max_delete_fraction: 0.95}}
+""")
+        check = retentiond("-c", path, "check")
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert "3cx_call_history 3cx/3cx-call-history: ok" in check.stdout
+        assert "master account" not in check.stdout
+        run = retentiond("-c", path, "run", "--once", "--json")
+        assert run.returncode == 0, run.stdout + run.stderr
+        cutoff = cutoffs(json.loads(run.stdout))["call-records"]
+        rows = calls["history"].rows["cl_calls"]
+        young = {call["id"] for call in rows if call["start_time"] >= cutoff}
+        assert column(office.database, "SELECT id FROM cl_calls") == young
+        assert 0 < len(young) < len(rows)
+    finally:
+        office.database.execute(f"DROP OWNED BY {role}")  # its grants, in this database
+        with postgres_server.connect() as connection:
+            connection.execute(text(f"DROP ROLE IF EXISTS {role}"))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
 
-from retentiond.config import parse_config
+from retentiond.config import parse_config, pbxfiles, presets
 from retentiond.config.init import render
 from retentiond.config.model import (
     CsvStoreConfig,
@@ -90,7 +92,7 @@ def test_freepbx_settings_override_paths_tables_and_zone(freepbx_conf: Path) -> 
     cel = config.rules[0].stores[1]
     assert isinstance(cel, SqlStoreConfig)
     assert (cel.connection, cel.table) == ("celdb", "cel_events")
-    assert config.connections["celdb"].url.endswith("/celdb?charset=utf8mb4")
+    assert "/celdb?charset=utf8mb4&unix_socket=" in config.connections["celdb"].url
     recordings = config.rules[2].stores[0]
     assert isinstance(recordings, FilesStoreConfig) and str(recordings.root) == "/recordings"
 
@@ -121,7 +123,10 @@ def test_missing_freepbx_conf_says_how_to_point_at_it(tmp_path: Path) -> None:
         parse_config(freepbx_yaml(tmp_path / "nope.conf"))
 
 
-def test_3cx_preset_reads_its_config_json(tmp_path: Path) -> None:
+def test_3cx_preset_reads_its_config_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The older layout 3CX-Tools reads (adroste/3cx-tools 3cx-tools-server/path.prod.json)."""
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.setattr(presets, "THREECX_CREDENTIALS", tmp_path / "no-credentials")
     config_json = tmp_path / "config.json"
     config_json.write_text(
         json.dumps(
@@ -168,3 +173,212 @@ def test_init_writes_a_config_that_loads_and_keeps_passwords_out(freepbx_conf: P
     config = parse_config(text)
     assert [str(r.keep) for r in config.rules] == ["3 months", "30d", "30d"]
     assert "preset" not in text.split("version: 1")[1].split("rules:")[0]
+
+
+# -- FreePBX as installed: '' means the default, localhost the socket ----------------------------
+
+# FreePBX's installer defines these with value '' (framework installlib/installer.class.php,
+# category 'Remote CDR Database'; FreePBX/cel release/17.0 install.php for CELDB*).
+INSTALLED_EMPTY = (
+    "CDRDBHOST",
+    "CDRDBNAME",
+    "CDRDBPASS",
+    "CDRDBPORT",
+    "CDRDBTABLENAME",
+    "CDRDBTYPE",
+    "CDRDBUSER",
+    "CELDBNAME",
+    "CELDBTABLENAME",
+)
+
+
+def test_empty_freepbx_settings_mean_freepbx_defaults(freepbx_conf: Path) -> None:
+    empty = "".join(f"  {key}: ''\n" for key in INSTALLED_EMPTY)
+    text = freepbx_yaml(freepbx_conf).replace(
+        "  ASTLOGDIR: /srv/log\n", f"  ASTLOGDIR: /srv/log\n{empty}"
+    )
+    config = parse_config(text)
+    tables = [s.table for s in config.rules[0].stores if isinstance(s, SqlStoreConfig)]
+    assert tables == ["cdr", "cel", "transient_cdr", "queuelog"]
+    recordings = config.rules[2].stores[0]
+    assert isinstance(recordings, FilesStoreConfig) and recordings.references is not None
+    assert recordings.references.table == "cdr"
+    assert list(config.connections) == ["cdrdb"]  # CELDBNAME '' is CDRDBNAME's database
+    url = config.connections["cdrdb"].url
+    assert url.startswith("mariadb+pymysql://freepbxuser@localhost/asteriskcdrdb?charset=utf8mb4")
+    assert config.connections["cdrdb"].password_from == freepbx_conf  # CDRDBPASS '': AMPDBPASS
+
+
+def write_conf(tmp_path: Path, **amp: str) -> Path:
+    path = tmp_path / "freepbx.conf"
+    lines = [f"$amp_conf['{key}'] = '{value}';" for key, value in amp.items()]
+    path.write_text("<?php\n" + "\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("amp", "url"),
+    [
+        (
+            {"AMPDBHOST": "localhost", "AMPDBPORT": "3306"},
+            "@localhost/asteriskcdrdb?charset=utf8mb4&unix_socket=/run/mysqld/mysqld.sock",
+        ),
+        (
+            {"AMPDBHOST": ""},
+            "@localhost/asteriskcdrdb?charset=utf8mb4&unix_socket=/run/mysqld/mysqld.sock",
+        ),
+        (
+            {"AMPDBSOCK": "/srv/db/mysql.sock", "AMPDBHOST": "localhost"},
+            "@localhost/asteriskcdrdb?charset=utf8mb4&unix_socket=/srv/db/mysql.sock",
+        ),
+        (
+            {"AMPDBHOST": "db.example", "AMPDBPORT": "3306"},
+            "@db.example:3306/asteriskcdrdb?charset=utf8mb4",
+        ),
+        ({"AMPDBHOST": "db.example", "AMPDBPORT": ""}, "@db.example/asteriskcdrdb?charset=utf8mb4"),
+    ],
+    ids=["localhost", "no-host", "AMPDBSOCK", "tcp", "tcp-default-port"],
+)
+def test_freepbx_database_address_is_read_as_php_connects(
+    amp: dict[str, str], url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pbxfiles, "MARIADB_OPTION_FILES", ())  # the compiled-in default socket
+    monkeypatch.delenv("MYSQL_UNIX_PORT", raising=False)
+    conf = write_conf(tmp_path, AMPDBUSER="freepbxuser", AMPDBPASS="pw", **amp)
+    config = parse_config(freepbx_yaml(conf))
+    assert config.connections["cdrdb"].url == "mariadb+pymysql://freepbxuser" + url
+
+
+def test_a_cdr_host_of_its_own_is_used_with_freepbx_users_fallback(tmp_path: Path) -> None:
+    conf = write_conf(tmp_path, AMPDBUSER="freepbxuser", AMPDBPASS="pw", AMPDBHOST="localhost")
+    text = freepbx_yaml(conf).replace(
+        "  ASTLOGDIR: /srv/log\n",
+        "  ASTLOGDIR: /srv/log\n  CDRDBHOST: cdr.example\n  CDRDBPORT: '3307'\n",
+    )
+    connection = parse_config(text).connections["cdrdb"]
+    assert (
+        connection.url
+        == "mariadb+pymysql://freepbxuser@cdr.example:3307/asteriskcdrdb?charset=utf8mb4"
+    )
+    assert connection.password_from == conf  # CDRDBUSER, CDRDBPASS '': AMPDBUSER, AMPDBPASS
+
+
+def test_mariadb_socket_is_found_as_its_client_finds_it(tmp_path: Path) -> None:
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    main = tmp_path / "my.cnf"
+    main.write_text(
+        "[client-server]\nsocket = /run/first.sock\n[mysqld]\nsocket = /run/server-only.sock\n"
+        f"!includedir {conf_d}\n"
+    )
+    (conf_d / "50-client.cnf").write_text("[client]\n# a comment\nsocket=/run/client.sock\n")
+    (conf_d / "60-server.cnf").write_text("[mysqld]\nsocket=/run/ignored.sock\n")
+    (conf_d / "README").write_text("[client]\nsocket=/run/not-a-cnf.sock\n")
+    assert pbxfiles.mariadb_socket([main], environ={}) == "/run/client.sock"
+    (conf_d / "70-mariadb.cnf").write_text("[client-mariadb]\nsocket = '/run/last.sock'\n")
+    assert pbxfiles.mariadb_socket([main], environ={}) == "/run/last.sock"
+    nothing = [tmp_path / "absent.cnf"]
+    assert pbxfiles.mariadb_socket(nothing, {"MYSQL_UNIX_PORT": "/env.sock"}) == "/env.sock"
+    assert pbxfiles.mariadb_socket(nothing, environ={}) == "/run/mysqld/mysqld.sock"
+
+
+@pytest.mark.mariadb
+def test_the_socket_found_on_this_machine_is_the_servers(mariadb_server: Any) -> None:
+    """As root over the socket, like `mariadb -u root`: the server answers and names it."""
+    socket = pbxfiles.mariadb_socket()
+    with mariadb_server.connect() as connection:
+        assert connection.execute(text("SELECT @@socket")).scalar() == socket
+    via_socket = create_engine(f"mariadb+pymysql://root@localhost/?unix_socket={socket}")
+    try:
+        with via_socket.connect() as connection:
+            assert connection.execute(text("SELECT @@socket")).scalar() == socket
+    finally:
+        via_socket.dispose()
+
+
+# -- 3CX: 3CXPhoneSystem.ini ----------------------------------------------------------------------
+
+# The sections and keys public code reads from 3CX's 3CXPhoneSystem.ini, written `Key = Value`:
+# [CfgServerProfile] DBHost, DBPort, MasterDBUser, MasterDBPassword, [QMDatabase] DBName and the
+# read-only [DbAdminREADONLY] User, Password (AhmetKalenderr/3CXCallReporterLast,
+# 3CXCallReporterLast/Helpers/ConnectionString.cs, commit 5c917d55); scripts read the master
+# account with `sed -n 's/MasterDBPassword = \(.*\)/\1/p' /var/lib/3cxpbx/Bin/3CXPhoneSystem.ini`.
+# Values are made up; 5480 is the port older 3CX versions used.
+THREECX_INI = """\
+[CfgServerProfile]
+DBHost = 127.0.0.1
+DBPort = 5480
+MasterDBUser = phonesystem
+MasterDBPassword = Pass%word;1
+
+[QMDatabase]
+DBHost = 127.0.0.1
+DBPort = 5480
+DBName = database_single
+
+[DbAdminREADONLY]
+User = logsreader_single
+Password = read-only-pw
+"""
+
+
+def threecx_yaml(settings: str) -> str:
+    return f"""\
+version: 1
+preset: 3cx
+preset_settings: {settings}
+keep: {{call-records: 6 months, call-recordings: 30d, voicemail: 30d}}
+"""
+
+
+def test_3cx_preset_reads_3cxphonesystem_ini(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.setattr(presets, "THREECX_CREDENTIALS", tmp_path / "no-credentials")
+    ini = tmp_path / "3CXPhoneSystem.ini"
+    ini.write_text(THREECX_INI)
+    config = parse_config(threecx_yaml(f"{{ini: {ini}, data_dir: /srv/3cx/Data}}"))
+    connection = config.connections["3cx"]
+    assert connection.url == "postgresql+psycopg://phonesystem@127.0.0.1:5480/database_single"
+    assert connection.password_from == ini  # 3CX's master account, read at each connect
+    assert password_from(ini) == "Pass%word;1"
+    assert "Pass" not in connection.url
+
+
+def test_3cx_settings_are_found_in_bin_or_instance1_bin(tmp_path: Path) -> None:
+    bin_ini = tmp_path / "Bin" / "3CXPhoneSystem.ini"
+    instance_ini = tmp_path / "Instance1" / "Bin" / "3CXPhoneSystem.ini"
+    candidates = [bin_ini, instance_ini, tmp_path / "Bin" / "config.json"]
+    with pytest.raises(PbxSettingsError, match=r"no 3CX settings file found .*\{ini: "):
+        pbxfiles.find_3cx_settings(candidates)
+    instance_ini.parent.mkdir(parents=True)
+    instance_ini.write_text(THREECX_INI)
+    assert pbxfiles.find_3cx_settings(candidates) == instance_ini
+    bin_ini.parent.mkdir(parents=True)
+    bin_ini.write_text(THREECX_INI)
+    assert pbxfiles.find_3cx_settings(candidates) == bin_ini
+
+
+def test_3cx_preset_connects_as_retentiond_where_its_credential_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ini = tmp_path / "3CXPhoneSystem.ini"
+    ini.write_text(THREECX_INI)
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "3cx").write_text("the role's password\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    connection = parse_config(threecx_yaml(f"{{ini: {ini}}}")).connections["3cx"]
+    assert connection.url == "postgresql+psycopg://retentiond@127.0.0.1:5480/database_single"
+    assert connection.password_from is None and connection.password_file is None
+
+
+def test_an_ini_without_the_master_account_is_named(tmp_path: Path) -> None:
+    ini = tmp_path / "3CXPhoneSystem.ini"
+    ini.write_text("[QMDatabase]\nDBName = database_single\n")
+    with pytest.raises(PbxSettingsError, match=r"no MasterDBUser in \[CfgServerProfile\]"):
+        parse_config(threecx_yaml(f"{{ini: {ini}}}"))
+    ini.write_text("DBName = database_single\n")
+    with pytest.raises(PbxSettingsError, match="is not an ini file"):
+        parse_config(threecx_yaml(f"{{ini: {ini}}}"))

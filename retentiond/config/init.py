@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
 
 from retentiond.config.loader import parse_config
+from retentiond.config.pbxfiles import is_3cx_settings
 from retentiond.config.presets import EXPANDERS, PresetError, expand
 from retentiond.errors import ConfigError, ConfigProblem
 
@@ -21,7 +23,7 @@ DEFAULT_KEEP = {
 SOURCES = {
     "freepbx": "/etc/freepbx.conf and the freepbx_settings table",
     "asterisk": "the standard Asterisk paths (/var/log/asterisk, /var/spool/asterisk)",
-    "3cx": "/var/lib/3cxpbx/Bin/config.json",
+    "3cx": "3CX's 3CXPhoneSystem.ini (/var/lib/3cxpbx/Bin or Instance1/Bin)",
 }
 
 
@@ -66,6 +68,12 @@ def _document(preset: str, settings: dict[str, Any], expanded: dict[str, Any]) -
         lines += _indent(_dump(connection), 4)
         if "password_from" in connection:
             lines.append("    # the password is read from the PBX's own file at each connect")
+            if is_3cx_settings(Path(connection["password_from"])):
+                lines.append(
+                    "    # 3CX's master account: better a role of its own, docs/install.md 3.1"
+                )
+        if "unix_socket=" in connection["url"]:
+            lines.append("    # localhost: over MariaDB's local socket, as FreePBX's PHP connects")
     lines.append("rules:")
     for rule in expanded["rules"]:
         lines += _dump([rule]).splitlines()
@@ -84,7 +92,7 @@ def _dump(value: Any) -> str:
     yaml = YAML()  # round-trip dumper: keeps the order the preset wrote
     yaml.default_flow_style = False
     yaml.indent(mapping=2, sequence=4, offset=2)
-    yaml.width = 100
+    yaml.width = 4096  # a URL (with its socket) stays on one line
     out = io.StringIO()
     yaml.dump(value, out)
     return out.getvalue()

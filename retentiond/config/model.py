@@ -162,7 +162,8 @@ class AuditConfig(Strict):
 class ConnectionConfig(Strict):
     url: Annotated[str, Field(min_length=1)]
     password_file: AbsolutePath | None = None
-    # A FreePBX freepbx.conf or a 3CX config.json: the password is read from the PBX's own file.
+    # A FreePBX freepbx.conf, a 3CX 3CXPhoneSystem.ini or config.json: the password is read from
+    # the PBX's own file.
     password_from: AbsolutePath | None = None
     lock_timeout: Annotated[float, Field(gt=0, le=600)] = 5
     statement_timeout: Annotated[float, Field(gt=0, le=86400)] = 300

@@ -1,4 +1,5 @@
-"""The PBX's own settings files: FreePBX `/etc/freepbx.conf` and 3CX `config.json`.
+"""The PBX's own settings files: FreePBX `/etc/freepbx.conf`, 3CX `3CXPhoneSystem.ini` (or the
+older `config.json`), and the MariaDB client's option files that say where its local socket is.
 
 Their passwords are read where the PBX keeps them, at each connect, so they are never copied
 into retentiond's config.
@@ -6,8 +7,12 @@ into retentiond's config.
 
 from __future__ import annotations
 
+import configparser
 import json
+import os
 import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from retentiond.errors import RetentiondError
@@ -30,6 +35,66 @@ def read_freepbx_conf(path: Path) -> dict[str, str]:
     return values
 
 
+# 3CX on Linux (v18, v20): `3CXPhoneSystem.ini`, in Bin/ or, on some installs, Instance1/Bin/;
+# 3CX-Tools (adroste/3cx-tools, tested on v18.0.2) reads `Bin/config.json` instead. First found.
+THREECX_SETTINGS = (
+    Path("/var/lib/3cxpbx/Bin/3CXPhoneSystem.ini"),
+    Path("/var/lib/3cxpbx/Instance1/Bin/3CXPhoneSystem.ini"),
+    Path("/var/lib/3cxpbx/Bin/config.json"),
+)
+# The sections and keys public code reads from 3CXPhoneSystem.ini: [CfgServerProfile] DBHost,
+# DBPort, MasterDBUser, MasterDBPassword and [QMDatabase] DBName (AhmetKalenderr/
+# 3CXCallReporterLast Helpers/ConnectionString.cs; webforward/whmcs-3cx-contacts-sync README).
+_PROFILE, _QM = "cfgserverprofile", "qmdatabase"
+
+
+@dataclass(frozen=True)
+class ThreeCxDatabase:
+    """Where 3CX's PostgreSQL database is, and the account 3CX itself uses (its master account)."""
+
+    host: str
+    port: str
+    name: str
+    master_user: str
+
+
+def find_3cx_settings(candidates: Iterable[Path] = THREECX_SETTINGS) -> Path:
+    """The first of 3CX's settings files that exists."""
+    tried = list(candidates)
+    for path in tried:
+        if path.is_file():
+            return path
+    raise PbxSettingsError(
+        f"no 3CX settings file found (looked for {', '.join(map(str, tried))}); point the preset "
+        "at it with preset_settings: {ini: /path/3CXPhoneSystem.ini}"
+    )
+
+
+def read_3cx_settings(path: Path) -> ThreeCxDatabase:
+    """The database address and master account from 3CXPhoneSystem.ini (or config.json)."""
+    if path.suffix.lower() == ".json":
+        data = read_3cx_config(path)
+        return ThreeCxDatabase(
+            host=data.get("DbHost") or "127.0.0.1",
+            port=data.get("DbPort") or "5432",
+            name=data.get("DbName") or "database_single",
+            master_user=data["DbUser"],
+        )
+    sections = _read_3cx_ini(path)
+    profile, qm = sections.get(_PROFILE, {}), sections.get(_QM, {})
+    user = profile.get("masterdbuser")
+    if not user:
+        raise PbxSettingsError(
+            f"{path} has no MasterDBUser in [CfgServerProfile]; is it 3CX's 3CXPhoneSystem.ini?"
+        )
+    return ThreeCxDatabase(
+        host=profile.get("dbhost") or qm.get("dbhost") or "127.0.0.1",
+        port=profile.get("dbport") or qm.get("dbport") or "5432",
+        name=qm.get("dbname") or profile.get("dbname") or "database_single",
+        master_user=user,
+    )
+
+
 def read_3cx_config(path: Path) -> dict[str, str]:
     """DbHost, DbPort, DbUser, DbPassword and DbName from 3CX's config.json."""
     text = _read(path, "3CX config")
@@ -42,17 +107,100 @@ def read_3cx_config(path: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items() if isinstance(v, str | int)}
 
 
+THREECX_MASTER_ACCOUNT = (
+    "connects as 3CX's master account (password_from), which may change or drop every table of "
+    "3CX; create retentiond's own role and its credential 3cx (docs/install.md, 3.1): the 3cx "
+    "preset then connects as it; in a written config set it in the url and delete password_from"
+)
+
+
+def is_3cx_settings(path: Path) -> bool:
+    """Whether a password_from file is 3CX's: its password is 3CX's master account's."""
+    return path.suffix.lower() in (".ini", ".json")
+
+
 def password_from(path: Path) -> str:
-    """The database password in a FreePBX freepbx.conf or a 3CX config.json."""
-    if path.suffix == ".json":
+    """The database password in a FreePBX freepbx.conf, a 3CX 3CXPhoneSystem.ini or config.json."""
+    suffix = path.suffix.lower()
+    if suffix == ".json":
         password = read_3cx_config(path).get("DbPassword")
         key = "DbPassword"
+    elif suffix == ".ini":
+        password = _read_3cx_ini(path).get(_PROFILE, {}).get("masterdbpassword")
+        key = "MasterDBPassword in [CfgServerProfile]"
     else:
         password = read_freepbx_conf(path).get("AMPDBPASS")
         key = "$amp_conf['AMPDBPASS']"
     if password is None:
         raise PbxSettingsError(f"{path} has no {key}")
     return password
+
+
+def _read_3cx_ini(path: Path) -> dict[str, dict[str, str]]:
+    """Sections and keys of an ini file, both lower case (3CX writes `Key = Value`)."""
+    parser = configparser.ConfigParser(
+        interpolation=None, strict=False, allow_no_value=True, delimiters=("=",)
+    )
+    try:
+        parser.read_string(_read(path, "3CX settings").lstrip("\ufeff"), str(path))
+    except configparser.Error as error:
+        first = str(error).splitlines()[0]
+        raise PbxSettingsError(f"{path} is not an ini file: {first}") from None
+    return {
+        section.lower(): {key: (value or "").strip() for key, value in parser.items(section)}
+        for section in parser.sections()
+    }
+
+
+# -- MariaDB's local socket ------------------------------------------------------------------------
+
+# The option files MariaDB's client library reads, in order (a later value wins), and the groups
+# of them a client program reads; /run/mysqld/mysqld.sock is Debian's compiled-in default.
+MARIADB_OPTION_FILES = (Path("/etc/my.cnf"), Path("/etc/mysql/my.cnf"), Path("~/.my.cnf"))
+MARIADB_CLIENT_GROUPS = ("client", "client-server", "client-mariadb")
+MARIADB_DEFAULT_SOCKET = "/run/mysqld/mysqld.sock"
+_INCLUDE_DEPTH = 10  # as the client: an include loop ends here
+
+
+def mariadb_socket(
+    option_files: Iterable[Path] | None = None, environ: Mapping[str, str] | None = None
+) -> str:
+    """The local socket a MariaDB client connects to for `localhost`, found as the client does:
+    `socket=` in its option files (with their !include and !includedir), else $MYSQL_UNIX_PORT,
+    else the compiled-in default."""
+    socket = ""
+    for path in MARIADB_OPTION_FILES if option_files is None else option_files:
+        socket = _option_file_socket(path.expanduser(), socket, 0)
+    environ = os.environ if environ is None else environ
+    return socket or environ.get("MYSQL_UNIX_PORT") or MARIADB_DEFAULT_SOCKET
+
+
+def _option_file_socket(path: Path, socket: str, depth: int) -> str:
+    """`socket` as the client groups of one option file (and its includes) leave it."""
+    if depth > _INCLUDE_DEPTH:
+        return socket
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:  # absent or unreadable: the client skips it too
+        return socket
+    in_client_group = False
+    for raw in lines:
+        line = raw.strip()
+        if line.startswith("!includedir"):
+            folder = Path(line.removeprefix("!includedir").strip())
+            for included in sorted(folder.glob("*.cnf")) if folder.is_dir() else []:
+                socket = _option_file_socket(included, socket, depth + 1)
+        elif line.startswith("!include"):
+            socket = _option_file_socket(
+                Path(line.removeprefix("!include").strip()), socket, depth + 1
+            )
+        elif line.startswith("["):
+            in_client_group = line.strip("[]").strip().lower() in MARIADB_CLIENT_GROUPS
+        elif in_client_group and "=" in line and not line.startswith(("#", ";")):
+            key, value = (part.strip() for part in line.split("=", 1))
+            if key.lower() == "socket":
+                socket = value.split(" #", 1)[0].strip().strip("'\"")
+    return socket
 
 
 def _read(path: Path, what: str) -> str:

@@ -18,6 +18,7 @@ and `plan` say which were found and which were not.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,13 @@ from typing import Any
 from urllib.parse import quote
 
 from retentiond.config.model import parse_keep
-from retentiond.config.pbxfiles import PbxSettingsError, read_3cx_config, read_freepbx_conf
+from retentiond.config.pbxfiles import (
+    PbxSettingsError,
+    find_3cx_settings,
+    mariadb_socket,
+    read_3cx_settings,
+    read_freepbx_conf,
+)
 
 PRESETS = ("freepbx", "asterisk", "3cx")
 OFF = "off"  # `keep: {voicemail: off}` leaves a preset rule out, visibly
@@ -129,6 +136,9 @@ class RuleTemplate:
 
 # -- FreePBX ---------------------------------------------------------------------------------------
 
+# FreePBX's installer defines the CDRDB*/CELDB* settings with the value '' (framework
+# installlib/installer.class.php), and its cdr and cel modules read '' as "the default": these
+# (FreePBX/cdr release/17.0 Cdr.class.php and install.php, FreePBX/cel release/17.0 install.php).
 FREEPBX_DEFAULTS = {
     "CDRDBNAME": "asteriskcdrdb",
     "CDRDBTABLENAME": "cdr",
@@ -145,6 +155,7 @@ FREEPBX_KEYS = (
     "CDRDBUSER",
     "CDRDBPASS",
     "CDRDBTYPE",
+    "CDRDBSOCK",
     "CELDBNAME",
 )
 RECORDING_PATTERNS = ["**/*.wav", "**/*.WAV", "**/*.mp3", "**/*.gsm", "**/*.ogg", "**/*.opus"]
@@ -153,16 +164,13 @@ RECORDING_PATTERNS = ["**/*.wav", "**/*.WAV", "**/*.mp3", "**/*.gsm", "**/*.ogg"
 def freepbx(settings: dict[str, Any]) -> tuple[dict[str, Any], list[RuleTemplate], str | None]:
     conf_path = Path(str(settings.get("freepbx_conf", "/etc/freepbx.conf")))
     amp = read_freepbx_conf(conf_path)
-    values = dict(FREEPBX_DEFAULTS)
-    if settings.get("read_database", True):
-        values.update(read_freepbx_settings(amp))
-    values.update({k: str(v) for k, v in settings.items() if k.isupper()})
+    found = read_freepbx_settings(amp) if settings.get("read_database", True) else {}
+    given = {k: str(v) for k, v in settings.items() if k.isupper()}
+    # '' means "the default", in FreePBX's table as in preset_settings
+    values = FREEPBX_DEFAULTS | _set(found) | _set(given)
 
-    host = values.get("CDRDBHOST") or amp.get("AMPDBHOST", "localhost")
-    port = values.get("CDRDBPORT") or amp.get("AMPDBPORT", "")
-    user = values.get("CDRDBUSER") or amp["AMPDBUSER"]
     cdr_db = values["CDRDBNAME"]
-    connection: dict[str, Any] = {"url": _mysql_url(user, host, port, cdr_db)}
+    connection: dict[str, Any] = {"url": _freepbx_cdr_url(values, amp, cdr_db)}
     if values.get("CDRDBPASS"):
         # A remote CDR database has a password of its own in freepbx_settings.
         password_file = settings.get("cdr_password_file")
@@ -173,16 +181,16 @@ def freepbx(settings: dict[str, Any]) -> tuple[dict[str, Any], list[RuleTemplate
             )
         connection["password_file"] = str(password_file)
     else:
-        connection["password_from"] = str(conf_path)
+        connection["password_from"] = str(conf_path)  # AMPDBPASS, as FreePBX falls back to it
     connections = {"cdrdb": connection}
     cel_connection = "cdrdb"
-    cel_db = values.get("CELDBNAME") or cdr_db
+    cel_db = values.get("CELDBNAME") or cdr_db  # FreePBX/cel install.php
     if cel_db != cdr_db:
-        connections["celdb"] = {**connection, "url": _mysql_url(user, host, port, cel_db)}
+        connections["celdb"] = {**connection, "url": _freepbx_cdr_url(values, amp, cel_db)}
         cel_connection = "celdb"
 
     spool = Path(values["ASTSPOOLDIR"])
-    monitor = Path(values["MIXMON_DIR"]) if values["MIXMON_DIR"] else spool / "monitor"
+    monitor = Path(values["MIXMON_DIR"]) if values.get("MIXMON_DIR") else spool / "monitor"
     cdr_table = values["CDRDBTABLENAME"]
     rules = [
         RuleTemplate(
@@ -238,6 +246,24 @@ def freepbx(settings: dict[str, Any]) -> tuple[dict[str, Any], list[RuleTemplate
     return connections, rules, timezone
 
 
+def _set(values: dict[str, str]) -> dict[str, str]:
+    """The settings that have a value: FreePBX reads '' (or blanks) as "use the default"."""
+    return {key: value.strip() for key, value in values.items() if value.strip()}
+
+
+def _freepbx_cdr_url(values: dict[str, str], amp: dict[str, str], database: str) -> str:
+    """The CDR database's URL as FreePBX's cdr module connects: each empty CDRDB* setting falls
+    back to its AMPDB* value in freepbx.conf (FreePBX/cdr release/17.0 Cdr.class.php)."""
+    user = values.get("CDRDBUSER") or amp["AMPDBUSER"]
+    host = values.get("CDRDBHOST") or amp.get("AMPDBHOST", "")
+    port = values.get("CDRDBPORT") or amp.get("AMPDBPORT", "")
+    if values.get("CDRDBTYPE", "").lower() in ("postgres", "pgsql"):
+        address = f"{host or 'localhost'}:{port}" if port else host or "localhost"
+        return f"postgresql+psycopg://{quote(user, safe='')}@{address}/{database}"
+    socket = values.get("CDRDBSOCK") or amp.get("AMPDBSOCK", "")
+    return _mysql_url(user, host, port, database, socket=socket)
+
+
 def read_freepbx_settings(amp: dict[str, str]) -> dict[str, str]:
     """The settings retentiond needs from the `freepbx_settings` table of FreePBX's database."""
     from sqlalchemy import bindparam, create_engine, text
@@ -245,10 +271,11 @@ def read_freepbx_settings(amp: dict[str, str]) -> dict[str, str]:
 
     url = _mysql_url(
         amp["AMPDBUSER"],
-        amp.get("AMPDBHOST", "localhost"),
+        amp.get("AMPDBHOST", ""),
         amp.get("AMPDBPORT", ""),
-        amp.get("AMPDBNAME", "asterisk"),
+        amp.get("AMPDBNAME") or "asterisk",
         password=amp.get("AMPDBPASS", ""),
+        socket=amp.get("AMPDBSOCK", ""),
     )
     engine = create_engine(url, connect_args={"connect_timeout": 10})
     query = text("SELECT keyword, value FROM freepbx_settings WHERE keyword IN :keys")
@@ -349,15 +376,25 @@ def asterisk(settings: dict[str, Any]) -> tuple[dict[str, Any], list[RuleTemplat
 # -- 3CX ------------------------------------------------------------------------------------------
 
 
+# The role of its own that docs/install.md creates for retentiond (SELECT, DELETE on call data),
+# whose password is the systemd credential named like the connection.
+THREECX_ROLE = "retentiond"
+THREECX_CREDENTIALS = Path("/etc/retentiond/credentials")
+
+
 def threecx(settings: dict[str, Any]) -> tuple[dict[str, Any], list[RuleTemplate], str | None]:
-    config_json = Path(str(settings.get("config_json", "/var/lib/3cxpbx/Bin/config.json")))
     data_dir = Path(str(settings.get("data_dir", "/var/lib/3cxpbx/Instance1/Data")))
-    db = read_3cx_config(config_json)
-    url = (
-        f"postgresql+psycopg://{quote(db['DbUser'], safe='')}@{db.get('DbHost', '127.0.0.1')}"
-        f":{db.get('DbPort', '5432')}/{db.get('DbName', 'database_single')}"
-    )
-    connections = {"3cx": {"url": url, "password_from": str(config_json)}}
+    given = settings.get("ini") or settings.get("config_json")
+    source = Path(str(given)) if given else find_3cx_settings()
+    db = read_3cx_settings(source)
+    user = _threecx_user(settings, db.master_user)
+    url = f"postgresql+psycopg://{quote(user, safe='')}@{db.host}:{db.port}/{db.name}"
+    connection: dict[str, Any] = {"url": url}
+    if settings.get("password_file"):
+        connection["password_file"] = str(settings["password_file"])
+    elif user == db.master_user:
+        connection["password_from"] = str(source)  # read from 3CX's file at each connect
+    connections = {"3cx": connection}
     recordings = data_dir / "Recordings"
     voicemail = data_dir / "Ivr" / "Voicemail" / "Data"
     rules = [
@@ -427,6 +464,18 @@ def threecx(settings: dict[str, Any]) -> tuple[dict[str, Any], list[RuleTemplate
         ),
     ]
     return connections, rules, None
+
+
+def _threecx_user(settings: dict[str, Any], master_user: str) -> str:
+    """The database role: the one set, else retentiond's own where its credential exists (the
+    service's, or where docs/install.md stores it), else 3CX's master account."""
+    if settings.get("db_user"):
+        return str(settings["db_user"])
+    service_credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    folders = [Path(service_credentials)] if service_credentials else []
+    if any((folder / "3cx").is_file() for folder in [*folders, THREECX_CREDENTIALS]):
+        return THREECX_ROLE
+    return master_user
 
 
 EXPANDERS: dict[
@@ -597,9 +646,26 @@ def _sql(
     return store
 
 
-def _mysql_url(user: str, host: str, port: str, database: str, password: str | None = None) -> str:
+def _mysql_url(
+    user: str,
+    host: str,
+    port: str,
+    database: str,
+    password: str | None = None,
+    *,
+    socket: str = "",
+) -> str:
+    """A MariaDB URL that connects as FreePBX's PHP does (PDO/mysqli): over `socket` when one is
+    set (AMPDBSOCK); for `localhost` or no host, over the local socket MariaDB's client finds,
+    never TCP to 127.0.0.1 (a server that skips name resolution would not see `localhost`); the
+    port only where it is a TCP port above 1024 (framework BMO/Database.class.php)."""
     credentials = quote(user, safe="")
     if password:
         credentials += ":" + quote(password, safe="")
-    address = f"{host}:{port}" if port else host
+    if not socket and host.strip().lower() in ("", "localhost"):
+        socket = mariadb_socket()
+    if socket:
+        unix_socket = quote(socket, safe="/")
+        return f"mariadb+pymysql://{credentials}@localhost/{database}?charset=utf8mb4&unix_socket={unix_socket}"
+    address = f"{host}:{port}" if port.strip().isdigit() and int(port) > 1024 else host
     return f"mariadb+pymysql://{credentials}@{address}/{database}?charset=utf8mb4"

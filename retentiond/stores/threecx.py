@@ -291,7 +291,7 @@ class ThreeCxCallsStore(Store):
                     raise StoreError(
                         f"{self.label}: 3CX keeps its call history in PostgreSQL, but connection "
                         f"{self._store.connection} is {self._db.server}; point it at 3CX's "
-                        "database (database_single, see DbHost/DbPort in 3CX's config.json)"
+                        "database (database_single, at DBHost/DBPort of 3CX's 3CXPhoneSystem.ini)"
                     )
                 self._reflect(sqlalchemy_inspect(connection))
         except DBAPIError as exc:
