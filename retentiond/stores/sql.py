@@ -2466,7 +2466,7 @@ def time_kind(column_type: sqltypes.TypeEngine[Any], family: str) -> TimeKind | 
         return "date"
     if isinstance(column_type, sqltypes.String):
         return "text"
-    if isinstance(column_type, sqltypes.Numeric):  # float and numeric too, as cdr_pgsql writes
+    if isinstance(column_type, sqltypes.Numeric | sqltypes.Float):  # as cdr_pgsql writes them
         return "epoch"
     return None
 
