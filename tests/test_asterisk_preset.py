@@ -214,3 +214,22 @@ def test_a_mapping_asterisk_refuses_is_reported(tmp_path: Path) -> None:
     conf.write_text("[cdr_master]\ncolumns = calldate, clid\nfields = start\n")
     with pytest.raises(PbxSettingsError, match="2 columns but 1 values"):
         read_cdr_sqlite3_custom(conf)
+
+
+def test_anonymizing_blanks_the_caller_id_of_expired_epoch_rows_and_keeps_them(
+    tmp_path: Path,
+) -> None:
+    fields = ADVANCED_FIELDS.format(start="start(int64)")
+    conf = write_conf(tmp_path / "etc", enabled(SAMPLE_23, "cdr_advanced", fields=fields))
+    (path,) = build_database(conf, tmp_path / "log", STARTS).values()
+    config = preset_config(tmp_path)
+    config.write_text(config.read_text() + "anonymize: {call-records: never}\n")
+
+    outcome = run_at_now(config)
+    assert outcome.status == "done"
+    (sql,) = [s for s in outcome.stores if s.label == "cdr_advanced/cdr"]
+    assert sql.anonymized == len(EXPIRED)
+    assert calldates(path) == [field_value("start(int64)", s, 0) for s in STARTS]
+    blanked = calldates(path, "clid")
+    assert blanked.count("") == len(EXPIRED)
+    assert [c for c in blanked if c] == [field_value("clid", s, 0) for s in STARTS][: -len(EXPIRED)]
