@@ -233,3 +233,16 @@ def test_anonymizing_blanks_the_caller_id_of_expired_epoch_rows_and_keeps_them(
     blanked = calldates(path, "clid")
     assert blanked.count("") == len(EXPIRED)
     assert [c for c in blanked if c] == [field_value("clid", s, 0) for s in STARTS][: -len(EXPIRED)]
+
+
+def test_mappings_in_an_included_file_are_read(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    write_conf(etc, '#include "cdr.d/*.conf"\n#tryinclude "local.conf"\n')
+    (etc / "cdr.d").mkdir()
+    (etc / "cdr.d" / "master.conf").write_text(enabled(SAMPLE_23, "cdr_master"))
+    (mapping,) = read_cdr_sqlite3_custom(etc / "cdr_sqlite3_custom.conf")
+    assert mapping.category == "cdr_master"
+
+    write_conf(etc, "#include missing.conf\n")
+    with pytest.raises(PbxSettingsError, match=r"includes missing\.conf, which does not exist"):
+        read_cdr_sqlite3_custom(etc / "cdr_sqlite3_custom.conf")

@@ -106,7 +106,7 @@ def read_cdr_sqlite3_custom(path: Path) -> list[SqliteCdrMapping]:
     """
     if not path.exists():
         return []
-    categories = _asterisk_categories(_read(path, "Asterisk config"))
+    categories = _asterisk_categories(_with_includes(path, path.parent))
     mappings = []
     for name, variables in categories.items():
         columns = [c.strip().strip("'\"").strip() for c in variables.get("columns", "").split(",")]
@@ -136,7 +136,7 @@ def _asterisk_categories(text: str) -> dict[str, dict[str, str]]:
     current: dict[str, str] | None = None
     for raw in _without_comments(text).splitlines():
         line = raw.strip()
-        if not line or line.startswith("#"):  # #include and #exec are not followed
+        if not line or line.startswith("#"):  # #exec: a program's output, not read here
             continue
         header = _CATEGORY.match(line)
         if header:
@@ -156,6 +156,28 @@ def _asterisk_categories(text: str) -> dict[str, dict[str, str]]:
         if separator and current is not None:
             current[key.strip().lower()] = value.removeprefix(">").strip()
     return categories
+
+
+def _with_includes(path: Path, etc_dir: Path, depth: int = 0) -> str:
+    """The file's text with each `#include`d file's in its place, as Asterisk reads them
+    (relative names in its config folder, wildcards allowed; `#tryinclude` may find none)."""
+    lines = []
+    for line in _read(path, "Asterisk config").splitlines():
+        include = re.match(r"\s*#(try)?include\s+[\"<]?([^\">]+?)[\">]?\s*$", line)
+        if not include:
+            lines.append(line)
+            continue
+        pattern = include.group(2)
+        absolute = pattern.startswith("/")
+        folder = Path("/") if absolute else etc_dir
+        name = pattern.lstrip("/")
+        found = sorted(folder.glob(name)) if name else []
+        if not found and not include.group(1):
+            raise PbxSettingsError(f"{path} includes {pattern}, which does not exist")
+        if depth >= 8:
+            raise PbxSettingsError(f"{path}: #include nested more than 8 deep")
+        lines += [_with_includes(included, etc_dir, depth + 1) for included in found]
+    return "\n".join(lines)
 
 
 def _without_comments(text: str) -> str:
