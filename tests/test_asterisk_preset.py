@@ -246,3 +246,20 @@ def test_mappings_in_an_included_file_are_read(tmp_path: Path) -> None:
     write_conf(etc, "#include missing.conf\n")
     with pytest.raises(PbxSettingsError, match=r"includes missing\.conf, which does not exist"):
         read_cdr_sqlite3_custom(etc / "cdr_sqlite3_custom.conf")
+
+
+def test_a_master_db_left_by_an_earlier_release_is_purged_beside_the_new_file(
+    tmp_path: Path,
+) -> None:
+    """Upgraded to 23.3 with its sample: new calls go to cdr_master.db, old ones stay in
+    master.db, which the conf no longer names."""
+    old = write_conf(tmp_path / "old", enabled(SAMPLE_20, "master"))
+    (old_file,) = build_database(old, tmp_path / "log", STARTS).values()
+    conf = write_conf(tmp_path / "etc", enabled(SAMPLE_23, "cdr_master"))
+    (new_file,) = build_database(conf, tmp_path / "log", STARTS).values()
+    config = preset_config(tmp_path)
+
+    report = checked(config)
+    assert "sql cdr_master/cdr: ok" in report and "sql masterdb/cdr: ok" in report
+    assert run_at_now(config).status == "done"
+    assert calldates(old_file) == calldates(new_file) == young()

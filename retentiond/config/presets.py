@@ -289,7 +289,7 @@ def asterisk(settings: dict[str, Any]) -> tuple[dict[str, Any], list[RuleTemplat
     call_stores = []
     for mapping in _sqlite_cdr_mappings(etc_dir / "cdr_sqlite3_custom.conf", log_dir):
         database = _sqlite_cdr_file(mapping.category, log_dir)
-        name = "masterdb" if database.stem == "master" else _connection_name(database.stem)
+        name = _connection_name(database, connections)
         connections[name] = {"url": f"sqlite:///{database}"}
         call_stores.append(_sqlite_cdr_store(name, mapping))
     call_stores += [
@@ -372,23 +372,25 @@ SAMPLE_SQLITE_CDR_COLUMNS = {
 
 
 def _sqlite_cdr_mappings(conf: Path, log_dir: Path) -> list[SqliteCdrMapping]:
-    """The SQLite CDR tables Asterisk writes, as its cdr_sqlite3_custom.conf says.
+    """The SQLite CDR tables Asterisk writes, as its cdr_sqlite3_custom.conf says, and those it
+    wrote before.
 
-    Without a mapping there (no file, or the sample as shipped, all commented out), both
-    files the sample has named are looked for: master.db and cdr_master.db, with the columns
-    the table there has, or else the sample's.
+    The files the samples name, master.db and cdr_master.db, are taken too when the conf does
+    not name them: when they are there (left by an earlier release or mapping, with a year of
+    calls), or when the conf maps nothing (no file, or the sample as shipped, all commented
+    out). Their columns are those of their table, or else the sample's.
     """
     mappings = read_cdr_sqlite3_custom(conf)
-    if mappings:
-        return mappings
-    found = []
+    named = {_sqlite_cdr_file(m.category, log_dir) for m in mappings}
     for category, sample in SAMPLE_SQLITE_CDR_COLUMNS.items():
-        columns = _sqlite_columns(_sqlite_cdr_file(category, log_dir), "cdr") or [
-            c.strip() for c in sample.split(",")
-        ]
-        fields = tuple("start" if c == "calldate" else c.lower() for c in columns)
-        found.append(SqliteCdrMapping(category, "cdr", tuple(columns), fields))
-    return found
+        database = _sqlite_cdr_file(category, log_dir)
+        columns = _sqlite_columns(database, "cdr")
+        if database in named or (columns is None and named):
+            continue
+        columns = columns or [c.strip() for c in sample.split(",")]
+        fields = tuple("start" if c.lower() == "calldate" else c.lower() for c in columns)
+        mappings.append(SqliteCdrMapping(category, "cdr", tuple(columns), fields))
+    return mappings
 
 
 def _sqlite_cdr_file(category: str, log_dir: Path) -> Path:
@@ -431,9 +433,16 @@ def _sqlite_cdr_store(connection: str, mapping: SqliteCdrMapping) -> dict[str, A
     )
 
 
-def _connection_name(stem: str) -> str:
-    name = re.sub(r"[^a-z0-9_.-]", "_", stem.lower()).lstrip("_.-")[:60]
-    return name or "sqlitecdr"
+def _connection_name(database: Path, connections: dict[str, Any]) -> str:
+    """masterdb for master.db (as before); else the file's name, unique among `connections`."""
+    url = f"sqlite:///{database}"
+    stem = re.sub(r"[^a-z0-9_.-]", "_", database.stem.lower()).lstrip("_.-")[:56]
+    base = "masterdb" if stem == "master" else stem or "sqlitecdr"
+    name, number = base, 1
+    while connections.get(name, {"url": url})["url"] != url:
+        number += 1
+        name = f"{base}-{number}"
+    return name
 
 
 # -- 3CX ------------------------------------------------------------------------------------------
