@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from pbxdata import PbxDatabase
@@ -21,7 +22,7 @@ from sqlalchemy import text
 from test_sql_store import ALL_BACKENDS, StoreFactory, database, open_store, purge
 
 from retentiond.rules import Holds, HoldScope
-from retentiond.stores.sql import UNDATED
+from retentiond.stores.sql import UNDATED, hold_bound
 
 __all__ = ["database", "open_store"]  # fixtures used by name
 
@@ -215,3 +216,22 @@ def test_epoch_columns_of_every_numeric_type_are_purged_at_the_cutoff(
     assert database.scalar("SELECT COUNT(*) FROM calls") == len(values) - expired
     assert database.scalar("SELECT COUNT(*) FROM calls WHERE started = 42") == 1
     assert database.scalar("SELECT COUNT(*) FROM calls WHERE started < :s", s=SECOND) == 1
+
+
+@pytest.mark.parametrize(
+    ("side", "instant", "bound"),
+    [
+        ("from", datetime(2024, 3, 1, 12, 0, 0, 500000, tzinfo=UTC), "1709294400"),
+        ("to", datetime(2024, 3, 1, 12, 0, 0, 500000, tzinfo=UTC), "1709294401"),
+        ("from", datetime(1990, 1, 1, tzinfo=UTC), "1000000000"),  # before every dated value
+        ("to", datetime(1990, 1, 1, tzinfo=UTC), "1000000000"),
+        ("to", datetime(2300, 1, 1, tzinfo=UTC), "99999999999"),  # past every dated value
+    ],
+)
+def test_hold_edges_of_epoch_text_round_outwards_and_sort_as_text(
+    side: Any, instant: datetime, bound: str
+) -> None:
+    assert hold_bound("epoch_text", "sqlite", instant, UTC, side) == bound
+    stored = ["1000000000", "1709294400.999999", "9999999999.5"]
+    # text order of the bound among stored values is their numeric order
+    assert [s < bound for s in stored] == [float(s) < float(bound) for s in stored]
