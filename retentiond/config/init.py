@@ -22,7 +22,7 @@ DEFAULT_KEEP = {
 }
 SOURCES = {
     "freepbx": "/etc/freepbx.conf and the freepbx_settings table",
-    "asterisk": "the standard Asterisk paths (/var/log/asterisk, /var/spool/asterisk)",
+    "asterisk": "/etc/asterisk/cdr_sqlite3_custom.conf and the standard Asterisk paths",
     "3cx": "3CX's 3CXPhoneSystem.ini (/var/lib/3cxpbx/Bin or Instance1/Bin)",
 }
 

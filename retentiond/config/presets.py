@@ -19,7 +19,9 @@ and `plan` say which were found and which were not.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +30,11 @@ from urllib.parse import quote
 from retentiond.config.model import parse_keep
 from retentiond.config.pbxfiles import (
     PbxSettingsError,
+    SqliteCdrMapping,
     find_3cx_settings,
     mariadb_socket,
     read_3cx_settings,
+    read_cdr_sqlite3_custom,
     read_freepbx_conf,
 )
 
@@ -61,8 +65,9 @@ CDR_ANONYMIZE: dict[str, Any] = {
     "recordingfile": "blank",
     "userfield": "blank",
 }
-# Columns of the plain Asterisk cdr table that every backend writes
+# Columns of the plain Asterisk cdr table that cdr_adaptive_odbc and cdr_pgsql write
 ASTERISK_CDR_SUBJECTS = ["src", "dst"]
+# ... and the transform of each CDR field, wherever a cdr_sqlite3_custom mapping puts it
 ASTERISK_CDR_ANONYMIZE: dict[str, Any] = {
     "src": "truncate_digits",
     "dst": "truncate_digits",
@@ -300,12 +305,17 @@ def read_freepbx_settings(amp: dict[str, str]) -> dict[str, str]:
 
 def asterisk(settings: dict[str, Any]) -> tuple[dict[str, Any], list[RuleTemplate], str | None]:
     log_dir = Path(str(settings.get("astlogdir", "/var/log/asterisk")))
+    etc_dir = Path(str(settings.get("astetcdir", "/etc/asterisk")))
     spool = Path(str(settings.get("astspooldir", "/var/spool/asterisk")))
     monitor = Path(str(settings.get("monitor_dir", spool / "monitor")))
-    connections: dict[str, Any] = {"masterdb": {"url": f"sqlite:///{log_dir / 'master.db'}"}}
-    call_stores = [
-        _sql("masterdb", "cdr", "calldate", optional=True)  # cdr_sqlite3_custom
-        | _people(ASTERISK_CDR_SUBJECTS, ASTERISK_CDR_ANONYMIZE),
+    connections: dict[str, Any] = {}
+    call_stores = []
+    for mapping in _sqlite_cdr_mappings(etc_dir / "cdr_sqlite3_custom.conf", log_dir):
+        database = _sqlite_cdr_file(mapping.category, log_dir)
+        name = _connection_name(database, connections)
+        connections[name] = {"url": f"sqlite:///{database}"}
+        call_stores.append(_sqlite_cdr_store(name, mapping))
+    call_stores += [
         {  # cdr_csv
             "type": "csv",
             "root": str(log_dir / "cdr-csv"),
@@ -371,6 +381,91 @@ def asterisk(settings: dict[str, Any]) -> tuple[dict[str, Any], list[RuleTemplat
         ),
     ]
     return connections, rules, None
+
+
+# cdr_sqlite3_custom.conf.sample's columns and values as shipped (commented out): [master] up to
+# Asterisk 20.18, 22.8 and 23.2 (master.db), [cdr_master] since 20.19, 22.9 and 23.3
+# (cdr_master.db). Neither has src or dst: the caller's number is only in clid.
+SAMPLE_SQLITE_CDR_COLUMNS = {
+    "master": "calldate, clid, dcontext, channel, dstchannel, lastapp, lastdata, duration, "
+    "billsec, disposition, amaflags, accountcode, uniqueid, userfield, test",
+    "cdr_master": "calldate, literal, clid, dcontext, channel, dstchannel, lastapp, lastdata, "
+    "duration, billsec, disposition, amaflags, accountcode, uniqueid, userfield, ds_store",
+}
+
+
+def _sqlite_cdr_mappings(conf: Path, log_dir: Path) -> list[SqliteCdrMapping]:
+    """The SQLite CDR tables Asterisk writes, as its cdr_sqlite3_custom.conf says, and those it
+    wrote before.
+
+    The files the samples name, master.db and cdr_master.db, are taken too when the conf does
+    not name them: when they are there (left by an earlier release or mapping, with a year of
+    calls), or when the conf maps nothing (no file, or the sample as shipped, all commented
+    out). Their columns are those of their table, or else the sample's.
+    """
+    mappings = read_cdr_sqlite3_custom(conf)
+    named = {_sqlite_cdr_file(m.category, log_dir) for m in mappings}
+    for category, sample in SAMPLE_SQLITE_CDR_COLUMNS.items():
+        database = _sqlite_cdr_file(category, log_dir)
+        columns = _sqlite_columns(database, "cdr")
+        if database in named or (columns is None and named):
+            continue
+        columns = columns or [c.strip() for c in sample.split(",")]
+        fields = tuple("start" if c.lower() == "calldate" else c.lower() for c in columns)
+        mappings.append(SqliteCdrMapping(category, "cdr", tuple(columns), fields))
+    return mappings
+
+
+def _sqlite_cdr_file(category: str, log_dir: Path) -> Path:
+    """A category's database file, as res_cdrel_custom names it (config.c)."""
+    name = category if category.endswith(".db") else f"{category}.db"
+    return Path(name) if name.startswith("/") else log_dir / name
+
+
+def _sqlite_columns(database: Path, table: str) -> list[str] | None:
+    """The columns of `table` in an SQLite file, read only; None if it cannot be read."""
+    import sqlite3
+
+    if not database.is_file():
+        return None
+    try:
+        with closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as db:
+            rows = db.execute("SELECT name, pk FROM pragma_table_info(?)", (table,)).fetchall()
+    except sqlite3.Error:
+        return None
+    # cdr_sqlite3_custom's own key, AcctId INTEGER PRIMARY KEY, is no CDR field
+    return [str(name) for name, key in rows if not key] or None
+
+
+def _sqlite_cdr_store(connection: str, mapping: SqliteCdrMapping) -> dict[str, Any]:
+    """A cdr_sqlite3_custom table as a store: the columns that receive `start`, the numbers and
+    the personal fields, wherever the mapping put them."""
+    columns = {c.lower(): c for c in mapping.columns}
+    time_column = mapping.column_of("start") or columns.get("calldate") or "calldate"
+    subjects = [c for c in (mapping.column_of("src"), mapping.column_of("dst")) if c]
+    clid = mapping.column_of("clid")
+    if clid and not mapping.column_of("src"):
+        subjects.append(clid)  # the caller's number is only in `"Name" <number>`
+    transforms = {
+        column: transform
+        for field, transform in ASTERISK_CDR_ANONYMIZE.items()
+        if (column := mapping.column_of(field)) and column != time_column
+    }
+    return _sql(connection, mapping.table, time_column, optional=True) | _people(
+        subjects, transforms
+    )
+
+
+def _connection_name(database: Path, connections: dict[str, Any]) -> str:
+    """masterdb for master.db (as before); else the file's name, unique among `connections`."""
+    url = f"sqlite:///{database}"
+    stem = re.sub(r"[^a-z0-9_.-]", "_", database.stem.lower()).lstrip("_.-")[:56]
+    base = "masterdb" if stem == "master" else stem or "sqlitecdr"
+    name, number = base, 1
+    while connections.get(name, {"url": url})["url"] != url:
+        number += 1
+        name = f"{base}-{number}"
+    return name
 
 
 # -- 3CX ------------------------------------------------------------------------------------------

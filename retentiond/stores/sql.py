@@ -127,7 +127,7 @@ T = TypeVar("T")
 Strategy = Literal["time_index", "key_walk", "scan"]
 Side = Literal["from", "to"]
 # How the time column stores an instant, which decides the bound and how values read back.
-TimeKind = Literal["local", "utc", "aware", "date", "epoch", "text"]
+TimeKind = Literal["local", "utc", "aware", "date", "epoch", "epoch_text", "text"]
 
 # Retries back off 0.5 s, 1 s, 2 s, ... and never wait longer than this between attempts.
 BACKOFF_FIRST = 0.5
@@ -156,7 +156,15 @@ _NAME_SEPARATORS = re.compile(r"[-_\s]")
 CHANGED_SINCE_PLANNED = "changed"
 # Values below these are clock garbage (MariaDB zero dates, epoch 0): undated, never the oldest.
 DATETIME_FLOOR = datetime(1000, 1, 1)
-EPOCH_FLOOR = 1
+# Epoch seconds are dated only with ten digits (2001-09-09 to 2286-11-20): a duration, a count
+# or milliseconds in the time column is no call time, so it is counted undated, never read as one.
+EPOCH_FLOOR = 1_000_000_000
+EPOCH_CEILING = 10_000_000_000
+# An untyped SQLite column (Asterisk's cdr_sqlite3_custom) holding epoch seconds as text, as
+# `start(int64)` and `start(float)` write them: ten digits and an optional fraction. Only these
+# compare as text in numeric order.
+_EPOCH_TEXT = "[1-9]" + "[0-9]" * 9
+_SQLITE_DATE_TEXT = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*"
 # Rows whose time is NULL or no date at all, as counted in Survey.skipped: never expired.
 UNDATED = "undated"
 
@@ -828,6 +836,8 @@ class SqlStore(Store):
                 self._table_sql = self._preparer().format_table(table)
                 self._time_name = column.name
                 self._time_sql = self._preparer().quote(column.name)
+                if self._family == "sqlite":
+                    self._time_kind = self._sqlite_form(connection)
                 self._choose_batch_size(connection, table)
                 self._layout = self._choose_layout(connection, table, column)
                 self._prepare_subjects(table)
@@ -908,10 +918,39 @@ class SqlStore(Store):
         if kind is None:
             raise StoreError(
                 f"{self.label}: column {column.name} has type {column.type!r}; the time column "
-                "must be a date/time, an integer of epoch seconds, or text such as "
+                "must be a date/time, a number of epoch seconds, or text such as "
                 "'2024-01-31 12:00:00'"
             )
         return kind
+
+    def _sqlite_form(self, connection: Connection) -> TimeKind:
+        """How an SQLite time column's values store the time, decided by the values.
+
+        SQLite keeps any value in any column, and cdr_sqlite3_custom's have no type at all:
+        its `start` is date text, its `start(int64)` or `start(float)` epoch text, and a
+        numeric column turns either epoch into a number. The form most values have is the
+        column's; values in any other form are counted undated (reported), never guessed at.
+        With no datable value yet, the declared type decides.
+        """
+        declared = self._time_kind
+        as_date = declared if declared in ("date", "text") else "text"
+        forms: dict[TimeKind, str] = {
+            as_date: _sqlite_guard(as_date, self._time_sql),
+            "epoch": f"{_sqlite_guard('epoch', self._time_sql)} AND {self._time_sql} >= "
+            f"{EPOCH_FLOOR}",
+            "epoch_text": _sqlite_guard("epoch_text", self._time_sql),
+        }
+        if declared == "epoch":  # the declared form first: it wins a tie
+            forms = {"epoch": forms.pop("epoch"), **forms}
+        counts = connection.execute(
+            text(
+                f"SELECT {', '.join(f'COUNT(CASE WHEN {f} THEN 1 END)' for f in forms.values())} "
+                f"FROM {self._table_sql}"
+            )
+        ).one()
+        found = dict(zip(forms, (int(n or 0) for n in counts), strict=True))
+        best = max(found, key=lambda form: found[form])
+        return best if found[best] else declared
 
     def _columns(self, table: Table, wanted: Iterable[str], setting: str) -> list[Column[Any]]:
         """The columns a setting names; a StoreError naming every one the table lacks."""
@@ -2203,12 +2242,15 @@ class SqlStore(Store):
         return Predicate(sql, {"bound": self._bound(cutoff), "floor": self._floor()})
 
     def _time_guard(self) -> str | None:
-        """For dates stored as text: only values that look like a date are compared as one."""
-        if self._family == "sqlite" and self._time_kind in ("text", "date"):
-            # Untyped SQLite columns may hold numbers, which sort before any text: never match them.
-            return f"{self._time_sql} GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*'"
+        """Only values in the column's form are compared as times; the rest are undated."""
+        if self._family == "sqlite":
+            # Untyped SQLite columns may hold numbers and text, which sort apart: a value in
+            # another form than the bound's would compare by its type, not its time.
+            return _sqlite_guard(self._time_kind, self._time_sql)
         if self._time_kind == "text":
             return f"{self._time_sql} LIKE '____-__-__%'"
+        if self._time_kind == "epoch":
+            return f"{self._time_sql} < {EPOCH_CEILING}"
         return None
 
     def _order_by_time(self, ordered: bool = True) -> str:
@@ -2263,6 +2305,8 @@ class SqlStore(Store):
         kind = self._time_kind
         if kind == "epoch":
             return EPOCH_FLOOR
+        if kind == "epoch_text":
+            return str(EPOCH_FLOOR)
         if kind == "aware":
             return DATETIME_FLOOR.replace(tzinfo=UTC)
         if kind == "text" or (kind == "date" and self._family == "sqlite"):
@@ -2330,6 +2374,7 @@ KIND_WORDS: dict[TimeKind, str] = {
     "aware": "timestamp with time zone",
     "date": "date only: a row expires after its whole day has",
     "epoch": "epoch seconds",
+    "epoch_text": "epoch seconds stored as text",
     "text": "text 'YYYY-MM-DD HH:MM:SS' in the configured zone",
 }
 
@@ -2404,6 +2449,7 @@ def _milliseconds(seconds: float) -> int:
 
 
 def time_kind(column_type: sqltypes.TypeEngine[Any], family: str) -> TimeKind | None:
+    """The form the declared type says; on SQLite `SqlStore._sqlite_form` asks the values."""
     if isinstance(column_type, sqltypes.Integer):
         return "epoch"
     if family == "sqlite":
@@ -2420,7 +2466,26 @@ def time_kind(column_type: sqltypes.TypeEngine[Any], family: str) -> TimeKind | 
         return "date"
     if isinstance(column_type, sqltypes.String):
         return "text"
+    if isinstance(column_type, sqltypes.Numeric | sqltypes.Float):  # as cdr_pgsql writes them
+        return "epoch"
     return None
+
+
+def _sqlite_guard(kind: TimeKind, time_sql: str) -> str:
+    """An SQLite value in the form `kind` stores times in (the floor is checked apart)."""
+    if kind == "epoch":
+        return f"typeof({time_sql}) IN ('integer', 'real') AND {time_sql} < {EPOCH_CEILING}"
+    if kind == "epoch_text":
+        return (
+            f"typeof({time_sql}) = 'text' AND ({time_sql} GLOB '{_EPOCH_TEXT}' OR "
+            f"{time_sql} GLOB '{_EPOCH_TEXT}.[0-9]*') AND NOT {time_sql} GLOB '*[^0-9.]*'"
+        )
+    return f"{time_sql} GLOB '{_SQLITE_DATE_TEXT}'"
+
+
+def _epoch_text(seconds: int) -> str:
+    """Epoch seconds as text that sorts with the stored ten-digit values; clamped to them."""
+    return str(min(max(seconds, EPOCH_FLOOR), EPOCH_CEILING - 1))
 
 
 def time_bound(kind: TimeKind, family: str, cutoff: datetime, zone: tzinfo) -> Any:
@@ -2433,6 +2498,8 @@ def time_bound(kind: TimeKind, family: str, cutoff: datetime, zone: tzinfo) -> A
         return cutoff.astimezone(UTC).replace(tzinfo=None)
     if kind == "epoch":
         return math.floor(cutoff.timestamp())
+    if kind == "epoch_text":
+        return _epoch_text(math.floor(cutoff.timestamp()))
     wall = rules.naive_bound(cutoff, zone)
     if kind == "date":
         # A row known by its day alone is as young as that day's end: only earlier days expire.
@@ -2458,6 +2525,12 @@ def hold_bound(kind: TimeKind, family: str, instant: datetime, zone: tzinfo, sid
     if kind == "epoch":
         stamp = instant.timestamp()
         return math.floor(stamp) if side == "from" else math.ceil(stamp)
+    if kind == "epoch_text":
+        stamp = instant.timestamp()
+        if side == "from":
+            return _epoch_text(math.floor(stamp))
+        # Past the last ten-digit second: above every stored value, fraction or not.
+        return "9" * 11 if math.ceil(stamp) >= EPOCH_CEILING else _epoch_text(math.ceil(stamp))
     wall = widest_wall(instant, zone, side)
     if kind == "date":
         day = wall.date() if side == "from" else (wall - timedelta(microseconds=1)).date()
@@ -2512,7 +2585,8 @@ def stored_instant(value: Any, kind: TimeKind, zone: tzinfo) -> datetime | None:
         if isinstance(value, date):
             return rules.end_of_day(value, zone)
         if isinstance(value, int | float | Decimal):
-            return datetime.fromtimestamp(float(value), UTC) if value >= EPOCH_FLOOR else None
+            plausible = EPOCH_FLOOR <= value < EPOCH_CEILING
+            return datetime.fromtimestamp(float(value), UTC) if plausible else None
         if isinstance(value, bytes):
             value = value.decode("ascii")
         if isinstance(value, str):
@@ -2523,7 +2597,7 @@ def stored_instant(value: Any, kind: TimeKind, zone: tzinfo) -> datetime | None:
 
 
 def _instant_from_text(value: str, kind: TimeKind, zone: tzinfo) -> datetime | None:
-    if kind == "epoch":
+    if kind in ("epoch", "epoch_text"):
         return stored_instant(float(value), kind, zone)
     if len(value) == 10:
         return stored_instant(date.fromisoformat(value), kind, zone)
