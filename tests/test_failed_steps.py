@@ -82,6 +82,7 @@ class Recordings:
     database: PbxDatabase  # as the database's administrator
     root: Path
     config: Path
+    grant_update: Callable[[], None]
     names: dict[str, str] = field(default_factory=dict)  # call -> its recordingfile
     uniqueids: dict[str, str] = field(default_factory=dict)  # call -> its cdr row's uniqueid
 
@@ -109,7 +110,7 @@ def build(database: PbxDatabase, tmp_path: Path, url: str, password: Path | None
     root = tmp_path / "monitor"
     root.mkdir()
     rows = cdr_rows([moment for moment, _ in CALLS.values()], seed=3)
-    recordings = Recordings(database, root, tmp_path / "retentiond.yaml")
+    recordings = Recordings(database, root, tmp_path / "retentiond.yaml", lambda: None)
     for (call, (moment, on_disk)), row in zip(CALLS.items(), rows, strict=True):
         stamp = moment.strftime("%Y%m%d-%H%M%S")
         name = f"out-{row['dst']}-{row['src']}-{stamp}-{row['uniqueid']}.wav"
@@ -154,6 +155,9 @@ def freepbx_mariadb(
         admin.execute(text(f"GRANT SELECT, DELETE ON {name}.cdr TO {account}"))
         admin.execute(text(f"GRANT UPDATE (recordingfile) ON {name}.cdr TO {account}"))
         admin.execute(text(f"REVOKE UPDATE (recordingfile) ON {name}.cdr FROM {account}"))
+    recordings.grant_update = lambda: database.execute(
+        f"GRANT UPDATE (recordingfile) ON {name}.cdr TO {account}"
+    )
     yield recordings
     with mariadb_server.begin() as admin:
         admin.execute(text(f"DROP USER IF EXISTS {account}"))
@@ -173,6 +177,9 @@ def freepbx_postgres(
         f"GRANT SELECT, DELETE ON cdr TO {role}",
         f"GRANT UPDATE (recordingfile) ON cdr TO {role}",
         f"REVOKE UPDATE (recordingfile) ON cdr FROM {role}",
+    )
+    recordings.grant_update = lambda: database.execute(
+        f"GRANT UPDATE (recordingfile) ON cdr TO {role}"
     )
     yield recordings
     database.execute(f"DROP OWNED BY {role}", f"DROP ROLE {role}")
@@ -205,21 +212,31 @@ def entries(config: LoadedConfig) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_refused_reference_update_is_reported_by_check_counted_and_swept_later(
+def test_check_reports_the_missing_update_on_the_reference_column_with_its_grant(
     backend: str, request: pytest.FixtureRequest
 ) -> None:
     recordings: Recordings = request.getfixturevalue(backend)
-    names = recordings.names
 
-    # check: the store cannot do its work; it says which privilege and how to grant it
     check = retentiond("-c", recordings.config, "check")
+
     assert check.returncode == 1, check.stdout + check.stderr
     assert "references: missing privilege UPDATE(recordingfile) on cdr" in check.stdout
     grant = check.stdout.split("; run: ", 1)[1].splitlines()[0]
     assert grant.startswith("GRANT UPDATE (") and "recordingfile" in grant
+    recordings.database.execute(grant)  # the statement check printed, as the admin runs it
+    check = retentiond("-c", recordings.config, "check")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "missing privilege" not in check.stdout
 
-    # the run: the expired files are unlinked and counted, the reference step fails on its own
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_files_unlinked_are_counted_when_the_reference_update_is_refused(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    recordings: Recordings = request.getfixturevalue(backend)
+    names = recordings.names
     config = load_config(recordings.config)
+
     outcome = run_once(config)
 
     assert files(recordings.root) == {names["young"]}
@@ -244,10 +261,18 @@ def test_a_refused_reference_update_is_reported_by_check_counted_and_swept_later
     assert not any(name in json.dumps(log) for name in names.values())
     assert recordings.references() == names  # every row still names its file
 
-    # the GRANT check printed, then a run with nothing expired: the dangling references go
-    recordings.database.execute(grant)
-    assert retentiond("-c", recordings.config, "check").returncode == 0
-    again = run_once(load_config(recordings.config))
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dangling_references_are_swept_by_a_run_with_nothing_expired(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    recordings: Recordings = request.getfixturevalue(backend)
+    names = recordings.names
+    config = load_config(recordings.config)
+    assert run_once(config).status == "failed"  # the files went, their references stayed
+    recordings.grant_update()
+
+    again = run_once(config)
 
     assert again.status == "done"
     assert (again.stores[0].deleted, again.stores[0].counts) == (0, {"references_cleared": 3})
@@ -262,6 +287,8 @@ def test_a_refused_reference_update_is_reported_by_check_counted_and_swept_later
     assert files(recordings.root) == {names["young"]}
     log = entries(config)
     assert not any(e["type"] == "run_reconciled" for e in log)  # nothing left unaccounted for
+    sweep = [e for e in log if e["type"] == "batch_done"][-1]
+    assert (sweep["deleted"], sweep["counts"]) == (0, {"references_cleared": 3})
 
 
 # -- a batch the database rolls back ---------------------------------------------------------
@@ -314,10 +341,10 @@ def test_a_batch_rolled_back_by_a_foreign_key_is_recorded_as_nothing_deleted(
     assert outcome.status == "failed"
     assert database.count("cl_calls") == calls_before  # the transaction was rolled back
     assert outcome.stores[0].deleted == 0
-    assert "None" not in printed(outcome)
     log = entries(config)
     done = [e for e in log if e["type"] == "batch_done"]
     assert [(e["deleted"], e["failed"], e["code"]) for e in done] == [(0, True, "23503")]
+    assert "None" not in printed(outcome)
 
     # once the recordings rows are gone (their rule ran first), the calls go; nothing was open
     database.execute("DELETE FROM recordings")
