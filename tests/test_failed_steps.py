@@ -341,6 +341,9 @@ def test_a_batch_rolled_back_by_a_foreign_key_is_recorded_as_nothing_deleted(
     assert outcome.status == "failed"
     assert database.count("cl_calls") == calls_before  # the transaction was rolled back
     assert outcome.stores[0].deleted == 0
+    message = outcome.stores[0].failed or ""
+    assert "(error 23503) and was rolled back" in message
+    assert "violates" not in message  # the code, never the server's words
     log = entries(config)
     done = [e for e in log if e["type"] == "batch_done"]
     assert [(e["deleted"], e["failed"], e["code"]) for e in done] == [(0, True, "23503")]

@@ -564,17 +564,19 @@ class Database:
                 )
 
     def failure_message(self, action: str, exc: DBAPIError) -> str:
-        message = f"{self.label}: {action} failed: {driver_message(exc)}"
         code = error_code(exc)
+        if code in _FOREIGN_KEY_CODES:
+            # The code and fixed words: the server's sentence names the rows' tables and keys.
+            return (
+                f"{self.label}: {action} failed (error {code}) and was rolled back: rows "
+                "of another table still refer to the rows being deleted; purge that table first "
+                "(a store listed before this one in the rule, or a rule that runs before it)"
+            )
+        message = f"{self.label}: {action} failed: {driver_message(exc)}"
         if code in _STATEMENT_TIMEOUT_CODES:
             message += (
                 "; the statement ran longer than statement_timeout "
                 f"({self.settings.statement_timeout:g} s): lower batch_size or raise it"
-            )
-        elif code in _FOREIGN_KEY_CODES:
-            message += (
-                "; rows of another table still refer to the rows being deleted: purge that table "
-                "first (a store listed before this one in the rule)"
             )
         return message
 
