@@ -38,6 +38,9 @@ from retentiond.cli import print_outcome
 from retentiond.config.loader import LoadedConfig, load_config
 from retentiond.engine import Engine as RunEngine
 from retentiond.engine import RunOutcome
+from retentiond.erasure import erase
+from retentiond.errors import StoreError
+from retentiond.subjects import Subject
 
 NOW = datetime(2026, 5, 20, 12, 0, tzinfo=UTC)  # keep 30d: the cutoff is 2026-04-20 12:00 UTC
 AUDIO = b"RIFF$\x00\x00\x00WAVEfmt " + bytes(32)
@@ -60,6 +63,7 @@ rules:
         root: {root}
         match: ["**/*.wav"]
         age_from: path_date
+        subject_in_name: true
         batch_size: 10
         references: {{connection: cdrdb, table: cdr, column: recordingfile}}
 holds:
@@ -85,6 +89,7 @@ class Recordings:
     grant_update: Callable[[], None]
     names: dict[str, str] = field(default_factory=dict)  # call -> its recordingfile
     uniqueids: dict[str, str] = field(default_factory=dict)  # call -> its cdr row's uniqueid
+    outside: dict[str, str] = field(default_factory=dict)  # call -> the outside party's number
 
     def references(self) -> dict[str, str]:
         """Each call's recordingfile as the cdr row says it now."""
@@ -117,6 +122,7 @@ def build(database: PbxDatabase, tmp_path: Path, url: str, password: Path | None
         row["recordingfile"] = name
         recordings.names[call] = name
         recordings.uniqueids[call] = row["uniqueid"]
+        recordings.outside[call] = row["src"] if row["dcontext"] == "from-trunk" else row["dst"]
         if on_disk:
             path = root / f"{moment:%Y/%m/%d}" / name
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -289,6 +295,32 @@ def test_dangling_references_are_swept_by_a_run_with_nothing_expired(
     assert not any(e["type"] == "run_reconciled" for e in log)  # nothing left unaccounted for
     sweep = [e for e in log if e["type"] == "batch_done"][-1]
     assert (sweep["deleted"], sweep["counts"]) == (0, {"references_cleared": 3})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_erasure_counts_the_files_it_unlinked_when_the_reference_update_is_refused(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    recordings: Recordings = request.getfixturevalue(backend)
+    config = load_config(recordings.config)
+    subject = Subject.parse(numbers=[recordings.outside["expired"]])
+
+    with (
+        audit.AuditLog(config.config.audit.path, clock=lambda: NOW) as log,
+        pytest.raises(StoreError, match="could not be cleared"),
+    ):
+        erase(RunEngine(config, now=lambda: NOW), log, subject, "DSR-2026-05", now=NOW)
+
+    assert recordings.names["expired"] not in files(recordings.root)
+    written = entries(config)
+    done = [e for e in written if e["type"] == "batch_done"]
+    assert [(e["stage"], e["deleted"], e["failed"]) for e in done] == [("erase", 1, True)]
+    finished = written[-1]
+    assert (finished["type"], finished["status"], finished["deleted"]) == (
+        "erasure_finished",
+        "failed",
+        1,
+    )
 
 
 # -- a batch the database rolls back ---------------------------------------------------------
