@@ -9,9 +9,9 @@ With `group_siblings`, files in one folder whose names differ only in the extens
 `.wav` and the `.mp3` MIXMON_POST made of it) are one recording: deleted together, and only once
 every one of them has expired. With `references`, the rows naming a deleted file by its base name
 (FreePBX `cdr.recordingfile`) are set to '' after each batch, so the PBX shows no broken links;
-the rows themselves stay. Once per run a sweep also clears references older than the cutoff whose
-file is gone, which a failed update leaves behind. Reference values are personal data too and are
-never logged.
+the rows themselves stay. Every run ends with a sweep that also clears references older than the
+cutoff, not held, whose file is gone, which a failed update leaves behind. Reference values are
+personal data too and are never logged.
 
 With `named_by`, the store sweeps what a rows store leaves (3CX `recordings.recording_url`): a
 file a row names by its path relative to the root is that rows store's to delete with its row,
@@ -1081,8 +1081,9 @@ class ReferenceColumn(_NamingColumnBase):
         return [
             f"references: {self.where} ({self._server()}): rows naming a deleted file by its base "
             "name are set to '' after each batch; the rows themselves stay",
-            "references: once per run, references whose file is gone under every extension and "
-            "whose name dates them before the cutoff are cleared too (left by a failed update)",
+            "references: every run ends with a sweep: references whose file is gone under every "
+            "extension, whose name dates them before the cutoff and that no hold covers are "
+            "cleared too (left by a failed update or a file removed by hand)",
             *self._index_warning("every batch's update and the sweep read"),
         ]
 

@@ -1796,6 +1796,9 @@ class SqlStore(Store):
         try:
             outcome = self._db.retrying("deleting a batch", attempt, write=True, settle=settle)
         except RolledBack as error:
+            if self._table_engine in TABLE_LOCKING_ENGINES:
+                # MyISAM and Aria keep what a statement deleted before it failed: not known
+                raise StoreError(str(error)) from None
             raise BatchFailed(str(error), BatchResult(deleted=0), error.code) from None
         deleted = outcome.deleted
         if deleted.times is not None:
