@@ -473,7 +473,13 @@ def print_outcome(outcome: RunOutcome, zone: tzinfo) -> None:
             )
         else:
             remaining = (
-                "verified: none expired remain" if s.remaining == 0 else f"{s.remaining} remain"
+                "verified: none expired remain"
+                if s.remaining == 0
+                else f"{s.remaining} remain"
+                if s.remaining is not None
+                else "FAILED, not verified"
+                if s.failed
+                else "not verified"
             )
             click.echo(
                 f"  {s.label}: deleted {s.deleted} {s.unit}{size} in {s.batches} batches, "

@@ -71,7 +71,16 @@ from retentiond.history import History, Interrupted, read_history
 from retentiond.holds import record_hold_changes
 from retentiond.rules import NO_HOLDS, Holds, holds_for, schedule_interval
 from retentiond.rules import cutoff as compute_cutoff
-from retentiond.stores import AbsentStore, Batch, FailedStore, Store, Survey, build_store
+from retentiond.stores import (
+    AbsentStore,
+    Batch,
+    BatchFailed,
+    BatchResult,
+    FailedStore,
+    Store,
+    Survey,
+    build_store,
+)
 
 log = structlog.get_logger()
 
@@ -612,7 +621,8 @@ class Engine:
             )
             result.held, result.held_by = store_plan.survey.held, dict(store_plan.survey.held_by)
             outcome.stores.append(result)
-            if result.failed or store_plan.survey.expired == 0:
+            sweeps = plan.stage == DELETE and store.sweeps()
+            if result.failed or (store_plan.survey.expired == 0 and not sweeps):
                 continue
             try:
                 if not self._apply_store(store, plan, store_plan, holds, audit, outcome, result):
@@ -688,7 +698,31 @@ class Engine:
         if batch.span:
             intent["first_day"], intent["last_day"] = batch.span
         self._audit(audit, "batch_intent", outcome.run_id, None, **intent)
-        applied = store.apply(batch, plan.cutoff)
+        try:
+            applied = store.apply(batch, plan.cutoff)
+        except BatchFailed as failure:
+            # What the failed batch did is known: its result, then the store fails
+            self._batch_done(audit, store, plan, batch, failure.result, outcome, result, failure)
+            raise
+        self._batch_done(audit, store, plan, batch, applied, outcome, result)
+        if self.progress:
+            self.progress(
+                store.label, result.deleted + result.anonymized, store_plan.survey.expired
+            )
+
+    def _batch_done(
+        self,
+        audit: AuditWriter,
+        store: Store,
+        plan: RulePlan,
+        batch: Batch,
+        applied: BatchResult,
+        outcome: RunOutcome,
+        result: StoreOutcome,
+        failure: BatchFailed | None = None,
+    ) -> None:
+        """Count a batch's result and write its `batch_done` entry (`failed`, `code` when the
+        batch failed: the code only, never the database's words)."""
         result.batches += 1
         result.deleted += applied.deleted
         result.anonymized += applied.anonymized
@@ -709,12 +743,12 @@ class Engine:
             done["skipped"] = dict(applied.skipped)
         if applied.counts:
             done["counts"] = dict(applied.counts)
+        if failure is not None:
+            done["failed"] = True
+            if failure.code:
+                done["code"] = failure.code
         # The next intent or the run's end syncs it: one fsync per batch (AuditLog docstring)
         audit.append_unsynced("batch_done", run_id=outcome.run_id, **done)
-        if self.progress:
-            self.progress(
-                store.label, result.deleted + result.anonymized, store_plan.survey.expired
-            )
 
     def _verify(self, stage: RulePlan, stores: list[Store], results: list[StoreOutcome]) -> str:
         """Re-survey after a delete stage: nothing expired and unheld may remain. An anonymize

@@ -20,7 +20,7 @@ from retentiond import __version__
 from retentiond.audit import AuditLog
 from retentiond.engine import Engine
 from retentiond.errors import RetentiondError, StoreError
-from retentiond.stores import Found, Store
+from retentiond.stores import BatchFailed, Found, Store
 from retentiond.subjects import Subject
 
 log = structlog.get_logger()
@@ -148,7 +148,22 @@ def erase(
                         planned=batch.planned,
                         **intent,
                     )
-                    result = store.apply(batch, now)
+                    try:
+                        result = store.apply(batch, now)
+                    except BatchFailed as failure:
+                        # What the failed batch did is known: its result, then the erasure stops
+                        match.deleted += failure.result.deleted
+                        code = {"code": failure.code} if failure.code else {}
+                        audit.append(
+                            "batch_done",
+                            run_id=run_id,
+                            stage="erase",
+                            deleted=failure.result.deleted,
+                            failed=True,
+                            **code,
+                            **intent,
+                        )
+                        raise
                     match.deleted += result.deleted
                     audit.append(
                         "batch_done", run_id=run_id, stage="erase", deleted=result.deleted, **intent

@@ -36,7 +36,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
@@ -177,6 +177,51 @@ def review(
         return [], [f"privileges on {table} could not be read: {error}"]
     problems = [f"missing privilege {name} on {table}" for name in sorted(missing or ())]
     return problems, describe_excess(excess or set())
+
+
+def grant_statement(
+    database: Connectable, table: str, missing: set[str], schema: str | None = None
+) -> str | None:
+    """The statement granting `missing` (as missing_privileges() spells them) on `table` to the
+    connected user, for `check` to print; None for SQLite or when the user cannot be read."""
+    wanted = sorted(name for name in missing if not name.startswith("USAGE ON SCHEMA"))
+    schemas = sorted(name for name in missing if name.startswith("USAGE ON SCHEMA"))
+    with _connection(database) as connection:
+        family = _family(None, connection)
+        if family == "sqlite":
+            return None
+        preparer = connection.dialect.identifier_preparer
+        privileges = ", ".join(_grantable(Needed.parse(name), preparer) for name in wanted)
+        if family == "mysql":
+            user = _scalar(connection, "current user", "SELECT CURRENT_USER()")
+            if not isinstance(user, str):
+                return None
+            name, _, host = user.rpartition("@")
+            grantee = "'{}'@'{}'".format(name.replace("'", "''"), host.replace("'", "''"))
+            database_name = schema or _current_database(connection)
+            target = preparer.quote_identifier(table)
+            if database_name:
+                target = f"{preparer.quote_identifier(database_name)}.{target}"
+            return f"GRANT {privileges} ON {target} TO {grantee}" if privileges else None
+        role = _scalar(connection, "current user", "SELECT current_user")
+        grantee = preparer.quote_identifier(str(role))
+        statements = [
+            f"GRANT USAGE ON SCHEMA {preparer.quote_identifier(name.split()[-1])} TO {grantee}"
+            for name in schemas
+        ]
+        if privileges:
+            target = preparer.quote_identifier(table)
+            if schema:
+                target = f"{preparer.quote_identifier(schema)}.{target}"
+            statements.append(f"GRANT {privileges} ON {target} TO {grantee}")
+        return "; ".join(statements) or None
+
+
+def _grantable(need: Needed, preparer: Any) -> str:
+    """`UPDATE(recordingfile)` as a GRANT names it: `UPDATE (recordingfile)`, quoted."""
+    if need.column is None:
+        return need.privilege
+    return f"{need.privilege} ({preparer.quote_identifier(need.column)})"
 
 
 def describe_excess(names: set[str]) -> list[str]:

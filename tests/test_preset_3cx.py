@@ -31,12 +31,15 @@ from threecx_schema import (
     CALLERS,
     EXTENSIONS,
     RECORDINGS,
+    RECORDINGS_FOREIGN_KEY,
     S_VOICEMAIL,
+    ClHistory,
     cdrbilling_rows,
     cdroutput_rows,
     cl_history,
     create_cdroutput_schema,
     create_cl_schema,
+    link_recordings,
     recording_name,
     recording_rows,
 )
@@ -47,7 +50,8 @@ from retentiond.rules import cutoff as rule_cutoff
 pytestmark = pytest.mark.postgres
 
 BERLIN = ZoneInfo("Europe/Berlin")  # the office's zone: 3CX names its files in local time
-KEEP = {"call-records": "3m", "call-recordings": "30d", "voicemail": "30d", "chats": "6m"}
+# In the order the preset's rules run: recordings before the calls their rows name.
+KEEP = {"call-recordings": "30d", "call-records": "3m", "voicemail": "30d", "chats": "6m"}
 # Nothing in the fixture lies this close to a cutoff: plan and run, seconds apart, agree.
 MARGIN = timedelta(hours=3)
 
@@ -260,13 +264,18 @@ def add_calls(office: Office) -> dict[str, Any]:
     return {"history": history, "starts": starts}
 
 
-def add_recordings(office: Office) -> dict[str, Any]:
+def add_recordings(office: Office, calls: ClHistory | None = None) -> dict[str, Any]:
     """3CX v20 `recordings` rows every ~2.5 days, each with its file under Recordings/<ext>/,
-    and files no row names (a restore brought them back, say): older and younger ones."""
+    and files no row names (a restore brought them back, say): older and younger ones. With
+    `calls`, each row names a participant of its call through a foreign key (3CX may have it)."""
     office.database.execute(*RECORDINGS)
     moments = office.times(timedelta(hours=60), timedelta(days=365), timedelta(hours=5))
     rows = recording_rows([m.astimezone(BERLIN) for m in moments], seed=8)
+    if calls is not None:
+        link_recordings(rows, calls)
     office.database.insert("recordings", rows)
+    if calls is not None:
+        office.database.execute(RECORDINGS_FOREIGN_KEY)
     for row, moment in zip(rows, moments, strict=True):
         write_file(office.recordings / row["recording_url"], moment)
     rng = random.Random(9)
@@ -378,7 +387,7 @@ def test_3cx_preset_purges_calls_recordings_voicemail_and_chats_end_to_end(
     office: Office, postgres_url: str
 ) -> None:
     calls = add_calls(office)
-    recordings = add_recordings(office)
+    recordings = add_recordings(office, calls["history"])
     voicemail = add_voicemail(office)
     chats = add_chats(office)
     greetings_before = {

@@ -149,14 +149,14 @@ keep: {{call-records: 6 months, call-recordings: 30d, voicemail: 30d, chats: 1y}
     connection = config.connections["3cx"]
     assert connection.url == "postgresql+psycopg://phonesystem@127.0.0.1:5480/database_single"
     assert password_from(config_json) == "pw"
-    assert isinstance(config.rules[0].stores[0], ThreeCxCallsStoreConfig)
-    recordings = config.rules[1].stores[0]
+    assert isinstance(config.rules[1].stores[0], ThreeCxCallsStoreConfig)
+    recordings = config.rules[0].stores[0]
     assert isinstance(recordings, SqlStoreConfig)
     assert recordings.file_column == "recording_url"
     assert str(recordings.file_root) == "/srv/3cx/Data/Recordings"
     assert [r.name for r in config.rules] == [
+        "call-recordings",  # before the calls its rows name (a foreign key may say so)
         "call-records",
-        "call-recordings",
         "voicemail",
         "chats",
     ]

@@ -22,6 +22,7 @@ from structlog.testing import capture_logs
 
 from retentiond.config.model import ConnectionConfig, FilesStoreConfig, ReferencesConfig
 from retentiond.errors import StoreAbsent, StoreError
+from retentiond.rules import NO_HOLDS, Holds, HoldScope
 from retentiond.stores.files import FilesStore, reference_days
 
 UTC_ZONE = ZoneInfo("UTC")
@@ -199,10 +200,10 @@ def references_in(database: PbxDatabase) -> list[str]:
         return sorted(str(value) for value in values)
 
 
-def enforce(store: FilesStore, cutoff: datetime = CUTOFF) -> Run:
+def enforce(store: FilesStore, cutoff: datetime = CUTOFF, holds: Holds = NO_HOLDS) -> Run:
     """What the engine does: plan a batch, apply it, plan the next."""
     run = Run()
-    for batch in store.batches(cutoff):
+    for batch in store.batches(cutoff, holds):
         run.planned.append(batch.planned)
         result = store.apply(batch, cutoff)
         run.deleted += result.deleted
@@ -393,6 +394,24 @@ def test_sweep_clears_old_references_whose_file_is_gone_and_leaves_the_others(
 
 
 @pytest.mark.parametrize("database", ALL_BACKENDS, indirect=True)
+def test_sweep_leaves_a_held_reference_whose_file_is_gone(
+    root: Path, database: PbxDatabase, open_store: StoreFactory
+) -> None:
+    held = recording("out", PHONE, "201", datetime(2026, 4, 1, 9, 0), "1775034000.30")
+    free = recording("out", PHONE, "202", datetime(2026, 4, 3, 9, 0), "1775206800.31")
+    put(root, ORPHAN + ".wav")  # something expired, so the run has a batch
+    insert_calls(database, [base(held, ".wav"), base(free, ".wav")])
+    store = open_store(root, database.url)
+    # A hold on the 1st of April (from the start of that day to the start of the next)
+    hold = HoldScope("HOLD-1", datetime(2026, 4, 1, tzinfo=UTC), datetime(2026, 4, 2, tzinfo=UTC))
+
+    run = enforce(store, holds=Holds((hold,)))
+
+    assert (run.deleted, run.references_cleared) == (1, 1)
+    assert references_in(database) == sorted(["", base(held, ".wav")])
+
+
+@pytest.mark.parametrize("database", ALL_BACKENDS, indirect=True)
 def test_planning_leaves_the_references_alone(
     root: Path, database: PbxDatabase, open_store: StoreFactory
 ) -> None:
@@ -402,7 +421,8 @@ def test_planning_leaves_the_references_alone(
     store = open_store(root, database.url)
 
     store.survey(CUTOFF)
-    assert [batch.planned for batch in store.batches(CUTOFF)] == [1]
+    # The run's last batch sweeps dangling references; planning it clears nothing.
+    assert [batch.planned for batch in store.batches(CUTOFF)] == [1, 0]
 
     assert references_in(database) == [gone]
     assert exists(root, ORPHAN, ".wav")

@@ -221,6 +221,14 @@ RECORDINGS = [
     "CREATE INDEX recordings_start_time_idx ON recordings (start_time)",
 ]
 
+# `recordings.cl_participants_id` names the recorded participant (v20 dumps, research
+# pbx_domain.md §4.2, "Link to cl_participants"). No dump shows a foreign key on it [U]; where a
+# database has one, a participant cannot be deleted while a recordings row names it.
+RECORDINGS_FOREIGN_KEY = (
+    "ALTER TABLE recordings ADD CONSTRAINT recordings_cl_participants_fk "
+    "FOREIGN KEY (cl_participants_id) REFERENCES cl_participants (id)"
+)
+
 # The key column's name is a guess [U]; the rest follows a v20 dump.
 S_VOICEMAIL = [
     """
@@ -553,4 +561,15 @@ def recording_rows(starts: Iterable[datetime], seed: int = 0) -> list[dict[str, 
                 "queue_dn": None,
             }
         )
+    return rows
+
+
+def link_recordings(rows: list[dict[str, Any]], history: ClHistory) -> list[dict[str, Any]]:
+    """`recording_rows` naming a participant of the last call that began by their start: the
+    call's own leg, which is as old as the recording or older."""
+    calls = sorted(history.rows["cl_calls"], key=lambda call: call["start_time"])
+    legs = {p["call_id"]: p["id"] for p in history.rows["cl_participants"]}
+    for row in rows:
+        started = [call for call in calls if call["start_time"] <= row["start_time"]]
+        row["cl_participants_id"] = legs[started[-1]["id"]] if started else None
     return rows

@@ -492,19 +492,14 @@ def threecx(settings: dict[str, Any]) -> tuple[dict[str, Any], list[RuleTemplate
     connections = {"3cx": connection}
     recordings = data_dir / "Recordings"
     voicemail = data_dir / "Ivr" / "Voicemail" / "Data"
+    # Recordings first, in a run and in the day: a `recordings` row names a participant of a
+    # call (cl_participants_id), and where a foreign key says so, the call cannot go before it.
     rules = [
-        RuleTemplate(
-            "call-records",
-            "Call history (numbers, names, times, durations)",
-            "Troubleshooting, cost control and call statistics",
-            "daily 03:15",
-            [{"type": "3cx_call_history", "connection": "3cx", TRANSFORMS: _threecx_anonymize()}],
-        ),
         RuleTemplate(
             "call-recordings",
             "Call recordings (voice, transcriptions; numbers in the file names)",
             "Quality assurance or documentation, as the recording consent says",
-            "daily 03:45",
+            "daily 03:00",
             [
                 {
                     **_sql("3cx", "recordings", "start_time", optional=True),
@@ -526,6 +521,13 @@ def threecx(settings: dict[str, Any]) -> tuple[dict[str, Any], list[RuleTemplate
                     "optional": True,
                 },
             ],
+        ),
+        RuleTemplate(
+            "call-records",
+            "Call history (numbers, names, times, durations)",
+            "Troubleshooting, cost control and call statistics",
+            "daily 03:15",
+            [{"type": "3cx_call_history", "connection": "3cx", TRANSFORMS: _threecx_anonymize()}],
         ),
         RuleTemplate(
             "voicemail",

@@ -14,6 +14,7 @@ from retentiond.config.model import (
 from retentiond.stores.base import (
     AbsentStore,
     Batch,
+    BatchFailed,
     BatchResult,
     FailedStore,
     Found,
@@ -61,6 +62,7 @@ def build_store(store: StoreConfig, config: Config) -> Store:
 __all__ = [
     "AbsentStore",
     "Batch",
+    "BatchFailed",
     "BatchResult",
     "FailedStore",
     "Found",

@@ -76,6 +76,19 @@ class BatchResult:
     anonymized: int = 0  # objects whose fields were rewritten (anonymize batches)
 
 
+class BatchFailed(StoreError):
+    """A batch that failed with a known outcome: `result` is what it did (nothing, for a
+    transaction that was rolled back; the files it unlinked, for a files store whose reference
+    step failed). The engine records `result` as the batch's result, so the log never holds an
+    intent without one, then fails the store with the message. `code` is the database's error
+    code, when it gave one; the message never carries the server's text."""
+
+    def __init__(self, message: str, result: BatchResult, code: str | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+        self.code = code
+
+
 @dataclass(frozen=True)
 class Found:
     """One object of a data subject, for `find` (printed on a terminal, never logged)."""
@@ -118,6 +131,11 @@ class Store(ABC):
     @abstractmethod
     def apply(self, batch: Batch, cutoff: datetime) -> BatchResult:
         """Carry out one planned batch. The only method that changes anything."""
+
+    def sweeps(self) -> bool:
+        """Whether a delete run walks this store's batches even when nothing expired (a files
+        store with `references` ends each run with a batch clearing dangling references)."""
+        return False
 
     # Data subjects (holds by number, Art. 15 find, Art. 17 erase)
 

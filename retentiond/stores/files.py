@@ -9,9 +9,9 @@ With `group_siblings`, files in one folder whose names differ only in the extens
 `.wav` and the `.mp3` MIXMON_POST made of it) are one recording: deleted together, and only once
 every one of them has expired. With `references`, the rows naming a deleted file by its base name
 (FreePBX `cdr.recordingfile`) are set to '' after each batch, so the PBX shows no broken links;
-the rows themselves stay. Once per run a sweep also clears references older than the cutoff whose
-file is gone, which a failed update leaves behind. Reference values are personal data too and are
-never logged.
+the rows themselves stay. Every run ends with a sweep that also clears references older than the
+cutoff, not held, whose file is gone, which a failed update leaves behind. Reference values are
+personal data too and are never logged.
 
 With `named_by`, the store sweeps what a rows store leaves (3CX `recordings.recording_url`): a
 file a row names by its path relative to the root is that rows store's to delete with its row,
@@ -32,8 +32,8 @@ import re
 import stat
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import partial
 from typing import Any, TypeVar
 
@@ -44,8 +44,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchTableError
 
 from retentiond.config.model import ConnectionConfig, FilesStoreConfig, ReferencesConfig
 from retentiond.errors import StoreAbsent, StoreError
-from retentiond.rules import NO_HOLDS, Holds, end_of_day, latest_instant
-from retentiond.stores.base import Batch, BatchResult, Found, Store, Survey
+from retentiond.rules import NO_HOLDS, Holds, earliest_instant, end_of_day, latest_instant
+from retentiond.stores.base import Batch, BatchFailed, BatchResult, Found, Store, Survey
 from retentiond.stores.folders import (
     CHANGED,
     HARD_LINKED,
@@ -116,6 +116,13 @@ class PlannedFile:
 
 
 @dataclass(frozen=True, slots=True)
+class _Sweep:
+    """The payload of a run's last batch: clear dangling references the holds leave free."""
+
+    holds: Holds
+
+
+@dataclass(frozen=True, slots=True)
 class _Found:
     """A matching regular file met on a walk."""
 
@@ -163,7 +170,6 @@ class FilesStore(Store):
             if config.named_by is not None and named_by_connection is not None
             else None
         )
-        self._sweep_due = False  # set when a run starts planning, done with its first batch
 
     # -- Store interface -------------------------------------------------------------------------
 
@@ -255,8 +261,6 @@ class FilesStore(Store):
         )
 
     def batches(self, cutoff: datetime, holds: Holds = NO_HOLDS) -> Iterator[Batch]:
-        # Planning changes nothing: the sweep of dangling references waits for the first apply.
-        self._sweep_due = self._reference_column is not None
         # The survey reports what a walk skips; a batch plan only carries what it will delete.
         skipped: Counter[str] = Counter()
         expired = (
@@ -264,9 +268,24 @@ class FilesStore(Store):
             for recording, ages in self._dated(skipped)
             if max(ages) < cutoff and not self._covering(recording, ages, holds)
         )
-        return self._batched(self._owned(expired, skipped))
+        return self._then_sweep(self._batched(self._owned(expired, skipped)), holds)
+
+    def sweeps(self) -> bool:
+        return self._reference_column is not None
+
+    def _then_sweep(self, batches: Iterator[Batch], holds: Holds) -> Iterator[Batch]:
+        """The file batches, then (with `references`) one that sweeps dangling references: every
+        run has it, also one with no expired file, so a failed update is cleared up next time."""
+        number = 0
+        for batch in batches:
+            number = batch.number
+            yield batch
+        if self._reference_column is not None:
+            yield Batch(number=number + 1, planned=0, payload=_Sweep(holds))
 
     def apply(self, batch: Batch, cutoff: datetime) -> BatchResult:
+        if isinstance(batch.payload, _Sweep):
+            return self._apply_sweep(batch.payload.holds, cutoff)
         root_fd = self._require_open()
         skipped: Counter[str] = Counter()
         deleted: list[PlannedFile] = []
@@ -292,18 +311,30 @@ class FilesStore(Store):
                 count=hard_linked,
             )
             counts[HARD_LINKED] = hard_linked
-        if self._reference_column is not None:
-            cleared = self.clear_references([planned.name for planned in deleted], cutoff)
-            log.info("references cleared", store=self.label, count=cleared)
-            counts[REFERENCES_CLEARED] = cleared
         deleted_days = [self._day(planned.age) for planned in deleted if planned.age is not None]
-        return BatchResult(
+        result = BatchResult(
             deleted=len(deleted),
             span=(min(deleted_days), max(deleted_days)) if deleted_days else None,
             bytes=deleted_bytes,
             skipped=dict(sorted(skipped.items())),
             counts=counts,
         )
+        if self._reference_column is None:
+            return result
+        cleared = self.clear_references([planned.name for planned in deleted], result)
+        log.info("references cleared", store=self.label, count=cleared)
+        return replace(result, counts={**counts, REFERENCES_CLEARED: cleared})
+
+    def privileges(self) -> tuple[list[str], list[str]]:
+        """What the columns need: SELECT, and UPDATE on the column `references` clears."""
+        missing: list[str] = []
+        warnings: list[str] = []
+        for column in (self._reference_column, self._named_by):
+            if column is not None:
+                lacking, unreadable = column.missing_privileges()
+                missing += lacking
+                warnings += unreadable
+        return missing, warnings
 
     # -- data subjects ---------------------------------------------------------------------------
 
@@ -317,7 +348,6 @@ class FilesStore(Store):
     def subject_batches(self, subject: Subject, holds: Holds = NO_HOLDS) -> Iterator[Batch]:
         self._require_subject_in_name()
         # An erasure is no regular run: dangling references wait for the next one's sweep.
-        self._sweep_due = False
         skipped: Counter[str] = Counter()
         unheld = (
             (recording, ages)
@@ -650,43 +680,58 @@ class FilesStore(Store):
 
     # -- references ------------------------------------------------------------------------------
 
-    def clear_references(self, deleted: Sequence[bytes], cutoff: datetime) -> int:
-        """Clear the references to a batch's deleted files and, once per run, dangling ones.
+    def clear_references(self, deleted: Sequence[bytes], result: BatchResult) -> int:
+        """Clear the references to a batch's deleted files; how many were cleared.
 
-        Returns how many references were cleared. The files are gone already when this fails:
-        the StoreError says so, and the next run's sweep clears what is left.
+        The files are gone already when this fails: BatchFailed carries `result`, so they are
+        counted as deleted, and the next run's sweep clears what is left.
         """
         column = self._require_reference_column()
         # Names that are not UTF-8 cannot be in the database; a reference names a base name.
         names = sorted({text for name in deleted if (text := _as_text(name)) is not None})
-        cleared = 0
         try:
-            cleared += column.clear(names)
-            if self._sweep_due:
-                for count in self._sweep_references(cutoff):
-                    cleared += count
-                self._sweep_due = False
+            return column.clear(names)
         except StoreError as error:
             files = f"{len(deleted)} file{'' if len(deleted) == 1 else 's'}"
-            raise StoreError(
-                f"{self.label}: this batch deleted {files}, but references to deleted files in "
-                f"{column.where} could not be cleared ({error}); {cleared} were cleared before "
-                "the failure, the others will be cleared on the next run"
+            raise BatchFailed(
+                f"{self.label}: this batch deleted {files}, but references to them in "
+                f"{column.where} could not be cleared ({error}); the next run clears them",
+                replace(result, counts={**result.counts, REFERENCES_CLEARED: 0}),
+                getattr(error, "code", None),
             ) from None
-        return cleared
 
-    def _sweep_references(self, cutoff: datetime) -> Iterator[int]:
+    def _apply_sweep(self, holds: Holds, cutoff: datetime) -> BatchResult:
+        """The run's sweep of dangling references: no file is deleted, rows are cleared."""
+        column = self._require_reference_column()
+        cleared = 0
+        try:
+            for count in self._sweep_references(cutoff, holds):
+                cleared += count
+        except StoreError as error:
+            raise BatchFailed(
+                f"{self.label}: references to files that are gone in {column.where} could not "
+                f"be cleared ({error}); {cleared} were cleared before the failure, the next run "
+                "clears the others",
+                BatchResult(deleted=0, counts={REFERENCES_CLEARED: cleared}),
+                getattr(error, "code", None),
+            ) from None
+        log.info("dangling references cleared", store=self.label, count=cleared)
+        return BatchResult(deleted=0, counts={REFERENCES_CLEARED: cleared})
+
+    def _sweep_references(self, cutoff: datetime, holds: Holds) -> Iterator[int]:
         """Clear references to files that are gone and whose name dates them before the cutoff.
 
         These are left by a run that could not clear them, or by files removed by hand. A young
-        reference is never cleared (its file may still be being recorded), nor one whose file,
-        or a sibling of it with another extension, exists or cannot be looked for.
+        reference is never cleared (its file may still be being recorded), nor a held one, nor
+        one whose file, or a sibling of it with another extension, exists or cannot be looked for.
         """
         column = self._require_reference_column()
         with FolderChain(self._require_open(), self._root.device) as chain:
             for values in column.values():
                 stems: dict[tuple[bytes, ...], set[bytes] | None] = {}
-                gone = [value for value in values if self._is_gone(chain, value, cutoff, stems)]
+                gone = [
+                    value for value in values if self._is_gone(chain, value, cutoff, holds, stems)
+                ]
                 if gone:
                     yield column.clear(gone)
 
@@ -695,6 +740,7 @@ class FilesStore(Store):
         chain: FolderChain,
         value: str,
         cutoff: datetime,
+        holds: Holds,
         stems: dict[tuple[bytes, ...], set[bytes] | None],
     ) -> bool:
         name = value.encode("utf-8", "surrogateescape")
@@ -708,11 +754,26 @@ class FilesStore(Store):
         )
         if young is None or not young < cutoff:
             return False  # no date, or as young as the cutoff: perhaps still being recorded
+        if self._held_reference(name, days, holds):
+            return False
         # Where FreePBX looks (YYYY/MM/DD of the name's date), and the root itself.
         folders = [(), *((b"%04d" % d.year, b"%02d" % d.month, b"%02d" % d.day) for d in days)]
         if not any(self._matches((*folder, name)) for folder in folders):
             return False  # a file `match` does not select is not this store's to account for
         return all(_absent(chain, folder, name, stems) for folder in folders)
+
+    def _held_reference(self, name: bytes, days: Sequence[date], holds: Holds) -> bool:
+        """Whether a hold may cover the call a reference belongs to: its window meets any day
+        the name dates it to, and (with subject_in_name) the name names the hold's person."""
+        first = earliest_instant(datetime.combine(days[0], time()), self.zone)
+        last = end_of_day(days[-1], self.zone)
+        names = self._names(name)
+        return any(
+            (scope.start is None or scope.start <= last)
+            and (scope.end is None or first < scope.end)
+            and (scope.subject is None or names is None or names(scope.subject))
+            for scope in holds.scopes
+        )
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -923,6 +984,26 @@ class _NamingColumnBase:
     def _server(self) -> str:
         return self._database.server or _backend(self._database.settings.url)
 
+    def _needed(self) -> set[str]:
+        return {"SELECT"}
+
+    def missing_privileges(self) -> tuple[list[str], list[str]]:
+        """For `check`: what the user lacks on the column's table, with the GRANT that fixes it;
+        and, as a warning, privileges that could not be read (as an SQL store reports them)."""
+        from retentiond.privileges import PrivilegeError, grant_statement, missing_privileges
+
+        table = self.config.table
+        try:
+            missing = missing_privileges(self._database, None, table, self._needed())
+            grant = grant_statement(self._database, table, missing) if missing else None
+        except PrivilegeError as error:
+            return [], [f"{self.key}: privileges on {table} could not be read: {error}"]
+        if not missing:
+            return [], []
+        names = ", ".join(sorted(missing))
+        fix = f"; run: {grant}" if grant else ""
+        return [f"{self.key}: missing privilege {names} on {table}{fix}"], []
+
     def _index_warning(self, reads: str) -> list[str]:
         if not self._opened or self._index is not None:
             return []
@@ -963,13 +1044,20 @@ class _NamingColumnBase:
             )
         return column["name"]
 
-    def _retrying(self, action: str, work: Callable[[Connection], T], *, write: bool = False) -> T:
+    def _retrying(
+        self,
+        action: str,
+        work: Callable[[Connection], T],
+        *,
+        write: bool = False,
+        failure: Callable[[DBAPIError], str] | None = None,
+    ) -> T:
         """`sql.Database.retrying`, with messages that fit files already deleted."""
         return self._database.retrying(
             action,
             work,
             write=write,
-            failure=lambda exc: f"{action} failed: {_without_values(exc)}",
+            failure=failure or (lambda exc: f"{action} failed: {_without_values(exc)}"),
             gave_up=lambda reason, attempts: _GAVE_UP[reason].format(attempts=attempts),
             event=f"{self.key} retrying",
             context={self.key: self.where},
@@ -986,12 +1074,16 @@ class ReferenceColumn(_NamingColumnBase):
     table_hint = "Set references.table to the table naming the recordings"
     column_hint = "Set references.column to the column holding the recording file names"
 
+    def _needed(self) -> set[str]:
+        return {"SELECT", f"UPDATE({self._column_name})"}
+
     def describe(self) -> list[str]:
         return [
             f"references: {self.where} ({self._server()}): rows naming a deleted file by its base "
             "name are set to '' after each batch; the rows themselves stay",
-            "references: once per run, references whose file is gone under every extension and "
-            "whose name dates them before the cutoff are cleared too (left by a failed update)",
+            "references: every run ends with a sweep: references whose file is gone under every "
+            "extension, whose name dates them before the cutoff and that no hold covers are "
+            "cleared too (left by a failed update or a file removed by hand)",
             *self._index_warning("every batch's update and the sweep read"),
         ]
 
@@ -1015,7 +1107,18 @@ class ReferenceColumn(_NamingColumnBase):
                 cleared += connection.execute(statement, {"names": chunk}).rowcount
             return cleared
 
-        return self._retrying("clearing references", update, write=True)
+        return self._retrying("clearing references", update, write=True, failure=self._refused)
+
+    def _refused(self, exc: DBAPIError) -> str:
+        """Why the update failed, in fixed words and the error code: never the server's text."""
+        code = error_code(exc)
+        if code in _NO_PRIVILEGE_CODES:
+            return (
+                f"clearing references failed (error {code}): the database user may not update "
+                f"{self.config.table}.{self._column_name}; grant it UPDATE on that column "
+                "(retentiond check prints the GRANT statement)"
+            )
+        return f"clearing references failed (error {code or 'without a code'})"
 
     def values(self) -> Iterator[list[str]]:
         """The distinct non-empty references, in chunks along the column's order."""
@@ -1085,6 +1188,10 @@ class NamedByColumn(_NamingColumnBase):
             return found
 
         return self._retrying("reading the rows that name files", read)
+
+
+# The server refused a statement for want of a privilege (MariaDB/MySQL, PostgreSQL).
+_NO_PRIVILEGE_CODES = {"1142", "1143", "42501"}
 
 
 def _read_values(statement: TextClause, last: Any, size: int, connection: Connection) -> list[Any]:

@@ -106,7 +106,7 @@ from retentiond.config.pbxfiles import PbxSettingsError, password_from
 from retentiond.credentials import CredentialError, read_secret
 from retentiond.errors import StoreAbsent, StoreError
 from retentiond.rules import NO_HOLDS, Holds, HoldScope
-from retentiond.stores.base import Batch, BatchResult, Found, Store, Survey
+from retentiond.stores.base import Batch, BatchFailed, BatchResult, Found, Store, Survey
 from retentiond.stores.folders import (
     CHANGED,
     NOT_REGULAR_FILE,
@@ -337,6 +337,14 @@ class _ToNull(Transform):
         return "blanked (NULL)"
 
 
+class RolledBack(StoreError):
+    """A write the database rolled back: none of it was committed. `code`: its error code."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class Database:
     """One connection of the config as a store uses it: engine, timeouts, retries.
 
@@ -508,6 +516,7 @@ class Database:
         retries = self.settings.retries
         attempt = 0
         unsettled: list[T] = []  # the result of the attempt whose commit got no reply
+        commit_unanswered = False  # an attempt's commit got no reply: it may have gone through
         while True:
             done: list[T] = []  # this attempt's result, once its work is done: committing
             try:
@@ -522,16 +531,20 @@ class Database:
                 return done[0]
             except DBAPIError as exc:
                 reason = _transient_reason(exc)
+                lost_commit = bool(done) and reason == "connection lost"
+                commit_unanswered = commit_unanswered or lost_commit
+                # A write that failed with the server's answer was rolled back; one whose commit
+                # got no reply (now or in an earlier attempt) may have been committed.
+                rolled_back = write and not commit_unanswered
                 if reason is None:
                     # `from None`: the chained SQLAlchemy error would print the bound parameters.
                     message = failure(exc) if failure else self.failure_message(action, exc)
-                    raise StoreError(message) from None
-                lost_commit = bool(done) and reason == "connection lost"
+                    raise _failed(message, exc, rolled_back) from None
                 if lost_commit and settle is not None:
                     unsettled[:] = done
                 if attempt >= retries:
                     attempts = attempt + 1
-                    raise StoreError(
+                    raise _failed(
                         gave_up(reason, attempts)
                         if gave_up
                         else f"{self.label}: {_GAVE_UP[reason].format(attempts=attempts)}; the "
@@ -541,7 +554,9 @@ class Database:
                             "reconciles it)"
                             if unsettled or lost_commit
                             else "nothing beyond the committed batches was deleted"
-                        )
+                        ),
+                        exc,
+                        rolled_back,
                     ) from None
                 attempt = _wait_to_retry(
                     event,
@@ -557,17 +572,19 @@ class Database:
                 )
 
     def failure_message(self, action: str, exc: DBAPIError) -> str:
-        message = f"{self.label}: {action} failed: {driver_message(exc)}"
         code = error_code(exc)
+        if code in _FOREIGN_KEY_CODES:
+            # The code and fixed words: the server's sentence names the rows' tables and keys.
+            return (
+                f"{self.label}: {action} failed (error {code}) and was rolled back: rows "
+                "of another table still refer to the rows being deleted; purge that table first "
+                "(a store listed before this one in the rule, or a rule that runs before it)"
+            )
+        message = f"{self.label}: {action} failed: {driver_message(exc)}"
         if code in _STATEMENT_TIMEOUT_CODES:
             message += (
                 "; the statement ran longer than statement_timeout "
                 f"({self.settings.statement_timeout:g} s): lower batch_size or raise it"
-            )
-        elif code in _FOREIGN_KEY_CODES:
-            message += (
-                "; rows of another table still refer to the rows being deleted: purge that table "
-                "first (a store listed before this one in the rule)"
             )
         return message
 
@@ -1815,7 +1832,13 @@ class SqlStore(Store):
             again.unconfirmed += lost.deleted.count
             return _settled(self.label, batch.number, "unknown", again)
 
-        outcome = self._db.retrying("deleting a batch", attempt, write=True, settle=settle)
+        try:
+            outcome = self._db.retrying("deleting a batch", attempt, write=True, settle=settle)
+        except RolledBack as error:
+            if self._table_engine in TABLE_LOCKING_ENGINES:
+                # MyISAM and Aria keep what a statement deleted before it failed: not known
+                raise StoreError(str(error)) from None
+            raise BatchFailed(str(error), BatchResult(deleted=0), error.code) from None
         deleted = outcome.deleted
         if deleted.times is not None:
             span = self._day_span(deleted.times)
@@ -2616,6 +2639,10 @@ def error_code(exc: DBAPIError) -> str | None:
     if isinstance(name, str):
         return name
     return None
+
+
+def _failed(message: str, exc: DBAPIError, rolled_back: bool) -> StoreError:
+    return RolledBack(message, error_code(exc)) if rolled_back else StoreError(message)
 
 
 def _transient_reason(exc: DBAPIError) -> str | None:

@@ -55,12 +55,13 @@ from retentiond.anonymize import (
 from retentiond.config.model import ConnectionConfig, ThreeCxCallsStoreConfig
 from retentiond.errors import StoreAbsent, StoreError
 from retentiond.rules import NO_HOLDS, Holds, HoldScope
-from retentiond.stores.base import Batch, BatchResult, Found, Store, Survey
+from retentiond.stores.base import Batch, BatchFailed, BatchResult, Found, Store, Survey
 from retentiond.stores.sql import (
     DATETIME_FLOOR,
     KIND_WORDS,
     UNCONFIRMED_DELETED_MAX,
     Database,
+    RolledBack,
     TimeKind,
     driver_message,
     stored_instant,
@@ -937,7 +938,10 @@ class ThreeCxCallsStore(Store):
             again.unconfirmed += len(lost.keys)
             return self._settled(number, "unknown", again)
 
-        deleted = self._db.retrying("deleting a batch", attempt, write=True, settle=settle)
+        try:
+            deleted = self._db.retrying("deleting a batch", attempt, write=True, settle=settle)
+        except RolledBack as error:
+            raise BatchFailed(str(error), BatchResult(deleted=0), error.code) from None
         log.debug(
             "3cx store deleted a batch",
             store=self.label,
