@@ -241,13 +241,17 @@ def plan(ctx: Context, rule_name: str | None, as_json: bool) -> None:
     plans: list[RulePlan] = []
     history = read_history(loaded.config.audit.path)
     for rule in _rules(loaded, rule_name):
-        with engine.open_stores(rule) as stores:
-            plans += engine.plans(rule, stores, history)
+        # One store that cannot be opened or surveyed is marked FAILED; the rest are planned.
+        with engine.open_stores(rule, isolate=True) as stores:
+            plans += engine.plans(rule, stores, history, isolate=True)
     if as_json:
         click.echo(json.dumps([plan_json(p) for p in plans], indent=2))
     else:
         for rule_plan in plans:
             print_plan(rule_plan, loaded.config.zone())
+    failed = {s.label for p in plans for s in p.stores if s.failed}
+    if failed:
+        _fail(f"{len(failed)} store(s) could not be planned; see above", 1)
 
 
 def plan_json(rule_plan: RulePlan) -> dict[str, Any]:
@@ -275,6 +279,7 @@ def plan_json(rule_plan: RulePlan) -> dict[str, Any]:
                 "batch_time": s.batch_time,
                 "skipped": dict(s.survey.skipped),
                 "absent": s.absent,
+                "failed": s.failed,
             }
             for s in rule_plan.stores
         ],
@@ -295,20 +300,25 @@ def print_plan(rule_plan: RulePlan, zone: tzinfo) -> None:
     for s in rule_plan.stores:
         survey = s.survey
         if s.absent:
-            click.echo(f"  {s.kind} {s.label}: not present (optional): {s.absent}")
+            click.echo(f"  {s.kind} {s.label}: not found (optional): {s.absent}")
+            continue
+        if s.failed:
+            click.echo(f"  {s.kind} {s.label}: FAILED: {s.failed}")
             continue
         oldest = _local(survey.oldest, zone) if survey.oldest else "-"
         would = 0 if rule_plan.refusal else survey.expired
-        size = f" ({_bytes(survey.expired_bytes)})" if survey.expired_bytes else ""
+        size = f" ({_bytes(survey.expired_bytes)})" if survey.expired_bytes and would else ""
         since = f" (since {_local(s.since, zone)})" if s.since else ""
         batches = (
-            f"in batches of about {s.batch_time:g} s each"
+            ""
+            if not would
+            else f" in batches of about {s.batch_time:g} s each"
             if s.batch_time is not None
-            else f"in {s.batches} batches"
+            else f" in {s.batches} batches"
         )
         click.echo(
             f"  {s.kind} {s.label}: {survey.total} {survey.unit}, expired {survey.expired}, "
-            f"held {survey.held}, oldest {oldest}, would {rule_plan.stage} {would}{size}{since} "
+            f"held {survey.held}, oldest {oldest}, would {rule_plan.stage} {would}{size}{since}"
             f"{batches}"
         )
         if survey.skipped:
@@ -465,6 +475,9 @@ def print_outcome(outcome: RunOutcome, zone: tzinfo) -> None:
     cutoff = _local(outcome.cutoff, zone) if outcome.cutoff else "-"
     click.echo(f"rule {outcome.rule}: {outcome.status}, cutoff {cutoff}, {outcome.seconds:.1f} s")
     for s in outcome.stores:
+        if s.absent:
+            click.echo(f"  {s.label}: not found (optional)")
+            continue
         size = f" ({_bytes(s.bytes)})" if s.bytes else ""
         held = f", {s.held} held" if s.held else ""
         if s.stage == "anonymize":
@@ -472,15 +485,14 @@ def print_outcome(outcome: RunOutcome, zone: tzinfo) -> None:
                 f"  {s.label}: anonymized {s.anonymized} {s.unit} in {s.batches} batches{held}"
             )
         else:
-            remaining = (
-                "verified: none expired remain"
-                if s.remaining == 0
-                else f"{s.remaining} remain"
-                if s.remaining is not None
-                else "FAILED, not verified"
-                if s.failed
-                else "not verified"
-            )
+            if s.failed:
+                remaining = f"FAILED: {s.failed}"
+            elif s.remaining is None:
+                remaining = "not verified (the run stopped first)"
+            elif s.remaining == 0:
+                remaining = "verified: none expired remain"
+            else:
+                remaining = f"{s.remaining} remain"
             click.echo(
                 f"  {s.label}: deleted {s.deleted} {s.unit}{size} in {s.batches} batches, "
                 f"{remaining}{held}"

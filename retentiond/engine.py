@@ -109,6 +109,8 @@ class StorePlan:
     def batches(self) -> int | None:
         """How many batches deleting the expired objects takes, at least; None when their size
         adapts to their duration (batch_time)."""
+        if self.survey.batches is not None:
+            return self.survey.batches
         if self.batch_time is not None:
             return None
         return -(-self.survey.expired // self.batch_size)

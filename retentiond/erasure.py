@@ -106,7 +106,7 @@ def search(
 def _unsearchable(store: Store) -> str:
     reason = getattr(store, "reason", None)
     if reason:
-        return f"not present (optional): {reason}"
+        return f"not found (optional): {reason}"
     return "cannot tell whose its objects are (no subject fields configured)"
 
 

@@ -617,7 +617,7 @@ def _store_lines(s: StoreStatus, zone: tzinfo) -> list[str]:
     if s.error is not None:
         return [f"  {s.kind} {s.label}: FAILED: {s.error}"]
     if s.absent is not None:
-        return [f"  {s.kind} {s.label}: not present (optional): {s.absent}"]
+        return [f"  {s.kind} {s.label}: not found (optional): {s.absent}"]
     lines = [
         f"  {s.kind} {s.label}: {s.total} {s.unit}, expired {s.expired}, overdue {s.overdue}, "
         f"left behind {s.left_behind}, held {s.held}, oldest {_local(s.oldest, zone)}"

@@ -43,6 +43,9 @@ class Survey:
     expired: int
     oldest: datetime | None  # the oldest object's time (aware), expired or not
     expired_bytes: int | None = None  # files only
+    # How many batches deleting `expired` takes, where the store knows better than
+    # expired / batch_size (csv: one per file); None: that quotient.
+    batches: int | None = None
     # Objects left out and why, e.g. {"undated": 3, "symlink": 1}; reported, never deleted.
     skipped: Mapping[str, int] = field(default_factory=dict)
     # Objects older than the cutoff that a hold keeps (not counted in `expired`), and per hold

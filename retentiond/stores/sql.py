@@ -843,6 +843,35 @@ class SqlStore(Store):
     # -- opening ---------------------------------------------------------------------------------
 
     def open(self) -> None:
+        """Connect and read the table's definition. A database file Asterisk keeps locked for
+        longer than lock_timeout (or a lock wait, deadlock or lost connection on a server) is
+        tried again with the backoff of every other lock wait, `Database.retrying`'s."""
+        retries = self._db.settings.retries
+        attempt = 0
+        while True:
+            try:
+                self._open()
+                return
+            except DBAPIError as exc:
+                reason = _transient_reason(exc)
+                if reason is None:
+                    raise  # a bug: _open words every other driver error as a StoreError
+                if attempt >= retries:
+                    raise StoreError(
+                        f"{self.label}: cannot read the table definition: "
+                        + _GAVE_UP[reason].format(attempts=attempt + 1)
+                    ) from None
+                attempt = _wait_to_retry(
+                    "sql store retrying",
+                    {"store": self.label},
+                    action="reading the table definition",
+                    attempt=attempt,
+                    of=retries,
+                    reason=reason,
+                    exc=exc,
+                )
+
+    def _open(self) -> None:
         self.close()
         connection = self._db.open()
         try:
@@ -863,6 +892,8 @@ class SqlStore(Store):
                     self._prepare_files(connection, table)
         except DBAPIError as exc:
             self.close()
+            if _transient_reason(exc) is not None:
+                raise  # open() waits and tries again
             raise StoreError(
                 f"{self.label}: cannot read the table definition: {driver_message(exc)}"
             ) from None
@@ -2438,9 +2469,18 @@ def _explain_mysql(
     connection: Connection, statement: str, params: dict[str, Any]
 ) -> tuple[list[str], bool]:
     rows = connection.execute(text(f"EXPLAIN {statement}"), params).mappings().all()
+    # NULL columns (no key, no table for an impossible WHERE) are left out, not shown as None.
     lines = [
-        f"{row['table']}: access {row['type']}, key {row['key']}, rows {row['rows']}"
-        + (f", {row['Extra']}" if row["Extra"] else "")
+        ", ".join(
+            part
+            for part in (
+                f"{row['table'] or '-'}: access {row['type'] or '-'}",
+                f"key {row['key']}" if row["key"] else "no key",
+                f"rows {row['rows']}" if row["rows"] is not None else "",
+                str(row["Extra"] or ""),
+            )
+            if part
+        )
         for row in rows
     ]
     # ALL reads every row, index every entry of an index: both are a full scan per batch.
@@ -2453,10 +2493,25 @@ def _explain_postgresql(
     # As the planner would for a big table: a small one is read whole, which says nothing.
     connection.execute(text("SET LOCAL enable_seqscan = off"))
     plan = connection.execute(text(f"EXPLAIN {statement}"), params)
-    lines = [str(row[0]) for row in plan]
+    lines = _without_jit([str(row[0]) for row in plan])
     full_scan = any("Seq Scan" in line for line in lines)
     lines.append("(planned with enable_seqscan off, as for a large table)")
     return lines, full_scan
+
+
+def _without_jit(lines: list[str]) -> list[str]:
+    """The plan without its JIT block: the disabled seq scan's huge cost makes PostgreSQL plan
+    to compile it, which says nothing about a batch on a large table."""
+    kept: list[str] = []
+    block: int | None = None  # the JIT: line's indentation while inside its block
+    for line in lines:
+        indent = len(line) - len(line.lstrip())
+        if block is not None and indent > block:
+            continue
+        block = indent if line.strip() == "JIT:" else None
+        if block is None:
+            kept.append(line)
+    return kept
 
 
 def _explain_sqlite(
