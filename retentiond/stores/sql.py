@@ -44,7 +44,8 @@ Holds are part of every statement's predicate: a held row is never read into a b
 delete (or update) of a batch re-checks the predicate its batch was planned with, carried in the
 payload. A hold's window is widened, never narrowed, where a wall-clock column is ambiguous.
 With `subject_columns`, a hold by number covers only rows naming the person there (`IN` the
-subject's stored forms, NULL never matching); `find` and `subject_batches` search those columns.
+subject's stored forms, or a caller id with one of them between `<` and `>` as in `clid`, NULL
+never matching); `find` and `subject_batches` search those columns.
 With `subject_in_file_name`, a row also names the person whose stored form is a part of its file's
 name (3CX `<ext>/[Name]_<ext>-<number>_<time>(<n>).wav`), as a files store's `subject_in_name`
 matches: the name without folders and extension, split at `-`, `_` and blanks. The database
@@ -1620,9 +1621,7 @@ class SqlStore(Store):
         `name` prefixes the parameters."""
         parts: list[Predicate] = []
         if self._subject_sql:
-            parts.append(
-                Predicate(self._names_sql(name), {name: sorted(subject.values)}, frozenset({name}))
-            )
+            parts.append(self._column_naming(subject, name))
         if self._file_parts is not None:
             parts.append(self._file_naming(subject, name, *self._file_parts))
         return Predicate.any_of(parts)
@@ -1654,19 +1653,33 @@ class SqlStore(Store):
             return f"strpos({haystack}, CAST(:{param} AS TEXT)) > 0"
         return f"instr({haystack}, :{param}) > 0"
 
-    def _names_sql(self, values: str) -> str:
+    def _column_naming(self, subject: Subject, name: str) -> Predicate:
         """A subject column holds one of the forms, as written or with blanks and `-./()` taken
-        out (`030 123456`, `+49 (30) 123-456`), as subjects.Subject.matches compares them."""
-        # IS NOT NULL: a NULL would make the whole condition NULL, and NOT (NULL) keeps a row
-        # that names nobody.
-        return (
-            "("
-            + " OR ".join(
-                f"({c} IS NOT NULL AND ({c} IN :{values} OR {_stripped(c)} IN :{values}))"
-                for c in self._subject_sql
-            )
-            + ")"
-        )
+        out (`030 123456`, `+49 (30) 123-456`), or is a caller id with one of them between `<`
+        and `>` (`"Alice" <+4930123456>`, as Asterisk writes `clid`), as subjects.Subject's
+        matches and matches_callerid compare them."""
+        params: dict[str, Any] = {name: sorted(subject.values)}
+        # `<form>` found byte for byte: `<+4930123456>` is no part of `<+49301234567>`, and the
+        # form is a parameter with no pattern characters to escape.
+        inside: list[tuple[str, bool]] = []
+        for kind, values, stripped in (
+            ("number", subject.numbers, True),
+            ("extension", subject.extensions, False),
+        ):
+            for index, value in enumerate(sorted(values)):
+                param = f"{name}_callerid_{kind}{index}"
+                params[param] = f"<{value}>"
+                inside.append((param, stripped))
+        tests = []
+        for c in self._subject_sql:
+            options = [f"{c} IN :{name}", f"{_stripped(c)} IN :{name}"]
+            options += [
+                self._contains(_stripped(c) if stripped else c, param) for param, stripped in inside
+            ]
+            # IS NOT NULL: a NULL would make the whole condition NULL, and NOT (NULL) keeps a
+            # row that names nobody.
+            tests.append(f"({c} IS NOT NULL AND ({' OR '.join(options)}))")
+        return Predicate(f"({' OR '.join(tests)})", params, frozenset({name}))
 
     # -- holds -----------------------------------------------------------------------------------
 
