@@ -32,10 +32,10 @@ OFF = "off"  # `keep: {voicemail: off}` leaves a preset rule out, visibly
 NEVER = "never"  # `anonymize: {call-records: never}`: keep the anonymized records
 TRANSFORMS = "_anonymize"  # a template store's transforms, used only when the rule anonymizes
 
-# FreePBX/Asterisk `cdr`: the columns that name a party, and how each personal field is
-# anonymized. uniqueid/linkedid encode the call's time to the second, channels and lastdata the
-# numbers dialled, recordingfile both: blanked, not truncated.
-CDR_SUBJECTS = ["src", "dst", "cnum", "did", "outbound_cnum"]
+# FreePBX/Asterisk `cdr`: the columns that name a party (clid as a caller id, `"Name" <number>`),
+# and how each personal field is anonymized. uniqueid/linkedid encode the call's time to the
+# second, channels and lastdata the numbers dialled, recordingfile both: blanked, not truncated.
+CDR_SUBJECTS = ["src", "dst", "cnum", "did", "outbound_cnum", "clid"]
 CDR_ANONYMIZE: dict[str, Any] = {
     "src": "truncate_digits",
     "dst": "truncate_digits",
@@ -55,7 +55,7 @@ CDR_ANONYMIZE: dict[str, Any] = {
     "userfield": "blank",
 }
 # Columns of the plain Asterisk cdr table that every backend writes
-ASTERISK_CDR_SUBJECTS = ["src", "dst"]
+ASTERISK_CDR_SUBJECTS = ["src", "dst", "clid"]
 ASTERISK_CDR_ANONYMIZE: dict[str, Any] = {
     "src": "truncate_digits",
     "dst": "truncate_digits",
