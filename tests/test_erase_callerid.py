@@ -69,16 +69,17 @@ rules:
 
 @pytest.fixture
 def asterisk(tmp_path: Path) -> Path:
-    """master.db, Master.csv and a voicemail spool with the CALLS of January 2024; the
-    config file's path."""
-    started = [datetime(2024, 1, 8, 9) + timedelta(days=i) for i in range(len(CALLS))]
+    """master.db, Master.csv and a voicemail spool with the CALLS, one a day from 200 days ago
+    (expired under both rules: the CLI runs on the real clock); the config file's path."""
+    first = datetime.now(BERLIN).replace(tzinfo=None, microsecond=0) - timedelta(days=200)
+    started = [first + timedelta(days=i) for i in range(len(CALLS))]
     with sqlite3.connect(tmp_path / "master.db") as db:
         db.execute(SQLITE_CUSTOM_CDR)
         db.executemany(
             "INSERT INTO cdr (calldate, clid, dcontext, channel, lastapp, disposition, uniqueid) "
             "VALUES (?, ?, 'from-trunk', 'PJSIP/trunk-0000001f', 'Dial', 'ANSWERED', ?)",
             [
-                (when.strftime("%Y-%m-%d %H:%M:%S"), clid, f"1704700000.{i}")
+                (when.strftime("%Y-%m-%d %H:%M:%S"), clid, f"{int(when.timestamp())}.{i}")
                 for i, (when, (clid, _)) in enumerate(zip(started, CALLS, strict=True))
             ],
         )
@@ -86,7 +87,7 @@ def asterisk(tmp_path: Path) -> Path:
     (tmp_path / "cdr-csv").mkdir()
     (tmp_path / "cdr-csv" / "Master.csv").write_bytes(
         b"".join(
-            cdr_line(when, "2001", "1001", clid, uniqueid=f"1704700000.{i}")
+            cdr_line(when, "2001", "1001", clid, uniqueid=f"{int(when.timestamp())}.{i}")
             for i, (when, (clid, _)) in enumerate(zip(started, CALLS, strict=True))
         )
     )
