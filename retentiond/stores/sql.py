@@ -1662,6 +1662,7 @@ class SqlStore(Store):
         # `<form>` found byte for byte: `<+4930123456>` is no part of `<+49301234567>`, and the
         # form is a parameter with no pattern characters to escape.
         inside: list[tuple[str, bool]] = []
+        params[f"{name}_bracket"] = "<"
         for kind, values, stripped in (
             ("number", subject.numbers, True),
             ("extension", subject.extensions, False),
@@ -1673,9 +1674,15 @@ class SqlStore(Store):
         tests = []
         for c in self._subject_sql:
             options = [f"{c} IN :{name}", f"{_stripped(c)} IN :{name}"]
-            options += [
-                self._contains(_stripped(c) if stripped else c, param) for param, stripped in inside
-            ]
+            if inside:
+                within = " OR ".join(
+                    self._contains(_stripped(c) if stripped else c, param)
+                    for param, stripped in inside
+                )
+                # Only a value with a `<` is searched for them: a number column pays one test
+                # per row, not one per form (CASE: evaluated in this order on every server).
+                bracket = self._contains(c, f"{name}_bracket")
+                options.append(f"(CASE WHEN {bracket} THEN ({within}) ELSE 1 = 0 END)")
             # IS NOT NULL: a NULL would make the whole condition NULL, and NOT (NULL) keeps a
             # row that names nobody.
             tests.append(f"({c} IS NOT NULL AND ({' OR '.join(options)}))")
