@@ -68,6 +68,7 @@ class StoreMatches:
 
 
 # Why a request ended as it did, recorded with its counts: the DPO's proof it was answered.
+NOT_SEARCHED = "not searched"  # no store could be searched (absent, or no subject fields)
 NO_MATCH = "no match"  # no store searched holds anything of the subject
 ALL_HELD = "all held"  # everything found is under a hold, and kept
 ERASED = "erased"
@@ -75,9 +76,10 @@ FOUND = "found"
 
 
 def outcome(matches: list[StoreMatches], *, done: str) -> str:
-    """NO_MATCH, ALL_HELD, or `done` (ERASED or FOUND) when something was there to erase."""
+    """NOT_SEARCHED, NO_MATCH, ALL_HELD, or `done` (ERASED or FOUND) when something was there
+    to erase."""
     if not sum(m.found for m in matches):
-        return NO_MATCH
+        return NO_MATCH if any(not m.unsearchable for m in matches) else NOT_SEARCHED
     if not sum(m.erasable for m in matches if not m.unsearchable):
         return ALL_HELD
     return done

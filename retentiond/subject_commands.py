@@ -21,6 +21,7 @@ from retentiond.engine import Engine
 from retentiond.erasure import (
     ALL_HELD,
     NO_MATCH,
+    NOT_SEARCHED,
     StoreMatches,
     check_ticket,
     erase,
@@ -37,6 +38,7 @@ class SubjectUsageError(RetentiondError):
 
 
 WHY = {
+    NOT_SEARCHED: "no store could be searched",
     NO_MATCH: "no match in any store searched",
     ALL_HELD: "every match is held",
 }

@@ -247,3 +247,25 @@ def report_of(config: Path, at: str) -> Forms:
         generated_at=datetime.combine(last, datetime.min.time(), UTC) + timedelta(days=1),
     )
     return forms(report)
+
+
+def test_an_erase_where_no_store_could_be_searched_says_so(tmp_path: Path) -> None:
+    """Only an optional table that is not there: nothing was searched, and the log says that,
+    not "no match"."""
+    (tmp_path / "master.db").touch()
+    config = tmp_path / "retentiond.yaml"
+    config.write_text(
+        CONFIG.format(root=tmp_path).split("rules:")[0]
+        + "rules:\n  - name: call-records\n    keep: 3 months\n    stores:\n"
+        + "      - {type: sql, connection: masterdb, table: cdr, time_column: calldate,\n"
+        + "          subject_columns: [clid], optional: true}\n"
+    )
+
+    done = retentiond("-c", config, "erase", "--number", ALICE, "--ticket", "DSR-10")
+
+    assert done.returncode == 0, done.stderr
+    assert "NOT SEARCHED" in done.stdout
+    assert "nothing to erase (no store could be searched)" in done.stdout
+    finished = entries(config)[-1]
+    assert finished.fields["outcome"] == "not searched"
+    assert [s.get("unsearchable") for s in finished.fields["stores"]] == [True]

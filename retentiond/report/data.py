@@ -425,7 +425,7 @@ class Erasure:
     deleted: int
     held: int
     stores: list[SubjectStore]
-    outcome: str | None = None  # erased | no match | all held; None in older logs
+    outcome: str | None = None  # erased | no match | all held | not searched; None: older logs
 
 
 @dataclass(frozen=True)
@@ -438,7 +438,7 @@ class SubjectSearch:
     found: int
     held: int
     stores: list[SubjectStore]
-    outcome: str | None = None  # found | no match | all held
+    outcome: str | None = None  # found | no match | all held | not searched
 
 
 @dataclass(frozen=True)
