@@ -3,7 +3,8 @@
 `search` counts and, for `find`, lists what each store holds of the subject, any age. `erase`
 deletes every unheld match in audited batches: the log gets the ticket id and counts, never a
 number. Holds win over erasure: held objects are counted and reported, not deleted (Art. 17(3)(e)
-lets a controller keep data needed for legal claims).
+lets a controller keep data needed for legal claims). A request with nothing to erase (no match,
+every match held) is recorded all the same, with its `outcome`: the proof it was answered.
 """
 
 from __future__ import annotations

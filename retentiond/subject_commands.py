@@ -173,7 +173,7 @@ def _record_unerased(
         with _signed(log, signer):
             why = record_unerased(engine, log, ticket, matches)
         head = log.head
-    click.echo(f"nothing to erase ({WHY[why]}); recorded in the audit log for {ticket}")
+    click.echo(f"nothing to erase ({WHY.get(why, why)}); recorded in the audit log for {ticket}")
     click.echo(f"audit log {loaded.config.audit.path}: head #{head[0]} {head[1][:16]}")
 
 
