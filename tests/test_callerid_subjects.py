@@ -14,12 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 from pbxdata import PbxDatabase, cdr_rows
 from sqlalchemy import text
 
+from retentiond.config import parse_config
 from retentiond.config.model import ConnectionConfig, SqlStoreConfig
 from retentiond.rules import Holds, HoldScope
 from retentiond.stores.sql import SqlStore
@@ -181,3 +183,25 @@ def test_an_erasure_under_a_hold_takes_nothing_of_the_held_caller_ids(
     assert len(found) == 6 and all(item.held for item in found)
     assert planned == []
     assert left(database) == set(uniqueids)
+
+
+def test_the_presets_search_clid_in_every_cdr_table(tmp_path: Path) -> None:
+    """FreePBX (installer's freepbx.conf, as test_presets writes it) and plain Asterisk."""
+    conf = tmp_path / "freepbx.conf"
+    conf.write_text(
+        "<?php\n$amp_conf['AMPDBUSER'] = 'freepbxuser';\n$amp_conf['AMPDBPASS'] = 'secret';\n"
+        "$amp_conf['AMPDBHOST'] = 'localhost';\n$amp_conf['AMPDBNAME'] = 'asterisk';\n"
+        "$amp_conf['AMPDBENGINE'] = 'mysql';\n"
+    )
+    keep = "keep: {call-records: 3 months, voicemail: 60d, call-recordings: 30d}\n"
+    freepbx = parse_config(
+        "version: 1\npreset: freepbx\n"
+        f"preset_settings: {{freepbx_conf: {conf}, read_database: false}}\n{keep}"
+    )
+    asterisk = parse_config(f"version: 1\npreset: asterisk\n{keep}")
+
+    for config, tables in ((freepbx, {"cdr", "transient_cdr"}), (asterisk, {"cdr"})):
+        stores = [s for r in config.rules for s in r.stores if isinstance(s, SqlStoreConfig)]
+        cdr = [s for s in stores if s.table in tables]
+        assert len(cdr) == len(tables)
+        assert all("clid" in s.subject_columns for s in cdr)
