@@ -54,7 +54,11 @@ CALLER_IDS = [
     ('"Bob Example" <4930777000101>', False),
     ('"Reception" <1001>', False),  # an extension: only RECEPTION's
     ('"Alice Example"', False),  # a name alone names no number
+    ('"Alice Example" <+493077700010> ', True),
+    ('"Alice <+493077700010>" <2001>', True),  # several <...>: each is looked at
+    ('"Bob <2001>" <+4930777000100>', False),
 ]
+HERS = sum(hers for _, hers in CALLER_IDS)
 
 URL_FIXTURES = {"mariadb": "mariadb_url", "postgresql": "postgres_url", "sqlite": "sqlite_url"}
 ALL_BACKENDS = [
@@ -127,6 +131,10 @@ def left(database: PbxDatabase) -> set[str]:
         return set(connection.execute(text("SELECT uniqueid FROM cdr")).scalars())
 
 
+def test_the_tables_match_caller_ids_as_master_csv_and_voicemail_do() -> None:
+    assert [ALICE.matches_callerid(clid) for clid, _ in CALLER_IDS] == [h for _, h in CALLER_IDS]
+
+
 @pytest.mark.parametrize("database", ALL_BACKENDS, indirect=True)
 def test_find_lists_every_call_whose_caller_id_holds_the_number_in_any_form(
     database: PbxDatabase, open_store: Callable[[str], SqlStore]
@@ -149,7 +157,7 @@ def test_erase_removes_the_calls_naming_the_person_in_clid_and_no_longer_number(
 
     deleted = sum(store.apply(b, CUTOFF).deleted for b in store.subject_batches(ALICE))
 
-    assert deleted == len(alices(uniqueids)) == 6
+    assert deleted == len(alices(uniqueids)) == HERS
     assert left(database) == set(uniqueids) - alices(uniqueids)
 
 
@@ -164,9 +172,9 @@ def test_a_hold_by_number_keeps_calls_whose_only_number_is_in_clid(
     deleted = sum(store.apply(b, CUTOFF).deleted for b in store.batches(CUTOFF, holds))
 
     assert left(database) == alices(uniqueids), "her calls stay, everyone else's expire"
-    assert deleted == len(uniqueids) - 6
+    assert deleted == len(uniqueids) - HERS
     survey = store.survey(CUTOFF, holds)
-    assert survey.held == 6 and survey.expired == 0
+    assert survey.held == HERS and survey.expired == 0
 
 
 @pytest.mark.parametrize("database", ALL_BACKENDS, indirect=True)
@@ -180,7 +188,7 @@ def test_an_erasure_under_a_hold_takes_nothing_of_the_held_caller_ids(
     found = list(store.find(ALICE, holds))
     planned = list(store.subject_batches(ALICE, holds))
 
-    assert len(found) == 6 and all(item.held for item in found)
+    assert len(found) == HERS and all(item.held for item in found)
     assert planned == []
     assert left(database) == set(uniqueids)
 

@@ -1659,10 +1659,9 @@ class SqlStore(Store):
         and `>` (`"Alice" <+4930123456>`, as Asterisk writes `clid`), as subjects.Subject's
         matches and matches_callerid compare them."""
         params: dict[str, Any] = {name: sorted(subject.values)}
-        # `<form>` found byte for byte: `<+4930123456>` is no part of `<+49301234567>`, and the
-        # form is a parameter with no pattern characters to escape.
+        # For a value with several `<`: `<form>` found byte for byte (`<+4930123456>` is no
+        # part of `<+49301234567>`), each a parameter with no pattern characters to escape.
         inside: list[tuple[str, bool]] = []
-        params[f"{name}_bracket"] = "<"
         for kind, values, stripped in (
             ("number", subject.numbers, True),
             ("extension", subject.extensions, False),
@@ -1675,18 +1674,50 @@ class SqlStore(Store):
         for c in self._subject_sql:
             options = [f"{c} IN :{name}", f"{_stripped(c)} IN :{name}"]
             if inside:
-                within = " OR ".join(
-                    self._contains(_stripped(c) if stripped else c, param)
-                    for param, stripped in inside
-                )
-                # Only a value with a `<` is searched for them: a number column pays one test
-                # per row, not one per form (CASE: evaluated in this order on every server).
-                bracket = self._contains(c, f"{name}_bracket")
-                options.append(f"(CASE WHEN {bracket} THEN ({within}) ELSE 1 = 0 END)")
+                options.append(self._callerid_naming(c, name, inside))
             # IS NOT NULL: a NULL would make the whole condition NULL, and NOT (NULL) keeps a
             # row that names nobody.
             tests.append(f"({c} IS NOT NULL AND ({' OR '.join(options)}))")
         return Predicate(f"({' OR '.join(tests)})", params, frozenset({name}))
+
+    def _callerid_naming(self, c: str, name: str, inside: list[tuple[str, bool]]) -> str:
+        """`c` is a caller id with one of the forms (`name`) between `<` and `>`.
+
+        A value without `<` costs one test, and one with a single `<` (Asterisk's clid) one
+        comparison of what its `<...>` holds; only a value with several is searched for each
+        `<form>` parameter in `inside`. CASE is evaluated in this order on every server.
+        """
+        bracketed, closed = self._last_bracketed(c)
+        single = f"({closed} AND ({bracketed} IN :{name} OR {_stripped(bracketed)} IN :{name}))"
+        several = " OR ".join(
+            self._contains(_stripped(c) if stripped else c, param) for param, stripped in inside
+        )
+        return (
+            f"(CASE WHEN {self._position(c, '<')} = 0 THEN 1 = 0 "
+            f"WHEN LENGTH({c}) - LENGTH(REPLACE({c}, '<', '')) = 1 THEN {single} "
+            f"ELSE ({several}) END)"
+        )
+
+    def _last_bracketed(self, c: str) -> tuple[str, str]:
+        """For a value with a `<`: what its last `<` and the first `>` after it enclose, and
+        whether there is such a `>` at all."""
+        if self._family == "mysql":
+            after = f"SUBSTRING_INDEX({c}, '<', -1)"
+            return f"SUBSTRING_INDEX({after}, '>', 1)", f"{self._position(after, '>')} > 0"
+        if self._family == "postgresql":
+            after = f"regexp_replace({c}, '^.*<', '')"
+            return f"split_part({after}, '>', 1)", f"{self._position(after, '>')} > 0"
+        # rtrim by every character but `<` leaves the text up to the last one.
+        after = f"substr({c}, length(rtrim({c}, replace({c}, '<', ''))) + 1)"
+        return f"substr({after}, 1, instr({after}, '>') - 1)", f"{self._position(after, '>')} > 0"
+
+    def _position(self, text: str, character: Literal["<", ">"]) -> str:
+        """Where `character` first occurs in `text`, 0 when it does not."""
+        if self._family == "mysql":
+            return f"LOCATE('{character}', {text})"
+        if self._family == "postgresql":
+            return f"strpos({text}, '{character}')"
+        return f"instr({text}, '{character}')"
 
     # -- holds -----------------------------------------------------------------------------------
 
