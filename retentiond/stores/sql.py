@@ -1687,8 +1687,9 @@ class SqlStore(Store):
         comparison of what its `<...>` holds; only a value with several is searched for each
         `<form>` parameter in `inside`. CASE is evaluated in this order on every server.
         """
-        bracketed, closed = self._last_bracketed(c)
-        single = f"({closed} AND ({bracketed} IN :{name} OR {_stripped(bracketed)} IN :{name}))"
+        bracketed, closed = self._bracketed(c)
+        # The forms have no separators, so this also finds a form as written.
+        single = f"({closed} AND {_stripped(bracketed)} IN :{name})"
         several = " OR ".join(
             self._contains(_stripped(c) if stripped else c, param) for param, stripped in inside
         )
@@ -1698,18 +1699,17 @@ class SqlStore(Store):
             f"ELSE ({several}) END)"
         )
 
-    def _last_bracketed(self, c: str) -> tuple[str, str]:
-        """For a value with a `<`: what its last `<` and the first `>` after it enclose, and
-        whether there is such a `>` at all."""
+    def _bracketed(self, c: str) -> tuple[str, str]:
+        """For a value with one `<`: what it and the first `>` after it enclose, and whether
+        there is such a `>` at all."""
+        after = f"SUBSTR({c}, {self._position(c, '<')} + 1)"  # SUBSTR: all three have it
         if self._family == "mysql":
-            after = f"SUBSTRING_INDEX({c}, '<', -1)"
-            return f"SUBSTRING_INDEX({after}, '>', 1)", f"{self._position(after, '>')} > 0"
-        if self._family == "postgresql":
-            after = f"regexp_replace({c}, '^.*<', '')"
-            return f"split_part({after}, '>', 1)", f"{self._position(after, '>')} > 0"
-        # rtrim by every character but `<` leaves the text up to the last one.
-        after = f"substr({c}, length(rtrim({c}, replace({c}, '<', ''))) + 1)"
-        return f"substr({after}, 1, instr({after}, '>') - 1)", f"{self._position(after, '>')} > 0"
+            bracketed = f"SUBSTRING_INDEX({after}, '>', 1)"
+        elif self._family == "postgresql":
+            bracketed = f"split_part({after}, '>', 1)"
+        else:
+            bracketed = f"substr({after}, 1, instr({after}, '>') - 1)"
+        return bracketed, f"{self._position(after, '>')} > 0"
 
     def _position(self, text: str, character: Literal["<", ">"]) -> str:
         """Where `character` first occurs in `text`, 0 when it does not."""
