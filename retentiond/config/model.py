@@ -189,9 +189,10 @@ class SqlStoreConfig(StoreBase):
     # deleted together with its row.
     file_column: Annotated[str | None, Field(pattern=IDENTIFIER_PATTERN)] = None
     file_root: AbsolutePath | None = None
-    # Columns that hold a person's number or extension (FreePBX cdr: src, dst, cnum, did):
-    # holds by number and `erase`/`find` match them. Without any, a hold by number holds every
-    # row of its time window, and `erase` cannot search this table.
+    # Columns that hold a person's number or extension (FreePBX cdr: src, dst, cnum, did), or a
+    # caller id with it inside `<...>` (clid: `"Alice" <+4930123456>`): holds by number and
+    # `erase`/`find` match them. Without any, a hold by number holds every row of its time
+    # window, and `erase` cannot search this table.
     subject_columns: list[Identifier] = []
     # The file names in file_column carry the numbers of the call (3CX recording_url:
     # <ext>/[Name]_<ext>-<number>_<time>(<n>).wav): holds by number and `erase`/`find` also

@@ -425,6 +425,7 @@ class Erasure:
     deleted: int
     held: int
     stores: list[SubjectStore]
+    outcome: str | None = None  # erased | no match | all held | not searched; None: older logs
 
 
 @dataclass(frozen=True)
@@ -437,6 +438,7 @@ class SubjectSearch:
     found: int
     held: int
     stores: list[SubjectStore]
+    outcome: str | None = None  # found | no match | all held | not searched
 
 
 @dataclass(frozen=True)
@@ -1152,6 +1154,7 @@ class _Figures:
         erasure.reason = _text(fields.get("reason")) or None
         erasure.final_deleted = _int(fields.get("deleted"))
         erasure.final_held = _int(fields.get("held"))
+        erasure.outcome = _text(fields.get("outcome")) or None
         stores = _subject_stores(fields.get("stores"))
         if stores:
             erasure.stores = stores
@@ -1183,6 +1186,7 @@ class _Figures:
                 sum(s.found for s in stores),
                 sum(s.held for s in stores),
                 stores,
+                _text(entry.fields.get("outcome")) or None,
             )
         )
 
@@ -1384,6 +1388,7 @@ class _Figures:
                     deleted=e.final_deleted if finished else e.batch_deleted,
                     held=e.final_held if finished else sum(s.held for s in stores),
                     stores=stores,
+                    outcome=e.outcome if finished else None,
                 )
             )
         return sorted(rows, key=lambda r: (r.started or r.finished or self.period.start, r.system))
@@ -1477,6 +1482,7 @@ class _Erasure:
     stores: list[SubjectStore] = field(default_factory=list)
     final_deleted: int = 0
     final_held: int = 0
+    outcome: str | None = None
     batch_deleted: int = 0
     intents: set[tuple[str, int]] = field(default_factory=set)
     done: set[tuple[str, int]] = field(default_factory=set)

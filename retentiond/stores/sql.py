@@ -44,7 +44,8 @@ Holds are part of every statement's predicate: a held row is never read into a b
 delete (or update) of a batch re-checks the predicate its batch was planned with, carried in the
 payload. A hold's window is widened, never narrowed, where a wall-clock column is ambiguous.
 With `subject_columns`, a hold by number covers only rows naming the person there (`IN` the
-subject's stored forms, NULL never matching); `find` and `subject_batches` search those columns.
+subject's stored forms, or a caller id with one of them between `<` and `>` as in `clid`, NULL
+never matching); `find` and `subject_batches` search those columns.
 With `subject_in_file_name`, a row also names the person whose stored form is a part of its file's
 name (3CX `<ext>/[Name]_<ext>-<number>_<time>(<n>).wav`), as a files store's `subject_in_name`
 matches: the name without folders and extension, split at `-`, `_` and blanks. The database
@@ -1707,9 +1708,7 @@ class SqlStore(Store):
         `name` prefixes the parameters."""
         parts: list[Predicate] = []
         if self._subject_sql:
-            parts.append(
-                Predicate(self._names_sql(name), {name: sorted(subject.values)}, frozenset({name}))
-            )
+            parts.append(self._column_naming(subject, name))
         if self._file_parts is not None:
             parts.append(self._file_naming(subject, name, *self._file_parts))
         return Predicate.any_of(parts)
@@ -1741,19 +1740,71 @@ class SqlStore(Store):
             return f"strpos({haystack}, CAST(:{param} AS TEXT)) > 0"
         return f"instr({haystack}, :{param}) > 0"
 
-    def _names_sql(self, values: str) -> str:
+    def _column_naming(self, subject: Subject, name: str) -> Predicate:
         """A subject column holds one of the forms, as written or with blanks and `-./()` taken
-        out (`030 123456`, `+49 (30) 123-456`), as subjects.Subject.matches compares them."""
-        # IS NOT NULL: a NULL would make the whole condition NULL, and NOT (NULL) keeps a row
-        # that names nobody.
-        return (
-            "("
-            + " OR ".join(
-                f"({c} IS NOT NULL AND ({c} IN :{values} OR {_stripped(c)} IN :{values}))"
-                for c in self._subject_sql
-            )
-            + ")"
+        out (`030 123456`, `+49 (30) 123-456`), or is a caller id with one of them between `<`
+        and `>` (`"Alice" <+4930123456>`, as Asterisk writes `clid`), as subjects.Subject's
+        matches and matches_callerid compare them."""
+        params: dict[str, Any] = {name: sorted(subject.values)}
+        # For a value with several `<`: `<form>` found byte for byte (`<+4930123456>` is no
+        # part of `<+49301234567>`), each a parameter with no pattern characters to escape.
+        inside: list[tuple[str, bool]] = []
+        for kind, values, stripped in (
+            ("number", subject.numbers, True),
+            ("extension", subject.extensions, False),
+        ):
+            for index, value in enumerate(sorted(values)):
+                param = f"{name}_callerid_{kind}{index}"
+                params[param] = f"<{value}>"
+                inside.append((param, stripped))
+        tests = []
+        for c in self._subject_sql:
+            options = [f"{c} IN :{name}", f"{_stripped(c)} IN :{name}"]
+            if inside:
+                options.append(self._callerid_naming(c, name, inside))
+            # IS NOT NULL: a NULL would make the whole condition NULL, and NOT (NULL) keeps a
+            # row that names nobody.
+            tests.append(f"({c} IS NOT NULL AND ({' OR '.join(options)}))")
+        return Predicate(f"({' OR '.join(tests)})", params, frozenset({name}))
+
+    def _callerid_naming(self, c: str, name: str, inside: list[tuple[str, bool]]) -> str:
+        """`c` is a caller id with one of the forms (`name`) between `<` and `>`.
+
+        A value without `<` costs one test, and one with a single `<` (Asterisk's clid) one
+        comparison of what its `<...>` holds; only a value with several is searched for each
+        `<form>` parameter in `inside`. CASE is evaluated in this order on every server.
+        """
+        bracketed, closed = self._bracketed(c)
+        # The forms have no separators, so this also finds a form as written.
+        single = f"({closed} AND {_stripped(bracketed)} IN :{name})"
+        several = " OR ".join(
+            self._contains(_stripped(c) if stripped else c, param) for param, stripped in inside
         )
+        return (
+            f"(CASE WHEN {self._position(c, '<')} = 0 THEN 1 = 0 "
+            f"WHEN LENGTH({c}) - LENGTH(REPLACE({c}, '<', '')) = 1 THEN {single} "
+            f"ELSE ({several}) END)"
+        )
+
+    def _bracketed(self, c: str) -> tuple[str, str]:
+        """For a value with one `<`: what it and the first `>` after it enclose, and whether
+        there is such a `>` at all."""
+        after = f"SUBSTR({c}, {self._position(c, '<')} + 1)"  # SUBSTR: all three have it
+        if self._family == "mysql":
+            bracketed = f"SUBSTRING_INDEX({after}, '>', 1)"
+        elif self._family == "postgresql":
+            bracketed = f"split_part({after}, '>', 1)"
+        else:
+            bracketed = f"substr({after}, 1, instr({after}, '>') - 1)"
+        return bracketed, f"{self._position(after, '>')} > 0"
+
+    def _position(self, text: str, character: Literal["<", ">"]) -> str:
+        """Where `character` first occurs in `text`, 0 when it does not."""
+        if self._family == "mysql":
+            return f"LOCATE('{character}', {text})"
+        if self._family == "postgresql":
+            return f"strpos({text}, '{character}')"
+        return f"instr({text}, '{character}')"
 
     # -- holds -----------------------------------------------------------------------------------
 
