@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,6 +26,9 @@ from retentiond.config.loader import LoadedConfig, load_config
 from retentiond.config.model import Safety, SqlStoreConfig
 from retentiond.engine import Engine, RunOutcome, exit_code
 from retentiond.errors import ConfigError
+from retentiond.metrics import Metrics
+from retentiond.report import data
+from retentiond.runner import outcome_from_fields
 from retentiond.status import EXIT_DEADLINE, compute, status_text
 from retentiond.stores import Survey
 
@@ -291,6 +295,37 @@ def test_recordings_without_a_date_fail_the_run_and_status(
     status = compute(loaded, now=NOW)
     assert status.verdict == "red" and status.exit_code == EXIT_DEADLINE
     assert "2 of 2 files (100%) have no date" in status_text(status)
+
+
+def test_the_report_metrics_and_the_daemon_see_the_failure(tmp_path: Path) -> None:
+    root = tmp_path / "monitor"
+    for name in ("2026/05/01/old.wav", "incoming/call-a.wav", "call-b.wav"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"RIFF")
+    loaded = _config(tmp_path, "30d", f"{{type: files, root: {root}, age_from: path_date}}")
+    (outcome,) = _run(loaded)
+
+    # The DPO report: no verified run, and the incident names the counts.
+    period = data.Period(NOW.date() - timedelta(days=6), NOW.date(), UTC)
+    report = data.build_report(loaded, [], period, generated_at=NOW + timedelta(hours=1))
+    (row,) = report.compliance
+    assert (row.last_status, row.level) == ("failed", "red")
+    (incident,) = report.incidents
+    assert incident.kind == "failed"
+    assert incident.reason == (
+        f"{root}: 2 objects cannot be dated and are never deleted (tolerated: 1%)"
+    )
+    # Prometheus: the failed run and what stays undated.
+    metrics = Metrics(loaded.config.rules)
+    metrics.run_finished(loaded.config.rules[0], outcome)
+    sample = metrics.registry.get_sample_value
+    assert sample("retentiond_undated", {"rule": "data"}) == 2
+    assert sample("retentiond_errors_total", {"rule": "data", "kind": "failed"}) == 1
+    # The daemon's run process reports the outcome as JSON: the counts survive the trip.
+    fields = asdict(outcome) | {"cutoff": outcome.cutoff.isoformat() if outcome.cutoff else None}
+    (store,) = outcome_from_fields(json.loads(json.dumps(fields))).stores
+    assert store.undated is not None and store.undated.counts() == "2 of 2 files (100%)"
+    assert store.undated_failure == outcome.stores[0].undated_failure
 
 
 def test_voicemail_without_origtime_fails_the_run_and_status(tmp_path: Path) -> None:
