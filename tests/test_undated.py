@@ -345,3 +345,41 @@ def test_voicemail_without_origtime_fails_the_run_and_status(tmp_path: Path) -> 
     assert (finished["undated"], finished["undated_failed"]) == (1, True)
     status = compute(loaded, now=NOW)
     assert status.verdict == "red" and status.exit_code == EXIT_DEADLINE
+
+
+def test_an_anonymize_rule_with_undated_rows_fails_its_run(
+    tmp_path: Path, sqlite_url: str, pbx_database: Callable[[str], PbxDatabase]
+) -> None:
+    database = pbx_database(sqlite_url)
+    _call_records(database, NOW)
+    config = tmp_path / "retentiond.yaml"
+    config.write_text(
+        f"""\
+version: 1
+timezone: UTC
+audit: {{path: {tmp_path / "audit.jsonl"}}}
+connections:
+  cdrdb: {{url: "{sqlite_url}"}}
+rules:
+  - name: call-records
+    keep: 90d
+    action: anonymize
+    stores:
+      - type: sql
+        connection: cdrdb
+        table: cdr
+        time_column: calldate
+        anonymize: {{src: blank, dst: blank, clid: blank}}
+safety: {{max_delete_fraction: 1.0}}
+"""
+    )
+    loaded = load_config(config)
+
+    (outcome,) = _run(loaded)
+
+    assert outcome.status == "failed" and outcome.anonymized == 2
+    assert outcome.message is not None
+    assert outcome.message.startswith("cdrdb/cdr: 3 of 6 rows (50%) have no readable time")
+    assert database.count("cdr", "src = :number", number=NUMBER) == 3  # undated: untouched
+    (finished,) = _finished_stores(loaded)
+    assert (finished["undated"], finished["undated_failed"]) == (3, True)
