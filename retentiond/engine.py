@@ -296,6 +296,7 @@ class Engine:
         now = self.now()
         rule_cutoff = compute_cutoff(now, keep, self.config.zone())
         since = self._since(rule, holds, history) if stage == ANONYMIZE else None
+        safety = self.config.safety
         plans = []
         for i, store in enumerate(stores):
             failed = store.reason if isinstance(store, FailedStore) else None
@@ -313,7 +314,6 @@ class Engine:
                     str(error),
                 )
             absent = store.reason if type(store) is AbsentStore else None
-            safety = self.config.safety
             plans.append(
                 StorePlan(
                     store.label,
