@@ -324,8 +324,10 @@ class Engine:
                     since,
                     failed,
                     store.batch_time,
-                    undated=undated(survey, rule.stores[i], safety),
-                    undated_failure=undated_failure(survey, rule.stores[i], safety),
+                    undated=undated(survey, rule.stores[i], safety, deletes=stage == DELETE),
+                    undated_failure=undated_failure(
+                        survey, rule.stores[i], safety, deletes=stage == DELETE
+                    ),
                 )
             )
         refusal = self._guard(now, rule_cutoff, stores, plans)
@@ -745,8 +747,9 @@ class Engine:
                 survey = store.survey(stage.cutoff, holds)
                 result.remaining = survey.expired
                 clean = clean and result.remaining == 0
-            result.undated = undated(survey, store_config, safety)
-            result.undated_failure = undated_failure(survey, store_config, safety)
+            deletes = stage.stage == DELETE
+            result.undated = undated(survey, store_config, safety, deletes=deletes)
+            result.undated_failure = undated_failure(survey, store_config, safety, deletes=deletes)
         return "done" if clean else "incomplete"
 
     def _fail_undated(self, outcome: RunOutcome) -> None:

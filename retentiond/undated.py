@@ -1,7 +1,8 @@
 """Objects no date can be read from: never deleted, so never silently tolerated.
 
-A store counts them in its survey (`Survey.undated`). Up to the tolerated share of the store's
-objects (`max_undated_fraction` of the store, else `safety.max_undated_fraction`) they are shown
+A store counts them in its survey (`Survey.undated`). Up to the tolerated share of the objects
+a run leaves in the store (`max_undated_fraction` of the store, else
+`safety.max_undated_fraction`) they are shown
 and the store passes; beyond it the store fails `check`, `plan`, the run's verification and
 `status`, with the count and what to set. The wording holds counts and config keys only.
 """
@@ -23,20 +24,35 @@ from retentiond.stores.base import Survey
 
 @dataclass(frozen=True)
 class Undated:
-    """How many of a store's objects have no readable date, against how many it may have."""
+    """How many of a store's objects have no readable date, against how many it may have.
+
+    The share is of what a delete leaves (`staying`: total less expired), so `plan` judges the
+    store as the run's verification will find it, and a first run that empties years of dated
+    data does not turn a tolerated share into a failure only afterwards.
+    """
 
     count: int
     total: int
+    staying: int  # objects left after a delete run: total less expired (anonymize: total)
     unit: str
-    tolerated: float  # a share of `total`
+    tolerated: float  # a share of `staying`
+
+    @property
+    def share(self) -> float:
+        return self.count / self.staying
 
     @property
     def exceeded(self) -> bool:
-        return self.count > self.tolerated * self.total
+        return self.count > self.tolerated * self.staying
 
     def counts(self) -> str:
-        """`3 of 200 rows (1.5%)`"""
-        return f"{self.count} of {self.total} {self.unit} ({percent(self.count / self.total)})"
+        """`3 of 200 rows (1.5%)`, or `3 of 500 rows (1.5% of the 200 left after deletion)`"""
+        if self.staying == self.total:
+            return f"{self.count} of {self.total} {self.unit} ({percent(self.share)})"
+        return (
+            f"{self.count} of {self.total} {self.unit} ({percent(self.share)} of the "
+            f"{self.staying} left after deletion)"
+        )
 
     def note(self) -> str:
         """A line for objects within the tolerated share: shown, never silent."""
@@ -46,19 +62,28 @@ class Undated:
         )
 
 
-def undated(survey: Survey, store: StoreConfig, safety: Safety) -> Undated | None:
-    """The store's undated objects and what it tolerates; None when it has none."""
-    if not survey.undated or not survey.total:
+def undated(
+    survey: Survey, store: StoreConfig, safety: Safety, *, deletes: bool = True
+) -> Undated | None:
+    """The store's undated objects and what it tolerates; None when it has none. `deletes`:
+    the survey's expired objects are deleted (not anonymized), so they do not stay."""
+    if not survey.undated:
         return None
     tolerated = store.max_undated_fraction
     if tolerated is None:
         tolerated = safety.max_undated_fraction
-    return Undated(survey.undated, survey.total, survey.unit, tolerated)
+    staying = survey.total - survey.expired if deletes else survey.total
+    # Undated objects never expire, so `staying` counts them all; max() guards a store whose
+    # counts were taken in two passes while the PBX wrote
+    staying = max(staying, survey.undated)
+    return Undated(survey.undated, survey.total, staying, survey.unit, tolerated)
 
 
-def undated_failure(survey: Survey, store: StoreConfig, safety: Safety) -> str | None:
+def undated_failure(
+    survey: Survey, store: StoreConfig, safety: Safety, *, deletes: bool = True
+) -> str | None:
     """Why the store fails for its undated objects, with what to set; None when it does not."""
-    found = undated(survey, store, safety)
+    found = undated(survey, store, safety, deletes=deletes)
     if found is None or not found.exceeded:
         return None
     return (

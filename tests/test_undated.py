@@ -41,8 +41,9 @@ NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 # -- the share --------------------------------------------------------------------------------
 
 
-def _survey(undated: int, total: int) -> Survey:
-    return Survey(unit="rows", total=total, expired=0, oldest=None, skipped={"undated": undated})
+def _survey(undated: int, total: int, expired: int = 0) -> Survey:
+    skipped = {"undated": undated}
+    return Survey(unit="rows", total=total, expired=expired, oldest=None, skipped=skipped)
 
 
 SQL = SqlStoreConfig(type="sql", connection="cdrdb", table="cdr", time_column="calldate")
@@ -62,6 +63,18 @@ def test_the_tolerated_share_is_one_percent_unless_the_store_or_safety_says_othe
     lenient = SQL.model_copy(update={"max_undated_fraction": 0.5})
     assert undated_failure(_survey(50, 100), lenient, strict) is None
     assert undated_failure(_survey(51, 100), lenient, strict) is not None
+
+
+def test_the_share_is_of_what_a_delete_leaves_so_plan_and_run_agree() -> None:
+    from retentiond.undated import undated_failure
+
+    # 5 undated among 1000 is 0.5%, but the run deletes 990 and leaves 5 of 10
+    failure = undated_failure(_survey(5, 1000, expired=990), SQL, Safety())
+    assert failure is not None
+    assert failure.startswith("5 of 1000 rows (50% of the 10 left after deletion)")
+    assert undated_failure(_survey(5, 10), SQL, Safety()) is not None  # the run's verification
+    # Anonymizing keeps every row: the share is of all of them
+    assert undated_failure(_survey(5, 1000, expired=990), SQL, Safety(), deletes=False) is None
 
 
 def test_a_share_outside_zero_to_one_is_a_config_error(tmp_path: Path) -> None:
@@ -157,14 +170,15 @@ def test_undated_call_records_fail_check_plan_the_run_and_status(
     check = retentiond("-c", config, "check")
     assert check.returncode == 1, check.stdout + check.stderr
     assert (
-        "cdrdb/cdr: FAILED: 3 of 6 rows (50%) have no readable time in calldate and are never "
-        "deleted; more than the tolerated 1%. Set time_column" in check.stdout
+        "cdrdb/cdr: FAILED: 3 of 6 rows (75% of the 4 left after deletion) have no readable time "
+        "in calldate and are never deleted; more than the tolerated 1%. Set time_column"
+        in check.stdout
     )
     assert "max_undated_fraction" in check.stdout
 
     plan = retentiond("-c", config, "plan")
     assert plan.returncode == 1, plan.stdout + plan.stderr
-    assert "FAILED: 3 of 6 rows (50%) have no readable time in calldate" in plan.stdout
+    assert "FAILED: 3 of 6 rows (75% of the 4 left after deletion) have no" in plan.stdout
     assert "1 store(s) hold objects that cannot be dated" in plan.stderr
     planned = retentiond("-c", config, "plan", "--json")
     assert planned.returncode == 1
@@ -207,13 +221,14 @@ def test_undated_rows_within_the_tolerated_share_are_shown_and_pass(
     _call_records(database, now)
     config = _sql_config(tmp_path, sqlite_url, ", max_undated_fraction: 0.75")
     note = "undated: 3 of {} rows ({}) cannot be dated and are never deleted (tolerated up to 75%)"
+    planned = "75% of the 4 left after deletion"
 
     check = retentiond("-c", config, "check")
     assert check.returncode == 0, check.stdout + check.stderr
-    assert note.format(6, "50%") in check.stdout
+    assert note.format(6, planned) in check.stdout
     plan = retentiond("-c", config, "plan")
     assert plan.returncode == 0, plan.stdout + plan.stderr
-    assert note.format(6, "50%") in plan.stdout
+    assert note.format(6, planned) in plan.stdout
     run = retentiond("-c", config, "run", "--once")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "verified: none expired remain" in run.stdout
@@ -280,7 +295,7 @@ def test_recordings_without_a_date_fail_the_run_and_status(
         (store_plan,) = engine.plan(rule, stores).stores
     assert store_plan.undated_failure is not None
     assert store_plan.undated_failure.startswith(
-        f"2 of 3 files (66.7%) have no date in their {where}"
+        f"2 of 3 files (100% of the 2 left after deletion) have no date in their {where}"
     )
     assert "Set age_from" in store_plan.undated_failure
 
