@@ -2,9 +2,9 @@
 
 A store counts them in its survey (`Survey.undated`). Up to the tolerated share of the objects
 a run leaves in the store (`max_undated_fraction` of the store, else
-`safety.max_undated_fraction`) they are shown
-and the store passes; beyond it the store fails `check`, `plan`, the run's verification and
-`status`, with the count and what to set. The wording holds counts and config keys only.
+`safety.max_undated_fraction`) they are shown and the store passes; beyond it the store fails
+`check`, `plan`, the run's verification and `status`, with the count and what to set. The
+wording holds counts and config keys only.
 """
 
 from __future__ import annotations
