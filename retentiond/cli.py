@@ -139,7 +139,15 @@ def check(ctx: Context) -> None:
                         failures += 1
                         click.echo(f"  {store.kind} {label}: FAILED: " + "; ".join(missing))
                         continue
+                    # What cannot be dated is never deleted: surveyed here, not left to a run
+                    (dated,) = engine.plan(_single(rule, store_config), [store]).stores
+                    if dated.undated_failure is not None:
+                        failures += 1
+                        click.echo(f"  {store.kind} {label}: FAILED: {dated.undated_failure}")
+                        continue
                     click.echo(f"  {store.kind} {label}: ok")
+                    if dated.undated is not None:
+                        click.echo(f"    {dated.undated.note()}")
                     for line in excess:
                         click.echo(f"    warning: more privileges than needed: {line}")
                     for line in store.describe():
@@ -250,8 +258,13 @@ def plan(ctx: Context, rule_name: str | None, as_json: bool) -> None:
         for rule_plan in plans:
             print_plan(rule_plan, loaded.config.zone())
     failed = {s.label for p in plans for s in p.stores if s.failed}
-    if failed:
-        _fail(f"{len(failed)} store(s) could not be planned; see above", 1)
+    undated = {s.label for p in plans for s in p.stores if s.undated_failure}
+    problems = [
+        f"{len(failed)} store(s) could not be planned" if failed else "",
+        f"{len(undated)} store(s) hold objects that cannot be dated" if undated else "",
+    ]
+    if failed or undated:
+        _fail("; ".join(p for p in problems if p) + "; see above", 1)
 
 
 def plan_json(rule_plan: RulePlan) -> dict[str, Any]:
@@ -278,6 +291,8 @@ def plan_json(rule_plan: RulePlan) -> dict[str, Any]:
                 "batches": s.batches,
                 "batch_time": s.batch_time,
                 "skipped": dict(s.survey.skipped),
+                "undated": s.survey.undated,
+                "undated_failure": s.undated_failure,
                 "absent": s.absent,
                 "failed": s.failed,
             }
@@ -326,6 +341,10 @@ def print_plan(rule_plan: RulePlan, zone: tzinfo) -> None:
                 f"{reason} {count}" for reason, count in sorted(survey.skipped.items())
             )
             click.echo(f"    left alone: {parts}")
+        if s.undated_failure is not None:
+            click.echo(f"    FAILED: {s.undated_failure}")
+        elif s.undated is not None:
+            click.echo(f"    {s.undated.note()}")
     if rule_plan.refusal:
         click.echo(f"  REFUSED: {rule_plan.refusal}")
     for reason in rule_plan.forced:
@@ -463,6 +482,8 @@ def outcome_json(outcome: RunOutcome) -> dict[str, Any]:
                 "bytes": s.bytes,
                 "batches": s.batches,
                 "remaining": s.remaining,
+                "undated": s.undated.count if s.undated else 0,
+                "undated_failed": s.undated_failure is not None,
                 "skipped": s.skipped,
                 "counts": s.counts,
             }
@@ -487,6 +508,8 @@ def print_outcome(outcome: RunOutcome, zone: tzinfo) -> None:
         else:
             if s.failed:
                 remaining = f"FAILED: {s.failed}"
+            elif s.undated_failure is not None and s.undated is not None:
+                remaining = f"NOT verified: {s.undated.counts()} cannot be dated"
             elif s.remaining is None:
                 remaining = "not verified (the run stopped first)"
             elif s.remaining == 0:
@@ -500,6 +523,8 @@ def print_outcome(outcome: RunOutcome, zone: tzinfo) -> None:
         if s.skipped:
             parts = ", ".join(f"{reason} {count}" for reason, count in sorted(s.skipped.items()))
             click.echo(f"    left alone: {parts}")
+        if s.undated is not None and s.undated_failure is None:
+            click.echo(f"    {s.undated.note()}")
         if s.counts:
             parts = ", ".join(f"{name} {count}" for name, count in sorted(s.counts.items()))
             click.echo(f"    also: {parts}")

@@ -1056,16 +1056,20 @@ class _Figures:
                 f"{left if left is not None else 'some'} expired objects remained after the run"
             )
         else:
+            stores = [s for s in entry.fields.get("stores") or [] if isinstance(s, dict)]
             failed = [
                 f"{_text(store.get('store'))}: {_text(store.get('failed'))}"
-                for store in entry.fields.get("stores") or []
-                if isinstance(store, dict) and store.get("failed")
+                for store in stores
+                if store.get("failed")
             ]
-            reason = (
-                "store failed, the rule's other stores were enforced: " + "; ".join(failed)
+            undated = _undated_failures(stores)
+            reasons = (
+                ["store failed, the rule's other stores were enforced: " + "; ".join(failed)]
                 if failed
-                else f"run ended with status {status}"
+                else []
             )
+            reasons += undated
+            reason = "; ".join(reasons) or f"run ended with status {status}"
         self.incidents.append(Incident(at, system, run.rule, status, reason))
 
     def _refused(self, system: str, entry: audit.Entry, at: datetime) -> None:
@@ -1520,6 +1524,22 @@ def _held_by(stores: Any) -> dict[str, dict[str, int]]:
             if _is_int(count):
                 by_hold[str(hold)] = max(by_hold.get(str(hold), 0), count)
     return result
+
+
+def _undated_failures(stores: list[dict[str, Any]]) -> list[str]:
+    """Why a run failed for objects that cannot be dated, from its stores' counts."""
+    reasons: dict[str, str] = {}
+    for store in stores:
+        if not store.get("undated_failed"):
+            continue
+        tolerated = store.get("undated_tolerated")
+        share = f"{tolerated * 100:.3g}%" if isinstance(tolerated, int | float) else "unknown"
+        reasons.setdefault(
+            _text(store.get("store")),
+            f"{_text(store.get('store'))}: {_int(store.get('undated'))} objects cannot be dated "
+            f"and are never deleted (tolerated: {share})",
+        )
+    return list(reasons.values())
 
 
 def _held_total(stores: Any) -> int | None:
