@@ -211,5 +211,6 @@ def test_the_presets_search_clid_in_every_cdr_table(tmp_path: Path) -> None:
     for config, tables in ((freepbx, {"cdr", "transient_cdr"}), (asterisk, {"cdr"})):
         stores = [s for r in config.rules for s in r.stores if isinstance(s, SqlStoreConfig)]
         cdr = [s for s in stores if s.table in tables]
-        assert len(cdr) == len(tables)
+        # asterisk without a cdr_sqlite3_custom.conf: master.db and cdr_master.db, each a cdr
+        assert {s.table for s in cdr} == tables
         assert all("clid" in s.subject_columns for s in cdr)
