@@ -53,9 +53,9 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -68,7 +68,7 @@ from retentiond.config.loader import LoadedConfig
 from retentiond.config.model import HoldConfig, Rule
 from retentiond.errors import AuditError, StoreAbsent, StoreError
 from retentiond.history import History, Interrupted, read_history
-from retentiond.holds import record_hold_changes
+from retentiond.holds import record_hold_changes, vanished_holds
 from retentiond.rules import NO_HOLDS, Holds, holds_for, schedule_interval
 from retentiond.rules import cutoff as compute_cutoff
 from retentiond.stores import (
@@ -127,6 +127,8 @@ class RulePlan:
     stage: str = DELETE
     holds: Holds = NO_HOLDS
     forced: tuple[str, ...] = ()  # guards overridden with --force (recorded in the log)
+    # holds the log shows in force over this rule that the config no longer has (refused)
+    vanished: tuple[str, ...] = ()
 
     @property
     def expired(self) -> int:
@@ -219,6 +221,7 @@ class Engine:
         observers: Sequence[RunObserver] = (),
         holds: Callable[[], Sequence[HoldConfig]] | None = None,
         force: bool = False,
+        end_holds: Collection[str] = (),
     ) -> None:
         self.loaded = loaded
         self.config = loaded.config
@@ -229,6 +232,8 @@ class Engine:
         # The daemon passes the holds of its current config, so a reload reaches a running run
         self.hold_source = holds or (lambda: loaded.config.holds)
         self.force = force
+        # Vanished holds the operator ends in this run (`run --once --end-hold ID`)
+        self.end_holds = frozenset(end_holds)
 
     def holds(self, rule: Rule) -> Holds:
         """The holds in force for `rule` at this moment."""
@@ -285,7 +290,37 @@ class Engine:
             )
         stage = ANONYMIZE if rule.action == ANONYMIZE else DELETE
         stages.append(self._plan(rule, stores, stage, rule.keep, holds, history, isolate))
-        return stages
+        return [self._vanished_guard(rule, plan, history) for plan in stages]
+
+    def vanished(self, rule: Rule, history: History) -> list[str]:
+        """Holds in force over `rule` in the log, not in the config, not ended by the operator."""
+        found = vanished_holds(
+            history.holds, self.hold_source(), self.now(), self.config.zone(), rule.name
+        )
+        return [hold_id for hold_id in found if hold_id not in self.end_holds]
+
+    def _vanished_guard(self, rule: Rule, plan: RulePlan, history: History) -> RulePlan:
+        """Safety rule 10: a hold the log shows in force ends only by an explicit action, never
+        because its file was not found (a config copied elsewhere loses its holds folder)."""
+        vanished = tuple(self.vanished(rule, history))
+        if not vanished:
+            return plan
+        ids = ", ".join(vanished)
+        if self.force:
+            forced = f"holds {ids} in force in the audit log were not found in the config; ended"
+            return replace(plan, forced=(*plan.forced, forced), vanished=vanished)
+        if plan.refusal is not None:
+            return replace(plan, vanished=vanished)
+        folder = self.loaded.holds_dir
+        where = f"holds: and the holds folder {folder}" if folder else "no holds folder beside it"
+        refusal = (
+            f"holds {ids} are in force in the audit log but not in this config ({where}); "
+            "a hold ends only explicitly. If the config lost its holds folder, run "
+            "with the config it belongs to or set holds_dir:. If a hold was removed on purpose, "
+            "end it with `run --once --end-hold ID` (recorded; --force ends them all), or give "
+            "it an until: date"
+        )
+        return replace(plan, refusal=refusal, vanished=vanished)
 
     def _plan(
         self,
@@ -586,8 +621,17 @@ class Engine:
             for store in stage.stores:
                 for hold, count in store.survey.held_by.items():
                     counts.setdefault(hold, {})[store.label] = count
+        ended = {hold_id: "--end-hold" for hold_id in self.end_holds}
+        if self.force:
+            ended |= {hold_id: "--force" for stage in stages for hold_id in stage.vanished}
         record_hold_changes(
-            audit, self.hold_source(), self.now(), self.config.zone(), counts, history=history
+            audit,
+            self.hold_source(),
+            self.now(),
+            self.config.zone(),
+            counts,
+            history=history,
+            end=ended,
         )
 
     def _refuse(
@@ -600,6 +644,7 @@ class Engine:
             outcome.run_id,
             plan,
             reason=plan.refusal,
+            **({"holds_not_found": list(plan.vanished)} if plan.vanished else {}),
             **_stage_fields(stages),
             stores=[f for stage in stages for f in _survey_fields(stage)],
         )
@@ -652,8 +697,8 @@ class Engine:
             batch = next(batches, None)
             if batch is None:
                 return True
-            fresh = self.holds(plan.rule)
-            if fresh != holds:
+            fresh = self._fresh_holds(plan.rule, holds)
+            if set(fresh.scopes) != set(holds.scopes):
                 # A reload changed the holds: this batch was planned without them
                 self._holds_changed(audit, plan, store, holds, fresh)
                 holds = fresh
@@ -662,6 +707,18 @@ class Engine:
             self._apply_batch(store, plan, store_plan, batch, audit, outcome, result)
             if store.pause:
                 self.stop.wait(store.pause)
+
+    def _fresh_holds(self, rule: Rule, holds: Holds) -> Holds:
+        """The holds in force now; a hold that vanished from the config during the run (a
+        reload without its file) keeps holding to the run's end, and the next run refuses."""
+        fresh = self.holds(rule)
+        configured = {hold.id for hold in self.hold_source()}
+        kept = tuple(
+            scope
+            for scope in holds.scopes
+            if scope.hold_id not in configured and scope.hold_id not in self.end_holds
+        )
+        return Holds(fresh.scopes + kept) if kept else fresh
 
     def _batches(
         self, store: Store, plan: RulePlan, store_plan: StorePlan, holds: Holds
@@ -755,7 +812,7 @@ class Engine:
         stage is verified by its counts (every row visited was rewritten or already anonymous)
         and measures k, the smallest group of equal anonymized records."""
         clean = True
-        holds = self.holds(stage.rule)
+        holds = self._fresh_holds(stage.rule, stage.holds)
         for store, result in zip(stores, results, strict=True):
             if result.failed:
                 continue
@@ -845,7 +902,7 @@ def _stage_fields(stages: list[RulePlan]) -> dict[str, Any]:
     if len(stages) > 1:
         fields["delete_cutoff"] = stages[0].cutoff
         fields["then_delete_after"] = str(stages[0].rule.then_delete_after)
-    forced = [reason for stage in stages for reason in stage.forced]
+    forced = list(dict.fromkeys(reason for stage in stages for reason in stage.forced))
     if forced:
         fields["forced"] = forced
     return fields
