@@ -249,6 +249,23 @@ def plan(ctx: Context, rule_name: str | None, as_json: bool) -> None:
     else:
         for rule_plan in plans:
             print_plan(rule_plan, loaded.config.zone())
+        for hold_id in matching_nothing(plans):
+            click.echo(
+                f"hold {hold_id}: MATCHES NOTHING: no object of any age in the stores of its "
+                f"rules; it protects nothing. {UNMATCHED_ADVICE}"
+            )
+
+
+UNMATCHED_ADVICE = (
+    "Check its numbers (international form, in quotes), extensions, from/to and rules"
+)
+
+
+def matching_nothing(plans: list[RulePlan]) -> list[str]:
+    """Holds that match nothing in every rule planned that they cover."""
+    covered = {hold for p in plans for hold in p.holds.ids}
+    matched = {hold for p in plans for hold in p.holds.ids if hold not in p.unmatched}
+    return sorted(covered - matched)
 
 
 def plan_json(rule_plan: RulePlan) -> dict[str, Any]:
@@ -260,6 +277,7 @@ def plan_json(rule_plan: RulePlan) -> dict[str, Any]:
         "refusal": rule_plan.refusal,
         "holds": rule_plan.holds.ids,
         "holds_not_found": list(rule_plan.vanished),
+        "holds_matching_nothing": list(rule_plan.unmatched),
         "stores": [
             {
                 "store": s.label,

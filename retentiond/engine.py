@@ -69,7 +69,7 @@ from retentiond.config.model import HoldConfig, Rule
 from retentiond.errors import AuditError, StoreAbsent, StoreError
 from retentiond.history import History, Interrupted, read_history
 from retentiond.holds import record_hold_changes, vanished_holds
-from retentiond.rules import NO_HOLDS, Holds, holds_for, schedule_interval
+from retentiond.rules import NO_HOLDS, Holds, HoldScope, holds_for, schedule_interval
 from retentiond.rules import cutoff as compute_cutoff
 from retentiond.stores import (
     AbsentStore,
@@ -92,6 +92,9 @@ def utcnow() -> datetime:
 
 
 DELETE, ANONYMIZE = "delete", "anonymize"
+
+# How far ahead of now a hold's objects are looked for (a PBX clock that ran ahead)
+MATCH_PROBE_AHEAD = timedelta(days=366)
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,8 @@ class RulePlan:
     forced: tuple[str, ...] = ()  # guards overridden with --force (recorded in the log)
     # holds the log shows in force over this rule that the config no longer has (refused)
     vanished: tuple[str, ...] = ()
+    # holds in force over this rule that match no object of any age in its stores
+    unmatched: tuple[str, ...] = ()
 
     @property
     def expired(self) -> int:
@@ -290,7 +295,52 @@ class Engine:
             )
         stage = ANONYMIZE if rule.action == ANONYMIZE else DELETE
         stages.append(self._plan(rule, stores, stage, rule.keep, holds, history, isolate))
-        return [self._vanished_guard(rule, plan, history) for plan in stages]
+        unmatched = self._unmatched(stages, stores)
+        return [
+            self._vanished_guard(rule, replace(plan, unmatched=unmatched), history)
+            for plan in stages
+        ]
+
+    def _unmatched(self, stages: list[RulePlan], stores: list[Store]) -> tuple[str, ...]:
+        """The holds that match nothing in these stores: no object of any age, held or not.
+
+        A hold that keeps something expired matches; the others are looked for once more with
+        a cutoff far ahead, so young objects count too. A hold by a number no store holds (a
+        mistyped number, the wrong rules) protects nothing: plan, status and the report say so.
+        """
+        plan = stages[-1]
+        holding = {
+            hold
+            for stage in stages
+            for store_plan in stage.stores
+            for hold, count in store_plan.survey.held_by.items()
+            if count
+        }
+        return tuple(
+            sorted(
+                scope.hold_id
+                for scope in plan.holds.scopes
+                if scope.hold_id not in holding and not self._matches(scope, stores, plan)
+            )
+        )
+
+    def _matches(self, scope: HoldScope, stores: list[Store], plan: RulePlan) -> bool:
+        """Whether any store has an object of any age in the hold's scope. A store that failed
+        cannot tell: then the hold is not called unmatched (the failure is reported itself)."""
+        ahead = self.now() + MATCH_PROBE_AHEAD
+        for store, store_plan in zip(stores, plan.stores, strict=True):
+            if store_plan.absent is not None:
+                continue  # an optional store that is not there holds nothing
+            if store_plan.failed is not None:
+                return True
+            try:
+                survey = store.survey(ahead, Holds((scope,)))
+            except StoreError:
+                log.warning("a store could not be asked what a hold matches", store=store.label)
+                return True
+            if survey.held_by.get(scope.hold_id, 0):
+                return True
+        return False
 
     def vanished(self, rule: Rule, history: History) -> list[str]:
         """Holds in force over `rule` in the log, not in the config, not ended by the operator."""
@@ -905,6 +955,8 @@ def _stage_fields(stages: list[RulePlan]) -> dict[str, Any]:
     forced = list(dict.fromkeys(reason for stage in stages for reason in stage.forced))
     if forced:
         fields["forced"] = forced
+    if stages[-1].unmatched:  # ids only: what a hold names never enters the log
+        fields["holds_matching_nothing"] = list(stages[-1].unmatched)
     return fields
 
 
