@@ -140,7 +140,15 @@ def check(ctx: Context) -> None:
                         failures += 1
                         click.echo(f"  {store.kind} {label}: FAILED: " + "; ".join(missing))
                         continue
+                    # What cannot be dated is never deleted: surveyed here, not left to a run
+                    (dated,) = engine.plan(_single(rule, store_config), [store]).stores
+                    if dated.undated_failure is not None:
+                        failures += 1
+                        click.echo(f"  {store.kind} {label}: FAILED: {dated.undated_failure}")
+                        continue
                     click.echo(f"  {store.kind} {label}: ok")
+                    if dated.undated is not None:
+                        click.echo(f"    {dated.undated.note()}")
                     for line in excess:
                         click.echo(f"    warning: more privileges than needed: {line}")
                     for line in store.describe():
@@ -242,8 +250,9 @@ def plan(ctx: Context, rule_name: str | None, as_json: bool) -> None:
     plans: list[RulePlan] = []
     history = read_history(loaded.config.audit.path)
     for rule in _rules(loaded, rule_name):
-        with engine.open_stores(rule) as stores:
-            plans += engine.plans(rule, stores, history)
+        # One store that cannot be opened or surveyed is marked FAILED; the rest are planned.
+        with engine.open_stores(rule, isolate=True) as stores:
+            plans += engine.plans(rule, stores, history, isolate=True)
     if as_json:
         click.echo(json.dumps([plan_json(p) for p in plans], indent=2))
     else:
@@ -254,6 +263,14 @@ def plan(ctx: Context, rule_name: str | None, as_json: bool) -> None:
                 f"hold {hold_id}: MATCHES NOTHING: no object of any age in the stores of its "
                 f"rules; it protects nothing. {UNMATCHED_ADVICE}"
             )
+    failed = {s.label for p in plans for s in p.stores if s.failed}
+    undated = {s.label for p in plans for s in p.stores if s.undated_failure}
+    problems = [
+        f"{len(failed)} store(s) could not be planned" if failed else "",
+        f"{len(undated)} store(s) hold objects that cannot be dated" if undated else "",
+    ]
+    if failed or undated:
+        _fail("; ".join(p for p in problems if p) + "; see above", 1)
 
 
 UNMATCHED_ADVICE = (
@@ -294,7 +311,10 @@ def plan_json(rule_plan: RulePlan) -> dict[str, Any]:
                 "batches": s.batches,
                 "batch_time": s.batch_time,
                 "skipped": dict(s.survey.skipped),
+                "undated": s.survey.undated,
+                "undated_failure": s.undated_failure,
                 "absent": s.absent,
+                "failed": s.failed,
             }
             for s in rule_plan.stores
         ],
@@ -315,20 +335,25 @@ def print_plan(rule_plan: RulePlan, zone: tzinfo) -> None:
     for s in rule_plan.stores:
         survey = s.survey
         if s.absent:
-            click.echo(f"  {s.kind} {s.label}: not present (optional): {s.absent}")
+            click.echo(f"  {s.kind} {s.label}: not found (optional): {s.absent}")
+            continue
+        if s.failed:
+            click.echo(f"  {s.kind} {s.label}: FAILED: {s.failed}")
             continue
         oldest = _local(survey.oldest, zone) if survey.oldest else "-"
         would = 0 if rule_plan.refusal else survey.expired
-        size = f" ({_bytes(survey.expired_bytes)})" if survey.expired_bytes else ""
+        size = f" ({_bytes(survey.expired_bytes)})" if survey.expired_bytes and would else ""
         since = f" (since {_local(s.since, zone)})" if s.since else ""
         batches = (
-            f"in batches of about {s.batch_time:g} s each"
+            ""
+            if not would
+            else f" in batches of about {s.batch_time:g} s each"
             if s.batch_time is not None
-            else f"in {s.batches} batches"
+            else f" in {s.batches} batches"
         )
         click.echo(
             f"  {s.kind} {s.label}: {survey.total} {survey.unit}, expired {survey.expired}, "
-            f"held {survey.held}, oldest {oldest}, would {rule_plan.stage} {would}{size}{since} "
+            f"held {survey.held}, oldest {oldest}, would {rule_plan.stage} {would}{size}{since}"
             f"{batches}"
         )
         if survey.skipped:
@@ -336,6 +361,10 @@ def print_plan(rule_plan: RulePlan, zone: tzinfo) -> None:
                 f"{reason} {count}" for reason, count in sorted(survey.skipped.items())
             )
             click.echo(f"    left alone: {parts}")
+        if s.undated_failure is not None:
+            click.echo(f"    FAILED: {s.undated_failure}")
+        elif s.undated is not None:
+            click.echo(f"    {s.undated.note()}")
     if rule_plan.refusal:
         click.echo(f"  REFUSED: {rule_plan.refusal}")
     for reason in rule_plan.forced:
@@ -512,6 +541,8 @@ def outcome_json(outcome: RunOutcome) -> dict[str, Any]:
                 "bytes": s.bytes,
                 "batches": s.batches,
                 "remaining": s.remaining,
+                "undated": s.undated.count if s.undated else 0,
+                "undated_failed": s.undated_failure is not None,
                 "skipped": s.skipped,
                 "counts": s.counts,
             }
@@ -524,6 +555,9 @@ def print_outcome(outcome: RunOutcome, zone: tzinfo) -> None:
     cutoff = _local(outcome.cutoff, zone) if outcome.cutoff else "-"
     click.echo(f"rule {outcome.rule}: {outcome.status}, cutoff {cutoff}, {outcome.seconds:.1f} s")
     for s in outcome.stores:
+        if s.absent:
+            click.echo(f"  {s.label}: not found (optional)")
+            continue
         size = f" ({_bytes(s.bytes)})" if s.bytes else ""
         held = f", {s.held} held" if s.held else ""
         if s.stage == "anonymize":
@@ -531,15 +565,16 @@ def print_outcome(outcome: RunOutcome, zone: tzinfo) -> None:
                 f"  {s.label}: anonymized {s.anonymized} {s.unit} in {s.batches} batches{held}"
             )
         else:
-            remaining = (
-                "verified: none expired remain"
-                if s.remaining == 0
-                else f"{s.remaining} remain"
-                if s.remaining is not None
-                else "FAILED, not verified"
-                if s.failed
-                else "not verified"
-            )
+            if s.failed:
+                remaining = f"FAILED: {s.failed}"
+            elif s.undated_failure is not None and s.undated is not None:
+                remaining = f"NOT verified: {s.undated.counts()} cannot be dated"
+            elif s.remaining is None:
+                remaining = "not verified (the run stopped first)"
+            elif s.remaining == 0:
+                remaining = "verified: none expired remain"
+            else:
+                remaining = f"{s.remaining} remain"
             click.echo(
                 f"  {s.label}: deleted {s.deleted} {s.unit}{size} in {s.batches} batches, "
                 f"{remaining}{held}"
@@ -547,6 +582,8 @@ def print_outcome(outcome: RunOutcome, zone: tzinfo) -> None:
         if s.skipped:
             parts = ", ".join(f"{reason} {count}" for reason, count in sorted(s.skipped.items()))
             click.echo(f"    left alone: {parts}")
+        if s.undated is not None and s.undated_failure is None:
+            click.echo(f"    {s.undated.note()}")
         if s.counts:
             parts = ", ".join(f"{name} {count}" for name, count in sorted(s.counts.items()))
             click.echo(f"    also: {parts}")

@@ -81,6 +81,7 @@ from retentiond.stores import (
     Survey,
     build_store,
 )
+from retentiond.undated import Undated, undated, undated_failure
 
 log = structlog.get_logger()
 
@@ -107,11 +108,15 @@ class StorePlan:
     since: datetime | None = None  # anonymize: the previous complete run's cutoff
     failed: str | None = None  # why the store could not be opened or surveyed in this run
     batch_time: float | None = None  # adaptive batches: the seconds each one aims at
+    undated: Undated | None = None  # objects no date can be read from, if any
+    undated_failure: str | None = None  # why the store fails for them (beyond the tolerated)
 
     @property
     def batches(self) -> int | None:
         """How many batches deleting the expired objects takes, at least; None when their size
         adapts to their duration (batch_time)."""
+        if self.survey.batches is not None:
+            return self.survey.batches
         if self.batch_time is not None:
             return None
         return -(-self.survey.expired // self.batch_size)
@@ -161,6 +166,8 @@ class StoreOutcome:
     smallest_group: int | None = None  # anonymize: k of the anonymized records (None: unknown)
     absent: bool = False  # an optional store that is not there
     failed: str | None = None  # why this store failed; the rule's other stores went on
+    undated: Undated | None = None  # objects no date can be read from, after the run
+    undated_failure: str | None = None  # beyond the tolerated share: the run fails
 
 
 @dataclass
@@ -385,6 +392,7 @@ class Engine:
         now = self.now()
         rule_cutoff = compute_cutoff(now, keep, self.config.zone())
         since = self._since(rule, holds, history) if stage == ANONYMIZE else None
+        safety = self.config.safety
         plans = []
         for i, store in enumerate(stores):
             failed = store.reason if isinstance(store, FailedStore) else None
@@ -412,6 +420,10 @@ class Engine:
                     since,
                     failed,
                     store.batch_time,
+                    undated=undated(survey, rule.stores[i], safety, deletes=stage == DELETE),
+                    undated_failure=undated_failure(
+                        survey, rule.stores[i], safety, deletes=stage == DELETE
+                    ),
                 )
             )
         refusal = self._guard(now, rule_cutoff, stores, plans)
@@ -628,6 +640,7 @@ class Engine:
                     outcome.message = "; ".join(f"{s.label} failed: {s.failed}" for s in failed) + (
                         "; the rule's other stores were enforced"
                     )
+                self._fail_undated(outcome)
         except StoreError as error:
             outcome.status, outcome.message = "failed", str(error)
             log.error("run failed", reason=str(error))
@@ -860,18 +873,52 @@ class Engine:
     def _verify(self, stage: RulePlan, stores: list[Store], results: list[StoreOutcome]) -> str:
         """Re-survey after a delete stage: nothing expired and unheld may remain. An anonymize
         stage is verified by its counts (every row visited was rewritten or already anonymous)
-        and measures k, the smallest group of equal anonymized records."""
+        and measures k, the smallest group of equal anonymized records. Either way the
+        objects no date can be read from are counted (from the survey after a delete stage,
+        the plan's before an anonymize stage): `_fail_undated` judges them."""
         clean = True
         holds = self._fresh_holds(stage.rule, stage.holds)
-        for store, result in zip(stores, results, strict=True):
+        safety = self.config.safety
+        for index, (store, result) in enumerate(zip(stores, results, strict=True)):
             if result.failed:
                 continue
+            store_config = stage.rule.stores[index]
             if stage.stage == ANONYMIZE:
                 result.smallest_group = store.smallest_group(stage.cutoff)
-                continue
-            result.remaining = store.survey(stage.cutoff, holds).expired
-            clean = clean and result.remaining == 0
+                survey = stage.stores[index].survey
+            else:
+                survey = store.survey(stage.cutoff, holds)
+                result.remaining = survey.expired
+                clean = clean and result.remaining == 0
+            deletes = stage.stage == DELETE
+            result.undated = undated(survey, store_config, safety, deletes=deletes)
+            result.undated_failure = undated_failure(survey, store_config, safety, deletes=deletes)
         return "done" if clean else "incomplete"
+
+    def _fail_undated(self, outcome: RunOutcome) -> None:
+        """A store with more undated objects than it tolerates fails the run (what could be
+        dated was enforced): silent non-deletion must never end `done`."""
+        if outcome.status not in ("done", "incomplete", "failed"):
+            return  # interrupted: the next run verifies
+        failures: dict[str, StoreOutcome] = {}
+        for store in outcome.stores:
+            if store.undated_failure is not None:
+                failures.setdefault(store.label, store)
+        if not failures:
+            return
+        for store in failures.values():
+            count = store.undated.count if store.undated else None
+            log.error(
+                "objects that cannot be dated remain; the run fails",
+                store=store.label,
+                undated=count,
+            )
+        messages = [f"{s.label}: {s.undated_failure}" for s in failures.values()]
+        if outcome.message:
+            messages.insert(0, outcome.message)
+        elif outcome.status == "incomplete":
+            messages.insert(0, _status_message(outcome))
+        outcome.status, outcome.message = "failed", "; ".join(messages)
 
     def _audit(
         self, audit: AuditWriter, kind: str, run_id: str, plan: RulePlan | None, **fields: Any
@@ -975,6 +1022,12 @@ def _outcome_fields(store: StoreOutcome) -> dict[str, Any]:
         fields["held_by"] = store.held_by
     if store.failed:
         fields["failed"] = store.failed
+    if store.undated is not None:
+        # Counts and the tolerated share only; `undated_failed` says the run failed for them
+        fields["undated"] = store.undated.count
+        fields["undated_tolerated"] = store.undated.tolerated
+        if store.undated_failure is not None:
+            fields["undated_failed"] = True
     if store.bytes is not None:
         fields["bytes"] = store.bytes
     if store.skipped:

@@ -3,7 +3,8 @@
 `search` counts and, for `find`, lists what each store holds of the subject, any age. `erase`
 deletes every unheld match in audited batches: the log gets the ticket id and counts, never a
 number. Holds win over erasure: held objects are counted and reported, not deleted (Art. 17(3)(e)
-lets a controller keep data needed for legal claims).
+lets a controller keep data needed for legal claims). A request with nothing to erase (no match,
+every match held) is recorded all the same, with its `outcome`: the proof it was answered.
 """
 
 from __future__ import annotations
@@ -66,6 +67,24 @@ class StoreMatches:
         return self.found - self.held
 
 
+# Why a request ended as it did, recorded with its counts: the DPO's proof it was answered.
+NOT_SEARCHED = "not searched"  # no store could be searched (absent, or no subject fields)
+NO_MATCH = "no match"  # no store searched holds anything of the subject
+ALL_HELD = "all held"  # everything found is under a hold, and kept
+ERASED = "erased"
+FOUND = "found"
+
+
+def outcome(matches: list[StoreMatches], *, done: str) -> str:
+    """NOT_SEARCHED, NO_MATCH, ALL_HELD, or `done` (ERASED or FOUND) when something was there
+    to erase."""
+    if not sum(m.found for m in matches):
+        return NO_MATCH if any(not m.unsearchable for m in matches) else NOT_SEARCHED
+    if not sum(m.erasable for m in matches if not m.unsearchable):
+        return ALL_HELD
+    return done
+
+
 Confirm = Callable[[list[StoreMatches]], bool]
 
 
@@ -105,7 +124,7 @@ def search(
 def _unsearchable(store: Store) -> str:
     reason = getattr(store, "reason", None)
     if reason:
-        return f"not present (optional): {reason}"
+        return f"not found (optional): {reason}"
     return "cannot tell whose its objects are (no subject fields configured)"
 
 
@@ -121,14 +140,7 @@ def erase(
     """Delete the subject's unheld objects everywhere, in audited batches."""
     run_id = uuid.uuid4().hex[:16]
     counted = search(engine, subject, rule_names)
-    audit.append(
-        "erasure_started",
-        run_id=run_id,
-        ticket=ticket,
-        version=__version__,
-        config_sha256=engine.loaded.sha256,
-        stores=[_fields(m) for m in counted],
-    )
+    _erasure_started(engine, audit, run_id, ticket, counted)
     done = {(m.rule, m.label): m for m in counted}
     status, message = "done", None
     try:
@@ -170,29 +182,70 @@ def erase(
     except StoreError as error:
         status, message = "failed", str(error)
         log.error("erasure failed", reason=message)
-    audit.append(
-        "erasure_finished",
-        run_id=run_id,
-        ticket=ticket,
-        status=status,
-        reason=message,
-        deleted=sum(m.deleted for m in counted),
-        held=sum(m.held for m in counted),
-        stores=[_fields(m) | {"deleted": m.deleted} for m in counted],
-    )
+    _erasure_finished(audit, run_id, ticket, counted, status, message)
     if status != "done":
         raise StoreError(f"erasure {ticket} stopped: {message}")
     return counted
 
 
-def record_search(audit: AuditLog, ticket: str, matches: list[StoreMatches]) -> None:
-    """An Art. 15 search leaves a trace with counts only: who asked, when, how much was found."""
+def record_unerased(
+    engine: Engine, audit: AuditLog, ticket: str, matches: list[StoreMatches]
+) -> str:
+    """An erasure with nothing to delete (no match, or every match held) is answered all the
+    same: the log gets its ticket, its counts and why, and no store is touched. Returns why."""
+    run_id = uuid.uuid4().hex[:16]
+    _erasure_started(engine, audit, run_id, ticket, matches)
+    _erasure_finished(audit, run_id, ticket, matches, "done", None)
+    return outcome(matches, done=ERASED)
+
+
+def _erasure_started(
+    engine: Engine, audit: AuditLog, run_id: str, ticket: str, matches: list[StoreMatches]
+) -> None:
+    audit.append(
+        "erasure_started",
+        run_id=run_id,
+        ticket=ticket,
+        version=__version__,
+        config_sha256=engine.loaded.sha256,
+        stores=[_fields(m) for m in matches],
+    )
+
+
+def _erasure_finished(
+    audit: AuditLog,
+    run_id: str,
+    ticket: str,
+    matches: list[StoreMatches],
+    status: str,
+    message: str | None,
+) -> None:
+    fields: dict[str, object] = {"status": status, "reason": message}
+    if status == "done":
+        fields["outcome"] = outcome(matches, done=ERASED)
+    audit.append(
+        "erasure_finished",
+        run_id=run_id,
+        ticket=ticket,
+        **fields,
+        deleted=sum(m.deleted for m in matches),
+        held=sum(m.held for m in matches),
+        stores=[_fields(m) | {"deleted": m.deleted} for m in matches],
+    )
+
+
+def record_search(audit: AuditLog, ticket: str, matches: list[StoreMatches]) -> str:
+    """An Art. 15 search leaves a trace with counts only: who asked, when, how much was found,
+    and why nothing was (no match, or all of it held). Returns that outcome."""
+    why = outcome(matches, done=FOUND)
     audit.append(
         "subject_search",
         ticket=ticket,
         version=__version__,
+        outcome=why,
         stores=[_fields(m) for m in matches],
     )
+    return why
 
 
 def _fields(match: StoreMatches) -> dict[str, object]:

@@ -103,6 +103,13 @@ class Metrics(RunObserver):
             ["rule"],
             registry=r,
         )
+        self.undated = Gauge(
+            "retentiond_undated",
+            "Objects that cannot be dated after the last run, never deleted; beyond the "
+            "tolerated share (max_undated_fraction) the run fails",
+            ["rule"],
+            registry=r,
+        )
         self.running = Gauge(
             "retentiond_running", "1 while a run of the rule is in progress", ["rule"], registry=r
         )
@@ -157,6 +164,10 @@ class Metrics(RunObserver):
         remaining = [s.remaining for s in outcome.stores if s.remaining is not None]
         if remaining:  # only a verified run knows what is left; otherwise keep the last value
             self.remaining.labels(name).set(sum(remaining))
+        if outcome.status in ("done", "incomplete", "failed") and outcome.stores:
+            # per store once (a two-stage rule lists a store twice: the last stage counts)
+            undated = {s.label: s.undated.count if s.undated else 0 for s in outcome.stores}
+            self.undated.labels(name).set(sum(undated.values()))
         self.duration.labels(name).set(outcome.seconds)
         self._set_time(self.last_run, self._last_run, name, now)
         if outcome.status == "done":

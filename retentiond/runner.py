@@ -56,6 +56,7 @@ from retentiond.config.loader import LoadedConfig
 from retentiond.config.model import HoldConfig, Rule
 from retentiond.engine import Engine, RunOutcome, StoreOutcome
 from retentiond.errors import AuditError, StoreError
+from retentiond.undated import Undated
 
 log = structlog.get_logger()
 
@@ -160,10 +161,15 @@ def outcome_from_fields(fields: dict[str, Any]) -> RunOutcome:
     return RunOutcome(
         **fields
         | {
-            "stores": [StoreOutcome(**store) for store in fields["stores"]],
+            "stores": [_store_outcome(store) for store in fields["stores"]],
             "cutoff": None if cutoff is None else datetime.fromisoformat(cutoff),
         }
     )
+
+
+def _store_outcome(fields: dict[str, Any]) -> StoreOutcome:
+    undated = fields.get("undated")
+    return StoreOutcome(**fields | {"undated": None if undated is None else Undated(**undated)})
 
 
 def _answer(

@@ -1,7 +1,9 @@
 """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET per call.
 
 systemd (`Type=notify`) reads READY=1, STATUS=…, WATCHDOG=1, RELOADING=1 and STOPPING=1 from
-it. Without NOTIFY_SOCKET (started by hand, in a test) every call does nothing.
+it. Without NOTIFY_SOCKET (started by hand, in a test) every call does nothing. A send never
+waits: a reader that is slow or gone must not stall a run or its stop, so a full socket drops
+the message with a debug event.
 """
 
 from __future__ import annotations
@@ -9,6 +11,10 @@ from __future__ import annotations
 import os
 import socket
 import time
+
+import structlog
+
+log = structlog.get_logger()
 
 
 def notify(*lines: str) -> bool:
@@ -18,10 +24,14 @@ def notify(*lines: str) -> bool:
         return False
     if address.startswith("@"):
         address = "\0" + address[1:]  # an abstract socket
+    kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        with socket.socket(socket.AF_UNIX, kind) as sock:
             sock.connect(address)
-            sock.sendall("\n".join(lines).encode())
+            sock.send("\n".join(lines).encode(), socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        log.debug("notify dropped", reason="socket full")
+        return False
     except OSError:
         return False
     return True

@@ -9,16 +9,20 @@ output holds counts, dates, rule names and store labels only, never an object.
 Verdict of a rule: RED if any RED reason applies, else AMBER if any AMBER reason does, else GREEN.
 
 RED     objects older than the deadline remain in a store; or the last run failed or was refused
-        and expired objects remain; or a store cannot be opened or surveyed (the message says why).
+        and expired objects remain; or a store cannot be opened or surveyed (the message says why);
+        or more of a store's objects than it tolerates cannot be dated (max_undated_fraction):
+        they are never deleted, however old they are.
 AMBER   no successful run is recorded; or the last run ended incomplete or interrupted, or has no
         end in the log (running now, or crashed); or the last run failed or was refused (nothing
         expired remains yet); or objects remain that were already expired at the cutoff of the
         last successful run (a run should have deleted them).
 GREEN   otherwise. Objects that expired after the last successful run are shown but wait, within
-        the deadline, for the next scheduled run; an absent optional store is shown as such.
+        the deadline, for the next scheduled run; an absent optional store is shown as such;
+        undated objects within the tolerated share are shown with their count.
 
-Exit: 4 when a rule is RED for its data (objects overdue, or a failed or refused run with expired
-objects left); else 1 when a store cannot be surveyed or the deletion log cannot be read; else 0.
+Exit: 4 when a rule is RED for its data (objects overdue, undated objects beyond the tolerated
+share, or a failed or refused run with expired objects left); else 1 when a store cannot be
+surveyed or the deletion log cannot be read; else 0.
 Config errors exit 2 before anything is read.
 """
 
@@ -43,6 +47,7 @@ from retentiond.history import History, read_history
 from retentiond.rules import Deadline, deadline, hold_in_force, interval_text, review_overdue
 from retentiond.rules import cutoff as compute_cutoff
 from retentiond.stores import AbsentStore, Store
+from retentiond.undated import Undated
 
 if TYPE_CHECKING:
     from retentiond.cli import Context
@@ -111,6 +116,8 @@ class StoreStatus:
     error: str | None = None  # the store could not be opened or surveyed
     refusal: str | None = None  # why a run now would be refused
     unmatched: tuple[str, ...] = ()  # holds over the rule with no object of any age here
+    undated: Undated | None = None  # objects no date can be read from: never deleted
+    undated_failure: str | None = None  # more of them than the store tolerates
 
 
 @dataclass(frozen=True)
@@ -304,6 +311,8 @@ def _store_status(
                 skipped=dict(survey.skipped),
                 refusal=plan.refusal,
                 unmatched=plan.unmatched,
+                undated=store_plan.undated,
+                undated_failure=store_plan.undated_failure,
             )
     except StoreError as error:
         return StoreStatus(store_config.label, store_config.type, "objects", error=str(error))
@@ -348,6 +357,11 @@ def judge(stores: list[StoreStatus], history: RunHistory) -> tuple[list[Reason],
                     "red", f"{store.overdue} {store.unit} in {store.label} are past the deadline"
                 )
             )
+            code = EXIT_DEADLINE
+    for store in surveyed:
+        if store.undated_failure is not None:
+            # Never deleted, however old: as good as overdue, and a run fails for them
+            reasons.append(Reason("red", f"{store.label}: {store.undated_failure}"))
             code = EXIT_DEADLINE
     for store in stores:
         if store.error is not None:
@@ -574,6 +588,9 @@ def _store_json(now: datetime, s: StoreStatus) -> dict[str, Any]:
         "oldest": _iso(s.oldest),
         "oldest_age_seconds": _age(now, s.oldest),
         "skipped": dict(s.skipped),
+        "undated": s.undated.count if s.undated else 0,
+        "undated_tolerated": s.undated.tolerated if s.undated else None,
+        "undated_failure": s.undated_failure,
         "absent": s.absent,
         "error": s.error,
     }
@@ -637,7 +654,9 @@ def _run_line(run: RunRecord | None, zone: tzinfo) -> str:
 def _oldest_line(r: RuleStatus, zone: tzinfo) -> str:
     store = r.oldest
     if store is None or store.oldest is None:
-        return "unknown" if any(s.error for s in r.stores) else "none"
+        if any(s.error for s in r.stores):
+            return "unknown"
+        return "unknown: none can be dated" if any(s.undated for s in r.surveyed) else "none"
     oldest = store.oldest
     if oldest < r.cutoff and store.held and not store.expired:
         verdict = "held: every expired object of this store is under a hold"
@@ -658,7 +677,7 @@ def _store_lines(s: StoreStatus, zone: tzinfo) -> list[str]:
     if s.error is not None:
         return [f"  {s.kind} {s.label}: FAILED: {s.error}"]
     if s.absent is not None:
-        return [f"  {s.kind} {s.label}: not present (optional): {s.absent}"]
+        return [f"  {s.kind} {s.label}: not found (optional): {s.absent}"]
     lines = [
         f"  {s.kind} {s.label}: {s.total} {s.unit}, expired {s.expired}, overdue {s.overdue}, "
         f"left behind {s.left_behind}, held {s.held}, oldest {_local(s.oldest, zone)}"
@@ -666,6 +685,8 @@ def _store_lines(s: StoreStatus, zone: tzinfo) -> list[str]:
     if s.skipped:
         parts = ", ".join(f"{reason} {count}" for reason, count in sorted(s.skipped.items()))
         lines.append(f"    left alone: {parts}")
+    if s.undated is not None and s.undated_failure is None:
+        lines.append(f"    {s.undated.note()}")
     return lines
 
 

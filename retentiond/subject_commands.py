@@ -18,7 +18,17 @@ import click
 from retentiond import audit
 from retentiond.config.loader import LoadedConfig, config_path, load_config
 from retentiond.engine import Engine
-from retentiond.erasure import StoreMatches, check_ticket, erase, record_search, search
+from retentiond.erasure import (
+    ALL_HELD,
+    NO_MATCH,
+    NOT_SEARCHED,
+    StoreMatches,
+    check_ticket,
+    erase,
+    record_search,
+    record_unerased,
+    search,
+)
 from retentiond.errors import AuditError, RetentiondError
 from retentiond.history import read_history
 from retentiond.subjects import Subject, SubjectError
@@ -30,6 +40,13 @@ class SubjectUsageError(RetentiondError):
 
 class ErasureRefused(RetentiondError):
     exit_code = 3
+
+
+WHY = {
+    NOT_SEARCHED: "no store could be searched",
+    NO_MATCH: "no match in any store searched",
+    ALL_HELD: "every match is held",
+}
 
 
 def _subject(numbers: tuple[str, ...], extensions: tuple[str, ...]) -> Subject:
@@ -97,8 +114,9 @@ def find_command(
     if ticket:
         signer = _signer(loaded)
         with audit.AuditLog(loaded.config.audit.path) as log, _signed(log, signer):
-            record_search(log, ticket, matches)
-        click.echo(f"recorded in the audit log as a search for {ticket} (counts only)")
+            why = record_search(log, ticket, matches)
+        because = f"; {WHY[why]}" if why in WHY else ""
+        click.echo(f"recorded in the audit log as a search for {ticket} (counts only{because})")
 
 
 @click.command("erase", short_help="Erase one person's records in every store (Art. 17).")
@@ -132,8 +150,11 @@ def erase_command(
     erasable = sum(m.erasable for m in matches if not m.unsearchable)
     held = sum(m.held for m in matches)
     click.echo(f"to erase: {erasable}; held (kept): {held}")
-    if dry_run or not erasable:
-        click.echo("dry run: nothing changed" if dry_run else "nothing to erase")
+    if dry_run:
+        click.echo("dry run: nothing changed")
+        return
+    if not erasable:
+        _record_unerased(loaded, engine, ticket, matches)
         return
     if not yes:
         if not sys.stdin.isatty():
@@ -160,6 +181,19 @@ def _refuse_vanished_holds(engine: Engine, names: list[str] | None) -> None:
             f"holds {', '.join(vanished)} are in force in the audit log but not in this config; "
             "run with the config they belong to, or end them with `run --once --end-hold ID`"
         )
+
+
+def _record_unerased(
+    loaded: LoadedConfig, engine: Engine, ticket: str, matches: list[StoreMatches]
+) -> None:
+    """Nothing to erase is an answer too: recorded, so the request can be shown answered."""
+    signer = _signer(loaded)
+    with audit.AuditLog(loaded.config.audit.path) as log:
+        with _signed(log, signer):
+            why = record_unerased(engine, log, ticket, matches)
+        head = log.head
+    click.echo(f"nothing to erase ({WHY.get(why, why)}); recorded in the audit log for {ticket}")
+    click.echo(f"audit log {loaded.config.audit.path}: head #{head[0]} {head[1][:16]}")
 
 
 def _signer(loaded: LoadedConfig) -> audit.Signer | None:

@@ -188,6 +188,7 @@ def test_sigterm_finishes_the_batch_then_stops_and_the_next_run_completes(pbx: P
     stdout, _ = process.communicate(timeout=30)
     assert process.returncode == 1
     assert "rule call-records: interrupted" in stdout
+    assert "not verified (the run stopped first)" in stdout and "None" not in stdout
     assert "call-recordings" not in stdout  # no new rule starts after a stop request
     entries = [json.loads(line) for line in log.read_text().splitlines()]
     assert entries[-1]["type"] == "run_finished" and entries[-1]["status"] == "interrupted"

@@ -65,17 +65,20 @@ def wait_for(what: str, condition: Callable[[], Any], timeout: float = 20) -> An
 class Service:
     """One `retentiond run` process with its own sd_notify socket and a log file."""
 
-    def __init__(self, config: Path, log_file: Path, watchdog_usec: int | None = None) -> None:
+    def __init__(
+        self, config: Path, log_file: Path, watchdog_usec: int | None = None, read: bool = True
+    ) -> None:
         self.config = config
         self.log_file = log_file
         address = f"retentiond-test-{secrets.token_hex(6)}"
         self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if not read:  # a stalled systemd: its queue fills after a few datagrams
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
         self.socket.bind("\0" + address)  # abstract: `@name` in NOTIFY_SOCKET
         self.datagrams: list[str] = []
         self._receiving = threading.Lock()
-        # Read at once, as systemd does: a full socket queue (10 datagrams) would block the
-        # daemon's sd_notify while a run takes longer than a few watchdog periods.
-        self._reading = True
+        # Read at once, as systemd does, unless the test wants a reader that never comes.
+        self._reading = read
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         env = clean_env() | {"NOTIFY_SOCKET": f"@{address}"}
@@ -152,8 +155,8 @@ def pbx(tmp_path: Path) -> Path:
 def start(tmp_path: Path) -> Iterator[Callable[..., Service]]:
     services: list[Service] = []
 
-    def starter(config: Path, watchdog_usec: int | None = None) -> Service:
-        service = Service(config, tmp_path / f"daemon-{len(services)}.log", watchdog_usec)
+    def starter(config: Path, watchdog_usec: int | None = None, read: bool = True) -> Service:
+        service = Service(config, tmp_path / f"daemon-{len(services)}.log", watchdog_usec, read)
         services.append(service)
         return service
 
@@ -262,6 +265,29 @@ def test_start_notifies_systemd_and_catches_up_every_overdue_rule(
         personal, jsonl=[service.log_file.read_text(), (pbx.parent / "audit.jsonl").read_text()]
     )
     assert not found, found[:5]
+
+
+def test_a_notify_socket_nobody_reads_stalls_neither_the_runs_nor_the_stop(
+    pbx: Path, start: Callable[..., Service]
+) -> None:
+    service = start(pbx, watchdog_usec=200_000, read=False)
+    wait_for("three catch-up runs", lambda: sorted(finished(pbx)) == sorted(RULES))
+    assert _queue_full(service.socket)
+    code, seconds = service.stop()
+    assert code == 0
+    assert seconds < 5
+    assert service.event("daemon stopped") is not None
+    assert verifies(pbx)
+
+
+def _queue_full(receiver: socket.socket) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        sender.connect(receiver.getsockname())
+        try:
+            sender.send(b"WATCHDOG=1", socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return True
+    return False
 
 
 def test_a_rule_without_schedule_is_left_to_run_once_with_a_warning(

@@ -373,7 +373,7 @@ def test_an_absent_optional_store_stays_green(pbx: Path) -> None:
     calls = compute(config, now=NOW + timedelta(minutes=5)).rules[0]
     assert calls.stores[1].absent is not None
     assert calls.verdict == "green"
-    assert "not present (optional)" in status_text(compute(config, now=NOW))
+    assert "not found (optional)" in status_text(compute(config, now=NOW))
 
 
 def test_json_has_every_figure(pbx: Path) -> None:

@@ -47,7 +47,9 @@ def render(preset: str, settings: dict[str, Any], keep: dict[str, str]) -> str:
 
 
 def _document(preset: str, settings: dict[str, Any], expanded: dict[str, Any]) -> str:
-    source = "the preset_settings given" if settings else SOURCES[preset]
+    # The settings are not written (they are expanded below), so the comment names them itself.
+    given = ", ".join(f"--set {key}" for key in settings)
+    source = f"the settings given to init ({given})" if settings else SOURCES[preset]
     lines = [
         f"# retentiond config for {preset}, written by `retentiond init --preset {preset}` "
         f"on {date.today().isoformat()}.",

@@ -203,6 +203,9 @@ class StoreBase(Strict):
     # An optional store that does not exist (table, file, folder) is reported and skipped;
     # presets mark the places a PBX has only in some installs (transient_cdr, Master.csv).
     optional: bool = False
+    # The share of this store's objects that may have no readable date (never deleted) before
+    # the store fails; default: safety.max_undated_fraction.
+    max_undated_fraction: Annotated[float | None, Field(ge=0, le=1)] = None
 
 
 class SqlStoreConfig(StoreBase):
@@ -215,9 +218,10 @@ class SqlStoreConfig(StoreBase):
     # deleted together with its row.
     file_column: Annotated[str | None, Field(pattern=IDENTIFIER_PATTERN)] = None
     file_root: AbsolutePath | None = None
-    # Columns that hold a person's number or extension (FreePBX cdr: src, dst, cnum, did):
-    # holds by number and `erase`/`find` match them. Without any, a hold by number holds every
-    # row of its time window, and `erase` cannot search this table.
+    # Columns that hold a person's number or extension (FreePBX cdr: src, dst, cnum, did), or a
+    # caller id with it inside `<...>` (clid: `"Alice" <+4930123456>`): holds by number and
+    # `erase`/`find` match them. Without any, a hold by number holds every row of its time
+    # window, and `erase` cannot search this table.
     subject_columns: list[Identifier] = []
     # The file names in file_column carry the numbers of the call (3CX recording_url:
     # <ext>/[Name]_<ext>-<number>_<time>(<n>).wav): holds by number and `erase`/`find` also
@@ -524,6 +528,9 @@ class Safety(Strict):
     # clock problem more often than a real backlog. Override once with `run --once --force`.
     max_increase: Annotated[float, Field(ge=1)] = 10
     max_increase_floor: Annotated[int, Field(ge=0)] = 1000
+    # Objects no date can be read from are never deleted: a store where more than this share of
+    # them are undated fails check, plan, the run's verification and status. 0: none tolerated.
+    max_undated_fraction: Annotated[float, Field(ge=0, le=1)] = 0.01
 
 
 class Config(Strict):

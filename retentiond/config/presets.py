@@ -43,10 +43,10 @@ OFF = "off"  # `keep: {voicemail: off}` leaves a preset rule out, visibly
 NEVER = "never"  # `anonymize: {call-records: never}`: keep the anonymized records
 TRANSFORMS = "_anonymize"  # a template store's transforms, used only when the rule anonymizes
 
-# FreePBX/Asterisk `cdr`: the columns that name a party, and how each personal field is
-# anonymized. uniqueid/linkedid encode the call's time to the second, channels and lastdata the
-# numbers dialled, recordingfile both: blanked, not truncated.
-CDR_SUBJECTS = ["src", "dst", "cnum", "did", "outbound_cnum"]
+# FreePBX/Asterisk `cdr`: the columns that name a party (clid as a caller id, `"Name" <number>`),
+# and how each personal field is anonymized. uniqueid/linkedid encode the call's time to the
+# second, channels and lastdata the numbers dialled, recordingfile both: blanked, not truncated.
+CDR_SUBJECTS = ["src", "dst", "cnum", "did", "outbound_cnum", "clid"]
 CDR_ANONYMIZE: dict[str, Any] = {
     "src": "truncate_digits",
     "dst": "truncate_digits",
@@ -65,8 +65,9 @@ CDR_ANONYMIZE: dict[str, Any] = {
     "recordingfile": "blank",
     "userfield": "blank",
 }
-# Columns of the plain Asterisk cdr table that cdr_adaptive_odbc and cdr_pgsql write
-ASTERISK_CDR_SUBJECTS = ["src", "dst"]
+# Columns of the plain Asterisk cdr table that cdr_adaptive_odbc and cdr_pgsql write (clid:
+# "Name" <number>)
+ASTERISK_CDR_SUBJECTS = ["src", "dst", "clid"]
 # ... and the transform of each CDR field, wherever a cdr_sqlite3_custom mapping puts it
 ASTERISK_CDR_ANONYMIZE: dict[str, Any] = {
     "src": "truncate_digits",
@@ -444,8 +445,8 @@ def _sqlite_cdr_store(connection: str, mapping: SqliteCdrMapping) -> dict[str, A
     time_column = mapping.column_of("start") or columns.get("calldate") or "calldate"
     subjects = [c for c in (mapping.column_of("src"), mapping.column_of("dst")) if c]
     clid = mapping.column_of("clid")
-    if clid and not mapping.column_of("src"):
-        subjects.append(clid)  # the caller's number is only in `"Name" <number>`
+    if clid:
+        subjects.append(clid)  # `"Name" <number>`: without a src column, the only number
     transforms = {
         column: transform
         for field, transform in ASTERISK_CDR_ANONYMIZE.items()

@@ -427,6 +427,7 @@ class Erasure:
     deleted: int
     held: int
     stores: list[SubjectStore]
+    outcome: str | None = None  # erased | no match | all held | not searched; None: older logs
 
 
 @dataclass(frozen=True)
@@ -439,6 +440,7 @@ class SubjectSearch:
     found: int
     held: int
     stores: list[SubjectStore]
+    outcome: str | None = None  # found | no match | all held | not searched
 
 
 @dataclass(frozen=True)
@@ -1085,16 +1087,20 @@ class _Figures:
                 f"{left if left is not None else 'some'} expired objects remained after the run"
             )
         else:
+            stores = [s for s in entry.fields.get("stores") or [] if isinstance(s, dict)]
             failed = [
                 f"{_text(store.get('store'))}: {_text(store.get('failed'))}"
-                for store in entry.fields.get("stores") or []
-                if isinstance(store, dict) and store.get("failed")
+                for store in stores
+                if store.get("failed")
             ]
-            reason = (
-                "store failed, the rule's other stores were enforced: " + "; ".join(failed)
+            undated = _undated_failures(stores)
+            reasons = (
+                ["store failed, the rule's other stores were enforced: " + "; ".join(failed)]
                 if failed
-                else f"run ended with status {status}"
+                else []
             )
+            reasons += undated
+            reason = "; ".join(reasons) or f"run ended with status {status}"
         self.incidents.append(Incident(at, system, run.rule, status, reason))
 
     def _refused(self, system: str, entry: audit.Entry, at: datetime) -> None:
@@ -1184,6 +1190,7 @@ class _Figures:
         erasure.reason = _text(fields.get("reason")) or None
         erasure.final_deleted = _int(fields.get("deleted"))
         erasure.final_held = _int(fields.get("held"))
+        erasure.outcome = _text(fields.get("outcome")) or None
         stores = _subject_stores(fields.get("stores"))
         if stores:
             erasure.stores = stores
@@ -1215,6 +1222,7 @@ class _Figures:
                 sum(s.found for s in stores),
                 sum(s.held for s in stores),
                 stores,
+                _text(entry.fields.get("outcome")) or None,
             )
         )
 
@@ -1416,6 +1424,7 @@ class _Figures:
                     deleted=e.final_deleted if finished else e.batch_deleted,
                     held=e.final_held if finished else sum(s.held for s in stores),
                     stores=stores,
+                    outcome=e.outcome if finished else None,
                 )
             )
         return sorted(rows, key=lambda r: (r.started or r.finished or self.period.start, r.system))
@@ -1509,6 +1518,7 @@ class _Erasure:
     stores: list[SubjectStore] = field(default_factory=list)
     final_deleted: int = 0
     final_held: int = 0
+    outcome: str | None = None
     batch_deleted: int = 0
     intents: set[tuple[str, int]] = field(default_factory=set)
     done: set[tuple[str, int]] = field(default_factory=set)
@@ -1546,6 +1556,22 @@ def _held_by(stores: Any) -> dict[str, dict[str, int]]:
             if _is_int(count):
                 by_hold[str(hold)] = max(by_hold.get(str(hold), 0), count)
     return result
+
+
+def _undated_failures(stores: list[dict[str, Any]]) -> list[str]:
+    """Why a run failed for objects that cannot be dated, from its stores' counts."""
+    reasons: dict[str, str] = {}
+    for store in stores:
+        if not store.get("undated_failed"):
+            continue
+        tolerated = store.get("undated_tolerated")
+        share = f"{tolerated * 100:.3g}%" if isinstance(tolerated, int | float) else "unknown"
+        reasons.setdefault(
+            _text(store.get("store")),
+            f"{_text(store.get('store'))}: {_int(store.get('undated'))} objects cannot be dated "
+            f"and are never deleted (tolerated: {share})",
+        )
+    return list(reasons.values())
 
 
 def _held_total(stores: Any) -> int | None:

@@ -508,6 +508,8 @@ def _subject_rows(report: Report, add: Add) -> None:
         add("erasure", "status", e.status, **where)
         if e.reason:
             add("erasure", "reason", e.reason, **where)
+        if e.outcome:
+            add("erasure", "outcome", e.outcome, **where)
         for item in ("found", "deleted", "held"):
             add("erasure", item, getattr(e, item), **where)
         for s in e.stores:
@@ -519,6 +521,8 @@ def _subject_rows(report: Report, add: Add) -> None:
         add("subject_search", "at", search.at, **where)
         add("subject_search", "found", search.found, **where)
         add("subject_search", "held", search.held, **where)
+        if search.outcome:
+            add("subject_search", "outcome", search.outcome, **where)
 
 
 # --- the rule catalogue ---------------------------------------------------------------------------

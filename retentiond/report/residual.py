@@ -24,27 +24,59 @@ from retentiond.errors import StoreError
 from retentiond.report.data import Finding, approximate_days
 from retentiond.stores.sql import Database
 
-BACKUP_FOLDERS: Mapping[str, Path] = {
-    "FreePBX backups": Path("/var/spool/asterisk/backup"),
-    "3CX backups": Path("/var/lib/3cxpbx/Instance1/Data/Backups"),
-}
+ASTERISK_CONF = Path("/etc/asterisk/asterisk.conf")
+SPOOL_DIR = Path("/var/spool/asterisk")  # Asterisk's compiled-in astspooldir
 VOICEMAIL_CONF = Path("/etc/asterisk/voicemail.conf")
 DAY = 86400.0
+
+
+def _backup_folders(asterisk_conf: Path) -> dict[str, Path]:
+    """Where the PBXs keep their backups; FreePBX's in Asterisk's spool directory."""
+    return {
+        "FreePBX backups": spool_dir(asterisk_conf) / "backup",
+        "3CX backups": Path("/var/lib/3cxpbx/Instance1/Data/Backups"),
+    }
+
+
+def spool_dir(asterisk_conf: Path = ASTERISK_CONF) -> Path:
+    """`astspooldir` of asterisk.conf's [directories], as Asterisk reads it (main/options.c):
+    a template (`[directories](!)`, as the sample ships) is ignored, the last value wins, and
+    without one (or without the file) the compiled-in /var/spool/asterisk applies."""
+    try:
+        text = asterisk_conf.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return SPOOL_DIR
+    found = SPOOL_DIR
+    in_directories = False
+    for raw in text.splitlines():
+        line = raw.split(";", 1)[0].strip()
+        if line.startswith("["):
+            name, _, options = line[1:].partition("]")
+            in_directories = name.strip().lower() == "directories" and "!" not in options
+            continue
+        key, sep, value = line.partition("=")
+        value = value.removeprefix(">").strip()
+        if in_directories and sep and key.strip().lower() == "astspooldir" and value:
+            found = Path(value)
+    return found
 
 
 def detect(
     config: Config,
     *,
-    backup_folders: Mapping[str, Path] = BACKUP_FOLDERS,
+    backup_folders: Mapping[str, Path] | None = None,
     voicemail_conf: Path = VOICEMAIL_CONF,
+    asterisk_conf: Path = ASTERISK_CONF,
     now: float | None = None,
 ) -> list[Finding]:
-    """Every residual-copy detection for this host and the config's database connections."""
+    """Every residual-copy detection for this host and the config's database connections.
+    `backup_folders` default: FreePBX's in the spool directory `asterisk_conf` names, 3CX's."""
     findings: list[Finding] = []
     for name, settings in config.connections.items():
         findings += _database(config, name, settings)
     shortest = _shortest_keep(config)
-    for label, folder in backup_folders.items():
+    folders = _backup_folders(asterisk_conf) if backup_folders is None else backup_folders
+    for label, folder in folders.items():
         findings.append(_backups(label, folder, shortest, time.time() if now is None else now))
     findings.append(_voicemail_email(voicemail_conf))
     return findings

@@ -33,6 +33,12 @@ from retentiond.errors import StoreError
 from retentiond.rules import NO_HOLDS, Holds
 from retentiond.subjects import Subject
 
+# The reasons in Survey.skipped that mean "no date can be read from it": a row whose time
+# column holds no time, a file with no date where age_from looks, a voicemail msgNNNN.txt
+# without a usable origtime, a CSV line whose time field does not parse. Such an object never
+# expires, so it is never deleted: beyond a small share, a store fails (retentiond.undated).
+UNDATED_REASONS = frozenset({"undated", "malformed_txt", "unparseable"})
+
 
 @dataclass(frozen=True)
 class Survey:
@@ -43,12 +49,20 @@ class Survey:
     expired: int
     oldest: datetime | None  # the oldest object's time (aware), expired or not
     expired_bytes: int | None = None  # files only
+    # How many batches deleting `expired` takes, where the store knows better than
+    # expired / batch_size (csv: one per file); None: that quotient.
+    batches: int | None = None
     # Objects left out and why, e.g. {"undated": 3, "symlink": 1}; reported, never deleted.
     skipped: Mapping[str, int] = field(default_factory=dict)
     # Objects older than the cutoff that a hold keeps (not counted in `expired`), and per hold
     # id how many each covers (an object under two holds counts under both).
     held: int = 0
     held_by: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def undated(self) -> int:
+        """Objects no date can be read from (counted in `total`, never in `expired`)."""
+        return sum(self.skipped.get(reason, 0) for reason in UNDATED_REASONS)
 
 
 @dataclass(frozen=True)

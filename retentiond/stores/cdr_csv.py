@@ -394,12 +394,16 @@ class CsvStore(Store):
     def _survey(self, cutoff: datetime, selection: Selection) -> Survey:
         skipped: Counter[str] = Counter()
         tally = _Tally()
+        batches = 0
         for found in self._walk(skipped):
+            before = tally.expired
             try:
                 for line in self._lines(found):
                     self._count(line, cutoff, selection, tally)
             except Skip as skip:
                 skipped[skip.reason] += 1
+            else:
+                batches += tally.expired > before  # one per file with lines to rewrite
         if tally.unparseable:
             skipped[UNPARSEABLE] += tally.unparseable
         if skipped[UNREADABLE]:
@@ -412,6 +416,7 @@ class CsvStore(Store):
             expired=tally.expired,
             oldest=tally.oldest,
             expired_bytes=tally.expired_bytes,
+            batches=batches,
             skipped=dict(sorted((reason, n) for reason, n in skipped.items() if n)),
             held=tally.held,
             held_by=dict(sorted(tally.held_by.items())),

@@ -44,7 +44,8 @@ Holds are part of every statement's predicate: a held row is never read into a b
 delete (or update) of a batch re-checks the predicate its batch was planned with, carried in the
 payload. A hold's window is widened, never narrowed, where a wall-clock column is ambiguous.
 With `subject_columns`, a hold by number covers only rows naming the person there (`IN` the
-subject's stored forms, NULL never matching); `find` and `subject_batches` search those columns.
+subject's stored forms, or a caller id with one of them between `<` and `>` as in `clid`, NULL
+never matching); `find` and `subject_batches` search those columns.
 With `subject_in_file_name`, a row also names the person whose stored form is a part of its file's
 name (3CX `<ext>/[Name]_<ext>-<number>_<time>(<n>).wav`), as a files store's `subject_in_name`
 matches: the name without folders and extension, split at `-`, `_` and blanks. The database
@@ -843,6 +844,35 @@ class SqlStore(Store):
     # -- opening ---------------------------------------------------------------------------------
 
     def open(self) -> None:
+        """Connect and read the table's definition. A database file Asterisk keeps locked for
+        longer than lock_timeout (or a lock wait, deadlock or lost connection on a server) is
+        tried again with the backoff of every other lock wait, `Database.retrying`'s."""
+        retries = self._db.settings.retries
+        attempt = 0
+        while True:
+            try:
+                self._open()
+                return
+            except DBAPIError as exc:
+                reason = _transient_reason(exc)
+                if reason is None:
+                    raise  # a bug: _open words every other driver error as a StoreError
+                if attempt >= retries:
+                    raise StoreError(
+                        f"{self.label}: cannot read the table definition: "
+                        + _GAVE_UP[reason].format(attempts=attempt + 1)
+                    ) from None
+                attempt = _wait_to_retry(
+                    "sql store retrying",
+                    {"store": self.label},
+                    action="reading the table definition",
+                    attempt=attempt,
+                    of=retries,
+                    reason=reason,
+                    exc=exc,
+                )
+
+    def _open(self) -> None:
         self.close()
         connection = self._db.open()
         try:
@@ -863,6 +893,8 @@ class SqlStore(Store):
                     self._prepare_files(connection, table)
         except DBAPIError as exc:
             self.close()
+            if _transient_reason(exc) is not None:
+                raise  # open() waits and tries again
             raise StoreError(
                 f"{self.label}: cannot read the table definition: {driver_message(exc)}"
             ) from None
@@ -1676,9 +1708,7 @@ class SqlStore(Store):
         `name` prefixes the parameters."""
         parts: list[Predicate] = []
         if self._subject_sql:
-            parts.append(
-                Predicate(self._names_sql(name), {name: sorted(subject.values)}, frozenset({name}))
-            )
+            parts.append(self._column_naming(subject, name))
         if self._file_parts is not None:
             parts.append(self._file_naming(subject, name, *self._file_parts))
         return Predicate.any_of(parts)
@@ -1710,19 +1740,71 @@ class SqlStore(Store):
             return f"strpos({haystack}, CAST(:{param} AS TEXT)) > 0"
         return f"instr({haystack}, :{param}) > 0"
 
-    def _names_sql(self, values: str) -> str:
+    def _column_naming(self, subject: Subject, name: str) -> Predicate:
         """A subject column holds one of the forms, as written or with blanks and `-./()` taken
-        out (`030 123456`, `+49 (30) 123-456`), as subjects.Subject.matches compares them."""
-        # IS NOT NULL: a NULL would make the whole condition NULL, and NOT (NULL) keeps a row
-        # that names nobody.
-        return (
-            "("
-            + " OR ".join(
-                f"({c} IS NOT NULL AND ({c} IN :{values} OR {_stripped(c)} IN :{values}))"
-                for c in self._subject_sql
-            )
-            + ")"
+        out (`030 123456`, `+49 (30) 123-456`), or is a caller id with one of them between `<`
+        and `>` (`"Alice" <+4930123456>`, as Asterisk writes `clid`), as subjects.Subject's
+        matches and matches_callerid compare them."""
+        params: dict[str, Any] = {name: sorted(subject.values)}
+        # For a value with several `<`: `<form>` found byte for byte (`<+4930123456>` is no
+        # part of `<+49301234567>`), each a parameter with no pattern characters to escape.
+        inside: list[tuple[str, bool]] = []
+        for kind, values, stripped in (
+            ("number", subject.numbers, True),
+            ("extension", subject.extensions, False),
+        ):
+            for index, value in enumerate(sorted(values)):
+                param = f"{name}_callerid_{kind}{index}"
+                params[param] = f"<{value}>"
+                inside.append((param, stripped))
+        tests = []
+        for c in self._subject_sql:
+            options = [f"{c} IN :{name}", f"{_stripped(c)} IN :{name}"]
+            if inside:
+                options.append(self._callerid_naming(c, name, inside))
+            # IS NOT NULL: a NULL would make the whole condition NULL, and NOT (NULL) keeps a
+            # row that names nobody.
+            tests.append(f"({c} IS NOT NULL AND ({' OR '.join(options)}))")
+        return Predicate(f"({' OR '.join(tests)})", params, frozenset({name}))
+
+    def _callerid_naming(self, c: str, name: str, inside: list[tuple[str, bool]]) -> str:
+        """`c` is a caller id with one of the forms (`name`) between `<` and `>`.
+
+        A value without `<` costs one test, and one with a single `<` (Asterisk's clid) one
+        comparison of what its `<...>` holds; only a value with several is searched for each
+        `<form>` parameter in `inside`. CASE is evaluated in this order on every server.
+        """
+        bracketed, closed = self._bracketed(c)
+        # The forms have no separators, so this also finds a form as written.
+        single = f"({closed} AND {_stripped(bracketed)} IN :{name})"
+        several = " OR ".join(
+            self._contains(_stripped(c) if stripped else c, param) for param, stripped in inside
         )
+        return (
+            f"(CASE WHEN {self._position(c, '<')} = 0 THEN 1 = 0 "
+            f"WHEN LENGTH({c}) - LENGTH(REPLACE({c}, '<', '')) = 1 THEN {single} "
+            f"ELSE ({several}) END)"
+        )
+
+    def _bracketed(self, c: str) -> tuple[str, str]:
+        """For a value with one `<`: what it and the first `>` after it enclose, and whether
+        there is such a `>` at all."""
+        after = f"SUBSTR({c}, {self._position(c, '<')} + 1)"  # SUBSTR: all three have it
+        if self._family == "mysql":
+            bracketed = f"SUBSTRING_INDEX({after}, '>', 1)"
+        elif self._family == "postgresql":
+            bracketed = f"split_part({after}, '>', 1)"
+        else:
+            bracketed = f"substr({after}, 1, instr({after}, '>') - 1)"
+        return bracketed, f"{self._position(after, '>')} > 0"
+
+    def _position(self, text: str, character: Literal["<", ">"]) -> str:
+        """Where `character` first occurs in `text`, 0 when it does not."""
+        if self._family == "mysql":
+            return f"LOCATE('{character}', {text})"
+        if self._family == "postgresql":
+            return f"strpos({text}, '{character}')"
+        return f"instr({text}, '{character}')"
 
     # -- holds -----------------------------------------------------------------------------------
 
@@ -2438,9 +2520,18 @@ def _explain_mysql(
     connection: Connection, statement: str, params: dict[str, Any]
 ) -> tuple[list[str], bool]:
     rows = connection.execute(text(f"EXPLAIN {statement}"), params).mappings().all()
+    # NULL columns (no key, no table for an impossible WHERE) are left out, not shown as None.
     lines = [
-        f"{row['table']}: access {row['type']}, key {row['key']}, rows {row['rows']}"
-        + (f", {row['Extra']}" if row["Extra"] else "")
+        ", ".join(
+            part
+            for part in (
+                f"{row['table'] or '-'}: access {row['type'] or '-'}",
+                f"key {row['key']}" if row["key"] else "no key",
+                f"rows {row['rows']}" if row["rows"] is not None else "",
+                str(row["Extra"] or ""),
+            )
+            if part
+        )
         for row in rows
     ]
     # ALL reads every row, index every entry of an index: both are a full scan per batch.
@@ -2453,10 +2544,25 @@ def _explain_postgresql(
     # As the planner would for a big table: a small one is read whole, which says nothing.
     connection.execute(text("SET LOCAL enable_seqscan = off"))
     plan = connection.execute(text(f"EXPLAIN {statement}"), params)
-    lines = [str(row[0]) for row in plan]
+    lines = _without_jit([str(row[0]) for row in plan])
     full_scan = any("Seq Scan" in line for line in lines)
     lines.append("(planned with enable_seqscan off, as for a large table)")
     return lines, full_scan
+
+
+def _without_jit(lines: list[str]) -> list[str]:
+    """The plan without its JIT block: the disabled seq scan's huge cost makes PostgreSQL plan
+    to compile it, which says nothing about a batch on a large table."""
+    kept: list[str] = []
+    block: int | None = None  # the JIT: line's indentation while inside its block
+    for line in lines:
+        indent = len(line) - len(line.lstrip())
+        if block is not None and indent > block:
+            continue
+        block = indent if line.strip() == "JIT:" else None
+        if block is None:
+            kept.append(line)
+    return kept
 
 
 def _explain_sqlite(
