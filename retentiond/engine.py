@@ -15,7 +15,10 @@ entry and each batch names its stage.
 
 Holds are read from the config before the run and again before every batch: a hold added by a
 reload during a run drops the batch planned without it, is recorded in the log, and the store
-plans afresh with it.
+plans afresh with it. A hold the log shows in force that the config no longer has refuses the
+run until the operator ends it (`end_holds`, `force`); one that vanishes during a run keeps
+holding to its end. Holds that match no object of any age are named in the plan
+(`unmatched`) and in the run's first entry.
 
 Reconciliation (safety rule 8): a run killed between a batch's intent and its result leaves
 the log unable to say how much that batch removed. Before its own `run_started`, every run
