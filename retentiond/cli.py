@@ -9,7 +9,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from types import FrameType
 from typing import Any, ClassVar, NoReturn
@@ -23,6 +23,7 @@ from retentiond.config.pbxfiles import THREECX_MASTER_ACCOUNT, is_3cx_settings
 from retentiond.engine import Engine, RulePlan, RunObserver, RunOutcome, exit_code
 from retentiond.errors import ConfigError, RetentiondError
 from retentiond.history import read_history
+from retentiond.holds import vanished_holds
 from retentiond.stores import AbsentStore
 
 
@@ -257,6 +258,11 @@ def plan(ctx: Context, rule_name: str | None, as_json: bool) -> None:
     else:
         for rule_plan in plans:
             print_plan(rule_plan, loaded.config.zone())
+        for hold_id in matching_nothing(plans):
+            click.echo(
+                f"hold {hold_id}: MATCHES NOTHING: no object of any age in the stores of its "
+                f"rules; it protects nothing. {UNMATCHED_ADVICE}"
+            )
     failed = {s.label for p in plans for s in p.stores if s.failed}
     undated = {s.label for p in plans for s in p.stores if s.undated_failure}
     problems = [
@@ -267,6 +273,18 @@ def plan(ctx: Context, rule_name: str | None, as_json: bool) -> None:
         _fail("; ".join(p for p in problems if p) + "; see above", 1)
 
 
+UNMATCHED_ADVICE = (
+    "Check its numbers (international form, in quotes), extensions, from/to and rules"
+)
+
+
+def matching_nothing(plans: list[RulePlan]) -> list[str]:
+    """Holds that match nothing in every rule planned that they cover."""
+    covered = {hold for p in plans for hold in p.holds.ids}
+    matched = {hold for p in plans for hold in p.holds.ids if hold not in p.unmatched}
+    return sorted(covered - matched)
+
+
 def plan_json(rule_plan: RulePlan) -> dict[str, Any]:
     return {
         "rule": rule_plan.rule.name,
@@ -275,6 +293,8 @@ def plan_json(rule_plan: RulePlan) -> dict[str, Any]:
         "cutoff": _iso(rule_plan.cutoff),
         "refusal": rule_plan.refusal,
         "holds": rule_plan.holds.ids,
+        "holds_not_found": list(rule_plan.vanished),
+        "holds_matching_nothing": list(rule_plan.unmatched),
         "stores": [
             {
                 "store": s.label,
@@ -361,24 +381,57 @@ def print_plan(rule_plan: RulePlan, zone: tzinfo) -> None:
 @click.option(
     "--force",
     is_flag=True,
-    help="With --once: proceed past the min_keep and max_increase guards (recorded).",
+    help="With --once: proceed past the min_keep and max_increase guards, and end holds the "
+    "log shows in force that the config no longer has (recorded).",
+)
+@click.option(
+    "--end-hold",
+    "end_holds",
+    multiple=True,
+    metavar="ID",
+    help="With --once: end a hold that was removed from the config on purpose (recorded).",
 )
 @pass_context
-def run(ctx: Context, once: bool, rule_name: str | None, as_json: bool, force: bool) -> None:
+def run(
+    ctx: Context,
+    once: bool,
+    rule_name: str | None,
+    as_json: bool,
+    force: bool,
+    end_holds: tuple[str, ...],
+) -> None:
     """Enforce the rules: as a daemon on their schedules, or with --once now and exit.
 
     The daemon runs in the foreground (systemd Type=notify): SIGHUP or a saved config reloads,
     SIGTERM finishes the current batch and exits 0.
     """
     if not once:
-        if rule_name or as_json or force:
+        if rule_name or as_json or force or end_holds:
             raise click.UsageError(
-                "--rule, --json and --force go with --once; the daemon runs every rule"
+                "--rule, --json, --force and --end-hold go with --once; the daemon runs every rule"
             )
         sys.exit(_daemon(ctx.loaded))
     loaded = ctx.loaded
-    outcomes = enforce(loaded, rule_name, as_json=as_json, force=force)
+    _check_end_holds(loaded, end_holds)
+    outcomes = enforce(loaded, rule_name, as_json=as_json, force=force, end_holds=end_holds)
     sys.exit(exit_code(outcomes))
+
+
+def _check_end_holds(loaded: LoadedConfig, end_holds: tuple[str, ...]) -> None:
+    """--end-hold ends only a hold the log shows in force that the config no longer has."""
+    if not end_holds:
+        return
+    config = loaded.config
+    history = read_history(config.audit.path)
+    vanished = vanished_holds(history.holds, config.holds, datetime.now(UTC), config.zone())
+    for hold_id in end_holds:
+        if hold_id in vanished:
+            continue
+        if any(hold.id == hold_id for hold in config.holds):
+            why = "is in the config: remove its file or entry first, or give it an until: date"
+        else:
+            why = "is not in force in the audit log"
+        _fail(f"--end-hold {hold_id}: this hold {why}", 2)
 
 
 def _daemon(loaded: LoadedConfig) -> int:
@@ -407,7 +460,12 @@ def _daemon(loaded: LoadedConfig) -> int:
 
 
 def enforce(
-    loaded: LoadedConfig, rule_name: str | None, *, as_json: bool, force: bool = False
+    loaded: LoadedConfig,
+    rule_name: str | None,
+    *,
+    as_json: bool,
+    force: bool = False,
+    end_holds: tuple[str, ...] = (),
 ) -> list[RunOutcome]:
     from retentiond.pings import Pings
 
@@ -436,6 +494,7 @@ def enforce(
             progress=_progress if show_progress else None,
             observers=observers,
             force=force,
+            end_holds=end_holds,
         )
         outcomes = []
         for rule in rules:

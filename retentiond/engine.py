@@ -15,7 +15,10 @@ entry and each batch names its stage.
 
 Holds are read from the config before the run and again before every batch: a hold added by a
 reload during a run drops the batch planned without it, is recorded in the log, and the store
-plans afresh with it.
+plans afresh with it. A hold the log shows in force that the config no longer has refuses the
+run until the operator ends it (`end_holds`, `force`); one that vanishes during a run keeps
+holding to its end. Holds that match no object of any age are named in the plan
+(`unmatched`) and in the run's first entry.
 
 Reconciliation (safety rule 8): a run killed between a batch's intent and its result leaves
 the log unable to say how much that batch removed. Before its own `run_started`, every run
@@ -53,9 +56,9 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -68,8 +71,8 @@ from retentiond.config.loader import LoadedConfig
 from retentiond.config.model import HoldConfig, Rule
 from retentiond.errors import AuditError, StoreAbsent, StoreError
 from retentiond.history import History, Interrupted, read_history
-from retentiond.holds import record_hold_changes
-from retentiond.rules import NO_HOLDS, Holds, holds_for, schedule_interval
+from retentiond.holds import record_hold_changes, vanished_holds
+from retentiond.rules import NO_HOLDS, Holds, HoldScope, holds_for, schedule_interval
 from retentiond.rules import cutoff as compute_cutoff
 from retentiond.stores import (
     AbsentStore,
@@ -93,6 +96,9 @@ def utcnow() -> datetime:
 
 
 DELETE, ANONYMIZE = "delete", "anonymize"
+
+# How far ahead of now a hold's objects are looked for (a PBX clock that ran ahead)
+MATCH_PROBE_AHEAD = timedelta(days=366)
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,10 @@ class RulePlan:
     stage: str = DELETE
     holds: Holds = NO_HOLDS
     forced: tuple[str, ...] = ()  # guards overridden with --force (recorded in the log)
+    # holds the log shows in force over this rule that the config no longer has (refused)
+    vanished: tuple[str, ...] = ()
+    # holds in force over this rule that match no object of any age in its stores
+    unmatched: tuple[str, ...] = ()
 
     @property
     def expired(self) -> int:
@@ -226,6 +236,7 @@ class Engine:
         observers: Sequence[RunObserver] = (),
         holds: Callable[[], Sequence[HoldConfig]] | None = None,
         force: bool = False,
+        end_holds: Collection[str] = (),
     ) -> None:
         self.loaded = loaded
         self.config = loaded.config
@@ -236,6 +247,8 @@ class Engine:
         # The daemon passes the holds of its current config, so a reload reaches a running run
         self.hold_source = holds or (lambda: loaded.config.holds)
         self.force = force
+        # Vanished holds the operator ends in this run (`run --once --end-hold ID`)
+        self.end_holds = frozenset(end_holds)
 
     def holds(self, rule: Rule) -> Holds:
         """The holds in force for `rule` at this moment."""
@@ -292,7 +305,82 @@ class Engine:
             )
         stage = ANONYMIZE if rule.action == ANONYMIZE else DELETE
         stages.append(self._plan(rule, stores, stage, rule.keep, holds, history, isolate))
-        return stages
+        unmatched = self._unmatched(stages, stores)
+        return [
+            self._vanished_guard(rule, replace(plan, unmatched=unmatched), history)
+            for plan in stages
+        ]
+
+    def _unmatched(self, stages: list[RulePlan], stores: list[Store]) -> tuple[str, ...]:
+        """The holds that match nothing in these stores: no object of any age, held or not.
+
+        A hold that keeps something expired matches; the others are looked for once more with
+        a cutoff far ahead, so young objects count too. A hold by a number no store holds (a
+        mistyped number, the wrong rules) protects nothing: plan, status and the report say so.
+        """
+        plan = stages[-1]
+        holding = {
+            hold
+            for stage in stages
+            for store_plan in stage.stores
+            for hold, count in store_plan.survey.held_by.items()
+            if count
+        }
+        return tuple(
+            sorted(
+                scope.hold_id
+                for scope in plan.holds.scopes
+                if scope.hold_id not in holding and not self._matches(scope, stores, plan)
+            )
+        )
+
+    def _matches(self, scope: HoldScope, stores: list[Store], plan: RulePlan) -> bool:
+        """Whether any store has an object of any age in the hold's scope. A store that failed
+        cannot tell: then the hold is not called unmatched (the failure is reported itself)."""
+        ahead = self.now() + MATCH_PROBE_AHEAD
+        for store, store_plan in zip(stores, plan.stores, strict=True):
+            if store_plan.absent is not None:
+                continue  # an optional store that is not there holds nothing
+            if store_plan.failed is not None:
+                return True
+            try:
+                survey = store.survey(ahead, Holds((scope,)))
+            except StoreError:
+                log.warning("a store could not be asked what a hold matches", store=store.label)
+                return True
+            if survey.held_by.get(scope.hold_id, 0):
+                return True
+        return False
+
+    def vanished(self, rule: Rule, history: History) -> list[str]:
+        """Holds in force over `rule` in the log, not in the config, not ended by the operator."""
+        found = vanished_holds(
+            history.holds, self.hold_source(), self.now(), self.config.zone(), rule.name
+        )
+        return [hold_id for hold_id in found if hold_id not in self.end_holds]
+
+    def _vanished_guard(self, rule: Rule, plan: RulePlan, history: History) -> RulePlan:
+        """Safety rule 10: a hold the log shows in force ends only by an explicit action, never
+        because its file was not found (a config copied elsewhere loses its holds folder)."""
+        vanished = tuple(self.vanished(rule, history))
+        if not vanished:
+            return plan
+        ids = ", ".join(vanished)
+        if self.force:
+            forced = f"holds {ids} in force in the audit log were not found in the config; ended"
+            return replace(plan, forced=(*plan.forced, forced), vanished=vanished)
+        if plan.refusal is not None:
+            return replace(plan, vanished=vanished)
+        folder = self.loaded.holds_dir
+        where = f"holds: and the holds folder {folder}" if folder else "no holds folder beside it"
+        refusal = (
+            f"holds {ids} are in force in the audit log but not in this config ({where}); "
+            "a hold ends only explicitly. If the config lost its holds folder, run "
+            "with the config it belongs to or set holds_dir:. If a hold was removed on purpose, "
+            "end it with `run --once --end-hold ID` (recorded; --force ends them all), or give "
+            "it an until: date"
+        )
+        return replace(plan, refusal=refusal, vanished=vanished)
 
     def _plan(
         self,
@@ -599,8 +687,17 @@ class Engine:
             for store in stage.stores:
                 for hold, count in store.survey.held_by.items():
                     counts.setdefault(hold, {})[store.label] = count
+        ended = {hold_id: "--end-hold" for hold_id in self.end_holds}
+        if self.force:
+            ended |= {hold_id: "--force" for stage in stages for hold_id in stage.vanished}
         record_hold_changes(
-            audit, self.hold_source(), self.now(), self.config.zone(), counts, history=history
+            audit,
+            self.hold_source(),
+            self.now(),
+            self.config.zone(),
+            counts,
+            history=history,
+            end=ended,
         )
 
     def _refuse(
@@ -613,6 +710,7 @@ class Engine:
             outcome.run_id,
             plan,
             reason=plan.refusal,
+            **({"holds_not_found": list(plan.vanished)} if plan.vanished else {}),
             **_stage_fields(stages),
             stores=[f for stage in stages for f in _survey_fields(stage)],
         )
@@ -665,8 +763,8 @@ class Engine:
             batch = next(batches, None)
             if batch is None:
                 return True
-            fresh = self.holds(plan.rule)
-            if fresh != holds:
+            fresh = self._fresh_holds(plan.rule, holds)
+            if set(fresh.scopes) != set(holds.scopes):
                 # A reload changed the holds: this batch was planned without them
                 self._holds_changed(audit, plan, store, holds, fresh)
                 holds = fresh
@@ -675,6 +773,18 @@ class Engine:
             self._apply_batch(store, plan, store_plan, batch, audit, outcome, result)
             if store.pause:
                 self.stop.wait(store.pause)
+
+    def _fresh_holds(self, rule: Rule, holds: Holds) -> Holds:
+        """The holds in force now; a hold that vanished from the config during the run (a
+        reload without its file) keeps holding to the run's end, and the next run refuses."""
+        fresh = self.holds(rule)
+        configured = {hold.id for hold in self.hold_source()}
+        kept = tuple(
+            scope
+            for scope in holds.scopes
+            if scope.hold_id not in configured and scope.hold_id not in self.end_holds
+        )
+        return Holds(fresh.scopes + kept) if kept else fresh
 
     def _batches(
         self, store: Store, plan: RulePlan, store_plan: StorePlan, holds: Holds
@@ -770,7 +880,7 @@ class Engine:
         objects no date can be read from are counted (from the survey after a delete stage,
         the plan's before an anonymize stage): `_fail_undated` judges them."""
         clean = True
-        holds = self.holds(stage.rule)
+        holds = self._fresh_holds(stage.rule, stage.holds)
         safety = self.config.safety
         for index, (store, result) in enumerate(zip(stores, results, strict=True)):
             if result.failed:
@@ -892,9 +1002,11 @@ def _stage_fields(stages: list[RulePlan]) -> dict[str, Any]:
     if len(stages) > 1:
         fields["delete_cutoff"] = stages[0].cutoff
         fields["then_delete_after"] = str(stages[0].rule.then_delete_after)
-    forced = [reason for stage in stages for reason in stage.forced]
+    forced = list(dict.fromkeys(reason for stage in stages for reason in stage.forced))
     if forced:
         fields["forced"] = forced
+    if stages[-1].unmatched:  # ids only: what a hold names never enters the log
+        fields["holds_matching_nothing"] = list(stages[-1].unmatched)
     return fields
 
 

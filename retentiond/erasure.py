@@ -22,7 +22,7 @@ from retentiond.audit import AuditLog
 from retentiond.engine import Engine
 from retentiond.errors import RetentiondError, StoreError
 from retentiond.stores import BatchFailed, Found, Store
-from retentiond.subjects import Subject
+from retentiond.subjects import Subject, named_in
 
 log = structlog.get_logger()
 
@@ -40,11 +40,10 @@ def check_ticket(ticket: str, subject: Subject) -> str:
             "--ticket takes your request's reference, e.g. T-123 or DSR-2026-041 (letters, "
             "digits and . _ / # : -, at most 64)"
         )
-    digits = re.sub(r"\D", "", ticket)
-    if any(len(v) >= 5 and re.sub(r"\D", "", v) in digits for v in subject.values if v.strip("+")):
+    if named_in(ticket, subject):
         raise TicketError(
-            "--ticket contains the subject's number; the ticket goes into the audit log, which "
-            "never holds a number. Use the reference of the request instead"
+            "--ticket contains the subject's number or extension; the ticket goes into the "
+            "audit log, which never holds a number. Use the reference of the request instead"
         )
     return ticket
 

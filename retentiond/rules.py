@@ -275,6 +275,11 @@ def hold_in_force(hold: HoldConfig, now: datetime, zone: tzinfo) -> bool:
     return hold.until is None or now < _start_of_day(hold.until + timedelta(days=1), zone)
 
 
+def day_over(day: date, now: datetime, zone: tzinfo) -> bool:
+    """Whether `day` has ended in `zone` at `now` (a hold's until day, read from the log)."""
+    return now >= _start_of_day(day + timedelta(days=1), zone)
+
+
 def review_overdue(hold: HoldConfig, now: datetime, zone: tzinfo) -> bool:
     return now >= _start_of_day(hold.review_by + timedelta(days=1), zone)
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -96,6 +96,7 @@ class HoldStatus:
     held: int  # objects of the rule it keeps from deletion
     review_overdue: bool = False
     until: date | None = None
+    matches_nothing: bool = False  # no object of any age in the stores of its rules
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class StoreStatus:
     absent: str | None = None  # an optional store that is not there, and why
     error: str | None = None  # the store could not be opened or surveyed
     refusal: str | None = None  # why a run now would be refused
+    unmatched: tuple[str, ...] = ()  # holds over the rule with no object of any age here
     undated: Undated | None = None  # objects no date can be read from: never deleted
     undated_failure: str | None = None  # more of them than the store tolerates
 
@@ -194,7 +196,43 @@ def compute(loaded: LoadedConfig, now: datetime | None = None) -> Status:
         rule_status(engine, rule, histories.get(rule.name, RunHistory()), past)
         for rule in config.rules
     ]
-    return Status(now, zone, config.audit.path, problem, rules)
+    unmatched = holds_matching_nothing(rules)
+    return Status(now, zone, config.audit.path, problem, [flag(r, unmatched) for r in rules])
+
+
+def holds_matching_nothing(rules: Iterable[RuleStatus]) -> set[str]:
+    """Holds with no object of any age in any store of any rule they cover. A store that could
+    not be surveyed cannot tell: its holds are not called unmatched (its error is reported)."""
+    covered: set[str] = set()
+    matched: set[str] = set()
+    for rule in rules:
+        ids = {hold.id for hold in rule.holds}
+        covered |= ids
+        for store in rule.stores:
+            if store.error is not None:
+                matched |= ids
+            elif store.absent is None:
+                matched |= ids - set(store.unmatched)
+    return covered - matched
+
+
+def flag(rule: RuleStatus, unmatched: set[str]) -> RuleStatus:
+    """A hold that matches nothing protects nothing: AMBER, with what to check. Not RED: no
+    retention deadline is missed, but the DPO must see that the hold is not doing its job."""
+    flagged = [hold.id for hold in rule.holds if hold.id in unmatched]
+    if not flagged:
+        return rule
+    holds = [replace(hold, matches_nothing=hold.id in unmatched) for hold in rule.holds]
+    reasons = [
+        Reason(
+            "amber",
+            f"hold {hold_id} matches nothing: no object of any age in the stores of its rules, "
+            "so it protects nothing; check its numbers (international form, in quotes), "
+            "extensions, from/to and rules",
+        )
+        for hold_id in flagged
+    ]
+    return replace(rule, holds=holds, reasons=[*rule.reasons, *reasons])
 
 
 def rule_status(
@@ -272,6 +310,7 @@ def _store_status(
                 oldest=survey.oldest,
                 skipped=dict(survey.skipped),
                 refusal=plan.refusal,
+                unmatched=plan.unmatched,
                 undated=store_plan.undated,
                 undated_failure=store_plan.undated_failure,
             )
@@ -514,6 +553,7 @@ def _rule_json(r: RuleStatus) -> dict[str, Any]:
                 "review_overdue": h.review_overdue,
                 "until": h.until.isoformat() if h.until else None,
                 "held": h.held,
+                "matches_nothing": h.matches_nothing,
             }
             for h in r.holds
         ],
@@ -600,7 +640,8 @@ def _rule_lines(r: RuleStatus, zone: tzinfo) -> list[str]:
 def _hold_line(hold: HoldStatus) -> str:
     review = f"review by {hold.review_by}" + (" (OVERDUE)" if hold.review_overdue else "")
     until = f", until {hold.until}" if hold.until else ""
-    return f"  hold {hold.id}: {hold.held} held, {review}{until}"
+    nothing = ", MATCHES NOTHING" if hold.matches_nothing else ""
+    return f"  hold {hold.id}: {hold.held} held{nothing}, {review}{until}"
 
 
 def _run_line(run: RunRecord | None, zone: tzinfo) -> str:

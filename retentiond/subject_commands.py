@@ -30,11 +30,16 @@ from retentiond.erasure import (
     search,
 )
 from retentiond.errors import AuditError, RetentiondError
+from retentiond.history import read_history
 from retentiond.subjects import Subject, SubjectError
 
 
 class SubjectUsageError(RetentiondError):
     exit_code = 2
+
+
+class ErasureRefused(RetentiondError):
+    exit_code = 3
 
 
 WHY = {
@@ -137,6 +142,7 @@ def erase_command(
     loaded = _loaded(ctx)
     engine = Engine(loaded)
     names = _names(loaded, rule_names)
+    _refuse_vanished_holds(engine, names)
     zone = loaded.config.zone()
     matches = search(engine, subject, names)
     for match in matches:
@@ -162,6 +168,19 @@ def erase_command(
     deleted = sum(m.deleted for m in done)
     click.echo(f"erased {deleted} objects for {ticket}; held {held}")
     click.echo(f"audit log {loaded.config.audit.path}: head #{head[0]} {head[1][:16]}")
+
+
+def _refuse_vanished_holds(engine: Engine, names: list[str] | None) -> None:
+    """Holds win over erasure; a hold the log shows in force that this config lacks cannot
+    win, so the erasure waits until it is found again or ended (safety rule 10)."""
+    history = read_history(engine.config.audit.path)
+    rules = [r for r in engine.config.rules if names is None or r.name in names]
+    vanished = sorted({hold for rule in rules for hold in engine.vanished(rule, history)})
+    if vanished:
+        raise ErasureRefused(
+            f"holds {', '.join(vanished)} are in force in the audit log but not in this config; "
+            "run with the config they belong to, or end them with `run --once --end-hold ID`"
+        )
 
 
 def _record_unerased(

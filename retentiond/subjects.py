@@ -13,6 +13,7 @@ giving that form too; a form that does not start with `+` or `00` is then taken 
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import phonenumbers
 
 _SEPARATORS = re.compile(r"[\s\-./()]")
+_DIALLABLE = re.compile(r"^\+?[0-9]+$")
 _EXTENSION = re.compile(r"^[0-9A-Za-z*#+_]{1,32}$")
 _TOKEN_SPLIT = re.compile(r"[-_\s]+")
 
@@ -33,6 +35,13 @@ def number_forms(text: str) -> frozenset[str]:
     written = _SEPARATORS.sub("", text.strip())
     if not written:
         raise SubjectError("an empty phone number")
+    if not _DIALLABLE.match(written):
+        # phonenumbers would read letters as keypad digits (+4930 FLOWERS): a hold or an
+        # erasure must name the digits a PBX stores, nothing it has to guess
+        raise SubjectError(
+            f"{_shape(written)} has letters or other signs; write digits only, with an optional "
+            "leading +, e.g. +4930123456"
+        )
     if not written.startswith(("+", "00")):
         if written.isdigit() and len(written) >= 6:
             return frozenset({written})  # a local form the administrator names explicitly
@@ -119,3 +128,50 @@ class Subject:
         parts between `-`, `_` and blanks.
         """
         return any(self.matches(token) for token in _TOKEN_SPLIT.split(stem) if token)
+
+
+# --- a subject's traces in free text (tickets, hold reasons: they go into the audit log) -------
+
+# Shorter digit strings (a 4-digit extension, a year) are too common in references to refuse
+_MIN_TRACE_DIGITS = 5
+_MIN_TRACE_LETTERS = 3
+
+
+def named_in(text: str, subject: Subject) -> bool:
+    """Whether free text carries one of the subject's numbers or extensions.
+
+    Numbers are compared by their digits in every stored form and as the national significant
+    number (`+49301234567890`: also `301234567890`), against all the digits of the text, so
+    separators (`030 1234-567890`) and a prefix (`DSR-301234567890`) do not hide them.
+    Extensions with letters (`sales`) are compared as words, ignoring case.
+    """
+    digits = re.sub(r"\D", "", text)
+    if any(trace in digits for trace in _digit_traces(subject)):
+        return True
+    return any(
+        re.search(rf"(?<![0-9A-Za-z]){re.escape(extension)}(?![0-9A-Za-z])", text, re.IGNORECASE)
+        for extension in subject.extensions
+        if _has_letters(extension) and len(extension) >= _MIN_TRACE_LETTERS
+    )
+
+
+def _digit_traces(subject: Subject) -> set[str]:
+    """The digits of each stored form, the national significant numbers, the digits of
+    extensions without letters: those long enough to be told from a year or a case number."""
+    traces = {re.sub(r"\D", "", form) for form in subject.numbers}
+    for form in subject.numbers:
+        if form.startswith("+"):
+            with contextlib.suppress(phonenumbers.NumberParseException):
+                parsed = phonenumbers.parse(form, None)
+                traces.add(phonenumbers.national_significant_number(parsed))
+    traces |= {
+        re.sub(r"\D", "", extension)
+        for extension in subject.extensions
+        if not _has_letters(extension)
+    }
+    # never the empty string (`sales` has no digits): every text would "contain" it
+    return {trace for trace in traces if len(trace) >= _MIN_TRACE_DIGITS}
+
+
+def _has_letters(value: str) -> bool:
+    return any(character.isalpha() for character in value)

@@ -765,3 +765,31 @@ def test_an_unusable_key_at_start_is_a_warning_and_the_daemon_starts(
     assert service.stop()[0] == 0
     found = leaked(personal, jsonl=[service.log_file.read_text(), log.read_text()])
     assert not found, found[:5]
+
+
+def test_a_hold_file_removed_while_the_daemon_runs_does_not_end_the_hold(
+    pbx: Path, start: Callable[..., Service]
+) -> None:
+    """A hold ends only explicitly: a reload that no longer finds its file records no end, and
+    the next run of its rule is refused with the calls it held intact."""
+    holds = pbx.parent / "holds.d"
+    holds.mkdir()
+    (holds / "lit.yaml").write_text(
+        "id: LIT-D\nreason: Litigation\napproved_by: DPO\nreview_by: 2099-01-01\n"
+        "rules: [call-records]\n"
+    )
+    service = start(pbx)
+    wait_for("call-records done", lambda: "call-records" in finished(pbx), timeout=60)
+    assert deleted_by(pbx, "call-records") == 0  # every call is held
+    before = calls(pbx)
+    (holds / "lit.yaml").unlink()
+    wait_for("the reload", lambda: service.event("holds reloaded") is not None)
+    code, _ = service.stop()
+    assert code == 0
+    assert [e for e in entries(pbx) if e["type"] == "hold_ended"] == []
+    refused = retentiond("-c", pbx, "run", "--once", "--rule", "call-records")
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert "holds LIT-D are in force in the audit log but not in this config" in refused.stdout
+    assert calls(pbx) == before
+    (entry,) = [e for e in entries(pbx) if e["type"] == "run_refused"]
+    assert entry["holds_not_found"] == ["LIT-D"]

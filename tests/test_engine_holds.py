@@ -121,7 +121,8 @@ def test_an_ended_hold_releases_its_objects_to_the_next_run(pbx: Path) -> None:
     assert rows(pbx, f"SELECT COUNT(*) FROM cdr WHERE calldate < '{WINDOW[1]}'")[0][0] > 0
     (pbx.parent / "holds.d" / "hold.yaml").unlink()
     config = load_config(pbx)
-    outcome = run(config, "call-records")
+    assert run(config, "call-records").status == "refused"  # removed is not ended
+    outcome = run(config, "call-records", end_holds=["LIT-1"])
     assert outcome.status == "done" and outcome.deleted > 0
     assert rows(pbx, "SELECT COUNT(*) FROM cdr WHERE calldate < '2026-08-26'")[0][0] == 0
     ended = [e for e in audit.read_entries(config.config.audit.path) if e.type == "hold_ended"]

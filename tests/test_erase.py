@@ -159,6 +159,35 @@ def test_a_ticket_carrying_the_number_is_refused(pbx: Path) -> None:
     assert result.returncode == 2 and "contains the subject's number" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "ticket",
+    [
+        "DSR-301234567890",  # the national significant number of +49301234567890
+        "DSR-030-1234567890",  # the national form, with a separator
+        "AR-0049301234567890",
+    ],
+)
+def test_a_ticket_carrying_the_number_in_any_stored_form_is_refused_and_not_logged(
+    pbx: Path, ticket: str
+) -> None:
+    for command in (["erase", "--yes"], ["find"]):
+        result = retentiond("-c", pbx, *command, "--number", "+49301234567890", "--ticket", ticket)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "contains the subject's number" in result.stderr
+        assert ticket not in result.stdout + result.stderr
+    assert not config_audit(pbx).exists()
+
+
+def test_a_ticket_is_not_refused_for_an_extension_made_of_letters(pbx: Path) -> None:
+    # `sales` has no digits: the old check found its empty digit string in every ticket
+    found = retentiond("-c", pbx, "find", "--extension", "sales", "--ticket", "AR-2026-7")
+    assert found.returncode == 0, found.stderr
+    (search,) = [e for e in audit.read_entries(config_audit(pbx)) if e.type == "subject_search"]
+    assert search.fields["ticket"] == "AR-2026-7"
+    named = retentiond("-c", pbx, "find", "--extension", "sales", "--ticket", "AR-SALES-7")
+    assert named.returncode == 2 and "contains the subject's number or extension" in named.stderr
+
+
 def test_find_without_a_ticket_records_nothing(pbx: Path) -> None:
     number = frequent_caller(pbx)
     result = retentiond("-c", pbx, "find", "--number", number)

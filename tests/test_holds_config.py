@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -192,3 +194,117 @@ def test_a_configured_holds_folder_must_exist(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(config)
     assert "does not exist" in str(caught.value.problems[0])
+
+
+# --- a hold that would hold nothing is refused (issue 16 item 2) ------------------------------
+
+NUMBER = "+49301234567890"
+
+
+@pytest.mark.parametrize(
+    ("written", "message"),
+    [
+        (f"numbers: [{NUMBER}]", "must be quoted text like '+4930123456': YAML read it"),
+        (f"numbers: [00{NUMBER[1:]}]", "must be quoted text like '+4930123456': YAML read it"),
+        (f"numbers: [{NUMBER[:10]}e4]", "must be quoted text like '+4930123456': YAML read it"),
+        (f"extensions: [{NUMBER}]", "must be quoted text like '1001': YAML read it"),
+        (f"extensions: ['{NUMBER}']", "an external number goes under numbers:"),
+        ("numbers: ['+4930 Xyloph']", "has letters or other signs"),
+        ("numbers: ['+49 30 1234#567']", "has letters or other signs"),
+    ],
+)
+def test_a_hold_number_that_would_match_nothing_is_a_config_error_at_its_line(
+    tmp_path: Path, written: str, message: str
+) -> None:
+    key = written.split(":")[0]
+    found = problems(BASE + HOLD.replace('numbers: ["+49 30 123456"]', written))
+    assert any(f"retentiond.yaml:30: holds.0.{key}.0: " in f and message in f for f in found)
+    main = write_config(tmp_path, BASE)
+    folder = tmp_path / "holds.d"
+    folder.mkdir()
+    (folder / "unquoted.yaml").write_text(
+        f"id: T-2\nreason: Authority request\napproved_by: DPO\nreview_by: 2027-03-01\n{written}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(main)
+    found += [str(p) for p in caught.value.problems]
+    assert any(f"{folder}/unquoted.yaml:5: {key}.0: " in f and message in f for f in found), found
+    # never the number itself: config errors reach the journal
+    for shown in ("49301234567890", "301234567890", "Xyloph", "1234#567"):
+        assert not any(shown in f for f in found), found
+
+
+def test_an_unquoted_hold_number_stops_the_daemon_from_starting(tmp_path: Path) -> None:
+    main = write_config(tmp_path, BASE + HOLD.replace('["+49 30 123456"]', f"[{NUMBER}]"))
+    result = subprocess.run(
+        [sys.executable, "-m", "retentiond", "-c", str(main), "check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "holds.0.numbers.0: must be quoted text" in result.stderr
+    assert "49301234567890" not in result.stdout + result.stderr
+
+
+def test_quoted_numbers_and_extensions_are_accepted_in_every_written_form() -> None:
+    text = (
+        BASE
+        + HOLD.replace('["+49 30 123456"]', '["+49 30 1234-567890", "0049 (30) 1234567890"]')
+        + "    extensions: ['1001', 'sales']\n"
+    )
+    (hold,) = parse_config(text).holds
+    subject = hold.subject()
+    assert subject is not None
+    assert {"+49301234567890", "0301234567890", "0049301234567890"} <= subject.numbers
+    assert subject.extensions == {"1001", "sales"}
+
+
+# --- a reason that carries the number it protects is refused (issue 16 item 5) -----------------
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        f"Litigation about {NUMBER}",  # E.164
+        "Calls from 0049301234567890",  # 00-prefix
+        "Calls from 0301234567890",  # national
+        "Caller 301234567890",  # national significant number
+        "Caller 030 1234-567890",  # digits with separators
+        "Caller +49 (0)30 1234567890",
+        "Caller of sales",  # an extension with letters, as a word
+    ],
+)
+def test_a_hold_reason_carrying_its_number_is_refused_at_its_line(
+    tmp_path: Path, reason: str
+) -> None:
+    hold = HOLD.replace("Litigation 3 O 123/26", reason).replace(
+        '["+49 30 123456"]', f'["{NUMBER}"]\n    extensions: [sales]'
+    )
+    found = problems(BASE + hold)
+    main = write_config(tmp_path, BASE)
+    folder = tmp_path / "holds.d"
+    folder.mkdir()
+    (folder / "t-2.yaml").write_text(
+        f"id: T-2\nreason: {reason}\napproved_by: DPO\nreview_by: 2027-03-01\n"
+        f"numbers: ['{NUMBER}']\nextensions: [sales]\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(main)
+    found += [str(p) for p in caught.value.problems]
+    assert any(
+        f.startswith("retentiond.yaml:24: holds.0.reason: contains one of the hold's numbers")
+        for f in found
+    ), found
+    assert any(
+        f.startswith(f"{folder}/t-2.yaml:2: reason: contains one of the hold's numbers")
+        for f in found
+    ), found
+    assert not any("1234" in f or "sales" in f for f in found), found
+
+
+def test_a_hold_reason_with_a_case_number_is_accepted() -> None:
+    hold = HOLD.replace('["+49 30 123456"]', f'["{NUMBER}"]\n    extensions: [sales, "1001"]')
+    (parsed,) = parse_config(BASE + hold.replace("3 O 123/26", "3 O 1001/26, wholesale")).holds
+    assert parsed.reason == "Litigation 3 O 1001/26, wholesale"

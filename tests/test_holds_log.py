@@ -46,7 +46,8 @@ def test_each_change_of_a_hold_is_one_entry(tmp_path: Path) -> None:
     assert record(path, [hold(review_by=date(2027, 3, 31), numbers=["+4930999999"])]) == [
         "hold_changed"
     ]
-    assert record(path, []) == ["hold_ended"]
+    assert record(path, []) == []  # vanished from the config: ended only explicitly
+    assert record(path, [], end={"HOLD-1": "--end-hold"}) == ["hold_ended"]
     assert record(path, []) == []
     entries = list(read_entries(path))
     added, changed, swapped, ended = entries
@@ -54,7 +55,10 @@ def test_each_change_of_a_hold_is_one_entry(tmp_path: Path) -> None:
     assert added.fields["numbers"] == 1 and added.fields["extensions"] == 1
     assert changed.fields["changed"] == ["review_by"]
     assert swapped.fields["changed"] == ["numbers or extensions"]
-    assert (ended.fields["hold"], ended.fields["ended"]) == ("HOLD-1", "removed")
+    assert (ended.fields["hold"], ended.fields["ended"]) == (
+        "HOLD-1",
+        "not found in the config; ended by --end-hold",
+    )
     assert verify(path).ok
     text = path.read_text()
     for secret in (NUMBER, "30123456", "4930999999", "1001"):
@@ -71,6 +75,15 @@ def test_a_hold_whose_until_passed_is_ended_once(tmp_path: Path) -> None:
     assert record(path, [limited], later) == []
     (entry,) = [e for e in read_entries(path) if e.type == "hold_ended"]
     assert entry.fields["ended"] == "its until date has passed"
+    assert read_history(path).holds == {}
+
+
+def test_a_hold_that_vanished_after_its_until_day_has_ended_on_its_own(tmp_path: Path) -> None:
+    # the until date written in the hold is the explicit end; its file may go afterwards
+    path = tmp_path / "audit.jsonl"
+    assert record(path, [hold(until=date(2026, 12, 31))]) == ["hold_added"]
+    assert record(path, [], datetime(2026, 12, 31, 22, tzinfo=UTC)) == []
+    assert record(path, [], datetime(2027, 1, 2, tzinfo=UTC)) == ["hold_ended"]
     assert read_history(path).holds == {}
 
 

@@ -152,9 +152,34 @@ def _parse_hold(raw: bytes, name: str) -> HoldConfig:
             [ConfigProblem(name, 1, "", "a hold file is one YAML mapping: id, reason, ...")]
         )
     try:
-        return HoldConfig.model_validate(_plain(tree, name))
+        hold = HoldConfig.model_validate(_plain(tree, name))
     except ValidationError as error:
         raise ConfigError([_problem(name, tree, detail) for detail in error.errors()]) from None
+    problems = _reason_problems(name, tree, [hold], ())
+    if problems:
+        raise ConfigError(problems)
+    return hold
+
+
+REASON_NAMES_SUBJECT = (
+    "contains one of the hold's numbers or extensions (in a form a PBX stores it); the reason "
+    "goes into the audit log, which never holds a number: write the case or request reference "
+    "instead, e.g. Litigation 3 O 123/26"
+)
+
+
+def _reason_problems(
+    name: str, tree: CommentedMap, holds: list[HoldConfig], where: tuple[Any, ...]
+) -> list[ConfigProblem]:
+    """A reason that carries the number it protects is refused, not logged (safety rule 6)."""
+    problems = []
+    for index, hold in enumerate(holds):
+        if hold.reason_names_subject():
+            loc = (*where, index, "reason") if where else ("reason",)
+            path, line = _locate(tree, loc)
+            key = ".".join(str(p) for p in path)
+            problems.append(ConfigProblem(name, line, key, REASON_NAMES_SUBJECT))
+    return problems
 
 
 def _with_holds(config: Config, holds: list[HoldConfig], name: str, folder: Path) -> Config:
@@ -182,6 +207,8 @@ def parse_config(raw: bytes | str, name: str = "<config>") -> Config:
         config = Config.model_validate(data)
     except ValidationError as error:
         problems += [_problem(name, tree, detail) for detail in error.errors()]
+    else:
+        problems += _reason_problems(name, tree, config.holds, ("holds",))
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.line or 0, p.path)))
     return config

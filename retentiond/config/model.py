@@ -21,7 +21,13 @@ from pydantic import (
 from retentiond.anonymize import Transform, parse_transform
 from retentiond.config.durations import Duration, parse_duration
 from retentiond.config.schedule import Schedule, parse_schedule
-from retentiond.subjects import Subject, SubjectError, extension_form, number_forms
+from retentiond.subjects import (
+    Subject,
+    SubjectError,
+    extension_form,
+    named_in,
+    number_forms,
+)
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 HOLD_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
@@ -107,23 +113,43 @@ def _transforms(value: Any) -> Any:
 
 
 def _number(value: Any) -> str:
-    if not isinstance(value, str | int) or isinstance(value, bool):
+    """A hold's phone number: quoted text in international form, matchable in the stores' forms.
+
+    A hold is legal protection: a number YAML read as an integer (`+4930...` and `0049...`
+    unquoted lose their + or 0) would hold nothing, so only text is accepted."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(_read_as_number("'+4930123456'"))
+    if not isinstance(value, str):
         raise ValueError("write the number in quotes in international form, e.g. '+4930123456'")
-    text = str(value)
     try:
-        number_forms(text)
+        number_forms(value)
     except SubjectError as error:
         raise ValueError(str(error)) from None
-    return text
+    return value
 
 
 def _extension(value: Any) -> str:
-    if not isinstance(value, str | int) or isinstance(value, bool):
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(_read_as_number("'1001'"))
+    if not isinstance(value, str):
         raise ValueError("write the extension in quotes, e.g. '1001'")
+    if value.strip().startswith("+"):
+        raise ValueError(
+            "an extension does not start with +; an external number goes under numbers:, "
+            "where it is matched in every form a PBX stores it"
+        )
     try:
-        return extension_form(str(value))
+        return extension_form(value)
     except SubjectError as error:
         raise ValueError(str(error)) from None
+
+
+def _read_as_number(example: str) -> str:
+    # Never the value itself: config errors go to the journal, and this one is a phone number
+    return (
+        f"must be quoted text like {example}: YAML read it as a number, which drops a "
+        "leading + or 0, so the hold would match nothing"
+    )
 
 
 DurationField = Annotated[Duration, BeforeValidator(_duration), PlainSerializer(str)]
@@ -440,6 +466,12 @@ class HoldConfig(Strict):
         if not self.numbers and not self.extensions:
             return None
         return Subject.parse(self.numbers, self.extensions)
+
+    def reason_names_subject(self) -> bool:
+        """Whether the reason carries one of the hold's numbers or extensions, in any form a
+        PBX stores it: the reason goes into the audit log, which never holds a number."""
+        subject = self.subject()
+        return subject is not None and named_in(self.reason, subject)
 
     def definition(self) -> dict[str, Any]:
         """What the hold says, for change detection (numbers included: never logged)."""

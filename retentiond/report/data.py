@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
@@ -329,6 +329,8 @@ class HoldRow:
     to_day: date | None
     numbers: int
     extensions: int
+    # at the last run of each of its rules, no object of any age was in its scope
+    matches_nothing: bool = False
 
 
 @dataclass(frozen=True)
@@ -695,7 +697,17 @@ def build_report(
         for info in log_infos
         if info.problems and info.broken_line is None
     ]
-    in_force = hold_rows(config.holds, generated, period.zone)
+    in_force = [
+        replace(hold, matches_nothing=figures.matching_nothing(hold.id, _hold_rules(hold, config)))
+        for hold in hold_rows(config.holds, generated, period.zone)
+    ]
+    notes += [
+        f"Hold {hold.id} matches nothing: at the last run of each of its rules no object of any "
+        "age was in its scope, so it protects nothing. Check its numbers (international form, "
+        "in quotes), extensions, from/to and rules."
+        for hold in in_force
+        if hold.matches_nothing
+    ]
     notes += [
         f"Hold {hold.id} was due for review on {hold.review_by}: it keeps holding until it is "
         "reviewed (extend review_by, or end it with until:)."
@@ -733,6 +745,10 @@ def build_report(
         erasures=figures.erasures_in_period(),
         subject_searches=sorted(figures.searches, key=lambda s: (s.at, s.system)),
     )
+
+
+def _hold_rules(hold: HoldRow, config: Config) -> list[str]:
+    return hold.rules if hold.rules is not None else [rule.name for rule in config.rules]
 
 
 def hold_rows(holds: Iterable[HoldConfig], now: datetime, zone: tzinfo) -> list[HoldRow]:
@@ -882,6 +898,8 @@ class _Figures:
         self.absent_seen: set[str] = set()  # optional stores reported absent at an anonymize run
         self.erasures: dict[tuple[str, str], _Erasure] = {}
         self.searches: list[SubjectSearch] = []
+        # rule -> system -> the holds its latest run found matching nothing in its stores
+        self.unmatched: dict[str, dict[str, set[str]]] = {}
 
     def read(self, system: str, entries: list[audit.Entry]) -> None:
         handlers: dict[str, Callable[[str, audit.Entry, datetime], None]] = {
@@ -940,6 +958,19 @@ class _Figures:
         self._seen_config(system, entry, at)
         self._count_held(system, entry.fields.get("stores"), at)
         self._forced(system, run.rule, entry, at)
+        self._unmatched(system, run.rule, entry)
+
+    def _unmatched(self, system: str, rule: str, entry: audit.Entry) -> None:
+        listed = entry.fields.get("holds_matching_nothing")
+        holds = {str(hold) for hold in listed} if isinstance(listed, list) else set()
+        self.unmatched.setdefault(rule, {})[system] = holds
+
+    def matching_nothing(self, hold: str, rules: Iterable[str]) -> bool:
+        """Whether the latest run of every rule the hold covers found nothing in its scope."""
+        latest = [self.unmatched.get(rule, {}) for rule in rules]
+        return all(
+            by_system and all(hold in found for found in by_system.values()) for by_system in latest
+        )
 
     def _forced(self, system: str, rule: str, entry: audit.Entry, at: datetime) -> None:
         forced = entry.fields.get("forced")
@@ -1079,6 +1110,7 @@ class _Figures:
             self.incidents.append(Incident(at, system, run.rule, "refused", reason))
         self._seen_config(system, entry, at)
         self._forced(system, run.rule, entry, at)
+        self._unmatched(system, run.rule, entry)
 
     # --- holds, erasures, searches ---
 

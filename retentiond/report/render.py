@@ -467,7 +467,14 @@ Add = Callable[..., None]
 def _hold_rows(report: Report, add: Add) -> None:
     """Holds by id: their scope as counts, their history and what they keep, never a number."""
     for hold in report.holds.in_force:
-        for item in ("reason", "approved_by", "review_by", "review_overdue", "until"):
+        for item in (
+            "reason",
+            "approved_by",
+            "review_by",
+            "review_overdue",
+            "until",
+            "matches_nothing",
+        ):
             add("hold", item, getattr(hold, item), store=hold.id)
         add("hold", "rules", "all" if hold.rules is None else "; ".join(hold.rules), store=hold.id)
         add("hold", "from", hold.from_day, store=hold.id)
