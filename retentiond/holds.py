@@ -2,7 +2,7 @@
 
 What the log says about a hold is its `summary` (id, reason, approver, dates, rules, how many
 numbers and extensions), never a number. A change that swaps one number for another is noticed
-through a fingerprint kept beside the log (`holds.json`), not in it.
+through a keyed fingerprint kept beside the log (`fingerprints`), not in it.
 """
 
 from __future__ import annotations
@@ -15,13 +15,8 @@ import structlog
 
 from retentiond.audit import AuditWriter, Entry
 from retentiond.config.model import HoldConfig
-from retentiond.history import (
-    History,
-    fingerprint,
-    read_fingerprints,
-    read_history,
-    write_fingerprints,
-)
+from retentiond.fingerprints import Fingerprints, read_fingerprints, write_fingerprints
+from retentiond.history import History, read_history
 from retentiond.rules import hold_in_force
 
 log = structlog.get_logger()
@@ -29,7 +24,7 @@ log = structlog.get_logger()
 
 def hold_changes(
     logged: Mapping[str, Mapping[str, Any]],
-    prints: Mapping[str, str],
+    prints: Fingerprints,
     holds: Sequence[HoldConfig],
     now: datetime,
     zone: tzinfo,
@@ -44,9 +39,7 @@ def hold_changes(
             changes.append(("hold_added", summary))
             continue
         changed = sorted(key for key in summary if before.get(key) != summary[key])
-        if not changed and prints.get(hold_id, fingerprint(hold.definition())) != fingerprint(
-            hold.definition()
-        ):
+        if not changed and prints.changed(hold_id, hold.definition()):
             changed = ["numbers or extensions"]
         if changed:
             changes.append(("hold_changed", summary | {"changed": changed}))
@@ -83,9 +76,7 @@ def record_hold_changes(
             fields = fields | {"covers": dict(covers.get(hold_id, {}))}
         entries.append(audit.append(kind, **fields))
         log.info(kind.replace("_", " "), hold=hold_id)
-    current = {
-        hold.id: fingerprint(hold.definition()) for hold in holds if hold_in_force(hold, now, zone)
-    }
-    if current != prints:
+    current = {hold.id: hold.definition() for hold in holds if hold_in_force(hold, now, zone)}
+    if prints.outdated(current):
         write_fingerprints(audit.path, current)
     return entries

@@ -140,7 +140,15 @@ def replace(folder_fd: int, name: str, data: bytes, mode: int) -> None:
 def read(folder_fd: int, name: str, limit: int) -> bytes:
     """The first `limit` bytes of the regular file `name`; a symlink, FIFO or device there is
     refused (OSError), so reading never blocks or leaves the folder."""
-    fd = os.open(name, READ_FLAGS, dir_fd=folder_fd)
+    try:
+        fd = os.open(name, READ_FLAGS, dir_fd=folder_fd)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise OSError(
+                errno.ELOOP,
+                f"{name} is a symbolic link, which retentiond does not follow: remove it",
+            ) from None
+        raise
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, f"{name} is not a regular file")

@@ -8,7 +8,8 @@ from zoneinfo import ZoneInfo
 
 from retentiond.audit import AuditLog, read_entries, verify
 from retentiond.config.model import HoldConfig
-from retentiond.history import fingerprints_path, read_history
+from retentiond.fingerprints import fingerprints_path
+from retentiond.history import read_history
 from retentiond.holds import record_hold_changes
 
 BERLIN = ZoneInfo("Europe/Berlin")
