@@ -39,7 +39,8 @@ def open_folder(path: Path) -> int:
     try:
         return os.open(path, FOLDER_FLAGS)
     except OSError as error:
-        if error.errno == errno.ELOOP:
+        # O_NOFOLLOW|O_DIRECTORY on a symlink: ELOOP, or ENOTDIR on Linux
+        if error.errno in (errno.ELOOP, errno.ENOTDIR) and Path(path).is_symlink():
             raise UnsafePlace(
                 errno.ELOOP,
                 f"{path} is a symbolic link; retentiond does not follow it: configure the real "
