@@ -1272,7 +1272,7 @@ class AuditLog:
 
     def _exists(self, name: str) -> bool:
         try:
-            os.stat(name, dir_fd=self._folder, follow_symlinks=False)
+            self._lstat(name)
         except FileNotFoundError:
             return False
         return True
@@ -1361,8 +1361,10 @@ class AuditLog:
             return []  # a folder we may not list: there is nothing of ours to finish either
 
     def _is_regular(self, name: str) -> bool:
-        info = os.stat(name, dir_fd=self._folder, follow_symlinks=False)
-        return stat.S_ISREG(info.st_mode)
+        return stat.S_ISREG(self._lstat(name).st_mode)
+
+    def _lstat(self, name: str) -> os.stat_result:
+        return os.stat(name, dir_fd=self._folder, follow_symlinks=False)
 
     def _write_side_file(self, log_fd: int, torn: bytes) -> str:
         """Write the torn bytes, synced, to `<path>.torn-<UTC time>.unrecorded` (mode 0600)."""
@@ -1428,7 +1430,7 @@ class AuditLog:
             try:
                 os.link(staged, final, src_dir_fd=self._folder, dst_dir_fd=self._folder)
             except FileExistsError:
-                if not self._same_name(final, os.stat(staged, dir_fd=self._folder)):
+                if not self._same_name(final, self._lstat(staged)):
                     raise
             os.unlink(staged, dir_fd=self._folder)
             os.fsync(self._folder)
@@ -1450,7 +1452,7 @@ class AuditLog:
     def _same_name(self, name: str, info: os.stat_result) -> bool:
         """Whether `name` in the log's folder is the file `info` describes (not a symlink)."""
         try:
-            mine = os.stat(name, dir_fd=self._folder, follow_symlinks=False)
+            mine = self._lstat(name)
         except OSError:
             return False
         return (mine.st_dev, mine.st_ino) == (info.st_dev, info.st_ino)
