@@ -43,7 +43,7 @@ def open_folder(path: Path) -> int:
         if error.errno in (errno.ELOOP, errno.ENOTDIR) and Path(path).is_symlink():
             raise UnsafePlace(
                 errno.ELOOP,
-                f"{path} is a symbolic link; retentiond does not follow it: configure the real "
+                f"{path} is a symbolic link; retentiond does not follow it: use the real "
                 f"folder ({os.path.realpath(path)}) instead",
             ) from None
         raise

@@ -149,7 +149,7 @@ def test_a_log_folder_reached_through_a_link_is_refused(tmp_path: Path, pbx: Pat
     code, output = command("-c", pbx, "run", "--once")
     assert code == 1
     assert f"{link} is a symbolic link; retentiond does not follow it" in output
-    assert f"configure the real folder ({real})" in output
+    assert f"use the real folder ({real}) instead" in output
     assert list(real.iterdir()) == []
 
 
@@ -190,3 +190,26 @@ def test_root_refuses_a_log_folder_another_user_owns(pbx: Path) -> None:
     assert "but retentiond runs as root" in output
     assert f"chown root {folder}" in output
     assert calls(pbx) == before and not (folder / "audit.jsonl").exists()
+
+
+def test_links_at_the_repair_and_rotation_names_are_never_followed(
+    tmp_path: Path, victim: Path
+) -> None:
+    """A guard: these two were already made with O_EXCL before item 4, and must stay so."""
+    folder = tmp_path / "log"
+    folder.mkdir(mode=0o750)
+    path = folder / "audit.jsonl"
+    with audit.AuditLog(path, clock=lambda: NOW) as log:
+        log.append("config_loaded", config_sha256="a")
+    with path.open("ab") as file:
+        file.write(b'{"seq":2,"ts":"2026-')  # a power loss in the middle of a line
+    (folder / "audit.jsonl.torn-20261126T120000Z.unrecorded").symlink_to(victim)
+    (folder / "audit.jsonl.rotating").symlink_to(victim)
+    with audit.AuditLog(path, rotate_bytes=1, clock=lambda: NOW) as log:
+        assert [e.type for e in log.repairs] == ["log_repaired"]
+        assert log.rotate_if_due() is not None
+        log.append("config_loaded", config_sha256="b")
+    assert victim.read_bytes() == SECRET
+    assert audit.verify(path).ok
+    moved = folder / "audit.jsonl.torn-20261126T120000Z-2"
+    assert moved.read_bytes() == b'{"seq":2,"ts":"2026-' and not moved.is_symlink()
