@@ -2,7 +2,7 @@
 
 What the log says about a hold is its `summary` (id, reason, approver, dates, rules, how many
 numbers and extensions), never a number. A change that swaps one number for another is noticed
-through a keyed fingerprint kept beside the log (`fingerprints`), not in it.
+through a keyed fingerprint kept beside the log (`holds.json`, see `fingerprints`), not in it.
 """
 
 from __future__ import annotations

@@ -213,3 +213,13 @@ def test_links_at_the_repair_and_rotation_names_are_never_followed(
     assert audit.verify(path).ok
     moved = folder / "audit.jsonl.torn-20261126T120000Z-2"
     assert moved.read_bytes() == b'{"seq":2,"ts":"2026-' and not moved.is_symlink()
+
+
+def test_the_demo_makes_a_folder_its_log_may_live_in_whatever_the_umask(tmp_path: Path) -> None:
+    previous = os.umask(0o002)  # Ubuntu's default for users: new folders are group-writable
+    try:
+        config_file = demo.build(tmp_path / "pbx", now=NOW, days=200)
+    finally:
+        os.umask(previous)
+    assert oct(config_file.parent.stat().st_mode & 0o777) == "0o755"
+    assert run_at_now(config_file) == "done"
