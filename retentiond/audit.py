@@ -38,6 +38,7 @@ import binascii
 import contextlib
 import errno
 import fcntl
+import fnmatch
 import glob
 import hashlib
 import json
@@ -55,6 +56,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, Self
 
 import structlog
 
+from retentiond import safefiles
 from retentiond.errors import AuditError
 
 if TYPE_CHECKING:
@@ -728,58 +730,43 @@ def generate_key_pair(out_dir: Path, name: str = "retentiond") -> tuple[Path, Pa
     except OSError as exc:
         raise SigningKeyError(f"cannot create the folder {out_dir}: {exc.strerror}") from None
     private, public = out_dir / f"{name}.key", out_dir / f"{name}.pub"
-    for existing in (private, public):
-        if existing.exists() or existing.is_symlink():
-            raise SigningKeyError(
-                f"{existing} already exists; keygen never overwrites a key (its checkpoints "
-                "could no longer be checked): choose another --name or --out-dir"
-            )
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     key = Ed25519PrivateKey.generate()
-    _write_new(
-        private,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        0o600,
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
     )
+    public_pem = VerifyKey(key.public_key(), "").pem()
     try:
-        _write_new(public, VerifyKey(key.public_key(), "").pem(), 0o644)
-    except BaseException:
-        private.unlink(missing_ok=True)
+        with safefiles.folder(out_dir) as folder:
+            _write_new(folder, private, private_pem, 0o600)
+            try:
+                _write_new(folder, public, public_pem, 0o644)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(private.name, dir_fd=folder)
+                raise
+    except SigningKeyError:
         raise
+    except OSError as exc:
+        raise SigningKeyError(f"cannot use the folder {out_dir}: {exc.strerror}") from None
     return private, public, fingerprint(key.public_key())
 
 
-def _write_new(path: Path, data: bytes, mode: int) -> None:
+def _write_new(folder: int, path: Path, data: bytes, mode: int) -> None:
+    """The key file, whole, in the opened folder; never over an existing file or link."""
     try:
-        fd = os.open(
-            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode
-        )
+        safefiles.write_new(folder, path.name, data, mode)
+    except FileExistsError:
+        raise SigningKeyError(
+            f"{path} already exists; keygen never overwrites a key (its checkpoints "
+            "could no longer be checked): choose another --name or --out-dir"
+        ) from None
     except OSError as exc:
-        raise SigningKeyError(f"cannot create {path}: {exc.strerror}") from None
-    try:
-        os.fchmod(fd, mode)  # whatever the umask
-        _write_all(fd, data)
-        os.fsync(fd)
-    except OSError as exc:
-        os.close(fd)
-        path.unlink(missing_ok=True)
         raise SigningKeyError(f"cannot write {path}: {exc.strerror}") from None
-    os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        if written <= 0:
-            raise OSError(errno.ENOSPC, "short write")
-        view = view[written:]
 
 
 # --- the full check: chain, checkpoints, signatures, expected heads ------------------------------
@@ -1180,6 +1167,7 @@ class AuditLog:
         self.rotate_yearly = rotate_yearly
         self._clock = clock
         self._fd: int | None = None
+        self._folder_fd: int | None = None  # every name beside the log is resolved in it
         self._head = (0, GENESIS)
         self._last: Entry | None = None
         self._failure: str | None = None
@@ -1216,46 +1204,84 @@ class AuditLog:
         last line (a power loss during a write) is moved aside to `<path>.torn-<UTC time>` and
         a `log_repaired` entry records its size and SHA-256; any other damage at the end is
         refused: appending after it would bury it.
+
+        The log is never opened through a symlink, and a folder or log that others may write
+        to (or, for root, that another user owns) is refused: see `safefiles`.
         """
         if self._fd is not None:
             raise RuntimeError("the audit log is already open")
-        folder = self.path.absolute().parent
-        if not folder.is_dir():
-            raise AuditError(
-                f"audit folder {folder} does not exist; create it or change audit.path"
-            )
-        for _ in range(_OPEN_ATTEMPTS):
-            fd = self._open_file(folder)
-            try:
-                self._lock_file(fd)
-                if not self._is_current(fd):
-                    # Rotated away between our open and our lock: open the new file instead.
-                    os.close(fd)
-                    continue
-                if self._rotates or self._staging.exists():
-                    self._repair_rotation(fd)
-                unrecorded = self._move_torn_tail(fd, folder)
-                self._last = self._read_last(fd)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-                raise
-            break
-        else:
-            raise AuditError(
-                f"the audit log {self.path} was replaced {_OPEN_ATTEMPTS} times while it was "
-                "opened; is another program rotating it?"
-            )
+        self._folder_fd = self._open_folder()
+        try:
+            fd, unrecorded = self._open_current()
+        except BaseException:
+            self._close_folder()
+            raise
         self._head = (self._last.seq, self._last.hash) if self._last else (0, GENESIS)
         self._fd = fd
         self._failure = None
         self.repairs = []
         try:
             for side_file in unrecorded:
-                self._record_moved_tail(side_file, folder)
+                self._record_moved_tail(side_file)
         except BaseException:
             self.close()
             raise
+
+    def _open_folder(self) -> int:
+        folder = self.path.absolute().parent
+        try:
+            return safefiles.open_guarded_folder(folder)
+        except FileNotFoundError:
+            raise AuditError(
+                f"audit folder {folder} does not exist; create it or change audit.path"
+            ) from None
+        except safefiles.UnsafePlace as unsafe:
+            raise AuditError(f"refusing to write the audit log: {unsafe.strerror}") from None
+        except OSError as exc:
+            raise AuditError(f"cannot open the audit folder {folder}: {exc.strerror}") from None
+
+    def _open_current(self) -> tuple[int, list[str]]:
+        """The log, opened and locked, after repairs; and the side files still to record."""
+        for _ in range(_OPEN_ATTEMPTS):
+            fd = self._open_file()
+            try:
+                self._lock_file(fd)
+                if not self._is_current(fd):
+                    # Rotated away between our open and our lock: open the new file instead.
+                    os.close(fd)
+                    continue
+                if self._rotates or self._exists(self._staging_name):
+                    self._repair_rotation(fd)
+                unrecorded = self._move_torn_tail(fd)
+                self._last = self._read_last(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                raise
+            return fd, unrecorded
+        raise AuditError(
+            f"the audit log {self.path} was replaced {_OPEN_ATTEMPTS} times while it was "
+            "opened; is another program rotating it?"
+        )
+
+    @property
+    def _folder(self) -> int:
+        if self._folder_fd is None:
+            raise RuntimeError("the audit log is not open")
+        return self._folder_fd
+
+    def _exists(self, name: str) -> bool:
+        try:
+            self._lstat(name)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _close_folder(self) -> None:
+        fd, self._folder_fd = self._folder_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def sign_tail(self, signer: Signer) -> Entry | None:
         """Sign what the log ends with unless a checkpoint already does (entries an interrupted
@@ -1267,7 +1293,7 @@ class AuditLog:
                 return None
             return self.checkpoint(signer)
 
-    def _move_torn_tail(self, fd: int, folder: Path) -> list[Path]:
+    def _move_torn_tail(self, fd: int) -> list[str]:
         """Move a torn last line into a new side file and cut the log after its last complete
         line; return the side files whose `log_repaired` entry is still to be written.
 
@@ -1292,16 +1318,17 @@ class AuditLog:
                     "replaced; run `retentiond audit verify`"
                 )
             for side_file in list(unrecorded):
-                if torn.startswith(_read_capped(side_file, len(torn) + 1)):
-                    side_file.unlink()
+                if torn.startswith(safefiles.read(self._folder, side_file, len(torn) + 1)):
+                    os.unlink(side_file, dir_fd=self._folder)
                     unrecorded.remove(side_file)
-            side_file = self._write_side_file(fd, torn, folder)
+            side_file = self._write_side_file(fd, torn)
             try:
                 os.ftruncate(fd, offset)
                 os.fsync(fd)
-                _fsync_folder(folder)
+                os.fsync(self._folder)
             except OSError as exc:
-                side_file.unlink(missing_ok=True)  # the bytes are still in the log
+                with contextlib.suppress(OSError):
+                    os.unlink(side_file, dir_fd=self._folder)  # the bytes are still in the log
                 raise AuditError(
                     f"the audit log {self.path} ends with an incomplete line "
                     f"({_count(len(torn), 'byte')}, likely a power loss while it was written) "
@@ -1323,66 +1350,65 @@ class AuditLog:
         unrecorded.append(side_file)
         return unrecorded
 
-    def _unrecorded_side_files(self) -> list[Path]:
+    def _unrecorded_side_files(self) -> list[str]:
         """Side files a crash left before their `log_repaired` entry was written, oldest first.
         Only regular files: a symlink planted under such a name is not followed."""
         pattern = f"{glob.escape(self.path.name)}{_TORN_MARK}*{_UNRECORDED}"
         try:
-            found = sorted(self.path.parent.glob(pattern))
-            return [path for path in found if stat.S_ISREG(path.lstat().st_mode)]
+            found = sorted(fnmatch.filter(os.listdir(self._folder), pattern))  # noqa: PTH208 - an fd
+            return [name for name in found if self._is_regular(name)]
         except OSError:
             return []  # a folder we may not list: there is nothing of ours to finish either
 
-    def _write_side_file(self, log_fd: int, torn: bytes, folder: Path) -> Path:
+    def _is_regular(self, name: str) -> bool:
+        return stat.S_ISREG(self._lstat(name).st_mode)
+
+    def _lstat(self, name: str) -> os.stat_result:
+        return os.stat(name, dir_fd=self._folder, follow_symlinks=False)
+
+    def _write_side_file(self, log_fd: int, torn: bytes) -> str:
         """Write the torn bytes, synced, to `<path>.torn-<UTC time>.unrecorded` (mode 0600)."""
         stamp = self._clock().astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
         for attempt in range(1, 100):
             name = f"{self.path.name}{_TORN_MARK}{stamp}" + (f"-{attempt}" if attempt > 1 else "")
-            final = self.path.with_name(name)
-            staged = self.path.with_name(name + _UNRECORDED)
-            if final.exists():
+            staged = name + _UNRECORDED
+            if self._exists(name):
                 continue
             try:
-                side_fd = os.open(
-                    staged,
-                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    0o600,
-                )
+                side_fd = safefiles.create(self._folder, staged, 0o600)
             except FileExistsError:
                 continue
             break
         else:
             raise AuditError(f"no free name for a side file of the audit log {self.path}")
         try:
-            os.fchmod(side_fd, 0o600)  # whatever the umask
             _copy_owner(log_fd, side_fd)  # the service must be able to finish root's repair
-            _write_all(side_fd, torn)
+            safefiles.write_all(side_fd, torn)
             os.fsync(side_fd)
         except OSError:
             os.close(side_fd)
-            staged.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                os.unlink(staged, dir_fd=self._folder)
             raise
         os.close(side_fd)
-        _fsync_folder(folder)  # the copy is durable before the log is cut
+        os.fsync(self._folder)  # the copy is durable before the log is cut
         return staged
 
-    def _record_moved_tail(self, staged: Path, folder: Path) -> None:
+    def _record_moved_tail(self, staged: str) -> None:
         """Append the `log_repaired` entry for a side file (unless a crash came right after
         it was written) and give the side file its final name."""
-        final = staged.with_name(staged.name.removesuffix(_UNRECORDED))
+        final = staged.removesuffix(_UNRECORDED)
         last = self._last
         recorded = (
-            last is not None
-            and last.type == LOG_REPAIRED
-            and last.fields.get("moved_to") == final.name
+            last is not None and last.type == LOG_REPAIRED and last.fields.get("moved_to") == final
         )
         if not recorded:
             try:
-                size, digest = _size_and_sha256(staged)
+                size, digest = self._size_and_sha256(staged)
             except OSError as exc:
                 raise AuditError(
-                    f"cannot read {staged}, the incomplete last line moved aside from the audit "
-                    f"log: {exc.strerror}"
+                    f"cannot read {self.path.with_name(staged)}, the incomplete last line moved "
+                    f"aside from the audit log: {exc.strerror}"
                 ) from None
             # Counts and a hash only: the bytes themselves stay in the side file.
             entry = self.append(
@@ -1390,58 +1416,102 @@ class AuditLog:
                 reason=_TORN_REASON,
                 removed_bytes=size,
                 removed_sha256=digest,
-                moved_to=final.name,
+                moved_to=final,
             )
             self.repairs.append(entry)
             log.warning(
                 "the deletion log ended with an incomplete line (a power loss while it was "
                 "written?): moved aside and recorded",
                 removed_bytes=size,
-                moved_to=final.name,
+                moved_to=final,
                 seq=entry.seq,
             )
         try:
             try:
-                os.link(staged, final)
+                os.link(staged, final, src_dir_fd=self._folder, dst_dir_fd=self._folder)
             except FileExistsError:
-                if not final.samefile(staged):
+                if not self._same_name(final, self._lstat(staged)):
                     raise
-            staged.unlink()
-            _fsync_folder(folder)
+            os.unlink(staged, dir_fd=self._folder)
+            os.fsync(self._folder)
         except OSError as exc:
             raise AuditError(
-                f"cannot rename {staged} to {final.name} after recording it in the audit log: "
-                f"{exc.strerror}"
+                f"cannot rename {self.path.with_name(staged)} to {final} after recording it in "
+                f"the audit log: {exc.strerror}"
             ) from None
+
+    def _size_and_sha256(self, name: str) -> tuple[int, str]:
+        fd = os.open(name, safefiles.READ_FLAGS, dir_fd=self._folder)
+        with os.fdopen(fd, "rb") as file:
+            digest, size = hashlib.sha256(), 0
+            while chunk := file.read(_TAIL_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+        return size, digest.hexdigest()
+
+    def _same_name(self, name: str, info: os.stat_result) -> bool:
+        """Whether `name` in the log's folder is the file `info` describes (not a symlink)."""
+        try:
+            mine = self._lstat(name)
+        except OSError:
+            return False
+        return (mine.st_dev, mine.st_ino) == (info.st_dev, info.st_ino)
 
     @property
     def _rotates(self) -> bool:
         return self.rotate_bytes is not None or self.rotate_yearly
 
     @property
-    def _staging(self) -> Path:
-        return self.path.with_name(self.path.name + ".rotating")
+    def _staging_name(self) -> str:
+        return self.path.name + ".rotating"
 
-    def _open_file(self, folder: Path) -> int:
-        flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
+    def _open_file(self) -> int:
+        """The log itself, created if missing; never through a symlink, never a FIFO or a
+        device, never a file others may write (`safefiles.problems`)."""
+        access = os.O_RDWR | os.O_APPEND
         try:
             try:
-                fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o640)
+                fd = safefiles.create(self._folder, self.path.name, 0o640, access)
             except FileExistsError:
-                return os.open(self.path, flags)
-            try:
-                os.fchmod(fd, 0o640)  # the umask must not change who may read the evidence
-                _fsync_folder(folder)  # a new file is only durable once its folder entry is
-            except BaseException:
-                os.close(fd)
-                raise
-            return fd
+                flags = access | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+                fd = os.open(self.path.name, flags, dir_fd=self._folder)
+            else:
+                try:
+                    os.fsync(self._folder)  # a new file is only durable once its folder entry is
+                except BaseException:
+                    os.close(fd)
+                    raise
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise AuditError(
+                    f"the audit log {self.path} is a symbolic link; retentiond does not follow "
+                    "it: set audit.path to the real file, or remove the link"
+                ) from None
             raise AuditError(
                 f"cannot open the audit log {self.path} for writing: {exc.strerror}; "
                 "check its owner, permissions, attributes (lsattr) and that the filesystem "
                 "is writable"
             ) from None
+        try:
+            self._require_plain_file(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _require_plain_file(self, fd: int) -> None:
+        try:
+            info = os.fstat(fd)
+        except OSError as exc:
+            raise AuditError(f"cannot read the audit log {self.path}: {exc.strerror}") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise AuditError(
+                f"the audit log {self.path} is not a regular file; move it away, or set "
+                "audit.path to a file"
+            )
+        found = safefiles.problems(info, self.path, "file")
+        if found:
+            raise AuditError("refusing to write the audit log: " + "; ".join(found))
 
     def _lock_file(self, fd: int) -> None:
         try:
@@ -1458,16 +1528,17 @@ class AuditLog:
             mine = os.fstat(fd)
         except OSError as exc:
             raise AuditError(f"cannot read the audit log {self.path}: {exc.strerror}") from None
-        return _same_file(self.path, mine)
+        return self._same_name(self.path.name, mine)
 
     def _repair_rotation(self, fd: int) -> None:
         """Undo a rotation a crash interrupted (we hold the lock, so no rotation is running):
         the half-made next file goes, and so does a rotated name still linked to this file."""
         try:
-            self._staging.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._staging_name, dir_fd=self._folder)
             rotated = _rotated(self.path)
-            if rotated and _same_file(rotated[-1][1], os.fstat(fd)):
-                rotated[-1][1].unlink()
+            if rotated and self._same_name(rotated[-1][1].name, os.fstat(fd)):
+                os.unlink(rotated[-1][1].name, dir_fd=self._folder)
         except OSError as exc:
             raise AuditError(
                 f"cannot repair an interrupted rotation of the audit log {self.path}: "
@@ -1622,28 +1693,26 @@ class AuditLog:
                 "reason": reason,
             },
         )
-        staging = self._staging
+        staging, folder = self._staging_name, self._folder
         new_fd: int | None = None
         linked = False
         try:
-            staging.unlink(missing_ok=True)
-            new_fd = os.open(
-                staging, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC | os.O_CREAT | os.O_EXCL, 0o640
-            )
-            os.fchmod(new_fd, 0o640)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staging, dir_fd=folder)
+            new_fd = safefiles.create(folder, staging, 0o640, os.O_RDWR | os.O_APPEND)
             _copy_owner(fd, new_fd)
             fcntl.flock(new_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            _write_all(new_fd, line)
+            safefiles.write_all(new_fd, line)
             os.fsync(new_fd)
-            os.link(self.path, rotated)
+            os.link(self.path.name, rotated.name, src_dir_fd=folder, dst_dir_fd=folder)
             linked = True
-            staging.replace(self.path)
+            os.replace(staging, self.path.name, src_dir_fd=folder, dst_dir_fd=folder)
         except OSError as exc:
             if linked:
                 with contextlib.suppress(OSError):
-                    rotated.unlink()
+                    os.unlink(rotated.name, dir_fd=folder)
             with contextlib.suppress(OSError):
-                staging.unlink()
+                os.unlink(staging, dir_fd=folder)
             if new_fd is not None:
                 os.close(new_fd)
             raise AuditError(
@@ -1657,7 +1726,7 @@ class AuditLog:
         entry = _parse_line(line[:-1])
         self._head, self._last = (entry.seq, entry.hash), entry
         try:
-            _fsync_folder(self.path.absolute().parent)
+            os.fsync(folder)
         except OSError as exc:
             # Until the rename is durable, a power loss could bring back the old names: appends
             # to the new file could then be lost, so none are made.
@@ -1718,6 +1787,7 @@ class AuditLog:
 
     def close(self) -> None:
         """Release the lock and the file. Every entry was already synced by `append`."""
+        self._close_folder()
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
@@ -1736,14 +1806,6 @@ def _copy_owner(source_fd: int, target_fd: int) -> None:
             os.fchown(target_fd, info.st_uid, info.st_gid)
 
 
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _find_torn_tail(fd: int, size: int) -> tuple[int, bytes] | None:
     """(offset, bytes) of a torn last line, None when the file ends with a newline; _Broken when
     the end is damaged otherwise (too long for an entry, or complete JSON without a newline)."""
@@ -1758,25 +1820,6 @@ def _find_torn_tail(fd: int, size: int) -> tuple[int, bytes] | None:
     if not _cut_short(torn):
         raise _Broken("a last line without its newline that is complete JSON")
     return start + newline + 1, torn
-
-
-def _open_side_file(path: Path) -> BinaryIO:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    return os.fdopen(fd, "rb")
-
-
-def _read_capped(path: Path, limit: int) -> bytes:
-    with _open_side_file(path) as file:
-        return file.read(limit)
-
-
-def _size_and_sha256(path: Path) -> tuple[int, str]:
-    digest, size = hashlib.sha256(), 0
-    with _open_side_file(path) as file:
-        while chunk := file.read(_TAIL_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
 
 
 def _drop_partial_line(fd: int, size_before: int) -> None:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, NoReturn
 
 import click
 
-from retentiond import __version__, audit, logs
+from retentiond import __version__, audit, logs, safefiles
 from retentiond.config.loader import LoadedConfig, config_path, load_config
 from retentiond.config.model import Rule
 from retentiond.config.pbxfiles import THREECX_MASTER_ACCOUNT, is_3cx_settings
@@ -664,7 +664,8 @@ def demo(directory: Path) -> None:
         residual=residual.detect(loaded.config),
         residual_host=socket.gethostname(),
     )
-    report_file.write_text(report_render.html(built), encoding="utf-8")
+    with safefiles.folder(report_file.parent) as folder:  # a planted link is replaced
+        safefiles.replace(folder, report_file.name, report_render.html(built).encode(), 0o644)
     click.echo(f"wrote {report_file}: open it in a browser (self-contained, no external assets)")
     click.echo(demo_pbx.summary(directory, config_file, loaded))
     code = exit_code(outcomes) or (0 if result.ok else 1)

@@ -10,6 +10,7 @@ import os
 import random
 import shutil
 import sqlite3
+import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -209,6 +210,8 @@ def _prepare(directory: Path) -> None:
                 f"{directory} exists and is not an earlier demo; pick a new or empty folder"
             )
     directory.mkdir(parents=True, exist_ok=True)
+    # The deletion log goes here: a folder others may write to is refused (umask 002, say).
+    directory.chmod(stat.S_IMODE(directory.stat().st_mode) & ~0o022)
     (directory / MARKER).write_text("made by `retentiond demo`; safe to delete\n")
 
 

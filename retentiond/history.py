@@ -8,16 +8,13 @@
   accounted for yet (`Interrupted`): a run that recorded no end, or a batch whose intent has no
   result. The engine reconciles each one exactly once, at the start of the next run.
 
-The log is the only state retentiond keeps, besides a small file of hold fingerprints beside it
-(`holds.json`, 0600), which lets a run notice that a hold's numbers changed without ever writing
-a number, or a hash of one, into the log.
+The log is the only state retentiond keeps, besides a small file of keyed hold fingerprints
+beside it (`fingerprints`), which lets a run notice that a hold's numbers changed without ever
+writing a number, or a hash of one, into the log.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -205,37 +202,3 @@ def _instant(text: str | None) -> datetime | None:
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
-
-
-# --- hold fingerprints --------------------------------------------------------------------------
-
-
-def fingerprint(definition: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def fingerprints_path(audit_path: Path) -> Path:
-    return audit_path.parent / "holds.json"
-
-
-def read_fingerprints(audit_path: Path) -> dict[str, str]:
-    try:
-        data = json.loads(fingerprints_path(audit_path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
-
-
-def write_fingerprints(audit_path: Path, prints: Mapping[str, str]) -> None:
-    """Atomically, readable by retentiond only: the fingerprints cover the holds' numbers."""
-    target = fingerprints_path(audit_path)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}")
-    try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(dict(prints), handle, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        temporary.replace(target)
-    except OSError as error:
-        log.warning("hold fingerprints not saved", reason=error.strerror or str(error))

@@ -2,7 +2,7 @@
 
 What the log says about a hold is its `summary` (id, reason, approver, dates, rules, how many
 numbers and extensions), never a number. A change that swaps one number for another is noticed
-through a fingerprint kept beside the log (`holds.json`), not in it.
+through a keyed fingerprint kept beside the log (`holds.json`, see `fingerprints`), not in it.
 
 A hold ends only by an explicit action (safety rule 10): its `until` date passes, or the
 operator ends it (`run --once --end-hold ID` or `--force`). A hold the log shows in force that
@@ -20,13 +20,8 @@ import structlog
 
 from retentiond.audit import AuditWriter, Entry
 from retentiond.config.model import HoldConfig
-from retentiond.history import (
-    History,
-    fingerprint,
-    read_fingerprints,
-    read_history,
-    write_fingerprints,
-)
+from retentiond.fingerprints import Fingerprints, read_fingerprints, write_fingerprints
+from retentiond.history import History, read_history
 from retentiond.rules import day_over, hold_in_force
 
 log = structlog.get_logger()
@@ -66,7 +61,7 @@ def _covers_rule(summary: Mapping[str, Any], rule: str) -> bool:
 
 def hold_changes(
     logged: Mapping[str, Mapping[str, Any]],
-    prints: Mapping[str, str],
+    prints: Fingerprints,
     holds: Sequence[HoldConfig],
     now: datetime,
     zone: tzinfo,
@@ -84,9 +79,7 @@ def hold_changes(
             changes.append(("hold_added", summary))
             continue
         changed = sorted(key for key in summary if before.get(key) != summary[key])
-        if not changed and prints.get(hold_id, fingerprint(hold.definition())) != fingerprint(
-            hold.definition()
-        ):
+        if not changed and prints.changed(hold_id, hold.definition()):
             changed = ["numbers or extensions"]
         if changed:
             changes.append(("hold_changed", summary | {"changed": changed}))
@@ -129,9 +122,7 @@ def record_hold_changes(
             fields = fields | {"covers": dict(covers.get(hold_id, {}))}
         entries.append(audit.append(kind, **fields))
         log.info(kind.replace("_", " "), hold=hold_id)
-    current = {
-        hold.id: fingerprint(hold.definition()) for hold in holds if hold_in_force(hold, now, zone)
-    }
-    if current != prints:
+    current = {hold.id: hold.definition() for hold in holds if hold_in_force(hold, now, zone)}
+    if prints.outdated(current):
         write_fingerprints(audit.path, current)
     return entries

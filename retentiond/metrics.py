@@ -26,11 +26,11 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    generate_latest,
     start_http_server,
-    write_to_textfile,
 )
 
-from retentiond import __version__
+from retentiond import __version__, safefiles
 from retentiond.audit import Entry, read_entries
 from retentiond.config.model import Rule
 from retentiond.engine import RunObserver, RunOutcome
@@ -264,12 +264,15 @@ class Metrics(RunObserver):
             thread.join(timeout=5)
 
     def write_textfile(self, path: Path) -> None:
-        """Write the metrics for node_exporter's textfile collector (temp file, then rename).
+        """Write the metrics for node_exporter's textfile collector (temp file, then rename),
+        through `safefiles`: a link planted in that folder never redirects the write.
 
         A failure is logged as a warning, never raised: the runs themselves are done.
         """
         try:
-            write_to_textfile(str(path), self.registry)
+            content = generate_latest(self.registry)
+            with safefiles.folder(path.parent) as folder:
+                safefiles.replace(folder, path.name, content, 0o644)  # node_exporter reads it
         except Exception as error:
             reason = error.strerror if isinstance(error, OSError) else None
             log.warning(

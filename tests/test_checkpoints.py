@@ -1010,11 +1010,11 @@ def test_a_writer_that_opened_the_file_before_a_rotation_writes_to_the_new_one(
     real_open = AuditLog._open_file
     handed: list[int] = []
 
-    def open_stale_first(self: AuditLog, folder: Path) -> int:
+    def open_stale_first(self: AuditLog) -> int:
         if not handed:
             handed.append(stale)
             return stale
-        return real_open(self, folder)
+        return real_open(self)
 
     monkeypatch.setattr(AuditLog, "_open_file", open_stale_first)
     with AuditLog(log_path) as late:
