@@ -20,6 +20,7 @@ from pydantic import (
 
 from retentiond.anonymize import Transform, parse_transform
 from retentiond.config.durations import Duration, parse_duration
+from retentiond.config.globs import check_match
 from retentiond.config.schedule import Schedule, parse_schedule
 from retentiond.subjects import Subject, SubjectError, extension_form, number_forms
 
@@ -133,6 +134,8 @@ Seconds = Annotated[float, Field(ge=0, le=3600)]
 DateField = Annotated[date, BeforeValidator(_date)]
 Transforms = Annotated[dict[str, Transform] | None, BeforeValidator(_transforms)]
 Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
+# A files store's glob, relative to its root (`**/*.{wav,mp3}`); one that cannot match is refused.
+MatchPattern = Annotated[str, Field(min_length=1), AfterValidator(check_match)]
 
 
 class Strict(BaseModel):
@@ -241,7 +244,7 @@ class ReferencesConfig(Strict):
 class FilesStoreConfig(StoreBase):
     type: Literal["files"]
     root: AbsolutePath
-    match: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] = ["**/*"]
+    match: Annotated[list[MatchPattern], Field(min_length=1)] = ["**/*"]
     age_from: Literal["path_date", "filename_date", "mtime"] = "mtime"
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 500
     # Files that differ only in their extension (a .mp3 converted from a .wav) go together.

@@ -42,6 +42,7 @@ from sqlalchemy import Connection, Inspector, TextClause, bindparam, inspect, ma
 from sqlalchemy import types as sqltypes
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchTableError
 
+from retentiond.config.globs import compile_glob, expand_braces
 from retentiond.config.model import ConnectionConfig, FilesStoreConfig, ReferencesConfig
 from retentiond.errors import StoreAbsent, StoreError
 from retentiond.rules import NO_HOLDS, Holds, earliest_instant, end_of_day, latest_instant
@@ -158,7 +159,12 @@ class FilesStore(Store):
         self.root = config.root
         self.label = str(config.root)
         self.pause = config.pause
-        self._patterns = [_compile_match(pattern) for pattern in config.match]
+        # Checked when the config was loaded: each expands to patterns that can match.
+        self._patterns = [
+            compile_glob(expanded)
+            for pattern in config.match
+            for expanded in expand_braces(pattern)
+        ]
         self._root = RootFolder(config.root, RootWording(), probe=True)
         self._reference_column = (
             ReferenceColumn(config.references, references)
@@ -1349,69 +1355,3 @@ def _end_of_month(year: int, month: int, zone: tzinfo) -> datetime | None:
     if not 1 <= month <= 12:
         return None
     return _end_of_day(year, month, calendar.monthrange(year, month)[1], zone)
-
-
-# -- match patterns ------------------------------------------------------------------------------
-
-
-def _compile_match(pattern: str) -> re.Pattern[str]:
-    try:
-        return compile_glob(pattern)
-    except re.error:
-        raise StoreError(
-            f"match pattern {pattern!r} is not a valid glob; check its [...] ranges"
-        ) from None
-
-
-def compile_glob(pattern: str) -> re.Pattern[str]:
-    """A `match` pattern as a regex over a root-relative path.
-
-    `**` as a whole component spans any number of folders (also none); `*`, `?` and `[...]` stay
-    within one name. Case-sensitive, like the filesystem.
-    """
-    components = pattern.strip("/").split("/")
-    parts: list[str] = []
-    for index, component in enumerate(components):
-        last = index == len(components) - 1
-        if component == "**":
-            parts.append(".*" if last else "(?:[^/]*/)*")
-        else:
-            parts.append(_component_regex(component) + ("" if last else "/"))
-    return re.compile("".join(parts), re.DOTALL)
-
-
-def _component_regex(component: str) -> str:
-    parts: list[str] = []
-    index = 0
-    while index < len(component):
-        char = component[index]
-        index += 1
-        if char == "*":
-            parts.append("[^/]*")
-        elif char == "?":
-            parts.append("[^/]")
-        elif char == "[" and (end := _class_end(component, index)) is not None:
-            parts.append(_class_regex(component[index:end]))
-            index = end + 1
-        else:
-            parts.append(re.escape(char))
-    return "".join(parts)
-
-
-def _class_end(component: str, start: int) -> int | None:
-    index = start
-    if index < len(component) and component[index] in "!^":
-        index += 1
-    if index < len(component) and component[index] == "]":
-        index += 1  # a leading ] is a member, as in fnmatch
-    end = component.find("]", index)
-    return end if end >= 0 else None
-
-
-def _class_regex(body: str) -> str:
-    negated = body[:1] in ("!", "^")
-    if negated:
-        body = body[1:]
-    members = "".join(char if char == "-" else re.escape(char) for char in body)
-    # The lookahead keeps a class (negated or naming "/") from ever spanning two folders.
-    return f"(?!/)[^{members}]" if negated else f"(?!/)[{members}]"
