@@ -133,3 +133,113 @@ def test_brace_globs_find_and_delete_expired_recordings(tmp_path: Path) -> None:
     assert "deleted 2 files" in run.stdout
     assert [path.exists() for path in old] == [False, False]
     assert young.exists() and other.exists()
+
+
+# -- system folders as roots ---------------------------------------------------------------------
+
+ROOT_LINE = 8
+
+
+@pytest.mark.parametrize(
+    ("root", "why"),
+    [
+        ("/", "/ is a system folder"),
+        ("/etc", "/etc is a system folder"),
+        ("/usr", "/usr is a system folder"),
+        ("/var", "/var is a system folder"),
+        ("/var/spool", "/var/spool is a system folder"),
+        ("/var/lib", "/var/lib is a system folder"),
+        ("/var/log/", "/var/log is a system folder"),
+        (
+            "/var/spool/asterisk/..",
+            "/var/spool/asterisk/.. (that is /var/spool) is a system folder",
+        ),
+        ("/var/spool/../lib/./", "(that is /var/lib) is a system folder"),
+        ("/etc/asterisk", "/etc/asterisk lies in /etc"),
+        ("/usr/share/asterisk", "lies in /usr/share"),
+    ],
+)
+def test_system_folders_are_refused_as_roots_at_their_line(root: str, why: str) -> None:
+    found = problems(config_text('"**/*.wav"', root=root))
+
+    assert len(found) == 1
+    assert found[0].startswith(f"retentiond.yaml:{ROOT_LINE}: rules.0.stores.0.root: "), found
+    assert why in found[0]
+    assert "allow_system_root: true" in found[0]
+
+
+@pytest.mark.parametrize(
+    "root",
+    [
+        "/var/spool/asterisk/monitor",
+        "/var/spool/asterisk/voicemail",
+        "/var/lib/3cxpbx/Instance1/Data/Recordings",
+        "/var/log/asterisk/cdr-csv",
+        "/usr/local/freeswitch/recordings",
+        "/home/pbx/recordings",
+    ],
+)
+def test_pbx_folders_below_system_folders_are_roots(root: str) -> None:
+    config = parse_config(config_text('"**/*.wav"', root=root))
+
+    assert str(config.rules[0].stores[0].root) == root  # type: ignore[union-attr]
+
+
+def test_a_root_reaching_a_system_folder_through_a_symlink_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "pbx").symlink_to("/var")
+
+    found = problems(config_text('"**/*.wav"', root=str(tmp_path / "pbx/spool")))
+
+    assert f"{tmp_path}/pbx/spool (that is /var/spool) is a system folder" in found[0]
+
+
+@pytest.mark.parametrize(
+    ("store", "line"),
+    [
+        ("{type: asterisk_voicemail, root: /var/spool}", 6),
+        ("{type: csv, root: /var/log}", 6),
+        (
+            "{type: sql, connection: cdrdb, table: recordings, time_column: start_time,\n"
+            "         file_column: recording_url, file_root: /var/lib}",
+            7,
+        ),
+    ],
+)
+def test_every_store_with_a_root_refuses_system_folders(store: str, line: int) -> None:
+    text = f"""\
+version: 1
+connections: {{cdrdb: {{url: "sqlite:////var/lib/pbx/cdr.db"}}}}
+rules:
+  - name: records
+    keep: 30d
+    stores: [{store}]
+"""
+    found = problems(text)
+
+    assert len(found) == 1
+    assert found[0].startswith(f"retentiond.yaml:{line}: rules.0.stores.0."), found
+    assert "is a system folder" in found[0]
+
+
+def test_plan_on_etc_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "retentiond.yaml"
+    config.write_text(CONFIG.format(audit=tmp_path / "audit.jsonl", root="/etc", pattern='"**"'))
+
+    plan = retentiond("-c", config, "plan")
+
+    assert plan.returncode == 2
+    assert f"{config}:{ROOT_LINE}: rules.0.stores.0.root: /etc is a system folder" in plan.stderr
+    assert "/etc" not in plan.stdout
+
+
+def test_an_allowed_system_root_is_a_warning_in_check(tmp_path: Path) -> None:
+    config = tmp_path / "retentiond.yaml"
+    allowed = CONFIG.format(audit=tmp_path / "audit.jsonl", root="/etc", pattern='"**/*.nothing"')
+    config.write_text(allowed.replace("root: /etc", "root: /etc\n        allow_system_root: true"))
+
+    check = retentiond("-c", config, "check")
+
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert (
+        "warning: root /etc is a system folder; allowed by allow_system_root: true" in check.stdout
+    )

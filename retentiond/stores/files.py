@@ -44,6 +44,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchTableError
 
 from retentiond.config.globs import compile_glob, expand_braces
 from retentiond.config.model import ConnectionConfig, FilesStoreConfig, ReferencesConfig
+from retentiond.config.roots import system_root_warning
 from retentiond.errors import StoreAbsent, StoreError
 from retentiond.rules import NO_HOLDS, Holds, earliest_instant, end_of_day, latest_instant
 from retentiond.stores.base import Batch, BatchFailed, BatchResult, Found, Store, Survey
@@ -212,8 +213,10 @@ class FilesStore(Store):
 
     def describe(self) -> list[str]:
         config = self.config
+        system = system_root_warning(config.root, config.allow_system_root)
         lines = [
             f"root: {self.root} ({self._root_state()})",
+            *([system] if system is not None else []),
             f"match: {', '.join(config.match)} (relative to the root, case-sensitive)",
             f"age from: {self._age_source()}",
             f"batches of up to {config.batch_size} files, {config.pause:g}s apart",

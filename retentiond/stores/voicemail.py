@@ -36,6 +36,7 @@ from typing import BinaryIO
 import structlog
 
 from retentiond.config.model import AmiConfig, VoicemailStoreConfig
+from retentiond.config.roots import system_root_warning
 from retentiond.credentials import CredentialError, read_secret
 from retentiond.rules import NO_HOLDS, Holds
 from retentiond.stores.base import Batch, BatchResult, Found, Store, Survey
@@ -187,8 +188,10 @@ class VoicemailStore(Store):
             lock = "lockfile (a .lock hard link, Asterisk's default)"
         else:
             lock = "flock on each folder's lock file (asterisk.conf lockmode=flock)"
+        system = system_root_warning(config.root, config.allow_system_root)
         lines = [
             f"root: {self.root} ({self._root_state()})",
+            *([system] if system is not None else []),
             "messages: msgNNNN.* with their msgNNNN_*.* siblings, in every folder of every "
             "mailbox (INBOX, Old, Urgent, Deleted, Work, custom), aged by origtime in msgNNNN.txt",
             f"a message without msgNNNN.txt is aged by its newest file's mtime ({AGED_BY_MTIME}); "
