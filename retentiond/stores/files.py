@@ -51,6 +51,8 @@ from retentiond.stores.base import Batch, BatchFailed, BatchResult, Found, Store
 from retentiond.stores.folders import (
     CHANGED,
     HARD_LINKED,
+    MOUNT_POINT,
+    MOUNTS_UNTOLD,
     NOT_REGULAR_FILE,
     OTHER_FILESYSTEM,
     SYMLINK,
@@ -66,6 +68,7 @@ from retentiond.stores.folders import (
     entries,
     examine_root,
     list_folder,
+    mounts_told_apart,
     open_folder,
     open_root,
     sorted_names,
@@ -220,8 +223,11 @@ class FilesStore(Store):
             f"match: {', '.join(config.match)} (relative to the root, case-sensitive)",
             f"age from: {self._age_source()}",
             f"batches of up to {config.batch_size} files, {config.pause:g}s apart",
-            "never follows symlinks, stays on the root's filesystem, leaves lock files alone",
+            "never follows symlinks, stays on the root's filesystem and mount (mount points "
+            f"below it are left alone: {OTHER_FILESYSTEM}, {MOUNT_POINT}), leaves lock files alone",
         ]
+        if not mounts_told_apart():
+            lines.append(MOUNTS_UNTOLD)
         if config.group_siblings:
             lines.append(
                 "group_siblings: files in one folder whose names differ only in the extension "
@@ -818,7 +824,9 @@ class FilesStore(Store):
         return "mtime: the file's modification time (never access or change time)"
 
     def _warn_if_incomplete(self, skipped: Counter[str]) -> None:
-        blind_spots = {reason: skipped[reason] for reason in (UNREADABLE, OTHER_FILESYSTEM)}
+        blind_spots = {
+            reason: skipped[reason] for reason in (UNREADABLE, OTHER_FILESYSTEM, MOUNT_POINT)
+        }
         if any(blind_spots.values()):
             log.warning("files store could not look everywhere", store=self.label, **blind_spots)
 

@@ -110,6 +110,7 @@ from retentiond.rules import NO_HOLDS, Holds, HoldScope
 from retentiond.stores.base import Batch, BatchFailed, BatchResult, Found, Store, Survey
 from retentiond.stores.folders import (
     CHANGED,
+    MOUNT_POINT,
     NOT_REGULAR_FILE,
     OTHER_FILESYSTEM,
     UNREMOVABLE,
@@ -766,8 +767,8 @@ class FileRoot:
         """This store's reason for a folder on the way that `open_folder` refused."""
         if reason == VANISHED:
             return FILE_MISSING
-        if reason == OTHER_FILESYSTEM:
-            return OTHER_FILESYSTEM
+        if reason in (OTHER_FILESYSTEM, MOUNT_POINT):
+            return reason
         if reason == CHANGED:
             # Not a folder: a symlink (refused by O_NOFOLLOW) is unsafe, anything else missing.
             try:

@@ -44,6 +44,8 @@ from retentiond.stores.files import mtime_age
 from retentiond.stores.folders import (
     CHANGED,
     HARD_LINKED,
+    MOUNT_POINT,
+    MOUNTS_UNTOLD,
     NOT_REGULAR_FILE,
     OTHER_FILESYSTEM,
     READ_FLAGS,
@@ -60,6 +62,7 @@ from retentiond.stores.folders import (
     entries,
     examine_root,
     list_folder,
+    mounts_told_apart,
     open_folder,
     open_root,
     sorted_names,
@@ -201,8 +204,12 @@ class VoicemailStore(Store):
             "longer is left for the next run, a stale lock is never broken",
             f"batches of up to {config.batch_size} messages, {config.pause:g}s apart",
             "never touches greetings (busy, unavail, greet, temp), tmp/ or lock files, never "
-            "follows symlinks, stays on the root's filesystem, leaves numbering gaps to Asterisk",
+            "follows symlinks, stays on the root's filesystem and mount (mount points below it "
+            f"are left alone: {OTHER_FILESYSTEM}, {MOUNT_POINT}), leaves numbering gaps to "
+            "Asterisk",
         ]
+        if not mounts_told_apart():
+            lines.append(MOUNTS_UNTOLD)
         ami = config.ami
         if ami is None:
             lines.append(
@@ -567,7 +574,9 @@ class VoicemailStore(Store):
         return f"readable, {contexts} voicemail context{'s' if contexts != 1 else ''}"
 
     def _warn_if_incomplete(self, skipped: Counter[str]) -> None:
-        blind_spots = {reason: skipped[reason] for reason in (UNREADABLE, OTHER_FILESYSTEM)}
+        blind_spots = {
+            reason: skipped[reason] for reason in (UNREADABLE, OTHER_FILESYSTEM, MOUNT_POINT)
+        }
         if any(blind_spots.values()):
             log.warning(
                 "voicemail store could not look everywhere", store=self.label, **blind_spots
