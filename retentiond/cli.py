@@ -274,6 +274,7 @@ def plan_json(rule_plan: RulePlan) -> dict[str, Any]:
                 "batches": s.batches,
                 "batch_time": s.batch_time,
                 "skipped": dict(s.survey.skipped),
+                "warnings": list(s.survey.warnings),
                 "absent": s.absent,
             }
             for s in rule_plan.stores
@@ -316,6 +317,8 @@ def print_plan(rule_plan: RulePlan, zone: tzinfo) -> None:
                 f"{reason} {count}" for reason, count in sorted(survey.skipped.items())
             )
             click.echo(f"    left alone: {parts}")
+        for warning in survey.warnings:
+            click.echo(f"    warning: {warning}")
     if rule_plan.refusal:
         click.echo(f"  REFUSED: {rule_plan.refusal}")
     for reason in rule_plan.forced:

@@ -234,7 +234,7 @@ def test_plan_on_etc_is_a_config_error(tmp_path: Path) -> None:
 
 def test_an_allowed_system_root_is_a_warning_in_check(tmp_path: Path) -> None:
     config = tmp_path / "retentiond.yaml"
-    allowed = CONFIG.format(audit=tmp_path / "audit.jsonl", root="/etc", pattern='"**/*.nothing"')
+    allowed = CONFIG.format(audit=tmp_path / "audit.jsonl", root="/etc", pattern='"**"')
     config.write_text(allowed.replace("root: /etc", "root: /etc\n        allow_system_root: true"))
 
     check = retentiond("-c", config, "check")
@@ -243,3 +243,52 @@ def test_an_allowed_system_root_is_a_warning_in_check(tmp_path: Path) -> None:
     assert (
         "warning: root /etc is a system folder; allowed by allow_system_root: true" in check.stdout
     )
+
+
+# -- patterns that match none of the root's files ------------------------------------------------
+
+SINGLE = """\
+version: 1
+audit: {{path: {audit}}}
+rules:
+  - name: call-recordings
+    keep: 30d
+    stores:
+      - {{type: files, root: {root}, match: [{pattern}]}}
+safety: {{max_delete_fraction: 1.0}}
+"""
+
+
+def test_patterns_matching_none_of_the_roots_files_are_a_warning(tmp_path: Path) -> None:
+    monitor = tmp_path / "monitor"
+    for number in range(5):
+        put(monitor, f"2020/01/15/out-{number}.WAV", LONG_AGO)  # upper case: *.wav misses them
+    config = tmp_path / "retentiond.yaml"
+    config.write_text(
+        SINGLE.format(audit=tmp_path / "audit.jsonl", root=monitor, pattern="'*.wav'")
+    )
+    warning = "warning: match selects no file, but the root has 5 files that no pattern matches"
+
+    check = retentiond("-c", config, "check")
+    plan = retentiond("-c", config, "plan")
+
+    assert warning in check.stdout, check.stdout + check.stderr
+    assert warning in plan.stdout, plan.stdout + plan.stderr
+    assert len(list(monitor.rglob("*.WAV"))) == 5
+
+
+def test_patterns_matching_some_files_give_no_such_warning(tmp_path: Path) -> None:
+    monitor = tmp_path / "monitor"
+    put(monitor, "2020/01/15/out-1.WAV", LONG_AGO)
+    put(monitor, "2020/01/15/notes.txt", LONG_AGO)
+    config = tmp_path / "retentiond.yaml"
+    config.write_text(
+        SINGLE.format(audit=tmp_path / "audit.jsonl", root=monitor, pattern="'**/*.{wav,WAV}'")
+    )
+
+    check = retentiond("-c", config, "check")
+    plan = retentiond("-c", config, "plan")
+
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "selects no file" not in check.stdout + plan.stdout
+    assert "1 files, expired 1," in plan.stdout

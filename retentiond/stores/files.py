@@ -90,6 +90,10 @@ LOCK_FILE = "lock_file"
 PROTECTED = "protected"  # voicemail greetings and tmp/ folders (DESIGN.md safety rule 5)
 NAMED_BY_ROW = "named_by_row"  # a row of `named_by` names it: the store purging the rows owns it
 
+# Regular files under the root that no `match` pattern selects: not the store's, never counted
+# in a survey, but a walk tallies them to tell a store whose patterns select nothing at all.
+_UNMATCHED = "_unmatched"
+
 # What a batch did besides deleting, as counted in BatchResult.counts.
 REFERENCES_CLEARED = "references_cleared"  # rows naming a deleted file, set to ''
 
@@ -228,6 +232,9 @@ class FilesStore(Store):
         ]
         if not mounts_told_apart():
             lines.append(MOUNTS_UNTOLD)
+        unmatched = self._selects_nothing()
+        if unmatched:
+            lines.append(f"warning: {self._nothing_matches(unmatched)}")
         if config.group_siblings:
             lines.append(
                 "group_siblings: files in one folder whose names differ only in the extension "
@@ -264,6 +271,11 @@ class FilesStore(Store):
                 expired += len(recording)
                 expired_bytes += sum(found.status.st_size for found in recording)
         self._warn_if_incomplete(skipped)
+        unmatched = skipped.pop(_UNMATCHED, 0)
+        warnings: tuple[str, ...] = ()
+        if unmatched and not total + skipped[UNDATED]:
+            warnings = (self._nothing_matches(unmatched),)
+            log.warning("files store matches no file", store=self.label, unmatched=unmatched)
         return Survey(
             unit=self.unit,
             total=total + skipped[UNDATED],  # undated files are there, but never expire
@@ -273,6 +285,28 @@ class FilesStore(Store):
             skipped=dict(sorted(skipped.items())),
             held=held,
             held_by=dict(sorted(held_by.items())),
+            warnings=warnings,
+        )
+
+    def _selects_nothing(self) -> int:
+        """For `check`: the number of files under the root when `match` selects none of them
+        (0 when it selects one: the walk stops at the first)."""
+        if self._root.fd is None:
+            return 0
+        skipped: Counter[str] = Counter()
+        walk = self._walk(skipped)
+        try:
+            if next(walk, None) is not None:
+                return 0
+        finally:
+            walk.close()
+        return skipped[_UNMATCHED]
+
+    def _nothing_matches(self, unmatched: int) -> str:
+        files = f"{unmatched} file{'' if unmatched == 1 else 's'}"
+        return (
+            f"match selects no file, but the root has {files} that no pattern matches; check "
+            "the patterns (relative to the root, case-sensitive: *.wav is not *.WAV)"
         )
 
     def batches(self, cutoff: datetime, holds: Holds = NO_HOLDS) -> Iterator[Batch]:
@@ -543,6 +577,8 @@ class FilesStore(Store):
                         skipped[OTHER_FILESYSTEM] += 1
                     else:
                         yield _Found(listing.folder, name, status)
+                elif stat.S_ISREG(mode):
+                    skipped[_UNMATCHED] += 1
         finally:
             for listing in stack:
                 listing.close()
