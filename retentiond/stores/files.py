@@ -90,8 +90,9 @@ LOCK_FILE = "lock_file"
 PROTECTED = "protected"  # voicemail greetings and tmp/ folders (DESIGN.md safety rule 5)
 NAMED_BY_ROW = "named_by_row"  # a row of `named_by` names it: the store purging the rows owns it
 
-# Regular files under the root that no `match` pattern selects: not the store's, never counted
-# in a survey, but a walk tallies them to tell a store whose patterns select nothing at all.
+# What a walk's patterns selected (kept or not) and the regular files they did not: never
+# counted in a survey, but tallied to tell a store whose patterns select nothing at all.
+_MATCHED = "_matched"
 _UNMATCHED = "_unmatched"
 
 # What a batch did besides deleting, as counted in BatchResult.counts.
@@ -271,9 +272,9 @@ class FilesStore(Store):
                 expired += len(recording)
                 expired_bytes += sum(found.status.st_size for found in recording)
         self._warn_if_incomplete(skipped)
-        unmatched = skipped.pop(_UNMATCHED, 0)
+        matched, unmatched = skipped.pop(_MATCHED, 0), skipped.pop(_UNMATCHED, 0)
         warnings: tuple[str, ...] = ()
-        if unmatched and not total + skipped[UNDATED]:
+        if unmatched and not matched:
             warnings = (self._nothing_matches(unmatched),)
             log.warning("files store matches no file", store=self.label, unmatched=unmatched)
         return Survey(
@@ -296,11 +297,10 @@ class FilesStore(Store):
         skipped: Counter[str] = Counter()
         walk = self._walk(skipped)
         try:
-            if next(walk, None) is not None:
-                return 0
+            next(walk, None)
         finally:
             walk.close()
-        return skipped[_UNMATCHED]
+        return 0 if skipped[_MATCHED] else skipped[_UNMATCHED]
 
     def _nothing_matches(self, unmatched: int) -> str:
         files = f"{unmatched} file{'' if unmatched == 1 else 's'}"
@@ -565,6 +565,7 @@ class FilesStore(Store):
                     if child is not None:
                         stack.append(child)
                 elif self._matches((*listing.folder, name)):
+                    skipped[_MATCHED] += 1
                     if _is_lock_file(name):
                         skipped[LOCK_FILE] += 1
                     elif _is_greeting(name):
