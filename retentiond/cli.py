@@ -313,6 +313,7 @@ def plan_json(rule_plan: RulePlan) -> dict[str, Any]:
                 "skipped": dict(s.survey.skipped),
                 "undated": s.survey.undated,
                 "undated_failure": s.undated_failure,
+                "warnings": list(s.survey.warnings),
                 "absent": s.absent,
                 "failed": s.failed,
             }
@@ -365,6 +366,8 @@ def print_plan(rule_plan: RulePlan, zone: tzinfo) -> None:
             click.echo(f"    FAILED: {s.undated_failure}")
         elif s.undated is not None:
             click.echo(f"    {s.undated.note()}")
+        for warning in survey.warnings:
+            click.echo(f"    warning: {warning}")
     if rule_plan.refusal:
         click.echo(f"  REFUSED: {rule_plan.refusal}")
     for reason in rule_plan.forced:

@@ -781,7 +781,7 @@ def watched_sqlite(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
         ({"table": "x_DROP_TABLE_x"}, "table x_DROP_TABLE_x does not exist"),
         ({"time_column": "nosuch"}, "column nosuch does not exist"),
         ({"subject_columns": ["src", "nosuch"]}, "names column nosuch, not in table"),
-        ({"file_column": "nosuch", "file_root": "/tmp"}, "column nosuch does not exist"),
+        ({"file_column": "nosuch", "file_root": "/tmp/rec"}, "column nosuch does not exist"),
         ({"schema": "nosuch"}, "nosuch"),
     ],
 )

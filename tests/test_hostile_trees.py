@@ -13,6 +13,10 @@ Hard links: a file inside the root with another name (inside or outside) is dele
 other expired file. Only the name inside the root goes (unlink removes a folder entry, and the
 folder is below the root); the other name, its content and its mtime stay, and the batch counts
 the file as `hard_linked`, so the operator learns that the content lives on elsewhere.
+
+Mounts (issue 16, item 3): a folder bind-mounted below the root from the same filesystem has the
+root's device, so only its mount ID tells it apart; it is left alone and counted as
+`mount_point`, as a folder of another filesystem is as `other_filesystem`.
 """
 
 # Names here are bytes (newlines, bytes that are no UTF-8), which pathlib does not take.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import socket
 import stat
@@ -35,7 +40,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -709,11 +714,18 @@ def test_a_full_voicemail_folder_streams_in_bounded_memory(tmp_path: Path) -> No
 def mount_namespace() -> list[str]:
     unshare = shutil.which("unshare")
     if unshare is None or os.geteuid() != 0:
-        pytest.skip("needs root and unshare (util-linux) to mount in a private namespace")
+        cannot("needs root and unshare (util-linux) to mount in a private namespace")
     prefix = [unshare, "--mount", "--propagation", "private"]
     if subprocess.run([*prefix, "true"], capture_output=True, check=False).returncode != 0:
-        pytest.skip("this host does not allow a private mount namespace")
+        cannot("this host does not allow a private mount namespace")
     return prefix
+
+
+def cannot(reason: str) -> NoReturn:
+    """Skip where mounts cannot be tried; in CI, which runs as root, that is a failure."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI runs the tests as root so that mounts are tried")
+    pytest.skip(reason)
 
 
 def test_files_mounted_over_names_in_the_root_are_left_alone(root: Path, outside: Path) -> None:
@@ -788,6 +800,106 @@ def test_voicemail_mounts_are_left_alone(tmp_path: Path, outside: Path) -> None:
     assert result["watched"] == {source: txt.encode().hex(), planted: txt.encode().hex()}
     assert plain.gone()
     assert bound.exists()  # left whole: not even its audio went
+
+
+def test_a_bind_mount_of_a_folder_of_the_same_filesystem_is_not_entered(
+    root: Path, outside: Path
+) -> None:
+    """A bind mount below the root of a folder outside it, on the same filesystem (the device
+    is the same): it was walked into and the files outside the root deleted."""
+    prefix = mount_namespace()
+    elsewhere = put(outside, OLD_DAY + b"/" + old_name(b"elsewhere"))
+    plain = put(root, OLD_DAY + b"/" + old_name(b"plain"))
+    os.makedirs(at(root, b"2020/02"))  # where the child binds the outside folder
+    assert outside.stat().st_dev == root.stat().st_dev
+    before = snapshot(outside)
+
+    result, output = run_child(
+        {
+            "kind": "files",
+            "root": str(root),
+            "setup": [["bind", str(outside), os.fsdecode(at(root, b"2020/02"))]],
+        },
+        prefix,
+    )
+
+    assert os.path.exists(elsewhere)
+    assert snapshot(outside) == before
+    assert result["survey_skipped"] == {"mount_point": 1}
+    assert (result["total"], result["expired"], result["deleted"]) == (1, 1, 1)
+    assert not os.path.exists(plain)
+    assert "1579083300" not in output
+
+
+def test_voicemail_bind_mounts_of_the_same_filesystem_are_not_entered(
+    tmp_path: Path, outside: Path
+) -> None:
+    prefix = mount_namespace()
+    spool = tmp_path / "voicemail"
+    plain = add_message(spool, "1001", "INBOX", 0, origtime=LONG_AGO)
+    (spool / "default/1002").mkdir(parents=True)  # where the child binds another spool's box
+    other_spool = outside / "voicemail"
+    stranger = add_message(other_spool, "2001", "INBOX", 0, origtime=LONG_AGO)
+    before = snapshot(outside)
+
+    result, _ = run_child(
+        {
+            "kind": "voicemail",
+            "root": str(spool),
+            "setup": [["bind", str(other_spool / "default/2001"), str(spool / "default/1002")]],
+        },
+        prefix,
+    )
+
+    assert stranger.exists()
+    assert snapshot(outside) == before
+    assert result["survey_skipped"] == {"mount_point": 1}
+    assert (result["total"], result["expired"], result["deleted"]) == (1, 1, 1)
+    assert plain.gone()
+
+
+def test_a_run_reports_the_bind_mount_it_left_alone(root: Path, outside: Path) -> None:
+    """The whole command, in a mount namespace of its own: files outside the root survive, plan
+    says a mount point was left alone, the run warns and its log counts it."""
+    prefix = mount_namespace()
+    elsewhere = put(outside, b"2020/01/15/" + old_name(b"elsewhere"))
+    plain = put(root, b"2020/01/15/" + old_name(b"plain"))
+    os.makedirs(at(root, b"2020/02"))
+    config = root.parent / "retentiond.yaml"
+    config.write_text(
+        f"""\
+version: 1
+audit: {{path: {root.parent / "audit.jsonl"}}}
+rules:
+  - name: call-recordings
+    keep: 30d
+    stores:
+      - {{type: files, root: {root}, match: ["**/*.wav"], age_from: path_date}}
+safety: {{max_delete_fraction: 1.0}}
+"""
+    )
+    retentiond = f"{shlex.quote(sys.executable)} -m retentiond -c {shlex.quote(str(config))}"
+    script = (
+        f"mount --bind {shlex.quote(str(outside))} {shlex.quote(os.fsdecode(at(root, b'2020/02')))}"
+        f" && {retentiond} plan && {retentiond} run --once"
+    )
+
+    done = subprocess.run(
+        [*prefix, "sh", "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert os.path.exists(elsewhere)
+    assert "left alone: mount_point 1" in done.stdout
+    assert "deleted 1 files" in done.stdout
+    warnings = [line for line in done.stderr.splitlines() if "could not look everywhere" in line]
+    # <4>: the journal's priority prefix, then the event as JSON; plan once, run and verify
+    counted = [json.loads(line[line.index("{") :])["mount_point"] for line in warnings]
+    assert counted == [1, 1, 1]
+    entries = [json.loads(line) for line in (root.parent / "audit.jsonl").read_text().splitlines()]
+    started = [entry for entry in entries if entry["type"] == "run_started"]
+    assert [store["skipped"] for store in started[0]["stores"]] == [{"mount_point": 1}]
+    assert not os.path.exists(plain)
 
 
 def test_files_of_other_owners_that_cannot_be_removed_are_counted(root: Path) -> None:

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from pbxdata import PbxDatabase, cdr_rows, sqlite_cdr_rows
 from privacy import leaked
-from spool import CALLERIDS, add_message, set_mtime
+from spool import CALLERIDS, add_message, message_txt, set_mtime
 from sqlalchemy import text
 from test_cli import retentiond
 
@@ -53,7 +53,19 @@ def _straddling_origtime() -> bytes:
     return head + b"x" * padding + tail + young + b"\n"
 
 
+def _asterisk_txt(origtime: datetime) -> bytes:
+    return message_txt(
+        origtime=origtime, mailbox="1001", callerid=CALLERIDS[0], sequence=1
+    ).encode()
+
+
 MALFORMED_TXTS: dict[str, bytes] = {
+    # Asterisk writes each key once: with two, which is true cannot be told.
+    "origtime twice, old then young": (
+        _asterisk_txt(OLD) + b"origtime=%d\n" % int(YOUNG.timestamp())
+    ),
+    "origtime twice, the same": _asterisk_txt(OLD) + b"origtime=%d\n" % int(OLD.timestamp()),
+    "callerid twice": _asterisk_txt(OLD) + b"callerid=" + CALLERIDS[1].encode() + b"\n",
     "other section only": b"[general]\norigtime=1700000000\ncallerid=x\n",
     "binary garbage": bytes(range(256)) * 8,
     "origtime missing": b'[message]\ncallerid="A" <1>\nduration=3\n',
@@ -135,6 +147,45 @@ def test_an_origtime_cut_by_the_read_limit_is_not_taken_for_a_date(
     assert survey.skipped == {MALFORMED_TXT: 1}
     assert list(store.batches(CUTOFF)) == []
     assert message.exists()
+
+
+def test_a_message_with_a_second_origtime_is_kept_and_reported(tmp_path: Path) -> None:
+    """Asterisk's own msgNNNN.txt with a second origtime added: old, then young. Read as the
+    first, it was deleted; named twice, it is malformed: kept, and plan and run say so."""
+    long_ago, far_ahead = datetime(2020, 1, 15, tzinfo=UTC), datetime(2099, 1, 15, tzinfo=UTC)
+    spool = tmp_path / "voicemail"
+    plain = add_message(spool, "1001", "INBOX", 0, origtime=long_ago)
+    twice = add_message(
+        spool,
+        "1001",
+        "INBOX",
+        1,
+        origtime=long_ago,
+        txt=_asterisk_txt(long_ago).decode() + f"origtime={int(far_ahead.timestamp())}\n",
+    )
+    config = tmp_path / "retentiond.yaml"
+    config.write_text(
+        f"""\
+version: 1
+timezone: UTC
+audit: {{path: {tmp_path / "audit.jsonl"}}}
+rules:
+  - name: voicemail
+    keep: 60d
+    stores:
+      - {{type: asterisk_voicemail, root: {spool}}}
+safety: {{max_delete_fraction: 1.0}}
+"""
+    )
+
+    plan = retentiond("-c", config, "plan")
+    run = retentiond("-c", config, "run", "--once")
+
+    assert "expired 1," in plan.stdout, plan.stdout + plan.stderr
+    assert f"{MALFORMED_TXT} 1" in plan.stdout
+    assert f"{MALFORMED_TXT} 1" in run.stdout, run.stdout + run.stderr
+    assert plain.gone()
+    assert twice.exists()
 
 
 # -- CSV: lines that are no records ------------------------------------------------------------

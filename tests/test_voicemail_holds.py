@@ -173,3 +173,21 @@ def test_erase_takes_a_message_whose_txt_has_no_origtime(
     assert [(item.when, item.held) for item in found] == [(None, False)]
     assert kept_by_expiry
     assert message.gone()
+
+
+def test_a_message_naming_two_callers_is_held_by_either(
+    spool: Spool, store: VoicemailStore
+) -> None:
+    # Asterisk writes one callerid; a second one added makes the .txt malformed (never aged),
+    # and a hold on the second caller's number still keeps it from the first caller's erasure.
+    txt = message_txt(origtime=LONG_AGO, mailbox="1002", callerid="+4917612345678", sequence=7)
+    message = add_message(
+        spool.root, "1002", "INBOX", 0, origtime=LONG_AGO, txt=txt + "callerid=+4930123456\n"
+    )
+    holds = Holds((HoldScope("HOLD-2026-07", subject=SUBJECT),))
+    stranger = Subject.parse(numbers=["+4917612345678"])
+
+    erase(store, stranger, holds)
+
+    assert message.exists()
+    assert [item.held for item in store.find(SUBJECT, holds) if "1002" in item.where] == [True]

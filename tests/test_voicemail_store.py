@@ -263,7 +263,8 @@ ASTERISK_TXT = message_txt(origtime=LONG_AGO, mailbox="1001", callerid=CALLERIDS
     [
         (ASTERISK_TXT, LONG_AGO),
         (ASTERISK_TXT.replace("\n", "\r\n"), LONG_AGO),
-        ("[message]\norigtime=oops\norigtime=1705329022\norigtime=1\n", 1705329022),
+        ("[message]\norigtime=oops\norigtime=1705329022\norigtime=1\n", None),  # named 3 times
+        ("origtime=1705329022\n[message]\norigtime=1705329022\n", None),  # the same twice
         ("origtime = 1705329022 ; written by hand\n", 1705329022),
         ("[Message]\n  ORIGTIME=1705329022\n", 1705329022),
         ("[other]\norigtime=1\n[message]\norigtime=1705329022\n", 1705329022),
@@ -290,11 +291,18 @@ def test_origtime_parser_never_crashes(text: bytes) -> None:
 @settings(max_examples=100, deadline=None)
 @given(
     st.integers(min_value=1, max_value=4_000_000_000),
-    st.lists(st.sampled_from(["; note", "", "flag=Urgent", "origtime=x", "[message]"])),
+    st.sampled_from(["origtime", "ORIGTIME", " origtime ", "callerid", "flag", "Flag"]),
+    st.sampled_from(["", "x", "1", "4000000000", "<1>"]),
+    st.booleans(),
 )
-def test_first_valid_origtime_wins(epoch: int, noise: list[str]) -> None:
-    text = "\n".join([*noise, f"origtime={epoch}", "origtime=1"])
-    assert parse_origtime(text.encode()) == datetime.fromtimestamp(epoch, UTC)
+def test_a_key_named_twice_leaves_a_message_undated(
+    epoch: int, key: str, value: str, before: bool
+) -> None:
+    # Asterisk writes each key once: a second one, before or after, valid or not, is no date.
+    asterisk = f"[message]\norigtime={epoch}\ncallerid=<1>\nflag=\n"
+    added = f"{key}={value}\n"
+    text = added + asterisk if before else asterisk + added
+    assert parse_origtime(text.encode()) is None
 
 
 # -- batches -------------------------------------------------------------------------------------

@@ -15,11 +15,14 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationInfo,
     model_validator,
 )
 
 from retentiond.anonymize import Transform, parse_transform
 from retentiond.config.durations import Duration, parse_duration
+from retentiond.config.globs import check_match
+from retentiond.config.roots import refuse_system_root
 from retentiond.config.schedule import Schedule, parse_schedule
 from retentiond.subjects import (
     Subject,
@@ -72,6 +75,11 @@ def _absolute_path(value: Any) -> Path:
     if "\0" in str(path):
         raise ValueError("a path cannot contain a NUL character")
     return path
+
+
+def _store_root(value: Path, info: ValidationInfo) -> Path:
+    # allow_system_root is declared before the roots, so it is validated first.
+    return refuse_system_root(value, info.data.get("allow_system_root") is True)
 
 
 def _zone(value: Any) -> ZoneInfo:
@@ -155,10 +163,14 @@ def _read_as_number(example: str) -> str:
 DurationField = Annotated[Duration, BeforeValidator(_duration), PlainSerializer(str)]
 ScheduleField = Annotated[Schedule, BeforeValidator(_schedule), PlainSerializer(lambda s: s.text)]
 AbsolutePath = Annotated[Path, BeforeValidator(_absolute_path)]
+# A folder a store deletes in: never a system folder unless the store says allow_system_root.
+StoreRoot = Annotated[Path, BeforeValidator(_absolute_path), AfterValidator(_store_root)]
 Seconds = Annotated[float, Field(ge=0, le=3600)]
 DateField = Annotated[date, BeforeValidator(_date)]
 Transforms = Annotated[dict[str, Transform] | None, BeforeValidator(_transforms)]
 Identifier = Annotated[str, Field(pattern=IDENTIFIER_PATTERN)]
+# A files store's glob, relative to its root (`**/*.{wav,mp3}`); one that cannot match is refused.
+MatchPattern = Annotated[str, Field(min_length=1), AfterValidator(check_match)]
 
 
 class Strict(BaseModel):
@@ -208,6 +220,13 @@ class StoreBase(Strict):
     max_undated_fraction: Annotated[float | None, Field(ge=0, le=1)] = None
 
 
+class RootedStoreBase(StoreBase):
+    # A root that is, contains or lies in a system folder (config/roots.py) is an error
+    # unless this says it is meant; `check` then shows it as a warning. Declared before
+    # `root`, so that it is validated first.
+    allow_system_root: bool = False
+
+
 class SqlStoreConfig(StoreBase):
     type: Literal["sql"]
     connection: Annotated[str, Field(min_length=1)]
@@ -217,7 +236,9 @@ class SqlStoreConfig(StoreBase):
     # Rows that name a file (3CX `recordings.recording_url`): the file under `file_root` is
     # deleted together with its row.
     file_column: Annotated[str | None, Field(pattern=IDENTIFIER_PATTERN)] = None
-    file_root: AbsolutePath | None = None
+    # As a files store's (RootedStoreBase), for file_root; declared before it.
+    allow_system_root: bool = False
+    file_root: StoreRoot | None = None
     # Columns that hold a person's number or extension (FreePBX cdr: src, dst, cnum, did), or a
     # caller id with it inside `<...>` (clid: `"Alice" <+4930123456>`): holds by number and
     # `erase`/`find` match them. Without any, a hold by number holds every row of its time
@@ -246,6 +267,8 @@ class SqlStoreConfig(StoreBase):
     def _files_need_both(self) -> SqlStoreConfig:
         if (self.file_column is None) != (self.file_root is None):
             raise ValueError("file_column and file_root go together: set both or neither")
+        if self.allow_system_root and self.file_root is None:
+            raise ValueError("allow_system_root goes with file_root: set file_root or leave it out")
         if self.subject_in_file_name and self.file_column is None:
             raise ValueError(
                 "subject_in_file_name matches the file names of file_column: set file_column "
@@ -268,10 +291,10 @@ class ReferencesConfig(Strict):
     column: Annotated[str, Field(pattern=IDENTIFIER_PATTERN)] = "recordingfile"
 
 
-class FilesStoreConfig(StoreBase):
+class FilesStoreConfig(RootedStoreBase):
     type: Literal["files"]
-    root: AbsolutePath
-    match: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] = ["**/*"]
+    root: StoreRoot
+    match: Annotated[list[MatchPattern], Field(min_length=1)] = ["**/*"]
     age_from: Literal["path_date", "filename_date", "mtime"] = "mtime"
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 500
     # Files that differ only in their extension (a .mp3 converted from a .wav) go together.
@@ -301,9 +324,9 @@ class AmiConfig(Strict):
     timeout: Annotated[float, Field(gt=0, le=60)] = 5
 
 
-class VoicemailStoreConfig(StoreBase):
+class VoicemailStoreConfig(RootedStoreBase):
     type: Literal["asterisk_voicemail"]
-    root: AbsolutePath  # /var/spool/asterisk/voicemail
+    root: StoreRoot  # /var/spool/asterisk/voicemail
     lock_mode: Literal["lockfile", "flock"] = "lockfile"  # asterisk.conf `lockmode`
     lock_wait: Annotated[float, Field(gt=0, le=5)] = 1.0  # seconds to wait for a folder lock
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 200  # messages
@@ -314,9 +337,9 @@ class VoicemailStoreConfig(StoreBase):
         return str(self.root)
 
 
-class CsvStoreConfig(StoreBase):
+class CsvStoreConfig(RootedStoreBase):
     type: Literal["csv"]
-    root: AbsolutePath  # /var/log/asterisk/cdr-csv
+    root: StoreRoot  # /var/log/asterisk/cdr-csv
     match: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] = ["*.csv"]
     time_field: Annotated[int, Field(ge=0, le=200)] = 9  # 0-based; cdr_csv writes `start` tenth
     time_format: Annotated[str, Field(min_length=2)] = "%Y-%m-%d %H:%M:%S"

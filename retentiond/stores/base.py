@@ -58,6 +58,9 @@ class Survey:
     # id how many each covers (an object under two holds counts under both).
     held: int = 0
     held_by: Mapping[str, int] = field(default_factory=dict)
+    # What the operator should look at, in words with counts only (no object named): e.g. a
+    # files store whose patterns match none of the files under its root.
+    warnings: tuple[str, ...] = ()
 
     @property
     def undated(self) -> int:

@@ -62,6 +62,7 @@ import structlog
 
 from retentiond.anonymize import Blank, Constant, Transform, anonymize_row
 from retentiond.config.model import CsvStoreConfig
+from retentiond.config.roots import system_root_warning
 from retentiond.errors import StoreError
 from retentiond.rules import NO_HOLDS, Holds, latest_instant
 from retentiond.stores.base import Batch, BatchResult, Found, Store, Survey
@@ -235,8 +236,10 @@ class CsvStore(Store):
     def describe(self) -> list[str]:
         config = self.config
         zone = getattr(self.zone, "key", None) or str(self.zone)
+        system = system_root_warning(config.root, config.allow_system_root)
         return [
             f"root: {self.root} ({self._root_state()})",
+            *([system] if system is not None else []),
             f"match: {', '.join(config.match)} (files directly in the root, case-sensitive)",
             f"time: field {config.time_field} (0-based; cdr_csv writes `start` tenth), "
             f"format {config.time_format}, wall time in {zone}",

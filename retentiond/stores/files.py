@@ -42,13 +42,17 @@ from sqlalchemy import Connection, Inspector, TextClause, bindparam, inspect, ma
 from sqlalchemy import types as sqltypes
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchTableError
 
+from retentiond.config.globs import compile_glob, expand_braces
 from retentiond.config.model import ConnectionConfig, FilesStoreConfig, ReferencesConfig
+from retentiond.config.roots import system_root_warning
 from retentiond.errors import StoreAbsent, StoreError
 from retentiond.rules import NO_HOLDS, Holds, earliest_instant, end_of_day, latest_instant
 from retentiond.stores.base import Batch, BatchFailed, BatchResult, Found, Store, Survey
 from retentiond.stores.folders import (
     CHANGED,
     HARD_LINKED,
+    MOUNT_POINT,
+    MOUNTS_UNTOLD,
     NOT_REGULAR_FILE,
     OTHER_FILESYSTEM,
     SYMLINK,
@@ -64,6 +68,7 @@ from retentiond.stores.folders import (
     entries,
     examine_root,
     list_folder,
+    mounts_told_apart,
     open_folder,
     open_root,
     sorted_names,
@@ -84,6 +89,11 @@ UNDATED = "undated"
 LOCK_FILE = "lock_file"
 PROTECTED = "protected"  # voicemail greetings and tmp/ folders (DESIGN.md safety rule 5)
 NAMED_BY_ROW = "named_by_row"  # a row of `named_by` names it: the store purging the rows owns it
+
+# What a walk's patterns selected (kept or not) and the regular files they did not: never
+# counted in a survey, but tallied to tell a store whose patterns select nothing at all.
+_MATCHED = "_matched"
+_UNMATCHED = "_unmatched"
 
 # What a batch did besides deleting, as counted in BatchResult.counts.
 REFERENCES_CLEARED = "references_cleared"  # rows naming a deleted file, set to ''
@@ -158,7 +168,12 @@ class FilesStore(Store):
         self.root = config.root
         self.label = str(config.root)
         self.pause = config.pause
-        self._patterns = [_compile_match(pattern) for pattern in config.match]
+        # Checked when the config was loaded: each expands to patterns that can match.
+        self._patterns = [
+            compile_glob(expanded)
+            for pattern in config.match
+            for expanded in expand_braces(pattern)
+        ]
         self._root = RootFolder(config.root, RootWording(), probe=True)
         self._reference_column = (
             ReferenceColumn(config.references, references)
@@ -206,13 +221,21 @@ class FilesStore(Store):
 
     def describe(self) -> list[str]:
         config = self.config
+        system = system_root_warning(config.root, config.allow_system_root)
         lines = [
             f"root: {self.root} ({self._root_state()})",
+            *([system] if system is not None else []),
             f"match: {', '.join(config.match)} (relative to the root, case-sensitive)",
             f"age from: {self._age_source()}",
             f"batches of up to {config.batch_size} files, {config.pause:g}s apart",
-            "never follows symlinks, stays on the root's filesystem, leaves lock files alone",
+            "never follows symlinks, stays on the root's filesystem and mount (mount points "
+            f"below it are left alone: {OTHER_FILESYSTEM}, {MOUNT_POINT}), leaves lock files alone",
         ]
+        if not mounts_told_apart():
+            lines.append(MOUNTS_UNTOLD)
+        unmatched = self._selects_nothing()
+        if unmatched:
+            lines.append(f"warning: {self._nothing_matches(unmatched)}")
         if config.group_siblings:
             lines.append(
                 "group_siblings: files in one folder whose names differ only in the extension "
@@ -249,6 +272,11 @@ class FilesStore(Store):
                 expired += len(recording)
                 expired_bytes += sum(found.status.st_size for found in recording)
         self._warn_if_incomplete(skipped)
+        matched, unmatched = skipped.pop(_MATCHED, 0), skipped.pop(_UNMATCHED, 0)
+        warnings: tuple[str, ...] = ()
+        if unmatched and not matched:
+            warnings = (self._nothing_matches(unmatched),)
+            log.warning("files store matches no file", store=self.label, unmatched=unmatched)
         return Survey(
             unit=self.unit,
             total=total + skipped[UNDATED],  # undated files are there, but never expire
@@ -258,6 +286,27 @@ class FilesStore(Store):
             skipped=dict(sorted(skipped.items())),
             held=held,
             held_by=dict(sorted(held_by.items())),
+            warnings=warnings,
+        )
+
+    def _selects_nothing(self) -> int:
+        """For `check`: the number of files under the root when `match` selects none of them
+        (0 when it selects one: the walk stops at the first)."""
+        if self._root.fd is None:
+            return 0
+        skipped: Counter[str] = Counter()
+        walk = self._walk(skipped)
+        try:
+            next(walk, None)
+        finally:
+            walk.close()
+        return 0 if skipped[_MATCHED] else skipped[_UNMATCHED]
+
+    def _nothing_matches(self, unmatched: int) -> str:
+        files = f"{unmatched} file{'' if unmatched == 1 else 's'}"
+        return (
+            f"match selects no file, but the root has {files} that no pattern matches; check "
+            "the patterns (relative to the root, case-sensitive: *.wav is not *.WAV)"
         )
 
     def batches(self, cutoff: datetime, holds: Holds = NO_HOLDS) -> Iterator[Batch]:
@@ -516,6 +565,7 @@ class FilesStore(Store):
                     if child is not None:
                         stack.append(child)
                 elif self._matches((*listing.folder, name)):
+                    skipped[_MATCHED] += 1
                     if _is_lock_file(name):
                         skipped[LOCK_FILE] += 1
                     elif _is_greeting(name):
@@ -528,6 +578,8 @@ class FilesStore(Store):
                         skipped[OTHER_FILESYSTEM] += 1
                     else:
                         yield _Found(listing.folder, name, status)
+                elif stat.S_ISREG(mode):
+                    skipped[_UNMATCHED] += 1
         finally:
             for listing in stack:
                 listing.close()
@@ -809,7 +861,9 @@ class FilesStore(Store):
         return "mtime: the file's modification time (never access or change time)"
 
     def _warn_if_incomplete(self, skipped: Counter[str]) -> None:
-        blind_spots = {reason: skipped[reason] for reason in (UNREADABLE, OTHER_FILESYSTEM)}
+        blind_spots = {
+            reason: skipped[reason] for reason in (UNREADABLE, OTHER_FILESYSTEM, MOUNT_POINT)
+        }
         if any(blind_spots.values()):
             log.warning("files store could not look everywhere", store=self.label, **blind_spots)
 
@@ -1349,69 +1403,3 @@ def _end_of_month(year: int, month: int, zone: tzinfo) -> datetime | None:
     if not 1 <= month <= 12:
         return None
     return _end_of_day(year, month, calendar.monthrange(year, month)[1], zone)
-
-
-# -- match patterns ------------------------------------------------------------------------------
-
-
-def _compile_match(pattern: str) -> re.Pattern[str]:
-    try:
-        return compile_glob(pattern)
-    except re.error:
-        raise StoreError(
-            f"match pattern {pattern!r} is not a valid glob; check its [...] ranges"
-        ) from None
-
-
-def compile_glob(pattern: str) -> re.Pattern[str]:
-    """A `match` pattern as a regex over a root-relative path.
-
-    `**` as a whole component spans any number of folders (also none); `*`, `?` and `[...]` stay
-    within one name. Case-sensitive, like the filesystem.
-    """
-    components = pattern.strip("/").split("/")
-    parts: list[str] = []
-    for index, component in enumerate(components):
-        last = index == len(components) - 1
-        if component == "**":
-            parts.append(".*" if last else "(?:[^/]*/)*")
-        else:
-            parts.append(_component_regex(component) + ("" if last else "/"))
-    return re.compile("".join(parts), re.DOTALL)
-
-
-def _component_regex(component: str) -> str:
-    parts: list[str] = []
-    index = 0
-    while index < len(component):
-        char = component[index]
-        index += 1
-        if char == "*":
-            parts.append("[^/]*")
-        elif char == "?":
-            parts.append("[^/]")
-        elif char == "[" and (end := _class_end(component, index)) is not None:
-            parts.append(_class_regex(component[index:end]))
-            index = end + 1
-        else:
-            parts.append(re.escape(char))
-    return "".join(parts)
-
-
-def _class_end(component: str, start: int) -> int | None:
-    index = start
-    if index < len(component) and component[index] in "!^":
-        index += 1
-    if index < len(component) and component[index] == "]":
-        index += 1  # a leading ] is a member, as in fnmatch
-    end = component.find("]", index)
-    return end if end >= 0 else None
-
-
-def _class_regex(body: str) -> str:
-    negated = body[:1] in ("!", "^")
-    if negated:
-        body = body[1:]
-    members = "".join(char if char == "-" else re.escape(char) for char in body)
-    # The lookahead keeps a class (negated or naming "/") from ever spanning two folders.
-    return f"(?!/)[^{members}]" if negated else f"(?!/)[{members}]"

@@ -7,9 +7,13 @@ refusing a symlink, and from then on reaches every folder below from its parent'
 one name at a time with O_NOFOLLOW, never by path again: a name swapped for a symlink fails to
 open instead of being followed, and whatever is reached lies below the root.
 
-A store also stays on its root's filesystem: every folder opened below the root is checked
-against the root's device (`RootFolder.device`), so a mount point (a backup disk, a bind mount of
-another spool, a network share) is never walked into.
+A store also stays on its root's filesystem and mount: every folder opened below the root is
+checked against the root's device (`RootFolder.device`) and against its parent's mount, so a
+mount point is never walked into: a backup disk or a network share (another device), and a bind
+mount of a folder on the same filesystem (the same device, another mount), which could bring
+any folder of that filesystem, /etc included, below the root. Mounts are told apart by the
+mount ID Linux gives each open descriptor (/proc/self/fdinfo); where it cannot be read, only
+other filesystems are recognised, and `describe` says so.
 
 What is shared here is the mechanism. What a store counts or raises stays with the store: the
 reasons below are the words the file stores count in Survey.skipped and BatchResult.skipped,
@@ -35,6 +39,7 @@ from retentiond.errors import StoreAbsent, StoreError
 # Why an object was left alone, as counted in Survey.skipped and BatchResult.skipped.
 SYMLINK = "symlink"
 OTHER_FILESYSTEM = "other_filesystem"
+MOUNT_POINT = "mount_point"  # a folder mounted below the root, from this filesystem or another
 NOT_REGULAR_FILE = "not_regular_file"
 UNREADABLE = "unreadable"
 CHANGED = "changed"  # differs from what was planned: swapped, replaced, rewritten
@@ -209,15 +214,66 @@ class RootFolder:
             self.fd = None
 
 
+# -- mounts --------------------------------------------------------------------------------------
+
+
+def mount_id(fd: int) -> int | None:
+    """The ID of the mount an open descriptor lies on; None where Linux does not tell.
+
+    Read from /proc/self/fdinfo, which names the mount of the descriptor itself: no path is
+    looked up again, so nothing can be swapped in between. (statx's STATX_MNT_ID says the same,
+    but Python has no os.statx before 3.15, and this needs no call into C through ctypes.)
+    """
+    try:
+        info = os.open(f"/proc/self/fdinfo/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        text = os.read(info, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(info)
+    for line in text.splitlines():
+        key, _, value = line.partition(b":")
+        if key == b"mnt_id":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def mounts_told_apart() -> bool:
+    """Whether this system tells each descriptor's mount (see `mount_id`), so that bind mounts
+    of the root's own filesystem are recognised."""
+    try:
+        fd = os.open("/proc/self/fdinfo", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return mount_id(fd) is not None
+    finally:
+        os.close(fd)
+
+
+MOUNTS_UNTOLD = (
+    "warning: this system does not tell mounts apart (/proc/self/fdinfo has no mnt_id): "
+    "folders mounted from other filesystems are left alone, but a bind mount of a folder of "
+    "the root's own filesystem is not recognised; mount /proc"
+)
+
+
 # -- below the root ------------------------------------------------------------------------------
 
 
 def open_folder(name: bytes, parent_fd: int, root_device: int) -> int:
     """Open the subfolder `name` of an open folder, or raise Skip.
 
-    Never follows a symlink and never leaves the root's filesystem: a name that is no longer a
-    folder (swapped for a symlink or a file since it was seen) is CHANGED, a folder on another
-    filesystem (a mount point) is OTHER_FILESYSTEM. Gone: VANISHED; anything else: UNREADABLE.
+    Never follows a symlink and never leaves the root's filesystem or mount: a name that is no
+    longer a folder (swapped for a symlink or a file since it was seen) is CHANGED, a folder on
+    another filesystem is OTHER_FILESYSTEM, one mounted from this filesystem (a bind mount) is
+    MOUNT_POINT. Gone: VANISHED; anything else: UNREADABLE.
     """
     try:
         fd = os.open(name, FOLDER_FLAGS, dir_fd=parent_fd)
@@ -232,6 +288,9 @@ def open_folder(name: bytes, parent_fd: int, root_device: int) -> int:
     if os.fstat(fd).st_dev != root_device:
         os.close(fd)
         raise Skip(OTHER_FILESYSTEM)
+    if mount_id(fd) != mount_id(parent_fd):
+        os.close(fd)
+        raise Skip(MOUNT_POINT)
     return fd
 
 

@@ -104,12 +104,14 @@ from retentiond import rules
 from retentiond.anonymize import Blank, Transform, TruncateDigits, anonymize_row
 from retentiond.config.model import ConnectionConfig, SqlStoreConfig
 from retentiond.config.pbxfiles import PbxSettingsError, password_from
+from retentiond.config.roots import system_root_warning
 from retentiond.credentials import CredentialError, read_secret
 from retentiond.errors import StoreAbsent, StoreError
 from retentiond.rules import NO_HOLDS, Holds, HoldScope
 from retentiond.stores.base import Batch, BatchFailed, BatchResult, Found, Store, Survey
 from retentiond.stores.folders import (
     CHANGED,
+    MOUNT_POINT,
     NOT_REGULAR_FILE,
     OTHER_FILESYSTEM,
     UNREMOVABLE,
@@ -766,8 +768,8 @@ class FileRoot:
         """This store's reason for a folder on the way that `open_folder` refused."""
         if reason == VANISHED:
             return FILE_MISSING
-        if reason == OTHER_FILESYSTEM:
-            return OTHER_FILESYSTEM
+        if reason in (OTHER_FILESYSTEM, MOUNT_POINT):
+            return reason
         if reason == CHANGED:
             # Not a folder: a symlink (refused by O_NOFOLLOW) is unsafe, anything else missing.
             try:
@@ -1284,6 +1286,9 @@ class SqlStore(Store):
             "is committed, the files of its rows are deleted unless a remaining row names them "
             "too; never through a symlink, an absolute path or `..`, never outside that folder",
         ]
+        system = system_root_warning(self._store.file_root, self._store.allow_system_root)
+        if system is not None:
+            lines.append(system)
         if self._file_index is None:
             lines.append(
                 f"warning: no index on {name}: each batch's check for remaining rows naming the "

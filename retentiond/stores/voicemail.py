@@ -36,6 +36,7 @@ from typing import BinaryIO
 import structlog
 
 from retentiond.config.model import AmiConfig, VoicemailStoreConfig
+from retentiond.config.roots import system_root_warning
 from retentiond.credentials import CredentialError, read_secret
 from retentiond.rules import NO_HOLDS, Holds
 from retentiond.stores.base import Batch, BatchResult, Found, Store, Survey
@@ -43,6 +44,8 @@ from retentiond.stores.files import mtime_age
 from retentiond.stores.folders import (
     CHANGED,
     HARD_LINKED,
+    MOUNT_POINT,
+    MOUNTS_UNTOLD,
     NOT_REGULAR_FILE,
     OTHER_FILESYSTEM,
     READ_FLAGS,
@@ -59,6 +62,7 @@ from retentiond.stores.folders import (
     entries,
     examine_root,
     list_folder,
+    mounts_told_apart,
     open_folder,
     open_root,
     sorted_names,
@@ -69,7 +73,8 @@ log = structlog.get_logger()
 
 # How a message was aged or why it was left alone, as counted in Survey.skipped and
 # BatchResult.skipped (besides the folders module's symlink, unreadable, changed, vanished, ...).
-MALFORMED_TXT = "malformed_txt"  # msgNNNN.txt without a usable origtime: never guessed, kept
+# msgNNNN.txt without a usable origtime, or naming a key twice: never guessed, kept
+MALFORMED_TXT = "malformed_txt"
 AGED_BY_MTIME = "aged_by_mtime"  # no msgNNNN.txt: aged by its newest file (reported, not kept)
 LOCKED = "locked"  # Asterisk held the folder lock longer than lock_wait: left for a later run
 
@@ -110,7 +115,7 @@ class PlannedMessage:
     files: tuple[PlannedFile, ...] = field(repr=False)
     age: datetime | None  # None: a msgNNNN.txt without origtime, never expired, only erased
     aged_by_mtime: bool
-    callerid: str | None = field(default=None, repr=False)  # from msgNNNN.txt, if it has one
+    callerids: tuple[str, ...] = field(default=(), repr=False)  # from msgNNNN.txt, if it has one
 
     @property
     def size(self) -> int:
@@ -128,7 +133,7 @@ class PlannedMessage:
         """The message is the subject's: their mailbox, or their number as its caller id."""
         if self.mailbox in subject.extensions:
             return True
-        return self.callerid is not None and subject.matches_callerid(self.callerid)
+        return any(subject.matches_callerid(callerid) for callerid in self.callerids)
 
     def where(self) -> str:
         """Where it lies below the root: context/mailbox/folder/msgNNNN."""
@@ -186,18 +191,25 @@ class VoicemailStore(Store):
             lock = "lockfile (a .lock hard link, Asterisk's default)"
         else:
             lock = "flock on each folder's lock file (asterisk.conf lockmode=flock)"
+        system = system_root_warning(config.root, config.allow_system_root)
         lines = [
             f"root: {self.root} ({self._root_state()})",
+            *([system] if system is not None else []),
             "messages: msgNNNN.* with their msgNNNN_*.* siblings, in every folder of every "
             "mailbox (INBOX, Old, Urgent, Deleted, Work, custom), aged by origtime in msgNNNN.txt",
             f"a message without msgNNNN.txt is aged by its newest file's mtime ({AGED_BY_MTIME}); "
-            f"a msgNNNN.txt without origtime is left alone ({MALFORMED_TXT})",
+            f"a msgNNNN.txt without origtime, or naming a key twice, is left alone "
+            f"({MALFORMED_TXT})",
             f"folder lock: {lock}, waited for up to {config.lock_wait:g}s; a folder locked "
             "longer is left for the next run, a stale lock is never broken",
             f"batches of up to {config.batch_size} messages, {config.pause:g}s apart",
             "never touches greetings (busy, unavail, greet, temp), tmp/ or lock files, never "
-            "follows symlinks, stays on the root's filesystem, leaves numbering gaps to Asterisk",
+            "follows symlinks, stays on the root's filesystem and mount (mount points below it "
+            f"are left alone: {OTHER_FILESYSTEM}, {MOUNT_POINT}), leaves numbering gaps to "
+            "Asterisk",
         ]
+        if not mounts_told_apart():
+            lines.append(MOUNTS_UNTOLD)
         ami = config.ami
         if ami is None:
             lines.append(
@@ -290,8 +302,9 @@ class VoicemailStore(Store):
             if isinstance(found, str) or not found.names(subject):
                 continue
             matched = {}
-            if found.callerid is not None and subject.matches_callerid(found.callerid):
-                matched["callerid"] = found.callerid
+            callerid = next(filter(subject.matches_callerid, found.callerids), None)
+            if callerid is not None:
+                matched["callerid"] = callerid
             if found.mailbox in subject.extensions:
                 matched["mailbox"] = found.mailbox
             yield Found(
@@ -398,7 +411,7 @@ class VoicemailStore(Store):
             tuple(files),
             parse_origtime(text),
             aged_by_mtime=False,
-            callerid=parse_callerid(text),
+            callerids=parse_callerids(text),
         )
 
     def _batch(self, number: int, planned: list[PlannedMessage], left_alone: Counter[str]) -> Batch:
@@ -561,7 +574,9 @@ class VoicemailStore(Store):
         return f"readable, {contexts} voicemail context{'s' if contexts != 1 else ''}"
 
     def _warn_if_incomplete(self, skipped: Counter[str]) -> None:
-        blind_spots = {reason: skipped[reason] for reason in (UNREADABLE, OTHER_FILESYSTEM)}
+        blind_spots = {
+            reason: skipped[reason] for reason in (UNREADABLE, OTHER_FILESYSTEM, MOUNT_POINT)
+        }
         if any(blind_spots.values()):
             log.warning(
                 "voicemail store could not look everywhere", store=self.label, **blind_spots
@@ -600,36 +615,40 @@ def _stem(name: bytes) -> bytes | None:
 
 
 def parse_origtime(text: bytes) -> datetime | None:
-    """`origtime` of a msgNNNN.txt, read tolerantly; the first valid one wins, else None.
+    """`origtime` of a msgNNNN.txt, read tolerantly, else None.
 
-    Keys before any section and in `[message]` count; comments (`;`, `#`), other sections,
-    unparsable lines and values that are no positive epoch seconds are passed over.
+    Keys before any section and in `[message]` count; comments (`;`, `#`), other sections and
+    unparsable lines are passed over. None for a value that is no positive epoch seconds, and
+    for a text that names any key twice: Asterisk writes each key once, so a second `origtime`
+    (or `callerid`) was added by someone else, and which one is true cannot be told.
     """
-    for raw in _message_values(text, b"origtime"):
-        value = raw.partition(b";")[0].strip()
-        if not _ORIGTIME.fullmatch(value) or int(value) <= 0:
-            continue
-        try:
-            return datetime.fromtimestamp(int(value), UTC)
-        except (OverflowError, OSError, ValueError):
-            continue
-    return None
+    keys = _message_keys(text)
+    values = keys.get(b"origtime", [])
+    if len(values) != 1 or _names_a_key_twice(keys):
+        return None
+    value = values[0].partition(b";")[0].strip()
+    if not _ORIGTIME.fullmatch(value) or int(value) <= 0:
+        return None
+    try:
+        return datetime.fromtimestamp(int(value), UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
-def parse_callerid(text: bytes) -> str | None:
-    """`callerid` of a msgNNNN.txt (`"Name" <number>`), the first non-empty one, else None.
+def parse_callerids(text: bytes) -> tuple[str, ...]:
+    """Every non-empty `callerid` of a msgNNNN.txt (`"Name" <number>`); one in Asterisk's own.
 
-    Taken whole: a `;` in a caller's name is no comment to Asterisk's config reader there.
+    Taken whole: a `;` in a caller's name is no comment to Asterisk's config reader there. A
+    text with two is malformed (never aged), but both are kept: a hold on either number holds
+    the message, an erasure of either finds it.
     """
-    for raw in _message_values(text, b"callerid"):
-        value = raw.strip()[:_CALLERID_LIMIT]
-        if value:
-            return value.decode("utf-8", "replace")
-    return None
+    values = (raw.strip()[:_CALLERID_LIMIT] for raw in _message_keys(text).get(b"callerid", []))
+    return tuple(value.decode("utf-8", "replace") for value in values if value)
 
 
-def _message_values(text: bytes, wanted: bytes) -> Iterator[bytes]:
-    """The values of key `wanted` before any section and in `[message]`, in order."""
+def _message_keys(text: bytes) -> dict[bytes, list[bytes]]:
+    """The values of each key (lower case) before any section and in `[message]`, in order."""
+    keys: dict[bytes, list[bytes]] = {}
     section: bytes | None = None
     for raw in text.splitlines():
         line = raw.strip()
@@ -641,8 +660,13 @@ def _message_values(text: bytes, wanted: bytes) -> Iterator[bytes]:
         if section not in (None, b"message"):
             continue
         key, equals, value = line.partition(b"=")
-        if equals and key.strip().lower() == wanted:
-            yield value
+        if equals:
+            keys.setdefault(key.strip().lower(), []).append(value)
+    return keys
+
+
+def _names_a_key_twice(keys: Mapping[bytes, list[bytes]]) -> bool:
+    return any(len(values) > 1 for values in keys.values())
 
 
 def _read_txt(fd: int, name: bytes) -> tuple[os.stat_result, bytes]:
