@@ -596,9 +596,13 @@ def test_load_config_and_a_holds_folder_give_a_config_or_a_clean_error(
         pass
 
 
-def test_a_config_path_that_never_ends_is_refused() -> None:
-    with pytest.raises(ConfigError, match="larger than"):
+def test_a_config_path_that_never_ends_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a device, not a file"):
         load_config(Path("/dev/zero"))
+    huge = tmp_path / "retentiond.yaml"
+    huge.write_bytes(b"#" * (MAX_CONFIG_BYTES + 1))
+    with pytest.raises(ConfigError, match="larger than"):
+        load_config(huge)
     assert MAX_CONFIG_BYTES >= 64 * 1024
 
 
