@@ -143,3 +143,11 @@ def test_a_password_file_others_may_change_or_read_is_refused_with_the_chmod(
     )
     config.write_text(text)
     assert_refused_at(config, f"{config}:6: connections.cdrdb.password_file:", f"{fix} {password}")
+
+
+def test_a_duplicate_key_that_is_no_setting_is_located_but_never_echoed(tmp_path: Path) -> None:
+    number = "4930123456789"
+    config = write_config(tmp_path, rule_lines=f"    {number}: a\n    {number}: b\n")
+    assert_refused_at(config, f"{config}:11:", "duplicate key (not shown")
+    result = retentiond("-c", config, "check")
+    assert number not in result.stdout + result.stderr

@@ -143,7 +143,7 @@ def test_alias_bombs_are_refused_not_expanded(width: int, depth: int) -> None:
         ("version: 1\n\trules: []\n", "YAML syntax"),
         ("version: 1\nx: \x07\n", "control character"),
         (b"version: 1\nx: \xff\n", "not UTF-8"),
-        ("1: a\n'1': b\nversion: 1\n", "duplicate key '1'"),
+        ("1: a\n'1': b\nversion: 1\n", "duplicate key (not shown"),
         ("version: 1\nversion: 1\n", "duplicate key 'version'"),
         ("version: 1\npreset: [freepbx]\n", "unknown preset"),
         ("version: 1\npreset: asterisk\nkeep: {call-records: 3m}\nrules: 5\n", "list of rules"),

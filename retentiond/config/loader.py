@@ -343,7 +343,7 @@ def _read_yaml(raw: bytes | str, name: str) -> Any:
     except DuplicateKeyError as error:
         line = error.problem_mark.line + 1 if error.problem_mark else None
         key = str(error.problem).split('"')[1] if '"' in str(error.problem) else ""
-        message = f"duplicate key {key!r}: a second value would silently replace the first"
+        message = f"duplicate key{_shown(key)}: a second value would silently replace the first"
         raise ConfigError([ConfigProblem(name, line, "", message)]) from None
     except MaxDepthExceededError as error:
         line = error.problem_mark.line + 1 if error.problem_mark else None
@@ -368,6 +368,12 @@ def _read_yaml(raw: bytes | str, name: str) -> Any:
         ) from None
     except YAMLError as error:
         raise ConfigError([ConfigProblem(name, None, "", f"YAML: {error}")]) from None
+
+
+def _shown(key: str) -> str:
+    """A key for a message, when it is a setting's name; any other key may be personal data
+    (a number typed as a key), and its line must do."""
+    return f" {key!r}" if key in key_names() else " (not shown: it is no setting's name)"
 
 
 def _key_line(node: CommentedMap, key: Any) -> int:
@@ -424,8 +430,8 @@ def _plain(tree: Any, name: str) -> Any:
                                     name,
                                     line,
                                     "",
-                                    f"duplicate key {text!r} (written once as text, once as "
-                                    "a number or other value): quote keys the same way",
+                                    f"duplicate key{_shown(text)} (written once as text, "
+                                    "once as a number or other value): quote keys the same way",
                                 )
                             ]
                         )

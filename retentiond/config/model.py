@@ -451,7 +451,7 @@ class HoldConfig(Strict):
         if unknown and names is not None:
             raise ValueError(
                 f"names rules that do not exist: {', '.join(unknown)} "
-                f"(rules: {', '.join(sorted(names))}); use the rule's name: as in the config"
+                f"(rules: {', '.join(sorted(names))}); write each rule's name as under rules:"
             )
         return rules
 
