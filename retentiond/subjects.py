@@ -9,6 +9,12 @@ is one of them. Extensions (internal numbers such as `1001`) are matched exactly
 Matching is exact on purpose: `erase` must not delete a stranger's calls that share a suffix.
 A PBX that stores numbers in yet another form (say with an outside-line prefix `0`) is handled by
 giving that form too; a form that does not start with `+` or `00` is then taken as written.
+
+In a recording's file name only the fields that name a party are matched, by the naming scheme
+the name follows (see `name_parties`): never its date, time, uniqueid or call type, so an
+extension `175044` does not take every recording started at 17:50:44. For the same reason an
+extension is 1 to 20 letters, digits, `*` or `#`, and never one of the words the schemes write
+where no party is (`in`, `out`, `q`, ...).
 """
 
 from __future__ import annotations
@@ -22,8 +28,35 @@ import phonenumbers
 
 _SEPARATORS = re.compile(r"[\s\-./()]")
 _DIALLABLE = re.compile(r"^\+?[0-9]+$")
-_EXTENSION = re.compile(r"^[0-9A-Za-z*#+_]{1,32}$")
+# Dialplan characters only; `-`, `_`, `.` and blanks separate a file name's parts (and `_`
+# starts a dialplan pattern), `+` starts a number. 20: longer than any number with its prefixes.
+_EXTENSION = re.compile(r"^[0-9A-Za-z*#]{1,20}$")
 _TOKEN_SPLIT = re.compile(r"[-_\s]+")
+# Words the PBXs write into a recording's name, or use in the dialplan, where no person is: the
+# call types of FreePBX's sub-record-check and one_touch_record.php (FreePBX/callrecording
+# 16.0.21, functions.inc.php; 17.0 adds internal/external), its recording policies, the
+# `unknown` it writes for a caller without a number, Asterisk's `s` extension, and the `r`/`t`
+# (`in`/`out`) of split-channel recordings.
+NAMING_WORDS = frozenset(
+    {
+        *("in", "out", "internal", "external", "exten", "rg", "q", "conf", "page", "parking"),
+        *("parked", "ondemand", "generic", "recq", "recconf", "force", "always", "never"),
+        *("yes", "no", "dontcare", "unknown", "s", "r", "t"),
+    }
+)
+# FreePBX `<type>-<dst>-<src>-YYYYMMDD-HHMMSS-<uniqueid>` (conferences and paging write other
+# fields before the time): the parties are the fields before the date; what follows the time is
+# the uniqueid (`[systemname-]<epoch>.<n>`) and perhaps a split-channel suffix.
+_FREEPBX_NAME = re.compile(r"^(?P<fields>.*)-[0-9]{8}-[0-9]{6}-[^-].*$", re.DOTALL)
+# 3CX `[Name]_<ext>-<number>_YYYYMMDDhhmmss(<n>)`: the extension and the other party's number.
+_THREECX_NAME = re.compile(
+    r"^(?:\[[^\]]*\]_)?(?P<ext>[^-_\[\]]+)-(?P<number>.*)_[0-9]{14}(?:\([0-9]+\))?$", re.DOTALL
+)
+# Parts of a name in no known scheme that are times or call ids, never a party.
+_DAY = re.compile(r"^[0-9]{8}$")
+_TIME_OF_DAY = re.compile(r"^[0-9]{6}$")
+_TIMESTAMP = re.compile(r"^[0-9]{14}(?:\([0-9]+\))?$")
+_UNIQUEID = re.compile(r"^[0-9]{9,}\.[0-9]+$")
 
 
 class SubjectError(ValueError):
@@ -74,10 +107,47 @@ def extension_form(text: str) -> str:
     value = text.strip()
     if not _EXTENSION.match(value):
         raise SubjectError(
-            "an extension is 1 to 32 letters, digits or * # + _ (for example 1001); "
+            "an extension is 1 to 20 letters, digits, * or # (for example 1001); "
             "external numbers go under numbers, in international form"
         )
+    if value.lower() in NAMING_WORDS:
+        raise SubjectError(
+            f"{value!r} cannot be an extension: recording names use it for the call type or "
+            "the policy, so it would match other people's recordings; give the extension's "
+            "number (for example 1001)"
+        )
     return value
+
+
+def name_parties(stem: str) -> tuple[str, ...]:
+    """The parts of a recording's file name (without its extension) that may name a party.
+
+    FreePBX names give the fields before the date, 3CX names the extension and the number. A
+    name in neither scheme gives its parts between `-`, `_` and blanks, leaving out those that
+    are a date and a time, a 14-digit timestamp or a uniqueid.
+    """
+    freepbx = _FREEPBX_NAME.match(stem)
+    if freepbx is not None:
+        return tuple(field for field in freepbx["fields"].split("-") if field)
+    threecx = _THREECX_NAME.match(stem)
+    if threecx is not None:
+        return (threecx["ext"], threecx["number"])
+    return tuple(_without_times([part for part in _TOKEN_SPLIT.split(stem) if part]))
+
+
+def _without_times(parts: list[str]) -> list[str]:
+    kept: list[str] = []
+    index = 0
+    while index < len(parts):
+        part = parts[index]
+        following = parts[index + 1] if index + 1 < len(parts) else ""
+        if _DAY.match(part) and _TIME_OF_DAY.match(following):
+            index += 2  # YYYYMMDD-HHMMSS
+            continue
+        if not (_TIMESTAMP.match(part) or _UNIQUEID.match(part)):
+            kept.append(part)
+        index += 1
+    return kept
 
 
 def _shape(value: str) -> str:
@@ -122,12 +192,12 @@ class Subject:
         return any(self.matches(candidate) for candidate in candidates)
 
     def matches_name(self, stem: str) -> bool:
-        """A token of a file name (without its extension) names this subject.
+        """A party field of a file name (without its extension) names this subject.
 
-        FreePBX names recordings `out-<dst>-<src>-<date>-<time>-<uniqueid>`: tokens are the
-        parts between `-`, `_` and blanks.
+        FreePBX names recordings `out-<dst>-<src>-<date>-<time>-<uniqueid>`: only `<dst>` and
+        `<src>` name parties (see `name_parties`).
         """
-        return any(self.matches(token) for token in _TOKEN_SPLIT.split(stem) if token)
+        return any(self.matches(part) for part in name_parties(stem))
 
 
 # --- a subject's traces in free text (tickets, hold reasons: they go into the audit log) -------

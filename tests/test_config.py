@@ -67,7 +67,7 @@ def test_every_error_is_reported_at_once_with_line_and_path() -> None:
     )
     found = problems(text)
     assert "retentiond.yaml:9: rules.0.keep: '3 monthz' is not a period" in found[0]
-    assert found[1].startswith("retentiond.yaml:10: rules.0.colour: unknown key")
+    assert found[1].startswith("retentiond.yaml:10: rules.0: an unknown key on this line")
     assert found[2].startswith("retentiond.yaml:15: rules.0.stores.0.batch_size:")
     assert len(found) == 3
 

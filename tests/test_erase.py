@@ -308,3 +308,55 @@ def test_an_unusable_key_refuses_erase_and_search_and_changes_nothing(
     assert calls(pbx) == calls_before
     assert voicemail_from(pbx, number) == messages_before
     assert sorted(monitor.rglob("*")) == recordings_before
+
+
+def test_erasing_an_extension_takes_only_recordings_that_name_it_as_a_party(pbx: Path) -> None:
+    """FreePBX names recordings `<type>-<dst>-<src>-YYYYMMDD-HHMMSS-<uniqueid>`: an extension
+    that is some other call's start time (17:50:44) or uniqueid names only the recordings with
+    it in the dst or src field."""
+    day = sorted((pbx.parent / "pbx" / "monitor").glob("*/*/*"))[0]
+    stamp = "".join(day.parts[-3:])
+    extension = "175044"
+    # FreePBX 16 sub-record-check: ${ARG2}-${ARG3}-${FROMEXTEN}-${TIMESTR}-${UNIQUEID}.wav
+    theirs = [
+        day / f"exten-{extension}-1001-{stamp}-093000-1736069400.17.wav",
+        day / f"out-+4930999888-{extension}-{stamp}-101500-1736072100.21.wav",
+        day / f"in-{extension}-+4930999888-{stamp}-111500-1736075700.25-in.wav",
+    ]
+    strangers = [
+        day / f"out-+4930999888-1001-{stamp}-{extension}-1736095844.31.wav",  # started 17:50:44
+        day / f"exten-1002-1001-{stamp}-180000-{extension}.7.wav",  # a uniqueid part
+        day / f"q-{extension}0-1001-{stamp}-181500-1736097300.40.wav",
+    ]
+    for path in theirs + strangers:
+        path.write_bytes(demo.WAV_HEADER)
+
+    done = retentiond("-c", pbx, "erase", "--extension", extension, "--ticket", "DSR-5", "--yes")
+
+    assert done.returncode == 0, done.stderr
+    assert [path.exists() for path in theirs] == [False] * len(theirs)
+    assert [path.exists() for path in strangers] == [True] * len(strangers)
+    finished = list(audit.read_entries(config_audit(pbx)))[-1]
+    assert finished.fields["deleted"] == len(theirs)
+
+
+@pytest.mark.parametrize("word", ["out", "in", "IN", "q", "ondemand", "exten", "unknown"])
+def test_an_extension_that_is_a_word_of_recording_names_is_refused(pbx: Path, word: str) -> None:
+    monitor = pbx.parent / "pbx" / "monitor"
+    before = sorted(monitor.rglob("*.wav"))
+    result = retentiond("-c", pbx, "erase", "--extension", word, "--ticket", "DSR-6", "--yes")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "cannot be an extension" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(monitor.rglob("*.wav")) == before
+    assert not config_audit(pbx).exists()
+
+
+@pytest.mark.parametrize("extension", ["", "10-01", "10_01", "1001 ", "+4930123456", "1" * 21])
+def test_what_cannot_be_an_extension_is_refused(pbx: Path, extension: str) -> None:
+    result = retentiond("-c", pbx, "find", "--extension", extension)
+    if extension.strip() == "1001":
+        assert result.returncode == 0, result.stderr  # blanks around it are no part of it
+        return
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "an extension is 1 to 20 letters, digits, * or #" in result.stderr

@@ -441,3 +441,71 @@ safety: {{max_delete_fraction: 1.0}}
     skipped = {s["kind"]: s.get("skipped") for s in started["call-records"]}
     assert skipped == {"sql": {UNDATED: 3}, "csv": {UNPARSEABLE: len(BROKEN_LINES)}}
     assert [s.get("skipped") for s in started["voicemail"]] == [{MALFORMED_TXT: 1}]
+
+
+def test_sqlite_text_dates_that_are_no_real_times_survive_a_run_as_undated(
+    tmp_path: Path, pbx_database: Callable[[str], PbxDatabase]
+) -> None:
+    """Text in the shape of a date that is no real time (month 13, February 30, 24:00), and a
+    real date with text after it, are kept and counted undated: before, the first were taken
+    for expired times and deleted, and the last made `plan` show no oldest and a batch's day
+    range go missing from the log."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    old_wall = (now - timedelta(days=200)).astimezone(BERLIN).replace(tzinfo=None, hour=10)
+    old_day = old_wall.strftime("%Y-%m-%d")
+    malformed = [
+        "2025-13-45 99:99:99",
+        "2025-02-30 10:00:00",
+        f"{old_day} 24:00:00",
+        f"{old_day} 09:59:59xyz",
+        f"{old_day}T09:00:00",
+        f"{old_day} 09:00",
+        old_day,  # a day alone in a date-and-time column: its time of day is unknown
+        f"{old_day} 09:00:00.5 ",
+    ]
+    database_file = tmp_path / "master.db"
+    database_file.touch()
+    database = pbx_database(f"sqlite:///{database_file}")
+    database.create("cdr")
+    database.insert("cdr", sqlite_cdr_rows([old_wall, old_wall + timedelta(days=1)]))
+    database.insert("cdr", sqlite_cdr_rows([(now + timedelta(days=1)).replace(tzinfo=None)]))
+    database.insert("cdr", [{"calldate": value, "src": NUMBER} for value in malformed])
+    database.insert("cdr", [{"calldate": f"{old_day} 10:30:00.250", "src": NUMBER}])
+    config = tmp_path / "retentiond.yaml"
+    config.write_text(
+        f"""\
+version: 1
+timezone: Europe/Berlin
+audit: {{path: {tmp_path / "audit.jsonl"}}}
+connections:
+  masterdb: {{url: "sqlite:///{database_file}"}}
+rules:
+  - name: call-records
+    keep: 90d
+    stores:
+      - {{type: sql, connection: masterdb, table: cdr, time_column: calldate}}
+safety: {{max_delete_fraction: 1.0}}
+"""
+    )
+
+    plan = retentiond("-c", config, "plan", "--json")
+    text_plan = retentiond("-c", config, "plan")
+    run = retentiond("-c", config, "run", "--once", "--json")
+
+    assert "Traceback" not in plan.stderr + text_plan.stderr + run.stderr
+    [store] = json.loads(plan.stdout)[0]["stores"]
+    assert (store["expired"], store["skipped"]) == (3, {UNDATED: len(malformed)})
+    assert store["oldest"] is not None and store["oldest"].startswith(old_day)
+    assert "oldest -" not in text_plan.stdout
+    with database.engine.connect() as connection:
+        kept = {row[0] for row in connection.execute(text("SELECT calldate FROM cdr"))}
+    assert set(malformed) <= kept
+    assert len(kept) == len(malformed) + 1  # and the young call
+    entries = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    batches = [e for e in entries if e.get("type") in ("batch_intent", "batch_done")]
+    assert batches
+    for entry in batches:
+        assert entry.get("first_day") == old_day, entry
+        assert entry.get("last_day") in (old_day, (old_wall + timedelta(days=1)).date().isoformat())
+    started = [e for e in entries if e.get("type") == "run_started"]
+    assert started[0]["stores"][0]["skipped"] == {UNDATED: len(malformed)}

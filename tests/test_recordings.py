@@ -346,6 +346,30 @@ def test_references_to_deleted_recordings_are_cleared_and_the_rows_stay(
 
 
 @pytest.mark.parametrize("database", ALL_BACKENDS, indirect=True)
+def test_a_young_call_naming_a_deleted_files_base_name_keeps_its_reference(
+    root: Path, database: PbxDatabase, open_store: StoreFactory
+) -> None:
+    """Only the rows the deleted files belonged to lose their reference: a copy of a young
+    recording that landed in an old date folder is deleted with that folder's day, but the
+    young call's row names its own file (FreePBX looks in the folder of the name's date, where
+    it still is), so its reference stays."""
+    young = recording("in", "201", PHONE, datetime(2026, 5, 20, 8, 30), "1779265800.21")
+    put(root, young + ".wav")
+    copy = put(root, "2026/04/02/" + base(young, ".wav"))
+    old = recording("out", "0891234567", "202", datetime(2026, 4, 2, 16, 40), "1775234400.22")
+    put(root, old + ".wav")
+    insert_calls(database, [base(young, ".wav"), base(old, ".wav")])
+    store = open_store(root, database.url)
+
+    run = enforce(store)
+
+    assert not copy.exists() and not exists(root, old, ".wav")
+    assert run.deleted == 2 and exists(root, young, ".wav")
+    assert references_in(database) == ["", base(young, ".wav")]
+    assert run.references_cleared == 1
+
+
+@pytest.mark.parametrize("database", ALL_BACKENDS, indirect=True)
 def test_orphan_recordings_without_a_call_record_are_swept_by_date(
     root: Path, database: PbxDatabase, open_store: StoreFactory
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -18,8 +19,9 @@ from ruamel.yaml.constructor import ConstructorError, DuplicateKeyError, RoundTr
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.reader import ReaderError
 
-from retentiond.config.model import STORE_TYPES, Config, HoldConfig
+from retentiond.config.model import HOLD_RULE_NAMES, STORE_TYPES, Config, HoldConfig, key_names
 from retentiond.config.presets import PresetError, PresetProblem, expand
+from retentiond.credentials import secret_file_problem
 from retentiond.errors import ConfigError, ConfigProblem
 
 DEFAULT_CONFIG_PATH = Path("/etc/retentiond/retentiond.yaml")
@@ -73,14 +75,24 @@ def load_config(path: Path) -> LoadedConfig:
     folder = config.holds_dir or path.parent / HOLDS_DIR_NAME
     if config.holds_dir is None and not folder.is_dir():
         return LoadedConfig(config, path, hashlib.sha256(raw).hexdigest())
-    holds, digest = load_holds_dir(folder)
+    holds, digest = load_holds_dir(folder, [rule.name for rule in config.rules])
     config = _with_holds(config, holds, name, folder)
     return LoadedConfig(config, path, hashlib.sha256(raw).hexdigest(), folder, digest)
 
 
 def _read_bounded(path: Path) -> bytes:
-    """The file's bytes; ConfigError for one too large to be a config (or endless, /dev/zero)."""
-    with path.open("rb") as handle:
+    """The file's bytes; ConfigError for one too large to be a config, or no regular file.
+
+    Opened without blocking and checked before reading: a FIFO, a device (`/dev/zero`) or a
+    socket would hang or never end, so only a regular file (or a symlink to one) is read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        kind = _file_kind(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise ConfigError(
+                [ConfigProblem(str(path), None, "", f"is {kind}, not a file; pass -c FILE")]
+            )
         raw = handle.read(MAX_CONFIG_BYTES + 1)
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(
@@ -94,6 +106,21 @@ def _read_bounded(path: Path) -> bytes:
             ]
         )
     return raw
+
+
+def _file_kind(mode: int) -> str | None:
+    """What a path is when it is no regular file (None for a regular file)."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "no regular file"
 
 
 def _reason(error: OSError | ValueError) -> str:
@@ -111,8 +138,13 @@ def hold_files(folder: Path) -> list[Path]:
     )
 
 
-def load_holds_dir(folder: Path) -> tuple[list[HoldConfig], str]:
-    """One hold per YAML file. Every problem of every file at once, each with file:line."""
+def load_holds_dir(
+    folder: Path, rule_names: list[str] | None = None
+) -> tuple[list[HoldConfig], str]:
+    """One hold per YAML file. Every problem of every file at once, each with file:line.
+
+    With `rule_names`, a hold naming another rule is a problem of its own file and line.
+    """
     try:
         files = hold_files(folder)
     except FileNotFoundError:
@@ -137,7 +169,7 @@ def load_holds_dir(folder: Path) -> tuple[list[HoldConfig], str]:
             continue
         digest.update(file.name.encode() + b"\0" + hashlib.sha256(raw).digest())
         try:
-            holds.append(_parse_hold(raw, str(file)))
+            holds.append(_parse_hold(raw, str(file), rule_names))
         except ConfigError as error:
             problems += error.problems
     if problems:
@@ -145,14 +177,14 @@ def load_holds_dir(folder: Path) -> tuple[list[HoldConfig], str]:
     return holds, digest.hexdigest()
 
 
-def _parse_hold(raw: bytes, name: str) -> HoldConfig:
+def _parse_hold(raw: bytes, name: str, rule_names: list[str] | None = None) -> HoldConfig:
     tree = _read_yaml(raw, name)
     if not isinstance(tree, CommentedMap):
         raise ConfigError(
             [ConfigProblem(name, 1, "", "a hold file is one YAML mapping: id, reason, ...")]
         )
     try:
-        hold = HoldConfig.model_validate(_plain(tree, name))
+        hold = HoldConfig.model_validate(_plain(tree, name), context=_rules_context(rule_names))
     except ValidationError as error:
         raise ConfigError([_problem(name, tree, detail) for detail in error.errors()]) from None
     problems = _reason_problems(name, tree, [hold], ())
@@ -204,14 +236,42 @@ def parse_config(raw: bytes | str, name: str = "<config>") -> Config:
         raise ConfigError(sorted(problems, key=lambda p: (p.line or 0, p.path))) from None
     problems = _reference_problems(name, tree)
     try:
-        config = Config.model_validate(data)
+        config = Config.model_validate(data, context=_rules_context(_rule_names(data)))
     except ValidationError as error:
         problems += [_problem(name, tree, detail) for detail in error.errors()]
     else:
         problems += _reason_problems(name, tree, config.holds, ("holds",))
+        problems += _secret_problems(name, tree, config)
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.line or 0, p.path)))
     return config
+
+
+def _secret_problems(name: str, tree: CommentedMap, config: Config) -> list[ConfigProblem]:
+    """Password files others may read or change, said when the config is loaded, at their line
+    (reading them at a run's first connect says it again, for a file changed since)."""
+    problems = []
+    for connection, settings in config.connections.items():
+        if settings.password_file is None:
+            continue
+        problem = secret_file_problem(settings.password_file, "the password file")
+        if problem is not None:
+            loc = ("connections", connection, "password_file")
+            path, line = _locate(tree, loc)
+            problems.append(ConfigProblem(name, line, ".".join(map(str, path)), problem))
+    return problems
+
+
+def _rule_names(data: Any) -> list[str] | None:
+    """The rule names of a config (after its preset is expanded), None when rules are unusable."""
+    rules = data.get("rules") if isinstance(data, dict) else None
+    if not isinstance(rules, list):
+        return None
+    return [str(rule["name"]) for rule in rules if isinstance(rule, dict) and "name" in rule]
+
+
+def _rules_context(rule_names: list[str] | None) -> dict[str, Any] | None:
+    return None if rule_names is None else {HOLD_RULE_NAMES: frozenset(rule_names)}
 
 
 def _preset_problem(name: str, tree: CommentedMap, problem: PresetProblem) -> ConfigProblem:
@@ -309,7 +369,7 @@ def _read_yaml(raw: bytes | str, name: str) -> Any:
     except DuplicateKeyError as error:
         line = error.problem_mark.line + 1 if error.problem_mark else None
         key = str(error.problem).split('"')[1] if '"' in str(error.problem) else ""
-        message = f"duplicate key {key!r}: a second value would silently replace the first"
+        message = f"duplicate key{_shown(key)}: a second value would silently replace the first"
         raise ConfigError([ConfigProblem(name, line, "", message)]) from None
     except MaxDepthExceededError as error:
         line = error.problem_mark.line + 1 if error.problem_mark else None
@@ -334,6 +394,12 @@ def _read_yaml(raw: bytes | str, name: str) -> Any:
         ) from None
     except YAMLError as error:
         raise ConfigError([ConfigProblem(name, None, "", f"YAML: {error}")]) from None
+
+
+def _shown(key: str) -> str:
+    """A key for a message, when it is a setting's name; any other key may be personal data
+    (a number typed as a key), and its line must do."""
+    return f" {key!r}" if key in key_names() else " (not shown: it is no setting's name)"
 
 
 def _key_line(node: CommentedMap, key: Any) -> int:
@@ -390,8 +456,8 @@ def _plain(tree: Any, name: str) -> Any:
                                     name,
                                     line,
                                     "",
-                                    f"duplicate key {text!r} (written once as text, once as "
-                                    "a number or other value): quote keys the same way",
+                                    f"duplicate key{_shown(text)} (written once as text, "
+                                    "once as a number or other value): quote keys the same way",
                                 )
                             ]
                         )
@@ -424,6 +490,14 @@ def _problem(name: str, tree: CommentedMap, detail: Any) -> ConfigProblem:
     loc = tuple(detail["loc"])
     path, line = _locate(tree, loc)
     message = _message(detail, path)
+    if detail["type"] == "extra_forbidden" and path and str(path[-1]) not in key_names():
+        # A key that is no config word may be personal data (a number typed as a key): the
+        # terminal and the journal get its line, never its text.
+        path = path[:-1]
+        message = (
+            "an unknown key on this line (not shown: it is no setting's name); check its "
+            "spelling and indentation against the documentation"
+        )
     return ConfigProblem(name, line, ".".join(str(p) for p in path), message)
 
 
@@ -433,6 +507,9 @@ def _locate(tree: CommentedMap, loc: tuple[Any, ...]) -> tuple[list[Any], int | 
     path: list[Any] = []
     line: int | None = 1
     for part in loc:
+        if isinstance(node, CommentedMap) and not isinstance(part, int) and part not in node:
+            # A key YAML read as a number or date: validation saw it as text (see _plain).
+            part = next((key for key in node if str(key) == part), part)
         if isinstance(node, CommentedMap) and part in node:
             line = _key_line(node, part)
             node = node[part]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, tzinfo
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -16,6 +17,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -35,6 +37,9 @@ from retentiond.subjects import (
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 HOLD_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 IDENTIFIER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_$]{0,63}$"
+# The validation context key under which the loader passes the config's rule names, so that a
+# hold naming another rule is an error at its own `rules:` line (in the config or a hold file).
+HOLD_RULE_NAMES = "rule_names"
 
 
 def parse_keep(value: Any) -> Duration:
@@ -348,6 +353,18 @@ class CsvStoreConfig(RootedStoreBase):
     # `action: anonymize`: the transform of each field, keyed by its 0-based position
     anonymize: Transforms = None
 
+    @field_validator("match")
+    @classmethod
+    def _names_in_the_root(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            if "/" in pattern.strip("/"):
+                raise ValueError(
+                    f"match pattern {pattern!r} names a subfolder; a csv store reads only the "
+                    "files directly in its root, as cdr_csv writes them: give the file names "
+                    "alone (e.g. Master.csv) and a store per folder"
+                )
+        return patterns
+
     @model_validator(mode="after")
     def _fields_are_positions(self) -> CsvStoreConfig:
         for key in self.anonymize or {}:
@@ -477,6 +494,18 @@ class HoldConfig(Strict):
         allow_inf_nan=False,
         populate_by_name=True,
     )
+
+    @field_validator("rules")
+    @classmethod
+    def _rules_exist(cls, rules: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        names: frozenset[str] | None = (info.context or {}).get(HOLD_RULE_NAMES)
+        unknown = sorted(set(rules or ()) - names) if names is not None else []
+        if unknown and names is not None:
+            raise ValueError(
+                f"names rules that do not exist: {', '.join(unknown)} "
+                f"(rules: {', '.join(sorted(names))}); write each rule's name as under rules:"
+            )
+        return rules
 
     @model_validator(mode="after")
     def _window(self) -> HoldConfig:
@@ -625,3 +654,17 @@ def host_zone() -> tzinfo:
             return ZoneInfo.from_file(handle)
     except (OSError, ZoneInfoNotFoundError, ValueError):
         return ZoneInfo("UTC")
+
+
+@cache
+def key_names() -> frozenset[str]:
+    """Every key the config schema has anywhere (and its aliases): the words an error message
+    may repeat. Any other key may be personal data typed into the wrong place."""
+    models = [v for v in globals().values() if isinstance(v, type) and issubclass(v, Strict)]
+    return frozenset(
+        name
+        for model in models
+        for field, info in model.model_fields.items()
+        for name in (field, info.alias)
+        if name
+    )

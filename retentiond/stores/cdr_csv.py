@@ -221,13 +221,7 @@ class CsvStore(Store):
     # -- Store interface -------------------------------------------------------------------------
 
     def open(self) -> None:
-        self.close()
-        for pattern in self.config.match:
-            if "/" in pattern.strip("/"):
-                raise StoreError(
-                    f"match pattern {pattern!r} names a subfolder; a csv store reads only the "
-                    f"files directly in {self.root}, as cdr_csv writes them"
-                )
+        self.close()  # a `match` naming a subfolder is a config error (CsvStoreConfig)
         self._root.open()
 
     def close(self) -> None:

@@ -9,7 +9,9 @@ With `group_siblings`, files in one folder whose names differ only in the extens
 `.wav` and the `.mp3` MIXMON_POST made of it) are one recording: deleted together, and only once
 every one of them has expired. With `references`, the rows naming a deleted file by its base name
 (FreePBX `cdr.recordingfile`) are set to '' after each batch, so the PBX shows no broken links;
-the rows themselves stay. Every run ends with a sweep that also clears references older than the
+the rows themselves stay. A base name still found where FreePBX looks for it (the folder of the
+name's date, or the root), or dated on or after the cutoff, is another recording's: its rows
+keep their reference. Every run ends with a sweep that also clears references older than the
 cutoff, not held, whose file is gone, which a failed update leaves behind. Reference values are
 personal data too and are never logged.
 
@@ -370,7 +372,7 @@ class FilesStore(Store):
         )
         if self._reference_column is None:
             return result
-        cleared = self.clear_references([planned.name for planned in deleted], result)
+        cleared = self.clear_references(deleted, result, cutoff)
         log.info("references cleared", store=self.label, count=cleared)
         return replace(result, counts={**counts, REFERENCES_CLEARED: cleared})
 
@@ -732,16 +734,17 @@ class FilesStore(Store):
 
     # -- references ------------------------------------------------------------------------------
 
-    def clear_references(self, deleted: Sequence[bytes], result: BatchResult) -> int:
+    def clear_references(
+        self, deleted: Sequence[PlannedFile], result: BatchResult, cutoff: datetime
+    ) -> int:
         """Clear the references to a batch's deleted files; how many were cleared.
 
         The files are gone already when this fails: BatchFailed carries `result`, so they are
         counted as deleted, and the next run's sweep clears what is left.
         """
         column = self._require_reference_column()
-        # Names that are not UTF-8 cannot be in the database; a reference names a base name.
-        names = sorted({text for name in deleted if (text := _as_text(name)) is not None})
         try:
+            names = self._unresolvable(deleted, cutoff)
             return column.clear(names)
         except StoreError as error:
             files = f"{len(deleted)} file{'' if len(deleted) == 1 else 's'}"
@@ -751,6 +754,31 @@ class FilesStore(Store):
                 replace(result, counts={**result.counts, REFERENCES_CLEARED: 0}),
                 getattr(error, "code", None),
             ) from None
+
+    def _unresolvable(self, deleted: Sequence[PlannedFile], cutoff: datetime) -> list[str]:
+        """The base names of deleted files that no row can still mean.
+
+        A row names a file by its base name alone, which FreePBX looks for in the folder of the
+        name's date: a row whose name is dated on or after the cutoff, or whose name still
+        resolves to a file (or a sibling) in that folder, the root or where it was deleted,
+        belongs to another recording of the same name and keeps its reference. (A sibling with
+        another extension does not keep it: the row names this one.)
+        """
+        names: set[str] = set()
+        with FolderChain(self._require_open(), self._root.device) as chain:
+            for planned in deleted:
+                text = _as_text(planned.name)  # not UTF-8: it cannot be in the database
+                if text is None or text in names:
+                    continue
+                days = reference_days(planned.name)
+                last = days[-1] if days else None
+                young = _end_of_day(last.year, last.month, last.day, self.zone) if last else None
+                if last is not None and (young is None or not young < cutoff):
+                    continue
+                folders = {(), planned.folder, *(_day_folder(day) for day in days)}
+                if all(_folder_without(chain, f, planned.name) is not None for f in folders):
+                    names.add(text)
+        return sorted(names)
 
     def _apply_sweep(self, holds: Holds, cutoff: datetime) -> BatchResult:
         """The run's sweep of dangling references: no file is deleted, rows are cleared."""
@@ -809,7 +837,7 @@ class FilesStore(Store):
         if self._held_reference(name, days, holds):
             return False
         # Where FreePBX looks (YYYY/MM/DD of the name's date), and the root itself.
-        folders = [(), *((b"%04d" % d.year, b"%02d" % d.month, b"%02d" % d.day) for d in days)]
+        folders = [(), *(_day_folder(day) for day in days)]
         if not any(self._matches((*folder, name)) for folder in folders):
             return False  # a file `match` does not select is not this store's to account for
         return all(_absent(chain, folder, name, stems) for folder in folders)
@@ -1304,6 +1332,30 @@ def reference_days(name: bytes) -> list[date]:
     return sorted(days)
 
 
+def _day_folder(day: date) -> tuple[bytes, bytes, bytes]:
+    """The folder FreePBX files a recording of `day` under: YYYY/MM/DD."""
+    return (b"%04d" % day.year, b"%02d" % day.month, b"%02d" % day.day)
+
+
+_NO_FOLDER = -1
+
+
+def _folder_without(chain: FolderChain, folder: tuple[bytes, ...], name: bytes) -> int | None:
+    """The open `folder` when `name` is not in it (_NO_FOLDER when the folder does not exist);
+    None when the name is there or that cannot be told."""
+    try:
+        fd = chain.open(folder)
+    except Skip as skip:
+        return _NO_FOLDER if skip.reason == VANISHED else None  # no folder: nothing in it
+    try:
+        os.stat(name, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return fd
+    except OSError:
+        return None
+    return None
+
+
 def _absent(
     chain: FolderChain,
     folder: tuple[bytes, ...],
@@ -1311,18 +1363,11 @@ def _absent(
     stems: dict[tuple[bytes, ...], set[bytes] | None],
 ) -> bool:
     """Whether neither `name` nor a sibling of it is in `folder`; False when that is unknown."""
-    try:
-        fd = chain.open(folder)
-    except Skip as skip:
-        return skip.reason == VANISHED  # no such folder, so nothing in it
-    try:
-        os.stat(name, dir_fd=fd, follow_symlinks=False)
-    except FileNotFoundError:
-        pass
-    except OSError:
+    fd = _folder_without(chain, folder, name)
+    if fd is None:
         return False
-    else:
-        return False
+    if fd == _NO_FOLDER:
+        return True
     if folder not in stems:
         try:
             stems[folder] = {_stem(name) for name in sorted_names(fd)}

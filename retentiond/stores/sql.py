@@ -167,7 +167,9 @@ EPOCH_CEILING = 10_000_000_000
 # `start(int64)` and `start(float)` write them: ten digits and an optional fraction. Only these
 # compare as text in numeric order.
 _EPOCH_TEXT = "[1-9]" + "[0-9]" * 9
-_SQLITE_DATE_TEXT = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*"
+# SQLite date text is dated only as SQLite's date functions and Asterisk write it (see
+# _sqlite_date_text): `YYYY-MM-DD HH:MM:SS`, with an optional fraction of a second, or
+# `YYYY-MM-DD` in a DATE column.
 # Rows whose time is NULL or no date at all, as counted in Survey.skipped: never expired.
 UNDATED = "undated"
 
@@ -1375,10 +1377,12 @@ class SqlStore(Store):
         )
         whole = ["COUNT(*)", f"COUNT(CASE WHEN {undated} THEN 1 END)"]
         if one_pass:
-            dated = f"{self._time_sql} >= :floor" + (f" AND {guard}" if guard else "")
+            # Undated are the rows not dated: the guard (date functions on SQLite) once less.
+            dated = f"CASE WHEN {self._time_sql} >= :floor" + (f" AND {guard}" if guard else "")
             statement = _bind(
-                f"SELECT {', '.join(columns + whole)}, "
-                f"MIN(CASE WHEN {dated} THEN {self._time_sql} END) FROM {self._table_sql}",
+                f"SELECT {', '.join(columns)}, COUNT(*), "
+                f"COUNT(*) - COUNT({dated} THEN 1 END), "
+                f"MIN({dated} THEN {self._time_sql} END) FROM {self._table_sql}",
                 expired,
                 held,
             )
@@ -2614,7 +2618,33 @@ def _sqlite_guard(kind: TimeKind, time_sql: str) -> str:
             f"typeof({time_sql}) = 'text' AND ({time_sql} GLOB '{_EPOCH_TEXT}' OR "
             f"{time_sql} GLOB '{_EPOCH_TEXT}.[0-9]*') AND NOT {time_sql} GLOB '*[^0-9.]*'"
         )
-    return f"{time_sql} GLOB '{_SQLITE_DATE_TEXT}'"
+    return _sqlite_date_text(time_sql, day_alone=kind == "date")
+
+
+def _sqlite_date_text(time_sql: str, day_alone: bool) -> str:
+    """Date text in the shape SQLite writes (`YYYY-MM-DD HH:MM:SS`) that denotes a real time.
+
+    Anything else, and that shape when it is no real time (`2025-13-45 99:99:99`), is undated:
+    its text would still sort among the times and be taken for one.
+
+    A real time reads back unchanged through SQLite's own calendar, which writes exactly that
+    shape and normalizes the rest (`datetime(x, '+0 days')` turns February 30 into March 2nd,
+    24:00:00 into the next day, and gives NULL for `2025-13-45 99:99:99` or trailing text);
+    after the seconds only a fraction may follow. `IS`, not `=`: the guard is true or false,
+    never NULL, so every value counts either dated or undated. The whole value is read back
+    first: cheaper than any GLOB, and true for almost every row. A day alone is a time only in
+    a DATE column (`day_alone`): in a date-and-time column it would expire at its day's start.
+    """
+    stamp = f"substr({time_sql}, 1, 19)"
+    fraction = (
+        f"length({time_sql}) > 20 AND substr({time_sql}, 20, 1) = '.' "
+        f"AND NOT substr({time_sql}, 21) GLOB '*[^0-9]*' "
+        f"AND datetime({stamp}, '+0 days') IS {stamp}"
+    )
+    whole = f"datetime({time_sql}, '+0 days') IS {time_sql}"
+    if day_alone:
+        whole = f"date({time_sql}, '+0 days') IS {time_sql} OR {whole}"
+    return f"({whole} OR ({fraction}))"
 
 
 def _epoch_text(seconds: int) -> str:
