@@ -23,7 +23,7 @@ from retentiond.config.pbxfiles import THREECX_MASTER_ACCOUNT, is_3cx_settings
 from retentiond.engine import Engine, RulePlan, RunObserver, RunOutcome, exit_code
 from retentiond.errors import ConfigError, RetentiondError
 from retentiond.history import read_history
-from retentiond.stores import AbsentStore
+from retentiond.stores import AbsentStore, dberror
 
 
 class Context:
@@ -99,13 +99,25 @@ class LazyGroup(click.Group):
     help="Config file (default: $RETENTIOND_CONFIG, else /etc/retentiond/retentiond.yaml).",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log debug events.")
+@click.option(
+    "--show-db-messages",
+    is_flag=True,
+    help="Print the database's own error messages on stderr, as on a terminal. They may quote "
+    "row values: the log, the journal and reports never get them, only codes.",
+)
 @click.version_option(__version__, prog_name="retentiond")
 @click.pass_context
-def cli(ctx: click.Context, config_option: str | None, verbose: bool) -> None:
+def cli(
+    ctx: click.Context, config_option: str | None, verbose: bool, show_db_messages: bool
+) -> None:
     """Enforce retention rules on a phone system's call data, with a verifiable deletion log."""
     # The demo narrates what happens itself; its log shows only warnings unless -v is given.
     logs.configure(verbose=verbose, quiet=ctx.invoked_subcommand == "demo")
     ctx.obj = Context(config_option)
+    # A person at a terminal may see what the database said; the daemon never does (`run`).
+    if show_db_messages or sys.stderr.isatty():
+        dberror.show_server_text(sys.stderr)
+        ctx.call_on_close(lambda: dberror.show_server_text(None))
 
 
 # --- check -------------------------------------------------------------------------------------
@@ -346,6 +358,7 @@ def run(ctx: Context, once: bool, rule_name: str | None, as_json: bool, force: b
             raise click.UsageError(
                 "--rule, --json and --force go with --once; the daemon runs every rule"
             )
+        dberror.show_server_text(None)  # the journal never gets a database's own words
         sys.exit(_daemon(ctx.loaded))
     loaded = ctx.loaded
     outcomes = enforce(loaded, rule_name, as_json=as_json, force=force)
