@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from retentiond.anonymize import Transform, parse_transform
+from retentiond.config.dburl import check_database_url
 from retentiond.config.durations import Duration, parse_duration
 from retentiond.config.schedule import Schedule, parse_schedule
 from retentiond.subjects import Subject, SubjectError, extension_form, number_forms
@@ -160,7 +161,7 @@ class AuditConfig(Strict):
 
 
 class ConnectionConfig(Strict):
-    url: Annotated[str, Field(min_length=1)]
+    url: Annotated[str, Field(min_length=1), AfterValidator(check_database_url)]
     password_file: AbsolutePath | None = None
     # A FreePBX freepbx.conf, a 3CX 3CXPhoneSystem.ini or config.json: the password is read from
     # the PBX's own file.

@@ -102,6 +102,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, NoSuchT
 
 from retentiond import rules
 from retentiond.anonymize import Blank, Transform, TruncateDigits, anonymize_row
+from retentiond.config.dburl import EXAMPLES, check_database_url
 from retentiond.config.model import ConnectionConfig, SqlStoreConfig
 from retentiond.config.pbxfiles import PbxSettingsError, password_from
 from retentiond.credentials import CredentialError, read_secret
@@ -401,8 +402,17 @@ class Database:
                 # SQLAlchemy errors print bound parameters (keys, file names) unless told not to.
                 hide_parameters=True,
             )
-        except (ArgumentError, NoSuchModuleError, ImportError) as exc:
-            raise StoreError(f"connection {self.name}: {exc}") from None
+        except (NoSuchModuleError, ImportError):
+            tested = "postgresql+psycopg" if self.family == "postgresql" else "mariadb+pymysql"
+            raise StoreError(
+                f"connection {self.name}: the driver {url.get_driver_name()} in url is not "
+                f"installed; install it, or use {tested}"
+            ) from None
+        except (ArgumentError, TypeError, ValueError):
+            # Never the exception's text: SQLAlchemy's repeats the URL, password and all.
+            raise StoreError(
+                f"connection {self.name}: url cannot be used; write it like {EXAMPLES}"
+            ) from None
         self._engine = engine
         if self.family == "postgresql":
             # libpq has no read timeout: give up on a server silent as long as MariaDB's would be.
@@ -624,11 +634,10 @@ class Database:
 
     def _engine_url(self) -> URL:
         try:
-            url = make_url(self.settings.url)
-        except ArgumentError:
+            url = make_url(check_database_url(self.settings.url))
+        except (ArgumentError, ValueError):  # the config's validation lets none through
             raise StoreError(
-                f"connection {self.name}: url is not a database URL; write it like "
-                "mariadb+pymysql://user@host/asteriskcdrdb"
+                f"connection {self.name}: url is not a database URL; write it like {EXAMPLES}"
             ) from None
         if url.password is None and url.get_backend_name() != "sqlite":
             password = self._password()
