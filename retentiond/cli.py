@@ -59,6 +59,13 @@ def main() -> None:
         sys.exit(error.exit_code)
     except RetentiondError as error:
         _fail(str(error), error.exit_code)
+    except Exception as error:
+        if not dberror.is_database_error(error):
+            raise
+        # A bug let a database error through: its traceback would carry the server's text
+        # into the journal (safety rule 11); its codes do not.
+        failure = dberror.describe(error, "unexpected database error")
+        _fail(f"unexpected database error: {failure}; this is a bug in retentiond, report it", 1)
 
 
 def _fail(message: str, code: int) -> NoReturn:

@@ -295,3 +295,47 @@ def test_a_check_constraint_is_logged_as_its_code_not_the_servers_sentence(
     assert "src_given" not in everything and "violates" not in everything
     assert f"({codes_text(code, sqlstate)}): a CHECK constraint refused the change" in run.stdout
     assert failed_batches(pbx) == [("anonymize", 0, code, sqlstate)]
+
+
+# --- the descriptions themselves -----------------------------------------------------------------
+
+
+def test_an_sqlite_trigger_refusal_is_described_by_its_error_name(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import DBAPIError
+
+    from retentiond.stores.dberror import describe
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'master.db'}")
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE cdr (calldate TEXT, clid TEXT)"))
+        connection.execute(
+            text("INSERT INTO cdr VALUES ('2020-03-02 10:00:00', :clid)"), {"clid": CALLER_ID}
+        )
+        connection.execute(
+            text(
+                "CREATE TRIGGER cdr_keep BEFORE DELETE ON cdr BEGIN "
+                "SELECT RAISE(ABORT, 'calls of Siobhan O''Brien must stay'); END"
+            )
+        )
+    with pytest.raises(DBAPIError) as raised, engine.begin() as connection:
+        connection.execute(text("DELETE FROM cdr"))
+    engine.dispose()
+
+    failure = describe(raised.value, "test")
+
+    assert str(failure) == "a trigger refused the change (RAISE) (error SQLITE_CONSTRAINT_TRIGGER)"
+    assert failure.remedy is not None and "run the command on a terminal" in failure.remedy
+
+
+def test_a_code_without_a_description_is_named_with_generic_words() -> None:
+    import pymysql
+
+    from retentiond.stores.dberror import classify
+
+    error = pymysql.err.OperationalError(4999, f"no such thing for {CALLER_ID}", sqlstate="HY000")
+
+    failure = classify(error)
+
+    assert str(failure) == "database error (code not known) (error 4999, SQLSTATE HY000)"
+    assert failure.fields() == {"code": "4999", "sqlstate": "HY000"}

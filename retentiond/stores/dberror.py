@@ -237,6 +237,15 @@ def describe(exc: Any, where: str) -> DbFailure:
     return failure
 
 
+def is_database_error(exc: BaseException) -> bool:
+    """A driver's error, or SQLAlchemy's wrapper of one (without importing SQLAlchemy)."""
+    return any(
+        type(e).__module__.split(".")[0] in ("pymysql", "psycopg", "sqlite3")
+        for e in (exc, getattr(exc, "orig", None))
+        if isinstance(e, BaseException)
+    )
+
+
 def classify(exc: Any) -> DbFailure:
     """Codes and the fixed description, without showing anything."""
     code = error_code(exc)
