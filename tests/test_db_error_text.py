@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,6 +28,7 @@ import pytest
 from pbxdata import PbxDatabase, cdr_rows
 from privacy import leaked
 from test_cli import retentiond
+from test_daemon import clean_env, wait_for
 
 # Long expired whatever the day the test runs: keep is 30 days.
 CALLS = [datetime(2020, 3, 2, 10, 0) + timedelta(hours=h) for h in range(4)]
@@ -43,6 +46,7 @@ rules:
   - name: call-records
     keep: 30d
     action: {action}
+    schedule: daily 03:15
     stores:
       - type: sql
         connection: cdrdb
@@ -255,6 +259,36 @@ def test_the_servers_text_is_shown_on_the_terminal_when_asked_and_only_there(
     assert shown[0].startswith("retentiond: cdrdb/cdr: deleting a batch: the database said")
     assert not leaked(pbx.personal, texts=[run.stdout], jsonl=["\n".join(log_lines(run.stderr))])
     assert "must stay" not in pbx.audit.read_text()
+
+
+def test_the_daemon_never_logs_the_servers_text_even_when_asked_to_show_it(
+    build: Build, tmp_path: Path
+) -> None:
+    """The journal is no terminal: the daemon and its run processes keep codes only."""
+    pbx = build()
+    add_trigger(pbx, "DELETE")
+    code, sqlstate = TRIGGER_CODES[dialect(pbx)]
+    journal = tmp_path / "daemon.log"
+    with journal.open("wb") as stderr:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "retentiond", "--show-db-messages", "-c", pbx.config, "run"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=clean_env(),
+        )
+    try:
+        # A rule that never succeeded runs at once when the daemon starts.
+        wait_for("the run", lambda: pbx.audit.exists() and failed_batches(pbx), timeout=60)
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=60)
+
+    assert failed_batches(pbx) == [(None, 0, code, sqlstate)]
+    logged = journal.read_text()
+    assert not leaked(pbx.personal, jsonl=[logged, pbx.audit.read_text()])
+    assert "the database said" not in logged and "must stay" not in logged
+    assert pbx.database.count("cdr") == len(CALLS)
 
 
 # --- constraints ----------------------------------------------------------------------------------
