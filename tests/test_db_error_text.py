@@ -373,3 +373,28 @@ def test_a_code_without_a_description_is_named_with_generic_words() -> None:
 
     assert str(failure) == "database error (code not known) (error 4999, SQLSTATE HY000)"
     assert failure.fields() == {"code": "4999", "sqlstate": "HY000"}
+
+
+@pytest.mark.mariadb
+def test_freepbx_settings_that_cannot_be_read_are_named_by_code(mariadb_url: str) -> None:
+    """FreePBX's database without its freepbx_settings table (the preset reads it at load)."""
+    from sqlalchemy import make_url
+
+    from retentiond.config.pbxfiles import PbxSettingsError
+    from retentiond.config.presets import read_freepbx_settings
+
+    url = make_url(mariadb_url)
+    amp = {
+        "AMPDBUSER": url.username or "root",
+        "AMPDBHOST": url.host or "127.0.0.1",
+        "AMPDBPORT": str(url.port or 3306),
+        "AMPDBNAME": url.database or "",
+    }
+
+    with pytest.raises(PbxSettingsError) as raised:
+        read_freepbx_settings(amp)
+
+    message = str(raised.value)
+    assert "(unknown table (error 1146, SQLSTATE 42S02))" in message
+    assert "doesn't exist" not in message and (url.database or "?") not in message
+    assert "preset_settings: {read_database: false}" in message
