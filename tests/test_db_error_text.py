@@ -372,7 +372,7 @@ def test_a_code_without_a_description_is_named_with_generic_words() -> None:
     failure = classify(error)
 
     assert str(failure) == "database error (code not known) (error 4999, SQLSTATE HY000)"
-    assert failure.fields() == {"code": "4999", "sqlstate": "HY000"}
+    assert (failure.code, failure.sqlstate) == ("4999", "HY000")
 
 
 @pytest.mark.mariadb

@@ -203,11 +203,6 @@ class DbFailure:
             kind = "read-only"
         return _REMEDIES[kind] if kind else None
 
-    def fields(self) -> dict[str, str]:
-        """For an audit entry or a log event: `code` and `sqlstate`, those known."""
-        known = {"code": self.code, "sqlstate": self.sqlstate}
-        return {name: value for name, value in known.items() if value}
-
     def __str__(self) -> str:
         return f"{self.description} ({self.codes})"
 
@@ -225,16 +220,15 @@ def show_server_text(stream: TextIO | None) -> None:
 def describe(exc: Any, where: str) -> DbFailure:
     """A DBAPIError (or a driver exception) as codes and fixed words. `where` (the store and
     what it was doing) introduces the server's own text on the terminal, when one is shown."""
-    failure = classify(exc)
-    text = server_text(exc) if _terminal is not None else ""
-    if _terminal is not None and text:
+    terminal = _terminal
+    if terminal is not None and (text := server_text(exc)):
         with contextlib.suppress(OSError, ValueError):  # a closed terminal loses only this
-            _terminal.write(
+            terminal.write(
                 f"retentiond: {where}: the database said (shown on this terminal only, never "
                 f"logged): {text}\n"
             )
-            _terminal.flush()
-    return failure
+            terminal.flush()
+    return classify(exc)
 
 
 def is_database_error(exc: BaseException) -> bool:
