@@ -24,7 +24,7 @@ from retentiond.engine import Engine, RulePlan, RunObserver, RunOutcome, exit_co
 from retentiond.errors import ConfigError, RetentiondError
 from retentiond.history import read_history
 from retentiond.holds import vanished_holds
-from retentiond.stores import AbsentStore
+from retentiond.stores import AbsentStore, dberror
 
 
 class Context:
@@ -60,6 +60,13 @@ def main() -> None:
         sys.exit(error.exit_code)
     except RetentiondError as error:
         _fail(str(error), error.exit_code)
+    except Exception as error:
+        if not dberror.is_database_error(error):
+            raise
+        # A bug let a database error through: its traceback would carry the server's text
+        # into the journal (safety rule 11); its codes do not.
+        failure = dberror.describe(error, "unexpected database error")
+        _fail(f"unexpected database error: {failure}; this is a bug in retentiond, report it", 1)
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -100,13 +107,25 @@ class LazyGroup(click.Group):
     help="Config file (default: $RETENTIOND_CONFIG, else /etc/retentiond/retentiond.yaml).",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log debug events.")
+@click.option(
+    "--show-db-messages",
+    is_flag=True,
+    help="Print the database's own error messages on stderr, as on a terminal. They may quote "
+    "row values: the log, the journal and reports never get them, only codes.",
+)
 @click.version_option(__version__, prog_name="retentiond")
 @click.pass_context
-def cli(ctx: click.Context, config_option: str | None, verbose: bool) -> None:
+def cli(
+    ctx: click.Context, config_option: str | None, verbose: bool, show_db_messages: bool
+) -> None:
     """Enforce retention rules on a phone system's call data, with a verifiable deletion log."""
     # The demo narrates what happens itself; its log shows only warnings unless -v is given.
     logs.configure(verbose=verbose, quiet=ctx.invoked_subcommand == "demo")
     ctx.obj = Context(config_option)
+    # A person at a terminal may see what the database said; the daemon never does (`run`).
+    if show_db_messages or sys.stderr.isatty():
+        dberror.show_server_text(sys.stderr)
+        ctx.call_on_close(lambda: dberror.show_server_text(None))
 
 
 # --- check -------------------------------------------------------------------------------------
@@ -413,6 +432,7 @@ def run(
             raise click.UsageError(
                 "--rule, --json, --force and --end-hold go with --once; the daemon runs every rule"
             )
+        dberror.show_server_text(None)  # the journal never gets a database's own words
         sys.exit(_daemon(ctx.loaded))
     loaded = ctx.loaded
     _check_end_holds(loaded, end_holds)

@@ -844,8 +844,8 @@ class Engine:
         result: StoreOutcome,
         failure: BatchFailed | None = None,
     ) -> None:
-        """Count a batch's result and write its `batch_done` entry (`failed`, `code` when the
-        batch failed: the code only, never the database's words)."""
+        """Count a batch's result and write its `batch_done` entry (`failed`, `code`, `sqlstate`
+        when the batch failed: the codes only, never the database's words)."""
         result.batches += 1
         result.deleted += applied.deleted
         result.anonymized += applied.anonymized
@@ -868,8 +868,7 @@ class Engine:
             done["counts"] = dict(applied.counts)
         if failure is not None:
             done["failed"] = True
-            if failure.code:
-                done["code"] = failure.code
+            done |= failure.error_fields()
         # The next intent or the run's end syncs it: one fsync per batch (AuditLog docstring)
         audit.append_unsynced("batch_done", run_id=outcome.run_id, **done)
 

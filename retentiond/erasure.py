@@ -164,14 +164,13 @@ def erase(
                     except BatchFailed as failure:
                         # What the failed batch did is known: its result, then the erasure stops
                         match.deleted += failure.result.deleted
-                        code = {"code": failure.code} if failure.code else {}
                         audit.append(
                             "batch_done",
                             run_id=run_id,
                             stage="erase",
                             deleted=failure.result.deleted,
                             failed=True,
-                            **code,
+                            **failure.error_fields(),
                             **intent,
                         )
                         raise

@@ -33,7 +33,7 @@ PostgreSQL user cannot use the table's schema at all.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -42,6 +42,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from retentiond.errors import RetentiondError
+from retentiond.stores.dberror import describe
 
 T = TypeVar("T")
 
@@ -242,7 +243,8 @@ def _connection(database: Connectable) -> Iterator[Connection]:
     try:
         connection = engine.connect()
     except DBAPIError as exc:
-        raise PrivilegeError(f"cannot connect to read privileges: {_message(exc)}") from None
+        failure = describe(exc, "connecting to read privileges")
+        raise PrivilegeError(f"cannot connect to read privileges: {failure}") from None
     with connection:
         yield connection
 
@@ -262,7 +264,8 @@ def _run(action: str, work: Callable[[], T]) -> T:
     try:
         return work()
     except DBAPIError as exc:
-        raise PrivilegeError(f"cannot read privileges ({action}): {_message(exc)}") from None
+        failure = describe(exc, f"reading privileges ({action})")
+        raise PrivilegeError(f"cannot read privileges ({action}): {failure}") from None
 
 
 def _scalar(
@@ -274,15 +277,6 @@ def _scalar(
 def _lines(connection: Connection, statement: str) -> list[str]:
     """The first column of every row, as text (SHOW GRANTS)."""
     return _run(statement, lambda: [str(row[0]) for row in connection.execute(text(statement))])
-
-
-def _message(exc: DBAPIError) -> str:
-    """The driver's message, first line only (PostgreSQL details may quote values)."""
-    args: Sequence[object] = getattr(exc.orig, "args", ())
-    if len(args) >= 2 and isinstance(args[0], int) and isinstance(args[1], str):
-        return f"error {args[0]}: {args[1]}"
-    lines = str(exc.orig).strip().splitlines()
-    return lines[0] if lines else type(exc.orig).__name__
 
 
 # -- MariaDB / MySQL: SHOW GRANTS ---------------------------------------------------------------

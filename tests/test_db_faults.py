@@ -431,7 +431,7 @@ def test_a_login_the_server_refuses_fails_at_once(
     pbx = pbx_per_server
     mariadb = pbx.table == "cdr"
     if refusal == "login":
-        pbx.write_config(**({"password": "wrong"} if mariadb else {"username": "nobody"}))
+        pbx.write_config(**({"password": "Wr0ng-Pa55"} if mariadb else {"username": "nobody"}))
     elif refusal == "database":
         pbx.write_config(database="no_such_database")
     else:
@@ -444,7 +444,7 @@ def test_a_login_the_server_refuses_fails_at_once(
     reason = assert_clean_failure(pbx, code, stderr)
     assert reason.startswith("cannot connect to cdrdb ("), reason
     assert hint in reason
-    assert "wrong" not in reason  # the password
+    assert "Wr0ng-Pa55" not in reason  # the password
     assert pbx.proxy.accepted <= 1
     assert len(pbx.uniqueids()) == EXPIRED + KEPT
 

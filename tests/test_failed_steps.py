@@ -251,8 +251,9 @@ def test_files_unlinked_are_counted_when_the_reference_update_is_refused(
     assert (store.deleted, store.batches) == (2, 1)
     assert store.failed is not None and "could not be cleared" in store.failed
     # MariaDB: UPDATE command denied (1142); PostgreSQL: insufficient privilege (42501)
-    code = "42501" if backend == "freepbx_postgres" else "1142"
-    assert f"(error {code})" in store.failed, store.failed
+    code, sqlstate = ("42501", "42501") if backend == "freepbx_postgres" else ("1142", "42000")
+    codes = f"error {code}" + (f", SQLSTATE {sqlstate}" if sqlstate != code else "")
+    assert f"({codes})" in store.failed, store.failed
     assert "denied" not in store.failed.lower()  # the code, never the server's words
     shown = printed(outcome)
     assert "deleted 2 files" in shown and "None" not in shown
@@ -260,8 +261,8 @@ def test_files_unlinked_are_counted_when_the_reference_update_is_refused(
     intents = [e for e in log if e["type"] == "batch_intent"]
     done = [e for e in log if e["type"] == "batch_done"]
     assert [(e["batch"], e["planned"]) for e in intents] == [(1, 2)]
-    assert [(e["batch"], e["deleted"], e["failed"], e["code"]) for e in done] == [
-        (1, 2, True, code)
+    assert [(e["batch"], e["deleted"], e["failed"], e["code"], e["sqlstate"]) for e in done] == [
+        (1, 2, True, code, sqlstate)
     ]
     assert log[-1]["type"] == "run_finished" and log[-1]["deleted"] == 2
     assert not any(name in json.dumps(log) for name in names.values())

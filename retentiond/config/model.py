@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from retentiond.anonymize import Transform, parse_transform
+from retentiond.config.dburl import check_database_url
 from retentiond.config.durations import Duration, parse_duration
 from retentiond.config.globs import check_match
 from retentiond.config.roots import refuse_system_root
@@ -203,7 +204,7 @@ class AuditConfig(Strict):
 
 
 class ConnectionConfig(Strict):
-    url: Annotated[str, Field(min_length=1)]
+    url: Annotated[str, Field(min_length=1), AfterValidator(check_database_url)]
     password_file: AbsolutePath | None = None
     # A FreePBX freepbx.conf, a 3CX 3CXPhoneSystem.ini or config.json: the password is read from
     # the PBX's own file.

@@ -275,6 +275,8 @@ def read_freepbx_settings(amp: dict[str, str]) -> dict[str, str]:
     from sqlalchemy import bindparam, create_engine, text
     from sqlalchemy.exc import SQLAlchemyError
 
+    from retentiond.stores.dberror import describe
+
     url = _mysql_url(
         amp["AMPDBUSER"],
         amp.get("AMPDBHOST", ""),
@@ -291,9 +293,10 @@ def read_freepbx_settings(amp: dict[str, str]) -> dict[str, str]:
                 query.bindparams(bindparam("keys", expanding=True)), {"keys": list(FREEPBX_KEYS)}
             ).all()
     except SQLAlchemyError as error:
-        first = str(getattr(error, "orig", error)).splitlines()[0]
+        # Codes and fixed words only: the message reaches the journal (safety rule 11).
+        failure = describe(error, "reading freepbx_settings from FreePBX's database")
         raise PbxSettingsError(
-            f"cannot read freepbx_settings from FreePBX's database ({first}); set "
+            f"cannot read freepbx_settings from FreePBX's database ({failure}); set "
             "preset_settings: {read_database: false} and give the settings there"
         ) from None
     finally:

@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from retentiond.config.model import Config, ConnectionConfig, SqlStoreConfig
 from retentiond.errors import StoreError
 from retentiond.report.data import Finding, approximate_days
+from retentiond.stores.dberror import describe
 from retentiond.stores.sql import Database
 
 ASTERISK_CONF = Path("/etc/asterisk/asterisk.conf")
@@ -141,7 +142,7 @@ def _binlog(connection: Connection, place: str) -> Finding:
         seconds = _variable(connection, "binlog_expire_logs_seconds")
         days = _variable(connection, "expire_logs_days")
     except DBAPIError as error:
-        return Finding(check, place, "not checked", f"not checked: {_first_line(error)}")
+        return _not_checked(check, place, error)
     if log_bin is None:
         return Finding(check, place, "not checked", "not checked: the server has no log_bin")
     if log_bin.upper() != "ON":
@@ -188,7 +189,7 @@ def _wal_archive(connection: Connection, place: str) -> Finding:
     try:
         mode = str(connection.execute(text("SHOW archive_mode")).scalar())
     except DBAPIError as error:
-        return Finding(check, place, "not checked", f"not checked: {_first_line(error)}")
+        return _not_checked(check, place, error)
     command_state = "not readable"
     try:
         command = str(connection.execute(text("SHOW archive_command")).scalar() or "")
@@ -219,7 +220,7 @@ def _transient_cdr(config: Config, name: str, connection: Connection, place: str
     try:
         exists = inspect(connection).has_table("transient_cdr")
     except SQLAlchemyError as error:
-        return Finding(check, place, "not checked", f"not checked: {_first_line(error)}")
+        return _not_checked(check, place, error)
     if not exists:
         return Finding(check, place, "none", "no transient_cdr table")
     rules = sorted(
@@ -246,10 +247,11 @@ def _transient_cdr(config: Config, name: str, connection: Connection, place: str
     )
 
 
-def _first_line(error: Exception) -> str:
-    reason = getattr(error, "orig", None) or error
-    lines = str(reason).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+def _not_checked(check: str, place: str, error: Exception) -> Finding:
+    """Codes and fixed words in the report: never the server's text (dberror)."""
+    return Finding(
+        check, place, "not checked", f"not checked: {describe(error, f'{place}: {check}')}"
+    )
 
 
 # --- backup folders -------------------------------------------------------------------------------

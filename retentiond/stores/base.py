@@ -97,13 +97,25 @@ class BatchFailed(StoreError):
     """A batch that failed with a known outcome: `result` is what it did (nothing, for a
     transaction that was rolled back; the files it unlinked, for a files store whose reference
     step failed). The engine records `result` as the batch's result, so the log never holds an
-    intent without one, then fails the store with the message. `code` is the database's error
-    code, when it gave one; the message never carries the server's text."""
+    intent without one, then fails the store with the message. `code` and `sqlstate` are the
+    database's, when it gave them; the message never carries the server's text (dberror)."""
 
-    def __init__(self, message: str, result: BatchResult, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        result: BatchResult,
+        code: str | None = None,
+        sqlstate: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.result = result
         self.code = code
+        self.sqlstate = sqlstate
+
+    def error_fields(self) -> dict[str, str]:
+        """`code` and `sqlstate` for the batch's audit entry, those the database gave."""
+        known = {"code": self.code, "sqlstate": self.sqlstate}
+        return {name: value for name, value in known.items() if value}
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ from retentiond.config.roots import system_root_warning
 from retentiond.errors import StoreAbsent, StoreError
 from retentiond.rules import NO_HOLDS, Holds, earliest_instant, end_of_day, latest_instant
 from retentiond.stores.base import Batch, BatchFailed, BatchResult, Found, Store, Survey
+from retentiond.stores.dberror import describe
 from retentiond.stores.folders import (
     CHANGED,
     HARD_LINKED,
@@ -79,7 +80,6 @@ from retentiond.stores.sql import (
     _GAVE_UP,
     IN_LIST_CHUNK,
     Database,
-    error_code,
 )
 from retentiond.subjects import Subject
 
@@ -753,6 +753,7 @@ class FilesStore(Store):
                 f"{column.where} could not be cleared ({error}); the next run clears them",
                 replace(result, counts={**result.counts, REFERENCES_CLEARED: 0}),
                 getattr(error, "code", None),
+                getattr(error, "sqlstate", None),
             ) from None
 
     def _unresolvable(self, deleted: Sequence[PlannedFile], cutoff: datetime) -> list[str]:
@@ -794,6 +795,7 @@ class FilesStore(Store):
                 "clears the others",
                 BatchResult(deleted=0, counts={REFERENCES_CLEARED: cleared}),
                 getattr(error, "code", None),
+                getattr(error, "sqlstate", None),
             ) from None
         log.info("dangling references cleared", store=self.label, count=cleared)
         return BatchResult(deleted=0, counts={REFERENCES_CLEARED: cleared})
@@ -1049,9 +1051,9 @@ class _NamingColumnBase:
                 self._column_name = column
         except DBAPIError as exc:
             self.close()
+            failure = describe(exc, f"{self.key} in {self.where}: reading the table definition")
             raise StoreError(
-                f"{self.key} in {self.where}: cannot read the table definition: "
-                f"{_without_values(exc)}"
+                f"{self.key} in {self.where}: cannot read the table definition: {failure}"
             ) from None
         except StoreError:
             self.close()
@@ -1126,6 +1128,11 @@ class _NamingColumnBase:
             )
         return column["name"]
 
+    def _failed(self, action: str, exc: DBAPIError) -> str:
+        failure = describe(exc, f"{self.key} in {self.where}: {action}")
+        message = f"{action} failed ({failure.codes}): {failure.description}"
+        return f"{message}; {failure.remedy}" if failure.remedy else message
+
     def _retrying(
         self,
         action: str,
@@ -1139,7 +1146,7 @@ class _NamingColumnBase:
             action,
             work,
             write=write,
-            failure=failure or (lambda exc: f"{action} failed: {_without_values(exc)}"),
+            failure=failure or (lambda exc: self._failed(action, exc)),
             gave_up=lambda reason, attempts: _GAVE_UP[reason].format(attempts=attempts),
             event=f"{self.key} retrying",
             context={self.key: self.where},
@@ -1193,14 +1200,14 @@ class ReferenceColumn(_NamingColumnBase):
 
     def _refused(self, exc: DBAPIError) -> str:
         """Why the update failed, in fixed words and the error code: never the server's text."""
-        code = error_code(exc)
-        if code in _NO_PRIVILEGE_CODES:
+        failure = describe(exc, f"{self.key} in {self.where}: clearing references")
+        if failure.code in _NO_PRIVILEGE_CODES:
             return (
-                f"clearing references failed (error {code}): the database user may not update "
+                f"clearing references failed ({failure.codes}): the database user may not update "
                 f"{self.config.table}.{self._column_name}; grant it UPDATE on that column "
                 "(retentiond check prints the GRANT statement)"
             )
-        return f"clearing references failed (error {code or 'without a code'})"
+        return f"clearing references failed ({failure.codes}): {failure.description}"
 
     def values(self) -> Iterator[list[str]]:
         """The distinct non-empty references, in chunks along the column's order."""
@@ -1295,21 +1302,6 @@ def _backend(url: str) -> str:
         return make_url(url).get_backend_name()
     except ArgumentError:
         return "unknown database"
-
-
-_QUOTED_OR_NUMBER = re.compile(r"'[^']*'|\"[^\"]*\"|`[^`]*`|[0-9]{3,}")
-
-
-def _without_values(exc: DBAPIError) -> str:
-    """The driver's first line with quoted text and numbers cut: it may quote a file name."""
-    code = error_code(exc)
-    lines = str(exc.orig).strip().splitlines()
-    message = lines[0] if lines else type(exc.orig).__name__
-    args: Sequence[Any] = getattr(exc.orig, "args", ())
-    if len(args) >= 2 and isinstance(args[0], int) and isinstance(args[1], str):
-        message = args[1]  # pymysql: (code, message)
-    message = _QUOTED_OR_NUMBER.sub("…", message)
-    return f"{message} (error {code})" if code else message
 
 
 def reference_days(name: bytes) -> list[date]:

@@ -59,7 +59,8 @@ one, and always by the values read (null-safe), so a row the PBX changed since i
 
 SQLAlchemy Core only (the ORM refuses tables without a primary key), and text() statements built
 from names that came out of reflection, quoted by the dialect. No row value is ever logged or put
-into an exception: messages carry counts, names of tables and columns, and driver messages.
+into an exception: messages carry counts, names of tables and columns, and the database's error
+codes with fixed words (`dberror`), never its own text.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, NoSuchT
 
 from retentiond import rules
 from retentiond.anonymize import Blank, Transform, TruncateDigits, anonymize_row
+from retentiond.config.dburl import EXAMPLES, check_database_url
 from retentiond.config.model import ConnectionConfig, SqlStoreConfig
 from retentiond.config.pbxfiles import PbxSettingsError, password_from
 from retentiond.config.roots import system_root_warning
@@ -109,6 +111,15 @@ from retentiond.credentials import CredentialError, read_secret
 from retentiond.errors import StoreAbsent, StoreError
 from retentiond.rules import NO_HOLDS, Holds, HoldScope
 from retentiond.stores.base import Batch, BatchFailed, BatchResult, Found, Store, Survey
+from retentiond.stores.dberror import (
+    classify,
+    connect_hint,
+    connection_failed,
+    describe,
+    error_code,
+    too_many_clients,
+    unknown_host,
+)
 from retentiond.stores.folders import (
     CHANGED,
     MOUNT_POINT,
@@ -343,11 +354,13 @@ class _ToNull(Transform):
 
 
 class RolledBack(StoreError):
-    """A write the database rolled back: none of it was committed. `code`: its error code."""
+    """A write the database rolled back: none of it was committed. `code` and `sqlstate`: the
+    database's (dberror.DbFailure)."""
 
-    def __init__(self, message: str, code: str | None = None) -> None:
+    def __init__(self, message: str, code: str | None = None, sqlstate: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.sqlstate = sqlstate
 
 
 class Database:
@@ -394,8 +407,17 @@ class Database:
                 # SQLAlchemy errors print bound parameters (keys, file names) unless told not to.
                 hide_parameters=True,
             )
-        except (ArgumentError, NoSuchModuleError, ImportError) as exc:
-            raise StoreError(f"connection {self.name}: {exc}") from None
+        except (NoSuchModuleError, ImportError):
+            tested = "postgresql+psycopg" if self.family == "postgresql" else "mariadb+pymysql"
+            raise StoreError(
+                f"connection {self.name}: the driver {url.get_driver_name()} in url is not "
+                f"installed; install it, or use {tested}"
+            ) from None
+        except (ArgumentError, TypeError, ValueError):
+            # Never the exception's text: SQLAlchemy's repeats the URL, password and all.
+            raise StoreError(
+                f"connection {self.name}: url cannot be used; write it like {EXAMPLES}"
+            ) from None
         self._engine = engine
         if self.family == "postgresql":
             # libpq has no read timeout: give up on a server silent as long as MariaDB's would be.
@@ -428,8 +450,9 @@ class Database:
                 reason = _connect_transient_reason(exc)
                 if reason is None:
                     if connection is not None:
+                        failure = describe(exc, f"{self.label}: reading the server version")
                         raise StoreError(
-                            f"{self.label}: cannot read the server version: {driver_message(exc)}"
+                            f"{self.label}: cannot read the server version: {failure}"
                         ) from None
                     raise StoreError(self._refused_message(exc)) from None
                 if attempt >= retries:
@@ -439,8 +462,9 @@ class Database:
                         else "check that the database server is running and accepts connections "
                         "at that address (firewall, bind-address, listen_addresses)"
                     )
+                    failure = describe(exc, f"connection {self.name}: connecting")
                     raise StoreError(
-                        f"cannot connect to {self.name} ({self.where()}): {driver_message(exc)}; "
+                        f"cannot connect to {self.name} ({self.where()}): {failure}; "
                         f"tried {attempt + 1} times: {check}"
                     ) from None
                 attempt = _wait_to_retry(
@@ -454,8 +478,9 @@ class Database:
                 )
 
     def _refused_message(self, exc: DBAPIError) -> str:
-        message = f"cannot connect to {self.name} ({self.where()}): {driver_message(exc)}"
-        hint = _connect_hint(exc)
+        failure = describe(exc, f"connection {self.name}: connecting")
+        message = f"cannot connect to {self.name} ({self.where()}): {failure}"
+        hint = connect_hint(exc)
         return f"{message}; {hint}" if hint else message
 
     def close(self) -> None:
@@ -577,20 +602,22 @@ class Database:
                 )
 
     def failure_message(self, action: str, exc: DBAPIError) -> str:
-        code = error_code(exc)
-        if code in _FOREIGN_KEY_CODES:
-            # The code and fixed words: the server's sentence names the rows' tables and keys.
+        """The store, the action, the codes and fixed words: never the server's text."""
+        failure = describe(exc, f"{self.label}: {action}")
+        if failure.code in _FOREIGN_KEY_CODES:
             return (
-                f"{self.label}: {action} failed (error {code}) and was rolled back: rows "
+                f"{self.label}: {action} failed ({failure.codes}) and was rolled back: rows "
                 "of another table still refer to the rows being deleted; purge that table first "
                 "(a store listed before this one in the rule, or a rule that runs before it)"
             )
-        message = f"{self.label}: {action} failed: {driver_message(exc)}"
-        if code in _STATEMENT_TIMEOUT_CODES:
+        message = f"{self.label}: {action} failed ({failure.codes}): {failure.description}"
+        if failure.code in _STATEMENT_TIMEOUT_CODES:
             message += (
                 "; the statement ran longer than statement_timeout "
                 f"({self.settings.statement_timeout:g} s): lower batch_size or raise it"
             )
+        elif failure.remedy:
+            message += f"; {failure.remedy}"
         return message
 
     def clock_skew(self) -> timedelta | None:
@@ -612,11 +639,10 @@ class Database:
 
     def _engine_url(self) -> URL:
         try:
-            url = make_url(self.settings.url)
-        except ArgumentError:
+            url = make_url(check_database_url(self.settings.url))
+        except (ArgumentError, ValueError):  # the config's validation lets none through
             raise StoreError(
-                f"connection {self.name}: url is not a database URL; write it like "
-                "mariadb+pymysql://user@host/asteriskcdrdb"
+                f"connection {self.name}: url is not a database URL; write it like {EXAMPLES}"
             ) from None
         if url.password is None and url.get_backend_name() != "sqlite":
             password = self._password()
@@ -899,9 +925,8 @@ class SqlStore(Store):
             self.close()
             if _transient_reason(exc) is not None:
                 raise  # open() waits and tries again
-            raise StoreError(
-                f"{self.label}: cannot read the table definition: {driver_message(exc)}"
-            ) from None
+            failure = describe(exc, f"{self.label}: reading the table definition")
+            raise StoreError(f"{self.label}: cannot read the table definition: {failure}") from None
         except StoreError:
             self.close()
             raise
@@ -1929,7 +1954,9 @@ class SqlStore(Store):
             if self._table_engine in TABLE_LOCKING_ENGINES:
                 # MyISAM and Aria keep what a statement deleted before it failed: not known
                 raise StoreError(str(error)) from None
-            raise BatchFailed(str(error), BatchResult(deleted=0), error.code) from None
+            raise BatchFailed(
+                str(error), BatchResult(deleted=0), error.code, error.sqlstate
+            ) from None
         deleted = outcome.deleted
         if deleted.times is not None:
             span = self._day_span(deleted.times)
@@ -2234,12 +2261,19 @@ class SqlStore(Store):
 
         written = 0
         if pending:
-            written = self._db.retrying(
-                "anonymizing a batch",
-                lambda connection: self._update_rows(connection, plan.where, pending)[0],
-                write=True,
-                settle=settle,
-            )
+            try:
+                written = self._db.retrying(
+                    "anonymizing a batch",
+                    lambda connection: self._update_rows(connection, plan.where, pending)[0],
+                    write=True,
+                    settle=settle,
+                )
+            except RolledBack as error:
+                if self._table_engine in TABLE_LOCKING_ENGINES:
+                    raise StoreError(str(error)) from None  # rows rewritten before it failed stay
+                raise BatchFailed(
+                    str(error), BatchResult(deleted=0), error.code, error.sqlstate
+                ) from None
         changed = len(pending) - written
         return BatchResult(
             deleted=0,
@@ -2768,22 +2802,11 @@ def _instant_from_text(value: str, kind: TimeKind, zone: tzinfo) -> datetime | N
     return stored_instant(datetime.fromisoformat(value), kind, zone)
 
 
-def error_code(exc: DBAPIError) -> str | None:
-    orig = exc.orig
-    args: Sequence[Any] = getattr(orig, "args", ())
-    if args and isinstance(args[0], int):  # pymysql: (code, message); its sqlstate is vaguer
-        return str(args[0])
-    sqlstate = getattr(orig, "sqlstate", None)  # psycopg
-    if isinstance(sqlstate, str):
-        return sqlstate
-    name = getattr(orig, "sqlite_errorname", None)  # sqlite3
-    if isinstance(name, str):
-        return name
-    return None
-
-
 def _failed(message: str, exc: DBAPIError, rolled_back: bool) -> StoreError:
-    return RolledBack(message, error_code(exc)) if rolled_back else StoreError(message)
+    if not rolled_back:
+        return StoreError(message)
+    failure = classify(exc)
+    return RolledBack(message, failure.code, failure.sqlstate)
 
 
 def _transient_reason(exc: DBAPIError) -> str | None:
@@ -2794,30 +2817,9 @@ def _transient_reason(exc: DBAPIError) -> str | None:
         return "database locked"
     if code.startswith("08") or exc.connection_invalidated:  # SQLSTATE class 08: connection
         return "connection lost"
-    if not code and _connection_failed(exc):
+    if not code and connection_failed(exc):
         return "connection lost"
     return None
-
-
-# psycopg reports a failed connection attempt without an SQLSTATE, whether the server refused
-# it, closed it or did not answer in time. The server's own refusals (a wrong password, an unknown
-# database) come as FATAL and stay failures, except the ones a restart gives for a moment.
-_RESTARTING = (
-    "the database system is starting up",
-    "the database system is shutting down",
-    "the database system is in recovery mode",
-    "the database system is not yet accepting connections",
-)
-
-
-def _connection_failed(exc: DBAPIError) -> bool:
-    orig = exc.orig
-    if not type(orig).__module__.startswith("psycopg"):
-        return False
-    message = str(orig)
-    if "FATAL:" in message:
-        return any(phrase in message for phrase in _RESTARTING)
-    return message.startswith(("connection failed:", "connection timeout expired"))
 
 
 def _backoff(attempt: int) -> float:
@@ -2852,81 +2854,15 @@ def _wait_to_retry(
     return attempt + 1
 
 
-# A host name that does not resolve stays wrong however often it is looked up (pymysql reports it
-# as 2003, "can't connect"); a temporary resolver failure does not.
-_UNKNOWN_HOST = (
-    "Name or service not known",
-    "No address associated with hostname",
-    "nodename nor servname provided",
-    "could not translate host name",
-    "failed to resolve host",
-)
-_TOO_MANY_CLIENTS = ("1040", "53300")  # the server's max_connections, for a moment
-_BAD_LOGIN_CODES = {"1045", "1698", "28000", "28P01"}
-
-
 def _connect_transient_reason(exc: DBAPIError) -> str | None:
     """Why a failed connect is worth another try: the server is down, restarting or full. A
     refusal by the server (user, password, database) or a host name that does not resolve: None."""
-    message = str(exc.orig)
-    if any(phrase in message for phrase in _UNKNOWN_HOST):
+    if unknown_host(exc):
         return None
-    if error_code(exc) in _TOO_MANY_CLIENTS or "too many clients already" in message:
+    if too_many_clients(exc):
         return "too many connections"
     reason = _transient_reason(exc)
     return "cannot connect" if reason == "connection lost" else reason
-
-
-def _connect_hint(exc: DBAPIError) -> str | None:
-    """What to check when the server refused a connection, from the driver's error."""
-    code = error_code(exc)
-    message = str(exc.orig)
-    if any(phrase in message for phrase in _UNKNOWN_HOST):
-        return "the host name in url does not resolve: check it"
-    if code in _BAD_LOGIN_CODES or re.search(
-        r"authentication failed|FATAL:\s+role \S+ does not exist", message
-    ):
-        return (
-            "check the user in url and its password (password_file, password_from or the "
-            "systemd credential named like the connection)"
-        )
-    if code == "1044" or "permission denied for database" in message:
-        return "the user may not use that database: grant it access (docs/install.md)"
-    if code == "1049" or re.search(r"FATAL:\s+database \S+ does not exist", message):
-        return "check the database name in url"
-    if "no pg_hba.conf entry" in message:
-        return "allow this host and user to connect in the server's pg_hba.conf"
-    return None
-
-
-# Drivers quote the offending value (MariaDB "Duplicate entry '…'", PostgreSQL 'invalid input
-# syntax for type bigint: "…"'), and a row value can be a phone number. Identifiers (MariaDB
-# backticks, PostgreSQL double quotes inside the sentence) stay readable.
-_QUOTED = re.compile(r"'[^']*'|(\w+ )?\"[^\"]*\"")
-_IDENTIFIER_WORDS = {
-    "table", "constraint", "column", "relation", "index", "schema", "database", "role", "user",
-    "type", "sequence", "function", "view", "trigger",
-}  # fmt: skip
-
-
-def _without_quoted_values(message: str) -> str:
-    def replace(match: re.Match[str]) -> str:
-        word = match.group(1)
-        if word is not None and word.strip() in _IDENTIFIER_WORDS:
-            return match.group(0)  # a PostgreSQL identifier: "cl_calls"
-        return (word or "") + "…"
-
-    return _QUOTED.sub(replace, message)
-
-
-def driver_message(exc: DBAPIError) -> str:
-    """The driver's own message, first line only, with quoted values cut out."""
-    orig = exc.orig
-    args: Sequence[Any] = getattr(orig, "args", ())
-    if len(args) >= 2 and isinstance(args[0], int) and isinstance(args[1], str):
-        return f"error {args[0]}: {_without_quoted_values(args[1])}"
-    lines = str(orig).strip().splitlines()
-    return _without_quoted_values(lines[0]) if lines else type(orig).__name__
 
 
 def _names_a_file(value: Any) -> bool:

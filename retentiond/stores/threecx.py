@@ -56,6 +56,7 @@ from retentiond.config.model import ConnectionConfig, ThreeCxCallsStoreConfig
 from retentiond.errors import StoreAbsent, StoreError
 from retentiond.rules import NO_HOLDS, Holds, HoldScope
 from retentiond.stores.base import Batch, BatchFailed, BatchResult, Found, Store, Survey
+from retentiond.stores.dberror import describe
 from retentiond.stores.sql import (
     DATETIME_FLOOR,
     KIND_WORDS,
@@ -63,7 +64,6 @@ from retentiond.stores.sql import (
     Database,
     RolledBack,
     TimeKind,
-    driver_message,
     stored_instant,
     time_bound,
     time_kind,
@@ -297,9 +297,9 @@ class ThreeCxCallsStore(Store):
                 self._reflect(sqlalchemy_inspect(connection))
         except DBAPIError as exc:
             self.close()
-            raise StoreError(
-                f"{self.label}: cannot read the table definitions: {driver_message(exc)}"
-            ) from None
+            failure = describe(exc, f"{self.label}: reading the table definitions")
+            message = f"{self.label}: cannot read the table definitions: {failure}"
+            raise StoreError(message) from None
         except StoreError:
             self.close()
             raise
@@ -941,7 +941,9 @@ class ThreeCxCallsStore(Store):
         try:
             deleted = self._db.retrying("deleting a batch", attempt, write=True, settle=settle)
         except RolledBack as error:
-            raise BatchFailed(str(error), BatchResult(deleted=0), error.code) from None
+            raise BatchFailed(
+                str(error), BatchResult(deleted=0), error.code, error.sqlstate
+            ) from None
         log.debug(
             "3cx store deleted a batch",
             store=self.label,
@@ -1046,13 +1048,18 @@ class ThreeCxCallsStore(Store):
         self, generation: _Generation, planned: _Planned, guard: _Clause
     ) -> BatchResult:
         plan = self._anonymization[generation.name]
-        locked, changed = self._db.retrying(
-            "anonymizing a batch",
-            lambda connection: self._anonymize(
-                connection, generation, plan, list(planned.keys), guard
-            ),
-            write=True,
-        )
+        try:
+            locked, changed = self._db.retrying(
+                "anonymizing a batch",
+                lambda connection: self._anonymize(
+                    connection, generation, plan, list(planned.keys), guard
+                ),
+                write=True,
+            )
+        except RolledBack as error:
+            raise BatchFailed(
+                str(error), BatchResult(deleted=0), error.code, error.sqlstate
+            ) from None
         unchanged = len(locked) - len(changed)
         log.debug(
             "3cx store anonymized a batch",
