@@ -360,7 +360,7 @@ def demo_config(tmp_path: Path, monitor: Monitor, *, fraction: str = "0.95") -> 
 def run_demo(config_file: Path, observers: list[object]) -> list[RunOutcome]:
     loaded = load_config(config_file)
     engine = Engine(loaded, now=lambda: NOW, observers=observers)  # type: ignore[arg-type]
-    with audit.AuditLog(loaded.config.audit.path) as log:
+    with audit.AuditLog(loaded.config.audit.path, clock=lambda: NOW) as log:
         return [engine.run(rule, log) for rule in loaded.config.rules]
 
 
