@@ -28,6 +28,14 @@ pytest: $(BIN)/retentiond
 
 test: lint typecheck pytest
 
+# `make test-clock [CLOCK='2027-12-31 23:30:00']`: the suite on a moved clock (README,
+# Development). Not part of `make test`: it needs faketime (apt-get install faketime).
+# --exclude-monotonic: a moved monotonic clock makes every timed wait in Python hang.
+CLOCK ?= 2028-02-29 10:00:00
+.PHONY: test-clock
+test-clock: $(BIN)/retentiond
+	faketime --exclude-monotonic -f '@$(CLOCK)' $(BIN)/pytest
+
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache
 
