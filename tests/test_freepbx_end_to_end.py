@@ -47,6 +47,7 @@ safety:
     return path
 
 
+@pytest.mark.server_clock  # runs retentiond against the server
 @pytest.mark.parametrize("server", ["mariadb_url", "postgres_url"])
 def test_freepbx_call_records_are_purged_from_the_command_line(
     server: str,
