@@ -28,6 +28,18 @@ pytest: $(BIN)/retentiond
 
 test: lint typecheck pytest
 
+# `make test-clock [CLOCK='2027-12-31 23:30:00']`: the suite on a moved clock (README,
+# Development). Not part of `make test`: it needs faketime (apt-get install faketime).
+# --exclude-monotonic: a moved monotonic clock makes every timed wait in Python hang; the
+# preloaded tests/faketime_sleep.c keeps time.sleep() working then (libfaketime 0.9.10 bug).
+CLOCK ?= 2028-02-29 10:00:00
+.PHONY: test-clock
+test-clock: $(BIN)/retentiond $(VENV)/faketime_sleep.so
+	LD_PRELOAD=$(abspath $(VENV)/faketime_sleep.so) faketime --exclude-monotonic -f '@$(CLOCK)' $(BIN)/pytest
+
+$(VENV)/faketime_sleep.so: tests/faketime_sleep.c
+	$(CC) -shared -fPIC -O2 -Wall -o $@ $< -ldl
+
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache
 

@@ -4,6 +4,12 @@ MariaDB (127.0.0.1:3306, user root, no password) and PostgreSQL (127.0.0.1:5432,
 trust) are expected to run; override the server URLs with RETENTIOND_TEST_MARIADB and
 RETENTIOND_TEST_POSTGRES. When a server is not reachable its tests are skipped with the reason,
 except under CI (the CI variable set), where a missing server is a failure.
+
+A moved clock (the suite under faketime, docs/reliability.md) moves this process and every
+retentiond it starts, never the database servers. The engine's clock-skew guard
+(safety.max_clock_skew) then refuses every run against a server, as it must: tests marked
+`server_clock` run the engine against one and are skipped when the clocks disagree, measured as
+the guard measures them.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import contextlib
 import os
 import secrets
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import NoReturn
 
@@ -49,6 +56,32 @@ def _admin_engine(server_url: str, connect_args: dict[str, object]) -> Engine:
     return engine
 
 
+# safety.max_clock_skew's default: beyond it every engine run against the server is refused.
+_ALLOWED_SKEW = timedelta(seconds=300)
+
+
+def _skip_unless_clocks_agree(request: pytest.FixtureRequest, server: Engine) -> None:
+    """Skip a `server_clock` test when this host's clock and the server's disagree."""
+    if request.node.get_closest_marker("server_clock") is None:
+        return
+    mysql = server.dialect.name in ("mariadb", "mysql")
+    query = "SELECT UTC_TIMESTAMP(6)" if mysql else "SELECT clock_timestamp()"
+    with server.connect() as connection:
+        before = datetime.now(UTC)
+        value = connection.execute(text(query)).scalar()
+        after = datetime.now(UTC)
+    assert isinstance(value, datetime)
+    server_now = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    skew = server_now - (before + (after - before) / 2)
+    if abs(skew) > _ALLOWED_SKEW:
+        name = "MariaDB" if mysql else "PostgreSQL"
+        pytest.skip(
+            f"the {name} server's clock differs from this host's by {skew.total_seconds():+.0f} s "
+            "(a moved clock, e.g. faketime): the clock-skew guard refuses every run against it "
+            "by design, so this test cannot run on this clock"
+        )
+
+
 def _database_url(server: URL, name: str) -> str:
     return server.set(database=name).render_as_string(hide_password=False)
 
@@ -68,8 +101,9 @@ def postgres_server() -> Iterator[Engine]:
 
 
 @pytest.fixture
-def mariadb_url(mariadb_server: Engine) -> Iterator[str]:
+def mariadb_url(request: pytest.FixtureRequest, mariadb_server: Engine) -> Iterator[str]:
     """URL of a new, empty MariaDB database, dropped after the test."""
+    _skip_unless_clocks_agree(request, mariadb_server)
     name = f"rtd_test_{secrets.token_hex(6)}"
     with mariadb_server.connect() as connection:
         connection.execute(text(f"CREATE DATABASE {name} CHARACTER SET utf8mb4"))
@@ -89,8 +123,9 @@ def mariadb_url(mariadb_server: Engine) -> Iterator[str]:
 
 
 @pytest.fixture
-def postgres_url(postgres_server: Engine) -> Iterator[str]:
+def postgres_url(request: pytest.FixtureRequest, postgres_server: Engine) -> Iterator[str]:
     """URL of a new, empty PostgreSQL database, dropped after the test."""
+    _skip_unless_clocks_agree(request, postgres_server)
     name = f"rtd_test_{secrets.token_hex(6)}"
     with postgres_server.connect() as connection:
         connection.execute(text(f"CREATE DATABASE {name}"))

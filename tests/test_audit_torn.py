@@ -450,7 +450,7 @@ def cdr_rows(config_file: Path) -> int:
 
 
 def run_rule(config: LoadedConfig) -> RunOutcome:
-    with AuditLog(config.config.audit.path) as log:
+    with AuditLog(config.config.audit.path, clock=clock) as log:
         return Engine(config, now=lambda: NOW).run(config.config.rule("call-records"), log)
 
 

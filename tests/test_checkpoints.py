@@ -98,7 +98,7 @@ def run_rules(
 ) -> list[RunOutcome]:
     engine = Engine(config, now=lambda: NOW, **engine_args)
     chosen = [r for r in config.config.rules if r.name in rules]
-    with AuditLog(config.config.audit.path) as log:
+    with AuditLog(config.config.audit.path, clock=lambda: NOW) as log:
         return [engine.run(rule, log) for rule in chosen]
 
 
@@ -827,7 +827,7 @@ def test_a_run_never_rotates_in_its_middle(pbx: Path, keys: tuple[Path, Path]) -
     config = signed(pbx, keys[0])
     engine = Engine(config, now=lambda: NOW)
     path = log_of(config)
-    with AuditLog(path, rotate_bytes=1) as log:  # due after every run
+    with AuditLog(path, rotate_bytes=1, clock=lambda: NOW) as log:  # due after every run
         outcomes = [engine.run(rule, log) for rule in config.config.rules]
     assert [o.status for o in outcomes] == ["done"] * 3
     assert names(path) == ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"]

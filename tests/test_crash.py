@@ -36,7 +36,8 @@ from sqlalchemy import Engine, make_url, text
 from retentiond import audit
 from retentiond.audit_commands import audit_group
 
-pytestmark = [pytest.mark.mariadb, pytest.mark.slow]
+# every test runs retentiond against the MariaDB server
+pytestmark = [pytest.mark.mariadb, pytest.mark.slow, pytest.mark.server_clock]
 
 SEED = int(os.environ.get("RETENTIOND_CRASH_SEED", "20260"))
 KILLS = 30

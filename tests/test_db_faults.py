@@ -36,6 +36,9 @@ from test_daemon import Service, wait_for
 
 from retentiond import audit
 
+# every test runs retentiond against a MariaDB or PostgreSQL server
+pytestmark = pytest.mark.server_clock
+
 BERLIN = ZoneInfo("Europe/Berlin")
 EXPIRED = 800  # calls or events older than the 3-month cutoff
 KEPT = 400  # younger ones

@@ -29,6 +29,9 @@ from retentiond.config.model import ConnectionConfig, SqlStoreConfig, ThreeCxCal
 from retentiond.stores.sql import SqlStore
 from retentiond.stores.threecx import ThreeCxCallsStore
 
+# every test runs retentiond against a MariaDB or PostgreSQL server
+pytestmark = pytest.mark.server_clock
+
 
 def checked(stderr: str) -> list[dict[str, Any]]:
     return [e for e in log_events(stderr) if e["event"] == "sql store checked a lost commit"]

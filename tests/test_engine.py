@@ -47,7 +47,7 @@ def recordings(config_file: Path) -> list[Path]:
 
 def run_all(config: LoadedConfig, **engine_args: object) -> list[RunOutcome]:
     engine = Engine(config, now=lambda: NOW, **engine_args)  # type: ignore[arg-type]
-    with audit.AuditLog(config.config.audit.path) as log:
+    with audit.AuditLog(config.config.audit.path, clock=lambda: NOW) as log:
         return [engine.run(rule, log) for rule in config.config.rules]
 
 
@@ -156,7 +156,7 @@ def test_stop_request_finishes_the_batch_and_the_next_run_completes(pbx: Path) -
         stop.set()
 
     engine = Engine(config, now=lambda: NOW, stop=stop, progress=stop_after_first_batch)
-    with audit.AuditLog(config.config.audit.path) as log:
+    with audit.AuditLog(config.config.audit.path, clock=lambda: NOW) as log:
         first = engine.run(config.config.rules[0], log)
     assert first.status == "interrupted"
     assert first.stores[0].batches == 1 and first.deleted == 500
@@ -201,7 +201,7 @@ def test_a_failing_store_does_not_stop_the_rules_other_stores(pbx: Path) -> None
     assert "failed" in finished.fields["stores"][1] and "failed" not in finished.fields["stores"][0]
     assert audit.verify(config.config.audit.path).ok
     zone = config.config.zone()
-    today = datetime.now(zone).date()  # the log's entries carry the real time
+    today = NOW.astimezone(zone).date()  # the day the log's entries carry
     period = data.Period(today - timedelta(days=1), today + timedelta(days=1), zone)
     report = data.build_report(config, [config.config.audit.path], period, generated_at=NOW)
     (incident,) = [i for i in report.incidents if i.rule == "call-records"]
@@ -225,7 +225,7 @@ def test_one_fsync_per_batch_and_every_result_reaches_the_log(
 
     monkeypatch.setattr(os, "fsync", counting)
     engine = Engine(config, now=lambda: NOW)
-    with audit.AuditLog(config.config.audit.path) as log:
+    with audit.AuditLog(config.config.audit.path, clock=lambda: NOW) as log:
         outcome = engine.run(config.config.rule("call-records"), log)
     monkeypatch.undo()
     batches = outcome.stores[0].batches

@@ -60,7 +60,7 @@ def window_hold(**extra: str) -> str:
 
 def run(config: LoadedConfig, rule: str, **engine_args: object) -> RunOutcome:
     engine = Engine(config, now=lambda: NOW, **engine_args)  # type: ignore[arg-type]
-    with audit.AuditLog(config.config.audit.path) as log:
+    with audit.AuditLog(config.config.audit.path, clock=lambda: NOW) as log:
         return engine.run(config.config.rule(rule), log)
 
 
@@ -262,7 +262,7 @@ def test_a_keep_below_min_keep_is_refused_unless_forced_and_the_force_is_logged(
 
 def run_at(config: LoadedConfig, moment: datetime, rule: str = "call-records") -> RunOutcome:
     engine = Engine(config, now=lambda: moment)
-    with audit.AuditLog(config.config.audit.path) as log:
+    with audit.AuditLog(config.config.audit.path, clock=lambda: moment) as log:
         return engine.run(config.config.rule(rule), log)
 
 
@@ -335,7 +335,7 @@ def test_anonymized_means_every_group_reaches_k_and_an_absent_optional_store_doe
         )
     db.close()
     run_next_day = Engine(config, now=lambda: NOW + timedelta(days=1), force=True)
-    with audit.AuditLog(config.config.audit.path) as log:
+    with audit.AuditLog(config.config.audit.path, clock=lambda: NOW + timedelta(days=1)) as log:
         assert run_next_day.run(config.config.rule("call-records"), log).status == "done"
     report = data.build_report(config, [config.config.audit.path], period, generated_at=NOW)
     (rule,) = report.anonymization

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -45,6 +49,7 @@ safety:
     return path
 
 
+@pytest.mark.server_clock  # runs retentiond against the server
 @pytest.mark.parametrize("server", ["mariadb_url", "postgres_url"])
 def test_freepbx_call_records_are_purged_from_the_command_line(
     server: str,
@@ -100,6 +105,55 @@ def test_freepbx_call_records_are_purged_from_the_command_line(
     )
     assert not found, found[:5]
     assert datetime.now(UTC) > datetime.fromisoformat(outcome["cutoff"])
+
+
+FAKETIME = shutil.which("faketime")
+
+
+@pytest.mark.skipif(FAKETIME is None, reason="moving retentiond's clock needs faketime (Debian)")
+@pytest.mark.parametrize("server", ["mariadb_url", "postgres_url"])
+def test_a_host_clock_an_hour_off_the_servers_refuses_the_run_and_deletes_nothing(
+    server: str,
+    request: pytest.FixtureRequest,
+    pbx_database: Callable[[str], PbxDatabase],
+    tmp_path: Path,
+) -> None:
+    url: str = request.getfixturevalue(server)
+    database = pbx_database(url)
+    database.create("cdr", "cel")
+    now = datetime.now(BERLIN).replace(tzinfo=None, microsecond=0)
+    times = [now - timedelta(hours=12 * i) for i in range(400)]
+    database.insert("cdr", cdr_rows(times, seed=1))
+    database.insert("cel", cel_rows(times, seed=2))
+    path = config(tmp_path, url)
+    # faketime moves this retentiond's clock only (relative to the real one, so even when the
+    # whole suite runs under faketime); the server keeps its own
+    assert FAKETIME is not None
+    an_hour_ahead = [FAKETIME, "--exclude-monotonic", "-f", "+1h"]
+    run = subprocess.run(
+        [
+            *an_hour_ahead,
+            sys.executable,
+            "-m",
+            "retentiond",
+            "-c",
+            str(path),
+            "run",
+            "--once",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "RETENTIOND_CONFIG"},
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 3, run.stdout + run.stderr  # refused
+    (outcome,) = json.loads(run.stdout)["runs"]
+    assert outcome["status"] == "refused" and outcome["deleted"] == 0
+    assert "the database clock differs from the host clock by" in outcome["message"]
+    assert "safety.max_clock_skew" in outcome["message"]
+    assert database.count("cdr") == database.count("cel") == len(times)  # nothing deleted
 
 
 @pytest.mark.mariadb

@@ -40,7 +40,7 @@ def hold(**changes: object) -> HoldConfig:
 
 
 def record(path: Path, holds: list[HoldConfig], now: datetime = NOW, **kw: object) -> list[str]:
-    with AuditLog(path) as log:
+    with AuditLog(path, clock=lambda: now) as log:
         entries = record_hold_changes(log, holds, now, BERLIN, **kw)  # type: ignore[arg-type]
     return [e.type for e in entries]
 

@@ -383,6 +383,7 @@ def office(
 # -- the tests ---------------------------------------------------------------------------------
 
 
+@pytest.mark.server_clock  # runs retentiond against the server
 def test_3cx_preset_purges_calls_recordings_voicemail_and_chats_end_to_end(
     office: Office, postgres_url: str
 ) -> None:
@@ -479,6 +480,7 @@ def test_3cx_preset_purges_calls_recordings_voicemail_and_chats_end_to_end(
     nothing_leaked(office.personal, [init.stderr], [check, *commands, verify], log)
 
 
+@pytest.mark.server_clock  # runs retentiond against the server
 def test_3cx_preset_purges_the_cdroutput_generation_end_to_end(
     office: Office, postgres_url: str
 ) -> None:
@@ -541,6 +543,7 @@ def test_3cx_preset_purges_the_cdroutput_generation_end_to_end(
     )
 
 
+@pytest.mark.server_clock  # runs retentiond against the server
 def test_plan_counts_a_file_named_by_an_expired_row_once(office: Office, postgres_url: str) -> None:
     database = office.database
     create_cdroutput_schema(database, billing=False)

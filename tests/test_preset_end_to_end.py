@@ -98,6 +98,7 @@ def runs(result_stdout: str) -> dict[str, dict[str, object]]:
     return {run["rule"]: run for run in json.loads(result_stdout)["runs"]}
 
 
+@pytest.mark.server_clock  # runs retentiond against the server
 @pytest.mark.mariadb
 def test_freepbx_preset_from_init_to_a_verified_log(
     mariadb_url: str, pbx_database: Callable[[str], PbxDatabase], tmp_path: Path

@@ -560,6 +560,7 @@ QUEUELOG = (
 )
 
 
+@pytest.mark.server_clock  # runs retentiond against the server
 @pytest.mark.mariadb
 def test_documented_freepbx_grants_are_exactly_enough(
     mariadb_url: str, mariadb_server: Engine, tmp_path: Path
@@ -728,6 +729,7 @@ CHAT_MESSAGE = (
 )
 
 
+@pytest.mark.server_clock  # runs retentiond against the server
 @pytest.mark.postgres
 def test_documented_3cx_grants_are_exactly_enough(postgres_url: str, tmp_path: Path) -> None:
     database = PbxDatabase.connect(postgres_url)

@@ -488,6 +488,7 @@ def test_gemeinschaft_recording_names_carry_no_date_filename_date_reads() -> Non
     assert filename_age(b"rec_240115143022_201-+4930123456.wav", BERLIN) is None
 
 
+@pytest.mark.server_clock  # runs retentiond against the server
 @pytest.mark.mariadb
 def test_gemeinschaft_recipe(
     mariadb_url: str, pbx_database: Callable[[str], PbxDatabase], tmp_path: Path
@@ -741,6 +742,7 @@ def csv_line(row: dict[str, Any]) -> bytes:
     return (",".join(fields) + "\n").encode()
 
 
+@pytest.mark.server_clock  # runs retentiond against the server
 @pytest.mark.mariadb
 def test_asterisk_odbc_recipe(
     mariadb_url: str, pbx_database: Callable[[str], PbxDatabase], tmp_path: Path
@@ -900,6 +902,7 @@ PGSQL_COLUMNS = [
 ]
 
 
+@pytest.mark.server_clock  # runs retentiond against the server
 @pytest.mark.postgres
 def test_generic_asterisk_postgresql_recipe(
     postgres_url: str, pbx_database: Callable[[str], PbxDatabase], tmp_path: Path

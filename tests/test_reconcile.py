@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ def engine(config: LoadedConfig) -> Engine:
 
 
 def run_rule(config: LoadedConfig, name: str = "call-records") -> RunOutcome:
-    with audit.AuditLog(config.config.audit.path) as log:
+    with audit.AuditLog(config.config.audit.path, clock=lambda: NOW) as log:
         return engine(config).run(config.config.rule(name), log)
 
 
@@ -173,7 +173,7 @@ def test_a_run_killed_before_its_first_batch_is_reconciled_with_nothing_open(
     pbx: Path,
 ) -> None:
     config = load_config(pbx)
-    with audit.AuditLog(config.config.audit.path) as log:
+    with audit.AuditLog(config.config.audit.path, clock=lambda: NOW) as log:
         log.append("run_started", run_id="a" * 16, rule="voicemail", stores=[])
 
     run_rule(config)  # a run of another rule reconciles it: runs never overlap
@@ -188,7 +188,7 @@ def test_a_run_killed_before_its_first_batch_is_reconciled_with_nothing_open(
 
 def test_a_failed_run_with_a_batch_without_result_is_reconciled(pbx: Path) -> None:
     config = load_config(pbx)
-    with audit.AuditLog(config.config.audit.path) as log:
+    with audit.AuditLog(config.config.audit.path, clock=lambda: NOW) as log:
         log.append("run_started", run_id="b" * 16, rule="call-records", stores=[])
         log.append("batch_intent", run_id="b" * 16, store=CDR, batch=1, planned=40)
         log.append("batch_done", run_id="b" * 16, store=CDR, batch=1, deleted=40)
@@ -215,7 +215,7 @@ def test_a_failed_run_with_a_batch_without_result_is_reconciled(pbx: Path) -> No
 def test_open_batches_of_both_stages_and_of_an_erasure_are_told_apart(pbx: Path) -> None:
     config = load_config(pbx)
     run = "d" * 16
-    with audit.AuditLog(config.config.audit.path) as log:
+    with audit.AuditLog(config.config.audit.path, clock=lambda: NOW) as log:
         log.append("run_started", run_id=run, rule="call-records", action="anonymize")
         # the same store and batch number in both stages: the delete one got its result
         log.append("batch_intent", run_id=run, store=CDR, batch=1, planned=5)
@@ -250,9 +250,9 @@ def test_status_and_report_read_a_log_with_reconciled_runs(
     assert problem is None
     last = runs["call-records"].last_run
     assert last is not None and (last.run_id, last.status) == (outcome.run_id, "done")
-    today = date.today()  # the log's entries carry the real time
+    today = NOW.astimezone(config.config.zone()).date()  # the day the log's entries carry
     period = Period(today - timedelta(days=1), today + timedelta(days=1), config.config.zone())
-    report = build_report(config, [config.config.audit.path], period)
+    report = build_report(config, [config.config.audit.path], period, generated_at=NOW)
     assert all(log.intact for log in report.logs)
     confirmed = sum(e.fields["deleted"] for e in entries(config, "batch_done"))
     assert sum(t.deleted for t in report.totals) == confirmed

@@ -454,6 +454,7 @@ def server_variable(server: SqlEngine, name: str) -> str:
     return str(row[1])
 
 
+@pytest.mark.server_clock  # enforces its rules on the MariaDB server first
 def test_residual_copies_on_mariadb(
     mariadb_url: str,
     mariadb_server: SqlEngine,

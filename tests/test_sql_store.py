@@ -772,6 +772,7 @@ def test_connection_killed_during_a_batch_is_retried_on_a_new_one(
 # -- clocks ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.server_clock  # measures this host's clock against the server's
 @pytest.mark.parametrize("database", ALL_BACKENDS, indirect=True)
 def test_clock_skew_of_a_local_server_is_small(
     database: PbxDatabase, open_store: StoreFactory

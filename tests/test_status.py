@@ -248,7 +248,7 @@ def edit(config_file: Path, old: str, new: str) -> LoadedConfig:
 
 def enforce(config: LoadedConfig, **engine_args: Any) -> list[str]:
     engine = Engine(config, now=lambda: NOW, **engine_args)
-    with audit.AuditLog(config.config.audit.path) as log:
+    with audit.AuditLog(config.config.audit.path, clock=lambda: NOW) as log:
         return [engine.run(rule, log).status for rule in config.config.rules]
 
 
@@ -353,7 +353,7 @@ def test_an_interrupted_last_run_is_amber(pbx: Path) -> None:
         stop.set()
 
     engine = Engine(config, now=lambda: NOW, stop=stop, progress=stop_after_first_batch)
-    with audit.AuditLog(config.config.audit.path) as log:
+    with audit.AuditLog(config.config.audit.path, clock=lambda: NOW) as log:
         assert engine.run(config.config.rules[0], log).status == "interrupted"
     calls = compute(config, now=NOW + timedelta(minutes=5)).rules[0]
     assert calls.history.last_run is not None

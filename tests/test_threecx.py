@@ -457,6 +457,7 @@ def test_sqlite_database_is_refused(sqlite_url: str, open_store: StoreFactory) -
         open_store(sqlite_url)
 
 
+@pytest.mark.server_clock  # measures this host's clock against the server's
 def test_clock_skew_is_small(database: PbxDatabase, open_store: StoreFactory) -> None:
     create_cdroutput_schema(database)
 
