@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import subprocess
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -137,11 +140,34 @@ def test_plan_changes_nothing_anywhere(pbx: Path) -> None:
     assert not config.config.audit.path.exists()
 
 
-def test_unwritable_log_means_nothing_is_deleted(pbx: Path) -> None:
+@pytest.fixture
+def full_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A real 64 KiB tmpfs, filled to the last block. Needs CAP_SYS_ADMIN."""
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0755", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        with (mount / "filler").open("wb", buffering=0) as filler, contextlib.suppress(OSError):
+            while True:
+                filler.write(b"\0" * 4096)
+        yield mount
+    finally:
+        if subprocess.run(["umount", str(mount)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_unwritable_log_means_nothing_is_deleted(pbx: Path, full_filesystem: Path) -> None:
     config = load_config(pbx)
     before, files_before = cdr_dates(pbx), recordings(pbx)
     engine = Engine(config, now=lambda: NOW)
-    with audit.AuditLog(Path("/dev/full")) as log:  # every write fails with ENOSPC
+    with audit.AuditLog(full_filesystem / "audit.jsonl") as log:  # every write: ENOSPC
         outcomes = [engine.run(rule, log) for rule in config.config.rules]
     assert all(o.status == "failed" for o in outcomes)
     assert "audit" in (outcomes[0].message or "")
