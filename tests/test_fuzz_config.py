@@ -139,6 +139,8 @@ def test_alias_bombs_are_refused_not_expanded(width: int, depth: int) -> None:
         ("[" * 3000 + "]" * 3000, "nested"),
         ("version: 1\nrules: " + "[" * 100 + "]" * 100 + "\n", "nested"),
         ("version: 1\nx: 2027-13-45\n", "month must be in 1..12"),
+        ("? - :\n", "a key must be a name"),  # found by hypothesis: a list as a key
+        ("? : :\n", "a key must be a name"),
         ("version: !!int abc\n", "cannot read the value"),
         ("version: 1\n\trules: []\n", "YAML syntax"),
         ("version: 1\nx: \x07\n", "control character"),

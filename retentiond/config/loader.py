@@ -348,6 +348,19 @@ class _Constructor(RoundTripConstructor):
                 problem_mark=node.start_mark,
             ) from None
 
+    def check_mapping_key(
+        self, node: Any, key_node: Any, mapping: Any, key: Any, value: Any
+    ) -> Any:
+        # `? - :` or `? {a: b}: c`: ruamel builds a list or mapping as a key, then fails to hash it
+        try:
+            hash(key)
+        except TypeError:
+            raise ConstructorError(
+                problem="a key must be a name, not a list or a mapping",
+                problem_mark=key_node.start_mark,
+            ) from None
+        return super().check_mapping_key(node, key_node, mapping, key, value)
+
 
 def _shape(node: Any) -> str:
     value = getattr(node, "value", None)
