@@ -23,9 +23,20 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+import structlog
 from pbxdata import PbxDatabase
 from sqlalchemy import URL, Engine, create_engine, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
+
+
+@pytest.fixture(autouse=True)
+def _structlog_as_shipped() -> Iterator[None]:
+    """A command run in-process (click's CliRunner) configures structlog for itself: an INFO
+    filter and a stream that closes with the command. Later tests' capture_logs() would miss
+    debug events, so every test ends with structlog's defaults again."""
+    yield
+    structlog.reset_defaults()
+
 
 MARIADB_SERVER = os.environ.get("RETENTIOND_TEST_MARIADB", "mariadb+pymysql://root@127.0.0.1:3306")
 POSTGRES_SERVER = os.environ.get(
