@@ -457,10 +457,19 @@ def _plain(tree: Any, name: str) -> Any:
             active.add(id(node))
             try:
                 if isinstance(node, list):
+                    for index, value in enumerate(node):
+                        if not _is_text(value):
+                            line = (
+                                _item_line(node, index) if isinstance(node, CommentedSeq) else None
+                            )
+                            raise ConfigError([_surrogate(name, line)])
                     return [plain(v, depth + 1) for v in node]
                 result: dict[str, Any] = {}
                 for key, value in node.items():
                     text = str(key)
+                    if not (_is_text(text) and _is_text(value)):
+                        line = _key_line(node, key) if isinstance(node, CommentedMap) else None
+                        raise ConfigError([_surrogate(name, line)])
                     if text in result:
                         line = _key_line(node, key) if isinstance(node, CommentedMap) else None
                         raise ConfigError(
@@ -481,6 +490,27 @@ def _plain(tree: Any, name: str) -> Any:
         return _scalar(node)
 
     return plain(tree, 0)
+
+
+def _is_text(value: Any) -> bool:
+    """False for a string holding a lone surrogate (YAML's "\\ud800"): no character at all."""
+    if not isinstance(value, str):
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _surrogate(name: str, line: int | None) -> ConfigProblem:
+    return ConfigProblem(
+        name,
+        line,
+        "",
+        "an escaped surrogate (\\ud800 to \\udfff) is no character; write the character "
+        "itself, or \\U and its eight hex digits",
+    )
 
 
 def _scalar(node: Any) -> Any:
