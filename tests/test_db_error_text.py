@@ -205,6 +205,7 @@ def codes_text(code: str, sqlstate: str) -> str:
 # --- a trigger quoting the row ------------------------------------------------------------------
 
 
+@pytest.mark.server_clock  # runs retentiond against the server
 @pytest.mark.parametrize(("action", "event"), [("delete", "DELETE"), ("anonymize", "UPDATE")])
 def test_a_triggers_message_quoting_the_row_is_never_logged_nor_reported(
     build: Build, tmp_path: Path, action: str, event: str
@@ -226,6 +227,7 @@ def test_a_triggers_message_quoting_the_row_is_never_logged_nor_reported(
     assert failed_batches(pbx) == [(stage, 0, code, sqlstate)]
 
 
+@pytest.mark.server_clock  # runs retentiond against the server
 def test_an_erasure_refused_by_a_trigger_logs_its_code_only(build: Build, tmp_path: Path) -> None:
     pbx = build()
     add_trigger(pbx, "DELETE")
@@ -245,6 +247,7 @@ def test_an_erasure_refused_by_a_trigger_logs_its_code_only(build: Build, tmp_pa
     ]
 
 
+@pytest.mark.server_clock  # runs retentiond against the server
 def test_the_servers_text_is_shown_on_the_terminal_when_asked_and_only_there(
     build: Build, tmp_path: Path
 ) -> None:
@@ -261,6 +264,7 @@ def test_the_servers_text_is_shown_on_the_terminal_when_asked_and_only_there(
     assert "must stay" not in pbx.audit.read_text()
 
 
+@pytest.mark.server_clock  # runs retentiond against the server
 def test_the_daemon_never_logs_the_servers_text_even_when_asked_to_show_it(
     build: Build, tmp_path: Path
 ) -> None:
@@ -294,6 +298,7 @@ def test_the_daemon_never_logs_the_servers_text_even_when_asked_to_show_it(
 # --- constraints ----------------------------------------------------------------------------------
 
 
+@pytest.mark.server_clock  # runs retentiond against the server
 def test_a_duplicate_key_on_a_name_with_an_apostrophe_is_logged_as_its_code(
     build: Build, tmp_path: Path
 ) -> None:
@@ -313,6 +318,7 @@ def test_a_duplicate_key_on_a_name_with_an_apostrophe_is_logged_as_its_code(
     assert failed_batches(pbx) == [("anonymize", 0, code, sqlstate)]
 
 
+@pytest.mark.server_clock  # runs retentiond against the server
 def test_a_check_constraint_is_logged_as_its_code_not_the_servers_sentence(
     build: Build, tmp_path: Path
 ) -> None:

@@ -346,6 +346,7 @@ safety:
 """
 
 
+@pytest.mark.server_clock  # runs retentiond against the server
 @pytest.mark.postgres
 def test_a_batch_rolled_back_by_a_foreign_key_is_recorded_as_nothing_deleted(
     postgres_url: str, pbx_database: Callable[[str], PbxDatabase], tmp_path: Path

@@ -340,6 +340,7 @@ def init_config(freepbx: InstalledFreePBX, tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.server_clock  # runs retentiond against the server
 @pytest.mark.mariadb
 @pytest.mark.parametrize("written_by", [init_config, three_line_config], ids=["init", "preset"])
 def test_freepbx_as_installed_is_purged_by_its_preset(

@@ -109,6 +109,7 @@ def entries(loaded: LoadedConfig, kind: str) -> list[audit.Entry]:
     return [e for e in audit.read_entries(loaded.config.audit.path) if e.type == kind]
 
 
+@pytest.mark.server_clock  # runs retentiond against the server
 @pytest.mark.parametrize("database", BACKENDS, indirect=True)
 def test_holds_lost_with_their_folder_refuse_the_run_until_ended_explicitly(
     tmp_path: Path, database: PbxDatabase

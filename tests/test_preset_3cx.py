@@ -572,6 +572,7 @@ def test_plan_counts_a_file_named_by_an_expired_row_once(office: Office, postgre
     assert files_store["skipped"] == {"named_by_row": 3}
 
 
+@pytest.mark.server_clock  # runs retentiond against the server
 def test_3cx_preset_connects_as_the_role_of_its_own(
     office: Office, postgres_url: str, postgres_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -159,6 +159,7 @@ def database_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue(f"{request.param}_url"))
 
 
+@pytest.mark.server_clock  # runs retentiond against the server
 def test_undated_call_records_fail_check_plan_the_run_and_status(
     tmp_path: Path, database_url: str, pbx_database: Callable[[str], PbxDatabase]
 ) -> None:
