@@ -382,3 +382,8 @@ def test_an_ini_without_the_master_account_is_named(tmp_path: Path) -> None:
     ini.write_text("DBName = database_single\n")
     with pytest.raises(PbxSettingsError, match="is not an ini file"):
         parse_config(threecx_yaml(f"{{ini: {ini}}}"))
+    # the parser quotes the offending line: its words never reach the terminal or the journal
+    ini.write_text("MasterDBPassword = Secr3tPw\n[CfgServerProfile]\n")
+    with pytest.raises(PbxSettingsError, match=r"is not an ini file \(line 1\)") as caught:
+        parse_config(threecx_yaml(f"{{ini: {ini}}}"))
+    assert "Secr3tPw" not in str(caught.value)

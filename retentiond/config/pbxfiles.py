@@ -144,8 +144,13 @@ def _read_3cx_ini(path: Path) -> dict[str, dict[str, str]]:
     try:
         parser.read_string(_read(path, "3CX settings").lstrip("\ufeff"), str(path))
     except configparser.Error as error:
-        first = str(error).splitlines()[0]
-        raise PbxSettingsError(f"{path} is not an ini file: {first}") from None
+        # never the parser's words: they quote the line, which may hold MasterDBPassword
+        errors = getattr(error, "errors", None) or [(getattr(error, "lineno", None), "")]
+        line = errors[0][0]
+        where = f" (line {line})" if line else ""
+        raise PbxSettingsError(
+            f"{path} is not an ini file{where}: each line must be [Section] or Key = Value"
+        ) from None
     return {
         section.lower(): {key: (value or "").strip() for key, value in parser.items(section)}
         for section in parser.sections()
