@@ -1,3 +1,3 @@
-from retentiond.cli import main
+from retentiond.cli.main import main
 
 main()

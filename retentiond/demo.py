@@ -15,9 +15,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from retentiond import audit
 from retentiond.config.loader import LoadedConfig
 from retentiond.errors import RetentiondError
+from retentiond.evidence import log as audit
 
 MARKER = ".retentiond-demo"
 ZONE = ZoneInfo("Europe/Berlin")

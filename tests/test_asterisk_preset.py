@@ -28,10 +28,10 @@ from asterisk_cdr import (
 )
 from test_cli import retentiond
 
-from retentiond import audit
 from retentiond.config.loader import load_config
 from retentiond.config.pbxfiles import PbxSettingsError, read_cdr_sqlite3_custom
-from retentiond.engine import Engine, RunOutcome
+from retentiond.engine.core import Engine, RunOutcome
+from retentiond.evidence import log as audit
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 # keep 3 months: the cutoff is 89 to 92 days back; five calls are older, five younger

@@ -19,9 +19,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retentiond import audit
-from retentiond.audit import GENESIS, AuditLog, Entry, canonical, read_entries, verify
 from retentiond.errors import AuditError
+from retentiond.evidence import log as audit
+from retentiond.evidence.log import GENESIS, AuditLog, Entry, canonical, read_entries, verify
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 
@@ -362,7 +362,7 @@ def test_writer_in_another_process_blocks_this_one(log_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys; from pathlib import Path; from retentiond.audit import AuditLog\n"
+            "import sys; from pathlib import Path; from retentiond.evidence.log import AuditLog\n"
             "with AuditLog(Path(sys.argv[1])):\n"
             "    print('locked', flush=True); sys.stdin.readline()",
             str(log_path),

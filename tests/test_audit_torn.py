@@ -24,14 +24,23 @@ import pytest
 from click.testing import CliRunner, Result
 from structlog.testing import capture_logs
 
-from retentiond import audit, demo
-from retentiond.audit import LOG_REPAIRED, AuditLog, Entry, Signer, VerifyKey, check_log, verify
-from retentiond.audit_commands import audit_group
+from retentiond import demo
+from retentiond.cli.audit import audit_group
 from retentiond.config.loader import LoadedConfig, load_config
-from retentiond.engine import Engine, RunOutcome
+from retentiond.engine.core import Engine, RunOutcome
 from retentiond.errors import AuditError
+from retentiond.evidence import log as audit
+from retentiond.evidence.log import (
+    LOG_REPAIRED,
+    AuditLog,
+    Entry,
+    Signer,
+    VerifyKey,
+    check_log,
+    verify,
+)
 from retentiond.stores.base import Batch, BatchResult
-from retentiond.stores.sql import SqlStore
+from retentiond.stores.sql.store import SqlStore
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 SIDE_NAME = "audit.jsonl.torn-20261126T120000Z"

@@ -23,9 +23,9 @@ from sqlalchemy import text
 
 from retentiond.config import parse_config
 from retentiond.config.model import ConnectionConfig, SqlStoreConfig
-from retentiond.rules import Holds, HoldScope
-from retentiond.stores.sql import SqlStore
-from retentiond.subjects import Subject
+from retentiond.policy.rules import Holds, HoldScope
+from retentiond.policy.subjects import Subject
+from retentiond.stores.sql.store import SqlStore
 
 BERLIN = ZoneInfo("Europe/Berlin")
 CUTOFF = datetime(2024, 6, 1, tzinfo=UTC)  # every call below is older

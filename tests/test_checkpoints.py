@@ -26,8 +26,13 @@ from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from retentiond import audit, demo
-from retentiond.audit import (
+from retentiond import demo
+from retentiond.cli.audit import audit_group
+from retentiond.config.loader import LoadedConfig, load_config
+from retentiond.engine.core import Engine, RunOutcome
+from retentiond.errors import AuditError
+from retentiond.evidence import log as audit
+from retentiond.evidence.log import (
     CHECKPOINT,
     CONTINUED,
     GENESIS,
@@ -40,10 +45,6 @@ from retentiond.audit import (
     read_entries,
     verify,
 )
-from retentiond.audit_commands import audit_group
-from retentiond.config.loader import LoadedConfig, load_config
-from retentiond.engine import Engine, RunOutcome
-from retentiond.errors import AuditError
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 RULES = ("call-records", "voicemail", "call-recordings")

@@ -33,8 +33,8 @@ from click.testing import CliRunner
 from pbxdata import PbxDatabase, cdr_rows
 from sqlalchemy import Engine, make_url, text
 
-from retentiond import audit
-from retentiond.audit_commands import audit_group
+from retentiond.cli.audit import audit_group
+from retentiond.evidence import log as audit
 
 # every test runs retentiond against the MariaDB server
 pytestmark = [pytest.mark.mariadb, pytest.mark.slow, pytest.mark.server_clock]

@@ -13,10 +13,10 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from retentiond.config.model import CsvStoreConfig
-from retentiond.rules import NO_HOLDS, Holds, HoldScope
+from retentiond.policy.rules import NO_HOLDS, Holds, HoldScope
+from retentiond.policy.subjects import Subject
 from retentiond.stores.base import BatchResult
-from retentiond.stores.cdr_csv import CsvStore
-from retentiond.subjects import Subject
+from retentiond.stores.csv.store import CsvStore
 
 CUTOFF = datetime(2026, 2, 14, 12, 0, tzinfo=UTC)
 ERASED_AT = datetime(2026, 6, 1, tzinfo=UTC)

@@ -24,7 +24,7 @@ import structlog
 from retentiond.config.model import CsvStoreConfig
 from retentiond.errors import StoreAbsent, StoreError
 from retentiond.stores.base import BatchResult
-from retentiond.stores.cdr_csv import CsvStore
+from retentiond.stores.csv.store import CsvStore
 
 UTC_ZONE = ZoneInfo("UTC")
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -525,7 +525,7 @@ FILE_SIZE_LIMITED = textwrap.dedent(
     from zoneinfo import ZoneInfo
     from retentiond.config.model import CsvStoreConfig
     from retentiond.errors import StoreError
-    from retentiond.stores.cdr_csv import CsvStore
+    from retentiond.stores.csv.store import CsvStore
 
     cutoff = datetime.fromisoformat(sys.argv[2])
     store = CsvStore(CsvStoreConfig(type="csv", root=sys.argv[1]), ZoneInfo("UTC"))

@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retentiond.config.durations import Duration, parse_duration
-from retentiond.rules import cutoff, latest_instant, naive_bound
+from retentiond.policy.durations import Duration, parse_duration
+from retentiond.policy.rules import cutoff, latest_instant, naive_bound
 
 BERLIN = ZoneInfo("Europe/Berlin")
 # Zones whose DST changes are not at midnight, so a local calendar date is never skipped.
@@ -129,7 +129,7 @@ def test_a_skipped_spring_wall_time_that_could_be_newer_stays_above_the_bound() 
     """A PBX with a wrong clock writes 02:30 on the morning Berlin skips 02:00-02:59. Read with
     the winter offset it is 01:30 UTC: newer than a cutoff of 01:15 UTC (03:15 CEST), so the
     bound moves back to 02:15, below which every value is older in every reading."""
-    from retentiond.rules import latest_instant, naive_bound
+    from retentiond.policy.rules import latest_instant, naive_bound
 
     cutoff = datetime(2024, 3, 31, 1, 15, tzinfo=UTC)
     bound = naive_bound(cutoff, BERLIN)

@@ -30,7 +30,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from privacy import leaked
 
-from retentiond import audit, demo
+from retentiond import demo
+from retentiond.evidence import log as audit
 
 RULES = ["call-records", "voicemail", "call-recordings"]
 

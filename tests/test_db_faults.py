@@ -34,7 +34,7 @@ from pbxdata import PbxDatabase, cdr_rows, cel_rows
 from sqlalchemy import create_engine, make_url, text
 from test_daemon import Service, wait_for
 
-from retentiond import audit
+from retentiond.evidence import log as audit
 
 # every test runs retentiond against a MariaDB or PostgreSQL server
 pytestmark = pytest.mark.server_clock

@@ -24,10 +24,10 @@ from test_sql_anonymize import CUTOFF, FREEPBX_TRANSFORMS, YOUNGER, create_freep
 from test_sql_anonymize import EXPIRED as ANONYMIZABLE
 from threecx_schema import CL_DEPENDENTS, cl_history, create_cl_schema
 
-from retentiond import audit
 from retentiond.config.model import ConnectionConfig, SqlStoreConfig, ThreeCxCallsStoreConfig
-from retentiond.stores.sql import SqlStore
-from retentiond.stores.threecx import ThreeCxCallsStore
+from retentiond.evidence import log as audit
+from retentiond.stores.sql.store import SqlStore
+from retentiond.stores.threecx.store import ThreeCxCallsStore
 
 # every test runs retentiond against a MariaDB or PostgreSQL server
 pytestmark = pytest.mark.server_clock

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from privacy import leaked
 
-from retentiond import audit, demo
+from retentiond import demo
 from retentiond.config.loader import LoadedConfig, load_config
-from retentiond.engine import Engine, RunOutcome, exit_code
-from retentiond.rules import cutoff
+from retentiond.engine.core import Engine, RunOutcome, exit_code
+from retentiond.evidence import log as audit
+from retentiond.policy.rules import cutoff
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -208,7 +209,7 @@ def test_missing_table_fails_the_run_cleanly_and_is_audited(pbx: Path) -> None:
 def test_a_failing_store_does_not_stop_the_rules_other_stores(pbx: Path) -> None:
     """A recordings folder gone: that store fails, the rule's call records are still deleted,
     the run ends failed (exit 1) and the log and the report name the failing store."""
-    from retentiond.report import data
+    from retentiond.evidence.report import data
 
     text = pbx.read_text()
     monitor = pbx.parent / "pbx" / "monitor"

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from privacy import leaked
 
-from retentiond import audit, demo
+from retentiond import demo
 from retentiond.config.loader import LoadedConfig, load_config
 from retentiond.config.model import HoldConfig
-from retentiond.engine import Engine, RunOutcome
+from retentiond.engine.core import Engine, RunOutcome
+from retentiond.evidence import log as audit
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 WINDOW = (date(2026, 7, 1), date(2026, 7, 14))  # expired for all three demo rules
@@ -167,7 +168,7 @@ def test_a_hold_added_during_a_run_takes_effect_before_the_next_batch(pbx: Path)
 
 
 def test_holds_in_the_plan_and_in_status(pbx: Path) -> None:
-    from retentiond.status import compute, status_text
+    from retentiond.engine.status import compute, status_text
 
     add_hold(pbx, window_hold(rules="[call-records]", review_by="2026-11-01"))
     config = load_config(pbx)
@@ -306,7 +307,7 @@ COARSE = """\
 def test_anonymized_means_every_group_reaches_k_and_an_absent_optional_store_does_not_count(
     pbx: Path,
 ) -> None:
-    from retentiond.report import data
+    from retentiond.evidence.report import data
 
     text = pbx.read_text().replace("    keep: 3 months\n", "    keep: 3 months\n" + ANONYMIZE, 1)
     text = text.replace(

@@ -21,8 +21,8 @@ from pbxdata import PbxDatabase
 from sqlalchemy import text
 from test_sql_store import ALL_BACKENDS, StoreFactory, database, open_store, purge
 
-from retentiond.rules import Holds, HoldScope
-from retentiond.stores.sql import UNDATED, hold_bound
+from retentiond.policy.rules import Holds, HoldScope
+from retentiond.stores.sql.store import UNDATED, hold_bound
 
 __all__ = ["database", "open_store"]  # fixtures used by name
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from privacy import leaked
 
-from retentiond import audit, demo
+from retentiond import demo
+from retentiond.evidence import log as audit
 
 
 def retentiond(*args: str | Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

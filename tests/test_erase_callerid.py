@@ -23,9 +23,9 @@ from test_cli import retentiond
 from test_csv_holds import cdr_line
 from test_report_holds import Forms, forms, html_rows
 
-from retentiond import audit
 from retentiond.config.loader import load_config
-from retentiond.report import data
+from retentiond.evidence import log as audit
+from retentiond.evidence.report import data
 
 BERLIN = ZoneInfo("Europe/Berlin")
 ALICE = "+493077700010"

@@ -33,14 +33,14 @@ from threecx_schema import (
     recording_rows,
 )
 
-from retentiond import audit
-from retentiond.cli import print_outcome
+from retentiond.cli.main import print_outcome
 from retentiond.config.loader import LoadedConfig, load_config
-from retentiond.engine import Engine as RunEngine
-from retentiond.engine import RunOutcome
-from retentiond.erasure import erase
+from retentiond.engine.core import Engine as RunEngine
+from retentiond.engine.core import RunOutcome
+from retentiond.engine.erasure import erase
 from retentiond.errors import StoreError
-from retentiond.subjects import Subject
+from retentiond.evidence import log as audit
+from retentiond.policy.subjects import Subject
 
 NOW = datetime(2026, 5, 20, 12, 0, tzinfo=UTC)  # keep 30d: the cutoff is 2026-04-20 12:00 UTC
 AUDIO = b"RIFF$\x00\x00\x00WAVEfmt " + bytes(32)

@@ -14,9 +14,9 @@ import pytest
 
 from retentiond.config.model import FilesStoreConfig
 from retentiond.errors import StoreError
-from retentiond.rules import Holds, HoldScope
-from retentiond.stores.files import FilesStore
-from retentiond.subjects import Subject
+from retentiond.policy.rules import Holds, HoldScope
+from retentiond.policy.subjects import Subject
+from retentiond.stores.files.store import FilesStore
 
 UTC_ZONE = ZoneInfo("UTC")
 CUTOFF = datetime(2026, 5, 14, 12, 0, tzinfo=UTC)

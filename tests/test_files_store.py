@@ -21,9 +21,9 @@ import pytest
 
 from retentiond.config.model import FilesStoreConfig
 from retentiond.errors import StoreError
-from retentiond.rules import end_of_day
+from retentiond.policy.rules import end_of_day
 from retentiond.stores.base import Batch
-from retentiond.stores.files import FilesStore, compile_glob, filename_age, path_age
+from retentiond.stores.files.store import FilesStore, compile_glob, filename_age, path_age
 
 UTC_ZONE = ZoneInfo("UTC")
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -697,7 +697,7 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 from retentiond.config.model import FilesStoreConfig
-from retentiond.stores.files import FilesStore
+from retentiond.stores.files.store import FilesStore
 
 root, cutoff, mount = Path(sys.argv[1]), datetime.fromisoformat(sys.argv[2]), sys.argv[3]
 planted = None

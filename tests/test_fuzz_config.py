@@ -24,13 +24,13 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
-from retentiond.config.durations import parse_duration
 from retentiond.config.loader import MAX_CONFIG_BYTES, load_config, parse_config
 from retentiond.config.model import Config
 from retentiond.config.pbxfiles import PbxSettingsError
-from retentiond.config.schedule import parse_schedule
 from retentiond.demo import CONFIG as DEMO_CONFIG
 from retentiond.errors import ConfigError
+from retentiond.policy.durations import parse_duration
+from retentiond.policy.schedule import parse_schedule
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = [
@@ -799,7 +799,7 @@ def test_names_that_do_not_exist_are_refused_at_reflection(
 ) -> None:
     from retentiond.config.model import ConnectionConfig, SqlStoreConfig
     from retentiond.errors import StoreError
-    from retentiond.stores.sql import SqlStore
+    from retentiond.stores.sql.store import SqlStore
 
     url, statements = watched_sqlite
     config = SqlStoreConfig.model_validate(
@@ -826,7 +826,7 @@ def test_names_reach_sql_only_as_reflection_quotes_them(
     """A table `order` with a time column `group` (both SQL keywords) works: the statements use
     the names reflection found, quoted by the dialect, never the config's text as written."""
     from retentiond.config.model import ConnectionConfig, SqlStoreConfig
-    from retentiond.stores.sql import SqlStore
+    from retentiond.stores.sql.store import SqlStore
 
     url, statements = watched_sqlite
     config = SqlStoreConfig.model_validate(

@@ -12,7 +12,7 @@ import pytest
 
 from retentiond.config import load_config, parse_config
 from retentiond.errors import ConfigError
-from retentiond.rules import holds_for, review_overdue
+from retentiond.policy.rules import holds_for, review_overdue
 
 BERLIN = ZoneInfo("Europe/Berlin")
 

@@ -11,13 +11,13 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from retentiond import demo
-from retentiond.audit import AuditLog, read_entries, verify
 from retentiond.config.loader import load_config
 from retentiond.config.model import HoldConfig
-from retentiond.engine import Engine
-from retentiond.fingerprints import fingerprints_path, key_path
-from retentiond.history import read_history
-from retentiond.holds import record_hold_changes
+from retentiond.engine.core import Engine
+from retentiond.engine.holds import record_hold_changes
+from retentiond.evidence.fingerprints import fingerprints_path, key_path
+from retentiond.evidence.history import read_history
+from retentiond.evidence.log import AuditLog, read_entries, verify
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NOW = datetime(2026, 11, 26, 12, tzinfo=UTC)

@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 from pbxdata import PbxDatabase, cdr_rows, sqlite_cdr_rows
 
-from retentiond import audit, demo
+from retentiond import demo
 from retentiond.config.loader import LoadedConfig, load_config
-from retentiond.engine import Engine, RunOutcome, exit_code
+from retentiond.engine.core import Engine, RunOutcome, exit_code
+from retentiond.evidence import log as audit
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 PERSON = "+49301234567890"

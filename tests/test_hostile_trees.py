@@ -48,9 +48,9 @@ from spool import add_message, message_txt
 
 from retentiond.config.model import FilesStoreConfig, VoicemailStoreConfig
 from retentiond.stores.base import Batch, BatchResult, Survey
-from retentiond.stores.files import FilesStore
-from retentiond.stores.folders import open_folder
-from retentiond.stores.voicemail import VoicemailStore
+from retentiond.stores.files.store import FilesStore
+from retentiond.stores.fs.folders import open_folder
+from retentiond.stores.voicemail.store import VoicemailStore
 
 UTC_ZONE = ZoneInfo("UTC")
 CUTOFF = datetime(2026, 5, 14, 12, 0, tzinfo=UTC)
@@ -315,7 +315,7 @@ def test_folder_swapped_for_a_symlink_while_the_walk_enters_it_is_not_entered(
             taken.append(snapshot(outside))
         return open_folder(name, parent_fd, root_device)
 
-    monkeypatch.setattr("retentiond.stores.files.open_folder", swapping)
+    monkeypatch.setattr("retentiond.stores.files.store.open_folder", swapping)
     store = files_store(root, "path_date")
 
     survey = store.survey(CUTOFF)
@@ -534,7 +534,7 @@ def test_mailbox_swapped_for_a_symlink_while_the_walk_enters_it_is_not_entered(
             taken.append(snapshot(outside))
         return open_folder(name, parent_fd, root_device)
 
-    monkeypatch.setattr("retentiond.stores.voicemail.open_folder", swapping)
+    monkeypatch.setattr("retentiond.stores.voicemail.store.open_folder", swapping)
     store = voicemail_store(spool)
 
     survey = store.survey(CUTOFF)
@@ -589,8 +589,8 @@ for step in spec.get("setup", []):
         subprocess.run(["mount", "--bind", step[1], step[2]], check=True)
 
 from retentiond.config.model import FilesStoreConfig, VoicemailStoreConfig
-from retentiond.stores.files import FilesStore
-from retentiond.stores.voicemail import VoicemailStore
+from retentiond.stores.files.store import FilesStore
+from retentiond.stores.voicemail.store import VoicemailStore
 
 zone, cutoff = ZoneInfo("UTC"), datetime.fromisoformat(spec["cutoff"])
 if spec["kind"] == "files":

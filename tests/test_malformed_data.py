@@ -26,9 +26,9 @@ from retentiond.config.model import (
     SqlStoreConfig,
     VoicemailStoreConfig,
 )
-from retentiond.stores.cdr_csv import UNPARSEABLE, CsvStore
-from retentiond.stores.sql import UNDATED, SqlStore
-from retentiond.stores.voicemail import MALFORMED_TXT, VoicemailStore
+from retentiond.stores.csv.store import UNPARSEABLE, CsvStore
+from retentiond.stores.sql.store import UNDATED, SqlStore
+from retentiond.stores.voicemail.store import MALFORMED_TXT, VoicemailStore
 
 UTC_ZONE = ZoneInfo("UTC")
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -16,11 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from retentiond import __version__
-from retentiond.audit import AuditLog
 from retentiond.config.loader import parse_config
 from retentiond.config.model import Rule
-from retentiond.engine import RunOutcome, StoreOutcome
-from retentiond.metrics import Metrics, MetricsError
+from retentiond.engine.core import RunOutcome, StoreOutcome
+from retentiond.evidence.log import AuditLog
+from retentiond.service.metrics import Metrics, MetricsError
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

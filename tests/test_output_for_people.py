@@ -19,7 +19,7 @@ import pytest
 from retentiond import demo
 from retentiond.config import load_config
 from retentiond.config.init import render
-from retentiond.report import residual
+from retentiond.evidence.report import residual
 
 NONE = re.compile(r"\bNone\b")
 # The demo config's call-records store ends with this line: more stores go after it.

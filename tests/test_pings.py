@@ -16,12 +16,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from retentiond import __version__, audit, demo
+from retentiond import __version__, demo
 from retentiond.config.loader import load_config, parse_config
 from retentiond.config.model import Rule
-from retentiond.engine import Engine, RunOutcome, StoreOutcome
-from retentiond.metrics import Metrics
-from retentiond.pings import Pings
+from retentiond.engine.core import Engine, RunOutcome, StoreOutcome
+from retentiond.evidence import log as audit
+from retentiond.service.metrics import Metrics
+from retentiond.service.pings import Pings
 
 TOKEN = "0f3c9e2a-secret-token"
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

@@ -45,7 +45,7 @@ from threecx_schema import (
 )
 
 from retentiond.config.model import parse_keep
-from retentiond.rules import cutoff as rule_cutoff
+from retentiond.policy.rules import cutoff as rule_cutoff
 
 pytestmark = pytest.mark.postgres
 

@@ -1,8 +1,8 @@
 """What the connected user may do to a table, read from real MariaDB and PostgreSQL servers.
 
 Each test creates a user (MariaDB) or a login role (PostgreSQL) with a uniquely named identity,
-grants it exactly what the test is about, connects as it and asks retentiond.privileges. Users
-and roles are server-wide, so every one created here is dropped after its test.
+grants it exactly what the test is about, connects as it and asks `retentiond.stores.db.privileges`.
+Users and roles are server-wide, so every one created here is dropped after its test.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from threecx_schema import (
     recording_rows,
 )
 
-from retentiond.privileges import (
+from retentiond.stores.db.privileges import (
     MYSQL_EXCESS,
     Needed,
     PrivilegeError,

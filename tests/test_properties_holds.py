@@ -35,7 +35,6 @@ from pbxdata import POSTGRES_CDR, PbxDatabase, cdr_rows
 from spool import add_message
 from sqlalchemy import text
 
-from retentiond.anonymize import Transform, parse_transform
 from retentiond.config.model import (
     ConnectionConfig,
     FilesStoreConfig,
@@ -43,11 +42,12 @@ from retentiond.config.model import (
     SqlStoreConfig,
     VoicemailStoreConfig,
 )
-from retentiond.rules import Holds, holds_for
+from retentiond.policy.anonymize import Transform, parse_transform
+from retentiond.policy.rules import Holds, holds_for
 from retentiond.stores.base import Store
-from retentiond.stores.files import FilesStore
-from retentiond.stores.sql import SqlStore
-from retentiond.stores.voicemail import VoicemailStore
+from retentiond.stores.files.store import FilesStore
+from retentiond.stores.sql.store import SqlStore
+from retentiond.stores.voicemail.store import VoicemailStore
 
 BERLIN = ZoneInfo("Europe/Berlin")
 RULE = "calls"

@@ -16,14 +16,15 @@ from typing import Any
 
 import pytest
 
-from retentiond import audit, demo
+from retentiond import demo
 from retentiond.config.loader import LoadedConfig, load_config
-from retentiond.engine import Engine, RunOutcome
-from retentiond.history import read_history
-from retentiond.report.data import Period, build_report
-from retentiond.status import run_histories
+from retentiond.engine.core import Engine, RunOutcome
+from retentiond.engine.status import run_histories
+from retentiond.evidence import log as audit
+from retentiond.evidence.history import read_history
+from retentiond.evidence.report.data import Period, build_report
 from retentiond.stores.base import Batch, BatchResult
-from retentiond.stores.sql import SqlStore
+from retentiond.stores.sql.store import SqlStore
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 CDR = "cdrdb/cdr"

@@ -33,13 +33,14 @@ from privacy import leaked
 from sqlalchemy import Engine as SqlEngine
 from sqlalchemy import text
 
-from retentiond import audit, demo
-from retentiond.cli import cli
+from retentiond import demo
+from retentiond.cli.main import cli
+from retentiond.cli.report import report
 from retentiond.config.loader import LoadedConfig, load_config
-from retentiond.engine import Engine
+from retentiond.engine.core import Engine
 from retentiond.errors import RetentiondError
-from retentiond.report import data, render, residual
-from retentiond.report.command import report
+from retentiond.evidence import log as audit
+from retentiond.evidence.report import data, render, residual
 
 BERLIN = ZoneInfo("Europe/Berlin")
 ORGANISATION = """\
@@ -55,7 +56,7 @@ TRICKY_BASIS = "Art. 6(1)(f) GDPR | works agreement 2024-03"
 
 
 def command_group() -> click.Group:
-    """The main group with `report` on it, as the lead registers it in retentiond.cli."""
+    """The main group with `report` on it, as the lead registers it in retentiond.cli.main."""
     if "report" in cli.commands:
         return cli
     group = click.Group(
@@ -315,7 +316,7 @@ def test_a_broken_log_is_reported_not_skipped(tmp_path: Path) -> None:
 
 def test_signed_checkpoint_and_how_to_verify_it(tmp_path: Path) -> None:
     if not hasattr(audit, "generate_key_pair"):
-        pytest.skip("signed checkpoints are not in this version of retentiond.audit")
+        pytest.skip("signed checkpoints are not in this version of retentiond.evidence.log")
     private, _, fingerprint = audit.generate_key_pair(tmp_path / "keys")
     config_file = demo.build(tmp_path / "pbx", days=40)
     source = config_file.read_text()
@@ -656,7 +657,7 @@ def test_installed_command(pbx: DemoRun) -> None:
         )
 
     if retentiond("report", "--help").returncode != 0:
-        pytest.skip("`retentiond report` is not registered in retentiond.cli yet")
+        pytest.skip("`retentiond report` is not registered in retentiond.cli.main yet")
     result = retentiond("-c", pbx.config, "report", "--rules")
     assert result.returncode == 0, result.stderr
     assert "| call-records |" in result.stdout

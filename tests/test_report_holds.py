@@ -22,12 +22,14 @@ from zoneinfo import ZoneInfo
 import pytest
 from privacy import leaked
 
-from retentiond import audit, demo, erasure
+from retentiond import demo
 from retentiond.config.loader import LoadedConfig, load_config
-from retentiond.engine import Engine
+from retentiond.engine import erasure
+from retentiond.engine.core import Engine
 from retentiond.errors import RetentiondError
-from retentiond.report import data, render
-from retentiond.subjects import Subject
+from retentiond.evidence import log as audit
+from retentiond.evidence.report import data, render
+from retentiond.policy.subjects import Subject
 
 BERLIN = ZoneInfo("Europe/Berlin")
 

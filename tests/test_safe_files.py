@@ -16,12 +16,13 @@ import pytest
 from click.testing import CliRunner, Result
 from test_cli import retentiond
 
-from retentiond import audit, demo
-from retentiond.cli import cli
+from retentiond import demo
+from retentiond.cli.main import cli
 from retentiond.config.loader import load_config
-from retentiond.engine import Engine
-from retentiond.fingerprints import fingerprints_path, key_path
-from retentiond.metrics import Metrics
+from retentiond.engine.core import Engine
+from retentiond.evidence import log as audit
+from retentiond.evidence.fingerprints import fingerprints_path, key_path
+from retentiond.service.metrics import Metrics
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 SECRET = b"root:$6$not-a-real-hash:19000:0:99999:7:::\n"  # what the victim holds

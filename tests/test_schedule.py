@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from retentiond.config.schedule import WallClockTrigger, parse_schedule
+from retentiond.policy.schedule import WallClockTrigger, parse_schedule
 
 BERLIN = ZoneInfo("Europe/Berlin")
 

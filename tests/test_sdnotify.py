@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from structlog.testing import capture_logs
 
-from retentiond import sdnotify
+from retentiond.service import sdnotify
 
 
 @pytest.fixture

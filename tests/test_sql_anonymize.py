@@ -18,9 +18,9 @@ from sqlalchemy import text
 
 from retentiond.config.model import ConnectionConfig, SqlStoreConfig
 from retentiond.errors import StoreError
-from retentiond.rules import NO_HOLDS, Holds, HoldScope
+from retentiond.policy.rules import NO_HOLDS, Holds, HoldScope
 from retentiond.stores.base import BatchResult
-from retentiond.stores.sql import SqlStore
+from retentiond.stores.sql.store import SqlStore
 
 BERLIN = ZoneInfo("Europe/Berlin")
 CUTOFF = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)

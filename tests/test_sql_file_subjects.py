@@ -27,10 +27,10 @@ from threecx_schema import EXTENSIONS, RECORDINGS, recording_name
 
 from retentiond.config.model import ConnectionConfig, SqlStoreConfig
 from retentiond.errors import StoreError
-from retentiond.rules import Holds, HoldScope
+from retentiond.policy.rules import Holds, HoldScope
+from retentiond.policy.subjects import Subject
 from retentiond.stores.base import BatchResult
-from retentiond.stores.sql import SqlStore
-from retentiond.subjects import Subject
+from retentiond.stores.sql.store import SqlStore
 
 BERLIN = ZoneInfo("Europe/Berlin")
 CUTOFF = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)  # 13:00 in Berlin

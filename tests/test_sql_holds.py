@@ -17,10 +17,10 @@ from pbxdata import PbxDatabase, cdr_rows, cel_rows, sqlite_cdr_rows
 from sqlalchemy import text
 
 from retentiond.config.model import ConnectionConfig, SqlStoreConfig
-from retentiond.rules import Holds, HoldScope
+from retentiond.policy.rules import Holds, HoldScope
+from retentiond.policy.subjects import Subject
 from retentiond.stores.base import BatchResult
-from retentiond.stores.sql import SqlStore, hold_bound
-from retentiond.subjects import Subject
+from retentiond.stores.sql.store import SqlStore, hold_bound
 
 BERLIN = ZoneInfo("Europe/Berlin")
 CUTOFF = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)

@@ -26,9 +26,9 @@ from structlog.testing import capture_logs
 
 from retentiond.config.model import ConnectionConfig, SqlStoreConfig
 from retentiond.errors import StoreAbsent, StoreError
-from retentiond.rules import latest_instant
+from retentiond.policy.rules import latest_instant
 from retentiond.stores.base import BatchResult
-from retentiond.stores.sql import Database, SqlStore
+from retentiond.stores.sql.store import Database, SqlStore
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -950,7 +950,7 @@ def test_database_errors_are_described_by_code_never_by_their_text(database: Pbx
     ("O'Brien") defeats any stripping of quoted parts. Only codes and fixed words are kept."""
     from sqlalchemy.exc import DBAPIError
 
-    from retentiond.stores.dberror import describe
+    from retentiond.stores.db.errors import describe
 
     clid = '"O\'Brien" <+4930123456>'
     database.execute(

@@ -16,9 +16,9 @@ from sqlalchemy import text
 
 from retentiond.config.model import ConnectionConfig, SqlStoreConfig
 from retentiond.errors import StoreError
-from retentiond.rules import Holds, HoldScope
-from retentiond.stores.sql import SqlStore
-from retentiond.subjects import Subject
+from retentiond.policy.rules import Holds, HoldScope
+from retentiond.policy.subjects import Subject
+from retentiond.stores.sql.store import SqlStore
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NOW = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -194,9 +194,9 @@ def test_numbers_stored_with_blanks_and_separators_are_held_and_found(
     from sqlalchemy import create_engine, text
 
     from retentiond.config.model import ConnectionConfig, SqlStoreConfig
-    from retentiond.rules import Holds, HoldScope
-    from retentiond.stores.sql import SqlStore
-    from retentiond.subjects import Subject
+    from retentiond.policy.rules import Holds, HoldScope
+    from retentiond.policy.subjects import Subject
+    from retentiond.stores.sql.store import SqlStore
 
     engine = create_engine(sqlite_url)
     with engine.begin() as connection:

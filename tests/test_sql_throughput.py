@@ -19,7 +19,7 @@ from pbxdata import PbxDatabase, cdr_rows, cel_rows, sqlite_cdr_rows
 from sqlalchemy import Engine, event, text
 
 from retentiond.config.model import ConnectionConfig, SqlStoreConfig
-from retentiond.stores.sql import (
+from retentiond.stores.sql.store import (
     BATCH_TIME,
     TABLE_LOCK_BATCH_SIZE,
     TABLE_LOCK_BATCH_TIME,

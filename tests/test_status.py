@@ -23,13 +23,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from privacy import leaked
 
-from retentiond import audit, demo
-from retentiond.config.durations import parse_duration
+from retentiond import demo
 from retentiond.config.loader import LoadedConfig, load_config
-from retentiond.config.schedule import parse_schedule
-from retentiond.engine import Engine
-from retentiond.rules import cutoff, deadline, schedule_interval
-from retentiond.status import (
+from retentiond.engine.core import Engine
+from retentiond.engine.status import (
     EXIT_DEADLINE,
     EXIT_UNKNOWN,
     NO_HOLDS_LINE,
@@ -42,6 +39,10 @@ from retentiond.status import (
     status_json,
     status_text,
 )
+from retentiond.evidence import log as audit
+from retentiond.policy.durations import parse_duration
+from retentiond.policy.rules import cutoff, deadline, schedule_interval
+from retentiond.policy.schedule import parse_schedule
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)  # 13:00 CET

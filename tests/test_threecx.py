@@ -34,8 +34,8 @@ from threecx_schema import (
 from retentiond.config.model import ConnectionConfig, SqlStoreConfig, ThreeCxCallsStoreConfig
 from retentiond.errors import StoreAbsent, StoreError
 from retentiond.stores.base import BatchResult, Store
-from retentiond.stores.sql import SqlStore
-from retentiond.stores.threecx import ThreeCxCallsStore
+from retentiond.stores.sql.store import SqlStore
+from retentiond.stores.threecx.store import ThreeCxCallsStore
 
 pytestmark = pytest.mark.postgres
 

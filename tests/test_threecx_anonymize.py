@@ -29,10 +29,10 @@ from threecx_schema import (
 
 from retentiond.config.model import ConnectionConfig, ThreeCxCallsStoreConfig
 from retentiond.errors import StoreError
-from retentiond.rules import NO_HOLDS, Holds, HoldScope
+from retentiond.policy.rules import NO_HOLDS, Holds, HoldScope
+from retentiond.policy.subjects import Subject
 from retentiond.stores.base import BatchResult
-from retentiond.stores.threecx import DEFAULT_ANONYMIZE, ThreeCxCallsStore
-from retentiond.subjects import Subject
+from retentiond.stores.threecx.store import DEFAULT_ANONYMIZE, ThreeCxCallsStore
 
 pytestmark = pytest.mark.postgres
 

@@ -27,10 +27,10 @@ from threecx_schema import (
 )
 
 from retentiond.config.model import ConnectionConfig, ThreeCxCallsStoreConfig
-from retentiond.rules import NO_HOLDS, Holds, HoldScope
+from retentiond.policy.rules import NO_HOLDS, Holds, HoldScope
+from retentiond.policy.subjects import Subject
 from retentiond.stores.base import Batch, BatchResult
-from retentiond.stores.threecx import ThreeCxCallsStore
-from retentiond.subjects import Subject
+from retentiond.stores.threecx.store import ThreeCxCallsStore
 
 pytestmark = pytest.mark.postgres
 

@@ -21,15 +21,15 @@ from privacy import leaked
 from spool import add_message
 from test_cli import retentiond
 
-from retentiond import audit
 from retentiond.config.loader import LoadedConfig, load_config
 from retentiond.config.model import Safety, SqlStoreConfig
-from retentiond.engine import Engine, RunOutcome, exit_code
+from retentiond.engine.core import Engine, RunOutcome, exit_code
+from retentiond.engine.status import EXIT_DEADLINE, compute, status_text
 from retentiond.errors import ConfigError
-from retentiond.metrics import Metrics
-from retentiond.report import data
-from retentiond.runner import outcome_from_fields
-from retentiond.status import EXIT_DEADLINE, compute, status_text
+from retentiond.evidence import log as audit
+from retentiond.evidence.report import data
+from retentiond.service.metrics import Metrics
+from retentiond.service.runner import outcome_from_fields
 from retentiond.stores import Survey
 
 NUMBER = "+4930123456"
@@ -50,7 +50,9 @@ SQL = SqlStoreConfig(type="sql", connection="cdrdb", table="cdr", time_column="c
 
 
 def test_the_tolerated_share_is_one_percent_unless_the_store_or_safety_says_otherwise() -> None:
-    from retentiond.undated import undated_failure  # here: the other tests run on any version
+    from retentiond.engine.undated import (
+        undated_failure,  # here: the other tests run on any version
+    )
 
     assert undated_failure(_survey(1, 100), SQL, Safety()) is None
     failure = undated_failure(_survey(2, 100), SQL, Safety())
@@ -66,7 +68,7 @@ def test_the_tolerated_share_is_one_percent_unless_the_store_or_safety_says_othe
 
 
 def test_the_share_is_of_what_a_delete_leaves_so_plan_and_run_agree() -> None:
-    from retentiond.undated import undated_failure
+    from retentiond.engine.undated import undated_failure
 
     # 5 undated among 1000 is 0.5%, but the run deletes 990 and leaves 5 of 10
     failure = undated_failure(_survey(5, 1000, expired=990), SQL, Safety())

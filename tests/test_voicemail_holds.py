@@ -13,9 +13,9 @@ import pytest
 from spool import Message, add_message, message_txt
 
 from retentiond.config.model import VoicemailStoreConfig
-from retentiond.rules import Holds, HoldScope
-from retentiond.stores.voicemail import VoicemailStore
-from retentiond.subjects import Subject
+from retentiond.policy.rules import Holds, HoldScope
+from retentiond.policy.subjects import Subject
+from retentiond.stores.voicemail.store import VoicemailStore
 
 CUTOFF = datetime(2026, 5, 14, 12, 0, tzinfo=UTC)
 LONG_AGO = CUTOFF - timedelta(days=120)

@@ -37,7 +37,7 @@ from spool import (
 from retentiond.config.model import AmiConfig, VoicemailStoreConfig
 from retentiond.errors import StoreAbsent, StoreError
 from retentiond.stores.base import Batch
-from retentiond.stores.voicemail import VoicemailStore, parse_origtime
+from retentiond.stores.voicemail.store import VoicemailStore, parse_origtime
 
 UTC_ZONE = ZoneInfo("UTC")
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -756,7 +756,7 @@ from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 from retentiond.config.model import VoicemailStoreConfig
-from retentiond.stores.voicemail import VoicemailStore
+from retentiond.stores.voicemail.store import VoicemailStore
 
 root, cutoff = Path(sys.argv[1]), datetime.fromisoformat(sys.argv[2])
 store = VoicemailStore(VoicemailStoreConfig(type="asterisk_voicemail", root=root), ZoneInfo("UTC"))

@@ -1,6 +1,5 @@
 """Configuration: loading, validation with line numbers, durations, schedules."""
 
-from retentiond.config.durations import Duration, parse_duration
 from retentiond.config.loader import LoadedConfig, config_path, load_config, parse_config
 from retentiond.config.model import (
     AuditConfig,
@@ -12,6 +11,7 @@ from retentiond.config.model import (
     SqlStoreConfig,
     StoreConfig,
 )
+from retentiond.policy.durations import Duration, parse_duration
 
 __all__ = [
     "AuditConfig",

@@ -21,13 +21,13 @@ from pydantic import (
     model_validator,
 )
 
-from retentiond.anonymize import Transform, parse_transform
 from retentiond.config.dburl import check_database_url
-from retentiond.config.durations import Duration, parse_duration
 from retentiond.config.globs import check_match
 from retentiond.config.roots import refuse_system_root
-from retentiond.config.schedule import Schedule, parse_schedule
-from retentiond.subjects import (
+from retentiond.policy.anonymize import Transform, parse_transform
+from retentiond.policy.durations import Duration, parse_duration
+from retentiond.policy.schedule import Schedule, parse_schedule
+from retentiond.policy.subjects import (
     Subject,
     SubjectError,
     extension_form,

@@ -275,7 +275,7 @@ def read_freepbx_settings(amp: dict[str, str]) -> dict[str, str]:
     from sqlalchemy import bindparam, create_engine, text
     from sqlalchemy.exc import SQLAlchemyError
 
-    from retentiond.stores.dberror import describe
+    from retentiond.stores.db.errors import describe
 
     url = _mysql_url(
         amp["AMPDBUSER"],
@@ -724,7 +724,7 @@ def _people(subjects: list[str], transforms: dict[str, Any]) -> dict[str, Any]:
 
 
 def _threecx_anonymize() -> dict[str, Any]:
-    from retentiond.stores.threecx import DEFAULT_ANONYMIZE
+    from retentiond.stores.threecx.store import DEFAULT_ANONYMIZE
 
     return dict(DEFAULT_ANONYMIZE)
 

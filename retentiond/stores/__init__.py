@@ -27,11 +27,11 @@ def build_store(store: StoreConfig, config: Config) -> Store:
     """The store object for one `stores:` entry of a rule. Nothing is opened yet."""
     zone = config.zone()
     if isinstance(store, SqlStoreConfig):
-        from retentiond.stores.sql import SqlStore
+        from retentiond.stores.sql.store import SqlStore
 
         return SqlStore(store, config.connections[store.connection], zone)
     if isinstance(store, FilesStoreConfig):
-        from retentiond.stores.files import FilesStore
+        from retentiond.stores.files.store import FilesStore
 
         references = store.references
         connection = config.connections[references.connection] if references else None
@@ -43,15 +43,15 @@ def build_store(store: StoreConfig, config: Config) -> Store:
             named_by_connection=config.connections.get(named_by.connection) if named_by else None,
         )
     if isinstance(store, VoicemailStoreConfig):
-        from retentiond.stores.voicemail import VoicemailStore
+        from retentiond.stores.voicemail.store import VoicemailStore
 
         return VoicemailStore(store, zone)
     if isinstance(store, CsvStoreConfig):
-        from retentiond.stores.cdr_csv import CsvStore
+        from retentiond.stores.csv.store import CsvStore
 
         return CsvStore(store, zone)
     if isinstance(store, ThreeCxCallsStoreConfig):
-        from retentiond.stores.threecx import ThreeCxCallsStore
+        from retentiond.stores.threecx.store import ThreeCxCallsStore
 
         return ThreeCxCallsStore(store, config.connections[store.connection], zone)
     raise TypeError(

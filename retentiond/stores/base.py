@@ -30,13 +30,13 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 from retentiond.errors import StoreError
-from retentiond.rules import NO_HOLDS, Holds
-from retentiond.subjects import Subject
+from retentiond.policy.rules import NO_HOLDS, Holds
+from retentiond.policy.subjects import Subject
 
 # The reasons in Survey.skipped that mean "no date can be read from it": a row whose time
 # column holds no time, a file with no date where age_from looks, a voicemail msgNNNN.txt
 # without a usable origtime, a CSV line whose time field does not parse. Such an object never
-# expires, so it is never deleted: beyond a small share, a store fails (retentiond.undated).
+# expires, so it is never deleted: beyond a small share, a store fails (retentiond.engine.undated).
 UNDATED_REASONS = frozenset({"undated", "malformed_txt", "unparseable"})
 
 

@@ -1,0 +1,1 @@
+"""Every command of `retentiond`, one module per command group: parse, call, print."""

@@ -1,0 +1,151 @@
+"""`retentiond report`: the DPO report for a period, or the rule catalogue alone (`--rules`).
+
+Registered on the main command group with `cli.add_command(report)`; the config comes from the
+group's `-c/--config` (its context object), like every other command's.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from retentiond.config.loader import LoadedConfig, config_path, load_config
+from retentiond.errors import RetentiondError
+from retentiond.evidence.report import data, render, residual
+
+REPORT_FORMATS = ("html", "pdf", "csv", "json")
+RULES_FORMATS = ("md", "html")
+
+
+def _loaded(ctx: click.Context) -> LoadedConfig:
+    """The config of the main group (retentiond.cli.main.Context), else -c of the root command."""
+    loaded = getattr(ctx.obj, "loaded", None)
+    if isinstance(loaded, LoadedConfig):
+        return loaded
+    option = ctx.find_root().params.get("config_option")
+    return load_config(config_path(option if isinstance(option, str) else None))
+
+
+@click.command()
+@click.option(
+    "--from",
+    "first_day",
+    type=click.DateTime(["%Y-%m-%d"]),
+    metavar="DATE",
+    help="First day of the period (YYYY-MM-DD, in the config's time zone).",
+)
+@click.option(
+    "--to",
+    "last_day",
+    type=click.DateTime(["%Y-%m-%d"]),
+    metavar="DATE",
+    help="Last day of the period, included.",
+)
+@click.option(
+    "--format",
+    "form",
+    type=click.Choice((*REPORT_FORMATS, "md")),
+    help="html (default), pdf, csv or json; with --rules: md (default) or html.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write here instead of standard output.",
+)
+@click.option(
+    "--log",
+    "logs",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="A deletion log to report on (repeatable, e.g. logs collected from several PBXs); "
+    "default: audit.path of the config.",
+)
+@click.option(
+    "--rules",
+    "rules_only",
+    is_flag=True,
+    help="Only the rule catalogue (deletion concept), for the record of processing.",
+)
+@click.pass_context
+def report(
+    ctx: click.Context,
+    first_day: datetime | None,
+    last_day: datetime | None,
+    form: str | None,
+    output: Path | None,
+    logs: tuple[Path, ...],
+    rules_only: bool,
+) -> None:
+    """The DPO report for a period: rules, compliance, deletions, failures, residual copies and
+    the log's chain head. Counts, dates, rule names, store labels and hashes only.
+
+    \b
+    retentiond report --from 2026-07-01 --to 2026-09-30 --format pdf -o q3.pdf
+    retentiond report --rules --format md      # the rule catalogue for the Art. 30 record
+    """
+    if rules_only:
+        if first_day or last_day or logs:
+            raise click.UsageError("--rules prints the rule catalogue only: no --from, --to, --log")
+        form = form or "md"
+        if form not in RULES_FORMATS:
+            raise click.BadParameter("with --rules: md or html", param_hint="--format")
+        catalogue = data.catalogue(_loaded(ctx))
+        text = render.rules_markdown(catalogue) if form == "md" else render.rules_html(catalogue)
+        _write_text(text, output)
+        return
+    if first_day is None or last_day is None:
+        raise click.UsageError("give the period: --from DATE --to DATE (or --rules)")
+    if last_day < first_day:
+        raise click.BadParameter("the period ends before it begins", param_hint="--to")
+    form = form or "html"
+    if form not in REPORT_FORMATS:
+        raise click.BadParameter(
+            "html, pdf, csv or json (md goes with --rules)", param_hint="--format"
+        )
+    loaded = _loaded(ctx)
+    config = loaded.config
+    period = data.Period(first_day.date(), last_day.date(), config.zone())
+    findings = residual.detect(config)
+    built = data.build_report(
+        loaded, list(logs), period, residual=findings, residual_host=socket.gethostname()
+    )
+    if form == "pdf":
+        _write_pdf(render.pdf(built), output)
+    elif form == "csv":
+        _write_text(render.csv_text(built), output)
+    elif form == "json":
+        _write_text(render.json_text(built), output)
+    else:
+        _write_text(render.html(built), output)
+
+
+def _write_text(text: str, output: Path | None) -> None:
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    _write(output, text.encode())
+
+
+def _write_pdf(document: bytes, output: Path | None) -> None:
+    if output is None:
+        if sys.stdout.isatty():
+            raise click.UsageError("a PDF is binary: write it to a file with -o FILE")
+        sys.stdout.flush()
+        sys.stdout.buffer.write(document)
+        sys.stdout.buffer.flush()
+        return
+    _write(output, document)
+
+
+def _write(output: Path, content: bytes) -> None:
+    try:
+        output.write_bytes(content)
+    except OSError as error:
+        raise RetentiondError(f"cannot write {output}: {error.strerror or error}") from None
+    click.echo(f"wrote {output}", err=True)

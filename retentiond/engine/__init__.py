@@ -1,0 +1,1 @@
+"""Planning, applying and verifying a rule's runs; reconciliation, erasure, status."""

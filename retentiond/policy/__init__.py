@@ -1,0 +1,1 @@
+"""Rules and cutoffs, subjects, anonymization transforms: pure values, no I/O."""

@@ -1,0 +1,1 @@
+"""The daemon: scheduling, run processes, sd_notify, metrics, pings."""

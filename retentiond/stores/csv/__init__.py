@@ -1,0 +1,1 @@
+"""The `csv` store kind: Asterisk's Master.csv call list."""

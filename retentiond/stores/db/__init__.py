@@ -1,0 +1,1 @@
+"""The database layer every SQL-backed store kind shares."""

@@ -1,0 +1,1 @@
+"""The `files` store kind: recordings and other files, with their database references."""

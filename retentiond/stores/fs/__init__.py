@@ -1,0 +1,1 @@
+"""The file-system layer every file-backed store kind shares."""

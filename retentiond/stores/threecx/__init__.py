@@ -1,0 +1,1 @@
+"""The `threecx_calls` store kind: 3CX's call history in PostgreSQL."""

@@ -1,0 +1,1 @@
+"""The `voicemail` store kind: Asterisk's spool, one message at a time."""
