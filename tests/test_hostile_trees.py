@@ -315,7 +315,7 @@ def test_folder_swapped_for_a_symlink_while_the_walk_enters_it_is_not_entered(
             taken.append(snapshot(outside))
         return open_folder(name, parent_fd, root_device)
 
-    monkeypatch.setattr("retentiond.stores.files.store.open_folder", swapping)
+    monkeypatch.setattr("retentiond.stores.files.walk.open_folder", swapping)
     store = files_store(root, "path_date")
 
     survey = store.survey(CUTOFF)
