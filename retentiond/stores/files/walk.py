@@ -4,6 +4,7 @@ Depth first in name order, holding one open folder per level, each reached from 
 descriptor (fs.folders): no symlink is followed and no other filesystem or mount entered. Lock
 files, voicemail greetings and Asterisk's tmp/ are never selected. With `group_siblings`, files
 of one folder whose names differ only in the extension come out together, as one recording.
+What a walk finds is a `FoundFile`; what a batch plans from it, a `PlannedFile`.
 """
 
 from __future__ import annotations

@@ -1,12 +1,8 @@
 """3CX call history (v18, v20) in its PostgreSQL database `database_single`, deleted call by call.
 
-3CX has kept its call history in two table layouts, neither documented; `open` finds by reflection
-which one this PBX has (both, after an upgrade that left the old tables behind):
-
-- cl_* (v18, and v20 before Update 6): one row per call in cl_calls; its legs in cl_participants,
-  whose numbers and names sit in cl_party_info (a row there may serve several calls); the call's
-  steps in cl_segments and voice quality reports in cl_quality.
-- cdroutput (v20 Update 6 and later): one row per call segment, its billing in cdrbilling.
+3CX has kept its call history in two table layouts, neither documented (cl_* of v18 and early
+v20, cdroutput of v20 Update 6 and later); `open` finds by reflection which one this PBX has
+(both, after an upgrade that left the old tables behind): see `schema`.
 
 A call expires by its start time (cl_calls.start_time, cdroutput.cdr_started_at): the call's
 business time, as a CDR's calldate is. A call that began before the cutoff goes whole, with every
@@ -23,10 +19,8 @@ in cdroutput the source and destination numbers of every segment of the same cal
 number keeps, and `erase` removes, the whole call when any of them is one of the subject's stored
 forms (blanks and `-./()` ignored, as `Subject.matches` does). The numbers are bound parameters.
 
-Anonymization rewrites the configured `table.column` fields of every row of a call. A
-cl_party_info row can serve many calls (an extension's row serves all of its calls), so it is
-never rewritten in place: the anonymized call's participants get an anonymized copy, and the
-original goes once no call points to it any more, as after a deletion.
+Anonymization rewrites the configured `table.column` fields of every row of a call; shared
+cl_party_info rows are copied, never rewritten in place: see `anonymize`.
 """
 
 from __future__ import annotations
@@ -80,8 +74,6 @@ from retentiond.stores.threecx.schema import (
     describe_generation,
     other_referrers,
 )
-
-log = structlog.get_logger()
 
 log = structlog.get_logger()
 
