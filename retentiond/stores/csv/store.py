@@ -43,7 +43,6 @@ not copied to its rewrite; owner, group and mode are.
 
 from __future__ import annotations
 
-import csv
 import fnmatch
 import os
 import re
@@ -51,7 +50,7 @@ import stat
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, tzinfo
+from datetime import date, datetime, tzinfo
 from typing import Literal
 
 import structlog
@@ -59,18 +58,17 @@ import structlog
 from retentiond.config.model import CsvStoreConfig
 from retentiond.config.roots import system_root_warning
 from retentiond.errors import StoreError
-from retentiond.policy.anonymize import Blank, Constant, Transform, anonymize_row
-from retentiond.policy.rules import NO_HOLDS, Holds, latest_instant
+from retentiond.policy.anonymize import Blank, Constant, Transform
+from retentiond.policy.rules import NO_HOLDS, Holds
 from retentiond.policy.subjects import Subject
 from retentiond.stores.base import Batch, BatchResult, Found, Store, Survey
 from retentiond.stores.csv.lines import (
     CHUNK,
-    PLAIN_TIME,
-    PLAIN_TIME_FORMATS,
+    UNPARSEABLE,
     Line,
+    LineReader,
+    anonymized_line,
     complete_lines,
-    field_text,
-    fields_as_written,
     open_file,
 )
 from retentiond.stores.csv.rewrite import (
@@ -104,7 +102,6 @@ log = structlog.get_logger()
 # Why something was left alone, as counted in Survey.skipped and BatchResult.skipped, besides
 # the folders module's symlink, not_regular_file, other_filesystem, unreadable, vanished and
 # changed (here: replaced or truncated since planning).
-UNPARSEABLE = "unparseable"  # a line whose time cannot be read (counted in lines)
 HARD_LINKED = "hard_linked"  # a rewrite would leave the old lines under the other name
 LEFTOVER_TEMP = "leftover_temp"  # a rewrite interrupted by a crash; removed by the next rewrite
 
@@ -199,7 +196,7 @@ class CsvStore(Store):
         self._patterns = [
             re.compile(fnmatch.translate(pattern.strip("/"))) for pattern in config.match
         ]
-        self._plain_time = config.time_format in PLAIN_TIME_FORMATS
+        self._reader = LineReader(config.time_field, config.time_format, zone)
         self._root = RootFolder(config.root, _ROOT_WORDING)
         # Keyed by position as text, the way anonymize_row meets a line's fields.
         self._transforms: dict[str, Transform] = {
@@ -355,27 +352,6 @@ class CsvStore(Store):
             return None
         return min(sizes.values())
 
-    def _anonymized(self, line: Line) -> bytes | None:
-        """The line with its fields transformed, quoting kept; None when nothing changes.
-
-        Raises Skip(UNPARSEABLE) for a line whose fields cannot be rewritten one by one.
-        """
-        fields = line.fields
-        text = line.raw.decode("utf-8", "surrogateescape")
-        body = text.rstrip("\r\n")
-        raw_fields = fields_as_written(body)
-        if fields is None or raw_fields is None or len(raw_fields) != len(fields):
-            raise Skip(UNPARSEABLE)
-        transforms = {key: t for key, t in self._transforms.items() if int(key) < len(fields)}
-        changes = anonymize_row(transforms, {str(i): value for i, value in enumerate(fields)})
-        if not changes:
-            return None
-        for key, value in changes.items():
-            position = int(key)
-            raw_fields[position] = field_text(value, quoted=raw_fields[position].startswith('"'))
-        rewritten = ",".join(raw_fields) + text[len(body) :]
-        return rewritten.encode("utf-8", "surrogateescape")
-
     # -- selecting -------------------------------------------------------------------------------
 
     def _survey(self, cutoff: datetime, selection: Selection) -> Survey:
@@ -511,35 +487,11 @@ class CsvStore(Store):
             if (status.st_dev, status.st_ino) != (found.status.st_dev, found.status.st_ino):
                 raise Skip(CHANGED)
             for raw in complete_lines(fd, status.st_size):
-                yield self._read_line(raw)
+                yield self._reader.read(raw)
         except OSError:
             raise Skip(UNREADABLE) from None
         finally:
             os.close(fd)
-
-    def _read_line(self, raw: bytes) -> Line:
-        text = raw.decode("utf-8", "surrogateescape")
-        try:
-            fields = next(csv.reader((text.rstrip("\n"),), strict=True))
-        except (csv.Error, StopIteration):
-            return Line(raw, None, None)
-        return Line(raw, fields, self._line_time(fields))
-
-    def _line_time(self, fields: list[str]) -> datetime | None:
-        """The (latest) instant a line's time field denotes, or None when it cannot be read."""
-        if len(fields) <= self.config.time_field:
-            return None
-        value = fields[self.config.time_field]
-        try:
-            if self._plain_time and PLAIN_TIME.fullmatch(value):
-                wall = datetime.fromisoformat(value)
-            else:
-                wall = datetime.strptime(value, self.config.time_format)
-            if wall.tzinfo is not None:  # the format carried an offset: the instant is exact
-                return wall.astimezone(UTC)
-            return latest_instant(wall, self.zone)
-        except (ValueError, OverflowError):
-            return None
 
     def _day(self, when: datetime | None) -> date | None:
         return None if when is None else when.astimezone(self.zone).date()
@@ -634,7 +586,7 @@ class CsvStore(Store):
         kept_size = 0
         for raw in complete_lines(fd, stop):
             offset += len(raw)
-            line = self._read_line(raw)
+            line = self._reader.read(raw)
             if self._picks(selection, line, cutoff, done):
                 done.expire(len(raw), self._day(line.when))
                 raw = self._edited(selection, line, done)
@@ -651,7 +603,7 @@ class CsvStore(Store):
         if selection.action != "anonymize":
             return b""
         try:
-            rewritten = self._anonymized(line)
+            rewritten = anonymized_line(line, self._transforms)
         except Skip as skip:
             done.skipped[skip.reason] += 1
             return line.raw

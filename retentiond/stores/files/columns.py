@@ -38,7 +38,7 @@ T = TypeVar("T")
 # -- references ----------------------------------------------------------------------------------
 
 
-class NamingColumn:
+class _NamingColumnBase:
     """A text column of an SQL table naming recordings, connected like an SQL store.
 
     Connected through `sql.Database` (password file or systemd credential, session timeouts),
@@ -189,7 +189,7 @@ class NamingColumn:
         )
 
 
-class ReferenceColumn(NamingColumn):
+class ReferenceColumn(_NamingColumnBase):
     """A column naming recordings by base name (FreePBX `cdr.recordingfile`) in an SQL database.
 
     Its rows are set to '' when their file is deleted; the rows themselves stay.
@@ -265,7 +265,7 @@ class ReferenceColumn(NamingColumn):
                 return
 
 
-class NamedByColumn(NamingColumn):
+class NamedByColumn(_NamingColumnBase):
     """A column naming files by their path relative to the store's root (3CX
     `recordings.recording_url`): the files it names belong to the store purging its rows.
 

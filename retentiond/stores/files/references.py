@@ -101,8 +101,8 @@ class References:
                 )
                 if last is not None and (young is None or not young < cutoff):
                     continue
-                folders = {(), planned.folder, *(day_folder(day) for day in days)}
-                if all(folder_without(chain, f, planned.name) is not None for f in folders):
+                folders = {(), planned.folder, *(_day_folder(day) for day in days)}
+                if all(_folder_without(chain, f, planned.name) is not None for f in folders):
                     names.add(text)
         return sorted(names)
 
@@ -166,10 +166,10 @@ class References:
         if self._held_reference(name, days, holds):
             return False
         # Where FreePBX looks (YYYY/MM/DD of the name's date), and the root itself.
-        folders = [(), *(day_folder(day) for day in days)]
+        folders = [(), *(_day_folder(day) for day in days)]
         if not any(self._tree.matches((*folder, name)) for folder in folders):
             return False  # a file `match` does not select is not this store's to account for
-        return all(absent(chain, folder, name, stems) for folder in folders)
+        return all(_absent(chain, folder, name, stems) for folder in folders)
 
     def _held_reference(self, name: bytes, days: Sequence[date], holds: Holds) -> bool:
         """Whether a hold may cover the call a reference belongs to: its window meets any day
@@ -205,21 +205,21 @@ def reference_days(name: bytes) -> list[date]:
     return sorted(days)
 
 
-def day_folder(day: date) -> tuple[bytes, bytes, bytes]:
+def _day_folder(day: date) -> tuple[bytes, bytes, bytes]:
     """The folder FreePBX files a recording of `day` under: YYYY/MM/DD."""
     return (b"%04d" % day.year, b"%02d" % day.month, b"%02d" % day.day)
 
 
-NO_FOLDER = -1
+_NO_FOLDER = -1
 
 
-def folder_without(chain: FolderChain, folder: tuple[bytes, ...], name: bytes) -> int | None:
-    """The open `folder` when `name` is not in it (NO_FOLDER when the folder does not exist);
+def _folder_without(chain: FolderChain, folder: tuple[bytes, ...], name: bytes) -> int | None:
+    """The open `folder` when `name` is not in it (_NO_FOLDER when the folder does not exist);
     None when the name is there or that cannot be told."""
     try:
         fd = chain.open(folder)
     except Skip as skip:
-        return NO_FOLDER if skip.reason == VANISHED else None  # no folder: nothing in it
+        return _NO_FOLDER if skip.reason == VANISHED else None  # no folder: nothing in it
     try:
         os.stat(name, dir_fd=fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -229,17 +229,17 @@ def folder_without(chain: FolderChain, folder: tuple[bytes, ...], name: bytes) -
     return None
 
 
-def absent(
+def _absent(
     chain: FolderChain,
     folder: tuple[bytes, ...],
     name: bytes,
     stems: dict[tuple[bytes, ...], set[bytes] | None],
 ) -> bool:
     """Whether neither `name` nor a sibling of it is in `folder`; False when that is unknown."""
-    fd = folder_without(chain, folder, name)
+    fd = _folder_without(chain, folder, name)
     if fd is None:
         return False
-    if fd == NO_FOLDER:
+    if fd == _NO_FOLDER:
         return True
     if folder not in stems:
         try:

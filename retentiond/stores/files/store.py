@@ -29,7 +29,6 @@ every file of its window, and `find`/`subject_batches` refuse.
 from __future__ import annotations
 
 import os
-import stat
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -46,6 +45,7 @@ from retentiond.policy.rules import NO_HOLDS, Holds
 from retentiond.policy.subjects import Subject
 from retentiond.stores.base import Batch, BatchResult, Found, Store, Survey
 from retentiond.stores.files.columns import NamedByColumn, ReferenceColumn
+from retentiond.stores.files.deleting import delete_recording, remove_emptied_date_folders
 from retentiond.stores.files.names import relative_text, stem_text
 from retentiond.stores.files.references import REFERENCES_CLEARED, References, Sweep
 from retentiond.stores.files.walk import (
@@ -59,20 +59,16 @@ from retentiond.stores.files.walk import (
 )
 from retentiond.stores.fs.ages import filename_age, mtime_age, path_age
 from retentiond.stores.fs.folders import (
-    CHANGED,
     HARD_LINKED,
     MOUNT_POINT,
     MOUNTS_UNTOLD,
     OTHER_FILESYSTEM,
     UNREADABLE,
     UNREMOVABLE,
-    VANISHED,
     FolderChain,
     RootFolder,
     RootUnfit,
     RootWording,
-    Skip,
-    check_component,
     examine_root,
     mounts_told_apart,
     open_root,
@@ -298,13 +294,15 @@ class FilesStore(Store):
         recordings = self._still_unnamed(batch.payload, skipped)
         with FolderChain(root_fd, self._root.device) as chain:
             for recording in recordings:
-                for planned, status in self._delete(chain, recording, cutoff, skipped):
+                for planned, status in delete_recording(
+                    chain, recording, cutoff, skipped, by_mtime=self.config.age_from == "mtime"
+                ):
                     deleted.append(planned)
                     deleted_bytes += status.st_size
                     hard_linked += status.st_nlink > 1
             # Deepest first, so a day folder goes before the month folder that holds it.
             for folder in sorted({planned.folder for planned in deleted}, reverse=True):
-                _remove_emptied_date_folders(chain, folder)
+                remove_emptied_date_folders(chain, folder)
         if skipped[UNREMOVABLE]:
             log.warning("files could not be removed", store=self.label, count=skipped[UNREMOVABLE])
         counts: dict[str, int] = {}
@@ -518,80 +516,6 @@ class FilesStore(Store):
             payload=tuple(planned),
         )
 
-    # -- deleting --------------------------------------------------------------------------------
-
-    def _delete(
-        self, chain: FolderChain, recording: Recording, cutoff: datetime, skipped: Counter[str]
-    ) -> list[tuple[PlannedFile, os.stat_result]]:
-        """Unlink the files of one planned recording if all are still as planned.
-
-        One file changed (rewritten, replaced, grown, made young) keeps the whole recording;
-        one removed by someone else does not. Returns the files unlinked, each with its status
-        as checked right before.
-        """
-        checked: list[tuple[PlannedFile, os.stat_result]] = []
-        vanished = 0
-        for planned in recording:
-            try:
-                checked.append((planned, self._check(chain, planned, cutoff)))
-            except Skip as skip:
-                if skip.reason == VANISHED:
-                    vanished += 1
-                    continue
-                if vanished:
-                    skipped[VANISHED] += vanished
-                skipped[skip.reason] += len(recording) - vanished
-                return []
-        if vanished:
-            skipped[VANISHED] += vanished
-        deleted = []
-        for planned, status in checked:
-            try:
-                os.unlink(planned.name, dir_fd=chain.open(planned.folder))
-            except Skip as skip:
-                skipped[skip.reason] += 1
-                continue
-            except FileNotFoundError:
-                skipped[VANISHED] += 1
-                continue
-            except OSError:
-                skipped[UNREMOVABLE] += 1
-                continue
-            deleted.append((planned, status))
-        return deleted
-
-    def _check(self, chain: FolderChain, planned: PlannedFile, cutoff: datetime) -> os.stat_result:
-        """The status of a planned file if it is still the file planned, or raise Skip."""
-        if planned.age is not None and not planned.age < cutoff:
-            raise Skip(CHANGED)  # a plan made for another cutoff is never applied
-        for component in (*planned.folder, planned.name):
-            check_component(component)
-        folder_fd = chain.open(planned.folder)
-        try:
-            status = os.stat(planned.name, dir_fd=folder_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            raise Skip(VANISHED) from None
-        except OSError:
-            raise Skip(UNREADABLE) from None
-        if not self._still_planned(status, planned, cutoff):
-            raise Skip(CHANGED)
-        return status
-
-    def _still_planned(
-        self, status: os.stat_result, planned: PlannedFile, cutoff: datetime
-    ) -> bool:
-        same_file = (
-            stat.S_ISREG(status.st_mode)
-            and status.st_dev == planned.device
-            and status.st_ino == planned.inode
-            and status.st_size == planned.size  # a growing file is still being recorded
-        )
-        if not same_file:
-            return False
-        return self.config.age_from != "mtime" or mtime_age(status) < cutoff
-
-    # -- references ------------------------------------------------------------------------------
-
     # -- helpers ---------------------------------------------------------------------------------
 
     def _require_references(self) -> References:
@@ -626,22 +550,6 @@ class FilesStore(Store):
         }
         if any(blind_spots.values()):
             log.warning("files store could not look everywhere", store=self.label, **blind_spots)
-
-
-def _remove_emptied_date_folders(chain: FolderChain, folder: tuple[bytes, ...]) -> None:
-    """Remove the YYYY/MM/DD folders a batch emptied, upwards, up to the first non-empty one."""
-    while folder and folder[-1].isdigit():
-        try:
-            parent_fd = chain.open(folder[:-1])
-        except Skip:
-            return
-        try:
-            os.rmdir(folder[-1], dir_fd=parent_fd)
-        except FileNotFoundError:
-            pass  # already gone; its parent may be empty now
-        except OSError:
-            return  # not empty, or no longer a plain folder: leave it and everything above
-        folder = folder[:-1]
 
 
 def _recording_of(item: tuple[tuple[FoundFile, ...], Any]) -> tuple[FoundFile, ...]:

@@ -120,7 +120,7 @@ class FileTree:
     ) -> Generator[FoundFile, None, None]:
         """Matching regular files, depth first in name order, holding one open folder per level."""
         root_fd = self.require_open()
-        stack = [Listing.of(root_fd, (), skipped, order, owned=False)]
+        stack = [_Listing.of(root_fd, (), skipped, order, owned=False)]
         try:
             while stack:
                 listing = stack[-1]
@@ -158,12 +158,12 @@ class FileTree:
 
     def _enter(
         self,
-        parent: Listing,
+        parent: _Listing,
         name: bytes,
         status: os.stat_result,
         skipped: Counter[str],
         order: Callable[[bytes], Any] | None = None,
-    ) -> Listing | None:
+    ) -> _Listing | None:
         if status.st_dev != self.root.device:
             skipped[OTHER_FILESYSTEM] += 1
             return None
@@ -176,7 +176,7 @@ class FileTree:
             if skip.reason != VANISHED:
                 skipped[skip.reason] += 1
             return None
-        return Listing.of(fd, (*parent.folder, name), skipped, order, owned=True)
+        return _Listing.of(fd, (*parent.folder, name), skipped, order, owned=True)
 
     def matches(self, relative: tuple[bytes, ...]) -> bool:
         # Patterns are text; surrogateescape keeps undecodable bytes matchable by `*` and `?`.
@@ -190,7 +190,7 @@ class FileTree:
 
 
 @dataclass
-class Listing:
+class _Listing:
     """One open folder on a walk and the entries in it still to visit."""
 
     fd: int
@@ -207,7 +207,7 @@ class Listing:
         order: Callable[[bytes], Any] | None,
         *,
         owned: bool,
-    ) -> Listing:
+    ) -> _Listing:
         return cls(fd, folder, entries(fd, list_folder(fd, skipped, order), skipped), owned)
 
     def close(self) -> None:

@@ -72,7 +72,7 @@ DEFAULT_ANONYMIZE: dict[str, str | dict[str, Any]] = {
 
 
 @dataclass(frozen=True)
-class Rewrite:
+class _Rewrite:
     """One table's share of anonymizing a call: its rows by `call_column`, its transforms."""
 
     table: str
@@ -84,7 +84,7 @@ class Rewrite:
 class Anonymization:
     """What anonymizing a call of one generation rewrites."""
 
-    rewrites: tuple[Rewrite, ...]
+    rewrites: tuple[_Rewrite, ...]
     party: Mapping[str, Transform]  # cl_party_info: copied, never rewritten in place
     party_columns: tuple[str, ...]  # every column of cl_party_info but its key, for the copy
     ignored: tuple[str, ...]  # tables of the other layout, or absent in this version
@@ -137,7 +137,7 @@ def _anonymization_of(
     if party is not None:
         protected |= {party.key, party.via.column}
     family = family_tables(generation)
-    rewrites: list[Rewrite] = []
+    rewrites: list[_Rewrite] = []
     party_transforms: dict[str, Transform] = {}
     party_columns: tuple[str, ...] = ()
     ignored: list[str] = []
@@ -147,7 +147,7 @@ def _anonymization_of(
             continue
         _check_transforms(label, inspector, table, transforms, protected)
         if table in call_columns:
-            rewrites.append(Rewrite(table, call_columns[table], dict(transforms)))
+            rewrites.append(_Rewrite(table, call_columns[table], dict(transforms)))
         elif party is not None and table == party.table:
             party_transforms = dict(transforms)
             party_columns = _party_columns(label, inspector, party)
@@ -259,7 +259,7 @@ def anonymize_calls(
 
 
 def _rewrite_rows(
-    calls: CallQueries, connection: Connection, rewrite: Rewrite, keys: list[Any]
+    calls: CallQueries, connection: Connection, rewrite: _Rewrite, keys: list[Any]
 ) -> set[Any]:
     """Rewrite the fields of `rewrite.table`'s rows of these calls, where a value changes.
 

@@ -44,7 +44,7 @@ _NUMBER_COLUMNS = {
 
 
 @dataclass(frozen=True)
-class Link:
+class _Link:
     """A table whose rows belong to a row of another table through one column."""
 
     table: str
@@ -59,7 +59,7 @@ class PartyInfo:
 
     table: str
     key: str
-    via: Link  # cl_participants.info_id
+    via: _Link  # cl_participants.info_id
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class Generation:
     kind: TimeKind
     expiry: str  # for describe: what one object is and what its time means
     time_index: str | None
-    dependents: tuple[Link, ...]  # deleted first, in this order
+    dependents: tuple[_Link, ...]  # deleted first, in this order
     party: PartyInfo | None
     notes: tuple[str, ...]  # what was not found or is left alone, and why
     numbers: tuple[Numbers, ...] = ()  # whose a call is; empty: this layout cannot tell
@@ -118,7 +118,7 @@ def cl_generation(
         if table not in tables:
             notes.append(missing)
             continue
-        link = find_link(inspector, foreign_keys, table, "call_id", calls, "id", notes)
+        link = _link(inspector, foreign_keys, table, "call_id", calls, "id", notes)
         if link is not None:
             dependents.append(link)
     party = _party_info(inspector, tables, foreign_keys, dependents, notes)
@@ -146,7 +146,7 @@ def _party_info(
     inspector: Inspector,
     tables: set[str],
     foreign_keys: Mapping[str, list[Any]],
-    dependents: Sequence[Link],
+    dependents: Sequence[_Link],
     notes: list[str],
 ) -> PartyInfo | None:
     if not any(link.table == "cl_participants" for link in dependents):
@@ -160,9 +160,7 @@ def _party_info(
             "does not guess which column the participants point to)"
         )
         return None
-    via = find_link(
-        inspector, foreign_keys, "cl_participants", "info_id", "cl_party_info", "id", notes
-    )
+    via = _link(inspector, foreign_keys, "cl_participants", "info_id", "cl_party_info", "id", notes)
     return None if via is None else PartyInfo("cl_party_info", "id", via)
 
 
@@ -175,7 +173,7 @@ def cdroutput_generation(
     notes: list[str] = []
     dependents = []
     if "cdrbilling" in tables:
-        link = find_link(inspector, foreign_keys, "cdrbilling", "cdr_id", calls, "cdr_id", notes)
+        link = _link(inspector, foreign_keys, "cdrbilling", "cdr_id", calls, "cdr_id", notes)
         if link is not None:
             dependents.append(link)
     else:
@@ -242,11 +240,11 @@ def describe_generation(generation: Generation) -> list[str]:
                 f"{link.table} whole; CREATE INDEX {link.table}_{link.column}_idx ON "
                 f"{link.table} ({link.column}) would fix it"
             )
-    lines.append(f"each batch, in one transaction: {deletion_order(generation)}")
+    lines.append(f"each batch, in one transaction: {_order(generation)}")
     return lines
 
 
-def find_link(
+def _link(
     inspector: Inspector,
     foreign_keys: Mapping[str, list[Any]],
     table: str,
@@ -254,7 +252,7 @@ def find_link(
     parent: str,
     parent_key: str,
     notes: list[str],
-) -> Link | None:
+) -> _Link | None:
     """How `table` names a row of `parent`: its foreign key, else 3CX's column, else not at all."""
     for key in foreign_keys.get(table, []):
         constrained = key.get("constrained_columns") or []
@@ -265,12 +263,12 @@ def find_link(
         ):
             name = key.get("name") or "unnamed"
             found_by = f"{constrained[0]} (foreign key {name})"
-            return Link(
+            return _Link(
                 table, constrained[0], found_by, _is_indexed(inspector, table, constrained[0])
             )
     if column in _column_names(inspector, table):
         found_by = f"{column} (no foreign key, as in 3CX's own databases)"
-        return Link(table, column, found_by, _is_indexed(inspector, table, column))
+        return _Link(table, column, found_by, _is_indexed(inspector, table, column))
     notes.append(
         f"warning: {table} has no column {column} and no foreign key to {parent}; its rows are "
         f"left alone (retentiond does not guess which column names the {parent} row)"
@@ -308,7 +306,7 @@ def other_referrers(
             yield f"note: {table}.{columns} refers to {target}; {consequence}"
 
 
-def deletion_order(generation: Generation) -> str:
+def _order(generation: Generation) -> str:
     steps = [f"lock the batch's rows of {generation.table} that are still expired"]
     steps.extend(f"delete {link.table}" for link in generation.dependents)
     if generation.party is not None:
@@ -341,7 +339,7 @@ def _is_indexed(inspector: Inspector, table: str, column: str) -> bool:
 
 
 def _cl_numbers(
-    inspector: Inspector, dependents: Sequence[Link], party: PartyInfo | None
+    inspector: Inspector, dependents: Sequence[_Link], party: PartyInfo | None
 ) -> tuple[Numbers, ...]:
     """Where a cl_calls call's numbers are: its parties' rows, and its quality reports."""
     links = {link.table: link for link in dependents}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import stat
 from collections.abc import Mapping
 from datetime import datetime
 
@@ -22,9 +21,9 @@ from retentiond.stores.fs.folders import (
     VANISHED,
     Skip,
     check_component,
+    same_file,
 )
 from retentiond.stores.voicemail.messages import (
-    PlannedFile,
     PlannedMessage,
     message_stem,
     parse_origtime,
@@ -64,7 +63,7 @@ def delete_message(
             return 0, CHANGED, 0
         except OSError:
             return 0, UNREADABLE, 0
-        if not _same_file(status, file):
+        if not same_file(status, file):
             return 0, CHANGED, 0  # renumbered, moved, or rewritten since planning
         if status.st_nlink > 1:
             linked.add(file.name)
@@ -79,7 +78,7 @@ def delete_message(
             status, text = read_txt(fd, message.txt)
         except Skip:
             return 0, CHANGED, 0
-        if not _same_file(status, txt) or parse_origtime(text) != message.age:
+        if not same_file(status, txt) or parse_origtime(text) != message.age:
             return 0, CHANGED, 0
     freed = unlinked_linked = 0
     # Asterisk counts a message by its .txt, so the .txt goes last
@@ -93,15 +92,6 @@ def delete_message(
         freed += file.size
         unlinked_linked += file.name in linked
     return freed, None, unlinked_linked
-
-
-def _same_file(status: os.stat_result, planned: PlannedFile) -> bool:
-    return (
-        stat.S_ISREG(status.st_mode)
-        and status.st_dev == planned.device
-        and status.st_ino == planned.inode
-        and status.st_size == planned.size
-    )
 
 
 def _gone(fd: int, by_stem: Mapping[bytes, set[bytes]], message: PlannedMessage) -> str:
