@@ -22,7 +22,8 @@ from threecx_schema import cdroutput_rows, create_cdroutput_schema, create_cl_sc
 
 from retentiond.config.model import ConnectionConfig, CsvStoreConfig, ThreeCxCallsStoreConfig
 from retentiond.stores.csv.store import CsvStore
-from retentiond.stores.threecx.store import DEFAULT_ANONYMIZE, ThreeCxCallsStore
+from retentiond.stores.threecx.anonymize import DEFAULT_ANONYMIZE
+from retentiond.stores.threecx.store import ThreeCxCallsStore
 
 CUTOFF = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 UTC_ZONE = ZoneInfo("UTC")

@@ -32,7 +32,8 @@ from retentiond.errors import StoreError
 from retentiond.policy.rules import NO_HOLDS, Holds, HoldScope
 from retentiond.policy.subjects import Subject
 from retentiond.stores.base import BatchResult
-from retentiond.stores.threecx.store import DEFAULT_ANONYMIZE, ThreeCxCallsStore
+from retentiond.stores.threecx.anonymize import DEFAULT_ANONYMIZE
+from retentiond.stores.threecx.store import ThreeCxCallsStore
 
 pytestmark = pytest.mark.postgres
 

@@ -724,7 +724,7 @@ def _people(subjects: list[str], transforms: dict[str, Any]) -> dict[str, Any]:
 
 
 def _threecx_anonymize() -> dict[str, Any]:
-    from retentiond.stores.threecx.store import DEFAULT_ANONYMIZE
+    from retentiond.stores.threecx.anonymize import DEFAULT_ANONYMIZE
 
     return dict(DEFAULT_ANONYMIZE)
 
