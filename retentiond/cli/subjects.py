@@ -173,7 +173,7 @@ def erase_command(
 def _refuse_vanished_holds(engine: Engine, names: list[str] | None) -> None:
     """Holds win over erasure; a hold the log shows in force that this config lacks cannot
     win, so the erasure waits until it is found again or ended (safety rule 10)."""
-    history = read_history(engine.config.audit.path)
+    history = read_history(audit.log_path(engine.config))
     rules = [r for r in engine.config.rules if names is None or r.name in names]
     vanished = sorted({hold for rule in rules for hold in engine.vanished(rule, history)})
     if vanished:

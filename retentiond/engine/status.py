@@ -188,15 +188,16 @@ def compute(loaded: LoadedConfig, now: datetime | None = None) -> Status:
     config = loaded.config
     now = now or utcnow()
     zone = config.zone()
-    histories, problem = run_histories(config.audit.path)
+    path = audit.log_path(config)
+    histories, problem = run_histories(path)
     engine = Engine(loaded, now=lambda: now)
-    past = read_history(config.audit.path)
+    past = read_history(path)
     rules = [
         rule_status(engine, rule, histories.get(rule.name, RunHistory()), past)
         for rule in config.rules
     ]
     unmatched = holds_matching_nothing(rules)
-    return Status(now, zone, config.audit.path, problem, [flag(r, unmatched) for r in rules])
+    return Status(now, zone, path, problem, [flag(r, unmatched) for r in rules])
 
 
 def holds_matching_nothing(rules: Iterable[RuleStatus]) -> set[str]:
