@@ -1039,7 +1039,7 @@ def test_checkpoints_sign_the_head_even_when_another_thread_appends(
         log.append("run_started", run_id="a")
         stale = signer.sign(*log.head)
         log.append("config_reloaded", old_config_sha256="1", new_config_sha256="2")
-        with pytest.raises(audit._StaleHead):
+        with pytest.raises(audit.StaleHead):
             log.append(CHECKPOINT, **stale)  # would sign an entry that is no longer the head
         with pytest.raises(TypeError, match="exactly the fields"):
             log.append(CHECKPOINT, signed_seq=2)

@@ -40,8 +40,7 @@ def _log_path(log_file: Path | None) -> Path:
     loaded = getattr(obj, "loaded", None)  # cli.Context loads the config on first use
     if loaded is None:
         loaded = load_config(config_path(None))
-    path: Path = loaded.config.audit.path
-    return path
+    return audit.log_path(loaded.config)
 
 
 # --- keygen --------------------------------------------------------------------------------------

@@ -183,7 +183,7 @@ def check(ctx: Context) -> None:
                 failures += 1
                 click.echo(f"  {store_config.type} {label}: FAILED: {error}")
     try:
-        with audit.AuditLog(config.audit.path) as log:
+        with audit.open_log(config) as log:
             seq, _ = log.head
         click.echo(f"audit log {config.audit.path}: writable, {seq} entries")
     except RetentiondError as error:
@@ -507,11 +507,7 @@ def enforce(
         observers.insert(0, metrics)
     with (
         _stop_on_signals() as stop,
-        audit.AuditLog(
-            config.audit.path,
-            rotate_bytes=config.audit.rotate_bytes,
-            rotate_yearly=config.audit.rotate_yearly,
-        ) as log,
+        audit.open_log(config) as log,
     ):
         engine = Engine(
             loaded,

@@ -113,7 +113,7 @@ def find_command(
             click.echo(f"    {when}  {found.where}{mark}  {details}")
     if ticket:
         signer = _signer(loaded)
-        with audit.AuditLog(loaded.config.audit.path) as log, _signed(log, signer):
+        with audit.open_log(loaded.config) as log, _signed(log, signer):
             why = record_search(log, ticket, matches)
         because = f"; {WHY[why]}" if why in WHY else ""
         click.echo(f"recorded in the audit log as a search for {ticket} (counts only{because})")
@@ -161,7 +161,7 @@ def erase_command(
             raise click.UsageError("not on a terminal: confirm with --yes")
         click.confirm(f"erase {erasable} objects for {ticket}?", abort=True)
     signer = _signer(loaded)
-    with audit.AuditLog(loaded.config.audit.path) as log:
+    with audit.open_log(loaded.config) as log:
         with _signed(log, signer):
             done = erase(engine, log, subject, ticket, names, now=datetime.now(UTC))
         head = log.head
@@ -173,7 +173,7 @@ def erase_command(
 def _refuse_vanished_holds(engine: Engine, names: list[str] | None) -> None:
     """Holds win over erasure; a hold the log shows in force that this config lacks cannot
     win, so the erasure waits until it is found again or ended (safety rule 10)."""
-    history = read_history(engine.config.audit.path)
+    history = read_history(audit.log_path(engine.config))
     rules = [r for r in engine.config.rules if names is None or r.name in names]
     vanished = sorted({hold for rule in rules for hold in engine.vanished(rule, history)})
     if vanished:
@@ -188,7 +188,7 @@ def _record_unerased(
 ) -> None:
     """Nothing to erase is an answer too: recorded, so the request can be shown answered."""
     signer = _signer(loaded)
-    with audit.AuditLog(loaded.config.audit.path) as log:
+    with audit.open_log(loaded.config) as log:
         with _signed(log, signer):
             why = record_unerased(engine, log, ticket, matches)
         head = log.head

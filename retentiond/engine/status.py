@@ -57,7 +57,6 @@ _RANK: dict[Level, int] = {"green": 0, "amber": 1, "red": 2}
 EXIT_DEADLINE = 4  # DESIGN.md: "4 a deadline is exceeded"
 EXIT_UNKNOWN = 1  # a store or the deletion log could not be read: compliance is not known
 NO_HOLDS_LINE = "holds: none in force"
-_RUN_ENDS = {"run_finished": None, "run_refused": "refused", "run_failed": "failed"}
 _ENDED = {
     "failed": "failed",
     "refused": "was refused",
@@ -189,15 +188,16 @@ def compute(loaded: LoadedConfig, now: datetime | None = None) -> Status:
     config = loaded.config
     now = now or utcnow()
     zone = config.zone()
-    histories, problem = run_histories(config.audit.path)
+    path = audit.log_path(config)
+    histories, problem = run_histories(path)
     engine = Engine(loaded, now=lambda: now)
-    past = read_history(config.audit.path)
+    past = read_history(path)
     rules = [
         rule_status(engine, rule, histories.get(rule.name, RunHistory()), past)
         for rule in config.rules
     ]
     unmatched = holds_matching_nothing(rules)
-    return Status(now, zone, config.audit.path, problem, [flag(r, unmatched) for r in rules])
+    return Status(now, zone, path, problem, [flag(r, unmatched) for r in rules])
 
 
 def holds_matching_nothing(rules: Iterable[RuleStatus]) -> set[str]:
@@ -448,13 +448,13 @@ def _read_runs(entries: Iterable[audit.Entry], runs: dict[str, RunHistory]) -> N
             history = runs.get(rule, RunHistory())
             runs[rule] = RunHistory(history.last_success, record)
             continue
-        if entry.type not in _RUN_ENDS:
+        if entry.type not in audit.RUN_ENDS:
             continue
         if not isinstance(rule, str):
             rule = rule_of.get(run_id or "")
         if rule is None:
             continue
-        status = _RUN_ENDS[entry.type] or str(entry.fields.get("status"))
+        status = audit.RUN_END_STATUS[entry.type] or str(entry.fields.get("status"))
         begun = started.pop(run_id, None) if run_id else None
         deleted = entry.fields.get("deleted")
         record = RunRecord(

@@ -24,14 +24,13 @@ from typing import Any
 import structlog
 
 from retentiond.errors import AuditError
-from retentiond.evidence.log import read_entries
+from retentiond.evidence.log import ERASURE_END, RUN_ENDS, read_entries
 
 log = structlog.get_logger()
 
 HOLD_ENTRIES = ("hold_added", "hold_changed", "hold_ended")
 RECONCILED = "run_reconciled"
 _STARTS = ("run_started", "erasure_started")
-_ENDS = ("run_finished", "run_refused", "run_failed", "erasure_finished")
 
 
 @dataclass(frozen=True)
@@ -154,7 +153,7 @@ class _Runs:
             run.batches_done += 1
             run.deleted += _count(fields.get("deleted"))
             run.anonymized += _count(fields.get("anonymized"))
-        elif kind in _ENDS:
+        elif kind in RUN_ENDS or kind == ERASURE_END:
             run = self.open.get(run_id) or Interrupted(run_id, _text(fields.get("rule")))
             run.end = kind
             if run.open_batches:

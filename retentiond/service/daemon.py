@@ -54,7 +54,16 @@ from retentiond.config.model import Config, HoldConfig, Rule
 from retentiond.engine.core import RunObserver, RunOutcome, tell, utcnow
 from retentiond.engine.holds import record_hold_changes
 from retentiond.errors import AuditError, ConfigError, ConfigProblem, RetentiondError, StoreError
-from retentiond.evidence.log import AuditLog, Entry, read_entries
+from retentiond.evidence.log import (
+    RUN_END_STATUS,
+    RUN_ENDS,
+    AuditLog,
+    Entry,
+    SerialAuditLog,
+    log_path,
+    open_serial_log,
+    read_entries,
+)
 from retentiond.policy.schedule import Schedule, WallClockTrigger
 from retentiond.service.runner import RunProcess, exit_status, outcome_from_fields
 from retentiond.service.sdnotify import notify, reloading, watchdog_interval
@@ -63,8 +72,6 @@ log = structlog.get_logger()
 
 DEBOUNCE = 0.5  # seconds of quiet after the last change of the config file before reloading
 IDLE_WAKE = 60.0  # seconds the main loop sleeps at most without a watchdog to ping
-# audit entries that end a run: the last result per rule shown in STATUS
-_RUN_ENDS = ("run_finished", "run_refused", "run_failed")
 
 
 @dataclass
@@ -74,30 +81,6 @@ class RuleState:
     last_success: datetime | None = None  # end of the last run with status done
     last_status: str | None = None
     last_deleted: int | None = None
-
-
-class SerialAuditLog(AuditLog):
-    """The daemon's one writer, shared by the worker (runs) and the main thread (reloads).
-
-    After a failed append an AuditLog refuses every further one, so `failure` is kept and
-    `on_failure` called: the daemon then exits for systemd to restart it, rather than live on
-    with every run failing.
-    """
-
-    def __init__(self, path: Path, on_failure: Callable[[], None], **options: Any) -> None:
-        super().__init__(path, **options)
-        self._append_lock = threading.Lock()
-        self._on_failure = on_failure
-        self.failure: str | None = None
-
-    def append(self, type: str, **fields: Any) -> Entry:
-        with self._append_lock:  # two appends at once would give two entries the same seq
-            try:
-                return super().append(type, **fields)
-            except AuditError as error:
-                self.failure = str(error)
-                self._on_failure()
-                raise
 
 
 class Daemon:
@@ -132,13 +115,7 @@ class Daemon:
 
     def serve(self) -> int:
         _forward_library_logs()
-        settings = self.loaded.config.audit
-        audit_log = SerialAuditLog(
-            settings.path,
-            on_failure=self._wake,
-            rotate_bytes=settings.rotate_bytes,
-            rotate_yearly=settings.rotate_yearly,
-        )
+        audit_log = open_serial_log(self.loaded.config, on_failure=self._wake)
         with self._signals(), audit_log as audit:
             self._audit = audit
             config = self.loaded.config
@@ -298,9 +275,9 @@ class Daemon:
         """Last success and last result per rule, from the audit log (empty on a first start)."""
         count = 0
         try:
-            for entry in read_entries(config.audit.path):
+            for entry in read_entries(log_path(config)):
                 count += 1
-                if entry.type in _RUN_ENDS:
+                if entry.type in RUN_ENDS:
                     self._remember(entry)
         except AuditError as error:
             # Missing history only makes catch-up run more: runs are idempotent.
@@ -312,11 +289,7 @@ class Daemon:
         if not isinstance(name, str):
             return
         state = self.states.setdefault(name, RuleState())
-        status = entry.fields.get("status")
-        if entry.type == "run_refused":
-            status = "refused"
-        elif entry.type == "run_failed":
-            status = "failed"
+        status = RUN_END_STATUS[entry.type] or entry.fields.get("status")
         state.last_status = str(status)
         deleted = entry.fields.get("deleted")
         state.last_deleted = deleted if isinstance(deleted, int) else None

@@ -34,14 +34,12 @@ from retentiond import __version__, safefiles
 from retentiond.config.model import Rule
 from retentiond.engine.core import RunObserver, RunOutcome
 from retentiond.errors import AuditError, RetentiondError
-from retentiond.evidence.log import Entry, read_entries
+from retentiond.evidence.log import RUN_ENDS, Entry, read_entries
 
 log = structlog.get_logger()
 
 STATUSES = ("done", "incomplete", "refused", "failed", "interrupted")
 ERROR_KINDS = ("failed", "refused", "incomplete")  # statuses counted in retentiond_errors_total
-# audit entries that end a run, and so give its time
-_RUN_ENDS = ("run_finished", "run_refused", "run_failed")
 
 
 class MetricsError(RetentiondError):
@@ -197,7 +195,7 @@ class Metrics(RunObserver):
                 if entry.type == "run_started" and isinstance(rule, str):
                     rules[str(run_id)] = rule
                     continue
-                if entry.type not in _RUN_ENDS:
+                if entry.type not in RUN_ENDS:
                     continue
                 if not isinstance(rule, str):
                     rule = rules.get(str(run_id))

@@ -56,7 +56,15 @@ from retentiond.config.model import HoldConfig, Rule
 from retentiond.engine.core import Engine, RunOutcome, StoreOutcome
 from retentiond.engine.undated import Undated
 from retentiond.errors import AuditError, StoreError
-from retentiond.evidence.log import CHECKPOINT, GENESIS, AuditLog, Entry, Signer, json_safe
+from retentiond.evidence.log import (
+    CHECKPOINT,
+    GENESIS,
+    AuditLog,
+    Entry,
+    Signer,
+    json_safe,
+    log_path,
+)
 
 log = structlog.get_logger()
 
@@ -344,7 +352,7 @@ def _run(channel: _Channel, task: dict[str, Any], loaded: LoadedConfig) -> int:
     engine = Engine(
         loaded, stop=stop, progress=progress, observers=[_Reporter(channel)], holds=holds
     )
-    audit = AuditProxy(channel, loaded.config.audit.path)
+    audit = AuditProxy(channel, log_path(loaded.config))
     try:
         engine.run(loaded.config.rule(task["rule"]), audit)
     except Exception as crash:  # the daemon logs it; its text may name a store's file
@@ -360,7 +368,7 @@ def _start(channel: _Channel, task: dict[str, Any], loaded: LoadedConfig) -> int
     key = loaded.config.audit.signing_key
     if key is not None:
         try:
-            AuditProxy(channel, loaded.config.audit.path).sign_tail(Signer.from_config(key))
+            AuditProxy(channel, log_path(loaded.config)).sign_tail(Signer.from_config(key))
         except AuditError as error:
             channel.tell("tail_unsigned", reason=str(error))
     engine = Engine(loaded)
