@@ -13,11 +13,11 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from databases import ALL_BACKENDS
 from pbxdata import PbxDatabase, cdr_rows, sqlite_cdr_rows
 
 from retentiond import demo
@@ -29,12 +29,6 @@ NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 OLD_CALLER = "+49301234567890"  # calls only long expired
 YOUNG_CALLER = "+49891234567"  # calls only in the last week: young, not expired
 NOBODY = "+4940987654321"  # in no store at all
-URL_FIXTURES = {"mariadb": "mariadb_url", "postgresql": "postgres_url", "sqlite": "sqlite_url"}
-BACKENDS = [
-    pytest.param("mariadb", marks=pytest.mark.mariadb),
-    pytest.param("postgresql", marks=pytest.mark.postgres),
-    "sqlite",
-]
 
 CONFIG = """\
 version: 1
@@ -71,10 +65,7 @@ def hold(hold_id: str, scope: str) -> str:
 
 
 @pytest.fixture
-def database(
-    request: pytest.FixtureRequest, pbx_database: Callable[[str], PbxDatabase]
-) -> PbxDatabase:
-    database = pbx_database(request.getfixturevalue(URL_FIXTURES[request.param]))
+def database(database: PbxDatabase) -> PbxDatabase:
     database.create("cdr")
     old = [datetime(2026, 5, 20) + timedelta(hours=12 * i) for i in range(60)]
     young = [datetime(2026, 11, 20) + timedelta(hours=12 * i) for i in range(10)]
@@ -90,7 +81,7 @@ def database(
 
 
 @pytest.mark.server_clock  # runs retentiond against the server
-@pytest.mark.parametrize("database", BACKENDS, indirect=True)
+@pytest.mark.parametrize("database", ALL_BACKENDS, indirect=True)
 def test_only_holds_with_no_object_of_any_age_are_unmatched(
     tmp_path: Path, database: PbxDatabase
 ) -> None:

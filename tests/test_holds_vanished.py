@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from databases import ALL_BACKENDS
 from pbxdata import PbxDatabase, cdr_rows, sqlite_cdr_rows
 
 from retentiond import demo
@@ -27,12 +28,6 @@ from retentiond.evidence import log as audit
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 PERSON = "+49301234567890"
-URL_FIXTURES = {"mariadb": "mariadb_url", "postgresql": "postgres_url", "sqlite": "sqlite_url"}
-BACKENDS = [
-    pytest.param("mariadb", marks=pytest.mark.mariadb),
-    pytest.param("postgresql", marks=pytest.mark.postgres),
-    "sqlite",
-]
 
 CONFIG = """\
 version: 1
@@ -80,10 +75,7 @@ def calldates() -> list[datetime]:
 
 
 @pytest.fixture
-def database(
-    request: pytest.FixtureRequest, pbx_database: Callable[[str], PbxDatabase]
-) -> PbxDatabase:
-    database = pbx_database(request.getfixturevalue(URL_FIXTURES[request.param]))
+def database(database: PbxDatabase) -> PbxDatabase:
     database.create("cdr")
     make = sqlite_cdr_rows if database.dialect == "sqlite" else cdr_rows
     rows = make(calldates())
@@ -111,7 +103,7 @@ def entries(loaded: LoadedConfig, kind: str) -> list[audit.Entry]:
 
 
 @pytest.mark.server_clock  # runs retentiond against the server
-@pytest.mark.parametrize("database", BACKENDS, indirect=True)
+@pytest.mark.parametrize("database", ALL_BACKENDS, indirect=True)
 def test_holds_lost_with_their_folder_refuse_the_run_until_ended_explicitly(
     tmp_path: Path, database: PbxDatabase
 ) -> None:
