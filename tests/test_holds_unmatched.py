@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from databases import ALL_BACKENDS
-from pbxdata import PbxDatabase, cdr_rows, sqlite_cdr_rows
+from pbxdata import PbxDatabase
 
 from retentiond import demo
 from retentiond.config.loader import load_config
@@ -69,8 +69,7 @@ def database(database: PbxDatabase) -> PbxDatabase:
     database.create("cdr")
     old = [datetime(2026, 5, 20) + timedelta(hours=12 * i) for i in range(60)]
     young = [datetime(2026, 11, 20) + timedelta(hours=12 * i) for i in range(10)]
-    make = sqlite_cdr_rows if database.dialect == "sqlite" else cdr_rows
-    rows = make(old + young)
+    rows = database.cdr_rows(old + young)
     for index, row in enumerate(rows):
         if index < len(old) and index % 7 == 0:
             row["src"] = OLD_CALLER

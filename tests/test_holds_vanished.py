@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from databases import ALL_BACKENDS
-from pbxdata import PbxDatabase, cdr_rows, sqlite_cdr_rows
+from pbxdata import PbxDatabase, sqlite_cdr_rows
 
 from retentiond import demo
 from retentiond.config.loader import LoadedConfig, load_config
@@ -77,8 +77,7 @@ def calldates() -> list[datetime]:
 @pytest.fixture
 def database(database: PbxDatabase) -> PbxDatabase:
     database.create("cdr")
-    make = sqlite_cdr_rows if database.dialect == "sqlite" else cdr_rows
-    rows = make(calldates())
+    rows = database.cdr_rows(calldates())
     for index, row in enumerate(rows):
         if index % 5 == 0:
             row["src"] = PERSON

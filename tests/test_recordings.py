@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from databases import ALL_BACKENDS, SERVER_BACKENDS, database_url
-from pbxdata import PbxDatabase, cdr_rows, sqlite_cdr_rows
+from pbxdata import PbxDatabase
 from sqlalchemy import Engine, event, text
 from structlog.testing import capture_logs
 
@@ -167,7 +167,7 @@ FREEPBX_REFERENCES = [
 def insert_calls(database: PbxDatabase, references: list[str]) -> None:
     """One FreePBX cdr row per reference (cdr_sqlite3_custom rows on SQLite), all from April."""
     calldates = [datetime(2026, 4, 2, 10, 0) + timedelta(hours=i) for i in range(len(references))]
-    rows = sqlite_cdr_rows(calldates) if database.dialect == "sqlite" else cdr_rows(calldates)
+    rows = database.cdr_rows(calldates)
     for row, reference in zip(rows, references, strict=True):
         row["recordingfile"] = reference
     database.insert("cdr", rows)

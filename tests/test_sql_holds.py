@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from databases import ALL_BACKENDS
-from pbxdata import PbxDatabase, cdr_rows, cel_rows, sqlite_cdr_rows
+from pbxdata import PbxDatabase, cel_rows, sqlite_cdr_rows
 from sqlalchemy import text
 
 from retentiond.policy.rules import Holds, HoldScope
@@ -48,7 +48,7 @@ def berlin(*args: int) -> datetime:
 def insert_calls(database: PbxDatabase, calldates: list[datetime]) -> None:
     """FreePBX cdr rows (Asterisk's SQLite cdr on SQLite); every third call is PERSON's."""
     database.create("cdr")
-    rows = sqlite_cdr_rows(calldates) if database.dialect == "sqlite" else cdr_rows(calldates)
+    rows = database.cdr_rows(calldates)
     for index, row in enumerate(rows):
         if index % 3 == 0:
             row["src"] = PERSON

@@ -78,10 +78,7 @@ def wall(database: PbxDatabase, moment: datetime) -> Any:
 
 def insert_calls(database: PbxDatabase, calldates: list[datetime]) -> None:
     """FreePBX cdr rows (cdr_sqlite3_custom rows on SQLite) with these naive call dates."""
-    if database.dialect == "sqlite":
-        database.insert("cdr", sqlite_cdr_rows(calldates))
-    else:
-        database.insert("cdr", cdr_rows(calldates))
+    database.insert("cdr", database.cdr_rows(calldates))
 
 
 def purge(store: SqlStore, cutoff: datetime = CUTOFF) -> list[BatchResult]:

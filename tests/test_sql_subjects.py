@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from databases import ALL_BACKENDS
-from pbxdata import PbxDatabase, cdr_rows, sqlite_cdr_rows
+from pbxdata import PbxDatabase
 from sqlalchemy import text
 
 from retentiond.errors import StoreError
@@ -40,7 +40,7 @@ def insert_calls(database: PbxDatabase) -> list[dict[str, Any]]:
     caller (international form) or callee (dialled form); a stranger's number on others."""
     calldates = [datetime(2024, 2, 1, 9) + timedelta(hours=47 * i) for i in range(30)]
     database.create("cdr")
-    rows = sqlite_cdr_rows(calldates) if database.dialect == "sqlite" else cdr_rows(calldates)
+    rows = database.cdr_rows(calldates)
     for index, row in enumerate(rows):
         if index % 6 == 0:
             row["src"] = PERSON

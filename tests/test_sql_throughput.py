@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from databases import ALL_BACKENDS, SERVER_BACKENDS
-from pbxdata import PbxDatabase, cdr_rows, cel_rows, sqlite_cdr_rows
+from pbxdata import PbxDatabase, cel_rows
 from sqlalchemy import Engine, event, text
 
 from retentiond.stores.sql.store import (
@@ -83,10 +83,7 @@ def watch(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Traffic:
 
 
 def insert_calls(database: PbxDatabase, calldates: list[datetime]) -> None:
-    if database.dialect == "sqlite":
-        database.insert("cdr", sqlite_cdr_rows(calldates))
-    else:
-        database.insert("cdr", cdr_rows(calldates))
+    database.insert("cdr", database.cdr_rows(calldates))
 
 
 def expired_hours(count: int) -> list[datetime]:
