@@ -9,16 +9,15 @@ through the command line on the demo PBX.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from databases import ALL_BACKENDS
 from pbxdata import PbxDatabase
+from test_cli import retentiond as run_command
 
 from retentiond import demo
 from retentiond.config.loader import load_config
@@ -117,15 +116,7 @@ def test_only_holds_with_no_object_of_any_age_are_unmatched(
 
 
 def retentiond(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "RETENTIOND_CONFIG"}
-    return subprocess.run(
-        [sys.executable, "-m", "retentiond", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=180,
-        check=False,
-    )
+    return run_command(*args, timeout=180)
 
 
 def test_plan_status_and_report_flag_a_hold_that_matches_nothing(tmp_path: Path) -> None:

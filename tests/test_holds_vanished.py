@@ -8,11 +8,8 @@ On real SQLite, MariaDB and PostgreSQL, and through the command line on the demo
 
 from __future__ import annotations
 
-import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +17,7 @@ from pathlib import Path
 import pytest
 from databases import ALL_BACKENDS
 from pbxdata import PbxDatabase, sqlite_cdr_rows
+from test_cli import retentiond
 
 from retentiond import demo
 from retentiond.config.loader import LoadedConfig, load_config
@@ -196,18 +194,6 @@ def test_a_hold_removed_during_a_run_keeps_holding_to_its_end(
 
 
 # --- the command line, on the demo PBX ----------------------------------------------------------
-
-
-def retentiond(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "RETENTIOND_CONFIG"}
-    return subprocess.run(
-        [sys.executable, "-m", "retentiond", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 def calls(config_file: Path) -> int:
