@@ -5,6 +5,10 @@ trust) are expected to run; override the server URLs with RETENTIOND_TEST_MARIAD
 RETENTIOND_TEST_POSTGRES. When a server is not reachable its tests are skipped with the reason,
 except under CI (the CI variable set), where a missing server is a failure.
 
+`database` is a fresh database of the family a test is parametrized with (databases.py), and
+`open_sql_store`, `open_3cx_store`, `open_files_store`, `open_voicemail_store`, `open_csv_store`
+open a store of each kind from its settings; every store a test opens is closed after it.
+
 A moved clock (the suite under faketime, docs/reliability.md) moves this process and every
 retentiond it starts, never the database servers. The engine's clock-skew guard
 (safety.max_clock_skew) then refuses every run against a server, as it must: tests marked
@@ -17,16 +21,33 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn, TypeVar
+from zoneinfo import ZoneInfo
 
 import pytest
 import structlog
+from databases import database_url
 from pbxdata import PbxDatabase
 from sqlalchemy import URL, Engine, create_engine, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
+
+from retentiond.config.model import (
+    ConnectionConfig,
+    CsvStoreConfig,
+    FilesStoreConfig,
+    SqlStoreConfig,
+    ThreeCxCallsStoreConfig,
+    VoicemailStoreConfig,
+)
+from retentiond.stores.base import Store
+from retentiond.stores.csv.store import CsvStore
+from retentiond.stores.files.store import FilesStore
+from retentiond.stores.sql.store import SqlStore
+from retentiond.stores.threecx.store import ThreeCxCallsStore
+from retentiond.stores.voicemail.store import VoicemailStore
 
 
 @pytest.fixture(autouse=True)
@@ -169,3 +190,127 @@ def pbx_database() -> Iterator[Callable[[str], PbxDatabase]]:
     yield connect
     for database in opened:
         database.close()
+
+
+@pytest.fixture
+def database(
+    request: pytest.FixtureRequest, pbx_database: Callable[[str], PbxDatabase]
+) -> PbxDatabase:
+    """An empty database of the family the test is parametrized with, indirectly (databases.py:
+    `parametrize("database", ALL_BACKENDS, indirect=True)`); dropped after the test."""
+    return pbx_database(database_url(request, request.param))
+
+
+# -- stores, opened from their settings and closed after the test ---------------------------------
+
+BERLIN = ZoneInfo("Europe/Berlin")  # the PBXs' zone in the database tests
+UTC_ZONE = ZoneInfo("UTC")  # the file trees' zone
+
+AnyStore = TypeVar("AnyStore", bound=Store)
+
+
+@pytest.fixture
+def opened_stores() -> Iterator[list[Store]]:
+    """The stores a test opened, closed after it in the order they were opened."""
+    stores: list[Store] = []
+    yield stores
+    for store in stores:
+        store.close()
+
+
+def _open(stores: list[Store], store: AnyStore) -> AnyStore:
+    stores.append(store)  # closed after the test even when opening fails half-way
+    store.open()
+    return store
+
+
+@pytest.fixture
+def open_sql_store(opened_stores: list[Store]) -> Callable[..., SqlStore]:
+    """Open a SqlStore on a URL: `table` of connection `cdrdb` aged by `time_column`, any other
+    store settings, and `connection_settings` beside the URL; Berlin time unless `zone`."""
+
+    def factory(
+        url: str,
+        table: str = "cdr",
+        time_column: str = "calldate",
+        *,
+        zone: tzinfo = BERLIN,
+        connection_settings: Mapping[str, Any] | None = None,
+        **settings: Any,
+    ) -> SqlStore:
+        config = SqlStoreConfig.model_validate(
+            {"type": "sql", "connection": "cdrdb", "table": table, "time_column": time_column}
+            | settings
+        )
+        database = ConnectionConfig.model_validate({"url": url} | dict(connection_settings or {}))
+        return _open(opened_stores, SqlStore(config, database, zone))
+
+    return factory
+
+
+@pytest.fixture
+def open_3cx_store(opened_stores: list[Store]) -> Callable[..., ThreeCxCallsStore]:
+    """Open a ThreeCxCallsStore on a URL (connection `threecx`) with any store settings, and
+    `connection_settings` beside the URL; Berlin time unless `zone`."""
+
+    def factory(
+        url: str,
+        *,
+        zone: tzinfo = BERLIN,
+        connection_settings: Mapping[str, Any] | None = None,
+        **settings: Any,
+    ) -> ThreeCxCallsStore:
+        config = ThreeCxCallsStoreConfig.model_validate(
+            {"type": "3cx_call_history", "connection": "threecx"} | settings
+        )
+        database = ConnectionConfig.model_validate({"url": url} | dict(connection_settings or {}))
+        return _open(opened_stores, ThreeCxCallsStore(config, database, zone))
+
+    return factory
+
+
+@pytest.fixture
+def open_files_store(opened_stores: list[Store]) -> Callable[..., FilesStore]:
+    """Open a FilesStore on a root with any store settings; UTC unless `zone`.
+    `references_connection` and `named_by_connection` connect to its `references` and `named_by`
+    tables."""
+
+    def factory(
+        root: Path,
+        *,
+        zone: tzinfo = UTC_ZONE,
+        references_connection: ConnectionConfig | None = None,
+        named_by_connection: ConnectionConfig | None = None,
+        **settings: Any,
+    ) -> FilesStore:
+        config = FilesStoreConfig.model_validate({"type": "files", "root": root} | settings)
+        store = FilesStore(
+            config, zone, references_connection, named_by_connection=named_by_connection
+        )
+        return _open(opened_stores, store)
+
+    return factory
+
+
+@pytest.fixture
+def open_voicemail_store(opened_stores: list[Store]) -> Callable[..., VoicemailStore]:
+    """Open a VoicemailStore on a spool root with any store settings; UTC unless `zone`."""
+
+    def factory(root: Path, *, zone: tzinfo = UTC_ZONE, **settings: Any) -> VoicemailStore:
+        config = VoicemailStoreConfig.model_validate(
+            {"type": "asterisk_voicemail", "root": root} | settings
+        )
+        return _open(opened_stores, VoicemailStore(config, zone))
+
+    return factory
+
+
+@pytest.fixture
+def open_csv_store(opened_stores: list[Store]) -> Callable[..., CsvStore]:
+    """Open a CsvStore on a cdr-csv folder with any store settings; UTC unless `zone`."""
+
+    def factory(root: Path, *, zone: tzinfo = UTC_ZONE, **settings: Any) -> CsvStore:
+        config = CsvStoreConfig.model_validate({"type": "csv", "root": root} | settings)
+        return _open(opened_stores, CsvStore(config, zone))
+
+    return factory

@@ -333,6 +333,12 @@ class PbxDatabase:
         name = self.engine.dialect.name
         return "mariadb" if name == "mysql" else name
 
+    def cdr_rows(self, calldates: Iterable[datetime], seed: int = 0) -> list[dict[str, Any]]:
+        """cdr rows as this database's PBX writes them: cdr_sqlite3_custom's strings on SQLite,
+        FreePBX's elsewhere."""
+        rows = sqlite_cdr_rows if self.dialect == "sqlite" else cdr_rows
+        return rows(calldates, seed)
+
     def create(self, *tables: str) -> None:
         """Create PBX tables by name ('cdr', 'cel') in this database's dialect."""
         for table in tables:

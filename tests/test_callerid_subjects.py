@@ -12,22 +12,21 @@ PRIMARY KEY, %s)`) with the columns of `configs/samples/cdr_sqlite3_custom.conf.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import pytest
+from databases import ALL_BACKENDS
 from pbxdata import PbxDatabase, cdr_rows
 from sqlalchemy import text
 
 from retentiond.config import parse_config
-from retentiond.config.model import ConnectionConfig, SqlStoreConfig
+from retentiond.config.model import SqlStoreConfig
 from retentiond.policy.rules import Holds, HoldScope
 from retentiond.policy.subjects import Subject
 from retentiond.stores.sql.store import SqlStore
 
-BERLIN = ZoneInfo("Europe/Berlin")
 CUTOFF = datetime(2024, 6, 1, tzinfo=UTC)  # every call below is older
 PERSON = "+493077700010"
 ALICE = Subject.parse(numbers=[PERSON])
@@ -60,44 +59,13 @@ CALLER_IDS = [
 ]
 HERS = sum(hers for _, hers in CALLER_IDS)
 
-URL_FIXTURES = {"mariadb": "mariadb_url", "postgresql": "postgres_url", "sqlite": "sqlite_url"}
-ALL_BACKENDS = [
-    pytest.param("mariadb", marks=pytest.mark.mariadb),
-    pytest.param("postgresql", marks=pytest.mark.postgres),
-    "sqlite",
-]
-
 
 @pytest.fixture
-def database(
-    request: pytest.FixtureRequest, pbx_database: Callable[[str], PbxDatabase]
-) -> PbxDatabase:
-    return pbx_database(request.getfixturevalue(URL_FIXTURES[request.param]))
-
-
-@pytest.fixture
-def open_store() -> Iterator[Callable[[str], SqlStore]]:
-    stores: list[SqlStore] = []
-
+def open_store(open_sql_store: Callable[..., SqlStore]) -> Callable[[str], SqlStore]:
     def factory(url: str) -> SqlStore:
-        config = SqlStoreConfig.model_validate(
-            {
-                "type": "sql",
-                "connection": "cdrdb",
-                "table": "cdr",
-                "time_column": "calldate",
-                "subject_columns": ["clid"],
-                "batch_size": 3,
-            }
-        )
-        store = SqlStore(config, ConnectionConfig.model_validate({"url": url}), BERLIN)
-        stores.append(store)
-        store.open()
-        return store
+        return open_sql_store(url, subject_columns=["clid"], batch_size=3)
 
-    yield factory
-    for store in stores:
-        store.close()
+    return factory
 
 
 def insert_calls(database: PbxDatabase) -> list[str]:

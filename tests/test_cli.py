@@ -17,14 +17,18 @@ from privacy import leaked
 from retentiond import demo
 
 
-def retentiond(*args: str | Path) -> subprocess.CompletedProcess[str]:
+def retentiond(
+    *args: str | Path, stdin: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the command as a user would, without RETENTIOND_CONFIG from this environment."""
     env = {k: v for k, v in os.environ.items() if k != "RETENTIOND_CONFIG"}
     return subprocess.run(
         [sys.executable, "-m", "retentiond", *map(str, args)],
         capture_output=True,
         text=True,
         env=env,
-        timeout=120,
+        input=stdin,
+        timeout=timeout,
         check=False,
     )
 

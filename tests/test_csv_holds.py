@@ -5,14 +5,12 @@ no hold keeps, and anonymization leaves no full number and changes nothing the s
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import pytest
 
-from retentiond.config.model import CsvStoreConfig
 from retentiond.policy.rules import NO_HOLDS, Holds, HoldScope
 from retentiond.policy.subjects import Subject
 from retentiond.stores.base import BatchResult
@@ -91,19 +89,8 @@ def root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def open_store() -> Iterator[StoreFactory]:
-    opened: list[CsvStore] = []
-
-    def make(root: Path, **options: object) -> CsvStore:
-        config = CsvStoreConfig.model_validate({"type": "csv", "root": root, **options})
-        store = CsvStore(config, ZoneInfo("UTC"))
-        store.open()
-        opened.append(store)
-        return store
-
-    yield make
-    for store in opened:
-        store.close()
+def open_store(open_csv_store: StoreFactory) -> StoreFactory:
+    return open_csv_store
 
 
 def lines_of(root: Path) -> list[bytes]:

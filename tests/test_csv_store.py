@@ -12,7 +12,7 @@ import textwrap
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -21,7 +21,6 @@ from zoneinfo import ZoneInfo
 import pytest
 import structlog
 
-from retentiond.config.model import CsvStoreConfig
 from retentiond.errors import StoreAbsent, StoreError
 from retentiond.stores.base import BatchResult
 from retentiond.stores.csv.store import CsvStore
@@ -127,19 +126,8 @@ def cdr(tmp_path: Path) -> CdrFolder:
 
 
 @pytest.fixture
-def open_store() -> Iterator[StoreFactory]:
-    opened: list[CsvStore] = []
-
-    def make(root: Path, *, zone: ZoneInfo = UTC_ZONE, **options: object) -> CsvStore:
-        config = CsvStoreConfig.model_validate({"type": "csv", "root": root, **options})
-        store = CsvStore(config, zone)
-        store.open()
-        opened.append(store)
-        return store
-
-    yield make
-    for store in opened:
-        store.close()
+def open_store(open_csv_store: StoreFactory) -> StoreFactory:
+    return open_csv_store
 
 
 def enforce(store: CsvStore, cutoff: datetime = CUTOFF) -> list[BatchResult]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from databases import SERVER_BACKENDS, database_url
 from pbxdata import PbxDatabase, cdr_rows
 from privacy import leaked
 from test_cli import retentiond
@@ -62,12 +63,6 @@ TRIGGER_CODES = {"mariadb": ("1644", "45000"), "postgresql": ("P0001", "P0001")}
 DUPLICATE_CODES = {"mariadb": ("1062", "23000"), "postgresql": ("23505", "23505")}
 CHECK_CODES = {"mariadb": ("4025", "23000"), "postgresql": ("23514", "23514")}
 
-URL_FIXTURES = {"mariadb": "mariadb_url", "postgresql": "postgres_url"}
-BACKENDS = [
-    pytest.param("mariadb", marks=pytest.mark.mariadb),
-    pytest.param("postgresql", marks=pytest.mark.postgres),
-]
-
 
 @dataclass
 class Pbx:
@@ -83,12 +78,12 @@ class Pbx:
 Build = Callable[..., Pbx]
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=SERVER_BACKENDS)
 def build(
     request: pytest.FixtureRequest, pbx_database: Callable[[str], PbxDatabase], tmp_path: Path
 ) -> Build:
     """A FreePBX cdr with four expired calls, the first from Siobhan O'Brien, and its config."""
-    url = request.getfixturevalue(URL_FIXTURES[request.param])
+    url = database_url(request, request.param)
 
     def make(action: str = "delete", anonymize: dict[str, str] | None = None) -> Pbx:
         database = pbx_database(url)

@@ -17,14 +17,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from databases import ALL_BACKENDS
 from pbxdata import PbxDatabase
 from sqlalchemy import text
-from test_sql_store import ALL_BACKENDS, StoreFactory, database, open_store, purge
+from test_sql_store import StoreFactory, open_store, purge
 
 from retentiond.policy.rules import Holds, HoldScope
 from retentiond.stores.sql.store import UNDATED, hold_bound
 
-__all__ = ["database", "open_store"]  # fixtures used by name
+__all__ = ["open_store"]  # a fixture used by name
 
 CUTOFF = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 SECOND = int(CUTOFF.timestamp())

@@ -3,30 +3,16 @@ recordings and voicemail, in every store, holds winning, the log holding the tic
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from privacy import leaked
+from test_cli import retentiond
 
 from retentiond import demo
 from retentiond.evidence import log as audit
-
-
-def retentiond(*args: str | Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "RETENTIOND_CONFIG"}
-    return subprocess.run(
-        [sys.executable, "-m", "retentiond", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        input=stdin,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.fixture

@@ -5,20 +5,17 @@ those that no hold keeps."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import pytest
 
-from retentiond.config.model import FilesStoreConfig
 from retentiond.errors import StoreError
 from retentiond.policy.rules import Holds, HoldScope
 from retentiond.policy.subjects import Subject
 from retentiond.stores.files.store import FilesStore
 
-UTC_ZONE = ZoneInfo("UTC")
 CUTOFF = datetime(2026, 5, 14, 12, 0, tzinfo=UTC)
 ERASED_AT = datetime(2026, 5, 25, 9, 0, tzinfo=UTC)  # an erasure's "cutoff" is its moment
 AUDIO = b"RIFF$\x00\x00\x00WAVEfmt " + bytes(32)
@@ -58,30 +55,19 @@ def root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def open_store() -> Iterator[StoreFactory]:
-    opened: list[FilesStore] = []
-
+def open_store(open_files_store: StoreFactory) -> StoreFactory:
     def make(
         root: Path, *, subject_in_name: bool = True, age_from: str = "path_date"
     ) -> FilesStore:
-        config = FilesStoreConfig.model_validate(
-            {
-                "type": "files",
-                "root": root,
-                "match": ["**/*.wav", "**/*.mp3"],
-                "age_from": age_from,
-                "group_siblings": True,
-                "subject_in_name": subject_in_name,
-            }
+        return open_files_store(
+            root,
+            match=["**/*.wav", "**/*.mp3"],
+            age_from=age_from,
+            group_siblings=True,
+            subject_in_name=subject_in_name,
         )
-        store = FilesStore(config, UTC_ZONE)
-        store.open()
-        opened.append(store)
-        return store
 
-    yield make
-    for store in opened:
-        store.close()
+    return make
 
 
 def put(root: Path, relative: str, *, mtime: datetime = ERASED_AT) -> Path:

@@ -10,7 +10,7 @@ import stat
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -65,9 +65,7 @@ def outside(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def open_store() -> Iterator[StoreFactory]:
-    opened: list[FilesStore] = []
-
+def open_store(open_files_store: StoreFactory) -> StoreFactory:
     def make(
         root: Path,
         *,
@@ -76,17 +74,11 @@ def open_store() -> Iterator[StoreFactory]:
         batch_size: int = 500,
         zone: ZoneInfo = UTC_ZONE,
     ) -> FilesStore:
-        config = FilesStoreConfig(
-            type="files", root=root, match=list(match), age_from=age_from, batch_size=batch_size
+        return open_files_store(
+            root, zone=zone, match=list(match), age_from=age_from, batch_size=batch_size
         )
-        store = FilesStore(config, zone)
-        store.open()
-        opened.append(store)
-        return store
 
-    yield make
-    for store in opened:
-        store.close()
+    return make
 
 
 def put(root: Path, relative: str | bytes, *, mtime: datetime = RECENTLY) -> Path:

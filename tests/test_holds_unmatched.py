@@ -9,16 +9,15 @@ through the command line on the demo PBX.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
-import sys
-from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from pbxdata import PbxDatabase, cdr_rows, sqlite_cdr_rows
+from databases import ALL_BACKENDS
+from pbxdata import PbxDatabase
+from test_cli import retentiond as run_command
 
 from retentiond import demo
 from retentiond.config.loader import load_config
@@ -29,12 +28,6 @@ NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 OLD_CALLER = "+49301234567890"  # calls only long expired
 YOUNG_CALLER = "+49891234567"  # calls only in the last week: young, not expired
 NOBODY = "+4940987654321"  # in no store at all
-URL_FIXTURES = {"mariadb": "mariadb_url", "postgresql": "postgres_url", "sqlite": "sqlite_url"}
-BACKENDS = [
-    pytest.param("mariadb", marks=pytest.mark.mariadb),
-    pytest.param("postgresql", marks=pytest.mark.postgres),
-    "sqlite",
-]
 
 CONFIG = """\
 version: 1
@@ -71,15 +64,11 @@ def hold(hold_id: str, scope: str) -> str:
 
 
 @pytest.fixture
-def database(
-    request: pytest.FixtureRequest, pbx_database: Callable[[str], PbxDatabase]
-) -> PbxDatabase:
-    database = pbx_database(request.getfixturevalue(URL_FIXTURES[request.param]))
+def database(database: PbxDatabase) -> PbxDatabase:
     database.create("cdr")
     old = [datetime(2026, 5, 20) + timedelta(hours=12 * i) for i in range(60)]
     young = [datetime(2026, 11, 20) + timedelta(hours=12 * i) for i in range(10)]
-    make = sqlite_cdr_rows if database.dialect == "sqlite" else cdr_rows
-    rows = make(old + young)
+    rows = database.cdr_rows(old + young)
     for index, row in enumerate(rows):
         if index < len(old) and index % 7 == 0:
             row["src"] = OLD_CALLER
@@ -90,7 +79,7 @@ def database(
 
 
 @pytest.mark.server_clock  # runs retentiond against the server
-@pytest.mark.parametrize("database", BACKENDS, indirect=True)
+@pytest.mark.parametrize("database", ALL_BACKENDS, indirect=True)
 def test_only_holds_with_no_object_of_any_age_are_unmatched(
     tmp_path: Path, database: PbxDatabase
 ) -> None:
@@ -127,15 +116,7 @@ def test_only_holds_with_no_object_of_any_age_are_unmatched(
 
 
 def retentiond(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "RETENTIOND_CONFIG"}
-    return subprocess.run(
-        [sys.executable, "-m", "retentiond", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=180,
-        check=False,
-    )
+    return run_command(*args, timeout=180)
 
 
 def test_plan_status_and_report_flag_a_hold_that_matches_nothing(tmp_path: Path) -> None:

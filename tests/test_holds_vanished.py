@@ -8,17 +8,16 @@ On real SQLite, MariaDB and PostgreSQL, and through the command line on the demo
 
 from __future__ import annotations
 
-import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from pbxdata import PbxDatabase, cdr_rows, sqlite_cdr_rows
+from databases import ALL_BACKENDS
+from pbxdata import PbxDatabase, sqlite_cdr_rows
+from test_cli import retentiond
 
 from retentiond import demo
 from retentiond.config.loader import LoadedConfig, load_config
@@ -27,12 +26,6 @@ from retentiond.evidence import log as audit
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 PERSON = "+49301234567890"
-URL_FIXTURES = {"mariadb": "mariadb_url", "postgresql": "postgres_url", "sqlite": "sqlite_url"}
-BACKENDS = [
-    pytest.param("mariadb", marks=pytest.mark.mariadb),
-    pytest.param("postgresql", marks=pytest.mark.postgres),
-    "sqlite",
-]
 
 CONFIG = """\
 version: 1
@@ -80,13 +73,9 @@ def calldates() -> list[datetime]:
 
 
 @pytest.fixture
-def database(
-    request: pytest.FixtureRequest, pbx_database: Callable[[str], PbxDatabase]
-) -> PbxDatabase:
-    database = pbx_database(request.getfixturevalue(URL_FIXTURES[request.param]))
+def database(database: PbxDatabase) -> PbxDatabase:
     database.create("cdr")
-    make = sqlite_cdr_rows if database.dialect == "sqlite" else cdr_rows
-    rows = make(calldates())
+    rows = database.cdr_rows(calldates())
     for index, row in enumerate(rows):
         if index % 5 == 0:
             row["src"] = PERSON
@@ -111,7 +100,7 @@ def entries(loaded: LoadedConfig, kind: str) -> list[audit.Entry]:
 
 
 @pytest.mark.server_clock  # runs retentiond against the server
-@pytest.mark.parametrize("database", BACKENDS, indirect=True)
+@pytest.mark.parametrize("database", ALL_BACKENDS, indirect=True)
 def test_holds_lost_with_their_folder_refuse_the_run_until_ended_explicitly(
     tmp_path: Path, database: PbxDatabase
 ) -> None:
@@ -205,18 +194,6 @@ def test_a_hold_removed_during_a_run_keeps_holding_to_its_end(
 
 
 # --- the command line, on the demo PBX ----------------------------------------------------------
-
-
-def retentiond(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "RETENTIOND_CONFIG"}
-    return subprocess.run(
-        [sys.executable, "-m", "retentiond", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 def calls(config_file: Path) -> int:

@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,7 +46,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from spool import add_message, message_txt
 
-from retentiond.config.model import FilesStoreConfig, VoicemailStoreConfig
+from retentiond.config.model import VoicemailStoreConfig
 from retentiond.stores.base import Batch, BatchResult, Survey
 from retentiond.stores.files.store import FilesStore
 from retentiond.stores.fs.folders import open_folder
@@ -107,39 +107,21 @@ def shows_no_name(survey: Survey, done: Enforcement, fragments: tuple[str, ...])
 
 
 @pytest.fixture
-def files_store() -> Iterator[Callable[..., FilesStore]]:
-    opened: list[FilesStore] = []
-
+def files_store(open_files_store: Callable[..., FilesStore]) -> Callable[..., FilesStore]:
     def make(root: Path, age_from: AgeSource = "mtime", batch_size: int = 500) -> FilesStore:
-        config = FilesStoreConfig(
-            type="files", root=root, match=["**/*.wav"], age_from=age_from, batch_size=batch_size
-        )
-        store = FilesStore(config, UTC_ZONE)
-        store.open()
-        opened.append(store)
-        return store
+        return open_files_store(root, match=["**/*.wav"], age_from=age_from, batch_size=batch_size)
 
-    yield make
-    for store in opened:
-        store.close()
+    return make
 
 
 @pytest.fixture
-def voicemail_store() -> Iterator[Callable[..., VoicemailStore]]:
-    opened: list[VoicemailStore] = []
-
+def voicemail_store(
+    open_voicemail_store: Callable[..., VoicemailStore],
+) -> Callable[..., VoicemailStore]:
     def make(root: Path, batch_size: int = 200) -> VoicemailStore:
-        config = VoicemailStoreConfig(
-            type="asterisk_voicemail", root=root, lock_wait=0.2, batch_size=batch_size
-        )
-        store = VoicemailStore(config, UTC_ZONE)
-        store.open()
-        opened.append(store)
-        return store
+        return open_voicemail_store(root, lock_wait=0.2, batch_size=batch_size)
 
-    yield make
-    for store in opened:
-        store.close()
+    return make
 
 
 @pytest.fixture

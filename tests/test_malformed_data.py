@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -22,16 +22,13 @@ from test_cli import retentiond
 
 from retentiond.config.model import (
     ConnectionConfig,
-    CsvStoreConfig,
     SqlStoreConfig,
-    VoicemailStoreConfig,
 )
 from retentiond.stores.csv.lines import UNPARSEABLE
 from retentiond.stores.csv.store import CsvStore
 from retentiond.stores.sql.store import UNDATED, SqlStore
 from retentiond.stores.voicemail.store import MALFORMED_TXT, VoicemailStore
 
-UTC_ZONE = ZoneInfo("UTC")
 BERLIN = ZoneInfo("Europe/Berlin")
 CUTOFF = datetime(2026, 2, 14, 12, 0, tzinfo=UTC)
 OLD = CUTOFF - timedelta(days=200)
@@ -85,19 +82,13 @@ MALFORMED_TXTS: dict[str, bytes] = {
 
 
 @pytest.fixture
-def voicemail_store() -> Iterator[Callable[[Path], VoicemailStore]]:
-    opened: list[VoicemailStore] = []
-
+def voicemail_store(
+    open_voicemail_store: Callable[..., VoicemailStore],
+) -> Callable[[Path], VoicemailStore]:
     def make(root: Path) -> VoicemailStore:
-        config = VoicemailStoreConfig(type="asterisk_voicemail", root=root, lock_wait=0.2)
-        store = VoicemailStore(config, UTC_ZONE)
-        store.open()
-        opened.append(store)
-        return store
+        return open_voicemail_store(root, lock_wait=0.2)
 
-    yield make
-    for store in opened:
-        store.close()
+    return make
 
 
 def test_malformed_msg_txt_is_counted_and_never_deleted(
@@ -237,19 +228,11 @@ BROKEN_LINES: dict[str, bytes] = {
 
 
 @pytest.fixture
-def csv_store() -> Iterator[Callable[[Path], CsvStore]]:
-    opened: list[CsvStore] = []
-
+def csv_store(open_csv_store: Callable[..., CsvStore]) -> Callable[[Path], CsvStore]:
     def make(root: Path) -> CsvStore:
-        config = CsvStoreConfig.model_validate({"type": "csv", "root": root})
-        store = CsvStore(config, BERLIN)
-        store.open()
-        opened.append(store)
-        return store
+        return open_csv_store(root, zone=BERLIN)
 
-    yield make
-    for store in opened:
-        store.close()
+    return make
 
 
 def test_broken_csv_lines_are_kept_byte_for_byte_and_counted(

@@ -9,14 +9,15 @@ SQLite. Every test looks at what a user would: which files are left, what the cd
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from pbxdata import PbxDatabase, cdr_rows, sqlite_cdr_rows
+from databases import ALL_BACKENDS, SERVER_BACKENDS, database_url
+from pbxdata import PbxDatabase
 from sqlalchemy import Engine, event, text
 from structlog.testing import capture_logs
 
@@ -31,14 +32,6 @@ CUTOFF = datetime(2026, 5, 14, 12, 0, tzinfo=UTC)
 RECENTLY = datetime(2026, 5, 20, 14, 15, tzinfo=UTC)
 LONG_AGO = datetime(2026, 4, 1, 8, 0, tzinfo=UTC)
 AUDIO = b"RIFF$\x00\x00\x00WAVEfmt " + bytes(32)  # 44 bytes, the smallest file FreePBX lists
-
-URL_FIXTURES = {"mariadb": "mariadb_url", "postgresql": "postgres_url", "sqlite": "sqlite_url"}
-ALL_BACKENDS = [
-    pytest.param("mariadb", marks=pytest.mark.mariadb),
-    pytest.param("postgresql", marks=pytest.mark.postgres),
-    "sqlite",
-]
-SERVER_BACKENDS = ALL_BACKENDS[:2]
 
 # Fragments of the recordings' personal data that must never leave the store.
 PHONE = "017612345678"
@@ -86,11 +79,8 @@ def root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def database(
-    request: pytest.FixtureRequest, pbx_database: Callable[[str], PbxDatabase]
-) -> PbxDatabase:
+def database(database: PbxDatabase) -> PbxDatabase:
     """A cdr table in the backend the test is parametrized with."""
-    database = pbx_database(request.getfixturevalue(URL_FIXTURES[request.param]))
     database.create("cdr")
     if database.dialect == "sqlite":
         # cdr_sqlite3_custom writes the columns its config lists; FreePBX setups add this one.
@@ -102,9 +92,7 @@ StoreFactory = Callable[..., FilesStore]
 
 
 @pytest.fixture
-def open_store() -> Iterator[StoreFactory]:
-    opened: list[FilesStore] = []
-
+def open_store(open_files_store: StoreFactory) -> StoreFactory:
     def make(
         root: Path,
         url: str | None = None,
@@ -124,11 +112,10 @@ def open_store() -> Iterator[StoreFactory]:
         references = (
             ReferencesConfig(connection="cdrdb", table=table, column=column) if url else None
         )
-        config = FilesStoreConfig(
-            type="files",
-            root=root,
+        return open_files_store(
+            root,
             match=list(match),
-            age_from=age_from,  # type: ignore[arg-type]
+            age_from=age_from,
             batch_size=batch_size,
             group_siblings=group_siblings,
             references=references,
@@ -137,25 +124,17 @@ def open_store() -> Iterator[StoreFactory]:
                 if named_by
                 else None
             ),
-        )
-        connection = (
-            ConnectionConfig(url=url, lock_timeout=lock_timeout, retries=retries) if url else None
-        )
-        store = FilesStore(
-            config,
-            UTC_ZONE,
-            connection,
+            references_connection=(
+                ConnectionConfig(url=url, lock_timeout=lock_timeout, retries=retries)
+                if url
+                else None
+            ),
             named_by_connection=ConnectionConfig(url=named_by, retries=retries)
             if named_by
             else None,
         )
-        opened.append(store)
-        store.open()
-        return store
 
-    yield make
-    for store in opened:
-        store.close()
+    return make
 
 
 def put(root: Path, relative: str | bytes, *, mtime: datetime = RECENTLY) -> Path:
@@ -189,7 +168,7 @@ FREEPBX_REFERENCES = [
 def insert_calls(database: PbxDatabase, references: list[str]) -> None:
     """One FreePBX cdr row per reference (cdr_sqlite3_custom rows on SQLite), all from April."""
     calldates = [datetime(2026, 4, 2, 10, 0) + timedelta(hours=i) for i in range(len(references))]
-    rows = sqlite_cdr_rows(calldates) if database.dialect == "sqlite" else cdr_rows(calldates)
+    rows = database.cdr_rows(calldates)
     for row, reference in zip(rows, references, strict=True):
         row["recordingfile"] = reference
     database.insert("cdr", rows)
@@ -634,7 +613,7 @@ def rows_database(
     request: pytest.FixtureRequest, pbx_database: Callable[[str], PbxDatabase]
 ) -> PbxDatabase:
     """3CX's `recordings` table, reduced to its key and the path, in the backend of the test."""
-    database = pbx_database(request.getfixturevalue(URL_FIXTURES[request.param]))
+    database = pbx_database(database_url(request, request.param))
     database.execute(
         "CREATE TABLE recordings (id_recording integer PRIMARY KEY, recording_url varchar(511))"
     )

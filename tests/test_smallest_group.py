@@ -9,25 +9,21 @@ The csv store reads real files; the 3CX store runs against a real PostgreSQL wit
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
 from pbxdata import PbxDatabase
 from test_csv_holds import cdr_line
 from threecx_schema import cdroutput_rows, create_cdroutput_schema, create_cl_schema
 
-from retentiond.config.model import ConnectionConfig, CsvStoreConfig, ThreeCxCallsStoreConfig
 from retentiond.stores.csv.store import CsvStore
 from retentiond.stores.threecx.anonymize import DEFAULT_ANONYMIZE
 from retentiond.stores.threecx.store import ThreeCxCallsStore
 
 CUTOFF = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
-UTC_ZONE = ZoneInfo("UTC")
-BERLIN = ZoneInfo("Europe/Berlin")
 # Three numbers of one exchange (030123xxx once truncated) and two of another (040555xxx).
 EXCHANGE_A = ("030123451", "030123452", "030123453")
 EXCHANGE_B = ("040555111", "040555112")
@@ -49,19 +45,8 @@ def young(hours: float) -> datetime:
 
 
 @pytest.fixture
-def open_csv() -> Iterator[Callable[..., CsvStore]]:
-    opened: list[CsvStore] = []
-
-    def make(root: Path, **options: Any) -> CsvStore:
-        config = CsvStoreConfig.model_validate({"type": "csv", "root": root, **options})
-        store = CsvStore(config, UTC_ZONE)
-        store.open()
-        opened.append(store)
-        return store
-
-    yield make
-    for store in opened:
-        store.close()
+def open_csv(open_csv_store: Callable[..., CsvStore]) -> Callable[..., CsvStore]:
+    return open_csv_store
 
 
 def write_csv(path: Path, calls: Sequence[tuple[datetime, str]], *, clid: str = "") -> None:
@@ -160,24 +145,16 @@ def database(postgres_url: str, pbx_database: Callable[[str], PbxDatabase]) -> P
 
 
 @pytest.fixture
-def open_3cx() -> Iterator[StoreFactory]:
-    stores: list[ThreeCxCallsStore] = []
-
+def open_3cx(open_3cx_store: StoreFactory) -> StoreFactory:
     def factory(
         url: str, anonymize: Mapping[str, Any] | None = DEFAULT_ANONYMIZE
     ) -> ThreeCxCallsStore:
-        options: dict[str, Any] = {"type": "3cx_call_history", "connection": "threecx"}
+        options: dict[str, Any] = {}
         if anonymize is not None:
             options["anonymize"] = dict(anonymize)
-        config = ThreeCxCallsStoreConfig.model_validate(options)
-        store = ThreeCxCallsStore(config, ConnectionConfig.model_validate({"url": url}), BERLIN)
-        stores.append(store)
-        store.open()
-        return store
+        return open_3cx_store(url, **options)
 
-    yield factory
-    for store in stores:
-        store.close()
+    return factory
 
 
 def anonymize_3cx(store: ThreeCxCallsStore) -> None:

@@ -7,16 +7,16 @@ ctid on PostgreSQL, rowid on SQLite. The cutoff is 2024-03-01 12:00 UTC, 13:00 i
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from databases import ALL_BACKENDS
 from pbxdata import POSTGRES_CDR, PbxDatabase, cdr_rows
 from sqlalchemy import text
 
-from retentiond.config.model import ConnectionConfig, SqlStoreConfig
 from retentiond.errors import StoreError
 from retentiond.policy.rules import NO_HOLDS, Holds, HoldScope
 from retentiond.stores.base import BatchResult
@@ -25,13 +25,6 @@ from retentiond.stores.sql.store import SqlStore
 BERLIN = ZoneInfo("Europe/Berlin")
 CUTOFF = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 CUTOFF_IN_BERLIN = datetime(2024, 3, 1, 13, 0)
-
-URL_FIXTURES = {"mariadb": "mariadb_url", "postgresql": "postgres_url", "sqlite": "sqlite_url"}
-ALL_BACKENDS = [
-    pytest.param("mariadb", marks=pytest.mark.mariadb),
-    pytest.param("postgresql", marks=pytest.mark.postgres),
-    "sqlite",
-]
 
 NUMBERS = ["src", "dst", "cnum", "did", "outbound_cnum"]
 BLANKED = ["clid", "cnam", "outbound_cnam", "dst_cnam", "uniqueid", "linkedid", "channel"]
@@ -44,32 +37,9 @@ StoreFactory = Callable[..., SqlStore]
 
 
 @pytest.fixture
-def open_store() -> Iterator[StoreFactory]:
+def open_store(open_sql_store: StoreFactory) -> StoreFactory:
     """Open a SqlStore on a URL with any store settings; closed after the test."""
-    stores: list[SqlStore] = []
-
-    def factory(
-        url: str, table: str = "cdr", time_column: str = "calldate", **settings: Any
-    ) -> SqlStore:
-        config = SqlStoreConfig.model_validate(
-            {"type": "sql", "connection": "cdrdb", "table": table, "time_column": time_column}
-            | settings
-        )
-        store = SqlStore(config, ConnectionConfig.model_validate({"url": url}), BERLIN)
-        stores.append(store)
-        store.open()
-        return store
-
-    yield factory
-    for store in stores:
-        store.close()
-
-
-@pytest.fixture
-def database(
-    request: pytest.FixtureRequest, pbx_database: Callable[[str], PbxDatabase]
-) -> PbxDatabase:
-    return pbx_database(request.getfixturevalue(URL_FIXTURES[request.param]))
+    return open_sql_store
 
 
 def create_freepbx_cdr(database: PbxDatabase, calldates: list[datetime]) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ PostgreSQL gets the 3CX v20 table itself; MariaDB a keyless equivalent (deleted 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,13 +19,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from databases import ALL_BACKENDS
 from pbxdata import PbxDatabase
 from pydantic import ValidationError
 from sqlalchemy import text
 from structlog.testing import capture_logs
 from threecx_schema import EXTENSIONS, RECORDINGS, recording_name
 
-from retentiond.config.model import ConnectionConfig, SqlStoreConfig
+from retentiond.config.model import SqlStoreConfig
 from retentiond.errors import StoreError
 from retentiond.policy.rules import Holds, HoldScope
 from retentiond.policy.subjects import Subject
@@ -39,12 +40,6 @@ PERSON = "+4930555123"
 PERSON_SUBJECT = Subject.parse(numbers=[PERSON])
 STRANGER = "+4930999888"
 
-URL_FIXTURES = {"mariadb": "mariadb_url", "postgresql": "postgres_url", "sqlite": "sqlite_url"}
-ALL_BACKENDS = [
-    pytest.param("mariadb", marks=pytest.mark.mariadb),
-    pytest.param("postgresql", marks=pytest.mark.postgres),
-    "sqlite",
-]
 
 TABLES = {
     # Keyless, like FreePBX's cdr: batches delete with ORDER BY ... LIMIT ... RETURNING.
@@ -173,13 +168,6 @@ def held(recording: Recording) -> bool:
 
 
 @pytest.fixture
-def database(
-    request: pytest.FixtureRequest, pbx_database: Callable[[str], PbxDatabase]
-) -> PbxDatabase:
-    return pbx_database(request.getfixturevalue(URL_FIXTURES[request.param]))
-
-
-@pytest.fixture
 def root(tmp_path: Path) -> Path:
     folder = tmp_path / "Recordings"
     folder.mkdir()
@@ -187,32 +175,20 @@ def root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def open_store(root: Path) -> Iterator[StoreFactory]:
+def open_store(open_sql_store: StoreFactory, root: Path) -> StoreFactory:
     """A SqlStore on the recordings table with subject_in_file_name; closed after the test."""
-    stores: list[SqlStore] = []
 
     def factory(url: str, **settings: Any) -> SqlStore:
-        config = SqlStoreConfig.model_validate(
-            {
-                "type": "sql",
-                "connection": "3cx",
-                "table": "recordings",
-                "time_column": "start_time",
-                "file_column": "recording_url",
-                "file_root": str(root),
-                "subject_in_file_name": True,
-                "batch_size": 2,
-            }
-            | settings
-        )
-        store = SqlStore(config, ConnectionConfig.model_validate({"url": url}), BERLIN)
-        stores.append(store)
-        store.open()
-        return store
+        defaults = {
+            "connection": "3cx",
+            "file_column": "recording_url",
+            "file_root": str(root),
+            "subject_in_file_name": True,
+            "batch_size": 2,
+        }
+        return open_sql_store(url, "recordings", "start_time", **(defaults | settings))
 
-    yield factory
-    for store in stores:
-        store.close()
+    return factory
 
 
 # -- holds ----------------------------------------------------------------------------------------

@@ -7,16 +7,16 @@ The cutoff is 2024-03-01 12:00 UTC, 13:00 on the wall clock in Berlin.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from pbxdata import PbxDatabase, cdr_rows, cel_rows, sqlite_cdr_rows
+from databases import ALL_BACKENDS
+from pbxdata import PbxDatabase, cel_rows, sqlite_cdr_rows
 from sqlalchemy import text
 
-from retentiond.config.model import ConnectionConfig, SqlStoreConfig
 from retentiond.policy.rules import Holds, HoldScope
 from retentiond.policy.subjects import Subject
 from retentiond.stores.base import BatchResult
@@ -27,43 +27,13 @@ CUTOFF = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 CUTOFF_IN_BERLIN = datetime(2024, 3, 1, 13, 0)
 PERSON = "+4989555123"  # the person a hold by number is about; not in the generated data
 
-URL_FIXTURES = {"mariadb": "mariadb_url", "postgresql": "postgres_url", "sqlite": "sqlite_url"}
-ALL_BACKENDS = [
-    pytest.param("mariadb", marks=pytest.mark.mariadb),
-    pytest.param("postgresql", marks=pytest.mark.postgres),
-    "sqlite",
-]
-
 StoreFactory = Callable[..., SqlStore]
 
 
 @pytest.fixture
-def open_store() -> Iterator[StoreFactory]:
+def open_store(open_sql_store: StoreFactory) -> StoreFactory:
     """Open a SqlStore on a URL with any store settings; closed after the test."""
-    stores: list[SqlStore] = []
-
-    def factory(
-        url: str, table: str = "cdr", time_column: str = "calldate", **settings: Any
-    ) -> SqlStore:
-        config = SqlStoreConfig.model_validate(
-            {"type": "sql", "connection": "cdrdb", "table": table, "time_column": time_column}
-            | settings
-        )
-        store = SqlStore(config, ConnectionConfig.model_validate({"url": url}), BERLIN)
-        stores.append(store)
-        store.open()
-        return store
-
-    yield factory
-    for store in stores:
-        store.close()
-
-
-@pytest.fixture
-def database(
-    request: pytest.FixtureRequest, pbx_database: Callable[[str], PbxDatabase]
-) -> PbxDatabase:
-    return pbx_database(request.getfixturevalue(URL_FIXTURES[request.param]))
+    return open_sql_store
 
 
 def wall(database: PbxDatabase, moment: datetime) -> Any:
@@ -78,7 +48,7 @@ def berlin(*args: int) -> datetime:
 def insert_calls(database: PbxDatabase, calldates: list[datetime]) -> None:
     """FreePBX cdr rows (Asterisk's SQLite cdr on SQLite); every third call is PERSON's."""
     database.create("cdr")
-    rows = sqlite_cdr_rows(calldates) if database.dialect == "sqlite" else cdr_rows(calldates)
+    rows = database.cdr_rows(calldates)
     for index, row in enumerate(rows):
         if index % 3 == 0:
             row["src"] = PERSON

@@ -20,11 +20,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from databases import ALL_BACKENDS, SERVER_BACKENDS
 from pbxdata import PbxDatabase, cdr_rows, cel_rows, sqlite_cdr_rows
 from sqlalchemy import text
 from structlog.testing import capture_logs
 
-from retentiond.config.model import ConnectionConfig, SqlStoreConfig
 from retentiond.errors import StoreAbsent, StoreError
 from retentiond.policy.rules import latest_instant
 from retentiond.stores.base import BatchResult
@@ -35,21 +35,12 @@ NEW_YORK = ZoneInfo("America/New_York")
 CUTOFF = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 CUTOFF_IN_BERLIN = datetime(2024, 3, 1, 13, 0)  # naive wall-clock time, as FreePBX writes it
 
-URL_FIXTURES = {"mariadb": "mariadb_url", "postgresql": "postgres_url", "sqlite": "sqlite_url"}
-ALL_BACKENDS = [
-    pytest.param("mariadb", marks=pytest.mark.mariadb),
-    pytest.param("postgresql", marks=pytest.mark.postgres),
-    "sqlite",
-]
-SERVER_BACKENDS = ALL_BACKENDS[:2]
-
 StoreFactory = Callable[..., SqlStore]
 
 
 @pytest.fixture
-def open_store() -> Iterator[StoreFactory]:
+def open_store(open_sql_store: StoreFactory) -> StoreFactory:
     """Open a SqlStore on a URL; every one opened is closed after the test."""
-    stores: list[SqlStore] = []
 
     def factory(
         url: str,
@@ -65,38 +56,19 @@ def open_store() -> Iterator[StoreFactory]:
         file_column: str | None = None,
         file_root: Path | None = None,
     ) -> SqlStore:
-        settings: dict[str, Any] = {
-            "type": "sql",
-            "connection": "cdrdb",
-            "table": table,
-            "time_column": time_column,
-            "batch_size": batch_size,
-        }
+        settings: dict[str, Any] = {"batch_size": batch_size}
         if file_column is not None:
             settings.update(file_column=file_column, file_root=str(file_root))
-        store_config = SqlStoreConfig.model_validate(settings)
-        connection: dict[str, Any] = {"url": url, "lock_timeout": lock_timeout, "retries": retries}
+        connection: dict[str, Any] = {"lock_timeout": lock_timeout, "retries": retries}
         if password_file is not None:
             connection["password_file"] = str(password_file)
         if password_from is not None:
             connection["password_from"] = str(password_from)
-        store = SqlStore(store_config, ConnectionConfig.model_validate(connection), zone)
-        stores.append(store)
-        store.open()
-        return store
+        return open_sql_store(
+            url, table, time_column, zone=zone, connection_settings=connection, **settings
+        )
 
-    yield factory
-    for store in stores:
-        store.close()
-
-
-@pytest.fixture
-def database(
-    request: pytest.FixtureRequest, pbx_database: Callable[[str], PbxDatabase]
-) -> PbxDatabase:
-    """An empty database of the backend the test is parametrized with."""
-    backend = request.param
-    return pbx_database(request.getfixturevalue(URL_FIXTURES[backend]))
+    return factory
 
 
 def wall(database: PbxDatabase, moment: datetime) -> Any:
@@ -106,10 +78,7 @@ def wall(database: PbxDatabase, moment: datetime) -> Any:
 
 def insert_calls(database: PbxDatabase, calldates: list[datetime]) -> None:
     """FreePBX cdr rows (cdr_sqlite3_custom rows on SQLite) with these naive call dates."""
-    if database.dialect == "sqlite":
-        database.insert("cdr", sqlite_cdr_rows(calldates))
-    else:
-        database.insert("cdr", cdr_rows(calldates))
+    database.insert("cdr", database.cdr_rows(calldates))
 
 
 def purge(store: SqlStore, cutoff: datetime = CUTOFF) -> list[BatchResult]:

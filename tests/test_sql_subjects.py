@@ -5,16 +5,16 @@ The FreePBX cdr (keyless on MariaDB, ctid on PostgreSQL) and Asterisk's SQLite c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from pbxdata import PbxDatabase, cdr_rows, sqlite_cdr_rows
+from databases import ALL_BACKENDS
+from pbxdata import PbxDatabase
 from sqlalchemy import text
 
-from retentiond.config.model import ConnectionConfig, SqlStoreConfig
 from retentiond.errors import StoreError
 from retentiond.policy.rules import Holds, HoldScope
 from retentiond.policy.subjects import Subject
@@ -26,41 +26,13 @@ PERSON = "+4989555123"
 PERSON_DIALLED = "089555123"  # the same number as dialled from a German extension
 STRANGER = "+4989555124"  # one digit away: never theirs
 
-URL_FIXTURES = {"mariadb": "mariadb_url", "postgresql": "postgres_url", "sqlite": "sqlite_url"}
-ALL_BACKENDS = [
-    pytest.param("mariadb", marks=pytest.mark.mariadb),
-    pytest.param("postgresql", marks=pytest.mark.postgres),
-    "sqlite",
-]
-
 StoreFactory = Callable[..., SqlStore]
 
 
 @pytest.fixture
-def open_store() -> Iterator[StoreFactory]:
+def open_store(open_sql_store: StoreFactory) -> StoreFactory:
     """Open a SqlStore on a URL with any store settings; closed after the test."""
-    stores: list[SqlStore] = []
-
-    def factory(url: str, **settings: Any) -> SqlStore:
-        config = SqlStoreConfig.model_validate(
-            {"type": "sql", "connection": "cdrdb", "table": "cdr", "time_column": "calldate"}
-            | settings
-        )
-        store = SqlStore(config, ConnectionConfig.model_validate({"url": url}), BERLIN)
-        stores.append(store)
-        store.open()
-        return store
-
-    yield factory
-    for store in stores:
-        store.close()
-
-
-@pytest.fixture
-def database(
-    request: pytest.FixtureRequest, pbx_database: Callable[[str], PbxDatabase]
-) -> PbxDatabase:
-    return pbx_database(request.getfixturevalue(URL_FIXTURES[request.param]))
+    return open_sql_store
 
 
 def insert_calls(database: PbxDatabase) -> list[dict[str, Any]]:
@@ -68,7 +40,7 @@ def insert_calls(database: PbxDatabase) -> list[dict[str, Any]]:
     caller (international form) or callee (dialled form); a stranger's number on others."""
     calldates = [datetime(2024, 2, 1, 9) + timedelta(hours=47 * i) for i in range(30)]
     database.create("cdr")
-    rows = sqlite_cdr_rows(calldates) if database.dialect == "sqlite" else cdr_rows(calldates)
+    rows = database.cdr_rows(calldates)
     for index, row in enumerate(rows):
         if index % 6 == 0:
             row["src"] = PERSON

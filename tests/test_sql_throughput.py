@@ -8,17 +8,16 @@ batch's report with the rows that really left the table.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
-from pbxdata import PbxDatabase, cdr_rows, cel_rows, sqlite_cdr_rows
+from databases import ALL_BACKENDS, SERVER_BACKENDS
+from pbxdata import PbxDatabase, cel_rows
 from sqlalchemy import Engine, event, text
 
-from retentiond.config.model import ConnectionConfig, SqlStoreConfig
 from retentiond.stores.sql.store import (
     BATCH_TIME,
     TABLE_LOCK_BATCH_SIZE,
@@ -26,54 +25,22 @@ from retentiond.stores.sql.store import (
     SqlStore,
 )
 
-BERLIN = ZoneInfo("Europe/Berlin")
 CUTOFF = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 WALL_CUTOFF = datetime(2024, 3, 1, 13, 0)  # the cutoff on Berlin's wall clock
 
-URL_FIXTURES = {"mariadb": "mariadb_url", "postgresql": "postgres_url", "sqlite": "sqlite_url"}
-ALL_BACKENDS = [
-    pytest.param("mariadb", marks=pytest.mark.mariadb),
-    pytest.param("postgresql", marks=pytest.mark.postgres),
-    "sqlite",
-]
-SERVER_BACKENDS = ALL_BACKENDS[:2]
-
 
 @pytest.fixture
-def database(
-    request: pytest.FixtureRequest, pbx_database: Callable[[str], PbxDatabase]
-) -> PbxDatabase:
-    return pbx_database(request.getfixturevalue(URL_FIXTURES[request.param]))
-
-
-@pytest.fixture
-def open_store() -> Iterator[Callable[..., SqlStore]]:
-    stores: list[SqlStore] = []
-
+def open_store(open_sql_store: Callable[..., SqlStore]) -> Callable[..., SqlStore]:
     def factory(
         url: str, table: str = "cdr", batch_size: int | None = None, **options: Any
     ) -> SqlStore:
-        settings: dict[str, Any] = {
-            "type": "sql",
-            "connection": "cdrdb",
-            "table": table,
-            "time_column": "calldate" if table == "cdr" else "eventtime",
-            **options,
-        }
+        settings: dict[str, Any] = dict(options)
         if batch_size is not None:
             settings["batch_size"] = batch_size
-        store = SqlStore(
-            SqlStoreConfig.model_validate(settings),
-            ConnectionConfig.model_validate({"url": url}),
-            BERLIN,
-        )
-        stores.append(store)
-        store.open()
-        return store
+        time_column = "calldate" if table == "cdr" else "eventtime"
+        return open_sql_store(url, table, time_column, **settings)
 
-    yield factory
-    for store in stores:
-        store.close()
+    return factory
 
 
 @dataclass
@@ -116,10 +83,7 @@ def watch(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Traffic:
 
 
 def insert_calls(database: PbxDatabase, calldates: list[datetime]) -> None:
-    if database.dialect == "sqlite":
-        database.insert("cdr", sqlite_cdr_rows(calldates))
-    else:
-        database.insert("cdr", cdr_rows(calldates))
+    database.insert("cdr", database.cdr_rows(calldates))
 
 
 def expired_hours(count: int) -> list[datetime]:

@@ -8,10 +8,8 @@ administrator or a monitoring check runs it: a real process, its output and its 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from privacy import leaked
+from test_cli import retentiond
 
 from retentiond import demo
 from retentiond.config.loader import LoadedConfig, load_config
@@ -396,19 +395,6 @@ def test_json_has_every_figure(pbx: Path) -> None:
 
 
 # Until cli.py registers `status`, the same main() runs with the command added in the process.
-def retentiond(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "RETENTIOND_CONFIG"}
-    start = ["-m", "retentiond"]
-    return subprocess.run(
-        [sys.executable, *start, *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-
-
 def status(config_file: Path, *options: str) -> tuple[subprocess.CompletedProcess[str], Any]:
     result = retentiond("-c", config_file, "status", *options)
     assert "Traceback" not in result.stderr, result.stderr

@@ -9,7 +9,7 @@ The cutoff is 2024-03-01 12:00 UTC.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,6 @@ from threecx_schema import (
     recording_rows,
 )
 
-from retentiond.config.model import ConnectionConfig, SqlStoreConfig, ThreeCxCallsStoreConfig
 from retentiond.errors import StoreAbsent, StoreError
 from retentiond.stores.base import BatchResult, Store
 from retentiond.stores.sql.store import SqlStore
@@ -53,27 +52,16 @@ def database(postgres_url: str, pbx_database: Callable[[str], PbxDatabase]) -> P
 
 
 @pytest.fixture
-def open_store() -> Iterator[StoreFactory]:
+def open_store(open_3cx_store: StoreFactory) -> StoreFactory:
     """Open a ThreeCxCallsStore on a URL; every one opened is closed after the test."""
-    stores: list[Store] = []
 
     def factory(
         url: str, *, batch_size: int = 500, lock_timeout: float = 5.0, retries: int = 5
     ) -> ThreeCxCallsStore:
-        config = ThreeCxCallsStoreConfig.model_validate(
-            {"type": "3cx_call_history", "connection": "threecx", "batch_size": batch_size}
-        )
-        connection = ConnectionConfig.model_validate(
-            {"url": url, "lock_timeout": lock_timeout, "retries": retries}
-        )
-        store = ThreeCxCallsStore(config, connection, BERLIN)
-        stores.append(store)
-        store.open()
-        return store
+        connection = {"lock_timeout": lock_timeout, "retries": retries}
+        return open_3cx_store(url, batch_size=batch_size, connection_settings=connection)
 
-    yield factory
-    for store in stores:
-        store.close()
+    return factory
 
 
 def purge(store: Store, cutoff: datetime = CUTOFF) -> list[BatchResult]:
@@ -479,9 +467,8 @@ def recordings_root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def open_recordings() -> Iterator[Callable[..., SqlStore]]:
+def open_recordings(open_sql_store: Callable[..., SqlStore]) -> Callable[..., SqlStore]:
     """Open a SqlStore on a table whose rows name files; every one is closed after the test."""
-    stores: list[SqlStore] = []
 
     def factory(
         url: str,
@@ -492,25 +479,17 @@ def open_recordings() -> Iterator[Callable[..., SqlStore]]:
         file_column: str = "recording_url",
         batch_size: int = 1000,
     ) -> SqlStore:
-        config = SqlStoreConfig.model_validate(
-            {
-                "type": "sql",
-                "connection": "threecx",
-                "table": table,
-                "time_column": time_column,
-                "file_column": file_column,
-                "file_root": str(root),
-                "batch_size": batch_size,
-            }
+        return open_sql_store(
+            url,
+            table,
+            time_column,
+            connection="threecx",
+            file_column=file_column,
+            file_root=str(root),
+            batch_size=batch_size,
         )
-        store = SqlStore(config, ConnectionConfig.model_validate({"url": url}), BERLIN)
-        stores.append(store)
-        store.open()
-        return store
 
-    yield factory
-    for store in stores:
-        store.close()
+    return factory
 
 
 def write_file(path: Path, size: int) -> int:

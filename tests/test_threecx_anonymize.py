@@ -8,14 +8,14 @@ anonymized call; young and held calls must come out byte for byte as they went i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from pbxdata import PbxDatabase
 from structlog.testing import capture_logs
-from test_threecx import BERLIN, CUTOFF, after_cutoff, as_set, before_cutoff, shuffled, table_rows
+from test_threecx import CUTOFF, after_cutoff, as_set, before_cutoff, shuffled, table_rows
 from test_threecx_holds import outside_party, rows_of_calls
 from threecx_schema import (
     CL_DEPENDENTS,
@@ -27,7 +27,6 @@ from threecx_schema import (
     create_cl_schema,
 )
 
-from retentiond.config.model import ConnectionConfig, ThreeCxCallsStoreConfig
 from retentiond.errors import StoreError
 from retentiond.policy.rules import NO_HOLDS, Holds, HoldScope
 from retentiond.policy.subjects import Subject
@@ -57,28 +56,13 @@ def database(postgres_url: str, pbx_database: Callable[[str], PbxDatabase]) -> P
 
 
 @pytest.fixture
-def open_store() -> Iterator[StoreFactory]:
-    stores: list[ThreeCxCallsStore] = []
-
+def open_store(open_3cx_store: StoreFactory) -> StoreFactory:
     def factory(
         url: str, *, anonymize: Mapping[str, Any] = DEFAULT_ANONYMIZE, batch_size: int = 500
     ) -> ThreeCxCallsStore:
-        config = ThreeCxCallsStoreConfig.model_validate(
-            {
-                "type": "3cx_call_history",
-                "connection": "threecx",
-                "batch_size": batch_size,
-                "anonymize": dict(anonymize),
-            }
-        )
-        store = ThreeCxCallsStore(config, ConnectionConfig.model_validate({"url": url}), BERLIN)
-        stores.append(store)
-        store.open()
-        return store
+        return open_3cx_store(url, batch_size=batch_size, anonymize=dict(anonymize))
 
-    yield factory
-    for store in stores:
-        store.close()
+    return factory
 
 
 def anonymize(

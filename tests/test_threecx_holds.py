@@ -8,7 +8,7 @@ tables before and after, call by call. The cutoff is 2024-03-01 12:00 UTC.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,7 +26,6 @@ from threecx_schema import (
     create_cl_schema,
 )
 
-from retentiond.config.model import ConnectionConfig, ThreeCxCallsStoreConfig
 from retentiond.policy.rules import NO_HOLDS, Holds, HoldScope
 from retentiond.policy.subjects import Subject
 from retentiond.stores.base import Batch, BatchResult
@@ -44,21 +43,11 @@ def database(postgres_url: str, pbx_database: Callable[[str], PbxDatabase]) -> P
 
 
 @pytest.fixture
-def open_store() -> Iterator[StoreFactory]:
-    stores: list[ThreeCxCallsStore] = []
-
+def open_store(open_3cx_store: StoreFactory) -> StoreFactory:
     def factory(url: str, *, batch_size: int = 500) -> ThreeCxCallsStore:
-        config = ThreeCxCallsStoreConfig.model_validate(
-            {"type": "3cx_call_history", "connection": "threecx", "batch_size": batch_size}
-        )
-        store = ThreeCxCallsStore(config, ConnectionConfig.model_validate({"url": url}), BERLIN)
-        stores.append(store)
-        store.open()
-        return store
+        return open_3cx_store(url, batch_size=batch_size)
 
-    yield factory
-    for store in stores:
-        store.close()
+    return factory
 
 
 def purge(

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from pbxdata import PbxDatabase, cdr_rows, sqlite_cdr_rows
+from pbxdata import PbxDatabase
 from privacy import leaked
 from spool import add_message
 from test_cli import retentiond
@@ -125,7 +125,7 @@ def _call_records(database: PbxDatabase, now: datetime) -> None:
     database.create("cdr")
     wall = [now - timedelta(days=200), now - timedelta(days=199), now - timedelta(days=1)]
     naive = [moment.replace(tzinfo=None) for moment in wall]
-    rows = sqlite_cdr_rows(naive) if database.dialect == "sqlite" else cdr_rows(naive)
+    rows = database.cdr_rows(naive)
     database.insert("cdr", rows)
     _undated_rows(database)
 

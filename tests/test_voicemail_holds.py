@@ -4,15 +4,13 @@ and an erasure removes exactly those that no hold keeps."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import pytest
 from spool import Message, add_message, message_txt
 
-from retentiond.config.model import VoicemailStoreConfig
 from retentiond.policy.rules import Holds, HoldScope
 from retentiond.policy.subjects import Subject
 from retentiond.stores.voicemail.store import VoicemailStore
@@ -53,12 +51,8 @@ def spool(tmp_path: Path) -> Spool:
 
 
 @pytest.fixture
-def store(spool: Spool) -> Iterator[VoicemailStore]:
-    config = VoicemailStoreConfig(type="asterisk_voicemail", root=spool.root, lock_wait=0.2)
-    opened = VoicemailStore(config, ZoneInfo("UTC"))
-    opened.open()
-    yield opened
-    opened.close()
+def store(spool: Spool, open_voicemail_store: Callable[..., VoicemailStore]) -> VoicemailStore:
+    return open_voicemail_store(spool.root, lock_wait=0.2)
 
 
 def contents(message: Message) -> dict[str, bytes]:

@@ -67,9 +67,7 @@ def spool(tmp_path: Path) -> Spool:
 
 
 @pytest.fixture
-def open_store() -> Iterator[StoreFactory]:
-    opened: list[VoicemailStore] = []
-
+def open_store(open_voicemail_store: StoreFactory) -> StoreFactory:
     def make(
         root: Path,
         *,
@@ -79,22 +77,16 @@ def open_store() -> Iterator[StoreFactory]:
         ami: AmiConfig | None = None,
         zone: ZoneInfo = UTC_ZONE,
     ) -> VoicemailStore:
-        config = VoicemailStoreConfig(
-            type="asterisk_voicemail",
-            root=root,
+        return open_voicemail_store(
+            root,
+            zone=zone,
             lock_mode=lock_mode,
             lock_wait=lock_wait,
             batch_size=batch_size,
             ami=ami,
         )
-        store = VoicemailStore(config, zone)
-        store.open()
-        opened.append(store)
-        return store
 
-    yield make
-    for store in opened:
-        store.close()
+    return make
 
 
 def enforce(store: VoicemailStore, cutoff: datetime = CUTOFF) -> Enforcement:
