@@ -656,9 +656,10 @@ def demo(directory: Path) -> None:
 
     from retentiond import demo as demo_pbx
     from retentiond.engine.status import compute, status_text
-    from retentiond.evidence.report import data as report_data
+    from retentiond.evidence.report import build as report_build
     from retentiond.evidence.report import render as report_render
     from retentiond.evidence.report import residual
+    from retentiond.evidence.report.values import Period
 
     config_file = demo_pbx.build(directory, hold=True)
     loaded = load_config(config_file)
@@ -681,8 +682,8 @@ def demo(directory: Path) -> None:
         f"\n== 5. the DPO report (retentiond -c {config_file} report --from "
         f"{today - timedelta(days=30)} --to {today} -o {report_file}) =="
     )
-    period = report_data.Period(today - timedelta(days=30), today, zone)
-    built = report_data.build_report(
+    period = Period(today - timedelta(days=30), today, zone)
+    built = report_build.build_report(
         loaded,
         [],
         period,

@@ -21,7 +21,8 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from retentiond.config.model import Config, ConnectionConfig, SqlStoreConfig
 from retentiond.errors import StoreError
-from retentiond.evidence.report.data import Finding, approximate_days
+from retentiond.evidence.report.catalogue import approximate_days
+from retentiond.evidence.report.values import Finding
 from retentiond.stores.db.errors import describe
 from retentiond.stores.sql.store import Database
 
