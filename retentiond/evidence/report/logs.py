@@ -13,12 +13,11 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from retentiond.errors import AuditError
 from retentiond.evidence import log as audit
+from retentiond.evidence.report.entries import as_int, as_text, entry_time
 from retentiond.evidence.report.values import Checkpoint, LogFinding, LogInfo, LogRepair
 
 
@@ -82,21 +81,6 @@ def name_systems(logs: list[LogFile], config_log: Path, own_system: str | None) 
     for log in logs:
         if len(bases_by_name[log.system]) > 1:
             log.system = f"{log.system} ({log.base})"
-
-
-def entry_time(entry: audit.Entry) -> datetime:
-    """When the entry was written, in UTC."""
-    return datetime.fromisoformat(entry.ts).astimezone(UTC)
-
-
-def as_int(value: Any) -> int:
-    """A count field of an entry; 0 where it is missing or not a whole number."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def as_text(value: Any) -> str:
-    """A text field of an entry; "" where it is missing or not text."""
-    return value if isinstance(value, str) else ""
 
 
 def in_file(result: audit.Verification) -> str:

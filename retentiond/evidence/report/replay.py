@@ -3,8 +3,8 @@ system, rule, store and week of the report's period.
 
 A run is followed from `run_started` through its batches to its end (`run_finished`,
 `run_refused` or `run_failed`); holds, erasures (Art. 17) and subject searches (Art. 15) have
-entries of their own.
-Runs that started in the period and never recorded an end are counted by `finish`.
+entries of their own. Runs that started in the period and never recorded an end are counted by
+`finish`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,17 @@ from typing import Any
 
 from retentiond.config.model import Config
 from retentiond.evidence import log as audit
-from retentiond.evidence.report.logs import as_int, as_text, entry_time
+from retentiond.evidence.report.entries import (
+    as_int,
+    as_text,
+    entry_time,
+    held_by,
+    held_total,
+    is_int,
+    remaining_total,
+    subject_stores,
+    undated_failures,
+)
 from retentiond.evidence.report.values import (
     ConfigReload,
     HoldEvent,
@@ -168,7 +178,7 @@ class Replay:
         if at >= self.period.end:
             return
         ended = self.ended_holds.setdefault(system, set())
-        for label, by_hold in _held_by(stores).items():
+        for label, by_hold in held_by(stores).items():
             for sys_, hold, store in list(self.held_latest):
                 if sys_ == system and store == label and hold not in by_hold and hold not in ended:
                     self._held(system, hold, store, 0, at)
@@ -230,8 +240,8 @@ class Replay:
         stores = entry.fields.get("stores")
         if self.period.contains(at):
             self.status[(system, run.rule, status)] += 1
-            remaining = _remaining(stores)
-            held = _held_total(stores)
+            remaining = remaining_total(stores)
+            held = held_total(stores)
             if key not in self.last or self.last[key][0] <= at:
                 self.last[key] = (at, status, remaining, held)
             self._unconfirmed(run, at)
@@ -252,7 +262,7 @@ class Replay:
             group = store.get("smallest_group")
             key = (system, rule, as_text(store.get("store")))
             if key not in self.groups or self.groups[key][0] <= at:
-                self.groups[key] = (at, group if _is_int(group) else None)
+                self.groups[key] = (at, group if is_int(group) else None)
 
     def _finished(self, system: str, entry: audit.Entry, at: datetime) -> None:
         status = as_text(entry.fields.get("status")) or "unknown"
@@ -262,7 +272,7 @@ class Replay:
         if status == "interrupted":
             reason = "stopped on request after the current batch; the next run continues"
         elif status == "incomplete":
-            left = _remaining(entry.fields.get("stores"))
+            left = remaining_total(entry.fields.get("stores"))
             reason = (
                 f"{left if left is not None else 'some'} expired objects remained after the run"
             )
@@ -273,7 +283,7 @@ class Replay:
                 for store in stores
                 if store.get("failed")
             ]
-            undated = _undated_failures(stores)
+            undated = undated_failures(stores)
             reasons = (
                 ["store failed, the rule's other stores were enforced: " + "; ".join(failed)]
                 if failed
@@ -300,7 +310,7 @@ class Replay:
         covers = {
             str(store): as_int(count)
             for store, count in (fields.get("covers") or {}).items()
-            if _is_int(count)
+            if is_int(count)
         }
         if at < self.period.end:
             for store, count in covers.items():
@@ -327,7 +337,7 @@ class Replay:
 
         def number(key: str) -> int | None:
             value = fields.get(key)
-            return value if _is_int(value) else None
+            return value if is_int(value) else None
 
         self.hold_events.append(
             HoldEvent(
@@ -356,7 +366,7 @@ class Replay:
             (system, as_text(fields.get("run_id"))), _Erasure(as_text(fields.get("ticket")))
         )
         erasure.started = at
-        erasure.stores = _subject_stores(fields.get("stores"))
+        erasure.stores = subject_stores(fields.get("stores"))
         self._seen_config(system, entry, at)
 
     def _erasure_finished(self, system: str, entry: audit.Entry, at: datetime) -> None:
@@ -371,7 +381,7 @@ class Replay:
         erasure.final_deleted = as_int(fields.get("deleted"))
         erasure.final_held = as_int(fields.get("held"))
         erasure.outcome = as_text(fields.get("outcome")) or None
-        stores = _subject_stores(fields.get("stores"))
+        stores = subject_stores(fields.get("stores"))
         if stores:
             erasure.stores = stores
 
@@ -393,7 +403,7 @@ class Replay:
     def _subject_search(self, system: str, entry: audit.Entry, at: datetime) -> None:
         if not self.period.contains(at):
             return
-        stores = _subject_stores(entry.fields.get("stores"))
+        stores = subject_stores(entry.fields.get("stores"))
         self.searches.append(
             SubjectSearch(
                 at,
@@ -481,82 +491,3 @@ class _Erasure:
     batch_deleted: int = 0
     intents: set[tuple[str, int]] = field(default_factory=set)
     done: set[tuple[str, int]] = field(default_factory=set)
-
-
-def _subject_stores(stores: Any) -> list[SubjectStore]:
-    if not isinstance(stores, list):
-        return []
-    return [
-        SubjectStore(
-            rule=as_text(store.get("rule")),
-            store=as_text(store.get("store")),
-            unit=as_text(store.get("unit")) or "objects",
-            found=as_int(store.get("found")),
-            held=as_int(store.get("held")),
-            deleted=store["deleted"] if _is_int(store.get("deleted")) else None,
-            unsearchable=bool(store.get("unsearchable")),
-        )
-        for store in stores
-        if isinstance(store, dict)
-    ]
-
-
-def _held_by(stores: Any) -> dict[str, dict[str, int]]:
-    """store label -> hold -> objects held, from a run entry's stores; a store listed for both
-    stages of a two-stage rule counts the larger of the two."""
-    result: dict[str, dict[str, int]] = {}
-    if not isinstance(stores, list):
-        return result
-    for store in stores:
-        if not isinstance(store, dict) or store.get("absent"):
-            continue
-        by_hold = result.setdefault(as_text(store.get("store")), {})
-        for hold, count in (store.get("held_by") or {}).items():
-            if _is_int(count):
-                by_hold[str(hold)] = max(by_hold.get(str(hold), 0), count)
-    return result
-
-
-def _undated_failures(stores: list[dict[str, Any]]) -> list[str]:
-    """Why a run failed for objects that cannot be dated, from its stores' counts."""
-    reasons: dict[str, str] = {}
-    for store in stores:
-        if not store.get("undated_failed"):
-            continue
-        tolerated = store.get("undated_tolerated")
-        share = f"{tolerated * 100:.3g}%" if isinstance(tolerated, int | float) else "unknown"
-        reasons.setdefault(
-            as_text(store.get("store")),
-            f"{as_text(store.get('store'))}: {as_int(store.get('undated'))} objects cannot be "
-            f"dated and are never deleted (tolerated: {share})",
-        )
-    return list(reasons.values())
-
-
-def _held_total(stores: Any) -> int | None:
-    """Objects a run left alone because of holds, over its stores (larger stage per store)."""
-    if not isinstance(stores, list):
-        return None
-    per_store: dict[str, int] = {}
-    for store in stores:
-        if isinstance(store, dict):
-            label = as_text(store.get("store"))
-            per_store[label] = max(per_store.get(label, 0), as_int(store.get("held")))
-    return sum(per_store.values())
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _remaining(stores: Any) -> int | None:
-    """Expired objects left after a run, summed over its stores; None if any store is unknown."""
-    if not isinstance(stores, list):
-        return None
-    total = 0
-    for store in stores:
-        value = store.get("remaining") if isinstance(store, dict) else None
-        if not isinstance(value, int):
-            return None
-        total += value
-    return total
