@@ -387,7 +387,7 @@ def test_freepbx_settings_that_cannot_be_read_are_named_by_code(mariadb_url: str
     from sqlalchemy import make_url
 
     from retentiond.config.pbxfiles import PbxSettingsError
-    from retentiond.config.presets import read_freepbx_settings
+    from retentiond.config.presets.freepbx import read_freepbx_settings
 
     url = make_url(mariadb_url)
     amp = {

@@ -21,8 +21,9 @@ from test_csv_holds import cdr_line
 from threecx_schema import cdroutput_rows, create_cdroutput_schema, create_cl_schema
 
 from retentiond.config.model import ConnectionConfig, CsvStoreConfig, ThreeCxCallsStoreConfig
+from retentiond.config.presets.transforms import THREECX_ANONYMIZE as DEFAULT_ANONYMIZE
 from retentiond.stores.csv.store import CsvStore
-from retentiond.stores.threecx.store import DEFAULT_ANONYMIZE, ThreeCxCallsStore
+from retentiond.stores.threecx.store import ThreeCxCallsStore
 
 CUTOFF = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 UTC_ZONE = ZoneInfo("UTC")

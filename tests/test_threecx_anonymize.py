@@ -28,11 +28,12 @@ from threecx_schema import (
 )
 
 from retentiond.config.model import ConnectionConfig, ThreeCxCallsStoreConfig
+from retentiond.config.presets.transforms import THREECX_ANONYMIZE as DEFAULT_ANONYMIZE
 from retentiond.errors import StoreError
 from retentiond.policy.rules import NO_HOLDS, Holds, HoldScope
 from retentiond.policy.subjects import Subject
 from retentiond.stores.base import BatchResult
-from retentiond.stores.threecx.store import DEFAULT_ANONYMIZE, ThreeCxCallsStore
+from retentiond.stores.threecx.store import ThreeCxCallsStore
 
 pytestmark = pytest.mark.postgres
 
