@@ -16,9 +16,13 @@ $(BIN)/retentiond: pyproject.toml
 demo: $(BIN)/retentiond
 	$(BIN)/retentiond demo $(DEMO_DIR)
 
+# The house plan (README, Code map): layers and independent store kinds (import-linter, the
+# contracts in pyproject.toml), then module sizes, dialect branches and private names.
 lint: $(BIN)/retentiond
-	$(BIN)/ruff check retentiond tests
-	$(BIN)/ruff format --check retentiond tests
+	$(BIN)/ruff check retentiond tests tools benchmarks
+	$(BIN)/ruff format --check retentiond tests tools benchmarks
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/python tools/check_house.py
 
 typecheck: $(BIN)/retentiond
 	$(BIN)/mypy

@@ -19,11 +19,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from retentiond.config.globs import compile_glob
 from retentiond.config.model import FilesStoreConfig
 from retentiond.errors import StoreError
 from retentiond.policy.rules import end_of_day
 from retentiond.stores.base import Batch
-from retentiond.stores.files.store import FilesStore, compile_glob, filename_age, path_age
+from retentiond.stores.files.store import FilesStore
+from retentiond.stores.fs.ages import filename_age, path_age
 
 UTC_ZONE = ZoneInfo("UTC")
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -315,7 +315,7 @@ def test_folder_swapped_for_a_symlink_while_the_walk_enters_it_is_not_entered(
             taken.append(snapshot(outside))
         return open_folder(name, parent_fd, root_device)
 
-    monkeypatch.setattr("retentiond.stores.files.store.open_folder", swapping)
+    monkeypatch.setattr("retentiond.stores.files.walk.open_folder", swapping)
     store = files_store(root, "path_date")
 
     survey = store.survey(CUTOFF)
@@ -534,7 +534,7 @@ def test_mailbox_swapped_for_a_symlink_while_the_walk_enters_it_is_not_entered(
             taken.append(snapshot(outside))
         return open_folder(name, parent_fd, root_device)
 
-    monkeypatch.setattr("retentiond.stores.voicemail.store.open_folder", swapping)
+    monkeypatch.setattr("retentiond.stores.voicemail.messages.open_folder", swapping)
     store = voicemail_store(spool)
 
     survey = store.survey(CUTOFF)

@@ -26,7 +26,8 @@ from retentiond.config.model import (
     SqlStoreConfig,
     VoicemailStoreConfig,
 )
-from retentiond.stores.csv.store import UNPARSEABLE, CsvStore
+from retentiond.stores.csv.lines import UNPARSEABLE
+from retentiond.stores.csv.store import CsvStore
 from retentiond.stores.sql.store import UNDATED, SqlStore
 from retentiond.stores.voicemail.store import MALFORMED_TXT, VoicemailStore
 

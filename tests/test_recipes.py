@@ -30,7 +30,7 @@ from test_cli import retentiond
 from retentiond.config.loader import parse_config
 from retentiond.config.model import parse_keep
 from retentiond.policy.rules import cutoff as rule_cutoff
-from retentiond.stores.files.store import filename_age
+from retentiond.stores.fs.ages import filename_age
 
 RECIPES = Path(__file__).resolve().parent.parent / "config" / "examples"
 # realistic_spool's msgNNNN.txt without origtime is 1 of the 7 messages a run leaves: more than

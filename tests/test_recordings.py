@@ -23,7 +23,8 @@ from structlog.testing import capture_logs
 from retentiond.config.model import ConnectionConfig, FilesStoreConfig, ReferencesConfig
 from retentiond.errors import StoreAbsent, StoreError
 from retentiond.policy.rules import NO_HOLDS, Holds, HoldScope
-from retentiond.stores.files.store import FilesStore, reference_days
+from retentiond.stores.files.references import reference_days
+from retentiond.stores.files.store import FilesStore
 
 UTC_ZONE = ZoneInfo("UTC")
 CUTOFF = datetime(2026, 5, 14, 12, 0, tzinfo=UTC)

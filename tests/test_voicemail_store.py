@@ -37,7 +37,8 @@ from spool import (
 from retentiond.config.model import AmiConfig, VoicemailStoreConfig
 from retentiond.errors import StoreAbsent, StoreError
 from retentiond.stores.base import Batch
-from retentiond.stores.voicemail.store import VoicemailStore, parse_origtime
+from retentiond.stores.voicemail.messages import parse_origtime
+from retentiond.stores.voicemail.store import VoicemailStore
 
 UTC_ZONE = ZoneInfo("UTC")
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -43,19 +43,14 @@ not copied to its rewrite; owner, group and mode are.
 
 from __future__ import annotations
 
-import csv
-import errno
-import fcntl
 import fnmatch
 import os
 import re
-import secrets
 import stat
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, tzinfo
+from datetime import date, datetime, tzinfo
 from typing import Literal
 
 import structlog
@@ -63,15 +58,33 @@ import structlog
 from retentiond.config.model import CsvStoreConfig
 from retentiond.config.roots import system_root_warning
 from retentiond.errors import StoreError
-from retentiond.policy.anonymize import Blank, Constant, Transform, anonymize_row
-from retentiond.policy.rules import NO_HOLDS, Holds, latest_instant
+from retentiond.policy.anonymize import Blank, Constant, Transform
+from retentiond.policy.rules import NO_HOLDS, Holds
 from retentiond.policy.subjects import Subject
 from retentiond.stores.base import Batch, BatchResult, Found, Store, Survey
+from retentiond.stores.csv.lines import (
+    CHUNK,
+    UNPARSEABLE,
+    Line,
+    LineReader,
+    anonymized_line,
+    complete_lines,
+    open_file,
+)
+from retentiond.stores.csv.rewrite import (
+    TEMP_NAME,
+    carry_late_appends,
+    copy_from,
+    count_lines,
+    create_temp,
+    remove_stale_temps,
+    unlink_quietly,
+    write_all,
+)
 from retentiond.stores.fs.folders import (
     CHANGED,
     NOT_REGULAR_FILE,
     OTHER_FILESYSTEM,
-    READ_FLAGS,
     SYMLINK,
     UNREADABLE,
     VANISHED,
@@ -89,29 +102,12 @@ log = structlog.get_logger()
 # Why something was left alone, as counted in Survey.skipped and BatchResult.skipped, besides
 # the folders module's symlink, not_regular_file, other_filesystem, unreadable, vanished and
 # changed (here: replaced or truncated since planning).
-UNPARSEABLE = "unparseable"  # a line whose time cannot be read (counted in lines)
 HARD_LINKED = "hard_linked"  # a rewrite would leave the old lines under the other name
 LEFTOVER_TEMP = "leftover_temp"  # a rewrite interrupted by a crash; removed by the next rewrite
 
 # What an anonymizing batch did besides rewriting lines, as counted in BatchResult.counts.
 UNCHANGED = "unchanged"  # lines visited whose fields were anonymized already
 
-WRITER_WAIT = 5.0  # seconds to wait for writers that opened the old file before the rename
-QUIET = 0.1  # without a lease: seconds the old file must stay unchanged
-STALE_TEMP = 600.0  # seconds after which a temporary copy is an interrupted rewrite's leftover
-
-_CHUNK = 1 << 20
-_POLL = 0.002
-_TEMP_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_TEMP_MARK = b".retentiond-"
-_TEMP_NAME = re.compile(rb"\..+\.retentiond-[0-9a-f]{8}", re.DOTALL)
-_TEMP_PREFIX_MAX = 200  # bytes of the original name in a temporary name (NAME_MAX is 255)
-# The cdr_csv date format (`%Y-%m-%d %T`) parsed without strptime, which is slow per line.
-_PLAIN_TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %T")
-_PLAIN_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
-# One field as written: quoted (doubled quotes inside) or bare.
-_RAW_FIELD = re.compile(r'"(?:[^"]|"")*"|[^,"]*')
-_NEEDS_QUOTES = re.compile(r'[,"\r\n]')
 # The root is opened without listing it: a folder that cannot be listed fails at the walk.
 _ROOT_WORDING = RootWording(
     not_a_folder="{root} is not a folder; set the store's root to the cdr-csv folder",
@@ -141,15 +137,6 @@ class PlannedCsv:
     device: int
     inode: int
     selection: Selection = Selection()
-
-
-@dataclass(frozen=True, slots=True)
-class _Line:
-    """One complete line of a file, read once: its fields (None: not one CSV record) and time."""
-
-    raw: bytes
-    fields: list[str] | None
-    when: datetime | None
 
 
 @dataclass
@@ -209,7 +196,7 @@ class CsvStore(Store):
         self._patterns = [
             re.compile(fnmatch.translate(pattern.strip("/"))) for pattern in config.match
         ]
-        self._plain_time = config.time_format in _PLAIN_TIME_FORMATS
+        self._reader = LineReader(config.time_field, config.time_format, zone)
         self._root = RootFolder(config.root, _ROOT_WORDING)
         # Keyed by position as text, the way anonymize_row meets a line's fields.
         self._transforms: dict[str, Transform] = {
@@ -296,7 +283,7 @@ class CsvStore(Store):
         # Erased lines are of any age: the cutoff only bounds expiry, not an erasure.
         return self._batches(None, Selection("erase", holds, subject))
 
-    def _matched(self, line: _Line, subject: Subject) -> dict[str, str]:
+    def _matched(self, line: Line, subject: Subject) -> dict[str, str]:
         """The subject fields of a line that name `subject`, by position."""
         if line.fields is None:
             return {}
@@ -306,7 +293,7 @@ class CsvStore(Store):
             if position < len(line.fields) and subject.matches_callerid(line.fields[position])
         }
 
-    def _names(self, line: _Line) -> Callable[[Subject], bool] | None:
+    def _names(self, line: Line) -> Callable[[Subject], bool] | None:
         """Whether a line names a subject; None for a line that is no CSV record (whose it is
         cannot be told, so every hold in its window holds it)."""
         if line.fields is None:
@@ -365,27 +352,6 @@ class CsvStore(Store):
             return None
         return min(sizes.values())
 
-    def _anonymized(self, line: _Line) -> bytes | None:
-        """The line with its fields transformed, quoting kept; None when nothing changes.
-
-        Raises Skip(UNPARSEABLE) for a line whose fields cannot be rewritten one by one.
-        """
-        fields = line.fields
-        text = line.raw.decode("utf-8", "surrogateescape")
-        body = text.rstrip("\r\n")
-        raw_fields = _raw_fields(body)
-        if fields is None or raw_fields is None or len(raw_fields) != len(fields):
-            raise Skip(UNPARSEABLE)
-        transforms = {key: t for key, t in self._transforms.items() if int(key) < len(fields)}
-        changes = anonymize_row(transforms, {str(i): value for i, value in enumerate(fields)})
-        if not changes:
-            return None
-        for key, value in changes.items():
-            position = int(key)
-            raw_fields[position] = _field_text(value, quoted=raw_fields[position].startswith('"'))
-        rewritten = ",".join(raw_fields) + text[len(body) :]
-        return rewritten.encode("utf-8", "surrogateescape")
-
     # -- selecting -------------------------------------------------------------------------------
 
     def _survey(self, cutoff: datetime, selection: Selection) -> Survey:
@@ -440,7 +406,7 @@ class CsvStore(Store):
                 yield Batch(number=number, planned=tally.expired, span=tally.span, payload=planned)
 
     def _count(
-        self, line: _Line, cutoff: datetime | None, selection: Selection, tally: _Tally
+        self, line: Line, cutoff: datetime | None, selection: Selection, tally: _Tally
     ) -> None:
         tally.lines += 1
         if line.when is None:
@@ -451,7 +417,7 @@ class CsvStore(Store):
             tally.expire(len(line.raw), self._day(line.when))
 
     def _picks(
-        self, selection: Selection, line: _Line, cutoff: datetime | None, tally: _Tally
+        self, selection: Selection, line: Line, cutoff: datetime | None, tally: _Tally
     ) -> bool:
         """Whether `selection` removes or anonymizes the line; a held one is counted instead."""
         if selection.action == "erase":
@@ -483,7 +449,7 @@ class CsvStore(Store):
                 "permission"
             ) from None
         for name in names:
-            if _TEMP_NAME.fullmatch(name):
+            if TEMP_NAME.fullmatch(name):
                 skipped[LEFTOVER_TEMP] += 1
                 continue
             if not self._matches(name):
@@ -508,10 +474,10 @@ class CsvStore(Store):
         text = os.fsdecode(name)
         return any(pattern.fullmatch(text) for pattern in self._patterns)
 
-    def _lines(self, found: _Found) -> Iterator[_Line]:
+    def _lines(self, found: _Found) -> Iterator[Line]:
         """One file's complete lines, read. Raises Skip when it cannot be read."""
         try:
-            fd = _open_file(self._require_open(), found.name)
+            fd = open_file(self._require_open(), found.name)
         except Skip as skip:
             if skip.reason == VANISHED:
                 return
@@ -520,36 +486,12 @@ class CsvStore(Store):
             status = os.fstat(fd)
             if (status.st_dev, status.st_ino) != (found.status.st_dev, found.status.st_ino):
                 raise Skip(CHANGED)
-            for raw in _complete_lines(fd, status.st_size):
-                yield self._read_line(raw)
+            for raw in complete_lines(fd, status.st_size):
+                yield self._reader.read(raw)
         except OSError:
             raise Skip(UNREADABLE) from None
         finally:
             os.close(fd)
-
-    def _read_line(self, raw: bytes) -> _Line:
-        text = raw.decode("utf-8", "surrogateescape")
-        try:
-            fields = next(csv.reader((text.rstrip("\n"),), strict=True))
-        except (csv.Error, StopIteration):
-            return _Line(raw, None, None)
-        return _Line(raw, fields, self._line_time(fields))
-
-    def _line_time(self, fields: list[str]) -> datetime | None:
-        """The (latest) instant a line's time field denotes, or None when it cannot be read."""
-        if len(fields) <= self.config.time_field:
-            return None
-        value = fields[self.config.time_field]
-        try:
-            if self._plain_time and _PLAIN_TIME.fullmatch(value):
-                wall = datetime.fromisoformat(value)
-            else:
-                wall = datetime.strptime(value, self.config.time_format)
-            if wall.tzinfo is not None:  # the format carried an offset: the instant is exact
-                return wall.astimezone(UTC)
-            return latest_instant(wall, self.zone)
-        except (ValueError, OverflowError):
-            return None
 
     def _day(self, when: datetime | None) -> date | None:
         return None if when is None else when.astimezone(self.zone).date()
@@ -558,7 +500,7 @@ class CsvStore(Store):
 
     def _open_planned(self, root_fd: int, planned: PlannedCsv) -> int:
         check_component(planned.name)  # a single entry of the root
-        fd = _open_file(root_fd, planned.name)
+        fd = open_file(root_fd, planned.name)
         status = os.fstat(fd)
         reason = None
         if not stat.S_ISREG(status.st_mode) or (status.st_dev, status.st_ino) != (
@@ -575,8 +517,8 @@ class CsvStore(Store):
 
     def _rewrite(self, root_fd: int, fd: int, planned: PlannedCsv, cutoff: datetime) -> BatchResult:
         original = os.fstat(fd)
-        _remove_stale_temps(root_fd, planned.name)
-        temp_name, temp_fd = _create_temp(root_fd, planned.name, original, self.root)
+        remove_stale_temps(root_fd, planned.name)
+        temp_name, temp_fd = create_temp(root_fd, planned.name, original, self.root)
         selection = planned.selection
         done = _Tally()
         renamed = False
@@ -584,10 +526,10 @@ class CsvStore(Store):
             offset = self._filter(fd, temp_fd, original.st_size, cutoff, selection, done)
             filtered = offset
             if done.anonymized if selection.action == "anonymize" else done.expired:
-                offset = _copy_from(fd, temp_fd, offset)
+                offset = copy_from(fd, temp_fd, offset)
                 os.fsync(temp_fd)
                 # Again, for what came during the sync: fewer lines left for after the rename.
-                offset = _copy_from(fd, temp_fd, offset)
+                offset = copy_from(fd, temp_fd, offset)
                 self._check_still_planned(root_fd, fd, planned, offset)
                 # A rotation between the check and the rename is the one race left here.
                 os.rename(temp_name, planned.name, src_dir_fd=root_fd, dst_dir_fd=root_fd)
@@ -600,14 +542,14 @@ class CsvStore(Store):
         finally:
             if not renamed:
                 os.close(temp_fd)
-                _unlink_quietly(root_fd, temp_name, self.root)
+                unlink_quietly(root_fd, temp_name, self.root)
         if not renamed:  # nothing to remove or rewrite any more: left as it is
             return _result(selection, done, appended=0)
         try:
             os.fsync(root_fd)
-            late = _carry_late_appends(fd, temp_fd, offset)
+            late = carry_late_appends(fd, temp_fd, offset)
             os.fsync(temp_fd)
-            appended = _count_lines(fd, filtered, offset + late)
+            appended = count_lines(fd, filtered, offset + late)
         except OSError as error:
             raise StoreError(
                 f"a CSV file in {self.root} was rewritten, but lines appended during the rewrite "
@@ -642,26 +584,26 @@ class CsvStore(Store):
         offset = 0
         kept: list[bytes] = []
         kept_size = 0
-        for raw in _complete_lines(fd, stop):
+        for raw in complete_lines(fd, stop):
             offset += len(raw)
-            line = self._read_line(raw)
+            line = self._reader.read(raw)
             if self._picks(selection, line, cutoff, done):
                 done.expire(len(raw), self._day(line.when))
                 raw = self._edited(selection, line, done)
             kept.append(raw)
             kept_size += len(raw)
-            if kept_size >= _CHUNK:
-                _write_all(temp_fd, b"".join(kept))
+            if kept_size >= CHUNK:
+                write_all(temp_fd, b"".join(kept))
                 kept, kept_size = [], 0
-        _write_all(temp_fd, b"".join(kept))
+        write_all(temp_fd, b"".join(kept))
         return offset
 
-    def _edited(self, selection: Selection, line: _Line, done: _Tally) -> bytes:
+    def _edited(self, selection: Selection, line: Line, done: _Tally) -> bytes:
         """What a picked line becomes: nothing when removed, else its anonymized form."""
         if selection.action != "anonymize":
             return b""
         try:
-            rewritten = self._anonymized(line)
+            rewritten = anonymized_line(line, self._transforms)
         except Skip as skip:
             done.skipped[skip.reason] += 1
             return line.raw
@@ -719,210 +661,3 @@ def _result(selection: Selection, done: _Tally, appended: int) -> BatchResult:
         skipped=skipped,
         counts=counts,
     )
-
-
-# -- fields --------------------------------------------------------------------------------------
-
-
-def _raw_fields(body: str) -> list[str] | None:
-    """One line's fields as written, quotes kept; None when a quote sits inside a bare field."""
-    fields: list[str] = []
-    position = 0
-    while True:
-        match = _RAW_FIELD.match(body, position)
-        if match is None:  # pragma: no cover - the pattern matches the empty string
-            return None
-        fields.append(match.group())
-        position = match.end()
-        if position == len(body):
-            return fields
-        if body[position] != ",":
-            return None
-        position += 1
-
-
-def _field_text(value: object, *, quoted: bool) -> str:
-    """A new value written as the field was (quoted or bare), quoted where it must be."""
-    text = "" if value is None else str(value)
-    if quoted or _NEEDS_QUOTES.search(text):
-        return '"' + text.replace('"', '""') + '"'
-    return text
-
-
-# -- files ---------------------------------------------------------------------------------------
-
-
-def _open_file(root_fd: int, name: bytes) -> int:
-    try:
-        return os.open(name, READ_FLAGS, dir_fd=root_fd)
-    except FileNotFoundError:
-        raise Skip(VANISHED) from None
-    except PermissionError:
-        raise Skip(UNREADABLE) from None
-    except OSError as error:
-        # ELOOP: now a symlink. Anything else: cannot be read.
-        raise Skip(CHANGED if error.errno == errno.ELOOP else UNREADABLE) from None
-
-
-def _complete_lines(fd: int, stop: int) -> Iterator[bytes]:
-    """The newline-terminated lines in the first `stop` bytes, newline included.
-
-    Bytes after the last newline are a line still being written; the caller copies them verbatim.
-    """
-    offset = 0
-    pending = b""
-    while offset < stop:
-        chunk = os.pread(fd, min(_CHUNK, stop - offset), offset)
-        if not chunk:
-            return  # shorter than when it was opened: truncated meanwhile
-        offset += len(chunk)
-        lines = (pending + chunk).split(b"\n")
-        pending = lines.pop()
-        for line in lines:
-            yield line + b"\n"
-
-
-def _copy_from(fd: int, temp_fd: int, offset: int) -> int:
-    """Copy everything from `offset` to the current end verbatim; the new offset."""
-    while chunk := os.pread(fd, _CHUNK, offset):
-        _write_all(temp_fd, chunk)
-        offset += len(chunk)
-    return offset
-
-
-def _carry_late_appends(fd: int, new_fd: int, offset: int) -> int:
-    """After the rename: copy what writers that opened the old file still put there.
-
-    Complete lines are copied as they come, a partial line only once its writer is gone, so a
-    line is never split around one Asterisk writes to the new file. Returns the bytes carried.
-    """
-    start = offset
-    deadline = time.monotonic() + WRITER_WAIT
-    quiet_since = time.monotonic()
-    while True:
-        chunk = os.pread(fd, _CHUNK, offset)
-        if chunk:
-            quiet_since = time.monotonic()
-        end = chunk.rfind(b"\n") + 1
-        if end:
-            _write_all(new_fd, chunk[:end])
-            offset += end
-        if end and len(chunk) == _CHUNK:
-            continue  # more to read before judging whether the rest is complete
-        writers = _has_writers(fd)
-        now = time.monotonic()
-        settled = not writers if writers is not None else now - quiet_since >= QUIET
-        if settled or now >= deadline:
-            if not settled:
-                log.warning(
-                    "a writer kept the old CSV file open after the rewrite; "
-                    "lines it writes from now on are lost",
-                    waited=WRITER_WAIT,
-                )
-            offset = _copy_from(fd, new_fd, offset)
-            return offset - start
-        time.sleep(_POLL)
-
-
-def _has_writers(fd: int) -> bool | None:
-    """Whether any process has the file open for writing; None when the kernel will not say.
-
-    A read lease is granted only while nobody has the file open for writing.
-    """
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
-    except OSError as error:
-        return True if error.errno == errno.EAGAIN else None
-    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-    return False
-
-
-def _count_lines(fd: int, start: int, stop: int) -> int:
-    """Newlines between two offsets: the appended lines a rewrite carried over verbatim."""
-    count = 0
-    while start < stop:
-        chunk = os.pread(fd, min(_CHUNK, stop - start), start)
-        if not chunk:
-            break
-        count += chunk.count(b"\n")
-        start += len(chunk)
-    return count
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _temp_prefix(name: bytes) -> bytes:
-    return b"." + name[:_TEMP_PREFIX_MAX] + _TEMP_MARK
-
-
-def _create_temp(
-    root_fd: int, name: bytes, original: os.stat_result, root: os.PathLike[str]
-) -> tuple[bytes, int]:
-    """An empty file next to `name` with its owner, group and mode, opened for appending."""
-    mode = stat.S_IMODE(original.st_mode)
-    for _ in range(8):
-        temp_name = _temp_prefix(name) + secrets.token_hex(4).encode()
-        try:
-            fd = os.open(temp_name, _TEMP_FLAGS, mode & 0o600, dir_fd=root_fd)
-        except FileExistsError:
-            continue
-        except OSError as error:
-            raise StoreError(
-                f"cannot create a temporary file in {root} to rewrite a CSV file "
-                f"({error.strerror}); retentiond needs write permission there; the file is "
-                "unchanged"
-            ) from None
-        try:
-            os.fchown(fd, original.st_uid, original.st_gid)
-            os.fchmod(fd, mode)
-        except OSError as error:
-            os.close(fd)
-            _unlink_quietly(root_fd, temp_name, root)
-            raise StoreError(
-                f"cannot give the rewrite of a CSV file in {root} the original's owner and mode "
-                f"({error.strerror}); run retentiond as root or as the files' owner; the file is "
-                "unchanged"
-            ) from None
-        return temp_name, fd
-    raise StoreError(f"cannot find a free temporary name in {root}")  # pragma: no cover
-
-
-def _unlink_quietly(root_fd: int, name: bytes, root: os.PathLike[str]) -> None:
-    try:
-        os.unlink(name, dir_fd=root_fd)
-    except FileNotFoundError:
-        pass
-    except OSError as error:
-        log.error(
-            "a temporary copy of a CSV file could not be removed",
-            store=str(root),
-            reason=error.strerror,
-        )
-
-
-def _remove_stale_temps(root_fd: int, name: bytes) -> None:
-    """Remove this file's temporary copies left by a rewrite that a crash interrupted."""
-    prefix = _temp_prefix(name)
-    now = time.time()
-    removed = 0
-    try:
-        names = sorted_names(root_fd)
-    except OSError:
-        return  # the rewrite itself reports what is wrong with the folder
-    for entry_name in names:
-        if not (entry_name.startswith(prefix) and _TEMP_NAME.fullmatch(entry_name)):
-            continue
-        try:
-            status = os.stat(entry_name, dir_fd=root_fd, follow_symlinks=False)
-            if stat.S_ISREG(status.st_mode) and now - status.st_mtime > STALE_TEMP:
-                os.unlink(entry_name, dir_fd=root_fd)
-                removed += 1
-        except OSError:
-            continue
-    if removed:
-        log.info("removed copies left by an interrupted CSV rewrite", count=removed)

@@ -28,59 +28,53 @@ every file of its window, and `find`/`subject_batches` refuse.
 
 from __future__ import annotations
 
-import calendar
 import os
-import re
-import stat
 from collections import Counter
-from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from functools import partial
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
+from datetime import date, datetime, tzinfo
 from typing import Any, TypeVar
 
 import structlog
-from sqlalchemy import Connection, Inspector, TextClause, bindparam, inspect, make_url, text
-from sqlalchemy import types as sqltypes
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchTableError
 
 from retentiond.config.globs import compile_glob, expand_braces
-from retentiond.config.model import ConnectionConfig, FilesStoreConfig, ReferencesConfig
+from retentiond.config.model import ConnectionConfig, FilesStoreConfig
 from retentiond.config.roots import system_root_warning
-from retentiond.errors import StoreAbsent, StoreError
-from retentiond.policy.rules import NO_HOLDS, Holds, earliest_instant, end_of_day, latest_instant
+from retentiond.errors import StoreError
+from retentiond.policy.rules import NO_HOLDS, Holds
 from retentiond.policy.subjects import Subject
-from retentiond.stores.base import Batch, BatchFailed, BatchResult, Found, Store, Survey
-from retentiond.stores.db.errors import describe
+from retentiond.stores.base import Batch, BatchResult, Found, Store, Survey
+from retentiond.stores.files.columns import NamedByColumn, ReferenceColumn
+from retentiond.stores.files.deleting import delete_recording, remove_emptied_date_folders
+from retentiond.stores.files.names import relative_text, stem_text
+from retentiond.stores.files.references import REFERENCES_CLEARED, References, Sweep
+from retentiond.stores.files.walk import (
+    MATCHED,
+    UNMATCHED,
+    FileTree,
+    FoundFile,
+    PlannedFile,
+    Recording,
+    plan_file,
+)
+from retentiond.stores.fs.ages import filename_age, mtime_age, path_age
 from retentiond.stores.fs.folders import (
-    CHANGED,
     HARD_LINKED,
     MOUNT_POINT,
     MOUNTS_UNTOLD,
-    NOT_REGULAR_FILE,
     OTHER_FILESYSTEM,
-    SYMLINK,
     UNREADABLE,
     UNREMOVABLE,
-    VANISHED,
     FolderChain,
     RootFolder,
     RootUnfit,
     RootWording,
-    Skip,
-    check_component,
-    entries,
     examine_root,
-    list_folder,
     mounts_told_apart,
-    open_folder,
     open_root,
-    sorted_names,
 )
 from retentiond.stores.sql.store import (
-    _GAVE_UP,
     IN_LIST_CHUNK,
-    Database,
 )
 
 log = structlog.get_logger()
@@ -88,65 +82,14 @@ log = structlog.get_logger()
 # Why an object was left alone, as counted in Survey.skipped and BatchResult.skipped (besides
 # the folders module's symlink, other_filesystem, unreadable, changed, vanished, ...).
 UNDATED = "undated"
-LOCK_FILE = "lock_file"
-PROTECTED = "protected"  # voicemail greetings and tmp/ folders (DESIGN.md safety rule 5)
+
 NAMED_BY_ROW = "named_by_row"  # a row of `named_by` names it: the store purging the rows owns it
 
-# What a walk's patterns selected (kept or not) and the regular files they did not: never
-# counted in a survey, but tallied to tell a store whose patterns select nothing at all.
-_MATCHED = "_matched"
-_UNMATCHED = "_unmatched"
-
-# What a batch did besides deleting, as counted in BatchResult.counts.
-REFERENCES_CLEARED = "references_cleared"  # rows naming a deleted file, set to ''
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-# The reference values one sweep query reads, walking the column's index.
-SWEEP_CHUNK = 1000
-
-T = TypeVar("T")
 U = TypeVar("U")
 A = TypeVar("A")  # the ages of a recording's files: known (`datetime`) or perhaps not (`None`)
 
-# FreePBX `...-YYYYMMDD-HHMMSS-<uniqueid>`, 3CX `..._YYYYMMDDhhmmss(<id>)`, or a bare `YYYYMMDD`.
-_FREEPBX_TIME = re.compile(rb"(?<![0-9])([0-9]{8})-([0-9]{6})(?![0-9])")
-_COMPACT_TIME = re.compile(rb"(?<![0-9])([0-9]{14})(?![0-9])")
-_DAY_ONLY = re.compile(rb"(?<![0-9])([0-9]{8})(?![0-9])")
-
-
-@dataclass(frozen=True, slots=True)
-class PlannedFile:
-    """One file a batch will delete, as it was when planned. Its names never show in a repr."""
-
-    folder: tuple[bytes, ...] = field(repr=False)  # folder names from the root down
-    name: bytes = field(repr=False)
-    device: int
-    inode: int
-    size: int
-    age: datetime | None  # None only in an erasure, which deletes a subject's files of any age
-
-
-@dataclass(frozen=True, slots=True)
-class _Sweep:
-    """The payload of a run's last batch: clear dangling references the holds leave free."""
-
-    holds: Holds
-
-
-@dataclass(frozen=True, slots=True)
-class _Found:
-    """A matching regular file met on a walk."""
-
-    folder: tuple[bytes, ...]
-    name: bytes
-    status: os.stat_result
-
-
-# One recording as planned: a file, or a file and its siblings (group_siblings).
-Recording = tuple[PlannedFile, ...]
 # One recording as walked, with the age of each of its files.
-Walked = tuple[tuple[_Found, ...], list[datetime]]
+Walked = tuple[tuple[FoundFile, ...], list[datetime]]
 
 
 class FilesStore(Store):
@@ -177,6 +120,7 @@ class FilesStore(Store):
             for expanded in expand_braces(pattern)
         ]
         self._root = RootFolder(config.root, RootWording(), probe=True)
+        self._tree = FileTree(self._root, self._patterns, group_siblings=config.group_siblings)
         self._reference_column = (
             ReferenceColumn(config.references, references)
             if config.references is not None and references is not None
@@ -185,6 +129,11 @@ class FilesStore(Store):
         self._named_by = (
             NamedByColumn(config.named_by, named_by_connection)
             if config.named_by is not None and named_by_connection is not None
+            else None
+        )
+        self._references = (
+            References(self._reference_column, self._tree, zone, self.label, self._names)
+            if self._reference_column is not None
             else None
         )
 
@@ -274,7 +223,7 @@ class FilesStore(Store):
                 expired += len(recording)
                 expired_bytes += sum(found.status.st_size for found in recording)
         self._warn_if_incomplete(skipped)
-        matched, unmatched = skipped.pop(_MATCHED, 0), skipped.pop(_UNMATCHED, 0)
+        matched, unmatched = skipped.pop(MATCHED, 0), skipped.pop(UNMATCHED, 0)
         warnings: tuple[str, ...] = ()
         if unmatched and not matched:
             warnings = (self._nothing_matches(unmatched),)
@@ -297,12 +246,12 @@ class FilesStore(Store):
         if self._root.fd is None:
             return 0
         skipped: Counter[str] = Counter()
-        walk = self._walk(skipped)
+        walk = self._tree.walk(skipped)
         try:
             next(walk, None)
         finally:
             walk.close()
-        return 0 if skipped[_MATCHED] else skipped[_UNMATCHED]
+        return 0 if skipped[MATCHED] else skipped[UNMATCHED]
 
     def _nothing_matches(self, unmatched: int) -> str:
         files = f"{unmatched} file{'' if unmatched == 1 else 's'}"
@@ -332,12 +281,12 @@ class FilesStore(Store):
             number = batch.number
             yield batch
         if self._reference_column is not None:
-            yield Batch(number=number + 1, planned=0, payload=_Sweep(holds))
+            yield Batch(number=number + 1, planned=0, payload=Sweep(holds))
 
     def apply(self, batch: Batch, cutoff: datetime) -> BatchResult:
-        if isinstance(batch.payload, _Sweep):
-            return self._apply_sweep(batch.payload.holds, cutoff)
-        root_fd = self._require_open()
+        if isinstance(batch.payload, Sweep):
+            return self._require_references().apply_sweep(batch.payload.holds, cutoff)
+        root_fd = self._tree.require_open()
         skipped: Counter[str] = Counter()
         deleted: list[PlannedFile] = []
         deleted_bytes = hard_linked = 0
@@ -345,13 +294,15 @@ class FilesStore(Store):
         recordings = self._still_unnamed(batch.payload, skipped)
         with FolderChain(root_fd, self._root.device) as chain:
             for recording in recordings:
-                for planned, status in self._delete(chain, recording, cutoff, skipped):
+                for planned, status in delete_recording(
+                    chain, recording, cutoff, skipped, by_mtime=self.config.age_from == "mtime"
+                ):
                     deleted.append(planned)
                     deleted_bytes += status.st_size
                     hard_linked += status.st_nlink > 1
             # Deepest first, so a day folder goes before the month folder that holds it.
             for folder in sorted({planned.folder for planned in deleted}, reverse=True):
-                _remove_emptied_date_folders(chain, folder)
+                remove_emptied_date_folders(chain, folder)
         if skipped[UNREMOVABLE]:
             log.warning("files could not be removed", store=self.label, count=skipped[UNREMOVABLE])
         counts: dict[str, int] = {}
@@ -370,9 +321,9 @@ class FilesStore(Store):
             skipped=dict(sorted(skipped.items())),
             counts=counts,
         )
-        if self._reference_column is None:
+        if self._references is None:
             return result
-        cleared = self.clear_references(deleted, result, cutoff)
+        cleared = self._references.clear_references(deleted, result, cutoff)
         log.info("references cleared", store=self.label, count=cleared)
         return replace(result, counts={**counts, REFERENCES_CLEARED: cleared})
 
@@ -421,14 +372,14 @@ class FilesStore(Store):
 
     def _of_subject(
         self, subject: Subject, skipped: Counter[str]
-    ) -> Iterator[tuple[tuple[_Found, ...], list[datetime | None]]]:
+    ) -> Iterator[tuple[tuple[FoundFile, ...], list[datetime | None]]]:
         """The recordings whose names name `subject`, of any age, undated ones too."""
-        for recording in self._recordings(skipped):
-            if any(subject.matches_name(_stem_text(found.name)) for found in recording):
+        for recording in self._tree.recordings(skipped):
+            if any(subject.matches_name(stem_text(found.name)) for found in recording):
                 yield recording, [self._age(found) for found in recording]
 
     def _covering(
-        self, recording: tuple[_Found, ...], ages: Sequence[datetime | None], holds: Holds
+        self, recording: tuple[FoundFile, ...], ages: Sequence[datetime | None], holds: Holds
     ) -> list[str]:
         """The holds covering any file of a recording: its files go together or not at all."""
         covering: dict[str, None] = {}
@@ -441,7 +392,7 @@ class FilesStore(Store):
         hold every file of their window)."""
         if not self.config.subject_in_name:
             return None
-        stem = _stem_text(name)
+        stem = stem_text(name)
         return lambda subject: subject.matches_name(stem)
 
     def _require_subject_in_name(self) -> None:
@@ -455,7 +406,7 @@ class FilesStore(Store):
 
     def _dated(self, skipped: Counter[str]) -> Iterator[Walked]:
         """The walk's recordings with the age of each file; undated ones are counted, not given."""
-        for recording in self._recordings(skipped):
+        for recording in self._tree.recordings(skipped):
             ages = self._ages(recording)
             if ages is None:
                 skipped[UNDATED] += len(recording)
@@ -463,8 +414,8 @@ class FilesStore(Store):
             yield recording, ages
 
     def _owned(
-        self, items: Iterator[tuple[tuple[_Found, ...], A]], skipped: Counter[str]
-    ) -> Iterator[tuple[tuple[_Found, ...], A]]:
+        self, items: Iterator[tuple[tuple[FoundFile, ...], A]], skipped: Counter[str]
+    ) -> Iterator[tuple[tuple[FoundFile, ...], A]]:
         """The recordings no `named_by` row names, in walk order; the others counted.
 
         The rows are asked about the paths of up to IN_LIST_CHUNK files at a time, never one
@@ -473,7 +424,7 @@ class FilesStore(Store):
         if self._named_by is None:
             yield from items
             return
-        pending: list[tuple[tuple[_Found, ...], A]] = []
+        pending: list[tuple[tuple[FoundFile, ...], A]] = []
         paths = 0
         for item in items:
             pending.append(item)
@@ -501,14 +452,14 @@ class FilesStore(Store):
     def _unnamed(
         self,
         items: Sequence[U],
-        files: Callable[[U], Sequence[_Found | PlannedFile]],
+        files: Callable[[U], Sequence[FoundFile | PlannedFile]],
         skipped: Counter[str],
     ) -> list[U]:
         """The items none of whose `files` a `named_by` row names; the others are counted."""
         column = self._named_by
         if column is None:
             return list(items)
-        paths = [[_relative_text(file.folder, file.name) for file in files(item)] for item in items]
+        paths = [[relative_text(file.folder, file.name) for file in files(item)] for item in items]
         named = column.named([path for item in paths for path in item if path is not None])
         kept: list[U] = []
         for item, item_paths in zip(items, paths, strict=True):
@@ -518,111 +469,16 @@ class FilesStore(Store):
                 kept.append(item)
         return kept
 
-    def _recordings(self, skipped: Counter[str]) -> Iterator[tuple[_Found, ...]]:
-        """The walk's files as recordings: each file alone, or with its siblings when grouping."""
-        walk = self._walk(skipped, _sibling_order if self.config.group_siblings else None)
-        try:
-            if not self.config.group_siblings:
-                for found in walk:
-                    yield (found,)
-                return
-            # Siblings come one after the other, unless a subfolder sorts between them: a group
-            # stays open until its folder has no more of them or the walk has left the folder.
-            groups: dict[tuple[bytes, ...], list[_Found]] = {}
-            for found in walk:
-                left = [f for f in groups if found.folder[: len(f)] != f]
-                for folder in sorted(left, key=len, reverse=True):
-                    yield tuple(groups.pop(folder))
-                group = groups.get(found.folder)
-                if group is not None and _stem(group[0].name) == _stem(found.name):
-                    group.append(found)
-                    continue
-                if group is not None:
-                    yield tuple(group)
-                groups[found.folder] = [found]
-            for folder in sorted(groups, key=len, reverse=True):
-                yield tuple(groups[folder])
-        finally:
-            walk.close()
-
-    def _walk(
-        self, skipped: Counter[str], order: Callable[[bytes], Any] | None = None
-    ) -> Generator[_Found, None, None]:
-        """Matching regular files, depth first in name order, holding one open folder per level."""
-        root_fd = self._require_open()
-        stack = [_Listing.of(root_fd, (), skipped, order, owned=False)]
-        try:
-            while stack:
-                listing = stack[-1]
-                entry = next(listing.entries, None)
-                if entry is None:
-                    stack.pop().close()
-                    continue
-                name, status = entry
-                mode = status.st_mode
-                if stat.S_ISLNK(mode):
-                    skipped[SYMLINK] += 1
-                elif stat.S_ISDIR(mode):
-                    child = self._enter(listing, name, status, skipped, order)
-                    if child is not None:
-                        stack.append(child)
-                elif self._matches((*listing.folder, name)):
-                    skipped[_MATCHED] += 1
-                    if _is_lock_file(name):
-                        skipped[LOCK_FILE] += 1
-                    elif _is_greeting(name):
-                        skipped[PROTECTED] += 1
-                    elif not stat.S_ISREG(mode):
-                        skipped[NOT_REGULAR_FILE] += 1
-                    elif status.st_dev != self._root.device:
-                        # A file mounted over a name in the root (a bind mount): another
-                        # filesystem, which the store never touches (and cannot unlink).
-                        skipped[OTHER_FILESYSTEM] += 1
-                    else:
-                        yield _Found(listing.folder, name, status)
-                elif stat.S_ISREG(mode):
-                    skipped[_UNMATCHED] += 1
-        finally:
-            for listing in stack:
-                listing.close()
-
-    def _enter(
-        self,
-        parent: _Listing,
-        name: bytes,
-        status: os.stat_result,
-        skipped: Counter[str],
-        order: Callable[[bytes], Any] | None = None,
-    ) -> _Listing | None:
-        if status.st_dev != self._root.device:
-            skipped[OTHER_FILESYSTEM] += 1
-            return None
-        if name == b"tmp":  # Asterisk records into tmp/ and renames into place when done
-            skipped[PROTECTED] += 1
-            return None
-        try:
-            fd = open_folder(name, parent.fd, self._root.device)
-        except Skip as skip:
-            if skip.reason != VANISHED:
-                skipped[skip.reason] += 1
-            return None
-        return _Listing.of(fd, (*parent.folder, name), skipped, order, owned=True)
-
-    def _matches(self, relative: tuple[bytes, ...]) -> bool:
-        # Patterns are text; surrogateescape keeps undecodable bytes matchable by `*` and `?`.
-        path = os.fsdecode(b"/".join(relative))
-        return any(pattern.fullmatch(path) for pattern in self._patterns)
-
     # -- ages ------------------------------------------------------------------------------------
 
-    def _age(self, found: _Found) -> datetime | None:
+    def _age(self, found: FoundFile) -> datetime | None:
         if self.config.age_from == "mtime":
             return mtime_age(found.status)
         if self.config.age_from == "path_date":
             return path_age(found.folder, self.zone)
         return filename_age(found.name, self.zone)
 
-    def _ages(self, recording: tuple[_Found, ...]) -> list[datetime] | None:
+    def _ages(self, recording: tuple[FoundFile, ...]) -> list[datetime] | None:
         """The age of each file of a recording; None when one is undated, which keeps them all."""
         ages = [self._age(found) for found in recording]
         return None if None in ages else [age for age in ages if age is not None]
@@ -631,13 +487,13 @@ class FilesStore(Store):
         return age.astimezone(self.zone).date()
 
     def _batched(
-        self, recordings: Iterator[tuple[tuple[_Found, ...], Sequence[datetime | None]]]
+        self, recordings: Iterator[tuple[tuple[FoundFile, ...], Sequence[datetime | None]]]
     ) -> Iterator[Batch]:
         """Batches of about `batch_size` files; a recording is never split across batches."""
         planned: list[Recording] = []
         files = number = 0
         for recording, ages in recordings:
-            planned.append(tuple(map(_plan, recording, ages)))
+            planned.append(tuple(map(plan_file, recording, ages)))
             files += len(recording)
             if files >= self.config.batch_size:
                 number += 1
@@ -660,214 +516,12 @@ class FilesStore(Store):
             payload=tuple(planned),
         )
 
-    # -- deleting --------------------------------------------------------------------------------
-
-    def _delete(
-        self, chain: FolderChain, recording: Recording, cutoff: datetime, skipped: Counter[str]
-    ) -> list[tuple[PlannedFile, os.stat_result]]:
-        """Unlink the files of one planned recording if all are still as planned.
-
-        One file changed (rewritten, replaced, grown, made young) keeps the whole recording;
-        one removed by someone else does not. Returns the files unlinked, each with its status
-        as checked right before.
-        """
-        checked: list[tuple[PlannedFile, os.stat_result]] = []
-        vanished = 0
-        for planned in recording:
-            try:
-                checked.append((planned, self._check(chain, planned, cutoff)))
-            except Skip as skip:
-                if skip.reason == VANISHED:
-                    vanished += 1
-                    continue
-                if vanished:
-                    skipped[VANISHED] += vanished
-                skipped[skip.reason] += len(recording) - vanished
-                return []
-        if vanished:
-            skipped[VANISHED] += vanished
-        deleted = []
-        for planned, status in checked:
-            try:
-                os.unlink(planned.name, dir_fd=chain.open(planned.folder))
-            except Skip as skip:
-                skipped[skip.reason] += 1
-                continue
-            except FileNotFoundError:
-                skipped[VANISHED] += 1
-                continue
-            except OSError:
-                skipped[UNREMOVABLE] += 1
-                continue
-            deleted.append((planned, status))
-        return deleted
-
-    def _check(self, chain: FolderChain, planned: PlannedFile, cutoff: datetime) -> os.stat_result:
-        """The status of a planned file if it is still the file planned, or raise Skip."""
-        if planned.age is not None and not planned.age < cutoff:
-            raise Skip(CHANGED)  # a plan made for another cutoff is never applied
-        for component in (*planned.folder, planned.name):
-            check_component(component)
-        folder_fd = chain.open(planned.folder)
-        try:
-            status = os.stat(planned.name, dir_fd=folder_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            raise Skip(VANISHED) from None
-        except OSError:
-            raise Skip(UNREADABLE) from None
-        if not self._still_planned(status, planned, cutoff):
-            raise Skip(CHANGED)
-        return status
-
-    def _still_planned(
-        self, status: os.stat_result, planned: PlannedFile, cutoff: datetime
-    ) -> bool:
-        same_file = (
-            stat.S_ISREG(status.st_mode)
-            and status.st_dev == planned.device
-            and status.st_ino == planned.inode
-            and status.st_size == planned.size  # a growing file is still being recorded
-        )
-        if not same_file:
-            return False
-        return self.config.age_from != "mtime" or mtime_age(status) < cutoff
-
-    # -- references ------------------------------------------------------------------------------
-
-    def clear_references(
-        self, deleted: Sequence[PlannedFile], result: BatchResult, cutoff: datetime
-    ) -> int:
-        """Clear the references to a batch's deleted files; how many were cleared.
-
-        The files are gone already when this fails: BatchFailed carries `result`, so they are
-        counted as deleted, and the next run's sweep clears what is left.
-        """
-        column = self._require_reference_column()
-        try:
-            names = self._unresolvable(deleted, cutoff)
-            return column.clear(names)
-        except StoreError as error:
-            files = f"{len(deleted)} file{'' if len(deleted) == 1 else 's'}"
-            raise BatchFailed(
-                f"{self.label}: this batch deleted {files}, but references to them in "
-                f"{column.where} could not be cleared ({error}); the next run clears them",
-                replace(result, counts={**result.counts, REFERENCES_CLEARED: 0}),
-                getattr(error, "code", None),
-                getattr(error, "sqlstate", None),
-            ) from None
-
-    def _unresolvable(self, deleted: Sequence[PlannedFile], cutoff: datetime) -> list[str]:
-        """The base names of deleted files that no row can still mean.
-
-        A row names a file by its base name alone, which FreePBX looks for in the folder of the
-        name's date: a row whose name is dated on or after the cutoff, or whose name still
-        resolves to a file (or a sibling) in that folder, the root or where it was deleted,
-        belongs to another recording of the same name and keeps its reference. (A sibling with
-        another extension does not keep it: the row names this one.)
-        """
-        names: set[str] = set()
-        with FolderChain(self._require_open(), self._root.device) as chain:
-            for planned in deleted:
-                text = _as_text(planned.name)  # not UTF-8: it cannot be in the database
-                if text is None or text in names:
-                    continue
-                days = reference_days(planned.name)
-                last = days[-1] if days else None
-                young = _end_of_day(last.year, last.month, last.day, self.zone) if last else None
-                if last is not None and (young is None or not young < cutoff):
-                    continue
-                folders = {(), planned.folder, *(_day_folder(day) for day in days)}
-                if all(_folder_without(chain, f, planned.name) is not None for f in folders):
-                    names.add(text)
-        return sorted(names)
-
-    def _apply_sweep(self, holds: Holds, cutoff: datetime) -> BatchResult:
-        """The run's sweep of dangling references: no file is deleted, rows are cleared."""
-        column = self._require_reference_column()
-        cleared = 0
-        try:
-            for count in self._sweep_references(cutoff, holds):
-                cleared += count
-        except StoreError as error:
-            raise BatchFailed(
-                f"{self.label}: references to files that are gone in {column.where} could not "
-                f"be cleared ({error}); {cleared} were cleared before the failure, the next run "
-                "clears the others",
-                BatchResult(deleted=0, counts={REFERENCES_CLEARED: cleared}),
-                getattr(error, "code", None),
-                getattr(error, "sqlstate", None),
-            ) from None
-        log.info("dangling references cleared", store=self.label, count=cleared)
-        return BatchResult(deleted=0, counts={REFERENCES_CLEARED: cleared})
-
-    def _sweep_references(self, cutoff: datetime, holds: Holds) -> Iterator[int]:
-        """Clear references to files that are gone and whose name dates them before the cutoff.
-
-        These are left by a run that could not clear them, or by files removed by hand. A young
-        reference is never cleared (its file may still be being recorded), nor a held one, nor
-        one whose file, or a sibling of it with another extension, exists or cannot be looked for.
-        """
-        column = self._require_reference_column()
-        with FolderChain(self._require_open(), self._root.device) as chain:
-            for values in column.values():
-                stems: dict[tuple[bytes, ...], set[bytes] | None] = {}
-                gone = [
-                    value for value in values if self._is_gone(chain, value, cutoff, holds, stems)
-                ]
-                if gone:
-                    yield column.clear(gone)
-
-    def _is_gone(
-        self,
-        chain: FolderChain,
-        value: str,
-        cutoff: datetime,
-        holds: Holds,
-        stems: dict[tuple[bytes, ...], set[bytes] | None],
-    ) -> bool:
-        name = value.encode("utf-8", "surrogateescape")
-        try:
-            check_component(name)
-        except Skip:
-            return False  # a path, not a base name: not one of ours
-        days = reference_days(name)
-        young = (
-            _end_of_day(days[-1].year, days[-1].month, days[-1].day, self.zone) if days else None
-        )
-        if young is None or not young < cutoff:
-            return False  # no date, or as young as the cutoff: perhaps still being recorded
-        if self._held_reference(name, days, holds):
-            return False
-        # Where FreePBX looks (YYYY/MM/DD of the name's date), and the root itself.
-        folders = [(), *(_day_folder(day) for day in days)]
-        if not any(self._matches((*folder, name)) for folder in folders):
-            return False  # a file `match` does not select is not this store's to account for
-        return all(_absent(chain, folder, name, stems) for folder in folders)
-
-    def _held_reference(self, name: bytes, days: Sequence[date], holds: Holds) -> bool:
-        """Whether a hold may cover the call a reference belongs to: its window meets any day
-        the name dates it to, and (with subject_in_name) the name names the hold's person."""
-        first = earliest_instant(datetime.combine(days[0], time()), self.zone)
-        last = end_of_day(days[-1], self.zone)
-        names = self._names(name)
-        return any(
-            (scope.start is None or scope.start <= last)
-            and (scope.end is None or first < scope.end)
-            and (scope.subject is None or names is None or names(scope.subject))
-            for scope in holds.scopes
-        )
-
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _require_open(self) -> int:
-        if self._root.fd is None:
-            raise RuntimeError("FilesStore used before open()")  # a bug in the caller
-        return self._root.fd
-
-    def _require_reference_column(self) -> ReferenceColumn:
-        if self._reference_column is None:
+    def _require_references(self) -> References:
+        if self._references is None:
             raise RuntimeError("FilesStore has no references")  # a bug in the caller
-        return self._reference_column
+        return self._references
 
     def _root_state(self) -> str:
         try:
@@ -898,549 +552,9 @@ class FilesStore(Store):
             log.warning("files store could not look everywhere", store=self.label, **blind_spots)
 
 
-# -- folders -------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Listing:
-    """One open folder on a walk and the entries in it still to visit."""
-
-    fd: int
-    folder: tuple[bytes, ...]
-    entries: Iterator[tuple[bytes, os.stat_result]]
-    owned: bool
-
-    @classmethod
-    def of(
-        cls,
-        fd: int,
-        folder: tuple[bytes, ...],
-        skipped: Counter[str],
-        order: Callable[[bytes], Any] | None,
-        *,
-        owned: bool,
-    ) -> _Listing:
-        return cls(fd, folder, entries(fd, list_folder(fd, skipped, order), skipped), owned)
-
-    def close(self) -> None:
-        if self.owned:
-            os.close(self.fd)
-            self.owned = False
-
-
-def _remove_emptied_date_folders(chain: FolderChain, folder: tuple[bytes, ...]) -> None:
-    """Remove the YYYY/MM/DD folders a batch emptied, upwards, up to the first non-empty one."""
-    while folder and folder[-1].isdigit():
-        try:
-            parent_fd = chain.open(folder[:-1])
-        except Skip:
-            return
-        try:
-            os.rmdir(folder[-1], dir_fd=parent_fd)
-        except FileNotFoundError:
-            pass  # already gone; its parent may be empty now
-        except OSError:
-            return  # not empty, or no longer a plain folder: leave it and everything above
-        folder = folder[:-1]
-
-
-def _is_lock_file(name: bytes) -> bool:
-    return name in (b".lock", b"lock") or name.startswith(b".lock-")
-
-
-_GREETINGS = (b"busy", b"unavail", b"greet", b"temp")
-
-
-def _is_greeting(name: bytes) -> bool:
-    """Voicemail greetings (`busy.wav`, `unavail.WAV`, ...): never retention's business."""
-    return name.split(b".", 1)[0] in _GREETINGS
-
-
-def _stem(name: bytes) -> bytes:
-    """The name up to its last dot: `x.12.wav` and `x.12.mp3` share the stem `x.12`."""
-    stem, dot, _ = name.rpartition(b".")
-    return stem if dot else name
-
-
-def _stem_text(name: bytes) -> str:
-    """A file name without its extension, as text for matching (undecodable bytes escaped)."""
-    return os.fsdecode(_stem(name))
-
-
-def _sibling_order(name: bytes) -> tuple[bytes, bytes]:
-    # By stem first: `x.mp3`, `x.n.wav`, `x.wav` would put a stranger between two siblings.
-    return _stem(name), name
-
-
-def _as_text(name: bytes) -> str | None:
-    try:
-        return name.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
-def _recording_of(item: tuple[tuple[_Found, ...], Any]) -> tuple[_Found, ...]:
+def _recording_of(item: tuple[tuple[FoundFile, ...], Any]) -> tuple[FoundFile, ...]:
     return item[0]
 
 
 def _itself(recording: Recording) -> Recording:
     return recording
-
-
-def _relative_text(folder: tuple[bytes, ...], name: bytes) -> str | None:
-    """The path below the root as a row names it (`1001/x.wav`); None when it is not UTF-8."""
-    return _as_text(b"/".join((*folder, name)))
-
-
-def _plan(found: _Found, age: datetime | None) -> PlannedFile:
-    return PlannedFile(
-        folder=found.folder,
-        name=found.name,
-        device=found.status.st_dev,
-        inode=found.status.st_ino,
-        size=found.status.st_size,
-        age=age,
-    )
-
-
-# -- references ----------------------------------------------------------------------------------
-
-
-class _NamingColumnBase:
-    """A text column of an SQL table naming recordings, connected like an SQL store.
-
-    Connected through `sql.Database` (password file or systemd credential, session timeouts),
-    with retries and backoff on lock waits and lost connections. Its values are personal data:
-    they are compared and cleared, never logged, and driver messages lose what they quote before
-    they reach an exception.
-    """
-
-    key = ""  # the config key, which names the column in messages and logs
-    table_hint = ""  # what to set the table to, for the message of a missing table
-    column_hint = ""  # what to set the column to, for the message of a missing column
-    absent_when_missing = False  # a missing database or table: StoreAbsent, else StoreError
-
-    def __init__(self, config: ReferencesConfig, connection: ConnectionConfig) -> None:
-        self.config = config
-        self.where = f"{config.table}.{config.column} of connection {config.connection}"
-        self._database = Database(config.connection, connection, f"{self.key} in {self.where}")
-        self._opened = False
-        self._table_sql = ""
-        self._column_sql = ""
-        self._column_name = config.column
-        self._index: str | None = None
-
-    def open(self) -> None:
-        self.close()
-        try:
-            connection = self._database.open()
-        except StoreAbsent as absent:
-            if self.absent_when_missing:
-                raise
-            # A missing reference database is an error of this store, not an absent store.
-            raise StoreError(str(absent)) from None
-        try:
-            with connection:
-                # The inspector, not a reflected Table: only the column and its indexes matter.
-                inspector = inspect(connection)
-                column = self._column(inspector)
-                self._index = _index_on(inspector, self.config.table, column)
-                preparer = self._database.preparer
-                self._table_sql = preparer.quote(self.config.table)
-                self._column_sql = preparer.quote(column)
-                self._column_name = column
-        except DBAPIError as exc:
-            self.close()
-            failure = describe(exc, f"{self.key} in {self.where}: reading the table definition")
-            raise StoreError(
-                f"{self.key} in {self.where}: cannot read the table definition: {failure}"
-            ) from None
-        except StoreError:
-            self.close()
-            raise
-        self._opened = True
-        log.debug(f"{self.key} opened", **{self.key: self.where}, database=self._database.server)
-
-    def close(self) -> None:
-        self._opened = False
-        self._database.close()
-
-    def _server(self) -> str:
-        return self._database.server or _backend(self._database.settings.url)
-
-    def _needed(self) -> set[str]:
-        return {"SELECT"}
-
-    def missing_privileges(self) -> tuple[list[str], list[str]]:
-        """For `check`: what the user lacks on the column's table, with the GRANT that fixes it;
-        and, as a warning, privileges that could not be read (as an SQL store reports them)."""
-        from retentiond.stores.db.privileges import (
-            PrivilegeError,
-            grant_statement,
-            missing_privileges,
-        )
-
-        table = self.config.table
-        try:
-            missing = missing_privileges(self._database, None, table, self._needed())
-            grant = grant_statement(self._database, table, missing) if missing else None
-        except PrivilegeError as error:
-            return [], [f"{self.key}: privileges on {table} could not be read: {error}"]
-        if not missing:
-            return [], []
-        names = ", ".join(sorted(missing))
-        fix = f"; run: {grant}" if grant else ""
-        return [f"{self.key}: missing privilege {names} on {table}{fix}"], []
-
-    def _index_warning(self, reads: str) -> list[str]:
-        if not self._opened or self._index is not None:
-            return []
-        table, column = self.config.table, self._column_name
-        return [
-            f"warning: no index on {table}.{column}: {reads} the whole table; "
-            f"CREATE INDEX {table}_{column} ON {table} ({column}) fixes it"
-        ]
-
-    def _column(self, inspector: Inspector) -> str:
-        """The column's name as the database spells it; StoreError naming what is missing."""
-        table, wanted, key = self.config.table, self.config.column, self.key
-        try:
-            columns = inspector.get_columns(table)
-        except NoSuchTableError:
-            tables = sorted(inspector.get_table_names())
-            there = f"; tables there: {', '.join(tables)}" if 0 < len(tables) <= 20 else ""
-            missing = StoreAbsent if self.absent_when_missing else StoreError
-            raise missing(
-                f"{key}: table {table} does not exist in connection "
-                f"{self.config.connection}{there}. {self.table_hint}"
-            ) from None
-        found = [c for c in columns if c["name"] == wanted]
-        if not found:
-            # MariaDB column names are case-insensitive; accept a unique case-insensitive match.
-            found = [c for c in columns if c["name"].lower() == wanted.lower()]
-        if len(found) != 1:
-            names = ", ".join(c["name"] for c in columns)
-            raise StoreError(
-                f"{key}: column {wanted} does not exist in table {table} of connection "
-                f"{self.config.connection}; its columns: {names}. {self.column_hint}"
-            )
-        column = found[0]
-        if not isinstance(column["type"], sqltypes.String | sqltypes.NullType):
-            raise StoreError(
-                f"{key}: column {column['name']} of table {table} has type "
-                f"{column['type']!r}; it must hold file names as text"
-            )
-        return column["name"]
-
-    def _failed(self, action: str, exc: DBAPIError) -> str:
-        failure = describe(exc, f"{self.key} in {self.where}: {action}")
-        message = f"{action} failed ({failure.codes}): {failure.description}"
-        return f"{message}; {failure.remedy}" if failure.remedy else message
-
-    def _retrying(
-        self,
-        action: str,
-        work: Callable[[Connection], T],
-        *,
-        write: bool = False,
-        failure: Callable[[DBAPIError], str] | None = None,
-    ) -> T:
-        """`sql.Database.retrying`, with messages that fit files already deleted."""
-        return self._database.retrying(
-            action,
-            work,
-            write=write,
-            failure=failure or (lambda exc: self._failed(action, exc)),
-            gave_up=lambda reason, attempts: _GAVE_UP[reason].format(attempts=attempts),
-            event=f"{self.key} retrying",
-            context={self.key: self.where},
-        )
-
-
-class ReferenceColumn(_NamingColumnBase):
-    """A column naming recordings by base name (FreePBX `cdr.recordingfile`) in an SQL database.
-
-    Its rows are set to '' when their file is deleted; the rows themselves stay.
-    """
-
-    key = "references"
-    table_hint = "Set references.table to the table naming the recordings"
-    column_hint = "Set references.column to the column holding the recording file names"
-
-    def _needed(self) -> set[str]:
-        return {"SELECT", f"UPDATE({self._column_name})"}
-
-    def describe(self) -> list[str]:
-        return [
-            f"references: {self.where} ({self._server()}): rows naming a deleted file by its base "
-            "name are set to '' after each batch; the rows themselves stay",
-            "references: every run ends with a sweep: references whose file is gone under every "
-            "extension, whose name dates them before the cutoff and that no hold covers are "
-            "cleared too (left by a failed update or a file removed by hand)",
-            *self._index_warning("every batch's update and the sweep read"),
-        ]
-
-    def clear(self, names: Sequence[str]) -> int:
-        """Set every reference to one of `names` to '', in one transaction. How many were set."""
-        if not names:
-            return 0
-        column = self._column_sql
-        # MariaDB compares case- and trailing-space-insensitively: `x.WAV` is not `x.wav`.
-        exact = (
-            f" AND CAST({column} AS BINARY) IN :names" if self._database.family == "mysql" else ""
-        )
-        statement = text(
-            f"UPDATE {self._table_sql} SET {column} = '' WHERE {column} IN :names{exact}"
-        ).bindparams(bindparam("names", expanding=True))
-
-        def update(connection: Connection) -> int:
-            cleared = 0
-            for start in range(0, len(names), IN_LIST_CHUNK):
-                chunk = list(names[start : start + IN_LIST_CHUNK])
-                cleared += connection.execute(statement, {"names": chunk}).rowcount
-            return cleared
-
-        return self._retrying("clearing references", update, write=True, failure=self._refused)
-
-    def _refused(self, exc: DBAPIError) -> str:
-        """Why the update failed, in fixed words and the error code: never the server's text."""
-        failure = describe(exc, f"{self.key} in {self.where}: clearing references")
-        if failure.code in _NO_PRIVILEGE_CODES:
-            return (
-                f"clearing references failed ({failure.codes}): the database user may not update "
-                f"{self.config.table}.{self._column_name}; grant it UPDATE on that column "
-                "(retentiond check prints the GRANT statement)"
-            )
-        return f"clearing references failed ({failure.codes}): {failure.description}"
-
-    def values(self) -> Iterator[list[str]]:
-        """The distinct non-empty references, in chunks along the column's order."""
-        column = self._column_sql
-        statement = text(
-            f"SELECT DISTINCT {column} FROM {self._table_sql} WHERE {column} > :last "
-            f"ORDER BY {column} LIMIT :n"
-        )
-        last: Any = ""
-        while True:
-            rows = self._retrying(
-                "reading references", partial(_read_values, statement, last, SWEEP_CHUNK)
-            )
-            if not rows:
-                return
-            last = rows[-1]
-            yield [value for value in rows if isinstance(value, str) and value]
-            if len(rows) < SWEEP_CHUNK:
-                return
-
-
-class NamedByColumn(_NamingColumnBase):
-    """A column naming files by their path relative to the store's root (3CX
-    `recordings.recording_url`): the files it names belong to the store purging its rows.
-
-    Only read. A missing table (or SQLite file) makes the files store absent: without the rows,
-    no file can be told apart from one a row still names, so none is deleted.
-    """
-
-    key = "named_by"
-    table_hint = "Set named_by.table to the table whose rows name the files"
-    column_hint = "Set named_by.column to the column holding the paths relative to the root"
-    absent_when_missing = True
-
-    def describe(self) -> list[str]:
-        return [
-            f"named_by: {self.where} ({self._server()}): a file a row names by its path "
-            "relative to the root is left to the store purging those rows, checked again "
-            "before each batch deletes (counted as named_by_row)",
-            *self._index_warning("each check of up to 500 files reads"),
-        ]
-
-    def named(self, paths: Sequence[str]) -> set[str]:
-        """Those of `paths` a row names, read in chunks in one transaction.
-
-        The database may match loosely (MariaDB ignores case and trailing spaces, and a latin1
-        column would defeat a binary comparison); the values it returns are compared here
-        exactly, as the rows' store follows them to the file byte for byte.
-        """
-        if not paths:
-            return set()
-        column = self._column_sql
-        statement = text(
-            f"SELECT DISTINCT {column} FROM {self._table_sql} WHERE {column} IN :paths"
-        ).bindparams(bindparam("paths", expanding=True))
-
-        def read(connection: Connection) -> set[str]:
-            found: set[str] = set()
-            for start in range(0, len(paths), IN_LIST_CHUNK):
-                chunk = list(dict.fromkeys(paths[start : start + IN_LIST_CHUNK]))
-                wanted = set(chunk)
-                for value in connection.execute(statement, {"paths": chunk}).scalars():
-                    if isinstance(value, bytes):
-                        value = _as_text(value)
-                    if value in wanted:
-                        found.add(value)
-            return found
-
-        return self._retrying("reading the rows that name files", read)
-
-
-# The server refused a statement for want of a privilege (MariaDB/MySQL, PostgreSQL).
-_NO_PRIVILEGE_CODES = {"1142", "1143", "42501"}
-
-
-def _read_values(statement: TextClause, last: Any, size: int, connection: Connection) -> list[Any]:
-    return list(connection.execute(statement, {"last": last, "n": size}).scalars())
-
-
-def _index_on(inspector: Inspector, table: str, column: str) -> str | None:
-    """The name of an index led by the column, if any."""
-    for index in inspector.get_indexes(table):
-        names = index.get("column_names") or []
-        if names and names[0] == column:
-            return str(index.get("name") or "unnamed")
-    primary = inspector.get_pk_constraint(table).get("constrained_columns") or []
-    return "PRIMARY KEY" if primary and primary[0] == column else None
-
-
-def _backend(url: str) -> str:
-    try:
-        return make_url(url).get_backend_name()
-    except ArgumentError:
-        return "unknown database"
-
-
-def reference_days(name: bytes) -> list[date]:
-    """The days a FreePBX recording name files it under, oldest first.
-
-    FreePBX takes the fourth `-` field as YYYYMMDD; a destination or caller holding a `-` shifts
-    the fields, so every `YYYYMMDD-HHMMSS` in the name counts as well.
-    """
-    candidates = [match.group(1) for match in _FREEPBX_TIME.finditer(name)]
-    fields = name.split(b"-")
-    if len(fields) > 3:
-        candidates.append(fields[3])
-    days = set()
-    for digits in candidates:
-        if len(digits) == 8 and digits.isdigit():
-            try:
-                days.add(date(int(digits[0:4]), int(digits[4:6]), int(digits[6:8])))
-            except ValueError:
-                continue
-    return sorted(days)
-
-
-def _day_folder(day: date) -> tuple[bytes, bytes, bytes]:
-    """The folder FreePBX files a recording of `day` under: YYYY/MM/DD."""
-    return (b"%04d" % day.year, b"%02d" % day.month, b"%02d" % day.day)
-
-
-_NO_FOLDER = -1
-
-
-def _folder_without(chain: FolderChain, folder: tuple[bytes, ...], name: bytes) -> int | None:
-    """The open `folder` when `name` is not in it (_NO_FOLDER when the folder does not exist);
-    None when the name is there or that cannot be told."""
-    try:
-        fd = chain.open(folder)
-    except Skip as skip:
-        return _NO_FOLDER if skip.reason == VANISHED else None  # no folder: nothing in it
-    try:
-        os.stat(name, dir_fd=fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return fd
-    except OSError:
-        return None
-    return None
-
-
-def _absent(
-    chain: FolderChain,
-    folder: tuple[bytes, ...],
-    name: bytes,
-    stems: dict[tuple[bytes, ...], set[bytes] | None],
-) -> bool:
-    """Whether neither `name` nor a sibling of it is in `folder`; False when that is unknown."""
-    fd = _folder_without(chain, folder, name)
-    if fd is None:
-        return False
-    if fd == _NO_FOLDER:
-        return True
-    if folder not in stems:
-        try:
-            stems[folder] = {_stem(name) for name in sorted_names(fd)}
-        except OSError:
-            stems[folder] = None
-    known = stems[folder]
-    return known is not None and _stem(name) not in known
-
-
-# -- ages ----------------------------------------------------------------------------------------
-
-
-def mtime_age(status: os.stat_result) -> datetime:
-    """The modification time, floored to the microsecond (which never moves it across a cutoff)."""
-    return _EPOCH + timedelta(microseconds=status.st_mtime_ns // 1000)
-
-
-def path_age(folder: Sequence[bytes], zone: tzinfo) -> datetime | None:
-    """The end of the day (YYYY/MM/DD) or month (YYYY/MM) named by the folders nearest the file."""
-    digits = [name.decode("ascii") if name.isdigit() else "" for name in folder]
-    for end in range(len(digits), 0, -1):
-        window = ["", "", "", *digits[:end]][-3:]  # the folder and its two parents
-        lengths = tuple(len(name) for name in window)
-        if lengths == (4, 2, 2):
-            year, month, day = window
-            return _end_of_day(int(year), int(month), int(day), zone)
-        if lengths[1:] == (4, 2):
-            year, month = window[1:]
-            return _end_of_month(int(year), int(month), zone)
-    return None
-
-
-def filename_age(name: bytes, zone: tzinfo) -> datetime | None:
-    """The time stamp in a file name, read as wall time in `zone`.
-
-    A name can hold other digit runs (numbers dialled, unique ids); among valid candidates of the
-    most specific form the youngest wins, so a look-alike can only delay a deletion.
-    """
-    for pattern in (_FREEPBX_TIME, _COMPACT_TIME):
-        times = [_wall_time(b"".join(match.groups()), zone) for match in pattern.finditer(name)]
-        valid = [time for time in times if time is not None]
-        if valid:
-            return max(valid)
-    days = [_day_digits(match.group(1), zone) for match in _DAY_ONLY.finditer(name)]
-    valid = [day for day in days if day is not None]
-    return max(valid) if valid else None
-
-
-def _wall_time(digits: bytes, zone: tzinfo) -> datetime | None:
-    text = digits.decode("ascii")
-    try:
-        wall = datetime(
-            int(text[0:4]),
-            int(text[4:6]),
-            int(text[6:8]),
-            int(text[8:10]),
-            int(text[10:12]),
-            int(text[12:14]),
-        )
-        return latest_instant(wall, zone)
-    except (ValueError, OverflowError):
-        return None
-
-
-def _day_digits(digits: bytes, zone: tzinfo) -> datetime | None:
-    text = digits.decode("ascii")
-    return _end_of_day(int(text[0:4]), int(text[4:6]), int(text[6:8]), zone)
-
-
-def _end_of_day(year: int, month: int, day: int, zone: tzinfo) -> datetime | None:
-    try:
-        return end_of_day(date(year, month, day), zone)
-    except (ValueError, OverflowError):
-        return None
-
-
-def _end_of_month(year: int, month: int, zone: tzinfo) -> datetime | None:
-    if not 1 <= month <= 12:
-        return None
-    return _end_of_day(year, month, calendar.monthrange(year, month)[1], zone)

@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from retentiond.errors import StoreAbsent, StoreError
 
@@ -338,6 +338,30 @@ class FolderChain:
         traceback: TracebackType | None,
     ) -> None:
         self._close_below(0)
+
+
+class PlannedEntry(Protocol):
+    """What a store planned of a file to delete: enough to know it again."""
+
+    @property
+    def device(self) -> int: ...
+
+    @property
+    def inode(self) -> int: ...
+
+    @property
+    def size(self) -> int: ...
+
+
+def same_file(status: os.stat_result, planned: PlannedEntry) -> bool:
+    """Whether `status` is still the regular file planned, at its planned size (a growing file
+    is still being written)."""
+    return (
+        stat.S_ISREG(status.st_mode)
+        and status.st_dev == planned.device
+        and status.st_ino == planned.inode
+        and status.st_size == planned.size
+    )
 
 
 def check_component(name: bytes) -> None:
