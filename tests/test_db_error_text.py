@@ -344,7 +344,7 @@ def test_an_sqlite_trigger_refusal_is_described_by_its_error_name(tmp_path: Path
     from sqlalchemy import create_engine, text
     from sqlalchemy.exc import DBAPIError
 
-    from retentiond.stores.db.errors import describe
+    from retentiond.dberrors import describe
 
     engine = create_engine(f"sqlite:///{tmp_path / 'master.db'}")
     with engine.begin() as connection:
@@ -371,7 +371,7 @@ def test_an_sqlite_trigger_refusal_is_described_by_its_error_name(tmp_path: Path
 def test_a_code_without_a_description_is_named_with_generic_words() -> None:
     import pymysql
 
-    from retentiond.stores.db.errors import classify
+    from retentiond.dberrors import classify
 
     error = pymysql.err.OperationalError(4999, f"no such thing for {CALLER_ID}", sqlstate="HY000")
 

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, NoReturn
 import click
 
 from retentiond import __version__, logs, safefiles
+from retentiond import dberrors as dberror
 from retentiond.config.loader import LoadedConfig, config_path, load_config
 from retentiond.config.model import Rule
 from retentiond.config.pbxfiles import THREECX_MASTER_ACCOUNT, is_3cx_settings
@@ -26,7 +27,6 @@ from retentiond.errors import ConfigError, RetentiondError
 from retentiond.evidence import log as audit
 from retentiond.evidence.history import read_history
 from retentiond.stores import AbsentStore
-from retentiond.stores.db import errors as dberror
 
 
 class Context:

@@ -157,7 +157,7 @@ def read_freepbx_settings(amp: dict[str, str]) -> dict[str, str]:
     from sqlalchemy import bindparam, create_engine, text
     from sqlalchemy.exc import SQLAlchemyError
 
-    from retentiond.stores.db.errors import describe
+    from retentiond.dberrors import describe
 
     url = _mysql_url(
         amp["AMPDBUSER"],
