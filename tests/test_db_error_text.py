@@ -339,7 +339,7 @@ def test_an_sqlite_trigger_refusal_is_described_by_its_error_name(tmp_path: Path
     from sqlalchemy import create_engine, text
     from sqlalchemy.exc import DBAPIError
 
-    from retentiond.stores.db.errors import describe
+    from retentiond.dberrors import describe
 
     engine = create_engine(f"sqlite:///{tmp_path / 'master.db'}")
     with engine.begin() as connection:
@@ -366,7 +366,7 @@ def test_an_sqlite_trigger_refusal_is_described_by_its_error_name(tmp_path: Path
 def test_a_code_without_a_description_is_named_with_generic_words() -> None:
     import pymysql
 
-    from retentiond.stores.db.errors import classify
+    from retentiond.dberrors import classify
 
     error = pymysql.err.OperationalError(4999, f"no such thing for {CALLER_ID}", sqlstate="HY000")
 
@@ -382,7 +382,7 @@ def test_freepbx_settings_that_cannot_be_read_are_named_by_code(mariadb_url: str
     from sqlalchemy import make_url
 
     from retentiond.config.pbxfiles import PbxSettingsError
-    from retentiond.config.presets import read_freepbx_settings
+    from retentiond.config.presets.freepbx import read_freepbx_settings
 
     url = make_url(mariadb_url)
     amp = {

@@ -209,7 +209,8 @@ def test_missing_table_fails_the_run_cleanly_and_is_audited(pbx: Path) -> None:
 def test_a_failing_store_does_not_stop_the_rules_other_stores(pbx: Path) -> None:
     """A recordings folder gone: that store fails, the rule's call records are still deleted,
     the run ends failed (exit 1) and the log and the report name the failing store."""
-    from retentiond.evidence.report import data
+    from retentiond.evidence.report import build
+    from retentiond.evidence.report.values import Period
 
     text = pbx.read_text()
     monitor = pbx.parent / "pbx" / "monitor"
@@ -229,8 +230,8 @@ def test_a_failing_store_does_not_stop_the_rules_other_stores(pbx: Path) -> None
     assert audit.verify(config.config.audit.path).ok
     zone = config.config.zone()
     today = NOW.astimezone(zone).date()  # the day the log's entries carry
-    period = data.Period(today - timedelta(days=1), today + timedelta(days=1), zone)
-    report = data.build_report(config, [config.config.audit.path], period, generated_at=NOW)
+    period = Period(today - timedelta(days=1), today + timedelta(days=1), zone)
+    report = build.build_report(config, [config.config.audit.path], period, generated_at=NOW)
     (incident,) = [i for i in report.incidents if i.rule == "call-records"]
     assert "store failed" in incident.reason and "monitor-gone" in incident.reason
 

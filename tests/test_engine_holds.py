@@ -307,7 +307,8 @@ COARSE = """\
 def test_anonymized_means_every_group_reaches_k_and_an_absent_optional_store_does_not_count(
     pbx: Path,
 ) -> None:
-    from retentiond.evidence.report import data
+    from retentiond.evidence.report import build
+    from retentiond.evidence.report.values import Period
 
     text = pbx.read_text().replace("    keep: 3 months\n", "    keep: 3 months\n" + ANONYMIZE, 1)
     text = text.replace(
@@ -324,8 +325,8 @@ def test_anonymized_means_every_group_reaches_k_and_an_absent_optional_store_doe
     finished = [e for e in audit.read_entries(config.config.audit.path) if e.type == "run_finished"]
     absent = [s for s in finished[-1].fields["stores"] if s["store"] == "/nonexistent/cdr-csv"]
     assert absent and all(s.get("absent") and "smallest_group" not in s for s in absent)
-    period = data.Period(date(2026, 11, 1), date(2026, 11, 30), config.config.zone())
-    report = data.build_report(config, [config.config.audit.path], period, generated_at=NOW)
+    period = Period(date(2026, 11, 1), date(2026, 11, 30), config.config.zone())
+    report = build.build_report(config, [config.config.audit.path], period, generated_at=NOW)
     (rule,) = report.anonymization
     assert rule.wording == "anonymized"
     # one call with a value of its own makes a group of one: pseudonymized, with the figure
@@ -338,6 +339,6 @@ def test_anonymized_means_every_group_reaches_k_and_an_absent_optional_store_doe
     run_next_day = Engine(config, now=lambda: NOW + timedelta(days=1), force=True)
     with audit.AuditLog(config.config.audit.path, clock=lambda: NOW + timedelta(days=1)) as log:
         assert run_next_day.run(config.config.rule("call-records"), log).status == "done"
-    report = data.build_report(config, [config.config.audit.path], period, generated_at=NOW)
+    report = build.build_report(config, [config.config.audit.path], period, generated_at=NOW)
     (rule,) = report.anonymization
     assert rule.wording == "pseudonymized (smallest group 1 < 5)"

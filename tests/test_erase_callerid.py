@@ -25,7 +25,8 @@ from test_report_holds import Forms, forms, html_rows
 
 from retentiond.config.loader import load_config
 from retentiond.evidence import log as audit
-from retentiond.evidence.report import data
+from retentiond.evidence.report import build
+from retentiond.evidence.report.values import Period
 
 BERLIN = ZoneInfo("Europe/Berlin")
 ALICE = "+493077700010"
@@ -240,10 +241,10 @@ def report_of(config: Path, at: str) -> Forms:
     day = datetime.fromisoformat(at).astimezone(BERLIN).date()
     first = day.replace(day=1)
     last = (first + timedelta(days=32)).replace(day=1) - timedelta(days=1)
-    report = data.build_report(
+    report = build.build_report(
         load_config(config),
         [config.parent / "audit.jsonl"],
-        data.Period(first, last, BERLIN),
+        Period(first, last, BERLIN),
         generated_at=datetime.combine(last, datetime.min.time(), UTC) + timedelta(days=1),
     )
     return forms(report)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from retentiond.config import parse_config, pbxfiles, presets
+from retentiond.config import parse_config, pbxfiles
 from retentiond.config.init import render
 from retentiond.config.model import (
     CsvStoreConfig,
@@ -19,6 +19,7 @@ from retentiond.config.model import (
     VoicemailStoreConfig,
 )
 from retentiond.config.pbxfiles import PbxSettingsError, password_from, read_freepbx_conf
+from retentiond.config.presets import threecx
 from retentiond.errors import ConfigError
 
 FREEPBX_CONF = """<?php
@@ -126,7 +127,7 @@ def test_missing_freepbx_conf_says_how_to_point_at_it(tmp_path: Path) -> None:
 def test_3cx_preset_reads_its_config_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The older layout 3CX-Tools reads (adroste/3cx-tools 3cx-tools-server/path.prod.json)."""
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
-    monkeypatch.setattr(presets, "THREECX_CREDENTIALS", tmp_path / "no-credentials")
+    monkeypatch.setattr(threecx, "THREECX_CREDENTIALS", tmp_path / "no-credentials")
     config_json = tmp_path / "config.json"
     config_json.write_text(
         json.dumps(
@@ -335,7 +336,7 @@ def test_3cx_preset_reads_3cxphonesystem_ini(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
-    monkeypatch.setattr(presets, "THREECX_CREDENTIALS", tmp_path / "no-credentials")
+    monkeypatch.setattr(threecx, "THREECX_CREDENTIALS", tmp_path / "no-credentials")
     ini = tmp_path / "3CXPhoneSystem.ini"
     ini.write_text(THREECX_INI)
     config = parse_config(threecx_yaml(f"{{ini: {ini}, data_dir: /srv/3cx/Data}}"))

@@ -22,7 +22,8 @@ from retentiond.engine.core import Engine, RunOutcome
 from retentiond.engine.status import run_histories
 from retentiond.evidence import log as audit
 from retentiond.evidence.history import read_history
-from retentiond.evidence.report.data import Period, build_report
+from retentiond.evidence.report.build import build_report
+from retentiond.evidence.report.values import Period
 from retentiond.stores.base import Batch, BatchResult
 from retentiond.stores.sql.store import SqlStore
 

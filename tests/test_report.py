@@ -40,7 +40,8 @@ from retentiond.config.loader import LoadedConfig, load_config
 from retentiond.engine.core import Engine
 from retentiond.errors import RetentiondError
 from retentiond.evidence import log as audit
-from retentiond.evidence.report import data, render, residual
+from retentiond.evidence.report import build, render, residual, verdicts
+from retentiond.evidence.report.values import Period
 
 BERLIN = ZoneInfo("Europe/Berlin")
 ORGANISATION = """\
@@ -516,8 +517,8 @@ def test_residual_copies_on_mariadb(
     assert mail.state == "found" and mail.detail.startswith("2 of 3 mailboxes e-mail")
     assert "1 of them delete the message" in mail.detail
 
-    period = data.Period(today() - timedelta(days=6), today(), BERLIN)
-    built = data.build_report(loaded, [], period, residual=findings, residual_host="pbx-1")
+    period = Period(today() - timedelta(days=6), today(), BERLIN)
+    built = build.build_report(loaded, [], period, residual=findings, residual_host="pbx-1")
     page = render.html(built)
     assert escape(binlog.detail) in page and "transient_cdr exists" in page
     assert "(file names not listed: they can carry call data)" in page
@@ -680,23 +681,23 @@ def daily(first: datetime, last: datetime) -> list[datetime]:
 
 def test_daily_verified_runs_meet_the_deadline() -> None:
     runs = daily(START - timedelta(days=1), END)
-    assert data.verdict_for(runs, "done", START, END, covered)[:2] == ("met", "green")
-    assert data.verdict_for(runs, "failed", START, END, covered)[:2] == ("met", "amber")
+    assert verdicts.verdict_for(runs, "done", START, END, covered)[:2] == ("met", "green")
+    assert verdicts.verdict_for(runs, "failed", START, END, covered)[:2] == ("met", "amber")
 
 
 def test_a_week_without_a_verified_run_exceeds_the_deadline() -> None:
     runs = [t for t in daily(START - timedelta(days=1), END) if not 10 <= t.day <= 16]
-    verdict, level, note = data.verdict_for(runs, "done", START, END, covered)
+    verdict, level, note = verdicts.verdict_for(runs, "done", START, END, covered)
     assert (verdict, level) == ("deadline exceeded", "red")
     assert "2026-03-11" in note and "2026-03-17" in note
 
 
 def test_no_verified_run_is_red_and_a_late_start_is_amber() -> None:
-    assert data.verdict_for([], None, START, END, covered)[:2] == ("no verified run", "red")
+    assert verdicts.verdict_for([], None, START, END, covered)[:2] == ("no verified run", "red")
     late = daily(START + timedelta(days=5), END)
-    assert data.verdict_for(late, "done", START, END, covered)[1] == "amber"
+    assert verdicts.verdict_for(late, "done", START, END, covered)[1] == "amber"
     stopped = daily(START - timedelta(days=1), START + timedelta(days=20))
-    assert data.verdict_for(stopped, "done", START, END, covered)[1] == "red"
+    assert verdicts.verdict_for(stopped, "done", START, END, covered)[1] == "red"
 
 
 # --- what verification found: warnings, repairs, problems -----------------------------------------

@@ -28,7 +28,9 @@ from retentiond.engine import erasure
 from retentiond.engine.core import Engine
 from retentiond.errors import RetentiondError
 from retentiond.evidence import log as audit
-from retentiond.evidence.report import data, render
+from retentiond.evidence.report import build, render
+from retentiond.evidence.report.replay import UNKNOWN_RULE
+from retentiond.evidence.report.values import Period, Report
 from retentiond.policy.subjects import Subject
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -85,7 +87,7 @@ class Forms:
     json_text: str
 
 
-def forms(report: data.Report) -> Forms:
+def forms(report: Report) -> Forms:
     text = render.json_text(report)
     return Forms(render.html(report), render.csv_text(report), json.loads(text), text)
 
@@ -289,7 +291,7 @@ def anonymize_run(
     )
 
 
-def march(w: Written) -> data.Report:
+def march(w: Written) -> Report:
     """A month with holds added, changed and ended, forced and refused runs, two erasures (one
     without an end) and an access search; a few entries before and after it."""
     w.at("2026-02-20T09:00:00", "hold_added", **summary("OLD-9"), covers={CDR: 7})
@@ -412,10 +414,10 @@ def march(w: Written) -> data.Report:
         stores=[],
     )
     w.at("2026-04-02T08:00:00", "subject_search", ticket="A15-8", version="1.0", stores=[])
-    return data.build_report(
+    return build.build_report(
         w.loaded,
         [w.log],
-        data.Period(date(2026, 3, 1), date(2026, 3, 31), BERLIN),
+        Period(date(2026, 3, 1), date(2026, 3, 31), BERLIN),
         generated_at=datetime(2026, 4, 3, 9, 0, tzinfo=UTC),
     )
 
@@ -541,10 +543,10 @@ def test_held_count_in_the_matrix_is_the_last_runs(written: Written) -> None:
         held={"LIT-1": 38},
         smallest={CDR: 6, "csv": 9},
     )
-    report = data.build_report(
+    report = build.build_report(
         written.loaded,
         [written.log],
-        data.Period(date(2026, 3, 1), date(2026, 3, 31), BERLIN),
+        Period(date(2026, 3, 1), date(2026, 3, 31), BERLIN),
         generated_at=datetime(2026, 4, 3, tzinfo=UTC),
     )
     out = forms(report)
@@ -632,7 +634,7 @@ def test_two_stage_rule_shows_both_periods_in_every_catalogue(written: Written) 
     assert rule_csv["stages"] == "anonymize after 3 months, delete after 1 year"
     assert rule_csv["delete_deadline"] == "1 year + 1 day + 1d"
 
-    catalogue = data.catalogue(written.loaded)
+    catalogue = build.catalogue(written.loaded)
     markdown = render.rules_markdown(catalogue)
     (line,) = [ln for ln in markdown.splitlines() if "| call-records |" in ln]
     assert "anonymize after 3 months, delete after 1 year (k = 5)" in line
@@ -678,10 +680,10 @@ def wording_for(written: Written, smallest: dict[str, int | None], runs: int = 1
             smallest=smallest if i == runs - 1 else {CDR: 1, "csv": 1},
             csv_anonymized=5,
         )
-    report = data.build_report(
+    report = build.build_report(
         written.loaded,
         [written.log],
-        data.Period(date(2026, 3, 1), date(2026, 3, 31), BERLIN),
+        Period(date(2026, 3, 1), date(2026, 3, 31), BERLIN),
         generated_at=datetime(2026, 4, 3, tzinfo=UTC),
     )
     out = forms(report)
@@ -723,10 +725,10 @@ def test_unmeasured_groups_are_pseudonymized(written: Written) -> None:
 
 
 def test_without_any_anonymize_run_nothing_is_called_anonymous(written: Written) -> None:
-    report = data.build_report(
+    report = build.build_report(
         written.loaded,
         [written.log],
-        data.Period(date(2026, 3, 1), date(2026, 3, 31), BERLIN),
+        Period(date(2026, 3, 1), date(2026, 3, 31), BERLIN),
         generated_at=datetime(2026, 4, 3, tzinfo=UTC),
     )
     (rule,) = report.anonymization
@@ -776,14 +778,14 @@ def test_forced_runs_are_listed_with_the_guard_they_overrode(written: Written) -
     assert len(rows) == 2 and "overridden with --force" in rows[0][4]
     assert len([r for r in csv_values(out.csv, "incident") if r["item"] == "forced"]) == 2
     # an erasure's batches are not runs: no "(unknown rule)" and no unconfirmed batch
-    assert all(c["rule"] != data.UNKNOWN_RULE for c in out.json["compliance"])
+    assert all(c["rule"] != UNKNOWN_RULE for c in out.json["compliance"])
     assert "batch unconfirmed" not in kinds
 
 
 def test_nothing_personal_in_any_form(written: Written) -> None:
     report = march(written)
     out = forms(report)
-    catalogue = data.catalogue(written.loaded)
+    catalogue = build.catalogue(written.loaded)
     texts = [out.html, out.csv, render.rules_markdown(catalogue), render.rules_html(catalogue)]
     assert not leaked(personal(), texts=texts, documents=[out.json_text])
     # the check finds a number where there is one
@@ -886,9 +888,9 @@ organisation:
     return RealRun(loaded, loaded.config.audit.path, personal, hold_number, subject)
 
 
-def real_report(run: RealRun) -> data.Report:
+def real_report(run: RealRun) -> Report:
     today = datetime.now(BERLIN).date()
-    return data.build_report(run.config, [], data.Period(today - timedelta(days=6), today, BERLIN))
+    return build.build_report(run.config, [], Period(today - timedelta(days=6), today, BERLIN))
 
 
 def test_real_runs_report_the_logs_holds_anonymization_and_erasure(real: RealRun) -> None:

@@ -19,8 +19,8 @@ from pbxdata import PbxDatabase
 from test_csv_holds import cdr_line
 from threecx_schema import cdroutput_rows, create_cdroutput_schema, create_cl_schema
 
+from retentiond.config.presets.transforms import THREECX_ANONYMIZE as DEFAULT_ANONYMIZE
 from retentiond.stores.csv.store import CsvStore
-from retentiond.stores.threecx.anonymize import DEFAULT_ANONYMIZE
 from retentiond.stores.threecx.store import ThreeCxCallsStore
 
 CUTOFF = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)

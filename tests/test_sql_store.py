@@ -919,7 +919,7 @@ def test_database_errors_are_described_by_code_never_by_their_text(database: Pbx
     ("O'Brien") defeats any stripping of quoted parts. Only codes and fixed words are kept."""
     from sqlalchemy.exc import DBAPIError
 
-    from retentiond.stores.db.errors import describe
+    from retentiond.dberrors import describe
 
     clid = '"O\'Brien" <+4930123456>'
     database.execute(

@@ -27,11 +27,11 @@ from threecx_schema import (
     create_cl_schema,
 )
 
+from retentiond.config.presets.transforms import THREECX_ANONYMIZE as DEFAULT_ANONYMIZE
 from retentiond.errors import StoreError
 from retentiond.policy.rules import NO_HOLDS, Holds, HoldScope
 from retentiond.policy.subjects import Subject
 from retentiond.stores.base import BatchResult
-from retentiond.stores.threecx.anonymize import DEFAULT_ANONYMIZE
 from retentiond.stores.threecx.store import ThreeCxCallsStore
 
 pytestmark = pytest.mark.postgres

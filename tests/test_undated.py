@@ -27,7 +27,8 @@ from retentiond.engine.core import Engine, RunOutcome, exit_code
 from retentiond.engine.status import EXIT_DEADLINE, compute, status_text
 from retentiond.errors import ConfigError
 from retentiond.evidence import log as audit
-from retentiond.evidence.report import data
+from retentiond.evidence.report import build
+from retentiond.evidence.report.values import Period
 from retentiond.service.metrics import Metrics
 from retentiond.service.runner import outcome_from_fields
 from retentiond.stores import Survey
@@ -324,8 +325,8 @@ def test_the_report_metrics_and_the_daemon_see_the_failure(tmp_path: Path) -> No
     (outcome,) = _run(loaded)
 
     # The DPO report: no verified run, and the incident names the counts.
-    period = data.Period(NOW.date() - timedelta(days=6), NOW.date(), UTC)
-    report = data.build_report(loaded, [], period, generated_at=NOW + timedelta(hours=1))
+    period = Period(NOW.date() - timedelta(days=6), NOW.date(), UTC)
+    report = build.build_report(loaded, [], period, generated_at=NOW + timedelta(hours=1))
     (row,) = report.compliance
     assert (row.last_status, row.level) == ("failed", "red")
     (incident,) = report.incidents

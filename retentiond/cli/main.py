@@ -17,6 +17,7 @@ from typing import Any, ClassVar, NoReturn
 import click
 
 from retentiond import __version__, logs, safefiles
+from retentiond import dberrors as dberror
 from retentiond.config.loader import LoadedConfig, config_path, load_config
 from retentiond.config.model import Rule
 from retentiond.config.pbxfiles import THREECX_MASTER_ACCOUNT, is_3cx_settings
@@ -26,7 +27,6 @@ from retentiond.errors import ConfigError, RetentiondError
 from retentiond.evidence import log as audit
 from retentiond.evidence.history import read_history
 from retentiond.stores import AbsentStore
-from retentiond.stores.db import errors as dberror
 
 
 class Context:
@@ -652,9 +652,10 @@ def demo(directory: Path) -> None:
 
     from retentiond import demo as demo_pbx
     from retentiond.engine.status import compute, status_text
-    from retentiond.evidence.report import data as report_data
+    from retentiond.evidence.report import build as report_build
     from retentiond.evidence.report import render as report_render
     from retentiond.evidence.report import residual
+    from retentiond.evidence.report.values import Period
 
     config_file = demo_pbx.build(directory, hold=True)
     loaded = load_config(config_file)
@@ -677,8 +678,8 @@ def demo(directory: Path) -> None:
         f"\n== 5. the DPO report (retentiond -c {config_file} report --from "
         f"{today - timedelta(days=30)} --to {today} -o {report_file}) =="
     )
-    period = report_data.Period(today - timedelta(days=30), today, zone)
-    built = report_data.build_report(
+    period = Period(today - timedelta(days=30), today, zone)
+    built = report_build.build_report(
         loaded,
         [],
         period,

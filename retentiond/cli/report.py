@@ -15,7 +15,8 @@ import click
 
 from retentiond.config.loader import LoadedConfig, config_path, load_config
 from retentiond.errors import RetentiondError
-from retentiond.evidence.report import data, render, residual
+from retentiond.evidence.report import build, render, residual
+from retentiond.evidence.report.values import Period
 
 REPORT_FORMATS = ("html", "pdf", "csv", "json")
 RULES_FORMATS = ("md", "html")
@@ -95,7 +96,7 @@ def report(
         form = form or "md"
         if form not in RULES_FORMATS:
             raise click.BadParameter("with --rules: md or html", param_hint="--format")
-        catalogue = data.catalogue(_loaded(ctx))
+        catalogue = build.catalogue(_loaded(ctx))
         text = render.rules_markdown(catalogue) if form == "md" else render.rules_html(catalogue)
         _write_text(text, output)
         return
@@ -110,9 +111,9 @@ def report(
         )
     loaded = _loaded(ctx)
     config = loaded.config
-    period = data.Period(first_day.date(), last_day.date(), config.zone())
+    period = Period(first_day.date(), last_day.date(), config.zone())
     findings = residual.detect(config)
-    built = data.build_report(
+    built = build.build_report(
         loaded, list(logs), period, residual=findings, residual_host=socket.gethostname()
     )
     if form == "pdf":

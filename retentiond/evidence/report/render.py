@@ -34,7 +34,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from retentiond.errors import RetentiondError
-from retentiond.evidence.report.data import Catalogue, Report
+from retentiond.evidence.report.values import Catalogue, Report
 
 JSON_FORMAT = 1
 PDF_PACKAGES = "libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core"

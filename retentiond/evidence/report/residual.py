@@ -20,9 +20,10 @@ from sqlalchemy import Connection, inspect, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from retentiond.config.model import Config, ConnectionConfig, SqlStoreConfig
+from retentiond.dberrors import describe
 from retentiond.errors import StoreError
-from retentiond.evidence.report.data import Finding, approximate_days
-from retentiond.stores.db.errors import describe
+from retentiond.evidence.report.catalogue import approximate_days
+from retentiond.evidence.report.values import Finding
 from retentiond.stores.sql.store import Database
 
 ASTERISK_CONF = Path("/etc/asterisk/asterisk.conf")

@@ -41,8 +41,8 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
+from retentiond.dberrors import describe
 from retentiond.errors import RetentiondError
-from retentiond.stores.db.errors import describe
 
 T = TypeVar("T")
 

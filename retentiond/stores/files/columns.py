@@ -19,8 +19,8 @@ from sqlalchemy import types as sqltypes
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchTableError
 
 from retentiond.config.model import ConnectionConfig, ReferencesConfig
+from retentiond.dberrors import describe
 from retentiond.errors import StoreAbsent, StoreError
-from retentiond.stores.db.errors import describe
 from retentiond.stores.files.names import as_text
 from retentiond.stores.sql.store import (
     _GAVE_UP,

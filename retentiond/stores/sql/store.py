@@ -106,13 +106,7 @@ from retentiond.config.model import ConnectionConfig, SqlStoreConfig
 from retentiond.config.pbxfiles import PbxSettingsError, password_from
 from retentiond.config.roots import system_root_warning
 from retentiond.credentials import CredentialError, read_secret
-from retentiond.errors import StoreAbsent, StoreError
-from retentiond.policy import rules
-from retentiond.policy.anonymize import Blank, Transform, TruncateDigits, anonymize_row
-from retentiond.policy.rules import NO_HOLDS, Holds, HoldScope
-from retentiond.policy.subjects import Subject
-from retentiond.stores.base import Batch, BatchFailed, BatchResult, Found, Store, Survey
-from retentiond.stores.db.errors import (
+from retentiond.dberrors import (
     classify,
     connect_hint,
     connection_failed,
@@ -121,6 +115,12 @@ from retentiond.stores.db.errors import (
     too_many_clients,
     unknown_host,
 )
+from retentiond.errors import StoreAbsent, StoreError
+from retentiond.policy import rules
+from retentiond.policy.anonymize import Blank, Transform, TruncateDigits, anonymize_row
+from retentiond.policy.rules import NO_HOLDS, Holds, HoldScope
+from retentiond.policy.subjects import Subject
+from retentiond.stores.base import Batch, BatchFailed, BatchResult, Found, Store, Survey
 from retentiond.stores.fs.folders import (
     CHANGED,
     MOUNT_POINT,

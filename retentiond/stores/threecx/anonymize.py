@@ -3,8 +3,8 @@ rows rewritten, and the smallest group of calls alike after it.
 
 A cl_party_info row can serve many calls (an extension's row serves all of its calls), so it is
 never rewritten in place: the anonymized call's participants get an anonymized copy, and the
-original goes once no call points to it any more, as after a deletion. `DEFAULT_ANONYMIZE` is
-the 3cx preset's list of fields.
+original goes once no call points to it any more, as after a deletion. The 3cx preset's list of
+fields is data of the config (`retentiond.config.presets.transforms.THREECX_ANONYMIZE`).
 """
 
 from __future__ import annotations
@@ -41,34 +41,6 @@ _LAYOUT_TABLES = (
     "cdroutput",
     "cdrbilling",
 )
-
-# For the 3cx preset (`action: anonymize`): every column of either layout that carries a number,
-# a name or a file name naming them; the layout this PBX does not have is ignored. Numbers keep
-# all but their last three digits (area and exchange stay for statistics); names and caller ids
-# that may be either are blanked. Internal ids (uuids, participant ids) only link a call's rows.
-DEFAULT_ANONYMIZE: dict[str, str | dict[str, Any]] = {
-    "cl_party_info.dn": "truncate_digits",
-    "cl_party_info.caller_number": "truncate_digits",
-    "cl_party_info.did_number": "truncate_digits",
-    "cl_party_info.display_name": "blank",
-    "cl_party_info.firstlastname": "blank",
-    "cl_participants.recording_url": "blank",
-    "cl_quality.a_caller": "blank",
-    "cl_quality.b_caller": "blank",
-    "cl_quality.a_number": "truncate_digits",
-    "cl_quality.b_number": "truncate_digits",
-    "cl_quality.a_name": "blank",
-    "cl_quality.b_name": "blank",
-    "cdroutput.source_dn_number": "truncate_digits",
-    "cdroutput.source_dn_name": "blank",
-    "cdroutput.source_participant_name": "blank",
-    "cdroutput.source_participant_phone_number": "truncate_digits",
-    "cdroutput.source_participant_trunk_did": "truncate_digits",
-    "cdroutput.destination_dn_number": "truncate_digits",
-    "cdroutput.destination_dn_name": "blank",
-    "cdroutput.destination_participant_name": "blank",
-    "cdroutput.destination_participant_phone_number": "truncate_digits",
-}
 
 
 @dataclass(frozen=True)

@@ -38,11 +38,11 @@ from sqlalchemy.engine.reflection import Inspector
 from sqlalchemy.exc import DBAPIError
 
 from retentiond.config.model import ConnectionConfig, ThreeCxCallsStoreConfig
+from retentiond.dberrors import describe
 from retentiond.errors import StoreAbsent, StoreError
 from retentiond.policy.rules import NO_HOLDS, Holds
 from retentiond.policy.subjects import Subject
 from retentiond.stores.base import Batch, BatchFailed, BatchResult, Found, Store, Survey
-from retentiond.stores.db.errors import describe
 from retentiond.stores.sql.store import (
     DATETIME_FLOOR,
     UNCONFIRMED_DELETED_MAX,

@@ -1,0 +1,136 @@
+"""The DPO report for a period, built from the config and the deletion logs, and the rule
+catalogue alone (`report --rules`). The figures come from the replay of the logs (`replay`), the
+rules from the config; `render` turns either into its forms."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from retentiond import __version__
+from retentiond.config.loader import LoadedConfig
+from retentiond.config.model import Config
+from retentiond.evidence.report import tables, verdicts
+from retentiond.evidence.report.catalogue import hold_rows, organisation, rule_rows
+from retentiond.evidence.report.logs import first_ts, in_file, log_info, name_systems, read_log
+from retentiond.evidence.report.replay import Replay
+from retentiond.evidence.report.values import (
+    Catalogue,
+    Finding,
+    HoldReport,
+    HoldRow,
+    Method,
+    Period,
+    Report,
+)
+from retentiond.stores.kinds import KINDS
+
+
+def build_report(
+    loaded: LoadedConfig,
+    log_paths: Sequence[Path],
+    period: Period,
+    *,
+    residual: Sequence[Finding] = (),
+    residual_host: str = "",
+    generated_at: datetime | None = None,
+) -> Report:
+    """All figures for the period from the given logs (default: the config's audit.path)."""
+    config = loaded.config
+    generated = (generated_at or datetime.now(UTC)).astimezone(UTC)
+    paths = list(log_paths) or [config.audit.path]
+    own_system = config.organisation.system if config.organisation else None
+    logs = [read_log(path) for path in paths]
+    name_systems(logs, config.audit.path, own_system)
+    systems = list(dict.fromkeys(log.system for log in logs))
+    replay = Replay(config, period, generated)
+    # Rotated files of one system in the order they were written.
+    for log in sorted(logs, key=lambda lg: (lg.system, first_ts(lg))):
+        replay.read(log.system, log.entries)
+    replay.finish()
+    log_infos = [log_info(log) for log in logs]
+    notes = [
+        f"The audit log {log.path} is broken at line {log.verification.broken_at}"
+        f"{in_file(log.verification)} ({log.verification.reason}): figures after that line "
+        "are missing."
+        for log in logs
+        if not log.verification.ok
+    ]
+    notes += [
+        f"The audit log {info.path} does not verify: {info.problems[0]}."
+        for info in log_infos
+        if info.problems and info.broken_line is None
+    ]
+    in_force = [
+        replace(hold, matches_nothing=replay.matching_nothing(hold.id, _hold_rules(hold, config)))
+        for hold in hold_rows(config.holds, generated, period.zone)
+    ]
+    notes += [
+        f"Hold {hold.id} matches nothing: at the last run of each of its rules no object of any "
+        "age was in its scope, so it protects nothing. Check its numbers (international form, "
+        "in quotes), extensions, from/to and rules."
+        for hold in in_force
+        if hold.matches_nothing
+    ]
+    notes += [
+        f"Hold {hold.id} was due for review on {hold.review_by}: it keeps holding until it is "
+        "reviewed (extend review_by, or end it with until:)."
+        for hold in in_force
+        if hold.review_overdue
+    ]
+    return Report(
+        organisation=organisation(config),
+        first_day=period.first_day,
+        last_day=period.last_day,
+        zone=str(period.zone),
+        generated_at=generated,
+        version=__version__,
+        config_path=str(loaded.path),
+        config_sha256=loaded.sha256,
+        systems=systems,
+        rules=rule_rows(config),
+        compliance=verdicts.compliance(replay, systems),
+        weeks=period.weeks(),
+        deletions_by_week=tables.by_week(replay),
+        deletions_by_store=tables.by_store(replay),
+        totals=tables.totals(replay),
+        runs=tables.run_counts(replay),
+        incidents=sorted(replay.incidents, key=lambda i: (i.at, i.system, i.rule)),
+        holds=HoldReport(in_force, tables.hold_history(replay), tables.held(replay)),
+        config_hashes=tables.config_hashes(replay),
+        config_reloads=replay.reloads,
+        logs=log_infos,
+        residual_host=residual_host,
+        residual=list(residual),
+        methods=methods(config, replay.kinds),
+        grace=str(config.safety.deadline_grace),
+        notes=notes,
+        anonymization=verdicts.anonymization(replay),
+        erasures=tables.erasures_in_period(replay),
+        subject_searches=sorted(replay.searches, key=lambda s: (s.at, s.system)),
+    )
+
+
+def _hold_rules(hold: HoldRow, config: Config) -> list[str]:
+    return hold.rules if hold.rules is not None else [rule.name for rule in config.rules]
+
+
+def methods(config: Config, seen: Iterable[str]) -> list[Method]:
+    """How each store kind of the config, or seen in the logs, deletes (stores/kinds.py)."""
+    kinds = {store.type for rule in config.rules for store in rule.stores} | set(seen)
+    return [Method(kind, row.title, row.deletes) for kind, row in KINDS.items() if kind in kinds]
+
+
+def catalogue(loaded: LoadedConfig, generated_at: datetime | None = None) -> Catalogue:
+    config = loaded.config
+    return Catalogue(
+        organisation(config),
+        (generated_at or datetime.now(UTC)).astimezone(UTC),
+        __version__,
+        str(loaded.path),
+        loaded.sha256,
+        str(config.safety.deadline_grace),
+        rule_rows(config),
+    )
