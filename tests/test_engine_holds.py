@@ -14,7 +14,8 @@ from privacy import leaked
 from retentiond import demo
 from retentiond.config.loader import LoadedConfig, load_config
 from retentiond.config.model import HoldConfig
-from retentiond.engine.core import Engine, RunOutcome
+from retentiond.engine.engine import Engine
+from retentiond.engine.outcome import RunOutcome
 from retentiond.evidence import log as audit
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

@@ -22,7 +22,7 @@ from pbxdata import PbxDatabase, cdr_rows, sqlite_cdr_rows
 
 from retentiond import demo
 from retentiond.config.loader import load_config
-from retentiond.engine.core import Engine
+from retentiond.engine.engine import Engine
 from retentiond.evidence import log as audit
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

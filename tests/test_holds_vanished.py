@@ -22,7 +22,8 @@ from pbxdata import PbxDatabase, cdr_rows, sqlite_cdr_rows
 
 from retentiond import demo
 from retentiond.config.loader import LoadedConfig, load_config
-from retentiond.engine.core import Engine, RunOutcome, exit_code
+from retentiond.engine.engine import Engine
+from retentiond.engine.outcome import RunOutcome, exit_code
 from retentiond.evidence import log as audit
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

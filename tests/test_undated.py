@@ -23,7 +23,8 @@ from test_cli import retentiond
 
 from retentiond.config.loader import LoadedConfig, load_config
 from retentiond.config.model import Safety, SqlStoreConfig
-from retentiond.engine.core import Engine, RunOutcome, exit_code
+from retentiond.engine.engine import Engine
+from retentiond.engine.outcome import RunOutcome, exit_code
 from retentiond.engine.status import EXIT_DEADLINE, compute, status_text
 from retentiond.errors import ConfigError
 from retentiond.evidence import log as audit

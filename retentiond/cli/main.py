@@ -20,8 +20,11 @@ from retentiond import __version__, logs, safefiles
 from retentiond.config.loader import LoadedConfig, config_path, load_config
 from retentiond.config.model import Rule
 from retentiond.config.pbxfiles import THREECX_MASTER_ACCOUNT, is_3cx_settings
-from retentiond.engine.core import Engine, RulePlan, RunObserver, RunOutcome, exit_code
+from retentiond.engine.engine import Engine
 from retentiond.engine.holds import vanished_holds
+from retentiond.engine.observers import RunObserver
+from retentiond.engine.outcome import RunOutcome, exit_code
+from retentiond.engine.plan import RulePlan
 from retentiond.errors import ConfigError, RetentiondError
 from retentiond.evidence import log as audit
 from retentiond.evidence.history import read_history

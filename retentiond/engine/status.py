@@ -40,7 +40,8 @@ import click
 
 from retentiond.config.loader import LoadedConfig
 from retentiond.config.model import Config, Rule, StoreConfig
-from retentiond.engine.core import ANONYMIZE, DELETE, Engine, RulePlan, utcnow
+from retentiond.engine.engine import Engine, utcnow
+from retentiond.engine.plan import ANONYMIZE, DELETE, RulePlan
 from retentiond.engine.undated import Undated
 from retentiond.errors import AuditError, StoreError
 from retentiond.evidence import log as audit
