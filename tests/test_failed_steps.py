@@ -33,7 +33,7 @@ from threecx_schema import (
     recording_rows,
 )
 
-from retentiond.cli.main import print_outcome
+from retentiond.cli.run import print_outcome
 from retentiond.config.loader import LoadedConfig, load_config
 from retentiond.engine.engine import Engine as RunEngine
 from retentiond.engine.erasure import erase

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from privacy import leaked
 
 from retentiond import demo
+from retentiond.cli.status import status_json, status_text
 from retentiond.config.loader import LoadedConfig, load_config
 from retentiond.engine.engine import Engine
 from retentiond.engine.status import (
@@ -36,8 +37,6 @@ from retentiond.engine.status import (
     compute,
     judge,
     run_histories,
-    status_json,
-    status_text,
 )
 from retentiond.evidence import log as audit
 from retentiond.policy.durations import parse_duration
