@@ -1,8 +1,8 @@
 """The engine: plan, apply, verify; one run of one rule, between its audit bookends.
 
 The plan is a value (`RulePlan`): cutoff, a survey of every store and the verdict of the safety
-guards. `plan()` only reads. `apply()` is the only path that deletes, and it writes the audit
-intent of each batch, durably, before the batch is applied.
+guards. `plan()` only reads. Applying (`apply.apply_stage`) is the only path that deletes, and it
+writes the audit intent of each batch, durably, before the batch is applied.
 
 With `audit.signing_key` set, the key is read first (a key that cannot be used fails the run
 before anything is deleted), the log is rotated if due, and every run's last entry is followed
@@ -165,6 +165,7 @@ class Engine:
         history: History,
         isolate: bool,
     ) -> RulePlan:
+        """One stage, planned with this engine's config, clock and `force`."""
         config, clock, force = self.config, self.now, self.force
         return plan_stage(config, clock, force, rule, stores, stage, keep, holds, history, isolate)
 
@@ -406,6 +407,7 @@ class Engine:
     def holds_changed(
         self, audit: AuditWriter, plan: RulePlan, store: Store, old: Holds, new: Holds
     ) -> None:
+        """A reload changed the holds during the run: say so, and record the change in the log."""
         log.info(
             "holds changed during the run; planning again with them",
             store=store.label,
