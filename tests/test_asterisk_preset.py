@@ -30,7 +30,8 @@ from test_cli import retentiond
 
 from retentiond.config.loader import load_config
 from retentiond.config.pbxfiles import PbxSettingsError, read_cdr_sqlite3_custom
-from retentiond.engine.core import Engine, RunOutcome
+from retentiond.engine.engine import Engine
+from retentiond.engine.outcome import RunOutcome
 from retentiond.evidence import log as audit
 
 NOW = datetime.now(UTC).replace(microsecond=0)

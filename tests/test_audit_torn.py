@@ -27,7 +27,8 @@ from structlog.testing import capture_logs
 from retentiond import demo
 from retentiond.cli.audit import audit_group
 from retentiond.config.loader import LoadedConfig, load_config
-from retentiond.engine.core import Engine, RunOutcome
+from retentiond.engine.engine import Engine
+from retentiond.engine.outcome import RunOutcome
 from retentiond.errors import AuditError
 from retentiond.evidence import log as audit
 from retentiond.evidence.log import (

@@ -29,7 +29,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from retentiond import demo
 from retentiond.cli.audit import audit_group
 from retentiond.config.loader import LoadedConfig, load_config
-from retentiond.engine.core import Engine, RunOutcome
+from retentiond.engine.engine import Engine
+from retentiond.engine.outcome import RunOutcome
 from retentiond.errors import AuditError
 from retentiond.evidence import log as audit
 from retentiond.evidence.log import (

@@ -15,7 +15,8 @@ from privacy import leaked
 
 from retentiond import demo
 from retentiond.config.loader import LoadedConfig, load_config
-from retentiond.engine.core import Engine, RunOutcome, exit_code
+from retentiond.engine.engine import Engine
+from retentiond.engine.outcome import RunOutcome, exit_code
 from retentiond.evidence import log as audit
 from retentiond.policy.rules import cutoff
 

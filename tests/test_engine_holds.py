@@ -14,7 +14,8 @@ from privacy import leaked
 from retentiond import demo
 from retentiond.config.loader import LoadedConfig, load_config
 from retentiond.config.model import HoldConfig
-from retentiond.engine.core import Engine, RunOutcome
+from retentiond.engine.engine import Engine
+from retentiond.engine.outcome import RunOutcome
 from retentiond.evidence import log as audit
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -168,7 +169,8 @@ def test_a_hold_added_during_a_run_takes_effect_before_the_next_batch(pbx: Path)
 
 
 def test_holds_in_the_plan_and_in_status(pbx: Path) -> None:
-    from retentiond.engine.status import compute, status_text
+    from retentiond.cli.status import status_text
+    from retentiond.engine.status import compute
 
     add_hold(pbx, window_hold(rules="[call-records]", review_by="2026-11-01"))
     config = load_config(pbx)

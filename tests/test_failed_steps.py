@@ -33,11 +33,11 @@ from threecx_schema import (
     recording_rows,
 )
 
-from retentiond.cli.main import print_outcome
+from retentiond.cli.run import print_outcome
 from retentiond.config.loader import LoadedConfig, load_config
-from retentiond.engine.core import Engine as RunEngine
-from retentiond.engine.core import RunOutcome
+from retentiond.engine.engine import Engine as RunEngine
 from retentiond.engine.erasure import erase
+from retentiond.engine.outcome import RunOutcome
 from retentiond.errors import StoreError
 from retentiond.evidence import log as audit
 from retentiond.policy.subjects import Subject

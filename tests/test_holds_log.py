@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 from retentiond import demo
 from retentiond.config.loader import load_config
 from retentiond.config.model import HoldConfig
-from retentiond.engine.core import Engine
+from retentiond.engine.engine import Engine
 from retentiond.engine.holds import record_hold_changes
 from retentiond.evidence.fingerprints import fingerprints_path, key_path
 from retentiond.evidence.history import read_history

@@ -21,7 +21,7 @@ from test_cli import retentiond as run_command
 
 from retentiond import demo
 from retentiond.config.loader import load_config
-from retentiond.engine.core import Engine
+from retentiond.engine.engine import Engine
 from retentiond.evidence import log as audit
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

@@ -21,7 +21,8 @@ from test_cli import retentiond
 
 from retentiond import demo
 from retentiond.config.loader import LoadedConfig, load_config
-from retentiond.engine.core import Engine, RunOutcome, exit_code
+from retentiond.engine.engine import Engine
+from retentiond.engine.outcome import RunOutcome, exit_code
 from retentiond.evidence import log as audit
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

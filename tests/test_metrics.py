@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 from retentiond import __version__
 from retentiond.config.loader import parse_config
 from retentiond.config.model import Rule
-from retentiond.engine.core import RunOutcome, StoreOutcome
+from retentiond.engine.outcome import RunOutcome, StoreOutcome
 from retentiond.evidence.log import AuditLog
 from retentiond.service.metrics import Metrics, MetricsError
 

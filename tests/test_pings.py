@@ -19,7 +19,8 @@ from structlog.testing import capture_logs
 from retentiond import __version__, demo
 from retentiond.config.loader import load_config, parse_config
 from retentiond.config.model import Rule
-from retentiond.engine.core import Engine, RunOutcome, StoreOutcome
+from retentiond.engine.engine import Engine
+from retentiond.engine.outcome import RunOutcome, StoreOutcome
 from retentiond.evidence import log as audit
 from retentiond.service.metrics import Metrics
 from retentiond.service.pings import Pings

@@ -18,7 +18,8 @@ import pytest
 
 from retentiond import demo
 from retentiond.config.loader import LoadedConfig, load_config
-from retentiond.engine.core import Engine, RunOutcome
+from retentiond.engine.engine import Engine
+from retentiond.engine.outcome import RunOutcome
 from retentiond.engine.status import run_histories
 from retentiond.evidence import log as audit
 from retentiond.evidence.history import read_history

@@ -37,7 +37,7 @@ from retentiond import demo
 from retentiond.cli.main import cli
 from retentiond.cli.report import report
 from retentiond.config.loader import LoadedConfig, load_config
-from retentiond.engine.core import Engine
+from retentiond.engine.engine import Engine
 from retentiond.errors import RetentiondError
 from retentiond.evidence import log as audit
 from retentiond.evidence.report import build, render, residual, verdicts

@@ -25,7 +25,7 @@ from privacy import leaked
 from retentiond import demo
 from retentiond.config.loader import LoadedConfig, load_config
 from retentiond.engine import erasure
-from retentiond.engine.core import Engine
+from retentiond.engine.engine import Engine
 from retentiond.errors import RetentiondError
 from retentiond.evidence import log as audit
 from retentiond.evidence.report import build, render

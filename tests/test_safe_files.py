@@ -19,7 +19,7 @@ from test_cli import retentiond
 from retentiond import demo
 from retentiond.cli.main import cli
 from retentiond.config.loader import load_config
-from retentiond.engine.core import Engine
+from retentiond.engine.engine import Engine
 from retentiond.evidence import log as audit
 from retentiond.evidence.fingerprints import fingerprints_path, key_path
 from retentiond.service.metrics import Metrics

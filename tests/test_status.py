@@ -23,8 +23,9 @@ from privacy import leaked
 from test_cli import retentiond
 
 from retentiond import demo
+from retentiond.cli.status import status_json, status_text
 from retentiond.config.loader import LoadedConfig, load_config
-from retentiond.engine.core import Engine
+from retentiond.engine.engine import Engine
 from retentiond.engine.status import (
     EXIT_DEADLINE,
     EXIT_UNKNOWN,
@@ -35,8 +36,6 @@ from retentiond.engine.status import (
     compute,
     judge,
     run_histories,
-    status_json,
-    status_text,
 )
 from retentiond.evidence import log as audit
 from retentiond.policy.durations import parse_duration

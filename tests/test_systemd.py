@@ -232,7 +232,7 @@ def test_make_install_puts_everything_in_place(staged: Path) -> None:
     assert (venv / "pyvenv.cfg").is_file()
     assert "home = /usr/bin" in (venv / "pyvenv.cfg").read_text()
     # not editable: the package lies in the venv, not in this source tree
-    packages = list(venv.glob("lib/python3*/site-packages/retentiond/cli.py"))
+    packages = list(venv.glob("lib/python3*/site-packages/retentiond/cli/main.py"))
     assert len(packages) == 1
     assert not list(venv.glob("lib/python3*/site-packages/*retentiond*.pth"))
     # the scripts name the final path, not the staging folder

@@ -21,10 +21,12 @@ from privacy import leaked
 from spool import add_message
 from test_cli import retentiond
 
+from retentiond.cli.status import status_text
 from retentiond.config.loader import LoadedConfig, load_config
 from retentiond.config.model import Safety, SqlStoreConfig
-from retentiond.engine.core import Engine, RunOutcome, exit_code
-from retentiond.engine.status import EXIT_DEADLINE, compute, status_text
+from retentiond.engine.engine import Engine
+from retentiond.engine.outcome import RunOutcome, exit_code
+from retentiond.engine.status import EXIT_DEADLINE, compute
 from retentiond.errors import ConfigError
 from retentiond.evidence import log as audit
 from retentiond.evidence.report import build

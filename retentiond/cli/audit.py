@@ -1,9 +1,10 @@
 """`retentiond audit ...`: the signing key, verification, and the head to copy off the host.
 
-Registered in cli.py as the `audit` group. Without a LOG argument the commands use audit.path of
-the config (-c, $RETENTIOND_CONFIG or the default path). Exit codes: 0 intact, 1 broken or an
-error (DESIGN.md). What an interrupted run leaves for the next one to finish (entries not yet
-signed, an incomplete last line) is intact evidence, so a warning; `verify --strict` fails on it.
+Registered on the main group (cli/main.py) as the `audit` group. Without a LOG argument the
+commands use audit.path of the config (-c, $RETENTIOND_CONFIG or the default path). Exit codes:
+0 intact, 1 broken or an error (DESIGN.md). What an interrupted run leaves for the next one to
+finish (entries not yet signed, an incomplete last line) is intact evidence, so a warning;
+`verify --strict` fails on it.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ RULES_FORMATS = ("md", "html")
 
 
 def _loaded(ctx: click.Context) -> LoadedConfig:
-    """The config of the main group (retentiond.cli.main.Context), else -c of the root command."""
+    """The config of the main group (`cli.context.Context`), else -c of the root command."""
     loaded = getattr(ctx.obj, "loaded", None)
     if isinstance(loaded, LoadedConfig):
         return loaded

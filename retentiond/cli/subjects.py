@@ -16,7 +16,7 @@ from datetime import UTC, datetime, tzinfo
 import click
 
 from retentiond.config.loader import LoadedConfig, config_path, load_config
-from retentiond.engine.core import Engine
+from retentiond.engine.engine import Engine
 from retentiond.engine.erasure import (
     ALL_HELD,
     NO_MATCH,

@@ -18,7 +18,7 @@ from datetime import datetime
 import structlog
 
 from retentiond import __version__
-from retentiond.engine.core import Engine
+from retentiond.engine.engine import Engine
 from retentiond.errors import RetentiondError, StoreError
 from retentiond.evidence.log import AuditLog
 from retentiond.policy.subjects import Subject, named_in

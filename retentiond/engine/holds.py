@@ -12,13 +12,13 @@ recorded as ended, and runs of its rules are refused until it is found again or 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import date, datetime, tzinfo
 from typing import Any
 
 import structlog
 
-from retentiond.config.model import HoldConfig
+from retentiond.config.model import Config, HoldConfig
 from retentiond.evidence.fingerprints import Fingerprints, read_fingerprints, write_fingerprints
 from retentiond.evidence.history import History, read_history
 from retentiond.evidence.log import AuditWriter, Entry
@@ -44,6 +44,24 @@ def vanished_holds(
         and not _until_passed(summary, now, zone)
         and (rule is None or _covers_rule(summary, rule))
     )
+
+
+def end_hold_refusal(config: Config, end_holds: Collection[str], now: datetime) -> str | None:
+    """--end-hold ends only a hold the log shows in force that the config no longer has: why the
+    first one that is not such a hold cannot be ended; None when every one can."""
+    if not end_holds:
+        return None
+    history = read_history(config.audit.path)
+    vanished = vanished_holds(history.holds, config.holds, now, config.zone())
+    for hold_id in end_holds:
+        if hold_id in vanished:
+            continue
+        if any(hold.id == hold_id for hold in config.holds):
+            why = "is in the config: remove its file or entry first, or give it an until: date"
+        else:
+            why = "is not in force in the audit log"
+        return f"--end-hold {hold_id}: this hold {why}"
+    return None
 
 
 def _until_passed(summary: Mapping[str, Any], now: datetime, zone: tzinfo) -> bool:

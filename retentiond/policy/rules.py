@@ -11,14 +11,11 @@ import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from retentiond.policy.durations import Duration
 from retentiond.policy.schedule import Schedule
 from retentiond.policy.subjects import Subject
-
-if TYPE_CHECKING:
-    from retentiond.config.model import HoldConfig
 
 
 def cutoff(now: datetime, keep: Duration, zone: tzinfo) -> datetime:
@@ -270,7 +267,32 @@ class Holds:
 NO_HOLDS = Holds()
 
 
-def hold_in_force(hold: HoldConfig, now: datetime, zone: tzinfo) -> bool:
+class HoldTerms(Protocol):
+    """What the policy reads of a legal hold: its dates, the rules it covers and whose objects.
+    The config's `HoldConfig` has them; policy never imports the config."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def review_by(self) -> date: ...
+
+    @property
+    def until(self) -> date | None: ...
+
+    @property
+    def rules(self) -> list[str] | None: ...  # None: every rule
+
+    @property
+    def from_(self) -> date | None: ...
+
+    @property
+    def to(self) -> date | None: ...
+
+    def subject(self) -> Subject | None: ...
+
+
+def hold_in_force(hold: HoldTerms, now: datetime, zone: tzinfo) -> bool:
     """A hold holds until the end of its `until` day; a passed `review_by` does not end it."""
     return hold.until is None or now < _start_of_day(hold.until + timedelta(days=1), zone)
 
@@ -280,11 +302,11 @@ def day_over(day: date, now: datetime, zone: tzinfo) -> bool:
     return now >= _start_of_day(day + timedelta(days=1), zone)
 
 
-def review_overdue(hold: HoldConfig, now: datetime, zone: tzinfo) -> bool:
+def review_overdue(hold: HoldTerms, now: datetime, zone: tzinfo) -> bool:
     return now >= _start_of_day(hold.review_by + timedelta(days=1), zone)
 
 
-def holds_for(holds: Iterable[HoldConfig], rule: str, now: datetime, zone: tzinfo) -> Holds:
+def holds_for(holds: Iterable[HoldTerms], rule: str, now: datetime, zone: tzinfo) -> Holds:
     """The holds in force for `rule` now, as windows of instants in the PBX's zone.
 
     A window covers whole days: from the start of `from` to the end of `to`, each taken at its

@@ -51,8 +51,10 @@ from watchdog.observers.api import BaseObserver
 
 from retentiond.config.loader import LoadedConfig, load_config
 from retentiond.config.model import Config, HoldConfig, Rule
-from retentiond.engine.core import RunObserver, RunOutcome, tell, utcnow
+from retentiond.engine.engine import utcnow
 from retentiond.engine.holds import record_hold_changes
+from retentiond.engine.observers import RunObserver, tell
+from retentiond.engine.outcome import RunOutcome
 from retentiond.errors import AuditError, ConfigError, ConfigProblem, RetentiondError, StoreError
 from retentiond.evidence.log import (
     RUN_END_STATUS,

@@ -32,7 +32,8 @@ from prometheus_client import (
 
 from retentiond import __version__, safefiles
 from retentiond.config.model import Rule
-from retentiond.engine.core import RunObserver, RunOutcome
+from retentiond.engine.observers import RunObserver
+from retentiond.engine.outcome import RunOutcome
 from retentiond.errors import AuditError, RetentiondError
 from retentiond.evidence.log import RUN_ENDS, Entry, read_entries
 

@@ -28,7 +28,8 @@ import structlog
 
 from retentiond import __version__
 from retentiond.config.model import Rule
-from retentiond.engine.core import RunObserver, RunOutcome
+from retentiond.engine.observers import RunObserver
+from retentiond.engine.outcome import RunOutcome
 
 log = structlog.get_logger()
 

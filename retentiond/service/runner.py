@@ -53,7 +53,8 @@ import structlog
 from retentiond import logs
 from retentiond.config.loader import LoadedConfig
 from retentiond.config.model import HoldConfig, Rule
-from retentiond.engine.core import Engine, RunOutcome, StoreOutcome
+from retentiond.engine.engine import Engine
+from retentiond.engine.outcome import RunOutcome, StoreOutcome
 from retentiond.engine.undated import Undated
 from retentiond.errors import AuditError, StoreError
 from retentiond.evidence.log import (
