@@ -3,19 +3,15 @@
 The daemon runs in the foreground (systemd Type=notify) with its monitoring: metrics over HTTP
 when configured, pings per rule. `run --once` enforces the rules now, prints what each run did
 and exits with the runs' code (DESIGN.md command table); SIGTERM and SIGINT finish the current
-batch first.
+batch first. Starting either, with its monitoring, is `service.launch`; this module parses and
+prints.
 """
 
 from __future__ import annotations
 
 import json
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, tzinfo
-from types import FrameType
 from typing import Any
 
 import click
@@ -24,11 +20,10 @@ from retentiond import dberrors as dberror
 from retentiond.cli.context import Context, pass_context, rules_named
 from retentiond.cli.output import byte_size, fail, iso, local_time
 from retentiond.config.loader import LoadedConfig
-from retentiond.engine.engine import Engine
 from retentiond.engine.holds import end_hold_refusal
-from retentiond.engine.observers import RunObserver
 from retentiond.engine.outcome import RunOutcome, exit_code
 from retentiond.evidence import log as audit
+from retentiond.service.launch import run_once, serve
 
 
 @click.command()
@@ -68,7 +63,7 @@ def run(
                 "--rule, --json, --force and --end-hold go with --once; the daemon runs every rule"
             )
         dberror.show_server_text(None)  # the journal never gets a database's own words
-        sys.exit(_daemon(ctx.loaded))
+        sys.exit(serve(ctx.loaded))
     loaded = ctx.loaded
     _check_end_holds(loaded, end_holds)
     outcomes = enforce(loaded, rule_name, as_json=as_json, force=force, end_holds=end_holds)
@@ -82,31 +77,6 @@ def _check_end_holds(loaded: LoadedConfig, end_holds: tuple[str, ...]) -> None:
         fail(refusal, 2)
 
 
-def _daemon(loaded: LoadedConfig) -> int:
-    """The daemon with its monitoring: metrics over HTTP when configured, pings per rule."""
-    from retentiond.service.daemon import Daemon
-    from retentiond.service.pings import Pings
-
-    config = loaded.config
-    observers: list[RunObserver] = []
-    metrics = None
-    if config.monitoring.metrics_listen:  # prometheus-client only when asked for: 13 MiB
-        from retentiond.service.metrics import Metrics
-
-        metrics = Metrics(config.rules)
-        metrics.seed_from_audit(config.audit.path)
-        metrics.serve(config.monitoring.metrics_listen)
-        observers.append(metrics)
-    pings = Pings(config.rules, config.monitoring.ping_timeout)
-    observers.append(pings)
-    try:
-        return Daemon(loaded, observers=observers).serve()
-    finally:
-        pings.close(5)
-        if metrics is not None:
-            metrics.close()
-
-
 def enforce(
     loaded: LoadedConfig,
     rule_name: str | None,
@@ -115,51 +85,23 @@ def enforce(
     force: bool = False,
     end_holds: tuple[str, ...] = (),
 ) -> list[RunOutcome]:
-    from retentiond.service.pings import Pings
-
-    config = loaded.config
-    rules = rules_named(loaded, rule_name)
+    """`run --once`: the rules now, then what each run did, as text or JSON."""
     show_progress = not as_json and sys.stderr.isatty()
-    pings = Pings(rules, config.monitoring.ping_timeout)
-    observers: list[RunObserver] = [pings]
-    metrics = None
-    if config.monitoring.metrics_textfile:
-        from retentiond.service.metrics import Metrics
-
-        metrics = Metrics(config.rules)
-        observers.insert(0, metrics)
-    with (
-        _stop_on_signals() as stop,
-        audit.open_log(config) as log,
-    ):
-        engine = Engine(
-            loaded,
-            stop=stop,
-            progress=_progress if show_progress else None,
-            observers=observers,
-            force=force,
-            end_holds=end_holds,
-        )
-        outcomes = []
-        for rule in rules:
-            outcomes.append(engine.run(rule, log))
-            if show_progress:
-                click.echo("", err=True)
-            if stop.is_set():
-                break
-        head = log.head
-    pings.close(config.monitoring.ping_timeout)
-    if metrics is not None and config.monitoring.metrics_textfile:
-        # Seeded from the whole log, so a rule not run now keeps its last success in the file.
-        metrics.seed_from_audit(config.audit.path)
-        metrics.write_textfile(config.monitoring.metrics_textfile)
+    outcomes, head = run_once(
+        loaded,
+        rules_named(loaded, rule_name),
+        progress=_progress if show_progress else None,
+        after_rule=(lambda: click.echo("", err=True)) if show_progress else None,
+        force=force,
+        end_holds=end_holds,
+    )
     if as_json:
         result = {"runs": [outcome_json(o) for o in outcomes], "audit_head": list(head)}
         click.echo(json.dumps(result, indent=2))
     else:
         for outcome in outcomes:
             print_outcome(outcome, loaded.config.zone())
-        click.echo(f"audit log {loaded.config.audit.path}: head #{head[0]} {head[1][:16]}")
+        click.echo(f"audit log {audit.log_path(loaded.config)}: head #{head[0]} {head[1][:16]}")
     return outcomes
 
 
@@ -237,21 +179,3 @@ def print_outcome(outcome: RunOutcome, zone: tzinfo) -> None:
 
 def _progress(label: str, done: int, expected: int) -> None:
     click.echo(f"\r  {label}: {done} / {expected}", nl=False, err=True)
-
-
-@contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
-    """SIGTERM and SIGINT finish the current batch, then stop: a batch is never cut in half."""
-    stop = threading.Event()
-
-    def request_stop(signum: int, _: FrameType | None) -> None:
-        stop.set()
-
-    previous: dict[signal.Signals, Callable[..., Any] | int | None] = {}
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        previous[signum] = signal.signal(signum, request_stop)
-    try:
-        yield stop
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
