@@ -22,7 +22,8 @@ from sqlalchemy import text
 from test_sql_store import ALL_BACKENDS, StoreFactory, database, open_store, purge
 
 from retentiond.policy.rules import Holds, HoldScope
-from retentiond.stores.sql.store import UNDATED, hold_bound
+from retentiond.stores.db.timecols import hold_bound
+from retentiond.stores.sql.store import UNDATED
 
 __all__ = ["database", "open_store"]  # fixtures used by name
 

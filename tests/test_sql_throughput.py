@@ -19,12 +19,8 @@ from pbxdata import PbxDatabase, cdr_rows, cel_rows, sqlite_cdr_rows
 from sqlalchemy import Engine, event, text
 
 from retentiond.config.model import ConnectionConfig, SqlStoreConfig
-from retentiond.stores.sql.store import (
-    BATCH_TIME,
-    TABLE_LOCK_BATCH_SIZE,
-    TABLE_LOCK_BATCH_TIME,
-    SqlStore,
-)
+from retentiond.stores.sql.sizing import BATCH_TIME, TABLE_LOCK_BATCH_SIZE, TABLE_LOCK_BATCH_TIME
+from retentiond.stores.sql.store import SqlStore
 
 BERLIN = ZoneInfo("Europe/Berlin")
 CUTOFF = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)

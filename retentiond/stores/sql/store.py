@@ -65,61 +65,63 @@ codes with fixed words (`dberror`), never its own text.
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
 import re
-import socket
 import stat
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta, tzinfo
-from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import structlog
 from sqlalchemy import (
-    URL,
     Column,
     Connection,
-    Engine,
     MetaData,
     Table,
     TextClause,
     bindparam,
-    create_engine,
     inspect,
-    make_url,
     text,
 )
 from sqlalchemy import types as sqltypes
-from sqlalchemy.event import listen
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, NoSuchTableError
+from sqlalchemy.exc import DBAPIError, NoSuchTableError
 
-from retentiond.config.dburl import EXAMPLES, check_database_url
 from retentiond.config.model import ConnectionConfig, SqlStoreConfig
-from retentiond.config.pbxfiles import PbxSettingsError, password_from
 from retentiond.config.roots import system_root_warning
-from retentiond.credentials import CredentialError, read_secret
 from retentiond.errors import StoreAbsent, StoreError
-from retentiond.policy import rules
 from retentiond.policy.anonymize import Blank, Transform, TruncateDigits, anonymize_row
 from retentiond.policy.rules import NO_HOLDS, Holds, HoldScope
 from retentiond.policy.subjects import Subject
 from retentiond.stores.base import Batch, BatchFailed, BatchResult, Found, Store, Survey
+from retentiond.stores.db.connection import Database
+from retentiond.stores.db.dialects import Dialect, TableStorage
 from retentiond.stores.db.errors import (
-    classify,
-    connect_hint,
-    connection_failed,
     describe,
     error_code,
-    too_many_clients,
-    unknown_host,
+)
+from retentiond.stores.db.indexes import leading_index
+from retentiond.stores.db.retries import (
+    GAVE_UP,
+    UNCONFIRMED_DELETED_MAX,
+    RolledBack,
+    transient_reason,
+    wait_to_retry,
+)
+from retentiond.stores.db.rows import IN_LIST_CHUNK, read_rows
+from retentiond.stores.db.timecols import (
+    KIND_WORDS,
+    Side,
+    TimeKind,
+    hold_bound,
+    stored_instant,
+    time_bound,
+    time_floor,
+    time_kind,
 )
 from retentiond.stores.fs.folders import (
     CHANGED,
@@ -133,54 +135,17 @@ from retentiond.stores.fs.folders import (
     Skip,
     open_folder,
 )
+from retentiond.stores.sql.sizing import adapted_size, batch_sizing
 
 log = structlog.get_logger()
 
 T = TypeVar("T")
 
 Strategy = Literal["time_index", "key_walk", "scan"]
-Side = Literal["from", "to"]
-# How the time column stores an instant, which decides the bound and how values read back.
-TimeKind = Literal["local", "utc", "aware", "date", "epoch", "epoch_text", "text"]
-
-# Retries back off 0.5 s, 1 s, 2 s, ... and never wait longer than this between attempts.
-BACKOFF_FIRST = 0.5
-BACKOFF_MAX = 10.0
-# MariaDB/MySQL engines that lock the whole table for a DELETE, and their batch size unless
-# batch_size is set: about 10-20 ms per DELETE on FreePBX's cdr, so the PBX's inserts barely wait.
-TABLE_LOCKING_ENGINES = frozenset({"MyISAM", "Aria", "MRG_MyISAM"})
-TABLE_LOCK_BATCH_SIZE = 250
-# Adaptive batches (batch_size not set): the first batch has batch_size's default rows (or
-# TABLE_LOCK_BATCH_SIZE), then each one is sized for a transaction of about this many seconds.
-BATCH_TIME = 0.2
-TABLE_LOCK_BATCH_TIME = 0.02
-# A batch is at most this much larger, or smaller, than the one before, and within these bounds.
-ADAPT_GROWTH = 1.5
-ADAPT_SHRINK = 0.5
-ADAPT_MIN_ROWS = 20
-ADAPT_MAX_ROWS = 50_000
-# Keys per `IN (...)` list: below SQLite's old limit of 999 bound variables.
-IN_LIST_CHUNK = 500
-# The largest DST shift in tzdata is two hours (Antarctica/Troll): a wall-clock time near a hold's
-# edge may have been written with any offset in force this close to it.
-DST_REACH = timedelta(hours=2)
 # A value with one of these can never be a whole part of a file name (subjects.matches_name).
 _NAME_SEPARATORS = re.compile(r"[-_\s]")
 # Why a planned anonymization left a row alone: the PBX changed it after it was read.
 CHANGED_SINCE_PLANNED = "changed"
-# Values below these are clock garbage (MariaDB zero dates, epoch 0): undated, never the oldest.
-DATETIME_FLOOR = datetime(1000, 1, 1)
-# Epoch seconds are dated only with ten digits (2001-09-09 to 2286-11-20): a duration, a count
-# or milliseconds in the time column is no call time, so it is counted undated, never read as one.
-EPOCH_FLOOR = 1_000_000_000
-EPOCH_CEILING = 10_000_000_000
-# An untyped SQLite column (Asterisk's cdr_sqlite3_custom) holding epoch seconds as text, as
-# `start(int64)` and `start(float)` write them: ten digits and an optional fraction. Only these
-# compare as text in numeric order.
-_EPOCH_TEXT = "[1-9]" + "[0-9]" * 9
-# SQLite date text is dated only as SQLite's date functions and Asterisk write it (see
-# _sqlite_date_text): `YYYY-MM-DD HH:MM:SS`, with an optional fraction of a second, or
-# `YYYY-MM-DD` in a DATE column.
 # Rows whose time is NULL or no date at all, as counted in Survey.skipped: never expired.
 UNDATED = "undated"
 
@@ -200,43 +165,6 @@ _FILE_ROOT_WORDING = RootWording(
     unreadable="{root} cannot be opened ({reason}); give retentiond's user search and write "
     "permission there",
 )
-
-_TRANSIENT_CODES = {
-    "1205": "lock wait timeout",  # MariaDB/MySQL innodb_lock_wait_timeout and lock_wait_timeout
-    "3572": "lock wait timeout",  # MySQL NOWAIT
-    "55P03": "lock wait timeout",  # PostgreSQL lock_timeout
-    "SQLITE_BUSY": "database locked",
-    "SQLITE_LOCKED": "database locked",
-    "1213": "deadlock",
-    "40P01": "deadlock",
-    "40001": "deadlock",  # PostgreSQL serialization failure: same remedy
-    "1927": "connection lost",  # MariaDB: the session was killed
-    "2003": "connection lost",
-    "2006": "connection lost",
-    "2013": "connection lost",
-    "2055": "connection lost",
-    "4031": "connection lost",  # MariaDB: disconnected for inactivity
-    "57P01": "connection lost",  # PostgreSQL admin shutdown (server restart)
-    "57P02": "connection lost",
-    "57P03": "connection lost",
-}
-
-_GAVE_UP = {
-    "lock wait timeout": (
-        "lock wait timeout exceeded {attempts} times; the PBX holds locks on the table "
-        "(a long transaction, a backup or a table lock)"
-    ),
-    "database locked": (
-        "the database file stayed locked {attempts} times; Asterisk or another program holds "
-        "a write lock on it"
-    ),
-    "deadlock": "deadlocked with another transaction {attempts} times",
-    "connection lost": "lost the connection to the database {attempts} times",
-}
-
-_STATEMENT_TIMEOUT_CODES = {"57014", "1969", "3024"}
-# A row still referred to by a foreign key of another table (PostgreSQL, MariaDB/MySQL, SQLite).
-_FOREIGN_KEY_CODES = {"23503", "1451", "SQLITE_CONSTRAINT_FOREIGNKEY"}
 
 
 @dataclass(frozen=True)
@@ -353,381 +281,6 @@ class _ToNull(Transform):
         return "blanked (NULL)"
 
 
-class RolledBack(StoreError):
-    """A write the database rolled back: none of it was committed. `code` and `sqlstate`: the
-    database's (dberror.DbFailure)."""
-
-    def __init__(self, message: str, code: str | None = None, sqlstate: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.sqlstate = sqlstate
-
-
-class Database:
-    """One connection of the config as a store uses it: engine, timeouts, retries.
-
-    It reads the password (password_file, else the systemd credential named like the connection),
-    sets the lock and statement timeouts of every session per dialect, and runs each piece of work
-    in its own transaction, retrying lock waits, deadlocks and lost connections with backoff; the
-    first connect too, when the server is down or restarting. A server that stops answering is a
-    lost connection after statement_timeout + 5 s (the driver's read timeout on MariaDB/MySQL,
-    `_ReadDeadline` on PostgreSQL). `label` names the store in messages and logs.
-    """
-
-    def __init__(self, name: str, settings: ConnectionConfig, label: str) -> None:
-        self.name = name
-        self.settings = settings
-        self.label = label
-        self.family = ""  # "mysql" (also MariaDB), "postgresql" or "sqlite"
-        self.server = ""  # e.g. "PostgreSQL 15.4", for describe()
-        self.url: URL | None = None
-        self._engine: Engine | None = None
-
-    def open(self) -> Connection:
-        """Create the engine and return a first connection, for reflection; the caller closes it."""
-        self.close()
-        url = self._engine_url()
-        self.url = url
-        self.family = _family(url, self.name)
-        if self.family == "sqlite":
-            self._require_sqlite_file(url)
-        try:
-            engine = create_engine(
-                url,
-                connect_args=self._connect_args(),
-                # A store's statements run one after another on the one pooled connection. No
-                # ping at checkout and no rollback at checkin: each Connection ends its own
-                # transaction, and a connection that died fails its statement, which `retrying`
-                # retries on a new one. Both would cost a round trip per statement.
-                pool_pre_ping=False,
-                pool_reset_on_return=None,
-                pool_size=1,
-                max_overflow=2,
-                pool_recycle=3600,
-                # SQLAlchemy errors print bound parameters (keys, file names) unless told not to.
-                hide_parameters=True,
-            )
-        except (NoSuchModuleError, ImportError):
-            tested = "postgresql+psycopg" if self.family == "postgresql" else "mariadb+pymysql"
-            raise StoreError(
-                f"connection {self.name}: the driver {url.get_driver_name()} in url is not "
-                f"installed; install it, or use {tested}"
-            ) from None
-        except (ArgumentError, TypeError, ValueError):
-            # Never the exception's text: SQLAlchemy's repeats the URL, password and all.
-            raise StoreError(
-                f"connection {self.name}: url cannot be used; write it like {EXAMPLES}"
-            ) from None
-        self._engine = engine
-        if self.family == "postgresql":
-            # libpq has no read timeout: give up on a server silent as long as MariaDB's would be.
-            _ReadDeadline(self._io_timeout(), self.label).watch(engine)
-        try:
-            return self._first_connection(engine)
-        except StoreError:
-            self.close()
-            raise
-
-    def _first_connection(self, engine: Engine) -> Connection:
-        """A first connection, and the server's version read on it.
-
-        A server that is down, restarting or busy is waited for with the backoff of `retrying`;
-        one that refuses us (user, password, database, host name) fails at once, with what to
-        check. Each wait is logged with its reason and error code, never the URL.
-        """
-        retries = self.settings.retries
-        attempt = 0
-        while True:
-            connection: Connection | None = None
-            try:
-                connection = engine.connect()
-                self.server = _server_version(connection, self.family)
-                return connection
-            except DBAPIError as exc:
-                if connection is not None:
-                    with contextlib.suppress(DBAPIError):
-                        connection.close()
-                reason = _connect_transient_reason(exc)
-                if reason is None:
-                    if connection is not None:
-                        failure = describe(exc, f"{self.label}: reading the server version")
-                        raise StoreError(
-                            f"{self.label}: cannot read the server version: {failure}"
-                        ) from None
-                    raise StoreError(self._refused_message(exc)) from None
-                if attempt >= retries:
-                    check = (
-                        "the server's max_connections is used up: raise it, or find who holds them"
-                        if reason == "too many connections"
-                        else "check that the database server is running and accepts connections "
-                        "at that address (firewall, bind-address, listen_addresses)"
-                    )
-                    failure = describe(exc, f"connection {self.name}: connecting")
-                    raise StoreError(
-                        f"cannot connect to {self.name} ({self.where()}): {failure}; "
-                        f"tried {attempt + 1} times: {check}"
-                    ) from None
-                attempt = _wait_to_retry(
-                    "sql store retrying",
-                    {"store": self.label},
-                    action="connecting",
-                    attempt=attempt,
-                    of=retries,
-                    reason=reason,
-                    exc=exc,
-                )
-
-    def _refused_message(self, exc: DBAPIError) -> str:
-        failure = describe(exc, f"connection {self.name}: connecting")
-        message = f"cannot connect to {self.name} ({self.where()}): {failure}"
-        hint = connect_hint(exc)
-        return f"{message}; {hint}" if hint else message
-
-    def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
-
-    @property
-    def engine(self) -> Engine:
-        if self._engine is None:
-            raise RuntimeError(f"{self.label}: the store is not open")  # a bug in the caller
-        return self._engine
-
-    @property
-    def preparer(self) -> Any:
-        """The dialect's quoting of table and column names."""
-        return self.engine.dialect.identifier_preparer
-
-    @property
-    def delete_returning(self) -> bool:
-        """Whether DELETE can hand back the deleted rows (not on MySQL, nor SQLite < 3.35)."""
-        return bool(self.engine.dialect.delete_returning)
-
-    @property
-    def database_name(self) -> str | None:
-        return self.url.database if self.url is not None else None
-
-    def where(self) -> str:
-        """Host and port, or the SQLite file: where the connection goes, without credentials."""
-        url = self.url
-        if url is None:
-            return "?"
-        if self.family == "sqlite":
-            return url.database or ":memory:"
-        default_port = 3306 if self.family == "mysql" else 5432
-        return f"{url.host or 'localhost'}:{url.port or default_port}"
-
-    def retrying(
-        self,
-        action: str,
-        work: Callable[[Connection], T],
-        *,
-        write: bool = False,
-        settle: Callable[[Connection, T], T] | None = None,
-        failure: Callable[[DBAPIError], str] | None = None,
-        gave_up: Callable[[str, int], str] | None = None,
-        event: str = "sql store retrying",
-        context: dict[str, Any] | None = None,
-    ) -> T:
-        """Run `work` in its own transaction; retry lock waits, deadlocks and lost connections.
-
-        A write commits before returning. A failed attempt rolled back completely, so retrying it
-        cannot delete twice what one batch planned. `failure` and `gave_up` word the errors for
-        callers whose situation differs (files already deleted), `event` and `context` the log.
-
-        Except a write whose connection was lost while committing: the server may have committed
-        it and only the reply was lost. With `settle`, the next attempt runs
-        `settle(connection, that attempt's result)` instead of `work`, which finds out in its own
-        transaction and returns the result to keep (doing the work again where it was not
-        committed). Without `settle` the work simply runs again.
-        """
-        engine = self.engine
-        retries = self.settings.retries
-        attempt = 0
-        unsettled: list[T] = []  # the result of the attempt whose commit got no reply
-        commit_unanswered = False  # an attempt's commit got no reply: it may have gone through
-        while True:
-            done: list[T] = []  # this attempt's result, once its work is done: committing
-            try:
-                if not write:
-                    with engine.connect() as connection:
-                        return work(connection)
-                with engine.begin() as connection:
-                    if settle is not None and unsettled:
-                        done.append(settle(connection, unsettled[0]))
-                    else:
-                        done.append(work(connection))
-                return done[0]
-            except DBAPIError as exc:
-                reason = _transient_reason(exc)
-                lost_commit = bool(done) and reason == "connection lost"
-                commit_unanswered = commit_unanswered or lost_commit
-                # A write that failed with the server's answer was rolled back; one whose commit
-                # got no reply (now or in an earlier attempt) may have been committed.
-                rolled_back = write and not commit_unanswered
-                if reason is None:
-                    # `from None`: the chained SQLAlchemy error would print the bound parameters.
-                    message = failure(exc) if failure else self.failure_message(action, exc)
-                    raise _failed(message, exc, rolled_back) from None
-                if lost_commit and settle is not None:
-                    unsettled[:] = done
-                if attempt >= retries:
-                    attempts = attempt + 1
-                    raise _failed(
-                        gave_up(reason, attempts)
-                        if gave_up
-                        else f"{self.label}: {_GAVE_UP[reason].format(attempts=attempts)}; the "
-                        "run was stopped, "
-                        + (
-                            "and whether the last batch was committed is not known (the next run "
-                            "reconciles it)"
-                            if unsettled or lost_commit
-                            else "nothing beyond the committed batches was deleted"
-                        ),
-                        exc,
-                        rolled_back,
-                    ) from None
-                attempt = _wait_to_retry(
-                    event,
-                    {
-                        **(context if context is not None else {"store": self.label}),
-                        **({"while_committing": True} if lost_commit else {}),
-                    },
-                    action=action,
-                    attempt=attempt,
-                    of=retries,
-                    reason=reason,
-                    exc=exc,
-                )
-
-    def failure_message(self, action: str, exc: DBAPIError) -> str:
-        """The store, the action, the codes and fixed words: never the server's text."""
-        failure = describe(exc, f"{self.label}: {action}")
-        if failure.code in _FOREIGN_KEY_CODES:
-            return (
-                f"{self.label}: {action} failed ({failure.codes}) and was rolled back: rows "
-                "of another table still refer to the rows being deleted; purge that table first "
-                "(a store listed before this one in the rule, or a rule that runs before it)"
-            )
-        message = f"{self.label}: {action} failed ({failure.codes}): {failure.description}"
-        if failure.code in _STATEMENT_TIMEOUT_CODES:
-            message += (
-                "; the statement ran longer than statement_timeout "
-                f"({self.settings.statement_timeout:g} s): lower batch_size or raise it"
-            )
-        elif failure.remedy:
-            message += f"; {failure.remedy}"
-        return message
-
-    def clock_skew(self) -> timedelta | None:
-        """Database clock minus host clock; None for SQLite, a file without a clock."""
-        if self.family == "sqlite":
-            return None
-        query = "SELECT UTC_TIMESTAMP(6)" if self.family == "mysql" else "SELECT clock_timestamp()"
-
-        def measure(connection: Connection) -> timedelta:
-            before = datetime.now(UTC)
-            value = connection.execute(text(query)).scalar()
-            after = datetime.now(UTC)
-            if not isinstance(value, datetime):
-                raise StoreError(f"{self.label}: the database clock returned no time")
-            database_now = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
-            return database_now - (before + (after - before) / 2)
-
-        return self.retrying("reading the database clock", measure)
-
-    def _engine_url(self) -> URL:
-        try:
-            url = make_url(check_database_url(self.settings.url))
-        except (ArgumentError, ValueError):  # the config's validation lets none through
-            raise StoreError(
-                f"connection {self.name}: url is not a database URL; write it like {EXAMPLES}"
-            ) from None
-        if url.password is None and url.get_backend_name() != "sqlite":
-            password = self._password()
-            if password is not None:
-                url = url.set(password=password)
-        return url
-
-    def _password(self) -> str | None:
-        """From password_file, else the PBX's own file (password_from), else the systemd
-        credential named like the connection."""
-        name = self.name
-        path = self.settings.password_file
-        if path is None and self.settings.password_from is not None:
-            try:
-                return password_from(self.settings.password_from)
-            except PbxSettingsError as error:
-                raise StoreError(f"connection {name}: {error}") from None
-        if path is None:
-            credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-            if not credentials or not (Path(credentials) / name).is_file():
-                return None
-            path = Path(credentials) / name
-        try:
-            return read_secret(path, "password file")
-        except CredentialError as error:
-            raise StoreError(f"connection {name}: {error}") from None
-
-    def _require_sqlite_file(self, url: URL) -> None:
-        # SQLite would silently create an empty file where Asterisk's database is expected.
-        database = url.database or ""
-        if database in ("", ":memory:") or database.startswith("file:"):
-            return
-        if not Path(database).is_file():
-            raise StoreAbsent(
-                f"cannot open {self.name}: SQLite database file {database} does not exist"
-            )
-
-    def _connect_args(self) -> dict[str, Any]:
-        settings = self.settings
-        if self.family == "mysql":
-            lock = max(1, math.ceil(settings.lock_timeout))
-            # Versioned comments: /*M!100100 */ runs on MariaDB 10.1+ only (MySQL has no
-            # max_statement_time); /*!50500 */ skips lock_wait_timeout on servers before 5.5.
-            init = (
-                f"SET SESSION innodb_lock_wait_timeout={lock} "
-                f"/*!50500 , SESSION lock_wait_timeout={lock} */, SESSION time_zone='+00:00' "
-                f"/*M!100100 , SESSION max_statement_time={settings.statement_timeout:.3f} */"
-            )
-            # A server that stops answering is a lost connection (2013), retried like one.
-            io_timeout = self._io_timeout()
-            return {
-                "init_command": init,
-                "connect_timeout": max(1, math.ceil(settings.connect_timeout)),
-                "read_timeout": io_timeout,
-                "write_timeout": io_timeout,
-            }
-        if self.family == "postgresql":
-            options = (
-                f"-c lock_timeout={_milliseconds(settings.lock_timeout)} "
-                f"-c statement_timeout={_milliseconds(settings.statement_timeout)} "
-                "-c idle_in_transaction_session_timeout=60000"
-            )
-            return {
-                "options": options,
-                "application_name": "retentiond",
-                "connect_timeout": max(2, math.ceil(settings.connect_timeout)),
-                # A server host that died or is cut off: the kernel drops the connection once
-                # nothing was acknowledged for the I/O timeout, while sending or waiting alike
-                # (keepalive probes). A server alive but silent is `_ReadDeadline`'s.
-                "keepalives": 1,
-                "keepalives_idle": 10,
-                "keepalives_interval": 5,
-                "keepalives_count": 3,
-                "tcp_user_timeout": self._io_timeout() * 1000,
-            }
-        # Asterisk writes the same file: wait for its write lock instead of failing at once.
-        return {"timeout": settings.lock_timeout}
-
-    def _io_timeout(self) -> int:
-        """Seconds to wait for an answer: a little longer than the server's own timeouts, so
-        the server's error wins where it still answers."""
-        settings = self.settings
-        return math.ceil(max(settings.statement_timeout, settings.lock_timeout) + 5)
-
-
 class FileRoot:
     """The folder a file column's relative paths start from, held open by its descriptor.
 
@@ -839,8 +392,7 @@ class SqlStore(Store):
         # takes about `batch_time` seconds (None: a fixed size).
         self._batch_size = store.batch_size
         self.batch_time: float | None = None
-        self._table_engine: str | None = None  # MariaDB/MySQL's storage engine of the table
-        self._locks_table = False  # a DELETE locks the whole table (MyISAM, Aria, SQLite)
+        self._storage = TableStorage()  # how the table keeps its rows (MyISAM, ...)
         # file_column: its quoted name, its name, the index led by it, and the open root.
         self._file_sql = ""
         self._file_name = ""
@@ -868,8 +420,8 @@ class SqlStore(Store):
         return self._require_layout().strategy
 
     @property
-    def _family(self) -> str:
-        return self._db.family
+    def _dialect(self) -> Dialect:
+        return self._db.dialect
 
     # -- opening ---------------------------------------------------------------------------------
 
@@ -884,15 +436,15 @@ class SqlStore(Store):
                 self._open()
                 return
             except DBAPIError as exc:
-                reason = _transient_reason(exc)
+                reason = transient_reason(exc)
                 if reason is None:
                     raise  # a bug: _open words every other driver error as a StoreError
                 if attempt >= retries:
                     raise StoreError(
                         f"{self.label}: cannot read the table definition: "
-                        + _GAVE_UP[reason].format(attempts=attempt + 1)
+                        + GAVE_UP[reason].format(attempts=attempt + 1)
                     ) from None
-                attempt = _wait_to_retry(
+                attempt = wait_to_retry(
                     "sql store retrying",
                     {"store": self.label},
                     action="reading the table definition",
@@ -913,8 +465,9 @@ class SqlStore(Store):
                 self._table_sql = self._preparer().format_table(table)
                 self._time_name = column.name
                 self._time_sql = self._preparer().quote(column.name)
-                if self._family == "sqlite":
-                    self._time_kind = self._sqlite_form(connection)
+                self._time_kind = self._dialect.stored_time_kind(
+                    connection, self._table_sql, self._time_sql, self._time_kind
+                )
                 self._choose_batch_size(connection, table)
                 self._layout = self._choose_layout(connection, table, column)
                 self._prepare_subjects(table)
@@ -923,7 +476,7 @@ class SqlStore(Store):
                     self._prepare_files(connection, table)
         except DBAPIError as exc:
             self.close()
-            if _transient_reason(exc) is not None:
+            if transient_reason(exc) is not None:
                 raise  # open() waits and tries again
             failure = describe(exc, f"{self.label}: reading the table definition")
             raise StoreError(f"{self.label}: cannot read the table definition: {failure}") from None
@@ -992,7 +545,7 @@ class SqlStore(Store):
         return column
 
     def _kind_of(self, column: Column[Any]) -> TimeKind:
-        kind = time_kind(column.type, self._family)
+        kind = time_kind(column.type, self._dialect)
         if kind is None:
             raise StoreError(
                 f"{self.label}: column {column.name} has type {column.type!r}; the time column "
@@ -1000,35 +553,6 @@ class SqlStore(Store):
                 "'2024-01-31 12:00:00'"
             )
         return kind
-
-    def _sqlite_form(self, connection: Connection) -> TimeKind:
-        """How an SQLite time column's values store the time, decided by the values.
-
-        SQLite keeps any value in any column, and cdr_sqlite3_custom's have no type at all:
-        its `start` is date text, its `start(int64)` or `start(float)` epoch text, and a
-        numeric column turns either epoch into a number. The form most values have is the
-        column's; values in any other form are counted undated (reported), never guessed at.
-        With no datable value yet, the declared type decides.
-        """
-        declared = self._time_kind
-        as_date = declared if declared in ("date", "text") else "text"
-        forms: dict[TimeKind, str] = {
-            as_date: _sqlite_guard(as_date, self._time_sql),
-            "epoch": f"{_sqlite_guard('epoch', self._time_sql)} AND {self._time_sql} >= "
-            f"{EPOCH_FLOOR}",
-            "epoch_text": _sqlite_guard("epoch_text", self._time_sql),
-        }
-        if declared == "epoch":  # the declared form first: it wins a tie
-            forms = {"epoch": forms.pop("epoch"), **forms}
-        counts = connection.execute(
-            text(
-                f"SELECT {', '.join(f'COUNT(CASE WHEN {f} THEN 1 END)' for f in forms.values())} "
-                f"FROM {self._table_sql}"
-            )
-        ).one()
-        found = dict(zip(forms, (int(n or 0) for n in counts), strict=True))
-        best = max(found, key=lambda form: found[form])
-        return best if found[best] else declared
 
     def _columns(self, table: Table, wanted: Iterable[str], setting: str) -> list[Column[Any]]:
         """The columns a setting names; a StoreError naming every one the table lacks."""
@@ -1053,7 +577,7 @@ class SqlStore(Store):
         quoted: str = self._preparer().quote(column.name)
         if isinstance(column.type, sqltypes.String):
             return quoted
-        return f"CAST({quoted} AS {'CHAR' if self._family == 'mysql' else 'TEXT'})"
+        return f"CAST({quoted} AS {self._dialect.text_type})"
 
     def _prepare_anonymize(self, table: Table) -> None:
         transforms = self._store.anonymize or {}
@@ -1107,7 +631,7 @@ class SqlStore(Store):
             )
         self._file_name = column.name
         self._file_sql = self._preparer().quote(column.name)
-        self._file_index = self._leading_index(connection, table, column)
+        self._file_index = leading_index(inspect(connection), table.name, column.name, table.schema)
         if store.subject_in_file_name:
             self._prepare_file_subjects(column)
         files = FileRoot(store.file_root, self.label)
@@ -1119,80 +643,29 @@ class SqlStore(Store):
         last dot, `_` and blanks made `-`, with a `-` at each end."""
         value = self._file_sql
         text_type = isinstance(column.type, sqltypes.String)
-        if self._family == "mysql":
-            # Binary values work alike: the functions then count bytes.
-            base = f"SUBSTRING_INDEX({value}, '/', -1)"
-            after_dot = f"SUBSTRING_INDEX({base}, '.', -1)"
-            stem = (
-                f"CASE WHEN LOCATE('.', {base}) > 0 THEN "
-                f"SUBSTRING({base}, 1, CHAR_LENGTH({base}) - CHAR_LENGTH({after_dot}) - 1) "
-                f"ELSE {base} END"
-            )
-        elif self._family == "postgresql":
-            value = value if text_type else f"encode({value}, 'escape')"
-            # `[.]`, not a backslash: old servers may read backslashes in literals as escapes.
-            stem = f"regexp_replace(regexp_replace({value}, '^.*/', ''), '[.][^.]*$', '')"
-        else:
-            value = value if text_type else f"CAST({value} AS TEXT)"
-            # rtrim by every character but `/` (or `.`) leaves the text up to the last one.
-            base = f"substr({value}, length(rtrim({value}, replace({value}, '/', ''))) + 1)"
-            dotted = f"rtrim({base}, replace({base}, '.', ''))"
-            stem = (
-                f"CASE WHEN {dotted} = '' THEN {base} "
-                f"ELSE substr({dotted}, 1, length({dotted}) - 1) END"
-            )
+        stem = self._dialect.file_stem(value, text_type)
         parts = f"REPLACE(REPLACE({stem}, '_', '-'), ' ', '-')"
-        if self._family == "sqlite":
-            parts = f"('-' || {parts} || '-')"
-        else:
-            parts = f"CONCAT('-', {parts}, '-')"
+        parts = self._dialect.concat("'-'", parts, "'-'")
         digits = f"REPLACE(REPLACE(REPLACE({parts}, '.', ''), '(', ''), ')', '')"
         self._file_parts = (parts, digits)
 
     def _choose_batch_size(self, connection: Connection, table: Table) -> None:
-        """batch_size when it is set; else adaptive batches aiming at `batch_time`, shorter and
-        starting smaller where each DELETE holds the whole table and the PBX's inserts wait."""
-        self._batch_size = self._store.batch_size
-        self._table_engine = None
-        if self._family == "mysql":
-            found = connection.execute(
-                text(
-                    "SELECT ENGINE FROM information_schema.TABLES "
-                    "WHERE TABLE_SCHEMA = COALESCE(:schema, DATABASE()) AND TABLE_NAME = :table"
-                ),
-                {"schema": table.schema, "table": table.name},
-            ).scalar()
-            self._table_engine = str(found) if found is not None else None
-        self._locks_table = self._family == "sqlite" or self._table_engine in TABLE_LOCKING_ENGINES
-        if "batch_size" in self._store.model_fields_set:
-            self.batch_time = None
-            return
-        if self._locks_table:
-            self._batch_size = min(self._batch_size, TABLE_LOCK_BATCH_SIZE)
-        self.batch_time = self._store.batch_time or (
-            TABLE_LOCK_BATCH_TIME if self._locks_table else BATCH_TIME
-        )
+        """The rows per batch (`sizing.batch_sizing`), knowing whether a DELETE locks the table."""
+        self._storage = self._dialect.table_storage(connection, table)
+        sizing = batch_sizing(self._store, self._storage.locks_table)
+        self._batch_size = sizing.rows
+        self.batch_time = sizing.batch_time
 
     def _adapt_batch_size(self, rows: int, seconds: float) -> None:
-        """After a batch of `rows` that took `seconds`: the size that would take `batch_time`.
-
-        Only a batch of at least half the current size says how long a full one takes (the
-        last batch of a run is often small, and its fixed costs would dominate).
-        """
-        target = self.batch_time
-        size = self._batch_size
-        if target is None or seconds <= 0 or rows < size / 2:
-            return
-        wanted = rows * target / seconds
-        bounded = min(max(wanted, size * ADAPT_SHRINK), size * ADAPT_GROWTH)
-        self._batch_size = int(min(max(bounded, ADAPT_MIN_ROWS), ADAPT_MAX_ROWS))
+        """After a batch of `rows` that took `seconds`: the size that would take `batch_time`."""
+        self._batch_size = adapted_size(self._batch_size, self.batch_time, rows, seconds)
 
     def _choose_layout(self, connection: Connection, table: Table, column: Column[Any]) -> Layout:
-        index = self._leading_index(connection, table, column)
+        index = leading_index(inspect(connection), table.name, column.name, table.schema)
         key, key_name, integer_key = self._row_key(connection, table)
         time_name = column.name
         if index is not None:
-            if key is None and self._family != "mysql":
+            if key is None and not self._dialect.deletes_without_key:
                 raise self._no_key_error()
             size = self._batch_size
             found = f"index {index} on {time_name}, row key {key_name}"
@@ -1213,7 +686,7 @@ class SqlStore(Store):
                 "batches go by time)"
             )
             return Layout("key_walk", reason, key)
-        if key is None and self._family != "mysql":
+        if key is None and not self._dialect.deletes_without_key:
             raise self._no_key_error()
         reason = (
             f"no index on {time_name} and no integer key: every batch scans the table for "
@@ -1227,19 +700,6 @@ class SqlStore(Store):
             "cannot be bounded; add an INTEGER PRIMARY KEY column"
         )
 
-    def _leading_index(
-        self, connection: Connection, table: Table, column: Column[Any]
-    ) -> str | None:
-        """The name of an index led by `column` (the primary key counts)."""
-        for index in inspect(connection).get_indexes(table.name, schema=table.schema):
-            names = index.get("column_names") or []
-            if names and names[0] == column.name:
-                return str(index.get("name") or "unnamed")
-        primary = list(table.primary_key.columns)
-        if primary and primary[0].name == column.name:
-            return "PRIMARY KEY"
-        return None
-
     def _row_key(self, connection: Connection, table: Table) -> tuple[str | None, str, bool]:
         """SQL naming one row, its name for people, and whether it is an integer to walk."""
         primary = list(table.primary_key.columns)
@@ -1247,18 +707,10 @@ class SqlStore(Store):
             key = primary[0]
             integer = isinstance(key.type, sqltypes.Integer)
             return self._preparer().quote(key.name), key.name, integer
-        if self._family == "postgresql":
-            return "ctid", "ctid", False
-        if self._family == "sqlite" and self._has_rowid(connection):
-            return "rowid", "rowid", True
+        implicit = self._dialect.implicit_row_key(connection, self._table_sql)
+        if implicit is not None:
+            return implicit
         return None, "", False
-
-    def _has_rowid(self, connection: Connection) -> bool:
-        try:
-            connection.execute(text(f"SELECT rowid FROM {self._table_sql} LIMIT 0"))
-        except DBAPIError:
-            return False  # a WITHOUT ROWID table
-        return True
 
     # -- describing ------------------------------------------------------------------------------
 
@@ -1296,7 +748,7 @@ class SqlStore(Store):
         return lines
 
     def _describe_batches(self) -> str:
-        locks = " (a DELETE locks the whole table)" if self._locks_table else ""
+        locks = " (a DELETE locks the whole table)" if self._storage.locks_table else ""
         if self.batch_time is None:
             return f"batches of {self._batch_size} rows (batch_size)"
         return (
@@ -1332,11 +784,7 @@ class SqlStore(Store):
     def _explain(self, connection: Connection) -> tuple[list[str], bool]:
         """The plan as lines, and whether it reads the whole table."""
         statement, params = self._statement_to_explain(connection)
-        if self._family == "mysql":
-            return _explain_mysql(connection, statement, params)
-        if self._family == "postgresql":
-            return _explain_postgresql(connection, statement, params)
-        return _explain_sqlite(connection, statement, params)
+        return self._dialect.explain(connection, statement, params)
 
     def _statement_to_explain(self, connection: Connection) -> tuple[str, dict[str, Any]]:
         """The statement each batch runs against the table (not only its keys)."""
@@ -1579,7 +1027,7 @@ class SqlStore(Store):
         while True:
             size = self._batch_size
             statement = _bind(self._plan_read_sql(where, ordered), where, n=size)
-            rows = self._db.retrying("planning a batch", partial(_read_rows, *statement))
+            rows = self._db.retrying("planning a batch", partial(read_rows, *statement))
             if not rows:
                 return
             number += 1
@@ -1702,7 +1150,7 @@ class SqlStore(Store):
             naming,
             held,
         )
-        rows = self._db.retrying("searching for a person's rows", partial(_read_rows, *statement))
+        rows = self._db.retrying("searching for a person's rows", partial(read_rows, *statement))
         return iter([self._found(row) for row in rows])
 
     def _found(self, row: tuple[Any, ...]) -> Found:
@@ -1768,11 +1216,7 @@ class SqlStore(Store):
 
     def _contains(self, haystack: str, param: str) -> str:
         """`haystack` holds the parameter's text, compared byte for byte (case too)."""
-        if self._family == "mysql":
-            return f"LOCATE(CAST(:{param} AS BINARY), CAST({haystack} AS BINARY)) > 0"
-        if self._family == "postgresql":
-            return f"strpos({haystack}, CAST(:{param} AS TEXT)) > 0"
-        return f"instr({haystack}, :{param}) > 0"
+        return self._dialect.contains(haystack, param)
 
     def _column_naming(self, subject: Subject, name: str) -> Predicate:
         """A subject column holds one of the forms, as written or with blanks and `-./()` taken
@@ -1824,21 +1268,12 @@ class SqlStore(Store):
         """For a value with one `<`: what it and the first `>` after it enclose, and whether
         there is such a `>` at all."""
         after = f"SUBSTR({c}, {self._position(c, '<')} + 1)"  # SUBSTR: all three have it
-        if self._family == "mysql":
-            bracketed = f"SUBSTRING_INDEX({after}, '>', 1)"
-        elif self._family == "postgresql":
-            bracketed = f"split_part({after}, '>', 1)"
-        else:
-            bracketed = f"substr({after}, 1, instr({after}, '>') - 1)"
+        bracketed = self._dialect.up_to(after, ">")
         return bracketed, f"{self._position(after, '>')} > 0"
 
     def _position(self, text: str, character: Literal["<", ">"]) -> str:
         """Where `character` first occurs in `text`, 0 when it does not."""
-        if self._family == "mysql":
-            return f"LOCATE('{character}', {text})"
-        if self._family == "postgresql":
-            return f"strpos({text}, '{character}')"
-        return f"instr({text}, '{character}')"
+        return self._dialect.position(text, character)
 
     # -- holds -----------------------------------------------------------------------------------
 
@@ -1883,7 +1318,7 @@ class SqlStore(Store):
         return Predicate(" AND ".join(parts) or EVERY_ROW.sql, params, expanding)
 
     def _hold_bound(self, instant: datetime, side: Side) -> Any:
-        return hold_bound(self._time_kind, self._family, instant, self._zone, side)
+        return hold_bound(self._time_kind, self._dialect, instant, self._zone, side)
 
     # -- deleting --------------------------------------------------------------------------------
 
@@ -1922,7 +1357,7 @@ class SqlStore(Store):
             """The batch's commit got no reply: keep its result if it went through, else delete
             again; when the rows say neither, the lost commit's rows are unconfirmed."""
             self._ahead = None  # the lost attempt's reading ahead: read fresh instead
-            if self._table_engine in TABLE_LOCKING_ENGINES:
+            if not self._storage.transactional:
                 # MyISAM and Aria apply a DELETE before answering it: COMMIT had nothing to do
                 return _settled(self.label, batch.number, "went through", lost)
             if plan.keys is None and plan.walk is None and plan.upto is None and plan.tied is None:
@@ -1951,7 +1386,7 @@ class SqlStore(Store):
         try:
             outcome = self._db.retrying("deleting a batch", attempt, write=True, settle=settle)
         except RolledBack as error:
-            if self._table_engine in TABLE_LOCKING_ENGINES:
+            if not self._storage.transactional:
                 # MyISAM and Aria keep what a statement deleted before it failed: not known
                 raise StoreError(str(error)) from None
             raise BatchFailed(
@@ -2025,9 +1460,10 @@ class SqlStore(Store):
     def _delete_keys(self, connection: Connection, keys: list[Any], where: Predicate) -> _Deleted:
         key = self._require_layout().key
         returning = self._returning()
-        if self._family == "postgresql":
-            # One array parameter: psycopg allows at most 65535 parameters per statement.
-            match = "ctid = ANY(CAST(:keys AS tid[]))" if key == "ctid" else f"{key} = ANY(:keys)"
+        # One array parameter where the dialect has them: psycopg allows at most 65535
+        # parameters per statement.
+        match = self._dialect.array_match(f"{key}", "keys")
+        if match is not None:
             statement, params = _bind(
                 f"DELETE FROM {self._table_sql} WHERE {match} AND {where.sql}{returning}",
                 where,
@@ -2084,10 +1520,10 @@ class SqlStore(Store):
         """
         values = list(dict.fromkeys(v for v in deleted.files if _names_a_file(v)))
         still_named: set[Any] = set()
-        if self._family == "postgresql":
+        array = self._dialect.array_match(self._file_sql, "values")
+        if array is not None:
             statement = text(
-                f"SELECT DISTINCT {self._file_sql} FROM {self._table_sql} "
-                f"WHERE {self._file_sql} = ANY(:values)"
+                f"SELECT DISTINCT {self._file_sql} FROM {self._table_sql} WHERE {array}"
             )
         else:
             statement = text(
@@ -2172,7 +1608,7 @@ class SqlStore(Store):
         while True:
             size = self._batch_size
             statement = _bind(read + (after if cursor else "") + order, where, n=size, **cursor)
-            rows = self._db.retrying("planning an anonymize batch", partial(_read_rows, *statement))
+            rows = self._db.retrying("planning an anonymize batch", partial(read_rows, *statement))
             if not rows:
                 return
             number += 1
@@ -2210,14 +1646,14 @@ class SqlStore(Store):
         size = self._batch_size
         time_sql = self._time_sql
         later = f" AND {time_sql} > :after_time" if after is not None else ""
-        rows = _read_rows(
+        rows = read_rows(
             *_bind(f"{read}{later} ORDER BY {time_sql} LIMIT :n", where, n=size, after_time=after),
             connection,
         )
         if len(rows) < size:
             return rows, False
         last = rows[-1][position]
-        group = _read_rows(*_bind(f"{read} AND {time_sql} = :tie", where, tie=last), connection)
+        group = read_rows(*_bind(f"{read} AND {time_sql} = :tie", where, tie=last), connection)
         return [row for row in rows if row[position] != last] + group, True
 
     def _rewrite_batch(
@@ -2269,7 +1705,7 @@ class SqlStore(Store):
                     settle=settle,
                 )
             except RolledBack as error:
-                if self._table_engine in TABLE_LOCKING_ENGINES:
+                if not self._storage.transactional:
                     raise StoreError(str(error)) from None  # rows rewritten before it failed stay
                 raise BatchFailed(
                     str(error), BatchResult(deleted=0), error.code, error.sqlstate
@@ -2300,7 +1736,7 @@ class SqlStore(Store):
         key = self._require_layout().key
         targets = list(self._transforms)
         quote = self._preparer().quote
-        same = {"mysql": "<=>", "postgresql": "IS NOT DISTINCT FROM"}.get(self._family, "IS")
+        same = self._dialect.null_safe_equal
         identity = [f"{sql} {same} :old_{i}" for i, (_, sql) in enumerate(self._rewritten)]
         if key is not None:
             identity.insert(0, "ctid = CAST(:key AS tid)" if key == "ctid" else f"{key} = :key")
@@ -2391,15 +1827,7 @@ class SqlStore(Store):
 
     def _time_guard(self) -> str | None:
         """Only values in the column's form are compared as times; the rest are undated."""
-        if self._family == "sqlite":
-            # Untyped SQLite columns may hold numbers and text, which sort apart: a value in
-            # another form than the bound's would compare by its type, not its time.
-            return _sqlite_guard(self._time_kind, self._time_sql)
-        if self._time_kind == "text":
-            return f"{self._time_sql} LIKE '____-__-__%'"
-        if self._time_kind == "epoch":
-            return f"{self._time_sql} < {EPOCH_CEILING}"
-        return None
+        return self._dialect.time_guard(self._time_kind, self._time_sql)
 
     def _order_by_time(self, ordered: bool = True) -> str:
         return f" ORDER BY {self._time_sql}" if ordered and self.strategy == "time_index" else ""
@@ -2415,7 +1843,7 @@ class SqlStore(Store):
         """Without RETURNING: the file column of the rows a delete `where` will remove."""
         if self._files is None or self._db.delete_returning:
             return None
-        lock = "" if self._family == "sqlite" else " FOR UPDATE"
+        lock = self._dialect.for_update
         sql = f"SELECT {self._file_sql} FROM {self._table_sql} WHERE {where}{lock}"
         return _bind(sql, *parts)[0]
 
@@ -2447,21 +1875,10 @@ class SqlStore(Store):
     # -- time values -----------------------------------------------------------------------------
 
     def _bound(self, cutoff: datetime) -> Any:
-        return time_bound(self._time_kind, self._family, cutoff, self._zone)
+        return time_bound(self._time_kind, self._dialect, cutoff, self._zone)
 
     def _floor(self) -> Any:
-        kind = self._time_kind
-        if kind == "epoch":
-            return EPOCH_FLOOR
-        if kind == "epoch_text":
-            return str(EPOCH_FLOOR)
-        if kind == "aware":
-            return DATETIME_FLOOR.replace(tzinfo=UTC)
-        if kind == "text" or (kind == "date" and self._family == "sqlite"):
-            return DATETIME_FLOOR.date().isoformat()
-        if kind == "date":
-            return DATETIME_FLOOR.date()
-        return DATETIME_FLOOR
+        return time_floor(self._time_kind, self._dialect)
 
     def _day_span(self, values: Iterable[Any]) -> tuple[date, date] | None:
         """The first and last day of the stored times `values`, from their least and greatest
@@ -2516,353 +1933,9 @@ def _find_column(table: Table, wanted: str) -> Column[Any] | None:
     return column
 
 
-KIND_WORDS: dict[TimeKind, str] = {
-    "local": "wall-clock time in the configured zone",
-    "utc": "TIMESTAMP, read in UTC",
-    "aware": "timestamp with time zone",
-    "date": "date only: a row expires after its whole day has",
-    "epoch": "epoch seconds",
-    "epoch_text": "epoch seconds stored as text",
-    "text": "text 'YYYY-MM-DD HH:MM:SS' in the configured zone",
-}
-
-
-def _family(url: URL, connection: str) -> str:
-    backend = url.get_backend_name()
-    if backend in ("mysql", "mariadb"):
-        return "mysql"
-    if backend in ("postgresql", "sqlite"):
-        return backend
-    raise StoreError(
-        f"connection {connection}: {backend} databases are not supported; use MariaDB/MySQL, "
-        "PostgreSQL or SQLite"
-    )
-
-
-def _server_version(connection: Connection, family: str) -> str:
-    if family == "mysql":
-        version = str(connection.execute(text("SELECT VERSION()")).scalar())
-        return f"MariaDB {version}" if "mariadb" in version.lower() else f"MySQL {version}"
-    if family == "postgresql":
-        return f"PostgreSQL {connection.execute(text('SHOW server_version')).scalar()}"
-    return f"SQLite {connection.execute(text('SELECT sqlite_version()')).scalar()}"
-
-
-def _read_rows(
-    statement: TextClause, params: dict[str, Any], connection: Connection
-) -> list[tuple[Any, ...]]:
-    return [tuple(row) for row in connection.execute(statement, params)]
-
-
 def _shown(value: Any) -> str:
     """A stored value as `find` prints it."""
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _explain_mysql(
-    connection: Connection, statement: str, params: dict[str, Any]
-) -> tuple[list[str], bool]:
-    rows = connection.execute(text(f"EXPLAIN {statement}"), params).mappings().all()
-    # NULL columns (no key, no table for an impossible WHERE) are left out, not shown as None.
-    lines = [
-        ", ".join(
-            part
-            for part in (
-                f"{row['table'] or '-'}: access {row['type'] or '-'}",
-                f"key {row['key']}" if row["key"] else "no key",
-                f"rows {row['rows']}" if row["rows"] is not None else "",
-                str(row["Extra"] or ""),
-            )
-            if part
-        )
-        for row in rows
-    ]
-    # ALL reads every row, index every entry of an index: both are a full scan per batch.
-    return lines, any(row["type"] in ("ALL", "index") for row in rows)
-
-
-def _explain_postgresql(
-    connection: Connection, statement: str, params: dict[str, Any]
-) -> tuple[list[str], bool]:
-    # As the planner would for a big table: a small one is read whole, which says nothing.
-    connection.execute(text("SET LOCAL enable_seqscan = off"))
-    plan = connection.execute(text(f"EXPLAIN {statement}"), params)
-    lines = _without_jit([str(row[0]) for row in plan])
-    full_scan = any("Seq Scan" in line for line in lines)
-    lines.append("(planned with enable_seqscan off, as for a large table)")
-    return lines, full_scan
-
-
-def _without_jit(lines: list[str]) -> list[str]:
-    """The plan without its JIT block: the disabled seq scan's huge cost makes PostgreSQL plan
-    to compile it, which says nothing about a batch on a large table."""
-    kept: list[str] = []
-    block: int | None = None  # the JIT: line's indentation while inside its block
-    for line in lines:
-        indent = len(line) - len(line.lstrip())
-        if block is not None and indent > block:
-            continue
-        block = indent if line.strip() == "JIT:" else None
-        if block is None:
-            kept.append(line)
-    return kept
-
-
-def _explain_sqlite(
-    connection: Connection, statement: str, params: dict[str, Any]
-) -> tuple[list[str], bool]:
-    rows = connection.execute(text(f"EXPLAIN QUERY PLAN {statement}"), params).all()
-    lines = [str(row[-1]) for row in rows]
-    return lines, any(line.startswith("SCAN") for line in lines)
-
-
-def _milliseconds(seconds: float) -> int:
-    return max(1, round(seconds * 1000))
-
-
-def time_kind(column_type: sqltypes.TypeEngine[Any], family: str) -> TimeKind | None:
-    """The form the declared type says; on SQLite `SqlStore._sqlite_form` asks the values."""
-    if isinstance(column_type, sqltypes.Integer):
-        return "epoch"
-    if family == "sqlite":
-        # SQLite stores dates as text whatever the declared type; only a DATE holds days only.
-        is_date = isinstance(column_type, sqltypes.Date)
-        return "date" if is_date and not isinstance(column_type, sqltypes.DateTime) else "text"
-    if isinstance(column_type, sqltypes.DateTime):
-        if getattr(column_type, "timezone", False):
-            return "aware"
-        if family == "mysql" and isinstance(column_type, sqltypes.TIMESTAMP):
-            return "utc"  # the session time_zone is +00:00
-        return "local"
-    if isinstance(column_type, sqltypes.Date):
-        return "date"
-    if isinstance(column_type, sqltypes.String):
-        return "text"
-    if isinstance(column_type, sqltypes.Numeric | sqltypes.Float):  # as cdr_pgsql writes them
-        return "epoch"
-    return None
-
-
-def _sqlite_guard(kind: TimeKind, time_sql: str) -> str:
-    """An SQLite value in the form `kind` stores times in (the floor is checked apart)."""
-    if kind == "epoch":
-        return f"typeof({time_sql}) IN ('integer', 'real') AND {time_sql} < {EPOCH_CEILING}"
-    if kind == "epoch_text":
-        return (
-            f"typeof({time_sql}) = 'text' AND ({time_sql} GLOB '{_EPOCH_TEXT}' OR "
-            f"{time_sql} GLOB '{_EPOCH_TEXT}.[0-9]*') AND NOT {time_sql} GLOB '*[^0-9.]*'"
-        )
-    return _sqlite_date_text(time_sql, day_alone=kind == "date")
-
-
-def _sqlite_date_text(time_sql: str, day_alone: bool) -> str:
-    """Date text in the shape SQLite writes (`YYYY-MM-DD HH:MM:SS`) that denotes a real time.
-
-    Anything else, and that shape when it is no real time (`2025-13-45 99:99:99`), is undated:
-    its text would still sort among the times and be taken for one.
-
-    A real time reads back unchanged through SQLite's own calendar, which writes exactly that
-    shape and normalizes the rest (`datetime(x, '+0 days')` turns February 30 into March 2nd,
-    24:00:00 into the next day, and gives NULL for `2025-13-45 99:99:99` or trailing text);
-    after the seconds only a fraction may follow. `IS`, not `=`: the guard is true or false,
-    never NULL, so every value counts either dated or undated. The whole value is read back
-    first: cheaper than any GLOB, and true for almost every row. A day alone is a time only in
-    a DATE column (`day_alone`): in a date-and-time column it would expire at its day's start.
-    """
-    stamp = f"substr({time_sql}, 1, 19)"
-    fraction = (
-        f"length({time_sql}) > 20 AND substr({time_sql}, 20, 1) = '.' "
-        f"AND NOT substr({time_sql}, 21) GLOB '*[^0-9]*' "
-        f"AND datetime({stamp}, '+0 days') IS {stamp}"
-    )
-    whole = f"datetime({time_sql}, '+0 days') IS {time_sql}"
-    if day_alone:
-        whole = f"date({time_sql}, '+0 days') IS {time_sql} OR {whole}"
-    return f"({whole} OR ({fraction}))"
-
-
-def _epoch_text(seconds: int) -> str:
-    """Epoch seconds as text that sorts with the stored ten-digit values; clamped to them."""
-    return str(min(max(seconds, EPOCH_FLOOR), EPOCH_CEILING - 1))
-
-
-def time_bound(kind: TimeKind, family: str, cutoff: datetime, zone: tzinfo) -> Any:
-    """The value every expired row's time is strictly below (`time < bound`)."""
-    if cutoff.tzinfo is None:
-        raise ValueError("cutoff must be timezone-aware")
-    if kind == "aware":
-        return cutoff.astimezone(UTC)
-    if kind == "utc":
-        return cutoff.astimezone(UTC).replace(tzinfo=None)
-    if kind == "epoch":
-        return math.floor(cutoff.timestamp())
-    if kind == "epoch_text":
-        return _epoch_text(math.floor(cutoff.timestamp()))
-    wall = rules.naive_bound(cutoff, zone)
-    if kind == "date":
-        # A row known by its day alone is as young as that day's end: only earlier days expire.
-        return wall.date().isoformat() if family == "sqlite" else wall.date()
-    if kind == "text":
-        return wall.strftime("%Y-%m-%d %H:%M:%S")
-    return wall
-
-
-def hold_bound(kind: TimeKind, family: str, instant: datetime, zone: tzinfo, side: Side) -> Any:
-    """A hold window's edge as the column stores times: `time >= from`, `time < to`.
-
-    Conversions round outwards, so a window only ever widens: epoch seconds floor and ceil,
-    a date column holds every day the window touches, and wall-clock times take the widest
-    reading a DST change allows (see `widest_wall`).
-    """
-    if instant.tzinfo is None:
-        raise ValueError("a hold's window must be timezone-aware")
-    if kind == "aware":
-        return instant.astimezone(UTC)
-    if kind == "utc":
-        return instant.astimezone(UTC).replace(tzinfo=None)
-    if kind == "epoch":
-        stamp = instant.timestamp()
-        return math.floor(stamp) if side == "from" else math.ceil(stamp)
-    if kind == "epoch_text":
-        stamp = instant.timestamp()
-        if side == "from":
-            return _epoch_text(math.floor(stamp))
-        # Past the last ten-digit second: above every stored value, fraction or not.
-        return "9" * 11 if math.ceil(stamp) >= EPOCH_CEILING else _epoch_text(math.ceil(stamp))
-    wall = widest_wall(instant, zone, side)
-    if kind == "date":
-        day = wall.date() if side == "from" else (wall - timedelta(microseconds=1)).date()
-        day += timedelta(days=0 if side == "from" else 1)
-        return day.isoformat() if family == "sqlite" else day
-    if kind == "text":
-        return _wall_text(wall, side)
-    return wall
-
-
-def widest_wall(instant: datetime, zone: tzinfo, side: Side) -> datetime:
-    """The wall-clock edge that keeps every naive value that may denote a time inside.
-
-    A naive value may have been written with any offset in force near it: in the repeated hour
-    of autumn it can be either pass, and a value in the skipped hour of spring was read with
-    either offset. The edge is taken with each offset in force within DST_REACH of the
-    instant, the lowest for a window's start and the highest for its end. Near a DST change
-    that may take in up to the shift more than the exact edge; never less.
-    """
-    utc = instant.astimezone(UTC).replace(tzinfo=None)
-    walls = [
-        utc + _offset(instant + shift, zone) for shift in (-DST_REACH, timedelta(0), DST_REACH)
-    ]
-    return min(walls) if side == "from" else max(walls)
-
-
-def _offset(instant: datetime, zone: tzinfo) -> timedelta:
-    return instant.astimezone(zone).utcoffset() or timedelta(0)
-
-
-def _wall_text(wall: datetime, side: Side) -> str:
-    if side == "to":
-        if wall.microsecond:
-            wall = wall.replace(microsecond=0) + timedelta(seconds=1)
-        return wall.strftime("%Y-%m-%d %H:%M:%S")
-    text_value = wall.strftime("%Y-%m-%d %H:%M:%S")
-    # A value holding its day alone ("2024-03-01") sorts before that day's "00:00:00".
-    return text_value[:10] if text_value.endswith(" 00:00:00") else text_value
-
-
-def stored_instant(value: Any, kind: TimeKind, zone: tzinfo) -> datetime | None:
-    """A stored time as an aware instant; None for NULL, zero dates and anything unparseable."""
-    try:
-        if value is None or isinstance(value, bool):
-            return None
-        if isinstance(value, datetime):
-            if value.tzinfo is not None:
-                return value.astimezone(UTC)
-            if kind == "utc":
-                return value.replace(tzinfo=UTC)
-            return rules.latest_instant(value, zone)
-        if isinstance(value, date):
-            return rules.end_of_day(value, zone)
-        if isinstance(value, int | float | Decimal):
-            plausible = EPOCH_FLOOR <= value < EPOCH_CEILING
-            return datetime.fromtimestamp(float(value), UTC) if plausible else None
-        if isinstance(value, bytes):
-            value = value.decode("ascii")
-        if isinstance(value, str):
-            return _instant_from_text(value.strip(), kind, zone)
-    except (ValueError, OverflowError, OSError, UnicodeDecodeError):
-        return None
-    return None
-
-
-def _instant_from_text(value: str, kind: TimeKind, zone: tzinfo) -> datetime | None:
-    if kind in ("epoch", "epoch_text"):
-        return stored_instant(float(value), kind, zone)
-    if len(value) == 10:
-        return stored_instant(date.fromisoformat(value), kind, zone)
-    return stored_instant(datetime.fromisoformat(value), kind, zone)
-
-
-def _failed(message: str, exc: DBAPIError, rolled_back: bool) -> StoreError:
-    if not rolled_back:
-        return StoreError(message)
-    failure = classify(exc)
-    return RolledBack(message, failure.code, failure.sqlstate)
-
-
-def _transient_reason(exc: DBAPIError) -> str | None:
-    code = error_code(exc) or ""
-    if code in _TRANSIENT_CODES:
-        return _TRANSIENT_CODES[code]
-    if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
-        return "database locked"
-    if code.startswith("08") or exc.connection_invalidated:  # SQLSTATE class 08: connection
-        return "connection lost"
-    if not code and connection_failed(exc):
-        return "connection lost"
-    return None
-
-
-def _backoff(attempt: int) -> float:
-    """Seconds to wait before retry number `attempt + 1`: 0.5 s, 1 s, 2 s, ... up to BACKOFF_MAX."""
-    return float(min(BACKOFF_FIRST * 2**attempt, BACKOFF_MAX))
-
-
-def _wait_to_retry(
-    event: str,
-    context: dict[str, Any],
-    *,
-    action: str,
-    attempt: int,
-    of: int,
-    reason: str,
-    exc: DBAPIError,
-) -> int:
-    """Log the retry (the reason and error code, never the statement or the URL), wait its
-    backoff, and return the number of the attempt about to start."""
-    delay = _backoff(attempt)
-    log.warning(
-        event,
-        **context,
-        action=action,
-        attempt=attempt + 1,
-        of=of,
-        error=reason,
-        code=error_code(exc),
-        delay=delay,
-    )
-    time.sleep(delay)
-    return attempt + 1
-
-
-def _connect_transient_reason(exc: DBAPIError) -> str | None:
-    """Why a failed connect is worth another try: the server is down, restarting or full. A
-    refusal by the server (user, password, database) or a host name that does not resolve: None."""
-    if unknown_host(exc):
-        return None
-    if too_many_clients(exc):
-        return "too many connections"
-    reason = _transient_reason(exc)
-    return "cannot connect" if reason == "connection lost" else reason
 
 
 def _names_a_file(value: Any) -> bool:
@@ -2889,106 +1962,6 @@ def _stripped(column: str) -> str:
     return expression
 
 
-class _ReadDeadline:
-    """A client-side read timeout for PostgreSQL, whose driver has none (MariaDB's has).
-
-    Every statement, commit and rollback on the engine's connections must be answered within
-    `seconds`; a watcher thread shuts down the socket of one that is not. The driver then reports
-    a lost connection, which `Database.retrying` retries like any other. statement_timeout is
-    enforced by the server: this is for a server, or a network path, that stopped answering.
-    """
-
-    def __init__(self, seconds: float, label: str) -> None:
-        self.seconds = seconds
-        self.label = label
-        self._waiting: dict[int, tuple[float, Any]] = {}  # id of a DBAPI connection: deadline
-        self._changed = threading.Condition()
-        self._watcher: threading.Thread | None = None
-
-    def watch(self, engine: Engine) -> None:
-        # An answer ends the wait; so does the connection's return to the pool, after a commit,
-        # a rollback or an error (a connection that failed is closed, and nothing waits on it).
-        for name in ("before_cursor_execute", "commit", "rollback"):
-            listen(engine, name, lambda connection, *_: self._start(_driver_connection(connection)))
-        listen(engine, "after_cursor_execute", self._answered)
-        listen(engine, "checkin", self._checked_in)
-        # A new connection's first queries (the dialect's, before its first checkout): `insert`
-        # puts this ahead of the listener that runs them.
-        listen(
-            engine,
-            "connect",
-            lambda dbapi_connection, _: self._start(dbapi_connection),
-            insert=True,
-        )
-        listen(engine, "checkout", lambda dbapi_connection, *_: self._forget(dbapi_connection))
-        listen(engine, "engine_disposed", lambda _: self._end())
-
-    def _start(self, dbapi_connection: Any) -> None:
-        if dbapi_connection is None:
-            return
-        with self._changed:
-            idle = not self._waiting
-            self._waiting[id(dbapi_connection)] = (
-                time.monotonic() + self.seconds,
-                dbapi_connection,
-            )
-            if self._watcher is None:
-                self._watcher = threading.Thread(
-                    target=self._watch, name="retentiond-read-deadline", daemon=True
-                )
-                self._watcher.start()
-            elif idle:
-                self._changed.notify()  # every deadline is the same span ahead: only the first
-
-    def _answered(self, connection: Connection, *_: Any) -> None:
-        self._forget(_driver_connection(connection))
-
-    def _checked_in(self, dbapi_connection: Any, _record: Any) -> None:
-        self._forget(dbapi_connection)
-
-    def _forget(self, dbapi_connection: Any) -> None:
-        if dbapi_connection is not None:
-            with self._changed:
-                self._waiting.pop(id(dbapi_connection), None)
-
-    def _end(self) -> None:
-        with self._changed:
-            self._waiting.clear()
-            watcher, self._watcher = self._watcher, None
-            self._changed.notify()
-        if watcher is not None and watcher is not threading.current_thread():
-            watcher.join(timeout=1)
-
-    def _watch(self) -> None:
-        me = threading.current_thread()
-        with self._changed:
-            while self._watcher is me:
-                now = time.monotonic()
-                for key, (deadline, dbapi_connection) in list(self._waiting.items()):
-                    if deadline <= now:
-                        del self._waiting[key]
-                        self._cut(dbapi_connection)
-                following = min((deadline for deadline, _ in self._waiting.values()), default=None)
-                self._changed.wait(None if following is None else max(0.0, following - now))
-
-    def _cut(self, dbapi_connection: Any) -> None:
-        """Shut the connection's socket down: the blocked driver call returns with an error.
-        Called with the lock held, so the connection is still the one that was waiting."""
-        try:
-            if dbapi_connection.closed:
-                return
-            descriptor = os.dup(dbapi_connection.fileno())
-        except Exception:  # closed meanwhile: nothing is waiting on it
-            return
-        with socket.socket(fileno=descriptor) as duplicate, contextlib.suppress(OSError):
-            duplicate.shutdown(socket.SHUT_RDWR)
-        log.warning(
-            "sql store gave up waiting for the database",
-            store=self.label,
-            seconds=self.seconds,
-        )
-
-
 @dataclass
 class _Attempt:
     """One attempt at a deletion batch: what its transaction deleted, and for a batch of tied
@@ -2998,10 +1971,6 @@ class _Attempt:
     deleted: _Deleted
     left: int = 0
     unconfirmed: int = 0
-
-
-# A batch's count in BatchResult.counts: rows a commit whose reply was lost deleted, or not.
-UNCONFIRMED_DELETED_MAX = "unconfirmed_deleted_max"
 
 
 def _settled(label: str, batch: int, commit: str, kept: _Attempt) -> _Attempt:
@@ -3015,11 +1984,3 @@ def _settled(label: str, batch: int, commit: str, kept: _Attempt) -> _Attempt:
         **({UNCONFIRMED_DELETED_MAX: kept.unconfirmed} if kept.unconfirmed else {}),
     )
     return kept
-
-
-def _driver_connection(connection: Connection) -> Any:
-    """The driver's connection under `connection`; None once it was closed or invalidated (the
-    `connection` attribute would open a new one)."""
-    if connection.closed or connection.invalidated:
-        return None
-    return connection.connection.dbapi_connection

@@ -57,13 +57,15 @@ from retentiond.policy.anonymize import (
 from retentiond.policy.rules import NO_HOLDS, Holds, HoldScope
 from retentiond.policy.subjects import Subject
 from retentiond.stores.base import Batch, BatchFailed, BatchResult, Found, Store, Survey
+from retentiond.stores.db.connection import Database
+from retentiond.stores.db.dialects import PostgreSQL
 from retentiond.stores.db.errors import describe
-from retentiond.stores.sql.store import (
+from retentiond.stores.db.indexes import leading_index
+from retentiond.stores.db.retries import UNCONFIRMED_DELETED_MAX, RolledBack
+from retentiond.stores.db.rows import read_rows
+from retentiond.stores.db.timecols import (
     DATETIME_FLOOR,
     KIND_WORDS,
-    UNCONFIRMED_DELETED_MAX,
-    Database,
-    RolledBack,
     TimeKind,
     stored_instant,
     time_bound,
@@ -288,7 +290,7 @@ class ThreeCxCallsStore(Store):
         connection = self._db.open()
         try:
             with connection:
-                if self._db.family != "postgresql":
+                if not isinstance(self._db.dialect, PostgreSQL):
                     raise StoreError(
                         f"{self.label}: 3CX keeps its call history in PostgreSQL, but connection "
                         f"{self._store.connection} is {self._db.server}; point it at 3CX's "
@@ -380,7 +382,7 @@ class ThreeCxCallsStore(Store):
                 "the call's start: a call that began before the cutoff is deleted whole, with "
                 "its segments and participants, even when it ended after the cutoff"
             ),
-            time_index=_leading_index(inspector, calls, "start_time"),
+            time_index=leading_index(inspector, calls, "start_time"),
             dependents=tuple(dependents),
             party=party,
             notes=tuple(notes),
@@ -432,7 +434,7 @@ class ThreeCxCallsStore(Store):
             time="cdr_started_at",
             kind=kind,
             expiry="each row (one segment of a call) by its own start",
-            time_index=_leading_index(inspector, calls, "cdr_started_at"),
+            time_index=leading_index(inspector, calls, "cdr_started_at"),
             dependents=tuple(dependents),
             party=None,
             notes=tuple(notes),
@@ -738,7 +740,7 @@ class ThreeCxCallsStore(Store):
             )
             params = {**due.params, **held.params, "n": size}
             while True:
-                rows = self._db.retrying("planning a batch", partial(_read_rows, statement, params))
+                rows = self._db.retrying("planning a batch", partial(read_rows, statement, params))
                 if not rows:
                     break
                 number += 1
@@ -802,7 +804,7 @@ class ThreeCxCallsStore(Store):
                 f"SELECT {key}, {time} FROM {self._q(generation.table)} AS c "
                 f"WHERE {where.sql} {cursor}ORDER BY {order} LIMIT :n"
             )
-            rows = self._db.retrying("planning a batch", partial(_read_rows, statement, params))
+            rows = self._db.retrying("planning a batch", partial(read_rows, statement, params))
             if not rows:
                 return
             yield rows
@@ -848,7 +850,7 @@ class ThreeCxCallsStore(Store):
             f"WHERE c.{key} = ANY(:keys) ORDER BY c.{time}, c.{key}"
         )
         calls = self._db.retrying(
-            "searching", partial(_read_rows, statement, {**held.params, "keys": keys})
+            "searching", partial(read_rows, statement, {**held.params, "keys": keys})
         )
         named = self._db.retrying(
             "searching", partial(self._named_values, generation=generation, keys=keys)
@@ -1468,12 +1470,6 @@ def _grouping(transforms: Mapping[str, Transform]) -> list[str]:
     )
 
 
-def _read_rows(
-    statement: TextClause, params: dict[str, Any], connection: Connection
-) -> list[tuple[Any, ...]]:
-    return [tuple(row) for row in connection.execute(statement, params)]
-
-
 def _read_scalar(statement: TextClause, params: dict[str, Any], connection: Connection) -> Any:
     return connection.execute(statement, params).scalar()
 
@@ -1482,20 +1478,8 @@ def _column_names(inspector: Inspector, table: str) -> set[str]:
     return {column["name"] for column in inspector.get_columns(table)}
 
 
-def _leading_index(inspector: Inspector, table: str, column: str) -> str | None:
-    """An index (or the primary key) whose first column is `column`."""
-    for index in inspector.get_indexes(table):
-        names = index.get("column_names") or []
-        if names and names[0] == column:
-            return str(index.get("name") or "unnamed")
-    primary = inspector.get_pk_constraint(table).get("constrained_columns") or []
-    if primary and primary[0] == column:
-        return "PRIMARY KEY"
-    return None
-
-
 def _is_indexed(inspector: Inspector, table: str, column: str) -> bool:
-    return _leading_index(inspector, table, column) is not None
+    return leading_index(inspector, table, column) is not None
 
 
 def _floor(kind: TimeKind) -> datetime:
