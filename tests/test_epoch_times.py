@@ -23,7 +23,7 @@ from test_sql_store import ALL_BACKENDS, StoreFactory, database, open_store, pur
 
 from retentiond.policy.rules import Holds, HoldScope
 from retentiond.stores.db.timecols import hold_bound
-from retentiond.stores.sql.store import UNDATED
+from retentiond.stores.sql.survey import UNDATED
 
 __all__ = ["database", "open_store"]  # fixtures used by name
 

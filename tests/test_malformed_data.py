@@ -27,7 +27,8 @@ from retentiond.config.model import (
     VoicemailStoreConfig,
 )
 from retentiond.stores.csv.store import UNPARSEABLE, CsvStore
-from retentiond.stores.sql.store import UNDATED, SqlStore
+from retentiond.stores.sql.store import SqlStore
+from retentiond.stores.sql.survey import UNDATED
 from retentiond.stores.voicemail.store import MALFORMED_TXT, VoicemailStore
 
 UTC_ZONE = ZoneInfo("UTC")
