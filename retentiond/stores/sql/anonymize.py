@@ -93,9 +93,10 @@ class Anonymizing(Deleting):
         self._require_anonymize()
         where = self._unheld(self._expired(cutoff) & self._since(since), holds)
         key = self._require_layout().key
-        if key is not None and key != "ctid":
+        if key is not None and not self._dialect.key_moves(key):
             return self._rewrite_batches_by_key(where, key)
-        # PostgreSQL gives an updated row a new ctid: the walk goes by time alone there.
+        # A key that moves when its row is updated (PostgreSQL's ctid): the walk goes by time
+        # alone there.
         return self._rewrite_batches_by_time(where, key)
 
     def _rewrite_batches_by_key(self, where: Predicate, key: str) -> Iterator[Batch]:
@@ -238,20 +239,22 @@ class Anonymizing(Deleting):
         the same values), and the later ones find nothing: the sum still counts each row once.
         """
         key = self._require_layout().key
+        moves = key is not None and self._dialect.key_moves(key)
         targets = list(self._transforms)
         quote = self._preparer().quote
         same = self._dialect.null_safe_equal
         identity = [f"{sql} {same} :old_{i}" for i, (_, sql) in enumerate(self._rewritten)]
         if key is not None:
-            identity.insert(0, "ctid = CAST(:key AS tid)" if key == "ctid" else f"{key} = :key")
+            identity.insert(0, self._dialect.key_equals(key, "key"))
         assignments = ", ".join(f"{quote(name)} = :new_{i}" for i, name in enumerate(targets))
         statement, common = bind(
             f"UPDATE {self._table_sql} SET {assignments} "
             f"WHERE {' AND '.join(identity)} AND {where.sql}",
             where,
         )
-        # A rewritten row has a new ctid: there, the new values alone find it
-        found = identity[1:] if key == "ctid" else identity
+        # A rewritten row has a new key where keys move (ctid): there, the new values alone
+        # find it
+        found = identity[1:] if moves else identity
         check, _ = bind(
             f"SELECT COUNT(*) FROM {self._table_sql} "
             f"WHERE {' AND '.join(found).replace(':old_', ':now_')} AND {where.sql}",
@@ -268,7 +271,7 @@ class Anonymizing(Deleting):
                 params["key"] = row_key
             count = connection.execute(statement, params).rowcount
             written += count
-            row = (None if key in (None, "ctid") else row_key, values)
+            row = (None if key is None or moves else row_key, values)
             if settling and not count and row not in checked:
                 checked.add(row)  # rows found by their values: each set of values once
                 params.update((f"now_{i}", rewritten[name]) for i, name in enumerate(names))

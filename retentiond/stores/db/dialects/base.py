@@ -151,6 +151,14 @@ class Dialect:
     def concat(self, *parts: str) -> str:
         return f"CONCAT({', '.join(parts)})"
 
+    def key_equals(self, key: str, param: str) -> str:
+        """The row key `key` (as implicit_row_key or a primary key names it) is `:param`."""
+        return f"{key} = :{param}"
+
+    def key_moves(self, key: str) -> bool:
+        """Whether the row key `key` changes when its row is updated."""
+        return False
+
     def array_match(self, column: str, param: str) -> str | None:
         """`column` is one of the values of the array parameter `param`: one parameter for any
         number of values. None: the dialect has no arrays; use an expanding `IN`, chunked."""

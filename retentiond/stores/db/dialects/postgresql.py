@@ -84,6 +84,15 @@ class PostgreSQL(Dialect):
         # `[.]`, not a backslash: old servers may read backslashes in literals as escapes.
         return f"regexp_replace(regexp_replace({value}, '^.*/', ''), '[.][^.]*$', '')"
 
+    def key_equals(self, key: str, param: str) -> str:
+        if key == "ctid":
+            return f"ctid = CAST(:{param} AS tid)"
+        return f"{key} = :{param}"
+
+    def key_moves(self, key: str) -> bool:
+        # PostgreSQL gives an updated row a new ctid.
+        return key == "ctid"
+
     def array_match(self, column: str, param: str) -> str | None:
         if column == "ctid":
             return f"ctid = ANY(CAST(:{param} AS tid[]))"
