@@ -23,7 +23,8 @@ from sqlalchemy import text
 from test_sql_store import StoreFactory, open_store, purge
 
 from retentiond.policy.rules import Holds, HoldScope
-from retentiond.stores.sql.store import UNDATED, hold_bound
+from retentiond.stores.db.timecols import hold_bound
+from retentiond.stores.sql.survey import UNDATED
 
 __all__ = ["open_store"]  # a fixture used by name
 

@@ -26,7 +26,8 @@ from retentiond.config.model import (
 )
 from retentiond.stores.csv.lines import UNPARSEABLE
 from retentiond.stores.csv.store import CsvStore
-from retentiond.stores.sql.store import UNDATED, SqlStore
+from retentiond.stores.sql.store import SqlStore
+from retentiond.stores.sql.survey import UNDATED
 from retentiond.stores.voicemail.store import MALFORMED_TXT, VoicemailStore
 
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -34,12 +34,11 @@ from threecx_schema import (
     recording_rows,
 )
 
+from retentiond.stores.db.dialects.mysql_privileges import _like, _parse_grant
 from retentiond.stores.db.privileges import (
     MYSQL_EXCESS,
     Needed,
     PrivilegeError,
-    _like,
-    _parse_grant,
     describe_excess,
     excess_privileges,
     missing_privileges,

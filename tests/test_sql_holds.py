@@ -20,7 +20,8 @@ from sqlalchemy import text
 from retentiond.policy.rules import Holds, HoldScope
 from retentiond.policy.subjects import Subject
 from retentiond.stores.base import BatchResult
-from retentiond.stores.sql.store import SqlStore, hold_bound
+from retentiond.stores.db.timecols import hold_bound
+from retentiond.stores.sql.store import SqlStore
 
 BERLIN = ZoneInfo("Europe/Berlin")
 CUTOFF = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)

@@ -28,7 +28,8 @@ from structlog.testing import capture_logs
 from retentiond.errors import StoreAbsent, StoreError
 from retentiond.policy.rules import latest_instant
 from retentiond.stores.base import BatchResult
-from retentiond.stores.sql.store import Database, SqlStore
+from retentiond.stores.db.connection import Database
+from retentiond.stores.sql.store import SqlStore
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")

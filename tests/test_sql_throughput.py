@@ -18,12 +18,8 @@ from databases import ALL_BACKENDS, SERVER_BACKENDS
 from pbxdata import PbxDatabase, cel_rows
 from sqlalchemy import Engine, event, text
 
-from retentiond.stores.sql.store import (
-    BATCH_TIME,
-    TABLE_LOCK_BATCH_SIZE,
-    TABLE_LOCK_BATCH_TIME,
-    SqlStore,
-)
+from retentiond.stores.sql.sizing import BATCH_TIME, TABLE_LOCK_BATCH_SIZE, TABLE_LOCK_BATCH_TIME
+from retentiond.stores.sql.store import SqlStore
 
 CUTOFF = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 WALL_CUTOFF = datetime(2024, 3, 1, 13, 0)  # the cutoff on Berlin's wall clock

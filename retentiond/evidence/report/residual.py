@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,8 @@ from retentiond.dberrors import describe
 from retentiond.errors import StoreError
 from retentiond.evidence.report.catalogue import approximate_days
 from retentiond.evidence.report.values import Finding
-from retentiond.stores.sql.store import Database
+from retentiond.stores.db.connection import Database
+from retentiond.stores.db.dialects import Dialect, dialect_of_url
 
 ASTERISK_CONF = Path("/etc/asterisk/asterisk.conf")
 SPOOL_DIR = Path("/var/spool/asterisk")  # Asterisk's compiled-in astspooldir
@@ -102,15 +103,14 @@ def _database(config: Config, name: str, settings: ConnectionConfig) -> list[Fin
         connection = database.open()
     except StoreError as error:
         reason = f"not checked: {error}"
-        checks = _checks_for(_family_of(settings.url))
+        checks = _checks_for(dialect_of_url(settings.url))
         return [Finding(check, place, "not checked", reason) for check in checks]
     try:
         place = f"connection {name} ({database.where()})"
         findings = []
-        if database.family == "mysql":
-            findings.append(_binlog(connection, place))
-        elif database.family == "postgresql":
-            findings.append(_wal_archive(connection, place))
+        archive = _ARCHIVE_CHECKS.get(database.dialect.archived_log or "")
+        if archive is not None:
+            findings.append(archive[1](connection, place))
         findings.append(_transient_cdr(config, name, connection, place))
         return findings
     finally:
@@ -118,16 +118,10 @@ def _database(config: Config, name: str, settings: ConnectionConfig) -> list[Fin
         database.close()
 
 
-def _family_of(url: str) -> str:
-    head = url.split(":", 1)[0].split("+", 1)[0].lower()
-    return {"mariadb": "mysql", "postgres": "postgresql"}.get(head, head)
-
-
-def _checks_for(family: str) -> Sequence[str]:
-    if family == "mysql":
-        return ("MariaDB binary log", "transient_cdr table")
-    if family == "postgresql":
-        return ("PostgreSQL WAL archive", "transient_cdr table")
+def _checks_for(dialect: Dialect | None) -> Sequence[str]:
+    archive = _ARCHIVE_CHECKS.get(dialect.archived_log or "") if dialect is not None else None
+    if archive is not None:
+        return (archive[0], "transient_cdr table")
     return ("transient_cdr table",)
 
 
@@ -214,6 +208,13 @@ def _wal_archive(connection: Connection, place: str) -> Finding:
         "the archive is pruned; give the archive its own deletion period",
         attention=True,
     )
+
+
+# Where deleted rows live on, by the dialect's `archived_log`: the check's name, and the check.
+_ARCHIVE_CHECKS: dict[str, tuple[str, Callable[[Connection, str], Finding]]] = {
+    "binlog": ("MariaDB binary log", _binlog),
+    "wal": ("PostgreSQL WAL archive", _wal_archive),
+}
 
 
 def _transient_cdr(config: Config, name: str, connection: Connection, place: str) -> Finding:

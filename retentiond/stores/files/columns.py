@@ -21,12 +21,11 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchTableError
 from retentiond.config.model import ConnectionConfig, ReferencesConfig
 from retentiond.dberrors import describe
 from retentiond.errors import StoreAbsent, StoreError
+from retentiond.stores.db.connection import Database
+from retentiond.stores.db.indexes import leading_index
+from retentiond.stores.db.retries import GAVE_UP
+from retentiond.stores.db.rows import IN_LIST_CHUNK
 from retentiond.stores.files.names import as_text
-from retentiond.stores.sql.store import (
-    _GAVE_UP,
-    IN_LIST_CHUNK,
-    Database,
-)
 
 log = structlog.get_logger()
 
@@ -41,7 +40,7 @@ T = TypeVar("T")
 class _NamingColumnBase:
     """A text column of an SQL table naming recordings, connected like an SQL store.
 
-    Connected through `sql.Database` (password file or systemd credential, session timeouts),
+    Connected through `stores.db.Database` (password file or systemd credential, session timeouts),
     with retries and backoff on lock waits and lost connections. Its values are personal data:
     they are compared and cleared, never logged, and driver messages lose what they quote before
     they reach an exception.
@@ -76,7 +75,7 @@ class _NamingColumnBase:
                 # The inspector, not a reflected Table: only the column and its indexes matter.
                 inspector = inspect(connection)
                 column = self._column(inspector)
-                self._index = _index_on(inspector, self.config.table, column)
+                self._index = leading_index(inspector, self.config.table, column)
                 preparer = self._database.preparer
                 self._table_sql = preparer.quote(self.config.table)
                 self._column_sql = preparer.quote(column)
@@ -177,13 +176,13 @@ class _NamingColumnBase:
         write: bool = False,
         failure: Callable[[DBAPIError], str] | None = None,
     ) -> T:
-        """`sql.Database.retrying`, with messages that fit files already deleted."""
+        """`Database.retrying`, with messages that fit files already deleted."""
         return self._database.retrying(
             action,
             work,
             write=write,
             failure=failure or (lambda exc: self._failed(action, exc)),
-            gave_up=lambda reason, attempts: _GAVE_UP[reason].format(attempts=attempts),
+            gave_up=lambda reason, attempts: GAVE_UP[reason].format(attempts=attempts),
             event=f"{self.key} retrying",
             context={self.key: self.where},
         )
@@ -218,9 +217,7 @@ class ReferenceColumn(_NamingColumnBase):
             return 0
         column = self._column_sql
         # MariaDB compares case- and trailing-space-insensitively: `x.WAV` is not `x.wav`.
-        exact = (
-            f" AND CAST({column} AS BINARY) IN :names" if self._database.family == "mysql" else ""
-        )
+        exact = self._database.dialect.exact_in(column, "names")
         statement = text(
             f"UPDATE {self._table_sql} SET {column} = '' WHERE {column} IN :names{exact}"
         ).bindparams(bindparam("names", expanding=True))
@@ -321,16 +318,6 @@ _NO_PRIVILEGE_CODES = {"1142", "1143", "42501"}
 
 def _read_values(statement: TextClause, last: Any, size: int, connection: Connection) -> list[Any]:
     return list(connection.execute(statement, {"last": last, "n": size}).scalars())
-
-
-def _index_on(inspector: Inspector, table: str, column: str) -> str | None:
-    """The name of an index led by the column, if any."""
-    for index in inspector.get_indexes(table):
-        names = index.get("column_names") or []
-        if names and names[0] == column:
-            return str(index.get("name") or "unnamed")
-    primary = inspector.get_pk_constraint(table).get("constrained_columns") or []
-    return "PRIMARY KEY" if primary and primary[0] == column else None
 
 
 def _backend(url: str) -> str:

@@ -44,6 +44,7 @@ from retentiond.errors import StoreError
 from retentiond.policy.rules import NO_HOLDS, Holds
 from retentiond.policy.subjects import Subject
 from retentiond.stores.base import Batch, BatchResult, Found, Store, Survey
+from retentiond.stores.db.rows import IN_LIST_CHUNK
 from retentiond.stores.files.columns import NamedByColumn, ReferenceColumn
 from retentiond.stores.files.deleting import delete_recording, remove_emptied_date_folders
 from retentiond.stores.files.names import relative_text, stem_text
@@ -72,9 +73,6 @@ from retentiond.stores.fs.folders import (
     examine_root,
     mounts_told_apart,
     open_root,
-)
-from retentiond.stores.sql.store import (
-    IN_LIST_CHUNK,
 )
 
 log = structlog.get_logger()

@@ -16,11 +16,9 @@ from sqlalchemy import Connection, text
 
 from retentiond.policy.rules import Holds, HoldScope
 from retentiond.policy.subjects import Subject
-from retentiond.stores.sql.store import (
-    Database,
-    stored_instant,
-    time_bound,
-)
+from retentiond.stores.db.connection import Database
+from retentiond.stores.db.dialects import POSTGRESQL
+from retentiond.stores.db.timecols import stored_instant, time_bound
 from retentiond.stores.threecx.schema import Generation, Numbers
 
 # What `Subject.matches` takes out of a stored number before comparing: blanks and -./()
@@ -152,7 +150,7 @@ class CallQueries:
         return str(self._db.preparer.quote(name))
 
     def bound(self, generation: Generation, cutoff: datetime) -> Any:
-        return time_bound(generation.kind, "postgresql", cutoff, self._zone)
+        return time_bound(generation.kind, POSTGRESQL, cutoff, self._zone)
 
     def day_span(self, generation: Generation, values: Sequence[Any]) -> tuple[date, date] | None:
         days = []

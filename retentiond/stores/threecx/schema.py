@@ -20,11 +20,10 @@ from typing import Any
 from sqlalchemy.engine.reflection import Inspector
 
 from retentiond.errors import StoreError
-from retentiond.stores.sql.store import (
-    KIND_WORDS,
-    TimeKind,
-    time_kind,
-)
+from retentiond.stores.db.dialects import POSTGRESQL
+from retentiond.stores.db.indexes import leading_index
+from retentiond.stores.db.timecols import time_kind
+from retentiond.stores.db.timekinds import KIND_WORDS, TimeKind
 
 _FOLLOWS_DELETE = ("CASCADE", "SET NULL", "SET DEFAULT")
 
@@ -134,7 +133,7 @@ def cl_generation(
             "the call's start: a call that began before the cutoff is deleted whole, with "
             "its segments and participants, even when it ended after the cutoff"
         ),
-        time_index=_leading_index(inspector, calls, "start_time"),
+        time_index=leading_index(inspector, calls, "start_time"),
         dependents=tuple(dependents),
         party=party,
         notes=tuple(notes),
@@ -186,7 +185,7 @@ def cdroutput_generation(
         time="cdr_started_at",
         kind=kind,
         expiry="each row (one segment of a call) by its own start",
-        time_index=_leading_index(inspector, calls, "cdr_started_at"),
+        time_index=leading_index(inspector, calls, "cdr_started_at"),
         dependents=tuple(dependents),
         party=None,
         notes=tuple(notes),
@@ -205,7 +204,7 @@ def _require_call_columns(
             f"{label}: table {table} has no column {' and '.join(missing)}; this is not "
             f"a 3CX call history retentiond knows (its columns: {', '.join(columns)})"
         )
-    kind = time_kind(columns[time]["type"], "postgresql")
+    kind = time_kind(columns[time]["type"], POSTGRESQL)
     if kind not in ("aware", "local"):
         raise StoreError(
             f"{label}: {table}.{time} has type {columns[time]['type']!r}; 3CX writes "
@@ -322,20 +321,8 @@ def _column_names(inspector: Inspector, table: str) -> set[str]:
     return {column["name"] for column in inspector.get_columns(table)}
 
 
-def _leading_index(inspector: Inspector, table: str, column: str) -> str | None:
-    """An index (or the primary key) whose first column is `column`."""
-    for index in inspector.get_indexes(table):
-        names = index.get("column_names") or []
-        if names and names[0] == column:
-            return str(index.get("name") or "unnamed")
-    primary = inspector.get_pk_constraint(table).get("constrained_columns") or []
-    if primary and primary[0] == column:
-        return "PRIMARY KEY"
-    return None
-
-
 def _is_indexed(inspector: Inspector, table: str, column: str) -> bool:
-    return _leading_index(inspector, table, column) is not None
+    return leading_index(inspector, table, column) is not None
 
 
 def _cl_numbers(

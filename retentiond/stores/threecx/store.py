@@ -43,14 +43,12 @@ from retentiond.errors import StoreAbsent, StoreError
 from retentiond.policy.rules import NO_HOLDS, Holds
 from retentiond.policy.subjects import Subject
 from retentiond.stores.base import Batch, BatchFailed, BatchResult, Found, Store, Survey
-from retentiond.stores.sql.store import (
-    DATETIME_FLOOR,
-    UNCONFIRMED_DELETED_MAX,
-    Database,
-    RolledBack,
-    TimeKind,
-    stored_instant,
-)
+from retentiond.stores.db.connection import Database
+from retentiond.stores.db.dialects import PostgreSQL
+from retentiond.stores.db.retries import UNCONFIRMED_DELETED_MAX, RolledBack
+from retentiond.stores.db.rows import read_rows
+from retentiond.stores.db.timecols import stored_instant
+from retentiond.stores.db.timekinds import DATETIME_FLOOR, TimeKind
 from retentiond.stores.threecx.anonymize import (
     Anonymization,
     anonymize_calls,
@@ -134,7 +132,7 @@ class ThreeCxCallsStore(Store):
         connection = self._db.open()
         try:
             with connection:
-                if self._db.family != "postgresql":
+                if not isinstance(self._db.dialect, PostgreSQL):
                     raise StoreError(
                         f"{self.label}: 3CX keeps its call history in PostgreSQL, but connection "
                         f"{self._store.connection} is {self._db.server}; point it at 3CX's "
@@ -305,7 +303,7 @@ class ThreeCxCallsStore(Store):
             )
             params = {**due.params, **held.params, "n": size}
             while True:
-                rows = self._db.retrying("planning a batch", partial(_read_rows, statement, params))
+                rows = self._db.retrying("planning a batch", partial(read_rows, statement, params))
                 if not rows:
                     break
                 number += 1
@@ -369,7 +367,7 @@ class ThreeCxCallsStore(Store):
                 f"SELECT {key}, {time} FROM {self._calls.q(generation.table)} AS c "
                 f"WHERE {where.sql} {cursor}ORDER BY {order} LIMIT :n"
             )
-            rows = self._db.retrying("planning a batch", partial(_read_rows, statement, params))
+            rows = self._db.retrying("planning a batch", partial(read_rows, statement, params))
             if not rows:
                 return
             yield rows
@@ -415,7 +413,7 @@ class ThreeCxCallsStore(Store):
             f"WHERE c.{key} = ANY(:keys) ORDER BY c.{time}, c.{key}"
         )
         calls = self._db.retrying(
-            "searching", partial(_read_rows, statement, {**held.params, "keys": keys})
+            "searching", partial(read_rows, statement, {**held.params, "keys": keys})
         )
         named = self._db.retrying(
             "searching", partial(self._named_values, generation=generation, keys=keys)
@@ -606,12 +604,6 @@ class ThreeCxCallsStore(Store):
 
     def clock_skew(self) -> timedelta | None:
         return self._db.clock_skew()
-
-
-def _read_rows(
-    statement: TextClause, params: dict[str, Any], connection: Connection
-) -> list[tuple[Any, ...]]:
-    return [tuple(row) for row in connection.execute(statement, params)]
 
 
 def _read_scalar(statement: TextClause, params: dict[str, Any], connection: Connection) -> Any:
