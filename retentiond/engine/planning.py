@@ -68,7 +68,7 @@ def plan_stage(
                 store.label,
                 store.kind,
                 survey,
-                _batch_size(rule, i),
+                store.batch_size,
                 absent,
                 since,
                 failed,
@@ -153,7 +153,3 @@ def _matches(
         if survey.held_by.get(scope.hold_id, 0):
             return True
     return False
-
-
-def _batch_size(rule: Rule, index: int) -> int:
-    return rule.stores[index].batch_size

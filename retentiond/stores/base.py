@@ -135,6 +135,9 @@ class Store(ABC):
     label: str  # how logs and the audit log name it: connection/table or the root folder
     unit: str  # "rows" or "files"
     pause: float = 0.0  # seconds to wait between batches
+    # Objects per batch as configured (`batch_size`): what a plan estimates its batches with. An
+    # adaptive SQL store starts from it and resizes as it goes (stores/sql/sizing.py).
+    batch_size: int = 1
     # Adaptive batches: the seconds each batch aims at (its size follows); None: a fixed size.
     batch_time: float | None = None
 

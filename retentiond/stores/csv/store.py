@@ -191,6 +191,7 @@ class CsvStore(Store):
         self.zone = zone
         self.root = config.root
         self.label = str(config.root)
+        self.batch_size = config.batch_size
         self.pause = config.pause
         # Names directly in the root, so fnmatch's `*` (which would cross a `/`) is exact here.
         self._patterns = [

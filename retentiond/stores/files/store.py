@@ -110,6 +110,7 @@ class FilesStore(Store):
         self.zone = zone
         self.root = config.root
         self.label = str(config.root)
+        self.batch_size = config.batch_size
         self.pause = config.pause
         # Checked when the config was loaded: each expands to patterns that can match.
         self._patterns = [

@@ -52,6 +52,7 @@ class SqlTable(Store):
     def __init__(self, store: SqlStoreConfig, connection: ConnectionConfig, zone: tzinfo) -> None:
         self.label = store.label
         self.pause = store.pause
+        self.batch_size = store.batch_size
         self._store = store
         self._zone = zone
         self._db = Database(store.connection, connection, store.label)

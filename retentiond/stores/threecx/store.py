@@ -116,6 +116,7 @@ class ThreeCxCallsStore(Store):
     ) -> None:
         self.label = store.label
         self.pause = store.pause
+        self.batch_size = store.batch_size
         self._store = store
         self._zone = zone
         self._db = Database(store.connection, connection, store.label)

@@ -114,6 +114,7 @@ class VoicemailStore(Store):
         self.zone = zone
         self.root = config.root
         self.label = str(config.root)
+        self.batch_size = config.batch_size
         self.pause = config.pause
         self._root = RootFolder(config.root, _ROOT_WORDING, probe=True)
         self._ami_failed = False  # refresh once per open store at most after a failure
