@@ -288,11 +288,11 @@ def summary(directory: Path, config_file: Path, loaded: LoadedConfig) -> str:
   call records  {database}  ({calls} calls left, oldest {oldest})
   recordings    {directory / "pbx" / "monitor"}  ({recordings} files left)
   voicemail     {voicemail}  ({messages} messages left; greetings of {greetings} mailboxes kept)
-  deletion log  {loaded.config.audit.path}
+  deletion log  {audit.log_path(loaded.config)}
 
 == try next ==
   .venv/bin/retentiond -c {config_file} plan          # nothing is expired any more
-  .venv/bin/retentiond audit verify {loaded.config.audit.path}
+  .venv/bin/retentiond audit verify {audit.log_path(loaded.config)}
   # change one digit in the deletion log, then verify again: it names the broken entry
 """
 
@@ -302,7 +302,7 @@ def _log_summary(loaded: LoadedConfig) -> str:
     lines = []
     runs: dict[str, dict[str, object]] = {}
     days: dict[str, list[str]] = {}
-    for entry in audit.read_entries(loaded.config.audit.path):
+    for entry in audit.read_entries(audit.log_path(loaded.config)):
         run_id = str(entry.fields.get("run_id"))
         if entry.type == "run_started":
             runs[run_id] = {"rule": entry.fields["rule"], "cutoff": entry.fields["cutoff"]}
@@ -321,6 +321,6 @@ def _log_summary(loaded: LoadedConfig) -> str:
                 f"deleted {entry.fields['deleted']}{period} ({stores}), "
                 f"run {run_id}, entry #{entry.seq}"
             )
-    seq, head = audit.verify(loaded.config.audit.path).head
+    seq, head = audit.verify(audit.log_path(loaded.config)).head
     lines.append(f"  chain head #{seq} {head}")
     return "\n".join(lines)

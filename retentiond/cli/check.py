@@ -73,10 +73,10 @@ def check(ctx: Context) -> None:
     try:
         with audit.open_log(config) as log:
             seq, _ = log.head
-        click.echo(f"audit log {config.audit.path}: writable, {seq} entries")
+        click.echo(f"audit log {audit.log_path(config)}: writable, {seq} entries")
     except RetentiondError as error:
         failures += 1
-        click.echo(f"audit log {config.audit.path}: FAILED: {error}")
+        click.echo(f"audit log {audit.log_path(config)}: FAILED: {error}")
     if failures:
         fail(f"{failures} problem(s) found; see above", 1)
 

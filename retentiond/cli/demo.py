@@ -43,8 +43,10 @@ def demo(directory: Path) -> None:
             print_plan(engine.plan(rule, stores), zone)
     click.echo(f"\n== 2. enforcement (retentiond -c {config_file} run --once) ==")
     outcomes = enforce(loaded, None, as_json=False)
-    click.echo(f"\n== 3. the deletion log (retentiond audit verify {loaded.config.audit.path}) ==")
-    result = audit.verify(loaded.config.audit.path)
+    click.echo(
+        f"\n== 3. the deletion log (retentiond audit verify {audit.log_path(loaded.config)}) =="
+    )
+    result = audit.verify(audit.log_path(loaded.config))
     click.echo(f"{'intact' if result.ok else 'BROKEN'}: {result.entries} entries")
     click.echo(f"\n== 4. compliance (retentiond -c {config_file} status) ==")
     click.echo(status_text(compute(loaded)), nl=False)

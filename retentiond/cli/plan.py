@@ -17,6 +17,7 @@ from retentiond.cli.output import byte_size, fail, iso, local_time
 from retentiond.engine.engine import Engine
 from retentiond.engine.plan import RulePlan, matching_nothing
 from retentiond.evidence.history import read_history
+from retentiond.evidence.log.opening import log_path
 
 
 @click.command()
@@ -28,7 +29,7 @@ def plan(ctx: Context, rule_name: str | None, as_json: bool) -> None:
     loaded = ctx.loaded
     engine = Engine(loaded)
     plans: list[RulePlan] = []
-    history = read_history(loaded.config.audit.path)
+    history = read_history(log_path(loaded.config))
     for rule in rules_named(loaded, rule_name):
         # One store that cannot be opened or surveyed is marked FAILED; the rest are planned.
         with engine.open_stores(rule, isolate=True) as stores:

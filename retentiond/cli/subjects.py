@@ -167,7 +167,7 @@ def erase_command(
         head = log.head
     deleted = sum(m.deleted for m in done)
     click.echo(f"erased {deleted} objects for {ticket}; held {held}")
-    click.echo(f"audit log {loaded.config.audit.path}: head #{head[0]} {head[1][:16]}")
+    click.echo(f"audit log {audit.log_path(loaded.config)}: head #{head[0]} {head[1][:16]}")
 
 
 def _refuse_vanished_holds(engine: Engine, names: list[str] | None) -> None:
@@ -193,7 +193,7 @@ def _record_unerased(
             why = record_unerased(engine, log, ticket, matches)
         head = log.head
     click.echo(f"nothing to erase ({WHY.get(why, why)}); recorded in the audit log for {ticket}")
-    click.echo(f"audit log {loaded.config.audit.path}: head #{head[0]} {head[1][:16]}")
+    click.echo(f"audit log {audit.log_path(loaded.config)}: head #{head[0]} {head[1][:16]}")
 
 
 def _signer(loaded: LoadedConfig) -> audit.Signer | None:

@@ -56,6 +56,7 @@ from retentiond.engine.verify import fail_undated, verify_stage
 from retentiond.errors import AuditError, StoreAbsent, StoreError
 from retentiond.evidence.history import History, read_history
 from retentiond.evidence.log import CHECKPOINT, AuditWriter, Signer, SigningKeyError
+from retentiond.evidence.log.opening import log_path
 from retentiond.policy.durations import Duration
 from retentiond.policy.rules import Holds, holds_for
 from retentiond.stores import AbsentStore, FailedStore, Store, build_store
@@ -230,7 +231,7 @@ class Engine:
             log.error("run stopped: audit log unavailable", reason=str(error))
             return RunOutcome(rule.name, run_id, None, "failed", str(error))
         seq_before = audit.head[0]
-        history = read_history(self.config.audit.path)
+        history = read_history(log_path(self.config))
         try:
             reconcile(audit, run_id, history)
         except AuditError as error:
@@ -283,7 +284,7 @@ class Engine:
         try:
             with self.open_stores(rule, isolate=True) as stores:
                 if history is None:
-                    history = read_history(self.config.audit.path)
+                    history = read_history(log_path(self.config))
                 stages = self.plans(rule, stores, history, isolate=True)
                 plan = stages[-1]
                 outcome.cutoff = plan.cutoff

@@ -22,6 +22,7 @@ from retentiond.config.model import Config, HoldConfig
 from retentiond.evidence.fingerprints import Fingerprints, read_fingerprints, write_fingerprints
 from retentiond.evidence.history import History, read_history
 from retentiond.evidence.log import AuditWriter, Entry
+from retentiond.evidence.log.opening import log_path
 from retentiond.policy.rules import day_over, hold_in_force
 
 log = structlog.get_logger()
@@ -51,7 +52,7 @@ def end_hold_refusal(config: Config, end_holds: Collection[str], now: datetime) 
     first one that is not such a hold cannot be ended; None when every one can."""
     if not end_holds:
         return None
-    history = read_history(config.audit.path)
+    history = read_history(log_path(config))
     vanished = vanished_holds(history.holds, config.holds, now, config.zone())
     for hold_id in end_holds:
         if hold_id in vanished:

@@ -12,6 +12,7 @@ from pathlib import Path
 from retentiond import __version__
 from retentiond.config.loader import LoadedConfig
 from retentiond.config.model import Config
+from retentiond.evidence.log.opening import log_path
 from retentiond.evidence.report import tables, verdicts
 from retentiond.evidence.report.catalogue import hold_rows, organisation, rule_rows
 from retentiond.evidence.report.logs import first_ts, in_file, log_info, name_systems, read_log
@@ -40,10 +41,10 @@ def build_report(
     """All figures for the period from the given logs (default: the config's audit.path)."""
     config = loaded.config
     generated = (generated_at or datetime.now(UTC)).astimezone(UTC)
-    paths = list(log_paths) or [config.audit.path]
+    paths = list(log_paths) or [log_path(config)]
     own_system = config.organisation.system if config.organisation else None
     logs = [read_log(path) for path in paths]
-    name_systems(logs, config.audit.path, own_system)
+    name_systems(logs, log_path(config), own_system)
     systems = list(dict.fromkeys(log.system for log in logs))
     replay = Replay(config, period, generated)
     # Rotated files of one system in the order they were written.
