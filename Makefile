@@ -18,16 +18,22 @@ demo: $(BIN)/retentiond
 
 # The house plan (README, Code map): layers and independent store kinds (import-linter, the
 # contracts in pyproject.toml), then module sizes, dialect branches and private names.
-lint: $(BIN)/retentiond
+# import-linter lives in a venv of its own: it brings rich, which structlog loads when present.
+LINT_VENV := .venv-lint
+$(LINT_VENV)/bin/lint-imports:
+	$(PYTHON) -m venv $(LINT_VENV)
+	$(LINT_VENV)/bin/pip install --quiet 'import-linter>=2.1,<3'
+
+lint: $(BIN)/retentiond $(LINT_VENV)/bin/lint-imports
 	$(BIN)/ruff check retentiond tests tools benchmarks
 	$(BIN)/ruff format --check retentiond tests tools benchmarks
-	$(BIN)/lint-imports --no-cache
+	PYTHONPATH=$(CURDIR) $(LINT_VENV)/bin/lint-imports --no-cache
 	$(BIN)/python tools/check_house.py
 
 typecheck: $(BIN)/retentiond
 	$(BIN)/mypy
 
-pytest: $(BIN)/retentiond
+pytest: $(BIN)/retentiond $(LINT_VENV)/bin/lint-imports
 	$(BIN)/pytest
 
 test: lint typecheck pytest
@@ -45,7 +51,7 @@ $(VENV)/faketime_sleep.so: tests/faketime_sleep.c
 	$(CC) -shared -fPIC -O2 -Wall -o $@ $< -ldl
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(LINT_VENV) $(DEMO_DIR) .mypy_cache .ruff_cache .pytest_cache
 
 # -- benchmarks (benchmarks/README.md) -------------------------------------------------------------
 # `make bench [BENCH_SCALE=rows]`: each benchmark on identical copies of the same data, a table
