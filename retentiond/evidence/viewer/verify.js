@@ -291,28 +291,31 @@ function prepareQuick(text) {
   } catch (e) {
     return null; // an integer beyond 2**53: only the exact way keeps its digits
   }
-  const fields = {};
-  for (const k of keys) if (!RESERVED.has(k)) fields[k] = obj[k];
+  // The reserved keys stay among the fields here: no check or figure reads them from there.
   const rawFields = {};
-  for (const k of INT_FIELDS) {
-    const v = fields[k];
-    rawFields[k] = typeof v === "number" ? new PyNumber(String(v), true) : v;
+  if (type === CHECKPOINT || type === CONTINUED) {
+    for (const k of INT_FIELDS) {
+      const v = obj[k];
+      rawFields[k] = typeof v === "number" ? new PyNumber(String(v), true) : v;
+    }
   }
   return {
     canonical: ENCODER.encode(canonical),
     sameForm: true,
-    entry: { seq, type, ts, prev, hash, fields, rawFields },
+    entry: { seq, type, ts, prev, hash, fields: obj, rawFields },
   };
 }
 
 // The first step of parse_line: everything before the hash is compared. Returns the line's
 // record: a Broken, or what the hash check and the entry need.
-function prepareLine(raw) {
-  let text;
-  try {
-    text = DECODER.decode(raw);
-  } catch (e) {
-    return { broken: new Broken("not valid UTF-8") };
+function prepareLine(raw, decoded) {
+  let text = decoded;
+  if (text === undefined) {
+    try {
+      text = DECODER.decode(raw);
+    } catch (e) {
+      return { broken: new Broken("not valid UTF-8") };
+    }
   }
   if (!text) return { broken: new Broken("empty line") };
   const quick = prepareQuick(text);
@@ -529,11 +532,34 @@ async function prepareFiles(ordered) {
   const T0 = performance.now();
   const prepared = [];
   const digests = [];
+  let batch = [];
+  // Hashed a chunk at a time while the next chunk is parsed: WebCrypto works beside the page.
+  const flush = () => {
+    const records = batch;
+    batch = [];
+    digests.push(Promise.all(records.map((record) =>
+      crypto.subtle.digest("SHA-256", record.canonical).then((d) => {
+        record.digest = hex(d);
+        record.canonical = null;
+      }))));
+  };
   for (let index = 0; index < ordered.length; index++) {
     const bytes = new Uint8Array(await ordered[index].arrayBuffer());
     const last = index === ordered.length - 1;
     const lines = rawLines(bytes);
-    const records = lines.map((raw, i) => {
+    // One decoding of the whole file when it is valid UTF-8 and no line is over the limit:
+    // splitting the text at newlines splits the bytes at the same places.
+    let texts = null;
+    if (lines.every((raw) => raw.length <= MAX_LINE)) {
+      try {
+        texts = DECODER.decode(bytes).split("\n");
+      } catch (e) {
+        texts = null;
+      }
+    }
+    const records = new Array(lines.length);
+    for (let i = 0; i < lines.length; i++) {
+      const raw = lines[i];
       const newline = raw.length > 0 && raw[raw.length - 1] === 10;
       if (!newline) {
         const record = { raw, newline };
@@ -541,27 +567,21 @@ async function prepareFiles(ordered) {
           record.cutShort = true;
           digests.push(sha256(raw).then((d) => { record.rawDigest = d; }));
         }
-        return record;
+        records[i] = record;
+        continue;
       }
-      const record = prepareLine(raw.subarray(0, raw.length - 1));
+      const record = prepareLine(raw.subarray(0, raw.length - 1), texts === null ? undefined : texts[i]);
       record.newline = true;
-      return record;
-    });
+      records[i] = record;
+      if (record.canonical) {
+        batch.push(record);
+        if (batch.length >= 5000) flush();
+      }
+    }
     prepared.push({ name: ordered[index].name, records });
   }
+  flush();
   TIMES.parse = performance.now() - T0;
-  const pending = prepared.flatMap((file) => file.records.filter((r) => r.canonical));
-  const CHUNK = 20000;
-  for (let i = 0; i < pending.length; i += CHUNK) {
-    await Promise.all(
-      pending.slice(i, i + CHUNK).map((record) =>
-        crypto.subtle.digest("SHA-256", record.canonical).then((d) => {
-          record.digest = hex(d);
-          record.canonical = null;
-        }),
-      ),
-    );
-  }
   await Promise.all(digests);
   return prepared;
 }
