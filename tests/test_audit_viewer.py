@@ -40,14 +40,21 @@ CHROMEDRIVER = shutil.which("chromedriver")
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    missing = [name for name, found in (("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER)) if not found]
+    missing = [
+        name
+        for name, found in (("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER))
+        if not found
+    ]
     try:
         from selenium import webdriver
     except ImportError:
         missing.append("selenium (the dev extra)")
         webdriver = None
     if missing:
-        message = f"the verifier page needs {', '.join(missing)} (apt-get install chromium chromium-driver)"
+        message = (
+            f"the verifier page needs {', '.join(missing)} "
+            "(apt-get install chromium chromium-driver)"
+        )
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
@@ -220,7 +227,11 @@ def replay_checkpoint(log: Path) -> None:
 def forge_signature(log: Path) -> None:
     objs = objects(log)
     last = objs[-1]
-    last["signature"] = last["signature"][:10] + ("A" if last["signature"][10] != "A" else "B") + last["signature"][11:]
+    last["signature"] = (
+        last["signature"][:10]
+        + ("A" if last["signature"][10] != "A" else "B")
+        + last["signature"][11:]
+    )
     write_objects(log, rehash(objs))
 
 
@@ -339,7 +350,10 @@ def test_rotated_files_are_ordered_and_checked_as_audit_verify_does(
     log = signed_files(tmp_path / "log", Signer.from_file(key_pairs["right"][0]), rotated=3)
     picked = [log.with_name(name) for name in ROTATION[change](log)]
     shown = assert_same(browser, log, picked, key_pairs["right"][1])
-    assert shown["ok"] is (change in ("all files, picked in any order", "the oldest files removed after their retention"))
+    assert shown["ok"] is (
+        change
+        in ("all files, picked in any order", "the oldest files removed after their retention")
+    )
 
 
 def spec_chain(payloads: list[dict[str, Any]]) -> bytes:
@@ -356,7 +370,17 @@ def test_floats_big_numbers_and_any_text_hash_as_in_python(browser: Any, tmp_pat
     """The canonical JSON is Python's: floats by their shortest repr, integers of any size,
     sorted keys by code point, only the escapes json.dumps writes."""
     awkward = [
-        0.1, 1e16, 1.5e-7, 123456789.125, -0.0, 1e-4, 1e-5, 2.5e300, 10**30, -(2**70), 3.0,
+        0.1,
+        1e16,
+        1.5e-7,
+        123456789.125,
+        -0.0,
+        1e-4,
+        1e-5,
+        2.5e300,
+        10**30,
+        -(2**70),
+        3.0,
     ]
     texts = ["Grüße", "\u2028", "tab\there", 'quote"back\\slash', "\x00\x1f", "😀", "\ue000"]
     payloads: list[dict[str, Any]] = [
@@ -424,12 +448,28 @@ def test_the_command_embeds_the_given_keys_and_nothing_reaches_out(
     out = tmp_path / "verify.html"
     result = CliRunner().invoke(
         audit_group,
-        ["viewer", "-o", str(out), "--public-key", str(key_pairs["right"][1]), "--public-key", str(key_pairs["other"][1])],
+        [
+            "viewer",
+            "-o",
+            str(out),
+            "--public-key",
+            str(key_pairs["right"][1]),
+            "--public-key",
+            str(key_pairs["other"][1]),
+        ],
     )
     assert result.exit_code == 0, result.output
     html = out.read_text(encoding="utf-8")
     for _, public in key_pairs.values():
         assert VerifyKey.from_file(public).fingerprint in html
     assert "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'" in html
-    for reaching_out in ("fetch(", "XMLHttpRequest", "src=", "href=", "http://", "https://", "WebSocket"):
+    for reaching_out in (
+        "fetch(",
+        "XMLHttpRequest",
+        "src=",
+        "href=",
+        "http://",
+        "https://",
+        "WebSocket",
+    ):
         assert reaching_out not in html
