@@ -473,3 +473,42 @@ def test_the_command_embeds_the_given_keys_and_nothing_reaches_out(
         "WebSocket",
     ):
         assert reaching_out not in html
+
+
+def test_the_config_key_is_embedded_and_the_page_shows_the_runs_of_the_log(
+    browser: Any, tmp_path: Path
+) -> None:
+    """The demo PBX, signed: `audit viewer` takes the public half of audit.signing_key, and the
+    page's figures are those of the log's entries."""
+    from selenium.webdriver.common.by import By
+    from test_checkpoints import NOW, keygen, run_rules, signed
+
+    from retentiond import demo
+    from retentiond.cli.main import cli
+
+    private, public, fingerprint = keygen(tmp_path / "keys")
+    config_file = demo.build(tmp_path / "pbx", now=NOW, days=200)
+    config = signed(config_file, private)
+    assert [o.status for o in run_rules(config)] == ["done"] * 3
+    log = config.config.audit.path
+    page = tmp_path / "verify.html"
+    result = CliRunner().invoke(cli, ["-c", str(config_file), "audit", "viewer", "-o", str(page)])
+    assert result.exit_code == 0, result.output
+    assert fingerprint in page.read_text(encoding="utf-8")
+
+    shown = in_browser(browser, page, [log])
+    assert shown.pop("verdict") == verdict_line(log, public)
+    assert shown == in_python(log, public) and shown["valid_signatures"] == 3
+
+    finished = [o for o in objects(log) if o["type"] == "run_finished"]
+    rows = browser.find_elements(By.CSS_SELECTOR, "#runs tr[data-rule]")
+    assert {row.get_attribute("data-rule"): row.text.split()[1:3] for row in rows} == {
+        o["rule"]: ["1", f"{o['deleted']:,}"] for o in finished
+    }
+    weekly = browser.find_elements(By.CSS_SELECTOR, "#weeks tr")
+    deleted = sum(o["deleted"] for o in objects(log) if o["type"] == "batch_done")
+    assert sum(int(row.text.split()[1].replace(",", "")) for row in weekly) == deleted > 0
+    holds = {o["hold"] for o in objects(log) if o["type"].startswith("hold_")}
+    cells = browser.find_elements(By.CSS_SELECTOR, "#holds td:first-child")
+    assert {cell.text for cell in cells} == holds
+    assert browser.find_element(By.ID, "no-failures").text == "No failed or refused runs."
