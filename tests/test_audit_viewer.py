@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
+import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -512,3 +514,55 @@ def test_the_config_key_is_embedded_and_the_page_shows_the_runs_of_the_log(
     cells = browser.find_elements(By.CSS_SELECTOR, "#holds td:first-child")
     assert {cell.text for cell in cells} == holds
     assert browser.find_element(By.ID, "no-failures").text == "No failed or refused runs."
+
+
+def random_value(rng: random.Random, depth: int = 0) -> Any:
+    """Any JSON value retentiond could write: floats from random bits, integers past 2**53,
+    text from the whole of Unicode (no lone surrogates), nested lists and objects."""
+    choice = rng.randrange(7 if depth < 3 else 5)
+    if choice == 0:
+        while True:
+            value = struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0]
+            if math.isfinite(value):
+                return value
+    if choice == 1:
+        return rng.choice([rng.randrange(-(2**80), 2**80), rng.randrange(-1000, 1000)])
+    if choice == 2:
+        return random_text(rng)
+    if choice == 3:
+        return rng.choice([True, False, None, 0.5, 1e22, 1e-7, 100.0])
+    if choice == 4:
+        return round(rng.uniform(-1e6, 1e6), rng.randrange(8))
+    if choice == 5:
+        return [random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    return {random_text(rng): random_value(rng, depth + 1) for _ in range(rng.randrange(4))}
+
+
+def random_text(rng: random.Random) -> str:
+    ranges = [(0, 0x7F), (0x80, 0x7FF), (0x800, 0xD7FF), (0xE000, 0xFFFF), (0x10000, 0x10FFFF)]
+    chars = []
+    for _ in range(rng.randrange(6)):
+        low, high = rng.choice(ranges)
+        chars.append(chr(rng.randint(low, high)))
+    return "".join(chars)
+
+
+def test_random_values_hash_as_in_python(browser: Any, tmp_path: Path) -> None:
+    rng = random.Random(2026)
+    payloads = [
+        {"type": "note", **{f"k{i}{random_text(rng)}": random_value(rng) for i in range(4)}}
+        for _ in range(400)
+    ]
+    folder = tmp_path / "log"
+    folder.mkdir()
+    log = folder / "audit.jsonl"
+    log.write_bytes(spec_chain(payloads))
+    shown = assert_same(browser, log, [log])
+    assert shown["ok"] and shown["entries"] == 400
+    # and a changed byte in each of ten places is named as Python names it
+    data = log.read_bytes()
+    for _ in range(10):
+        changed = bytearray(data)
+        changed[rng.randrange(len(changed))] ^= 1 << rng.randrange(8)
+        log.write_bytes(bytes(changed))
+        assert not assert_same(browser, log, [log])["ok"] or bytes(changed) == data

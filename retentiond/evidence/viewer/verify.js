@@ -527,9 +527,7 @@ function describeTorn(torn) {
 
 // Reads and prepares every line, and hashes them all at once: WebCrypto's digests run in
 // parallel, which awaiting them one by one would not.
-const TIMES = {};
 async function prepareFiles(ordered) {
-  const T0 = performance.now();
   const prepared = [];
   const digests = [];
   let batch = [];
@@ -581,7 +579,6 @@ async function prepareFiles(ordered) {
     prepared.push({ name: ordered[index].name, records });
   }
   flush();
-  TIMES.parse = performance.now() - T0;
   await Promise.all(digests);
   return prepared;
 }
@@ -895,9 +892,7 @@ class Checkpoints {
 async function checkLog(files, embeddedKeys, heads, strict) {
   const ordered = orderFiles(files);
   const keys = await importKeys(embeddedKeys);
-  const t0 = performance.now();
   const prepared = await prepareFiles(ordered);
-  TIMES.prepare = performance.now() - t0;
   const state = { files: [], beginsAfter: null, torn: null };
   const checker = new Checkpoints(keys, heads);
   const entries = [];
@@ -915,9 +910,7 @@ async function checkLog(files, embeddedKeys, heads, strict) {
     if (!(error instanceof Broken)) throw error;
     broken = error;
   }
-  TIMES.walk = performance.now() - t0;
   await checker.settle();
-  TIMES.settle = performance.now() - t0;
   const chain = { ok: broken === null, head, beginsAfter: state.beginsAfter, torn: state.torn };
   const warnings = checker.finish(chain, firstSeq, strict);
   const problems = checker.problems.slice();
