@@ -254,13 +254,39 @@ function isInt(value) {
 // Keys in code point order, as Python's sort_keys.
 class Unsafe extends Error {}
 
+const SORTED_KEYS = new Map(); // the keys of an object, as written -> in code point order
+
+function sortedKeys(value) {
+  const keys = Object.keys(value);
+  const shape = keys.join("\u0000");
+  let sorted = SORTED_KEYS.get(shape);
+  if (sorted === undefined) {
+    sorted = keys.slice().sort(codePointOrder);
+    if (SORTED_KEYS.size < 10000) SORTED_KEYS.set(shape, sorted);
+  }
+  return sorted;
+}
+
 function canonicalOf(value, skip) {
-  if (typeof value === "number" && !Number.isSafeInteger(value)) throw new Unsafe();
+  if (typeof value === "string") return JSON.stringify(value);
+  if (typeof value === "number") {
+    if (!Number.isSafeInteger(value)) throw new Unsafe();
+    return String(value);
+  }
   if (value === null || typeof value !== "object") return JSON.stringify(value);
-  if (Array.isArray(value)) return "[" + value.map((item) => canonicalOf(item)).join(",") + "]";
-  let keys = Object.keys(value).sort(codePointOrder);
-  if (skip !== undefined) keys = keys.filter((k) => k !== skip);
-  return "{" + keys.map((k) => JSON.stringify(k) + ":" + canonicalOf(value[k])).join(",") + "}";
+  if (Array.isArray(value)) {
+    let out = "[";
+    for (let i = 0; i < value.length; i++) out += (i ? "," : "") + canonicalOf(value[i]);
+    return out + "]";
+  }
+  let out = "{";
+  let first = true;
+  for (const key of sortedKeys(value)) {
+    if (key === skip) continue;
+    out += (first ? "" : ",") + JSON.stringify(key) + ":" + canonicalOf(value[key]);
+    first = false;
+  }
+  return out + "}";
 }
 
 // A float's token follows a key or an item; time stamps' "00.0" inside strings do not match.
