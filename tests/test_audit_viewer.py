@@ -237,6 +237,18 @@ def forge_signature(log: Path) -> None:
     write_objects(log, rehash(objs))
 
 
+def zeros_at_the_end(log: Path) -> None:
+    """What a filesystem may leave where a power loss cut a write: zeros, not yet data."""
+    log.write_bytes(log.read_bytes() + b"\x00" * 100)
+
+
+def torn_then_written(log: Path) -> None:
+    """A torn line that is not the last: damage, not an interrupted write."""
+    lines = log.read_bytes().splitlines(keepends=True)
+    lines[5] = lines[5][:30] + b"\n"
+    log.write_bytes(b"".join(lines))
+
+
 def empty_log(log: Path) -> None:
     log.write_bytes(b"")
 
@@ -264,6 +276,8 @@ TAMPERING: dict[str, Callable[[Path], None]] = {
     "truncated": cut_lines,
     "replayed checkpoint": replay_checkpoint,
     "forged signature": forge_signature,
+    "zeros at the end": zeros_at_the_end,
+    "torn line inside": torn_then_written,
     "emptied": empty_log,
     "garbage line": garbage_line,
 }
@@ -278,7 +292,8 @@ def test_the_page_gives_the_verdict_of_audit_verify(
     public = key_pairs["right"][1]
     shown = assert_same(browser, log, [log], public)
     assert shown["ok"] is (
-        tampering in ("intact", "removed last checkpoint", "torn last line", "emptied")
+        tampering
+        in ("intact", "removed last checkpoint", "torn last line", "zeros at the end", "emptied")
     )
 
 
@@ -345,6 +360,25 @@ def _emptied(log: Path) -> list[str]:
     return ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2", "audit.jsonl.3"]
 
 
+@_rotation("a rotated file cut mid-line")
+def _rotated_torn(log: Path) -> list[str]:
+    one = log.with_name("audit.jsonl.1")
+    one.write_bytes(one.read_bytes()[:-25])
+    return ["audit.jsonl.1", "audit.jsonl", "audit.jsonl.2", "audit.jsonl.3"]
+
+
+@_rotation("the current file only an incomplete line")
+def _current_torn(log: Path) -> list[str]:
+    log.write_bytes(log.read_bytes()[:40])
+    return ["audit.jsonl.3", "audit.jsonl.2", "audit.jsonl.1", "audit.jsonl"]
+
+
+@_rotation("the current file torn at its end")
+def _current_torn_end(log: Path) -> list[str]:
+    log.write_bytes(log.read_bytes()[:-25])
+    return ["audit.jsonl.3", "audit.jsonl.2", "audit.jsonl.1", "audit.jsonl"]
+
+
 @pytest.mark.parametrize("change", list(ROTATION))
 def test_rotated_files_are_ordered_and_checked_as_audit_verify_does(
     browser: Any, key_pairs: dict[str, tuple[Path, Path]], tmp_path: Path, change: str
@@ -354,7 +388,11 @@ def test_rotated_files_are_ordered_and_checked_as_audit_verify_does(
     shown = assert_same(browser, log, picked, key_pairs["right"][1])
     assert shown["ok"] is (
         change
-        in ("all files, picked in any order", "the oldest files removed after their retention")
+        in (
+            "all files, picked in any order",
+            "the oldest files removed after their retention",
+            "the current file torn at its end",
+        )
     )
 
 
