@@ -249,6 +249,24 @@ def torn_then_written(log: Path) -> None:
     log.write_bytes(b"".join(lines))
 
 
+def respelled(old: bytes, new: bytes, line: int = 2) -> Callable[[Path], None]:
+    """A line changed in its spelling only (or a key doubled): the hash may even still match."""
+
+    def change(log: Path) -> None:
+        lines = log.read_bytes().splitlines(keepends=True)
+        assert old in lines[line]
+        lines[line] = lines[line].replace(old, new, 1)
+        log.write_bytes(b"".join(lines))
+
+    return change
+
+
+def hash_moved_first(log: Path) -> None:
+    objs = objects(log)
+    objs[3] = {"hash": objs[3]["hash"]} | {k: v for k, v in objs[3].items() if k != "hash"}
+    write_objects(log, objs)
+
+
 def empty_log(log: Path) -> None:
     log.write_bytes(b"")
 
@@ -279,6 +297,11 @@ TAMPERING: dict[str, Callable[[Path], None]] = {
     "zeros at the end": zeros_at_the_end,
     "torn line inside": torn_then_written,
     "emptied": empty_log,
+    "key doubled": respelled(b'"store":"cdrdb/cdr"', b'"store":"cdrdb/cdr","store":"cdrdb/cdr"'),
+    "space added": respelled(b'"batch":1,', b'"batch": 1,'),
+    "byte order mark": respelled(b'{"seq"', b'\xef\xbb\xbf{"seq"', line=0),
+    "number re-spelled": respelled(b'"batch":1,', b'"batch":1e0,'),
+    "hash moved first": hash_moved_first,
     "garbage line": garbage_line,
 }
 
