@@ -232,6 +232,58 @@ def _print_check(path: Path, result: audit.LogCheck, keys: list[audit.VerifyKey]
         click.echo(f"  warning: {warning}")
 
 
+# --- viewer ------------------------------------------------------------------------------------
+
+
+def _public_keys(public_keys: tuple[Path, ...]) -> list[audit.VerifyKey]:
+    """The --public-key files, else the public half of the config's signing key."""
+    if public_keys:
+        return [audit.VerifyKey.from_file(key) for key in public_keys]
+    obj = click.get_current_context().find_root().obj
+    loaded = getattr(obj, "loaded", None)
+    if loaded is None:
+        loaded = load_config(config_path(None))
+    configured = loaded.config.audit.signing_key
+    if configured is None:
+        raise click.UsageError(
+            "the config has no audit.signing_key: give the public key with --public-key "
+            "(the .pub file of `retentiond audit keygen`)"
+        )
+    return [audit.Signer.from_config(configured).verify_key()]
+
+
+@audit_group.command()
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The HTML file to write, e.g. verify.html.",
+)
+@click.option(
+    "--public-key",
+    "public_keys",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The public key (.pub from keygen) to embed; repeat for old keys. Default: the public "
+    "half of the config's audit.signing_key.",
+)
+def viewer(output: Path, public_keys: tuple[Path, ...]) -> None:
+    """Write a verifier page for the DPO: one HTML file that checks the log's files in a
+    browser (chain and signatures, with the public keys embedded) and sends nothing anywhere."""
+    from retentiond.evidence.viewer import viewer_page
+
+    keys = _public_keys(public_keys)
+    try:
+        output.write_text(viewer_page(keys), encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc.strerror}") from None
+    click.echo(f"verifier page: {output}")
+    for key in keys:
+        click.echo(f"  public key {key.fingerprint}")
+    click.echo("  Give it to the DPO with the log files; it opens in a current browser, offline.")
+
+
 # --- head ----------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,181 @@
+// The page around the verifier: picking the files, the verdict in `audit verify`'s words, and
+// the figures of the log (runs per rule, deletions per week, holds, failures).
+"use strict";
+
+const KEYS = JSON.parse(document.getElementById("keys").textContent);
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs || {})) node.setAttribute(name, value);
+  for (const child of children) node.append(child);
+  return node;
+}
+
+function problemText(problem) {
+  if (problem.file !== null && problem.line) return `${problem.file}:${problem.line}: ${problem.message}`;
+  return problem.message;
+}
+
+const STRICT_KINDS = new Set(["unsigned_tail", "torn_tail"]);
+
+// The first line of `retentiond audit verify`, and its class (intact, unfinished, broken).
+function verdict(result) {
+  const files = result.files.length;
+  const size = `${result.entries} entries` + (files > 1 ? ` in ${files} files` : "");
+  const head = `head #${result.head.seq} ${result.head.hash}`;
+  if (result.ok) return ["intact", `intact, ${size}, ${head}`];
+  if (result.problems.every((p) => STRICT_KINDS.has(p.kind))) {
+    return ["unfinished", `UNFINISHED (--strict): ${problemText(result.problems[0])}`];
+  }
+  return ["broken", `BROKEN: ${problemText(result.problems[0])}`];
+}
+
+function parseHeads(text) {
+  const heads = [];
+  for (const part of text.split(/[\s,]+/).filter(Boolean)) {
+    const match = /^([1-9][0-9]*):([0-9a-f]{64})$/.exec(part.toLowerCase());
+    if (match === null) throw new Error(`${part}: expected SEQ:HASH as printed by \`retentiond audit head\``);
+    heads.push([Number(match[1]), match[2]]);
+  }
+  return heads;
+}
+
+// ISO week of an entry's UTC time stamp: "2026-W49".
+function isoWeek(ts) {
+  const day = new Date(ts.slice(0, 10) + "T00:00:00Z");
+  const weekday = (day.getUTCDay() + 6) % 7;
+  day.setUTCDate(day.getUTCDate() - weekday + 3);
+  const year = day.getUTCFullYear();
+  const first = new Date(Date.UTC(year, 0, 4));
+  const week = 1 + Math.round((day - first) / 86400000 / 7 - ((first.getUTCDay() + 6) % 7 - 3) / 7);
+  return `${year}-W${String(week).padStart(2, "0")}`;
+}
+
+const END_STATUS = { run_refused: "refused", run_failed: "failed" };
+
+function figures(entries) {
+  const runs = new Map(); // rule -> [{ts, status, deleted}]
+  const weeks = new Map(); // week -> deleted
+  const holds = new Map(); // hold id -> last entry
+  const failures = [];
+  for (const entry of entries) {
+    const f = entry.fields;
+    if (entry.type in END_STATUS || entry.type === "run_finished") {
+      const status = END_STATUS[entry.type] || (typeof f.status === "string" ? f.status : "done");
+      const rule = typeof f.rule === "string" ? f.rule : "?";
+      if (!runs.has(rule)) runs.set(rule, []);
+      runs.get(rule).push({ ts: entry.ts, status, deleted: Number(f.deleted) || 0 });
+      if (status === "failed" || status === "refused") {
+        failures.push({ ts: entry.ts, rule, status, reason: typeof f.reason === "string" ? f.reason : (f.error_code || "") });
+      }
+    }
+    if (entry.type === "batch_done" && Number.isFinite(f.deleted)) {
+      const week = isoWeek(entry.ts);
+      weeks.set(week, (weeks.get(week) || 0) + f.deleted);
+    }
+    if (entry.type.startsWith("hold_") && typeof f.hold === "string") holds.set(f.hold, entry);
+  }
+  return { runs, weeks, holds, failures };
+}
+
+function showFigures(entries) {
+  const out = document.getElementById("figures");
+  out.replaceChildren();
+  const { runs, weeks, holds, failures } = figures(entries);
+  let start = Infinity, end = -Infinity;
+  for (const entry of entries) {
+    const time = Date.parse(entry.ts);
+    if (time < start) start = time;
+    if (time > end) end = time;
+  }
+  const span = Math.max(end - start, 1);
+
+  out.append(el("h2", {}, "Runs per rule"));
+  const timeline = el("table", { id: "runs", class: "timeline" });
+  timeline.append(el("tr", {}, el("th", {}, "Rule"), el("th", {}, "Runs"), el("th", {}, "Deleted"),
+    el("th", { class: "track" }, `${entries.length ? entries[0].ts.slice(0, 10) : ""} … ${entries.length ? entries[entries.length - 1].ts.slice(0, 10) : ""}`)));
+  for (const [rule, list] of [...runs].sort()) {
+    const track = el("div", { class: "track" });
+    for (const run of list) {
+      const left = ((Date.parse(run.ts) - start) / span) * 100;
+      track.append(el("span", { class: `run ${run.status}`, style: `left:${left.toFixed(2)}%`, title: `${run.ts} ${run.status}` }));
+    }
+    const deleted = list.reduce((sum, run) => sum + run.deleted, 0);
+    timeline.append(el("tr", { "data-rule": rule }, el("td", {}, rule), el("td", { class: "n" }, String(list.length)),
+      el("td", { class: "n" }, deleted.toLocaleString("en")), el("td", {}, track)));
+  }
+  out.append(runs.size ? timeline : el("p", {}, "No runs in these files."));
+
+  out.append(el("h2", {}, "Deletions per week"));
+  const most = [...weeks.values()].reduce((a, b) => Math.max(a, b), 1);
+  const perWeek = el("table", { id: "weeks" });
+  for (const [week, deleted] of [...weeks].sort()) {
+    perWeek.append(el("tr", {}, el("td", {}, week), el("td", { class: "n" }, deleted.toLocaleString("en")),
+      el("td", {}, el("span", { class: "bar", style: `width:${((deleted / most) * 100).toFixed(1)}%` }))));
+  }
+  out.append(weeks.size ? perWeek : el("p", {}, "Nothing deleted in these files."));
+
+  out.append(el("h2", {}, "Holds"));
+  const holdTable = el("table", { id: "holds" }, el("tr", {}, el("th", {}, "Hold"), el("th", {}, "Last entry"),
+    el("th", {}, "Rules"), el("th", {}, "Until"), el("th", {}, "Review by")));
+  for (const [id, entry] of [...holds].sort()) {
+    const f = entry.fields;
+    holdTable.append(el("tr", {}, el("td", {}, id), el("td", {}, `${entry.type.replace("hold_", "")} ${entry.ts.slice(0, 10)}`),
+      el("td", {}, Array.isArray(f.rules) ? f.rules.join(", ") : ""), el("td", {}, f.until || "open"), el("td", {}, f.review_by || "")));
+  }
+  out.append(holds.size ? holdTable : el("p", {}, "No holds in these files."));
+
+  out.append(el("h2", {}, "Failures"));
+  const failTable = el("table", { id: "failures" }, el("tr", {}, el("th", {}, "When (UTC)"), el("th", {}, "Rule"), el("th", {}, "Status"), el("th", {}, "Reason")));
+  for (const failure of failures) {
+    failTable.append(el("tr", {}, el("td", {}, failure.ts.slice(0, 19).replace("T", " ")), el("td", {}, failure.rule),
+      el("td", {}, failure.status), el("td", {}, failure.reason)));
+  }
+  out.append(failures.length ? failTable : el("p", { id: "no-failures" }, "No failed or refused runs."));
+}
+
+async function run() {
+  const files = [...document.getElementById("files").files];
+  const box = document.getElementById("verdict");
+  const details = document.getElementById("details");
+  box.className = "working";
+  box.textContent = "checking…";
+  details.replaceChildren();
+  document.getElementById("figures").replaceChildren();
+  if (!files.length) return;
+  try {
+    const heads = parseHeads(document.getElementById("heads").value);
+    const strict = document.getElementById("strict").checked;
+    const started = performance.now();
+    const { result, entries } = await checkLog(files, KEYS, heads, strict);
+    const [kind, text] = verdict(result);
+    box.className = kind;
+    box.textContent = text;
+    box.dataset.ms = String(Math.round(performance.now() - started));
+    document.getElementById("result").textContent = JSON.stringify(result);
+    if (result.problems.length > 1) {
+      details.append(el("p", {}, `${result.problems.length} problems in all:`));
+      const list = el("ul", { id: "problems" });
+      for (const problem of result.problems.slice(0, 200)) list.append(el("li", {}, problemText(problem)));
+      details.append(list);
+    }
+    const chainOk = !result.problems.some((p) => p.kind === "chain");
+    const size = `${result.entries} entries` + (result.files.length > 1 ? ` in ${result.files.length} files` : "");
+    details.append(el("p", {}, chainOk ? `chain intact: ${size} (${result.files.join(", ")})` : `${size} before the break are intact`));
+    if (result.checkpoints) {
+      let line = `${result.checkpoints} checkpoints, the last signs entry ${result.last_checkpoint.signed_seq}`;
+      if (result.signatures_checked) line += `; ${result.valid_signatures} of ${result.checkpoints} signatures valid`;
+      details.append(el("p", {}, line));
+    }
+    for (const warning of result.warnings) details.append(el("p", { class: "warning" }, `warning: ${warning}`));
+    showFigures(entries);
+  } catch (error) {
+    box.className = "error";
+    box.textContent = `cannot check: ${error.message}`;
+  }
+}
+
+for (const id of ["files", "heads", "strict"]) document.getElementById(id).addEventListener("change", run);
+const keyList = document.getElementById("key-list");
+for (const key of KEYS) keyList.append(el("li", {}, el("code", {}, key.fingerprint)));
+if (!KEYS.length) keyList.append(el("li", {}, "none: the signatures are not checked"));
