@@ -18,15 +18,20 @@ import hashlib
 import smtplib
 import socket
 import ssl
+import threading
 from calendar import monthrange
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
 import structlog
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.triggers.interval import IntervalTrigger
 
 from retentiond import safefiles
 from retentiond.config.loader import LoadedConfig
@@ -43,6 +48,7 @@ log = structlog.get_logger()
 
 # Waits after the 1st, 2nd, 3rd failed attempt; hourly after that.
 BACKOFF = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=30), timedelta(hours=1))
+REPORTS_JOB = "reports"
 CATCH_UP = 12  # periods looked back at most: a daemon down for a year sends a year's reports
 FILE_MODE = 0o640
 MEDIA = {
@@ -454,13 +460,19 @@ class ReportDuty:
         history: ReportHistory,
         *,
         on_result: Callable[[datetime | None, int], None] | None = None,
+        on_attempt: Callable[[str, str | None], None] | None = None,
+        observers: Sequence[object] = (),
         deliver_one: Deliver = deliver,
     ) -> None:
         self.loaded = loaded
         self.audit = audit
         self.history = history
         self.attempts: dict[str, Attempts] = {}
-        self.on_result = on_result
+        self.on_result = on_result  # after each look: last delivery, periods failing
+        self.on_attempt = on_attempt  # after each attempt: the period, the error or None
+        # The daemon's monitoring: Metrics (`report_result`), Pings (`report_attempted`)
+        self.observers = list(observers)
+        self.stopping = threading.Event()
         self._deliver = deliver_one
 
     @classmethod
@@ -512,6 +524,20 @@ class ReportDuty:
         times.append(due_at(current_period(now, self.loaded.config, reports.period), reports))
         return min(times)
 
+    def look(self) -> None:
+        """The daemon's job (every minute, in a thread of its own): `tick` now; nothing it does
+        may stop the daemon or the runs."""
+        if self.stopping.is_set():
+            return
+        try:
+            self.tick(datetime.now(UTC))
+        except AuditError:
+            pass  # the daemon sees the log's failure itself and exits
+        except Exception as error:  # a bug in building the report must not stop the daemon
+            log.error(
+                "the report duty failed; it looks again in a minute", error=type(error).__name__
+            )
+
     def tick(self, now: datetime) -> None:
         """Send what is due and not waiting for its retry. Never raises for a delivery."""
         reports = self.loaded.config.reports
@@ -525,6 +551,19 @@ class ReportDuty:
             self._attempt(period, key, attempts, now)
         if self.on_result is not None:
             self.on_result(self.history.last_success, self.failing)
+        for observer in self.observers:
+            told = getattr(observer, "report_result", None)
+            if callable(told):
+                told(self.history.last_success, self.failing)
+
+    def _told(self, key: str, error: str | None) -> None:
+        if self.on_attempt is not None:
+            self.on_attempt(key, error)
+        reports = self.loaded.config.reports
+        for observer in self.observers:
+            told = getattr(observer, "report_attempted", None)
+            if callable(told):
+                told(reports.ping if reports else None, key, error)
 
     def _attempt(self, period: Period, key: str, attempts: Attempts, now: datetime) -> None:
         try:
@@ -548,10 +587,12 @@ class ReportDuty:
                 next_attempt=attempts.next_at,
             )
             self.history.read(failed)
+            self._told(key, attempts.error)
             return
         entry = record_sent(self.audit, delivery)
         self.history.read(entry)
         self.attempts.pop(key, None)
+        self._told(key, None)
         log.info(
             "report delivered",
             period=key,
@@ -559,3 +600,33 @@ class ReportDuty:
             recipients=delivery.recipients,
             sha256=delivery.documents[0].sha256,
         )
+
+
+def schedule_duty(
+    scheduler: BaseScheduler,
+    duty: ReportDuty | None,
+    loaded: LoadedConfig,
+    audit: AuditWriter,
+    observers: Sequence[object],
+) -> ReportDuty | None:
+    """The daemon's report job: a look every minute whether a period's report is due or a
+    failed one may be tried again, and one at once (the catch-up after downtime). A reload
+    keeps the duty, its attempts and what it read from the log; `reports:` removed ends it."""
+    if loaded.config.reports is None:
+        with suppress(JobLookupError):
+            scheduler.remove_job(REPORTS_JOB)
+        return None
+    if duty is not None:
+        duty.loaded = loaded
+        return duty
+    duty = ReportDuty.from_log(loaded, audit, observers=observers)
+    scheduler.add_job(
+        duty.look,
+        IntervalTrigger(minutes=1),
+        id=REPORTS_JOB,
+        name=REPORTS_JOB,
+        executor="reports",  # the daemon's second worker: runs never wait for a mail server
+        next_run_time=datetime.now(UTC),
+        replace_existing=True,
+    )
+    return duty
