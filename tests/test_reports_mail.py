@@ -390,3 +390,63 @@ def test_a_refused_login_is_told_by_its_code_only(tmp_path: Path, smtp: SmtpServ
     assert smtp.inbox.mails == []
     assert [e for e in _log_entries(loaded) if e.type == REPORT_SENT] == []
     assert read_report_history(_log_entries(loaded)).failures == {"2026-10": 1}
+
+
+def test_report_send_delivers_now_through_the_same_code(tmp_path: Path, smtp: SmtpServer) -> None:
+    from click.testing import CliRunner
+
+    from retentiond.cli.main import cli
+
+    loaded = _config(tmp_path, smtp, language="de")
+    clock = Clock(_berlin(2026, 9, 28, 3, 15))
+    _october(loaded, clock)
+    runner = CliRunner()
+    args = ["-c", str(loaded.path), "report", "--send", "--from", "2026-10-01", "--to"]
+    result = runner.invoke(cli, [*args, "2026-10-31"])
+    assert result.exit_code == 0, result.output
+    assert "report 2026-10 mailed to 2 recipient(s) and written to" in result.output
+    [mail] = smtp.inbox.mails
+    assert mail["Subject"].startswith("Löschbericht 2026-10: ")
+    [sent] = [e for e in _log_entries(loaded) if e.type == REPORT_SENT]
+    assert (sent.fields["period"], sent.fields["recipients"]) == ("2026-10", 2)
+    # The daemon would not send October again: the log says it went out
+    with audit.AuditLog(loaded.config.audit.path, clock=clock) as log:
+        ReportDuty.from_log(loaded, log).tick(_berlin(2026, 11, 1, 6, 0))
+    assert len(smtp.inbox.mails) == 1
+
+
+def test_reports_config_errors_name_their_line(tmp_path: Path) -> None:
+    from retentiond.config.loader import parse_config
+    from retentiond.errors import ConfigError
+
+    secret = tmp_path / "pw"
+    secret.write_text("x")
+    secret.chmod(0o644)
+    text = f"""\
+version: 1
+rules:
+  - name: a
+    keep: 30d
+    stores: [{{type: files, root: {tmp_path}, match: ["*.wav"]}}]
+reports:
+  period: weekly
+  at: "25:00"
+  mail:
+    to: [dpo@example.com, "Data Protection <dpo@example.com>"]
+    from: r@example.com
+    host: smtp.example.com
+    username: u
+    password_file: {secret}
+"""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "c.yaml")
+    shown = [str(problem) for problem in caught.value.problems]
+    assert any(line.startswith("c.yaml:7: reports.period") for line in shown), shown
+    assert any(line.startswith("c.yaml:8: reports.at") for line in shown), shown
+    assert any(line.startswith("c.yaml:10: reports.mail.to.1") for line in shown), shown
+    text = text.replace("weekly", "monthly").replace('"25:00"', '"06:00"')
+    text = text.replace(', "Data Protection <dpo@example.com>"', "")
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "c.yaml")
+    [problem] = caught.value.problems
+    assert str(problem).startswith("c.yaml:14: reports.mail.password_file: the SMTP password")

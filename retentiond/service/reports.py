@@ -67,8 +67,11 @@ class DeliveryError(RetentiondError):
 
 
 def period_key(period: Period, kind: str) -> str:
-    """`2026-11` for a month, `2026-Q4` for a quarter: the name in file names and the log."""
+    """`2026-11` for a month, `2026-Q4` for a quarter: the name in file names and the log;
+    `2026-10-03_2026-10-20` for any other span (`report --send --from --to`)."""
     first = period.first_day
+    if _period_starting(_start_of(first, kind), kind, period.zone) != period:
+        return f"{first.isoformat()}_{period.last_day.isoformat()}"
     if kind == "quarterly":
         return f"{first.year}-Q{(first.month - 1) // 3 + 1}"
     return f"{first.year}-{first.month:02d}"
