@@ -26,9 +26,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from prometheus_client import generate_latest
 
+from retentiond.cli.status import status_text
 from retentiond.config.loader import LoadedConfig, load_config
 from retentiond.engine.engine import Engine
-from retentiond.engine.status import read_report_history
+from retentiond.engine.status import compute, read_report_history
 from retentiond.evidence import log as audit
 from retentiond.service.metrics import Metrics
 from retentiond.service.reports import (
@@ -359,6 +360,8 @@ def test_a_server_that_is_down_is_retried_with_backoff_and_shown(
         assert state.failures == {"2026-10": 2}
         exposition = generate_latest(metrics.registry).decode()
         assert "retentiond_report_failures 1.0" in exposition
+        shown = status_text(compute(loaded, now=clock.now))
+        assert "FAILING: 2026-10 (2 failed attempts), last: cannot reach the SMTP" in shown
 
         smtp.start()
         clock.now = due + timedelta(minutes=6)
@@ -367,6 +370,9 @@ def test_a_server_that_is_down_is_retried_with_backoff_and_shown(
     state = read_report_history(_log_entries(loaded))
     assert state.failures == {}
     assert state.last_period == "2026-10"
+    shown = status_text(compute(loaded, now=clock.now))
+    assert "reports: last sent 2026-10 at 2026-11-01 06:06" in shown
+    assert "FAILING" not in shown
     exposition = generate_latest(metrics.registry).decode()
     assert "retentiond_report_failures 0.0" in exposition
     [success] = [
