@@ -456,3 +456,76 @@ reports:
         parse_config(text, "c.yaml")
     [problem] = caught.value.problems
     assert str(problem).startswith("c.yaml:14: reports.mail.password_file: the SMTP password")
+
+
+def test_the_daemon_catches_up_at_start_and_sends_each_period_once(
+    tmp_path: Path, smtp: SmtpServer
+) -> None:
+    """The real `retentiond run` on the real clock: a log that began about 70 days ago, and a
+    daemon that was down since; every finished month the log saw goes out at start, once, and
+    a restart sends nothing again. `at: 00:00` so the last month is due whatever today is."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from retentiond.service.reports import last_finished, period_key
+
+    loaded = _config(tmp_path, smtp)
+    text = loaded.path.read_text().replace('at: "06:00"', 'at: "00:00"')
+    loaded.path.write_text(text)
+    loaded = load_config(loaded.path)
+    began = datetime.now(UTC) - timedelta(days=70)
+    clock = Clock(began)
+    _run_daily(loaded, clock, [began.date() + timedelta(days=n) for n in range(0, 60, 7)])
+    assert loaded.config.reports is not None
+    last = period_key(last_finished(datetime.now(UTC), loaded.config, "monthly"), "monthly")
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+
+    def sent() -> list[str]:
+        return [str(e.fields["period"]) for e in _log_entries(loaded) if e.type == REPORT_SENT]
+
+    def daemon(log_file: Path) -> subprocess.Popen[bytes]:
+        with log_file.open("ab") as stderr:
+            return subprocess.Popen(
+                [sys.executable, "-m", "retentiond", "-c", str(loaded.path), "run"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env=env,
+            )
+
+    def wait_for(condition: Any, seconds: float = 60) -> None:
+        deadline = time.monotonic() + seconds
+        while not condition():
+            assert time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()
+            time.sleep(0.1)
+
+    process = daemon(tmp_path / "daemon.log")
+    try:
+        wait_for(lambda: last in sent())
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    first = sent()
+    assert first[-1] == last and len(first) == len(set(first)) in (2, 3)
+    assert len(smtp.inbox.mails) == len(first)
+    assert [m["Subject"].split(":")[0] for m in smtp.inbox.mails] == [
+        f"Deletion report {key}" for key in first
+    ]
+
+    process = daemon(tmp_path / "daemon.log")
+    try:
+        wait_for(
+            lambda: (
+                "daemon started"
+                in (tmp_path / "daemon.log").read_text().split("daemon stopped")[-1]
+            )
+        )
+        time.sleep(2)  # the duty looks at once at start
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    assert sent() == first
+    assert len(smtp.inbox.mails) == len(first)
