@@ -529,3 +529,40 @@ def test_the_daemon_catches_up_at_start_and_sends_each_period_once(
         assert process.wait(timeout=30) == 0
     assert sent() == first
     assert len(smtp.inbox.mails) == len(first)
+
+
+def test_without_weasyprint_the_mail_carries_html_and_says_so(
+    tmp_path: Path, smtp: SmtpServer
+) -> None:
+    """A host without WeasyPrint: a `weasyprint` that cannot be imported comes first on the
+    path of a real `retentiond report --send` process, as on a host where it is missing."""
+    import os
+    import subprocess
+    import sys
+
+    loaded = _config(tmp_path, smtp)
+    clock = Clock(_berlin(2026, 9, 28, 3, 15))
+    _october(loaded, clock)
+    shadow = tmp_path / "no-weasyprint"
+    shadow.mkdir()
+    (shadow / "weasyprint.py").write_text("raise ImportError('No module named weasyprint')\n")
+    env = {k: v for k, v in os.environ.items() if k != "RETENTIOND_CONFIG"}
+    env["PYTHONPATH"] = str(shadow)
+    period = ["--from", "2026-10-01", "--to", "2026-10-31"]
+    result = subprocess.run(
+        [sys.executable, "-m", "retentiond", "-c", str(loaded.path), "report", "--send", *period],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "(HTML: no PDF can be made here)" in result.stdout
+    [mail] = smtp.inbox.mails
+    [attachment] = list(mail.iter_attachments())
+    assert attachment.get_filename() == "retentiond-report-2026-10.html"
+    assert attachment.get_content_type() == "text/html"
+    assert "A PDF could not be made on this system" in _text(mail)
+    [sent] = [e for e in _log_entries(loaded) if e.type == REPORT_SENT]
+    assert sent.fields["formats"] == ["html"] and sent.fields["pdf_missing"] is True
