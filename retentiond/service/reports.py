@@ -14,10 +14,17 @@ never repeated.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
+import os
+import pickle
+import signal
 import smtplib
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from calendar import monthrange
 from collections.abc import Callable, Iterable, Sequence
@@ -27,21 +34,24 @@ from datetime import UTC, date, datetime, time, timedelta
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from retentiond import safefiles
+from retentiond import logs, safefiles
 from retentiond.config.loader import LoadedConfig
 from retentiond.config.model import Config, MailConfig, ReportsConfig
 from retentiond.credentials import CredentialError, read_secret
 from retentiond.engine.status import REPORT_FAILED, REPORT_SENT, ReportHistory, read_report_history
 from retentiond.errors import AuditError, RetentiondError
-from retentiond.evidence.log import AuditWriter, Entry, read_entries
-from retentiond.evidence.report import build, render, residual
-from retentiond.evidence.report.values import Period, Report
+from retentiond.evidence.log import AuditWriter, Entry, json_safe, read_entries
+from retentiond.evidence.report.values import Period
+
+if TYPE_CHECKING:
+    from retentiond.evidence.report.values import Report
 from retentiond.policy.rules import earliest_instant
 
 log = structlog.get_logger()
@@ -49,6 +59,8 @@ log = structlog.get_logger()
 # Waits after the 1st, 2nd, 3rd failed attempt; hourly after that.
 BACKOFF = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=30), timedelta(hours=1))
 REPORTS_JOB = "reports"
+CHILD_TIMEOUT = 600  # seconds to build the report, besides the mail's own timeouts
+_NOT_INHERITED = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 CATCH_UP = 12  # periods looked back at most: a daemon down for a year sends a year's reports
 FILE_MODE = 0o640
 MEDIA = {
@@ -164,6 +176,8 @@ class Delivery:
 
 def documents(report: Report, key: str, formats: Sequence[str]) -> tuple[list[Document], bool]:
     """The report in each format; a PDF that cannot be made becomes HTML (and says so)."""
+    from retentiond.evidence.report import render  # in the child only: templates, WeasyPrint
+
     made: list[Document] = []
     pdf_missing = False
     for form in formats:
@@ -192,6 +206,8 @@ def deliver(loaded: LoadedConfig, period: Period, now: datetime) -> Delivery:
     reports = loaded.config.reports
     if reports is None:
         raise RetentiondError("the config has no reports: section; say where reports go there")
+    from retentiond.evidence.report import build, residual
+
     key = period_key(period, reports.period)
     config = loaded.config
     built = build.build_report(
@@ -446,7 +462,75 @@ def backoff(count: int) -> timedelta:
     return BACKOFF[min(count, len(BACKOFF)) - 1]
 
 
-Deliver = Callable[[LoadedConfig, Period, datetime], Delivery]
+# Builds and delivers one period's report; the fields of its `report_sent` entry
+Deliver = Callable[[LoadedConfig, Period, datetime], dict[str, Any]]
+
+
+def deliver_in_child(loaded: LoadedConfig, period: Period, now: datetime) -> dict[str, Any]:
+    """`deliver` in a process of its own, as runs are (service/runner.py): the report's
+    templates and WeasyPrint (tens of MiB) never stay in the daemon, and a crash while building
+    fails this attempt only. The child writes nothing to the log; the daemon records it."""
+    reports = loaded.config.reports
+    timeout = CHILD_TIMEOUT + (6 * reports.mail.timeout if reports and reports.mail else 0)
+    task = {
+        "loaded": base64.b64encode(pickle.dumps(loaded)).decode("ascii"),
+        "first_day": period.first_day.isoformat(),
+        "last_day": period.last_day.isoformat(),
+        "now": now.isoformat(),
+    }
+    environment = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
+    try:
+        child = subprocess.run(
+            [sys.executable, "-P", "-m", "retentiond.service.reports"],
+            input=json.dumps(task).encode(),
+            stdout=subprocess.PIPE,
+            env=environment,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise DeliveryError(f"building and sending the report took over {timeout:.0f} s") from None
+    except OSError as error:
+        raise DeliveryError(
+            f"cannot start the process that builds the report ({error.strerror or error})"
+        ) from None
+    try:
+        answer = json.loads(child.stdout.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise DeliveryError(
+            f"the process that builds the report ended without a result (exit {child.returncode})"
+        ) from None
+    if "error" in answer:
+        raise DeliveryError(str(answer["error"]))
+    fields = answer["fields"]
+    assert isinstance(fields, dict)
+    return fields
+
+
+def main() -> int:
+    """The child of `deliver_in_child`: the task on stdin, one JSON line on stdout."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the daemon's business
+    task = json.loads(sys.stdin.read())
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # whatever a library prints goes to stderr, never into the answer
+    logs.configure(quiet=True)
+    loaded = pickle.loads(base64.b64decode(task["loaded"]))  # noqa: S301 - from the daemon
+    assert isinstance(loaded, LoadedConfig)
+    period = Period(
+        date.fromisoformat(task["first_day"]),
+        date.fromisoformat(task["last_day"]),
+        loaded.config.zone(),
+    )
+    try:
+        delivery = deliver(loaded, period, datetime.fromisoformat(task["now"]))
+        answer: dict[str, Any] = {"fields": json_safe(delivery.log_fields(), "report_sent")}
+    except RetentiondError as error:
+        answer = {"error": str(error)}
+    except Exception as error:  # a bug: the type only, its text may name anything
+        answer = {"error": f"building the report failed ({type(error).__name__})"}
+    out.write(json.dumps(answer) + "\n")
+    out.flush()
+    return 0
 
 
 class ReportDuty:
@@ -465,7 +549,7 @@ class ReportDuty:
         on_result: Callable[[datetime | None, int], None] | None = None,
         on_attempt: Callable[[str, str | None], None] | None = None,
         observers: Sequence[object] = (),
-        deliver_one: Deliver = deliver,
+        deliver_one: Deliver = deliver_in_child,
     ) -> None:
         self.loaded = loaded
         self.audit = audit
@@ -570,7 +654,7 @@ class ReportDuty:
 
     def _attempt(self, period: Period, key: str, attempts: Attempts, now: datetime) -> None:
         try:
-            delivery = self._deliver(self.loaded, period, now)
+            fields = self._deliver(self.loaded, period, now)
         except RetentiondError as error:  # DeliveryError, or a report that cannot be built
             attempts.count += 1
             attempts.error = str(error)
@@ -592,16 +676,16 @@ class ReportDuty:
             self.history.read(failed)
             self._told(key, attempts.error)
             return
-        entry = record_sent(self.audit, delivery)
+        entry = self.audit.append(REPORT_SENT, **fields)
         self.history.read(entry)
         self.attempts.pop(key, None)
         self._told(key, None)
         log.info(
             "report delivered",
             period=key,
-            formats=[d.form for d in delivery.documents],
-            recipients=delivery.recipients,
-            sha256=delivery.documents[0].sha256,
+            formats=fields["formats"],
+            recipients=fields["recipients"],
+            sha256=fields["sha256"],
         )
 
 
@@ -633,3 +717,7 @@ def schedule_duty(
         replace_existing=True,
     )
     return duty
+
+
+if __name__ == "__main__":
+    sys.exit(main())
