@@ -5,10 +5,16 @@ duty is told what time it is, the log stamps its entries with the same clock."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 import json
+import os
+import signal
 import socket
 import ssl
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -16,26 +22,32 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword
+from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from prometheus_client import generate_latest
 
+from retentiond.cli.main import cli
 from retentiond.cli.status import status_text
-from retentiond.config.loader import LoadedConfig, load_config
+from retentiond.config.loader import LoadedConfig, load_config, parse_config
 from retentiond.engine.engine import Engine
 from retentiond.engine.status import compute, read_report_history
+from retentiond.errors import ConfigError
 from retentiond.evidence import log as audit
 from retentiond.service.metrics import Metrics
 from retentiond.service.reports import (
     REPORT_FAILED,
     REPORT_SENT,
     ReportDuty,
+    last_finished,
+    period_key,
 )
 
 USER, PASSWORD = "retentiond", "s3cret-for-smtp"
@@ -204,7 +216,6 @@ reports:
 
 
 def _berlin(*args: int) -> datetime:
-    from zoneinfo import ZoneInfo
 
     return datetime(*args, tzinfo=ZoneInfo("Europe/Berlin")).astimezone(UTC)  # type: ignore[misc]
 
@@ -280,8 +291,6 @@ def test_a_finished_month_arrives_once_by_mail_and_in_the_folder(
         sent.fields["chain_head_hash"]
     ]
     # The report's SHA-256 is the attachment's, and the folder holds the same file
-    import hashlib
-
     assert sent.fields["sha256"] == hashlib.sha256(content).hexdigest()
     assert (tmp_path / "reports" / "retentiond-report-2026-10.pdf").read_bytes() == content
     # No address anywhere in the log
@@ -399,10 +408,6 @@ def test_a_refused_login_is_told_by_its_code_only(tmp_path: Path, smtp: SmtpServ
 
 
 def test_report_send_delivers_now_through_the_same_code(tmp_path: Path, smtp: SmtpServer) -> None:
-    from click.testing import CliRunner
-
-    from retentiond.cli.main import cli
-
     loaded = _config(tmp_path, smtp, language="de")
     clock = Clock(_berlin(2026, 9, 28, 3, 15))
     _october(loaded, clock)
@@ -422,9 +427,6 @@ def test_report_send_delivers_now_through_the_same_code(tmp_path: Path, smtp: Sm
 
 
 def test_reports_config_errors_name_their_line(tmp_path: Path) -> None:
-    from retentiond.config.loader import parse_config
-    from retentiond.errors import ConfigError
-
     secret = tmp_path / "pw"
     secret.write_text("x")
     secret.chmod(0o644)
@@ -464,13 +466,6 @@ def test_the_daemon_catches_up_at_start_and_sends_each_period_once(
     """The real `retentiond run` on the real clock: a log that began about 70 days ago, and a
     daemon that was down since; every finished month the log saw goes out at start, once, and
     a restart sends nothing again. `at: 00:00` so the last month is due whatever today is."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from retentiond.service.reports import last_finished, period_key
 
     loaded = _config(tmp_path, smtp)
     text = loaded.path.read_text().replace('at: "06:00"', 'at: "00:00"')
@@ -536,9 +531,6 @@ def test_without_weasyprint_the_mail_carries_html_and_says_so(
 ) -> None:
     """A host without WeasyPrint: a `weasyprint` that cannot be imported comes first on the
     path of a real `retentiond report --send` process, as on a host where it is missing."""
-    import os
-    import subprocess
-    import sys
 
     loaded = _config(tmp_path, smtp)
     clock = Clock(_berlin(2026, 9, 28, 3, 15))

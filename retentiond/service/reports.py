@@ -1,8 +1,10 @@
 """The DPO report that arrives by itself: built after each period, written to a folder and/or
 mailed, recorded in the deletion log as `report_sent`.
 
-`ReportDuty.tick(now)` is all the daemon calls (from a thread of its own, so a slow SMTP server
-never holds up a run); `retentiond report --send` calls `deliver` and `record_sent` directly.
+`ReportDuty.tick(now)` is all the daemon calls (from a worker of its own, so a slow SMTP server
+never holds up a run); each attempt builds and sends in a child process (`deliver_in_child`, this
+module's `main`) and the daemon records the result. `retentiond report --send` calls `deliver`
+and `record_sent` directly.
 Whether a period's report went out is read from the log itself (`report_sent`), so it goes out
 once per period whatever restarts happen in between; a failed attempt is logged as
 `report_failed` (fixed wording, SMTP codes only) and tried again after `BACKOFF`.
