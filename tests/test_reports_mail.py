@@ -558,3 +558,52 @@ def test_without_weasyprint_the_mail_carries_html_and_says_so(
     assert "A PDF could not be made on this system" in _text(mail)
     [sent] = [e for e in _log_entries(loaded) if e.type == REPORT_SENT]
     assert sent.fields["formats"] == ["html"] and sent.fields["pdf_missing"] is True
+
+
+def test_pings_tell_monitoring_of_a_failed_and_then_a_delivered_report(
+    tmp_path: Path, smtp: SmtpServer
+) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from retentiond.service.pings import Pings
+
+    received: list[tuple[str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            received.append((self.path, self.rfile.read(length).decode()))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    monitor = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=monitor.serve_forever, args=(0.05,), daemon=True).start()
+    base = f"http://127.0.0.1:{monitor.server_address[1]}/reports"
+    loaded = _config(tmp_path, smtp)
+    loaded.path.write_text(loaded.path.read_text() + f"  ping: {base}\n")
+    loaded = load_config(loaded.path)
+    clock = Clock(_berlin(2026, 9, 28, 3, 15))
+    _october(loaded, clock)
+    smtp.stop()
+    pings = Pings()
+    try:
+        with audit.AuditLog(loaded.config.audit.path, clock=clock) as log:
+            duty = ReportDuty.from_log(loaded, log, observers=[pings])
+            clock.now = _berlin(2026, 11, 1, 6, 0)
+            duty.tick(clock.now)
+            smtp.start()
+            clock.now += timedelta(minutes=1)
+            duty.tick(clock.now)
+        assert pings.close(10)
+    finally:
+        monitor.shutdown()
+        monitor.server_close()
+    assert [path for path, _ in received] == ["/reports/fail", "/reports"]
+    assert received[0][1].startswith("report 2026-10: failed: cannot reach the SMTP server")
+    assert received[1][1] == "report 2026-10: delivered"
+    assert not any(address in body for _, body in received for address in RECIPIENTS)
