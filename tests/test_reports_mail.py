@@ -9,6 +9,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -607,3 +608,62 @@ def test_pings_tell_monitoring_of_a_failed_and_then_a_delivered_report(
     assert received[0][1].startswith("report 2026-10: failed: cannot reach the SMTP server")
     assert received[1][1] == "report 2026-10: delivered"
     assert not any(address in body for _, body in received for address in RECIPIENTS)
+
+
+def test_no_personal_data_of_the_demo_pbx_in_the_mail_or_its_attachments(
+    tmp_path: Path, smtp: SmtpServer
+) -> None:
+    """The demo PBX (numbers, names, recording file names) after a real run: subject, body and
+    every attachment carry none of its personal data, nor does the log entry an address."""
+    import sqlite3
+
+    from privacy import leaked
+
+    from retentiond import demo
+
+    now = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
+    config = demo.build(tmp_path / "demo", now=now)
+    with sqlite3.connect(config.parent / "pbx" / "master.db") as db:
+        rows = db.execute("SELECT src, dst, clid, uniqueid, recordingfile FROM cdr").fetchall()
+    db.close()
+    personal = {str(v) for row in rows for v in row if v}
+    personal |= {p.name for p in (config.parent / "pbx" / "monitor").rglob("*.wav")}
+    secret = tmp_path / "smtp.password"
+    secret.write_text(PASSWORD)
+    secret.chmod(0o600)
+    config.write_text(
+        config.read_text()
+        + f"""
+reports:
+  formats: [pdf, csv, json]
+  mail:
+    to: [{", ".join(RECIPIENTS)}]
+    from: retentiond@pbx.example.com
+    host: 127.0.0.1
+    port: {smtp.port}
+    username: {USER}
+    password_file: {secret}
+    ca_file: {smtp.cert}
+"""
+    )
+    loaded = load_config(config)
+    clock = Clock(now)
+    with audit.AuditLog(audit.log_path(loaded.config), clock=clock) as log:
+        for rule in loaded.config.rules:
+            Engine(loaded, now=clock).run(rule, log)
+        clock.now = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+        ReportDuty.from_log(loaded, log).tick(clock.now)
+    [mail] = smtp.inbox.mails
+    attachments = {a.get_filename(): a.get_content() for a in mail.iter_attachments()}
+    assert sorted(attachments) == [
+        "retentiond-report-2026-11.csv",
+        "retentiond-report-2026-11.json",
+        "retentiond-report-2026-11.pdf",
+    ]
+    deleted = re.search(r"Deleted in the period: (\d+) objects", _text(mail))
+    assert deleted is not None and int(deleted.group(1)) > 0  # the run deleted the demo's old data
+    texts = [str(mail["Subject"]), _text(mail), attachments["retentiond-report-2026-11.csv"]]
+    found = leaked(personal, texts=texts, documents=[attachments["retentiond-report-2026-11.json"]])
+    assert found == []
+    log_text = audit.log_path(loaded.config).read_text()
+    assert not any(address in log_text for address in RECIPIENTS)
