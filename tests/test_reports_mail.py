@@ -667,3 +667,63 @@ reports:
     assert found == []
     log_text = audit.log_path(loaded.config).read_text()
     assert not any(address in log_text for address in RECIPIENTS)
+
+
+def test_a_mail_server_that_never_answers_holds_up_neither_runs_nor_the_stop(
+    tmp_path: Path, smtp: SmtpServer
+) -> None:
+    """A server that accepts the connection and then says nothing: the daemon's rule still
+    runs, SIGTERM still stops it at once, and the cut attempt is not recorded as failed (the
+    next start tries again)."""
+    loaded = _config(tmp_path, smtp)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(5)
+    port = silent.getsockname()[1]
+    text = loaded.path.read_text().replace(f"port: {smtp.port}", f"port: {port}")
+    loaded.path.write_text(
+        text.replace('at: "06:00"', 'at: "00:00"').replace("timeout: 10", "timeout: 120")
+    )
+    loaded = load_config(loaded.path)
+    began = datetime.now(UTC) - timedelta(days=70)
+    clock = Clock(began)
+    _run_daily(loaded, clock, [began.date() + timedelta(days=n) for n in range(0, 60, 7)])
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    log_file = tmp_path / "daemon.log"
+    try:
+        with log_file.open("ab") as stderr:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "retentiond", "-c", str(loaded.path), "run"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env=env,
+            )
+        try:
+            deadline = time.monotonic() + 60
+            # The catch-up run of the rule ends although the report's attempt hangs
+            while not any(
+                e.type == "run_finished" and _instant(e.ts) > began + timedelta(days=69)
+                for e in _log_entries(loaded)
+            ):
+                assert time.monotonic() < deadline, log_file.read_text()
+                time.sleep(0.1)
+            silent.settimeout(30)
+            connection, _ = silent.accept()  # the attempt has connected, awaits the greeting
+            stopped = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+            assert time.monotonic() - stopped < 10
+            connection.close()
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    finally:
+        silent.close()
+    types = [e.type for e in _log_entries(loaded)]
+    assert REPORT_SENT not in types and REPORT_FAILED not in types
+
+
+def _instant(text: str) -> datetime:
+    return datetime.fromisoformat(text)

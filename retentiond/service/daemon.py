@@ -143,7 +143,7 @@ class Daemon:
                 notify("STOPPING=1")
                 self.stop.set()
                 if self.reports is not None:
-                    self.reports.stopping.set()
+                    self.reports.stop()
                 self._stop_child()
                 if watcher is not None:
                     watcher.stop()

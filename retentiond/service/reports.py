@@ -468,10 +468,16 @@ def backoff(count: int) -> timedelta:
 Deliver = Callable[[LoadedConfig, Period, datetime], dict[str, Any]]
 
 
-def deliver_in_child(loaded: LoadedConfig, period: Period, now: datetime) -> dict[str, Any]:
+def deliver_in_child(
+    loaded: LoadedConfig,
+    period: Period,
+    now: datetime,
+    started: Callable[[subprocess.Popen[bytes] | None], None] | None = None,
+) -> dict[str, Any]:
     """`deliver` in a process of its own, as runs are (service/runner.py): the report's
     templates and WeasyPrint (tens of MiB) never stay in the daemon, and a crash while building
-    fails this attempt only. The child writes nothing to the log; the daemon records it."""
+    fails this attempt only. The child writes nothing to the log; the daemon records it.
+    `started` is given the child (and None once it ended), for a stopping daemon to end it."""
     reports = loaded.config.reports
     timeout = CHILD_TIMEOUT + (6 * reports.mail.timeout if reports and reports.mail else 0)
     task = {
@@ -482,22 +488,29 @@ def deliver_in_child(loaded: LoadedConfig, period: Period, now: datetime) -> dic
     }
     environment = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
     try:
-        child = subprocess.run(
+        child = subprocess.Popen(
             [sys.executable, "-P", "-m", "retentiond.service.reports"],
-            input=json.dumps(task).encode(),
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=environment,
-            timeout=timeout,
-            check=False,
         )
-    except subprocess.TimeoutExpired:
-        raise DeliveryError(f"building and sending the report took over {timeout:.0f} s") from None
     except OSError as error:
         raise DeliveryError(
             f"cannot start the process that builds the report ({error.strerror or error})"
         ) from None
+    if started is not None:
+        started(child)
     try:
-        answer = json.loads(child.stdout.decode().strip().splitlines()[-1])
+        output, _ = child.communicate(json.dumps(task).encode(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+        raise DeliveryError(f"building and sending the report took over {timeout:.0f} s") from None
+    finally:
+        if started is not None:
+            started(None)
+    try:
+        answer = json.loads(output.decode().strip().splitlines()[-1])
     except (ValueError, IndexError):
         raise DeliveryError(
             f"the process that builds the report ended without a result (exit {child.returncode})"
@@ -551,7 +564,7 @@ class ReportDuty:
         on_result: Callable[[datetime | None, int], None] | None = None,
         on_attempt: Callable[[str, str | None], None] | None = None,
         observers: Sequence[object] = (),
-        deliver_one: Deliver = deliver_in_child,
+        deliver_one: Deliver | None = None,
     ) -> None:
         self.loaded = loaded
         self.audit = audit
@@ -562,7 +575,9 @@ class ReportDuty:
         # The daemon's monitoring: Metrics (`report_result`), Pings (`report_attempted`)
         self.observers = list(observers)
         self.stopping = threading.Event()
-        self._deliver = deliver_one
+        self._deliver = deliver_one or self._deliver_in_child
+        self._child: subprocess.Popen[bytes] | None = None
+        self._child_lock = threading.Lock()
 
     @classmethod
     def from_log(cls, loaded: LoadedConfig, audit: AuditWriter, **options: object) -> ReportDuty:
@@ -613,6 +628,25 @@ class ReportDuty:
         times.append(due_at(current_period(now, self.loaded.config, reports.period), reports))
         return min(times)
 
+    def stop(self) -> None:
+        """The daemon stops: no new attempt, and one in progress ends now (it is retried at the
+        next start, as nothing was recorded)."""
+        self.stopping.set()
+        with self._child_lock:
+            if self._child is not None:
+                self._child.kill()
+
+    def _deliver_in_child(
+        self, loaded: LoadedConfig, period: Period, now: datetime
+    ) -> dict[str, Any]:
+        def started(child: subprocess.Popen[bytes] | None) -> None:
+            with self._child_lock:
+                self._child = child
+                if child is not None and self.stopping.is_set():
+                    child.kill()
+
+        return deliver_in_child(loaded, period, now, started)
+
     def look(self) -> None:
         """The daemon's job (every minute, in a thread of its own): `tick` now; nothing it does
         may stop the daemon or the runs."""
@@ -658,6 +692,8 @@ class ReportDuty:
         try:
             fields = self._deliver(self.loaded, period, now)
         except RetentiondError as error:  # DeliveryError, or a report that cannot be built
+            if self.stopping.is_set():
+                return  # ended by the daemon's stop: tried again at its next start
             attempts.count += 1
             attempts.error = str(error)
             attempts.next_at = now + backoff(attempts.count)
