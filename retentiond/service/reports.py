@@ -47,7 +47,7 @@ from retentiond import logs, safefiles
 from retentiond.config.loader import LoadedConfig
 from retentiond.config.model import Config, MailConfig, ReportsConfig
 from retentiond.credentials import CredentialError, read_secret
-from retentiond.engine.status import REPORT_FAILED, REPORT_SENT, ReportHistory, read_report_history
+from retentiond.engine.status import REPORT_FAILED, REPORT_SENT, ReportHistory
 from retentiond.errors import AuditError, RetentiondError
 from retentiond.evidence.log import AuditWriter, Entry, json_safe, read_entries
 from retentiond.evidence.report.values import Period
@@ -581,12 +581,14 @@ class ReportDuty:
 
     @classmethod
     def from_log(cls, loaded: LoadedConfig, audit: AuditWriter, **options: object) -> ReportDuty:
+        history = ReportHistory()
         try:
-            history = read_report_history(read_entries(audit.path))
+            for entry in read_entries(audit.path):
+                history.read(entry)
         except AuditError as error:
-            # An unreadable log: nothing is known sent; better a report twice than never
-            log.warning("report history unreadable from the log", reason=str(error))
-            history = ReportHistory()
+            # What was read before the break counts: a report may go out twice, never silently
+            # not at all for a period the log shows it saw
+            log.warning("report history read from part of the log", reason=str(error))
         return cls(loaded, audit, history, **options)  # type: ignore[arg-type]
 
     def due(self, now: datetime) -> list[Period]:
