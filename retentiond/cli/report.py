@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import socket
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
 from retentiond.config.loader import LoadedConfig, config_path, load_config
 from retentiond.errors import RetentiondError
+from retentiond.evidence import log as audit
 from retentiond.evidence.report import build, render, residual
 from retentiond.evidence.report.values import Period
+from retentiond.service import reports
 
 REPORT_FORMATS = ("html", "pdf", "csv", "json")
 RULES_FORMATS = ("md", "html")
@@ -73,6 +75,12 @@ def _loaded(ctx: click.Context) -> LoadedConfig:
     is_flag=True,
     help="Only the rule catalogue (deletion concept), for the record of processing.",
 )
+@click.option(
+    "--send",
+    is_flag=True,
+    help="Deliver it now as `reports:` in the config says (folder, mail) and record "
+    "report_sent in the log; default period: the last finished one.",
+)
 @click.pass_context
 def report(
     ctx: click.Context,
@@ -82,6 +90,7 @@ def report(
     output: Path | None,
     logs: tuple[Path, ...],
     rules_only: bool,
+    send: bool,
 ) -> None:
     """The DPO report for a period: rules, compliance, deletions, failures, residual copies and
     the log's chain head. Counts, dates, rule names, store labels and hashes only.
@@ -89,7 +98,16 @@ def report(
     \b
     retentiond report --from 2026-07-01 --to 2026-09-30 --format pdf -o q3.pdf
     retentiond report --rules --format md      # the rule catalogue for the Art. 30 record
+    retentiond report --send                   # deliver last month's (quarter's) report now
     """
+    if send:
+        if rules_only or form or output or logs:
+            raise click.UsageError(
+                "--send delivers what `reports:` in the config says: "
+                "no --rules, --format, -o or --log"
+            )
+        _send(_loaded(ctx), first_day, last_day)
+        return
     if rules_only:
         if first_day or last_day or logs:
             raise click.UsageError("--rules prints the rule catalogue only: no --from, --to, --log")
@@ -150,3 +168,30 @@ def _write(output: Path, content: bytes) -> None:
     except OSError as error:
         raise RetentiondError(f"cannot write {output}: {error.strerror or error}") from None
     click.echo(f"wrote {output}", err=True)
+
+
+def _send(loaded: LoadedConfig, first_day: datetime | None, last_day: datetime | None) -> None:
+    """One report now, through the daemon's own delivery code, recorded as report_sent."""
+    config = loaded.config
+    if config.reports is None:
+        raise click.UsageError("the config has no reports: section saying where reports go")
+    now = datetime.now(UTC)
+    if (first_day is None) != (last_day is None):
+        raise click.UsageError("give both --from and --to, or neither (the last finished period)")
+    if first_day is not None and last_day is not None:
+        if last_day < first_day:
+            raise click.BadParameter("the period ends before it begins", param_hint="--to")
+        period = Period(first_day.date(), last_day.date(), config.zone())
+    else:
+        period = reports.last_finished(now, config, config.reports.period)
+    # The log first: while the daemon holds it this refuses, before anything is sent
+    with audit.open_log(config) as log:
+        delivery = reports.deliver(loaded, period, now)
+        reports.record_sent(log, delivery)
+    where = []
+    if delivery.recipients:
+        where.append(f"mailed to {delivery.recipients} recipient(s)")
+    if delivery.folder:
+        where.append(f"written to {config.reports.folder}")
+    note = " (HTML: no PDF can be made here)" if delivery.pdf_missing else ""
+    click.echo(f"report {delivery.key} {' and '.join(where)}{note}; recorded as report_sent")

@@ -19,6 +19,7 @@ from retentiond.cli.output import local_time
 from retentiond.engine.status import (
     NO_HOLDS_LINE,
     HoldStatus,
+    ReportHistory,
     RuleStatus,
     RunRecord,
     Status,
@@ -53,7 +54,30 @@ def status_json(result: Status) -> dict[str, Any]:
         "exit_code": result.exit_code,
         "audit_log": {"path": str(result.audit_path), "problem": result.audit_problem},
         "rules": [_rule_json(r) for r in result.rules],
+        "reports": None if result.reports is None else _reports_json(result.reports),
     }
+
+
+def _reports_json(reports: ReportHistory) -> dict[str, Any]:
+    return {
+        "last_sent": _iso(reports.last_success),
+        "last_period": reports.last_period,
+        "failing": dict(reports.failures),
+        "last_error": reports.last_error if reports.failures else None,
+    }
+
+
+def _reports_line(reports: ReportHistory, zone: tzinfo) -> str:
+    """`reports: last sent 2026-11 at ...; FAILING: 2026-12 (3 attempts: <fixed wording>)`."""
+    if reports.last_success is None:
+        line = "reports: none sent yet"
+    else:
+        when = local_time(reports.last_success, zone)
+        line = f"reports: last sent {reports.last_period} at {when}"
+    if reports.failures:
+        failing = ", ".join(f"{key} ({n} failed attempts)" for key, n in reports.failures.items())
+        line += f"; FAILING: {failing}, last: {reports.last_error}; the daemon retries"
+    return line
 
 
 def _rule_json(r: RuleStatus) -> dict[str, Any]:
@@ -146,6 +170,8 @@ def status_text(result: Status) -> str:
     lines.append("")
     if result.audit_problem:
         lines.append(f"deletion log {result.audit_path}: PROBLEM: {result.audit_problem}")
+    if result.reports is not None:
+        lines.append(_reports_line(result.reports, zone))
     lines.append(f"overall: {result.verdict.upper()} (exit {result.exit_code})")
     return "\n".join(lines) + "\n"
 

@@ -259,6 +259,12 @@ def _secret_problems(name: str, tree: CommentedMap, config: Config) -> list[Conf
             loc = ("connections", connection, "password_file")
             path, line = _locate(tree, loc)
             problems.append(ConfigProblem(name, line, ".".join(map(str, path)), problem))
+    mail = config.reports.mail if config.reports else None
+    if mail is not None and mail.password_file is not None:
+        problem = secret_file_problem(mail.password_file, "the SMTP password file")
+        if problem is not None:
+            path, line = _locate(tree, ("reports", "mail", "password_file"))
+            problems.append(ConfigProblem(name, line, ".".join(map(str, path)), problem))
     return problems
 
 

@@ -571,6 +571,86 @@ class MonitoringConfig(Strict):
     ping_timeout: Annotated[float, Field(gt=0, le=120)] = 10
 
 
+_HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+
+
+def _clock_time(value: Any) -> str:
+    if not isinstance(value, str) or not _HHMM.match(value.strip()):
+        raise ValueError(f"{value!r} is not a time of day; write it as HH:MM, e.g. '06:00'")
+    hour, minute = value.strip().split(":")
+    return f"{int(hour):02d}:{minute}"
+
+
+def _mail_address(value: str) -> str:
+    # A plain addr-spec: no display names, no line breaks (they would end up in a header)
+    if not re.fullmatch(r"[^\s@<>,;\"]+@[^\s@<>,;\"]+\.[^\s@<>,;\"]+", value):
+        raise ValueError("is not a mail address such as dpo@example.com (no display name)")
+    return value
+
+
+MailAddress = Annotated[str, AfterValidator(_mail_address)]
+
+
+class MailConfig(Strict):
+    """Where the report is mailed: an SMTP server reached with STARTTLS or TLS only."""
+
+    to: Annotated[list[MailAddress], Field(min_length=1)]
+    from_: Annotated[MailAddress, Field(alias="from")]
+    host: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9.:\[\]-]+$")]
+    port: Annotated[int, Field(ge=1, le=65535)] = 587
+    security: Literal["starttls", "tls"] = "starttls"
+    username: Annotated[str, Field(min_length=1)] | None = None
+    # The password, in a file only retentiond may read (as the database passwords)
+    password_file: AbsolutePath | None = None
+    # CA certificates to trust for this server (a private CA); default: the system's
+    ca_file: AbsolutePath | None = None
+    timeout: Annotated[float, Field(gt=0, le=300)] = 30
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        frozen=True,
+        arbitrary_types_allowed=True,
+        allow_inf_nan=False,
+        populate_by_name=True,
+    )
+
+    @model_validator(mode="after")
+    def _login_whole(self) -> MailConfig:
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("username and password_file go together: give both or neither")
+        return self
+
+
+class ReportsConfig(Strict):
+    """The DPO report the daemon makes by itself after each period, and where it goes."""
+
+    period: Literal["monthly", "quarterly"] = "monthly"
+    # When in the next period: this day of its first month, at this local time
+    day: Annotated[int, Field(ge=1, le=28)] = 1
+    at: Annotated[str, BeforeValidator(_clock_time)] = "06:00"
+    formats: Annotated[
+        list[Literal["html", "pdf", "csv", "json"]], Field(min_length=1, max_length=4)
+    ] = ["pdf"]
+    language: Literal["en", "de"] = "en"  # the mail's own words
+    folder: AbsolutePath | None = None
+    mail: MailConfig | None = None
+    ping: Annotated[PingConfig | None, BeforeValidator(_ping)] = None
+
+    @field_validator("formats")
+    @classmethod
+    def _once_each(cls, formats: list[str]) -> list[str]:
+        if len(set(formats)) != len(formats):
+            raise ValueError("names a format twice; list each once")
+        return formats
+
+    @model_validator(mode="after")
+    def _somewhere(self) -> ReportsConfig:
+        if self.folder is None and self.mail is None:
+            raise ValueError("say where the report goes: folder:, mail:, or both")
+        return self
+
+
 class Safety(Strict):
     max_delete_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
     # deadline = keep + the schedule's interval + this grace; status turns red past it
@@ -601,6 +681,7 @@ class Config(Strict):
     # beside the config file, when it exists
     holds_dir: AbsolutePath | None = None
     organisation: OrganisationConfig | None = None
+    reports: ReportsConfig | None = None
 
     @model_validator(mode="after")
     def _holds_name_rules(self) -> Config:

@@ -29,6 +29,7 @@ Config errors exit 2 before anything is read.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, tzinfo
 from pathlib import Path
@@ -161,6 +162,7 @@ class Status:
     audit_path: Path
     audit_problem: str | None
     rules: list[RuleStatus]
+    reports: ReportHistory | None = None  # None: no reports: in the config
 
     @property
     def verdict(self) -> Level:
@@ -172,6 +174,54 @@ class Status:
         if self.audit_problem:
             codes.add(EXIT_UNKNOWN)
         return EXIT_DEADLINE if EXIT_DEADLINE in codes else max(codes, default=0)
+
+
+REPORT_SENT = "report_sent"
+REPORT_FAILED = "report_failed"
+
+
+@dataclass
+class ReportHistory:
+    """What the deletion log says about the DPO reports (`reports:`, service/reports.py):
+    the periods sent, the last delivery, the periods whose attempts failed so far."""
+
+    sent: set[str] = field(default_factory=set)
+    last_success: datetime | None = None
+    last_period: str | None = None
+    failures: dict[str, int] = field(default_factory=dict)  # period: failed attempts, unsent
+    last_error: str | None = None
+    first_entry: datetime | None = None
+
+    def read(self, entry: audit.Entry) -> None:
+        if self.first_entry is None:
+            self.first_entry = _report_instant(entry.ts)
+        key = entry.fields.get("period")
+        if not isinstance(key, str):
+            return
+        if entry.type == REPORT_SENT:
+            self.sent.add(key)
+            self.failures.pop(key, None)
+            self.last_success = _report_instant(entry.ts)
+            self.last_period = key
+        elif entry.type == REPORT_FAILED and key not in self.sent:
+            self.failures[key] = self.failures.get(key, 0) + 1
+            error = entry.fields.get("error")
+            self.last_error = error if isinstance(error, str) else None
+
+
+def read_report_history(entries: Iterable[audit.Entry]) -> ReportHistory:
+    history = ReportHistory()
+    for entry in entries:
+        history.read(entry)
+    return history
+
+
+def _report_instant(text: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 # --- computing it ------------------------------------------------------------------------------
@@ -191,7 +241,13 @@ def compute(loaded: LoadedConfig, now: datetime | None = None) -> Status:
         for rule in config.rules
     ]
     unmatched = holds_matching_nothing(rules)
-    return Status(now, zone, path, problem, [flag(r, unmatched) for r in rules])
+    reports = None
+    if config.reports is not None:
+        reports = ReportHistory()
+        with suppress(AuditError):  # run_histories already says why the log cannot be read
+            for entry in audit.read_entries(path):
+                reports.read(entry)
+    return Status(now, zone, path, problem, [flag(r, unmatched) for r in rules], reports)
 
 
 def holds_matching_nothing(rules: Iterable[RuleStatus]) -> set[str]:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -70,6 +70,9 @@ from retentiond.policy.schedule import Schedule, WallClockTrigger
 from retentiond.service.runner import RunProcess, exit_status, outcome_from_fields
 from retentiond.service.sdnotify import notify, reloading, watchdog_interval
 
+if TYPE_CHECKING:
+    from retentiond.service.reports import ReportDuty
+
 log = structlog.get_logger()
 
 DEBOUNCE = 0.5  # seconds of quiet after the last change of the config file before reloading
@@ -105,9 +108,11 @@ class Daemon:
         self._audit: SerialAuditLog | None = None
         self._child: RunProcess | None = None  # the run process of the run in progress
         self._triggers: dict[str, WallClockTrigger] = {}
+        self.reports: ReportDuty | None = None  # the DPO report after each period (`reports:`)
         self.scheduler = BackgroundScheduler(
-            # One worker: runs never overlap, whatever their schedules.
-            executors={"default": ThreadPoolExecutor(1)},
+            # One worker: runs never overlap, whatever their schedules. Reports have their own,
+            # so a slow mail server never holds up a run.
+            executors={"default": ThreadPoolExecutor(1), "reports": ThreadPoolExecutor(1)},
             # misfire_grace_time None: a run that is late (worker busy, host asleep) still runs.
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone=loaded.config.zone(),
@@ -129,6 +134,7 @@ class Daemon:
             try:
                 self._schedule(config)
                 self._queue_overdue(config)
+                self._schedule_reports(self.loaded)
                 notify("READY=1", self._status())
                 self._log_started(config)
                 self.scheduler.resume()
@@ -136,6 +142,8 @@ class Daemon:
             finally:
                 notify("STOPPING=1")
                 self.stop.set()
+                if self.reports is not None:
+                    self.reports.stop()
                 self._stop_child()
                 if watcher is not None:
                     watcher.stop()
@@ -459,6 +467,19 @@ class Daemon:
         if child is not None:
             child.stop()
 
+    # --- reports -------------------------------------------------------------------------------
+
+    def _schedule_reports(self, loaded: LoadedConfig) -> None:
+        """The DPO report after each period, when `reports:` asks for it (service/reports.py)."""
+        if loaded.config.reports is None and self.reports is None:
+            return  # the report's code is imported only when asked for
+        from retentiond.service.reports import schedule_duty
+
+        assert self._audit is not None
+        self.reports = schedule_duty(
+            self.scheduler, self.reports, loaded, self._audit, self.observers
+        )
+
     # --- RunObserver: progress for the watchdog, results for STATUS ----------------------------
 
     def run_started(self, rule: Rule) -> None:
@@ -598,6 +619,7 @@ class Daemon:
         self._record_holds(new)
         self._schedule(new.config)
         self._queue_overdue(new.config)
+        self._schedule_reports(new)
         log.info(
             "config reloaded",
             source=source,

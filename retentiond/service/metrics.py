@@ -112,6 +112,16 @@ class Metrics(RunObserver):
         self.running = Gauge(
             "retentiond_running", "1 while a run of the rule is in progress", ["rule"], registry=r
         )
+        self.report_last_success = Gauge(
+            "retentiond_report_last_success_timestamp",
+            "When the last DPO report was delivered (Unix time; reports: in the config)",
+            registry=r,
+        )
+        self.report_failures = Gauge(
+            "retentiond_report_failures",
+            "Periods whose DPO report is due and failed to be delivered so far (retried)",
+            registry=r,
+        )
         Gauge("retentiond_build_info", "retentiond's version", ["version"], registry=r).labels(
             __version__
         ).set(1)
@@ -215,6 +225,12 @@ class Metrics(RunObserver):
         for rule, moment in success.items():
             self._set_time(self.last_success, self._last_success, rule, moment)
         return len(last)
+
+    def report_result(self, last_success: datetime | None, failing: int) -> None:
+        """The report duty's state after each look: last delivery, periods still failing."""
+        if last_success is not None:
+            self.report_last_success.set(last_success.timestamp())
+        self.report_failures.set(failing)
 
     def _set_time(self, gauge: Gauge, seen: dict[str, float], rule: str, moment: float) -> None:
         """Set a rule's timestamp gauge unless it already holds a later time."""

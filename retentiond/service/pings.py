@@ -27,7 +27,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import structlog
 
 from retentiond import __version__
-from retentiond.config.model import Rule
+from retentiond.config.model import PingConfig, Rule
 from retentiond.engine.observers import RunObserver
 from retentiond.engine.outcome import RunOutcome
 
@@ -94,6 +94,17 @@ class Pings(RunObserver):
             log.warning(
                 "ping not queued", rule=getattr(rule, "name", None), error=type(error).__name__
             )
+
+    def report_attempted(self, ping: PingConfig | None, period: str, error: str | None) -> None:
+        """A DPO report delivered (success URL) or failed (failure URL) for `period`."""
+        try:
+            url = None if ping is None else (ping.failure if error else ping.success)
+            if url:
+                event = "failure" if error else "success"
+                text = f"report {period}: " + (f"failed: {error}" if error else "delivered")
+                self._enqueue(_Ping("reports", event, url, text.encode()))
+        except Exception as error_:  # monitoring must never stop enforcement
+            log.warning("ping not queued", rule="reports", error=type(error_).__name__)
 
     # -- queue and sender ----------------------------------------------------------------
 
