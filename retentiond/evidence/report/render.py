@@ -34,6 +34,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from retentiond.errors import RetentiondError
+from retentiond.evidence.report.summary import mark, short_verdict, summary
 from retentiond.evidence.report.values import Catalogue, Report
 
 JSON_FORMAT = 1
@@ -70,6 +71,8 @@ def _environment() -> Environment:
     env.filters["size"] = _size
     env.filters["md"] = _markdown_cell
     env.filters["count"] = _count
+    env.filters["mark"] = mark
+    env.filters["short"] = short_verdict
     return env
 
 
@@ -237,7 +240,9 @@ def html(report: Report) -> str:
     from zoneinfo import ZoneInfo
 
     template = _environment().get_template("report.html.j2")
-    return template.render(report=report, chart=chart(report), zone=ZoneInfo(report.zone))
+    return template.render(
+        report=report, summary=summary(report), chart=chart(report), zone=ZoneInfo(report.zone)
+    )
 
 
 def pdf_engine() -> Any:
