@@ -14,8 +14,9 @@ from retentiond.evidence.report.values import ComplianceRow, LogInfo, Report
 
 # The mark before each verdict: met (green), met with a reservation (amber), not met (red).
 MARKS = {"green": "✓", "amber": "!", "red": "✗"}
-# The verdict as one short phrase where it is long; the full verdict and why are in section 2.
-SHORT_VERDICTS = {"met since the first verified run": "met since first run"}
+# The verdict in a word or two, for a column per system; the mark tells met from met with a
+# reservation, and section 2 has the full verdict and why.
+SHORT_VERDICTS = {"met since the first verified run": "met", "deadline exceeded": "exceeded"}
 
 
 def mark(level: str) -> str:
@@ -24,6 +25,12 @@ def mark(level: str) -> str:
 
 def short_verdict(verdict: str) -> str:
     return SHORT_VERDICTS.get(verdict, verdict)
+
+
+def verdict_cell(row: ComplianceRow, systems: int) -> str:
+    """The mark and the verdict as the first page writes it: in full for one system, short
+    where a column per system leaves the rule's name a line of its own."""
+    return f"{mark(row.level)} {row.verdict if systems <= 1 else short_verdict(row.verdict)}"
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class LogLine:
 class Summary:
     systems: list[str]
     rules: list[RuleLine]
+    verdict_width: int  # percent of the page per system's column; the rule's name has the rest
     counts: dict[str, int]  # level: number of (system, rule) verdicts
     all_met: bool  # every verdict on every system is "met" with no reservation (green)
     deleted: list[tuple[str, int]]  # unit, objects deleted in the period, all systems
@@ -100,6 +108,7 @@ def summary(report: Report) -> Summary:
     ]
     return Summary(
         systems=systems,
+        verdict_width=30 if len(systems) <= 1 else min(15, 60 // len(systems)),
         rules=[RuleLine(rule, verdicts) for rule, verdicts in rules.items()],
         counts=counts,
         all_met=bool(report.compliance) and all(r.level == "green" for r in report.compliance),
