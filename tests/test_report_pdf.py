@@ -65,8 +65,8 @@ def read(document: bytes, folder: Path) -> Paper:
             ]
             assert not outside, f"page {page.page_number}: {''.join(outside)[:80]!r} off the page"
             for word in page.extract_words():
-                assert 0 <= word["x0"] and word["x1"] <= page.width, word
-                assert 0 <= word["top"] and word["bottom"] <= page.height, word
+                assert word["x0"] >= 0 and word["x1"] <= page.width, word
+                assert word["top"] >= 0 and word["bottom"] <= page.height, word
             text = page.extract_text() or ""
             pages.append(squeeze(text))
             table_rows = [
@@ -86,7 +86,9 @@ def rendered(pdf: Path, pages: int) -> None:
     """pdftoppm draws every page: one image per page, none of them blank."""
     if shutil.which("pdftoppm") is None:
         pytest.skip("pdftoppm (poppler-utils) is needed to render the pages")
-    subprocess.run(["pdftoppm", "-png", "-r", "40", pdf, pdf.parent / "page"], check=True, timeout=120)
+    subprocess.run(
+        ["pdftoppm", "-png", "-r", "40", pdf, pdf.parent / "page"], check=True, timeout=120
+    )
     images = sorted(pdf.parent.glob("page-*.png"))
     assert len(images) == pages
     from PIL import Image, ImageStat
@@ -191,7 +193,7 @@ def test_demo_first_page_is_the_summary(demo_report: Report, tmp_path: Path) -> 
     assert "DEMO-HOLD-1" in paper.first_page
 
 
-# --- 30 rules with long names over three systems ---------------------------------------------------
+# --- 30 rules with long names over three systems ------------------------------------------------
 
 
 def rule_name(index: int) -> str:
