@@ -48,7 +48,7 @@ class HoldLine:
     review_by: date
     review_overdue: bool
     matches_nothing: bool
-    held: int  # objects held when last counted, over every store and system
+    held: int | None  # objects held when last counted, over every store and system; None: never
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def summary(report: Report) -> Summary:
             hold.review_by,
             hold.review_overdue,
             hold.matches_nothing,
-            sum(c.held for c in report.holds.held if c.hold == hold.id),
+            _held(report, hold.id),
         )
         for hold in report.holds.in_force
     ]
@@ -120,6 +120,11 @@ def summary(report: Report) -> Summary:
         logs=[_log_line(log) for log in report.logs],
         incidents=len(report.incidents),
     )
+
+
+def _held(report: Report, hold: str) -> int | None:
+    counts = [c.held for c in report.holds.held if c.hold == hold]
+    return sum(counts) if counts else None
 
 
 def _log_line(log: LogInfo) -> LogLine:
