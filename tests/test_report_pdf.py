@@ -55,6 +55,7 @@ class Paper:
     first_page: str  # the first page's text as it reads, lines joined
     rows: list[list[str]]  # every table row of every page, cells whitespace removed
     first_rows: list[list[str]]  # the table rows of the first page
+    landscape: list[bool]  # each page: wider than high
 
 
 def read(document: bytes, folder: Path) -> Paper:
@@ -62,7 +63,7 @@ def read(document: bytes, folder: Path) -> Paper:
     page rendered to an image."""
     path = folder / "report.pdf"
     path.write_bytes(document)
-    pages, rows, first_rows = [], [], []
+    pages, rows, first_rows, landscape = [], [], [], []
     first_page = ""
     with pdfplumber.open(path) as pdf:
         for page in pdf.pages:
@@ -77,6 +78,7 @@ def read(document: bytes, folder: Path) -> Paper:
                 assert word["top"] >= 0 and word["bottom"] <= page.height, word
             text = page.extract_text() or ""
             pages.append(squeeze(text))
+            landscape.append(page.width > page.height)
             table_rows = [
                 [squeeze(cell or "") for cell in row]
                 for table in page.extract_tables(RULED)
@@ -87,7 +89,7 @@ def read(document: bytes, folder: Path) -> Paper:
                 first_page, first_rows = " ".join(text.split()), table_rows
         count = len(pdf.pages)
     rendered(path, count)
-    return Paper(path, pages, first_page, rows, first_rows)
+    return Paper(path, pages, first_page, rows, first_rows, landscape)
 
 
 def rendered(pdf: Path, pages: int) -> None:
@@ -321,6 +323,11 @@ def test_thirty_rules_over_three_systems_fit_the_page(big_report: Report, big_pa
     assert big_report.systems == SITES and len(big_report.compliance) == RULES * 3
     paper = big_paper
     assert_verdicts_on_pages(paper, big_report)
+    # the rule catalogue on landscape pages of its own; the summary and the rest in portrait
+    catalogue = next(i for i, text in enumerate(paper.pages) if "1.Rulecatalogue" in text)
+    compliance = next(i for i, text in enumerate(paper.pages) if "2.Compliance" in text)
+    assert paper.landscape[catalogue] and not paper.landscape[0]
+    assert not any(paper.landscape[compliance:]) and all(paper.landscape[catalogue:compliance])
     levels = {(c.system, c.rule): c.level for c in big_report.compliance}
     assert levels[(SITES[2], rule_name(7))] == "red"  # the rule that stopped running
 
