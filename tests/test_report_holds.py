@@ -984,3 +984,8 @@ def test_pdf_carries_holds_and_tickets_and_no_number(written: Written, tmp_path:
         assert expected in text, expected
     assert "pseudonymized (smallest group 3 < 5)" in text
     assert not leaked(personal(), texts=[words])
+    pdfplumber = pytest.importorskip("pdfplumber", reason="pdfplumber (dev extra) reads the PDF")
+    with pdfplumber.open(pdf) as paper:
+        for page in paper.pages:  # holds, erasures and searches stay within A4's edges
+            assert all(c["x0"] >= 0 and c["x1"] <= page.width for c in page.chars), page
+            assert all(c["top"] >= 0 and c["bottom"] <= page.height for c in page.chars), page

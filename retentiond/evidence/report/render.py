@@ -34,6 +34,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from retentiond.errors import RetentiondError
+from retentiond.evidence.report.summary import mark, summary, verdict_cell
 from retentiond.evidence.report.values import Catalogue, Report
 
 JSON_FORMAT = 1
@@ -70,6 +71,8 @@ def _environment() -> Environment:
     env.filters["size"] = _size
     env.filters["md"] = _markdown_cell
     env.filters["count"] = _count
+    env.filters["mark"] = mark
+    env.filters["verdict_cell"] = verdict_cell
     return env
 
 
@@ -144,7 +147,7 @@ class Chart:
     bottom: float
     groups: list[WeekGroup]
     ticks: list[Tick]
-    legend: list[tuple[str, str, float]]  # rule, colour, x
+    legend: list[tuple[str, str, float]]  # rule, colour, x (the page draws it below, wrapping)
     anonymized: bool = False  # some bar has an anonymized part (the legend says so)
 
 
@@ -209,7 +212,7 @@ def chart(report: Report) -> Chart:
     legend = [(rule, colors[rule], left + i * 160.0) for i, rule in enumerate(rules)]
     shows_anonymized = any(anonymized.values())
     return Chart(
-        width, bottom + 44, left, right, top, bottom, groups, ticks, legend, shows_anonymized
+        width, bottom + 18, left, right, top, bottom, groups, ticks, legend, shows_anonymized
     )
 
 
@@ -237,7 +240,9 @@ def html(report: Report) -> str:
     from zoneinfo import ZoneInfo
 
     template = _environment().get_template("report.html.j2")
-    return template.render(report=report, chart=chart(report), zone=ZoneInfo(report.zone))
+    return template.render(
+        report=report, summary=summary(report), chart=chart(report), zone=ZoneInfo(report.zone)
+    )
 
 
 def pdf_engine() -> Any:
