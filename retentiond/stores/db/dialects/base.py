@@ -8,6 +8,7 @@ here are the common case; each family's module overrides what differs there.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING, Any, Literal
@@ -34,8 +35,9 @@ class TableStorage:
     transactional: bool = True
 
 
-class Dialect:
-    """One database family; see the module docstring."""
+class Dialect(ABC):
+    """One database family; see the module docstring. The abstract methods are what every
+    family answers in its own SQL; the rest have the common case as default."""
 
     name = ""  # "mysql" (also MariaDB), "postgresql" or "sqlite"
     # The URL scheme retentiond is tested with, named when a URL's driver is not installed.
@@ -56,16 +58,19 @@ class Dialect:
 
     # -- connecting -----------------------------------------------------------------------------
 
-    def check_before_connect(self, url: URL, connection: str) -> None:
-        """Refuse what connecting would get wrong (SQLite would create a missing file)."""
+    def check_before_connect(self, url: URL, connection: str) -> None:  # noqa: B027
+        """Refuse what connecting would get wrong (SQLite would create a missing file); most
+        families have nothing to refuse."""
 
+    @abstractmethod
     def connect_args(self, settings: ConnectionConfig, io_timeout: int) -> dict[str, Any]:
         """The driver's arguments: session timeouts, and how long an answer may take."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def server_version(self, connection: Connection) -> str:
         """E.g. "PostgreSQL 15.4", for describe()."""
-        raise NotImplementedError
+        ...
 
     def where(self, url: URL) -> str:
         """Host and port, or the file: where the connection goes, without credentials."""
@@ -123,30 +128,35 @@ class Dialect:
         people, and whether it is an integer to walk. None: there is none."""
         return None
 
+    @abstractmethod
     def explain(
         self, connection: Connection, statement: str, params: dict[str, Any]
     ) -> tuple[list[str], bool]:
         """The plan of `statement` as lines, and whether it reads the whole table."""
-        raise NotImplementedError
+        ...
 
     # -- SQL fragments --------------------------------------------------------------------------
 
+    @abstractmethod
     def position(self, text: str, character: Literal["<", ">"]) -> str:
         """Where `character` first occurs in `text`, 0 when it does not."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def up_to(self, text: str, character: Literal[">"]) -> str:
         """`text` up to the first `character` (all of it without one)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def contains(self, haystack: str, param: str) -> str:
         """`haystack` holds the parameter's text, compared byte for byte (case too)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def file_stem(self, value: str, text_type: bool) -> str:
         """A path's base name (after the last `/`) up to its last dot; `text_type`: the column
         holds text, else bytes."""
-        raise NotImplementedError
+        ...
 
     def concat(self, *parts: str) -> str:
         return f"CONCAT({', '.join(parts)})"
@@ -170,18 +180,21 @@ class Dialect:
 
     # -- privileges -----------------------------------------------------------------------------
 
+    @abstractmethod
     def missing_privileges(
         self,
         connection: Connection,
         table: str,
         wanted: dict[str, Needed],
         schema: str | None,
-    ) -> set[str]:
-        raise NotImplementedError
+    ) -> set[str]: ...
 
-    def excess_privileges(self, connection: Connection, table: str, schema: str | None) -> set[str]:
-        raise NotImplementedError
+    @abstractmethod
+    def excess_privileges(
+        self, connection: Connection, table: str, schema: str | None
+    ) -> set[str]: ...
 
+    @abstractmethod
     def grant_statement(
         self,
         connection: Connection,
@@ -189,5 +202,4 @@ class Dialect:
         privileges: str,
         schemas: list[str],
         schema: str | None,
-    ) -> str | None:
-        raise NotImplementedError
+    ) -> str | None: ...

@@ -25,6 +25,7 @@ from retentiond.stores.db.timekinds import EPOCH_CEILING, EPOCH_FLOOR
 
 if TYPE_CHECKING:
     from retentiond.config.model import ConnectionConfig
+    from retentiond.stores.db.grants import Needed
     from retentiond.stores.db.timekinds import TimeKind
 
 # An untyped SQLite column (Asterisk's cdr_sqlite3_custom) holding epoch seconds as text, as
@@ -145,6 +146,27 @@ class SQLite(Dialect):
 
     def concat(self, *parts: str) -> str:
         return f"({' || '.join(parts)})"
+
+    # SQLite has no users (has_users is False): whoever can write the file can delete, and
+    # stores/db/privileges.py answers "not applicable" before asking these.
+
+    def missing_privileges(
+        self, connection: Connection, table: str, wanted: dict[str, Needed], schema: str | None
+    ) -> set[str]:
+        return set()
+
+    def excess_privileges(self, connection: Connection, table: str, schema: str | None) -> set[str]:
+        return set()
+
+    def grant_statement(
+        self,
+        connection: Connection,
+        table: str,
+        privileges: str,
+        schemas: list[str],
+        schema: str | None,
+    ) -> str | None:
+        return None
 
 
 def _sqlite_guard(kind: TimeKind, time_sql: str) -> str:
