@@ -487,14 +487,8 @@ class HoldConfig(Strict):
     numbers: list[Annotated[str, BeforeValidator(_number)]] = []
     extensions: list[Annotated[str, BeforeValidator(_extension)]] = []
 
-    model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
-        frozen=True,
-        arbitrary_types_allowed=True,
-        allow_inf_nan=False,
-        populate_by_name=True,
-    )
+    # merged with Strict's: also accepted by the field's own name, not only its alias
+    model_config = ConfigDict(populate_by_name=True)
 
     @field_validator("rules")
     @classmethod
@@ -606,14 +600,8 @@ class MailConfig(Strict):
     ca_file: AbsolutePath | None = None
     timeout: Annotated[float, Field(gt=0, le=300)] = 30
 
-    model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
-        frozen=True,
-        arbitrary_types_allowed=True,
-        allow_inf_nan=False,
-        populate_by_name=True,
-    )
+    # merged with Strict's: also accepted by the field's own name, not only its alias
+    model_config = ConfigDict(populate_by_name=True)
 
     @model_validator(mode="after")
     def _login_whole(self) -> MailConfig:
