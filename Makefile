@@ -151,3 +151,10 @@ ifeq ($(DEST),)
 	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 endif
 	@echo "kept: $(SYSCONFDIR)/retentiond (config, credentials), /var/lib/retentiond (the deletion log), user retentiond"
+
+# `make messages`: the marked strings of the report, mail and verifier page merged into their
+# German catalogues (retentiond/locale/de/LC_MESSAGES/*.po); then translate what is open.
+.PHONY: messages
+messages: $(BIN)/retentiond
+	$(BIN)/python tools/messages.py
+	$(BIN)/python tools/messages.py --check

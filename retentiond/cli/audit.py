@@ -19,6 +19,7 @@ import click
 
 from retentiond.config.loader import config_path, load_config
 from retentiond.evidence import log as audit
+from retentiond.i18n import DEFAULT, LANGUAGES, Language
 
 _HEAD = re.compile(r"^([1-9][0-9]*):([0-9a-f]{64})$")
 _SHOWN_PROBLEMS = 20
@@ -268,14 +269,20 @@ def _public_keys(public_keys: tuple[Path, ...]) -> list[audit.VerifyKey]:
     help="The public key (.pub from keygen) to embed; repeat for old keys. Default: the public "
     "half of the config's audit.signing_key.",
 )
-def viewer(output: Path, public_keys: tuple[Path, ...]) -> None:
+@click.option(
+    "--language",
+    type=click.Choice(LANGUAGES),
+    help="en or de: the page's words, numbers and dates; default: organisation.language of the "
+    "config, English without one.",
+)
+def viewer(output: Path, public_keys: tuple[Path, ...], language: Language | None) -> None:
     """Write a verifier page for the DPO: one HTML file that checks the log's files in a
     browser (chain and signatures, with the public keys embedded) and sends nothing anywhere."""
     from retentiond.evidence.viewer import viewer_page
 
     keys = _public_keys(public_keys)
     try:
-        output.write_text(viewer_page(keys), encoding="utf-8")
+        output.write_text(viewer_page(keys, language or DEFAULT), encoding="utf-8")
     except OSError as exc:
         raise click.ClickException(f"cannot write {output}: {exc.strerror}") from None
     click.echo(f"verifier page: {output}")

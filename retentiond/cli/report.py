@@ -14,10 +14,12 @@ from pathlib import Path
 import click
 
 from retentiond.config.loader import LoadedConfig, config_path, load_config
+from retentiond.config.model import document_language
 from retentiond.errors import RetentiondError
 from retentiond.evidence import log as audit
 from retentiond.evidence.report import build, render, residual
 from retentiond.evidence.report.values import Period
+from retentiond.i18n import LANGUAGES, Language
 from retentiond.service import reports
 
 REPORT_FORMATS = ("html", "pdf", "csv", "json")
@@ -76,6 +78,12 @@ def _loaded(ctx: click.Context) -> LoadedConfig:
     help="Only the rule catalogue (deletion concept), for the record of processing.",
 )
 @click.option(
+    "--language",
+    type=click.Choice(LANGUAGES),
+    help="en or de: the report's words, numbers and dates; default: organisation.language of "
+    "the config (with --send: reports.language).",
+)
+@click.option(
     "--send",
     is_flag=True,
     help="Deliver it now as `reports:` in the config says (folder, mail) and record "
@@ -90,6 +98,7 @@ def report(
     output: Path | None,
     logs: tuple[Path, ...],
     rules_only: bool,
+    language: Language | None,
     send: bool,
 ) -> None:
     """The DPO report for a period: rules, compliance, deletions, failures, residual copies and
@@ -106,7 +115,7 @@ def report(
                 "--send delivers what `reports:` in the config says: "
                 "no --rules, --format, -o or --log"
             )
-        _send(_loaded(ctx), first_day, last_day)
+        _send(_loaded(ctx), first_day, last_day, language)
         return
     if rules_only:
         if first_day or last_day or logs:
@@ -114,7 +123,8 @@ def report(
         form = form or "md"
         if form not in RULES_FORMATS:
             raise click.BadParameter("with --rules: md or html", param_hint="--format")
-        catalogue = build.catalogue(_loaded(ctx))
+        loaded = _loaded(ctx)
+        catalogue = build.catalogue(loaded, language=language or document_language(loaded.config))
         text = render.rules_markdown(catalogue) if form == "md" else render.rules_html(catalogue)
         _write_text(text, output)
         return
@@ -132,7 +142,12 @@ def report(
     period = Period(first_day.date(), last_day.date(), config.zone())
     findings = residual.detect(config)
     built = build.build_report(
-        loaded, list(logs), period, residual=findings, residual_host=socket.gethostname()
+        loaded,
+        list(logs),
+        period,
+        residual=findings,
+        residual_host=socket.gethostname(),
+        language=language or document_language(config),
     )
     if form == "pdf":
         _write_pdf(render.pdf(built), output)
@@ -170,7 +185,12 @@ def _write(output: Path, content: bytes) -> None:
     click.echo(f"wrote {output}", err=True)
 
 
-def _send(loaded: LoadedConfig, first_day: datetime | None, last_day: datetime | None) -> None:
+def _send(
+    loaded: LoadedConfig,
+    first_day: datetime | None,
+    last_day: datetime | None,
+    language: Language | None,
+) -> None:
     """One report now, through the daemon's own delivery code, recorded as report_sent."""
     config = loaded.config
     if config.reports is None:
@@ -186,7 +206,7 @@ def _send(loaded: LoadedConfig, first_day: datetime | None, last_day: datetime |
         period = reports.last_finished(now, config, config.reports.period)
     # The log first: while the daemon holds it this refuses, before anything is sent
     with audit.open_log(config) as log:
-        delivery = reports.deliver(loaded, period, now)
+        delivery = reports.deliver(loaded, period, now, language=language)
         reports.record_sent(log, delivery)
     where = []
     if delivery.recipients:

@@ -24,6 +24,7 @@ from pydantic import (
 from retentiond.config.dburl import check_database_url
 from retentiond.config.globs import check_match
 from retentiond.config.roots import refuse_system_root
+from retentiond.i18n import DEFAULT, Language
 from retentiond.policy.anonymize import Transform, parse_transform
 from retentiond.policy.durations import Duration, parse_duration
 from retentiond.policy.schedule import Schedule, parse_schedule
@@ -547,6 +548,8 @@ class OrganisationConfig(Strict):
     dpo_contact: str | None = None
     processing_record: str | None = None  # reference in the Art. 30 record of processing
     system: str | None = None  # this PBX's name in reports covering several systems
+    # The DPO's language: the report, the rule catalogue, the report mail, the verifier page
+    language: Language = DEFAULT
 
 
 def _listen(value: str | None) -> str | None:
@@ -620,7 +623,8 @@ class ReportsConfig(Strict):
     formats: Annotated[
         list[Literal["html", "pdf", "csv", "json"]], Field(min_length=1, max_length=4)
     ] = ["pdf"]
-    language: Literal["en", "de"] = "en"  # the mail's own words
+    # The delivered report's and its mail's language; none: organisation.language
+    language: Language | None = None
     folder: AbsolutePath | None = None
     mail: MailConfig | None = None
     ping: Annotated[PingConfig | None, BeforeValidator(_ping)] = None
@@ -637,6 +641,17 @@ class ReportsConfig(Strict):
         if self.folder is None and self.mail is None:
             raise ValueError("say where the report goes: folder:, mail:, or both")
         return self
+
+
+def document_language(config: Config) -> Language:
+    """The language of the DPO's documents by the config: organisation.language, else English."""
+    return config.organisation.language if config.organisation else DEFAULT
+
+
+def reports_language(config: Config) -> Language:
+    """The delivered report's language: reports.language, else the documents' language."""
+    chosen = config.reports.language if config.reports else None
+    return chosen or document_language(config)
 
 
 class Safety(Strict):

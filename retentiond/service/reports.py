@@ -45,12 +45,13 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from retentiond import logs, safefiles
 from retentiond.config.loader import LoadedConfig
-from retentiond.config.model import Config, MailConfig, ReportsConfig
+from retentiond.config.model import Config, MailConfig, ReportsConfig, reports_language
 from retentiond.credentials import CredentialError, read_secret
 from retentiond.engine.status import REPORT_FAILED, REPORT_SENT, ReportHistory
 from retentiond.errors import AuditError, RetentiondError
 from retentiond.evidence.log import AuditWriter, Entry, json_safe, read_entries
 from retentiond.evidence.report.values import Period
+from retentiond.i18n import Language
 
 if TYPE_CHECKING:
     from retentiond.evidence.report.values import Report
@@ -202,9 +203,12 @@ def documents(report: Report, key: str, formats: Sequence[str]) -> tuple[list[Do
     return made, pdf_missing
 
 
-def deliver(loaded: LoadedConfig, period: Period, now: datetime) -> Delivery:
-    """Build the report of `period` and hand it to every destination of `reports:`.
-    DeliveryError (fixed wording) when any destination fails."""
+def deliver(
+    loaded: LoadedConfig, period: Period, now: datetime, language: Language | None = None
+) -> Delivery:
+    """Build the report of `period` and hand it to every destination of `reports:`, in
+    `language` (default: the config's reports_language). DeliveryError (fixed wording) when any
+    destination fails."""
     reports = loaded.config.reports
     if reports is None:
         raise RetentiondError("the config has no reports: section; say where reports go there")
@@ -219,6 +223,7 @@ def deliver(loaded: LoadedConfig, period: Period, now: datetime) -> Delivery:
         residual=residual.detect(config),
         residual_host=socket.gethostname(),
         generated_at=now,
+        language=language or reports_language(config),
     )
     made, pdf_missing = documents(built, key, reports.formats)
     own = built.logs[0] if built.logs else None
@@ -326,16 +331,17 @@ def _date(day: date, language: str) -> str:
 def compose(
     reports: ReportsConfig, report: Report, delivery: Delivery, now: datetime
 ) -> EmailMessage:
-    """The mail: subject and body in the configured language, the documents attached."""
+    """The mail: subject and body in the report's language, the documents attached."""
     mail = reports.mail
     assert mail is not None
-    words = WORDING[reports.language]
+    language = report.language
+    words = WORDING[language]
     verdict = words[period_verdict(report)]
     period = delivery.period
     lines = [
         words["greeting"].format(
-            first=_date(period.first_day, reports.language),
-            last=_date(period.last_day, reports.language),
+            first=_date(period.first_day, language),
+            last=_date(period.last_day, language),
         ),
         "",
         words["verdict"].format(verdict=verdict),
@@ -363,7 +369,7 @@ def compose(
     message["To"] = ", ".join(mail.to)
     message["Date"] = formatdate(now.timestamp(), localtime=False)
     message["Message-ID"] = make_msgid(domain=mail.from_.rsplit("@", 1)[1])
-    message["Content-Language"] = reports.language
+    message["Content-Language"] = language
     message.set_content("\n".join(lines) + "\n")
     for document in delivery.documents:
         maintype, subtype = MEDIA[document.form]

@@ -26,6 +26,7 @@ from retentiond.evidence.report.values import (
     Period,
     Report,
 )
+from retentiond.i18n import DEFAULT, Language
 from retentiond.stores.kinds import KINDS
 
 
@@ -37,6 +38,7 @@ def build_report(
     residual: Sequence[Finding] = (),
     residual_host: str = "",
     generated_at: datetime | None = None,
+    language: Language = DEFAULT,
 ) -> Report:
     """All figures for the period from the given logs (default: the config's audit.path)."""
     config = loaded.config
@@ -111,6 +113,7 @@ def build_report(
         anonymization=verdicts.anonymization(replay),
         erasures=tables.erasures_in_period(replay),
         subject_searches=sorted(replay.searches, key=lambda s: (s.at, s.system)),
+        language=language,
     )
 
 
@@ -124,7 +127,9 @@ def methods(config: Config, seen: Iterable[str]) -> list[Method]:
     return [Method(kind, row.title, row.deletes) for kind, row in KINDS.items() if kind in kinds]
 
 
-def catalogue(loaded: LoadedConfig, generated_at: datetime | None = None) -> Catalogue:
+def catalogue(
+    loaded: LoadedConfig, generated_at: datetime | None = None, language: Language = DEFAULT
+) -> Catalogue:
     config = loaded.config
     return Catalogue(
         organisation(config),
@@ -134,4 +139,5 @@ def catalogue(loaded: LoadedConfig, generated_at: datetime | None = None) -> Cat
         loaded.sha256,
         str(config.safety.deadline_grace),
         rule_rows(config),
+        language,
     )

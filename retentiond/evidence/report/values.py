@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, tzinfo
 
 from retentiond.evidence import log as audit
+from retentiond.i18n import DEFAULT, Language
 from retentiond.policy.rules import earliest_instant
 
 
@@ -399,6 +400,7 @@ class Catalogue:
     config_sha256: str
     grace: str
     rules: list[RuleRow]
+    language: Language = DEFAULT  # the words of every text in it and of its rendering (i18n.py)
 
 
 @dataclass(frozen=True)
@@ -432,6 +434,7 @@ class Report:
     anonymization: list[Anonymization] = field(default_factory=list)
     erasures: list[Erasure] = field(default_factory=list)
     subject_searches: list[SubjectSearch] = field(default_factory=list)
+    language: Language = DEFAULT  # the words of every text in it and of its rendering (i18n.py)
 
 
 # --- organisation and rule catalogue ------------------------------------------------------------

@@ -15,6 +15,7 @@ from importlib import resources
 
 from retentiond import __version__
 from retentiond.evidence.log import VerifyKey
+from retentiond.i18n import DEFAULT, Language
 
 
 def _asset(name: str) -> str:
@@ -32,8 +33,8 @@ def _script_safe(text: str) -> str:
     return text.replace("</", "<\\/")
 
 
-def viewer_page(keys: Sequence[VerifyKey]) -> str:
-    """The page, with `keys` embedded (none: the page checks the chain only)."""
+def viewer_page(keys: Sequence[VerifyKey], language: Language = DEFAULT) -> str:
+    """The page in `language`, with `keys` embedded (none: the page checks the chain only)."""
     embedded = [
         {"fingerprint": key.fingerprint, "raw": base64.b64encode(raw_public_key(key)).decode()}
         for key in keys
