@@ -2,8 +2,9 @@
 German catalogue (`make messages`), or say what is missing (`--check`, as tests/test_i18n.py does).
 
 An area is the part of the code whose words one catalogue holds:
-    report  the report in every format and the rule catalogue (evidence/report, the store kinds'
-            report wording in stores/kinds.py)
+    report  the report's pages and the rule catalogue as rendered: the templates and render.py
+    figures the words the report's figures carry, made in Python: verdicts, notes, the summary,
+            statuses, reasons (the other modules of evidence/report, stores/kinds.py's wording)
     mail    the report mail (service/reports.py)
     viewer  the verifier page (evidence/viewer: its JavaScript and the Python that builds it)
 
@@ -32,8 +33,12 @@ JINJA = "jinja2.ext:babel_extract"
 # area -> (glob under the repository, extraction method)
 AREAS: dict[str, list[tuple[str, str]]] = {
     "report": [
-        ("retentiond/evidence/report/**/*.py", "python"),
+        ("retentiond/evidence/report/render.py", "python"),
         ("retentiond/evidence/report/templates/*.j2", JINJA),
+    ],
+    "figures": [
+        ("retentiond/evidence/report/[!r]*.py", "python"),
+        ("retentiond/evidence/report/re[!n]*.py", "python"),
         ("retentiond/stores/kinds.py", "python"),
     ],
     "mail": [("retentiond/service/reports.py", "python")],
