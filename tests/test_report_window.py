@@ -1,0 +1,170 @@
+"""The HTML report in a real browser: it fits a 1280-px window (nothing wider than the window,
+no sideways scrolling) and prints on A4 with every character inside its page, in English and
+German, for the demo PBX and for 30 rules with long names over three systems. Headless Debian
+Chromium driven by selenium; the print is Chromium's own (DevTools Page.printToPDF), read back
+with pdfplumber as tests/test_report_pdf.py reads WeasyPrint's."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_audit_viewer import browser  # noqa: F401 - the headless Chromium fixture
+from test_report_pdf import (
+    BERLIN,
+    NOW,
+    SITES,
+    config_text,
+    squeeze,
+    write_log,
+)
+
+from retentiond import demo
+from retentiond.config.loader import load_config
+from retentiond.engine.engine import Engine
+from retentiond.evidence import log as audit
+from retentiond.evidence.report import build, render
+from retentiond.evidence.report.summary import mark
+from retentiond.evidence.report.values import Period, Report
+
+pdfplumber = pytest.importorskip("pdfplumber")
+
+WINDOW = 1280
+# Chromium draws the cells' borders as lines: tables by them
+LINES = {"vertical_strategy": "lines", "horizontal_strategy": "lines"}
+# Every element's right edge, and the page's scroll width, against the window's inner width.
+WIDEST = """
+const width = document.documentElement.clientWidth;
+let widest = [0, ''];
+for (const element of document.body.querySelectorAll('*')) {
+  const right = element.getBoundingClientRect().right;
+  if (right > widest[0]) widest = [right, element.tagName + '.' + element.className];
+}
+return [width, document.documentElement.scrollWidth, widest[0], widest[1]];
+"""
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[str, str], Report]]:
+    """The demo PBX's report and the 30-rule, three-system one, each in both languages."""
+    folder = tmp_path_factory.mktemp("window")
+    private, _, _ = audit.generate_key_pair(folder / "keys")
+    config_file = demo.build(folder / "pbx", now=NOW, days=180, hold=True)
+    text = config_file.read_text().replace("audit:\n", f"audit:\n  signing_key: {private}\n", 1)
+    config_file.write_text(text)
+    demo_loaded = load_config(config_file)
+    engine = Engine(demo_loaded, now=lambda: NOW)
+    with audit.AuditLog(demo_loaded.config.audit.path, clock=lambda: NOW) as log:
+        for rule in demo_loaded.config.rules:
+            engine.run(rule, log)
+    big_file = folder / "thirty.yaml"
+    big_file.write_text(config_text(folder))
+    signer = audit.Signer.from_file(private)
+    logs = []
+    for number, site in enumerate(SITES):
+        path = folder / site / "audit.jsonl"
+        path.parent.mkdir()
+        write_log(path, site, signer, broken_rule=7 if number == 2 else None)
+        logs.append(path)
+    big_loaded = load_config(big_file)
+    built = {}
+    for language in ("en", "de"):
+        built[("demo", language)] = build.build_report(
+            demo_loaded,
+            [],
+            Period(date(2026, 5, 18), date(2026, 6, 15), BERLIN),
+            generated_at=NOW + timedelta(hours=1),
+            language=language,
+        )
+        built[("thirty", language)] = build.build_report(
+            big_loaded,
+            logs,
+            Period(date(2026, 5, 1), date(2026, 5, 31), BERLIN),
+            generated_at=datetime(2026, 6, 2, 8, 0, tzinfo=UTC),
+            language=language,
+        )
+    yield built
+
+
+def _open(driver: Any, report: Report, folder: Path) -> None:
+    page = folder / f"report-{report.language}.html"
+    page.write_text(render.html(report), encoding="utf-8")
+    driver.set_window_size(WINDOW, 900)
+    driver.get(page.as_uri())
+
+
+CASES = [(which, language) for which in ("demo", "thirty") for language in ("en", "de")]
+
+
+@pytest.mark.parametrize(("which", "language"), CASES)
+def test_the_page_fits_a_1280_px_window(
+    browser: Any,  # noqa: F811
+    reports: dict[tuple[str, str], Report],
+    tmp_path: Path,
+    which: str,
+    language: str,
+) -> None:
+    report = reports[(which, language)]
+    _open(browser, report, tmp_path)
+    inner = browser.execute_script("return window.innerWidth")
+    assert inner <= WINDOW
+    width, scroll, right, element = browser.execute_script(WIDEST)
+    assert scroll <= width, f"the page scrolls sideways: {scroll} px in a {width}-px window"
+    assert right <= width, f"{element} reaches {right:.0f} px in a {width}-px window"
+    # the column of text is the page's, not the window's: about 800 px, centred
+    body = browser.execute_script("return document.body.getBoundingClientRect().width")
+    assert 600 < body < width
+
+
+@pytest.mark.parametrize(("which", "language"), CASES)
+def test_the_page_prints_on_a4_from_the_browser(
+    browser: Any,  # noqa: F811
+    reports: dict[tuple[str, str], Report],
+    tmp_path: Path,
+    which: str,
+    language: str,
+) -> None:
+    """Chromium's print of the page: A4 (the page's own @page), every character inside its
+    page, every rule of every system with its verdict on some page."""
+    report = reports[(which, language)]
+    _open(browser, report, tmp_path)
+    printed = browser.execute_cdp_cmd(
+        "Page.printToPDF", {"preferCSSPageSize": True, "printBackground": True}
+    )
+    path = tmp_path / "printed.pdf"
+    path.write_bytes(base64.b64decode(printed["data"]))
+    with pdfplumber.open(path) as pdf:
+        assert len(pdf.pages) >= 3
+        column = None  # where the compliance table's last column, the verdict, begins
+        for page in pdf.pages:
+            short, long = sorted((page.width, page.height))
+            assert abs(short - 595) < 3 and abs(long - 842) < 3, (page.width, page.height)
+            outside = [
+                c["text"]
+                for c in page.chars
+                if c["x0"] < -0.5
+                or c["x1"] > page.width + 0.5
+                or c["top"] < -0.5
+                or c["bottom"] > page.height + 0.5
+            ]
+            assert not outside, f"page {page.page_number}: {''.join(outside)[:80]!r} off the page"
+            for table in page.find_tables(LINES):
+                header = table.rows[0].cells
+                if column is None and len(header) == 9 and header[-1] is not None:
+                    column = header[-1][0]
+        assert column is not None, "no compliance table found"
+        verdicts = "".join(
+            squeeze(page.crop((column - 1, 0, page.width, page.height)).extract_text() or "")
+            for page in pdf.pages
+        )
+    # every rule's verdict, with its mark and its explanation, in the verdict column, in order
+    at = 0
+    for row in report.compliance:
+        wanted = squeeze(f"{mark(row.level)} {row.verdict} {row.note}")
+        found = verdicts.find(wanted, at)
+        assert found >= 0, (row.system, row.rule, wanted)
+        at = found + len(wanted)
