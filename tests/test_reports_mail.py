@@ -309,8 +309,11 @@ def test_the_mail_speaks_german_when_configured(tmp_path: Path, smtp: SmtpServer
     [mail] = smtp.inbox.mails
     assert mail["Subject"] == "Löschbericht 2026-10: alle Aufbewahrungsfristen eingehalten"
     body = _text(mail)
-    assert "Dies ist der Löschbericht von retentiond für 01.10.2026 bis 31.10.2026." in body
-    assert "Kettenkopf des Löschprotokolls: Eintrag" in body
+    assert (
+        "Dies ist der Löschbericht von retentiond für den Zeitraum vom 01.10.2026 bis 31.10.2026."
+        in body
+    )
+    assert "Kopf der Hash-Kette des Löschprotokolls: Eintrag" in body
     assert "Das Löschprotokoll ist unversehrt." in body
 
 
