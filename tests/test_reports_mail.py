@@ -663,8 +663,9 @@ reports:
         "retentiond-report-2026-11.json",
         "retentiond-report-2026-11.pdf",
     ]
-    deleted = re.search(r"Deleted in the period: (\d+) objects", _text(mail))
-    assert deleted is not None and int(deleted.group(1)) > 0  # the run deleted the demo's old data
+    deleted = re.search(r"Deleted in the period: (\d{1,3}(,\d{3})*) objects", _text(mail))
+    assert deleted is not None  # the run deleted the demo's old data, counted as English writes
+    assert int(deleted.group(1).replace(",", "")) > 1000
     texts = [str(mail["Subject"]), _text(mail), attachments["retentiond-report-2026-11.csv"]]
     found = leaked(personal, texts=texts, documents=[attachments["retentiond-report-2026-11.json"]])
     assert found == []
