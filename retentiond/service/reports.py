@@ -350,13 +350,15 @@ def compose(
     message["To"] = ", ".join(mail.to)
     message["Date"] = formatdate(now.timestamp(), localtime=False)
     message["Message-ID"] = make_msgid(domain=mail.from_.rsplit("@", 1)[1])
-    message["Content-Language"] = language
     message.set_content("\n".join(lines) + "\n")
+    message["Content-Language"] = language  # the text's (set_content clears Content-* headers)
     for document in delivery.documents:
         maintype, subtype = MEDIA[document.form]
         message.add_attachment(
             document.content, maintype=maintype, subtype=subtype, filename=document.name
         )
+    if message.is_multipart():  # the text went into a part of its own: the mail says it too
+        message["Content-Language"] = language
     return message
 
 
