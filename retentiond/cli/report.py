@@ -81,7 +81,8 @@ def _loaded(ctx: click.Context) -> LoadedConfig:
     "--language",
     type=click.Choice(LANGUAGES),
     help="en or de: the report's words, numbers and dates; default: organisation.language of "
-    "the config (with --send: reports.language).",
+    "the config (with --send: the report and its mail, default reports.language, else "
+    "organisation.language).",
 )
 @click.option(
     "--send",

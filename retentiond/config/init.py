@@ -26,6 +26,18 @@ SOURCES = {
     "3cx": "3CX's 3CXPhoneSystem.ini (/var/lib/3cxpbx/Bin or Instance1/Bin)",
 }
 
+# Who the DPO's documents are for and their language, for the reviewer to fill in
+ORGANISATION = (
+    "# The DPO's documents: report, rule catalogue, report mail, verifier page",
+    "# organisation:",
+    "#   controller: Beispiel GmbH, Musterstraße 1, 12345 Musterstadt",
+    "#   dpo_contact: datenschutz@example.com",
+    "#   language: de  # en (default) | de: words, dates and numbers of every document",
+    '# reports:        # the report by itself each month (README, "Reports by mail")',
+    "#   folder: /srv/dpo/retentiond",
+    "#   language: de  # en | de; default: organisation.language",
+)
+
 
 def render(preset: str, settings: dict[str, Any], keep: dict[str, str]) -> str:
     """The expanded config as YAML text; validated before it is returned."""
@@ -85,6 +97,7 @@ def _document(preset: str, settings: dict[str, Any], expanded: dict[str, Any]) -
     lines += [
         "safety:",
         "  max_delete_fraction: 0.5  # the first run on years of data needs more, once",
+        *ORGANISATION,
         "",
     ]
     return "\n".join(lines)

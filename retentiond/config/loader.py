@@ -23,6 +23,7 @@ from retentiond.config.model import HOLD_RULE_NAMES, STORE_TYPES, Config, HoldCo
 from retentiond.config.presets import PresetError, PresetProblem, expand
 from retentiond.credentials import secret_file_problem
 from retentiond.errors import ConfigError, ConfigProblem
+from retentiond.i18n import LANGUAGES
 
 DEFAULT_CONFIG_PATH = Path("/etc/retentiond/retentiond.yaml")
 
@@ -599,6 +600,9 @@ def _message(detail: Any, path: list[Any]) -> str:
         return f"every store needs a 'type:' ({', '.join(STORE_TYPES)})"
     if kind == "literal_error" and path and path[-1] == "action":
         return "action is delete or anonymize"
+    if kind == "literal_error" and path and path[-1] == "language":
+        written = detail.get("input")
+        return f"{written!r} is not a language retentiond writes; write {' or '.join(LANGUAGES)}"
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
     return message

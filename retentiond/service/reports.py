@@ -43,7 +43,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from retentiond import logs, safefiles
+from retentiond import i18n, logs, safefiles
 from retentiond.config.loader import LoadedConfig
 from retentiond.config.model import Config, MailConfig, ReportsConfig, reports_language
 from retentiond.credentials import CredentialError, read_secret
@@ -51,7 +51,7 @@ from retentiond.engine.status import REPORT_FAILED, REPORT_SENT, ReportHistory
 from retentiond.errors import AuditError, RetentiondError
 from retentiond.evidence.log import AuditWriter, Entry, json_safe, read_entries
 from retentiond.evidence.report.values import Period
-from retentiond.i18n import Language
+from retentiond.i18n import N_, Language
 
 if TYPE_CHECKING:
     from retentiond.evidence.report.values import Report
@@ -260,55 +260,13 @@ def write_folder(folder: Path, made: Iterable[Document]) -> None:
 
 # --- the mail ----------------------------------------------------------------------------------
 
-WORDING = {
-    "en": {
-        "subject": "Deletion report {key}: {verdict}",
-        "kept": "every retention period was kept",
-        "remarks": "retention periods kept, with remarks",
-        "missed": "a retention period was NOT kept",
-        "none": "no rules evaluated",
-        "greeting": "This is the deletion report of retentiond for {first} to {last}.",
-        "verdict": "Verdict: {verdict}.",
-        "rule": "- {rule}: {verdict}",
-        "deleted": "Deleted in the period: {count} objects.",
-        "log_intact": "The deletion log is intact.",
-        "log_broken": "The deletion log is NOT intact; see the report.",
-        "head": "Chain head of the deletion log: entry {seq}, SHA-256 {hash}",
-        "attached": "The report is attached ({names}).",
-        "pdf_missing": (
-            "A PDF could not be made on this system (WeasyPrint or its libraries are missing), "
-            "so the report is attached as HTML."
-        ),
-        "check": (
-            "Check the log yourself with `retentiond audit verify`; the chain head above must "
-            "appear in it."
-        ),
-        "closing": "This mail was sent automatically by retentiond.",
-    },
-    "de": {
-        "subject": "Löschbericht {key}: {verdict}",
-        "kept": "alle Aufbewahrungsfristen eingehalten",
-        "remarks": "Aufbewahrungsfristen eingehalten, mit Anmerkungen",
-        "missed": "eine Aufbewahrungsfrist wurde NICHT eingehalten",
-        "none": "keine Regeln bewertet",
-        "greeting": "Dies ist der Löschbericht von retentiond für {first} bis {last}.",
-        "verdict": "Ergebnis: {verdict}.",
-        "rule": "- {rule}: {verdict}",
-        "deleted": "Im Zeitraum gelöscht: {count} Objekte.",
-        "log_intact": "Das Löschprotokoll ist unversehrt.",
-        "log_broken": "Das Löschprotokoll ist NICHT unversehrt; siehe Bericht.",
-        "head": "Kettenkopf des Löschprotokolls: Eintrag {seq}, SHA-256 {hash}",
-        "attached": "Der Bericht ist angehängt ({names}).",
-        "pdf_missing": (
-            "Ein PDF konnte auf diesem System nicht erzeugt werden (WeasyPrint oder seine "
-            "Bibliotheken fehlen); der Bericht ist daher als HTML angehängt."
-        ),
-        "check": (
-            "Prüfen Sie das Protokoll selbst mit `retentiond audit verify`; der obige "
-            "Kettenkopf muss darin vorkommen."
-        ),
-        "closing": "Diese Mail wurde automatisch von retentiond versandt.",
-    },
+# The English is the code's; the German is in retentiond/locale/de/LC_MESSAGES/mail.po.
+# The verdict on the period, and on each rule by its compliance level
+VERDICTS = {
+    "kept": N_("every retention period was kept"),
+    "remarks": N_("retention periods kept, with remarks"),
+    "missed": N_("a retention period was NOT kept"),
+    "none": N_("no rules evaluated"),
 }
 LEVEL_WORD = {"green": "kept", "amber": "remarks", "red": "missed"}
 
@@ -324,10 +282,6 @@ def period_verdict(report: Report) -> str:
     return "kept"
 
 
-def _date(day: date, language: str) -> str:
-    return f"{day.day:02d}.{day.month:02d}.{day.year}" if language == "de" else day.isoformat()
-
-
 def compose(
     reports: ReportsConfig, report: Report, delivery: Delivery, now: datetime
 ) -> EmailMessage:
@@ -335,47 +289,76 @@ def compose(
     mail = reports.mail
     assert mail is not None
     language = report.language
-    words = WORDING[language]
-    verdict = words[period_verdict(report)]
+    words = i18n.words(language)
+    _ = words.gettext
+    verdict = _(VERDICTS[period_verdict(report)])
     period = delivery.period
     lines = [
-        words["greeting"].format(
-            first=_date(period.first_day, language),
-            last=_date(period.last_day, language),
+        _("This is the deletion report of retentiond for {first} to {last}.").format(
+            first=words.day(period.first_day), last=words.day(period.last_day)
         ),
         "",
-        words["verdict"].format(verdict=verdict),
+        _("Verdict: {verdict}.").format(verdict=verdict),
     ]
     lines += [
-        words["rule"].format(rule=row.rule, verdict=words[LEVEL_WORD.get(row.level, "remarks")])
+        f"- {row.rule}: {_(VERDICTS[LEVEL_WORD.get(row.level, 'remarks')])}"
         for row in report.compliance
     ]
     deleted = sum(total.deleted for total in report.totals)
     intact = all(info.intact for info in report.logs)
+    names = ", ".join(d.name for d in delivery.documents)
     lines += [
         "",
-        words["deleted"].format(count=deleted),
-        words["log_intact" if intact else "log_broken"],
-        words["head"].format(seq=delivery.head_seq, hash=delivery.head_hash),
+        words.ngettext(
+            "Deleted in the period: {count} object.",
+            "Deleted in the period: {count} objects.",
+            deleted,
+        ).format(count=words.number(deleted)),
+        _("The deletion log is intact.")
+        if intact
+        else _("The deletion log is NOT intact; see the report."),
+        # The entry's number is the log's `seq`, an identifier: written as the log writes it
+        _("Chain head of the deletion log: entry {seq}, SHA-256 {hash}").format(
+            seq=delivery.head_seq, hash=delivery.head_hash
+        ),
         "",
-        words["attached"].format(names=", ".join(d.name for d in delivery.documents)),
+        # One report, in each of the formats named
+        _("The report is attached ({names}).").format(names=names),
     ]
     if delivery.pdf_missing:
-        lines.append(words["pdf_missing"])
-    lines += ["", words["check"], "", "-- ", words["closing"]]
+        lines.append(
+            _(
+                "A PDF could not be made on this system (WeasyPrint or its libraries are "
+                "missing), so the report is attached as HTML."
+            )
+        )
+    lines += [
+        "",
+        _(
+            "Check the log yourself with `retentiond audit verify`; the chain head above must "
+            "appear in it."
+        ),
+        "",
+        "-- ",
+        _("This mail was sent automatically by retentiond."),
+    ]
     message = EmailMessage()
-    message["Subject"] = words["subject"].format(key=delivery.key, verdict=verdict)
+    message["Subject"] = _("Deletion report {key}: {verdict}").format(
+        key=delivery.key, verdict=verdict
+    )
     message["From"] = mail.from_
     message["To"] = ", ".join(mail.to)
     message["Date"] = formatdate(now.timestamp(), localtime=False)
     message["Message-ID"] = make_msgid(domain=mail.from_.rsplit("@", 1)[1])
-    message["Content-Language"] = language
     message.set_content("\n".join(lines) + "\n")
+    message["Content-Language"] = language  # the text's (set_content clears Content-* headers)
     for document in delivery.documents:
         maintype, subtype = MEDIA[document.form]
         message.add_attachment(
             document.content, maintype=maintype, subtype=subtype, filename=document.name
         )
+    if message.is_multipart():  # the text went into a part of its own: the mail says it too
+        message["Content-Language"] = language
     return message
 
 
