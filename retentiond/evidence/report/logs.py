@@ -19,6 +19,7 @@ from retentiond.errors import AuditError
 from retentiond.evidence import log as audit
 from retentiond.evidence.report.entries import as_int, as_text, entry_time
 from retentiond.evidence.report.values import Checkpoint, LogFinding, LogInfo, LogRepair
+from retentiond.i18n import Words, words
 
 
 @dataclass
@@ -83,10 +84,10 @@ def name_systems(logs: list[LogFile], config_log: Path, own_system: str | None) 
             log.system = f"{log.system} ({log.base})"
 
 
-def in_file(result: audit.Verification) -> str:
+def in_file(result: audit.Verification, said: Words = words("en")) -> str:
     """' of audit.jsonl.2' where the break is in a rotated file (audit logs that rotate)."""
     broken_file = getattr(result, "broken_file", None)
-    return f" of {broken_file}" if broken_file else ""
+    return said.gettext(" of {file}").format(file=broken_file) if broken_file else ""
 
 
 def first_ts(log: LogFile) -> str:
