@@ -26,6 +26,7 @@ from retentiond.evidence.report.values import (
     Period,
     Report,
 )
+from retentiond.evidence.report.wording import ENGLISH
 from retentiond.i18n import DEFAULT, Language, Words, words
 from retentiond.stores.kinds import KINDS
 
@@ -135,7 +136,7 @@ def _hold_rules(hold: HoldRow, config: Config) -> list[str]:
     return hold.rules if hold.rules is not None else [rule.name for rule in config.rules]
 
 
-def methods(config: Config, seen: Iterable[str], said: Words = words("en")) -> list[Method]:
+def methods(config: Config, seen: Iterable[str], said: Words = ENGLISH) -> list[Method]:
     """How each store kind of the config, or seen in the logs, deletes (stores/kinds.py)."""
     kinds = {store.type for rule in config.rules for store in rule.stores} | set(seen)
     return [

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, tzinfo
 
 from retentiond.config.model import Config, HoldConfig, Rule
 from retentiond.evidence.report.values import HoldRow, Organisation, RuleRow, StoreRef
-from retentiond.evidence.report.wording import label, span_text
-from retentiond.i18n import N_, Words, words
+from retentiond.evidence.report.wording import ENGLISH, label, span_text
+from retentiond.i18n import N_, Words
 from retentiond.policy import rules
 from retentiond.policy.durations import Duration
 from retentiond.policy.rules import hold_in_force, review_overdue
@@ -21,7 +21,7 @@ START_EVENTS = {"object time": N_("object time")}
 UNSCHEDULED = N_("none (retentiond-once.timer, daily)")
 
 
-def organisation(config: Config, said: Words = words("en")) -> Organisation:
+def organisation(config: Config, said: Words = ENGLISH) -> Organisation:
     org = config.organisation
     not_set = said.gettext(NOT_SET)
     if org is None:
@@ -34,7 +34,7 @@ def organisation(config: Config, said: Words = words("en")) -> Organisation:
     )
 
 
-def rule_rows(config: Config, said: Words = words("en")) -> list[RuleRow]:
+def rule_rows(config: Config, said: Words = ENGLISH) -> list[RuleRow]:
     """The rules in the order DIN 66398 lists them: by period, shortest first."""
     rows = [_rule_row(rule, config, said) for rule in config.rules]
     return sorted(rows, key=lambda row: (row.keep_days, row.name))
@@ -75,7 +75,7 @@ def approximate_days(period: Duration) -> float:
     return period.years * 365.25 + period.months * 30.44 + period.weeks * 7 + period.days
 
 
-def schedule_interval(rule: Rule, said: Words = words("en")) -> tuple[timedelta, str]:
+def schedule_interval(rule: Rule, said: Words = ENGLISH) -> tuple[timedelta, str]:
     """The longest gap between two scheduled runs of the rule, and its text, as `status` has it
     (in `said`'s language)."""
     interval = rules.schedule_interval(rule.schedule)

@@ -9,8 +9,8 @@ from typing import Any
 
 from retentiond.evidence import log as audit
 from retentiond.evidence.report.values import SubjectStore
-from retentiond.evidence.report.wording import whole
-from retentiond.i18n import Words, words
+from retentiond.evidence.report.wording import ENGLISH, whole
+from retentiond.i18n import Words
 
 
 def entry_time(entry: audit.Entry) -> datetime:
@@ -63,7 +63,7 @@ def held_by(stores: Any) -> dict[str, dict[str, int]]:
     return result
 
 
-def undated_failures(stores: list[dict[str, Any]], said: Words = words("en")) -> list[str]:
+def undated_failures(stores: list[dict[str, Any]], said: Words = ENGLISH) -> list[str]:
     """Why a run failed for objects that cannot be dated, from its stores' counts."""
     reasons: dict[str, str] = {}
     for store in stores:

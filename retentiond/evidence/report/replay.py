@@ -36,8 +36,9 @@ from retentiond.evidence.report.values import (
     SubjectSearch,
     SubjectStore,
 )
-from retentiond.evidence.report.wording import label, whole
-from retentiond.i18n import N_, Words, words
+from retentiond.evidence.report.wording import ENGLISH, whole
+from retentiond.evidence.report.wording import label as label_of
+from retentiond.i18n import N_, Words
 from retentiond.stores.kinds import KINDS
 
 UNKNOWN_RULE = "(unknown rule)"  # an identifier: the JSON and the CSV carry it as a rule name
@@ -63,7 +64,7 @@ class Replay:
     `verdicts` turn them into the report's rows."""
 
     def __init__(
-        self, config: Config, period: Period, generated: datetime, said: Words = words("en")
+        self, config: Config, period: Period, generated: datetime, said: Words = ENGLISH
     ) -> None:
         self.config = config
         self.words = said  # the language of every text the figures carry
@@ -299,7 +300,7 @@ class Replay:
             reasons = [enforced.format(failures="; ".join(failed))] if failed else []
             reasons += undated
             reason = "; ".join(reasons) or _("run ended with status {status}").format(
-                status=label(self.words, status)
+                status=label_of(self.words, status)
             )
         self.incidents.append(Incident(at, system, run.rule, status, reason))
 
@@ -341,7 +342,7 @@ class Replay:
         elif entry.type == "hold_changed":
             detail = _("changed: {fields}").format(fields=", ".join(changed) or _("not recorded"))
         else:
-            detail = label(self.words, "added")
+            detail = label_of(self.words, "added")
         rules_field = fields.get("rules")
 
         def optional(key: str) -> str | None:

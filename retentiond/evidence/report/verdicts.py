@@ -16,8 +16,8 @@ from retentiond.evidence.report.values import (
     FieldTransform,
     StoreAnonymization,
 )
-from retentiond.evidence.report.wording import decimal, label, span_text, whole
-from retentiond.i18n import N_, Words, words
+from retentiond.evidence.report.wording import ENGLISH, decimal, label, span_text, whole
+from retentiond.i18n import N_, Words
 from retentiond.policy.anonymize import (
     Blank,
     Bucket,
@@ -108,7 +108,7 @@ def verdict_for(
     end: datetime,
     covered_until: Callable[[datetime], datetime],
     zone: tzinfo = UTC,
-    said: Words = words("en"),
+    said: Words = ENGLISH,
 ) -> tuple[str, str, str]:
     """Whether the deadline held at every moment from `start` to `end`.
 
@@ -141,9 +141,7 @@ def verdict_for(
     if gaps:
         first, last = max(gaps, key=lambda g: g[1] - g[0])
         days = (last - first).total_seconds() / 86400
-        note = _(
-            "no verified run for {days} days beyond the allowed interval ({first} to {last})"
-        )
+        note = _("no verified run for {days} days beyond the allowed interval ({first} to {last})")
         return (
             _(EXCEEDED),
             "red",

@@ -14,8 +14,10 @@ from decimal import Decimal
 
 from babel.numbers import format_decimal
 
-from retentiond.i18n import N_, Words
+from retentiond.i18n import N_, Words, words
 from retentiond.stores.kinds import KINDS
+
+ENGLISH = words("en")  # the default of the functions that make text: the report as it always was
 
 # identifier -> its English label, marked for the catalogue (N_) and translated by `label`.
 # English labels are the identifiers themselves, as the report has always printed them.
@@ -88,6 +90,13 @@ LABELS: dict[str, str] = {
     "head": N_("head"),
     "unsigned_tail": N_("unsigned tail"),
     "torn_tail": N_("incomplete last line"),
+    # residual-copy checks (values.Finding.check; evidence/report/residual.py marks them too)
+    "MariaDB binary log": N_("MariaDB binary log"),
+    "PostgreSQL WAL archive": N_("PostgreSQL WAL archive"),
+    "transient_cdr table": N_("transient_cdr table"),
+    "FreePBX backups folder": N_("FreePBX backups folder"),
+    "3CX backups folder": N_("3CX backups folder"),
+    "voicemail sent by e-mail": N_("voicemail sent by e-mail"),
     # rule actions
     "delete": N_("delete"),
     "anonymize": N_("anonymize"),
