@@ -333,9 +333,12 @@ def _backups(
     assert stats.oldest is not None and stats.newest is not None
     oldest_days = (now - stats.oldest) / DAY
     newest_days = (now - stats.newest) / DAY
-    detail = _(
+    detail = said.ngettext(
         "{files} files; newest {newest} days old, oldest {oldest} days old (file names not "
-        "listed: they can carry call data)"
+        "listed: they can carry call data)",
+        "{files} files; newest {newest} days old, oldest {oldest} days old (file names not "
+        "listed: they can carry call data)",
+        stats.files,
     ).format(
         files=whole(said, stats.files),
         newest=f"{newest_days:.0f}",

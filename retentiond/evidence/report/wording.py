@@ -22,6 +22,9 @@ ENGLISH = words("en")  # the default of the functions that make text: the report
 # identifier -> its English label, marked for the catalogue (N_) and translated by `label`.
 # English labels are the identifiers themselves, as the report has always printed them.
 LABELS: dict[str, str] = {
+    # store kinds: the report's name of each (stores/kinds.py, marked there). "files" names both
+    # a kind and a unit: the unit's label below wins ("files: /var/spool/…" reads right with it)
+    **{kind: row.title for kind, row in KINDS.items()},
     # how a run ended (evidence/log RUN_END_STATUS, run_finished's status, engine/outcome.py),
     # and what the report says of a run or an erasure that recorded no end
     "done": N_("done"),
@@ -100,8 +103,6 @@ LABELS: dict[str, str] = {
     # rule actions
     "delete": N_("delete"),
     "anonymize": N_("anonymize"),
-    # store kinds: the report's name of each (stores/kinds.py, marked there)
-    **{kind: row.title for kind, row in KINDS.items()},
 }
 
 
