@@ -37,7 +37,7 @@ from test_report_holds import (
 
 from retentiond.config.loader import LoadedConfig, load_config
 from retentiond.evidence import log as audit
-from retentiond.evidence.report import build, residual, summary, wording
+from retentiond.evidence.report import build, render, residual, summary, wording
 from retentiond.evidence.report.values import Catalogue, Finding, Period, Report
 from retentiond.i18n import words
 
@@ -386,3 +386,16 @@ def test_every_label_has_its_german() -> None:
     german = words("de")
     untranslated = [k for k, v in wording.LABELS.items() if german.gettext(v) == v]
     assert untranslated == []
+
+
+def test_the_german_figures_reach_every_form(both: Both) -> None:
+    """The forms print the values as they are: the German verdict in the page, CSV and JSON,
+    while the JSON keeps the identifiers (level, status) as they are in English."""
+    report = both.de.report
+    page, table, data = render.html(report), render.csv_text(report), render.json_text(report)
+    for text in (page, table, data):
+        assert "Löschfrist überschritten" in text
+    for text in (page, data):  # the CSV has no notes
+        assert "Die Sperrung LIT-2 war am 20.03.2026 zur Überprüfung fällig" in text
+    compliance = json.loads(data)["compliance"]
+    assert {row["level"] for row in compliance} == {"red"}
