@@ -141,14 +141,15 @@ def report(
     loaded = _loaded(ctx)
     config = loaded.config
     period = Period(first_day.date(), last_day.date(), config.zone())
-    findings = residual.detect(config)
+    chosen = language or document_language(config)
+    findings = residual.detect(config, language=chosen)
     built = build.build_report(
         loaded,
         list(logs),
         period,
         residual=findings,
         residual_host=socket.gethostname(),
-        language=language or document_language(config),
+        language=chosen,
     )
     if form == "pdf":
         _write_pdf(render.pdf(built), output)

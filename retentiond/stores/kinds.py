@@ -23,6 +23,7 @@ from retentiond.config.model import (
     ThreeCxCallsStoreConfig,
     VoicemailStoreConfig,
 )
+from retentiond.i18n import N_
 from retentiond.stores.base import Store
 
 # How a kind's Store class is called: (the class, the store's config, the whole config).
@@ -34,8 +35,8 @@ class Kind:
     config: type[StoreBase]  # the class the config's `stores:` entries of this type become
     implementation: str  # "module:Class" of its Store, imported when a store is built
     construct: Construct
-    title: str  # the report's name for the kind
-    deletes: str  # how it deletes, for the DPO (README, "How it deletes")
+    title: str  # the report's name for the kind (English, marked N_: the report translates it)
+    deletes: str  # how it deletes, for the DPO (README, "How it deletes"), marked N_ likewise
 
     def store_class(self) -> type[Store]:
         """The Store class, imported now."""
@@ -87,46 +88,56 @@ KINDS: dict[str, Kind] = {
         SqlStoreConfig,
         "retentiond.stores.sql.store:SqlStore",
         _with_connection,
-        "SQL table",
-        "Batched SQL DELETE along an index (the time column's index, or the primary key where "
-        "the time column has none), each batch one short transaction with lock and statement "
-        "timeouts; the cutoff is bound explicitly in every statement. Logical deletion: the "
-        "database frees the rows' space for reuse; copies in binary logs, WAL archives and "
-        "backups are listed under residual copies.",
+        N_("SQL table"),
+        N_(
+            "Batched SQL DELETE along an index (the time column's index, or the primary key where "
+            "the time column has none), each batch one short transaction with lock and statement "
+            "timeouts; the cutoff is bound explicitly in every statement. Logical deletion: the "
+            "database frees the rows' space for reuse; copies in binary logs, WAL archives and "
+            "backups are listed under residual copies."
+        ),
     ),
     "files": Kind(
         FilesStoreConfig,
         "retentiond.stores.files.store:FilesStore",
         _files,
-        "Folder of files",
-        "unlink() relative to an open folder descriptor, never following a symlink, never "
-        "leaving the root or its filesystem; each file is re-checked (same inode, regular file, "
-        "still expired) just before it is unlinked. Logical deletion: the blocks are freed, "
-        "not overwritten (full-disk encryption and TRIM protect the freed blocks).",
+        N_("Folder of files"),
+        N_(
+            "unlink() relative to an open folder descriptor, never following a symlink, never "
+            "leaving the root or its filesystem; each file is re-checked (same inode, regular "
+            "file, still expired) just before it is unlinked. Logical deletion: the blocks are "
+            "freed, not overwritten (full-disk encryption and TRIM protect the freed blocks)."
+        ),
     ),
     "asterisk_voicemail": Kind(
         VoicemailStoreConfig,
         "retentiond.stores.voicemail.store:VoicemailStore",
         _in_zone,
-        "Asterisk voicemail spool",
-        "Each message is deleted as a group (audio in every format and its .txt metadata), "
-        "aged by origtime, under Asterisk's folder lock held for at most half a second; "
-        "greetings are never touched.",
+        N_("Asterisk voicemail spool"),
+        N_(
+            "Each message is deleted as a group (audio in every format and its .txt metadata), "
+            "aged by origtime, under Asterisk's folder lock held for at most half a second; "
+            "greetings are never touched."
+        ),
     ),
     "csv": Kind(
         CsvStoreConfig,
         "retentiond.stores.csv.store:CsvStore",
         _in_zone,
-        "CSV call records",
-        "Atomic rewrite: the file is written anew without the expired lines into a temporary "
-        "file beside it and renamed into place, keeping every line Asterisk appends meanwhile.",
+        N_("CSV call records"),
+        N_(
+            "Atomic rewrite: the file is written anew without the expired lines into a temporary "
+            "file beside it and renamed into place, keeping every line Asterisk appends meanwhile."
+        ),
     ),
     "3cx_call_history": Kind(
         ThreeCxCallsStoreConfig,
         "retentiond.stores.threecx.store:ThreeCxCallsStore",
         _with_connection,
-        "3CX call history",
-        "A batch of calls and their dependent rows (segments, quality, participants, party "
-        "information no remaining call uses) deleted in one transaction.",
+        N_("3CX call history"),
+        N_(
+            "A batch of calls and their dependent rows (segments, quality, participants, party "
+            "information no remaining call uses) deleted in one transaction."
+        ),
     ),
 }

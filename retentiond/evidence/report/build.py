@@ -26,7 +26,8 @@ from retentiond.evidence.report.values import (
     Period,
     Report,
 )
-from retentiond.i18n import DEFAULT, Language
+from retentiond.evidence.report.wording import ENGLISH
+from retentiond.i18n import DEFAULT, Language, Words, words
 from retentiond.stores.kinds import KINDS
 
 
@@ -42,27 +43,37 @@ def build_report(
 ) -> Report:
     """All figures for the period from the given logs (default: the config's audit.path)."""
     config = loaded.config
+    said = words(language)
+    _ = said.gettext
     generated = (generated_at or datetime.now(UTC)).astimezone(UTC)
     paths = list(log_paths) or [log_path(config)]
     own_system = config.organisation.system if config.organisation else None
     logs = [read_log(path) for path in paths]
     name_systems(logs, log_path(config), own_system)
     systems = list(dict.fromkeys(log.system for log in logs))
-    replay = Replay(config, period, generated)
+    replay = Replay(config, period, generated, said)
     # Rotated files of one system in the order they were written.
     for log in sorted(logs, key=lambda lg: (lg.system, first_ts(lg))):
         replay.read(log.system, log.entries)
     replay.finish()
     log_infos = [log_info(log) for log in logs]
     notes = [
-        f"The audit log {log.path} is broken at line {log.verification.broken_at}"
-        f"{in_file(log.verification)} ({log.verification.reason}): figures after that line "
-        "are missing."
+        _(
+            "The audit log {path} is broken at line {line}{file} ({reason}): figures after "
+            "that line are missing."
+        ).format(
+            path=log.path,
+            line=log.verification.broken_at,
+            file=in_file(log.verification, said),
+            reason=log.verification.reason,
+        )
         for log in logs
         if not log.verification.ok
     ]
     notes += [
-        f"The audit log {info.path} does not verify: {info.problems[0]}."
+        _("The audit log {path} does not verify: {problem}.").format(
+            path=info.path, problem=info.problems[0]
+        )
         for info in log_infos
         if info.problems and info.broken_line is None
     ]
@@ -71,20 +82,24 @@ def build_report(
         for hold in hold_rows(config.holds, generated, period.zone)
     ]
     notes += [
-        f"Hold {hold.id} matches nothing: at the last run of each of its rules no object of any "
-        "age was in its scope, so it protects nothing. Check its numbers (international form, "
-        "in quotes), extensions, from/to and rules."
+        _(
+            "Hold {hold} matches nothing: at the last run of each of its rules no object of any "
+            "age was in its scope, so it protects nothing. Check its numbers (international "
+            "form, in quotes), extensions, from/to and rules."
+        ).format(hold=hold.id)
         for hold in in_force
         if hold.matches_nothing
     ]
     notes += [
-        f"Hold {hold.id} was due for review on {hold.review_by}: it keeps holding until it is "
-        "reviewed (extend review_by, or end it with until:)."
+        _(
+            "Hold {hold} was due for review on {day}: it keeps holding until it is reviewed "
+            "(extend review_by, or end it with until:)."
+        ).format(hold=hold.id, day=said.day(hold.review_by))
         for hold in in_force
         if hold.review_overdue
     ]
     return Report(
-        organisation=organisation(config),
+        organisation=organisation(config, said),
         first_day=period.first_day,
         last_day=period.last_day,
         zone=str(period.zone),
@@ -93,7 +108,7 @@ def build_report(
         config_path=str(loaded.path),
         config_sha256=loaded.sha256,
         systems=systems,
-        rules=rule_rows(config),
+        rules=rule_rows(config, said),
         compliance=verdicts.compliance(replay, systems),
         weeks=period.weeks(),
         deletions_by_week=tables.by_week(replay),
@@ -107,7 +122,7 @@ def build_report(
         logs=log_infos,
         residual_host=residual_host,
         residual=list(residual),
-        methods=methods(config, replay.kinds),
+        methods=methods(config, replay.kinds, said),
         grace=str(config.safety.deadline_grace),
         notes=notes,
         anonymization=verdicts.anonymization(replay),
@@ -121,23 +136,28 @@ def _hold_rules(hold: HoldRow, config: Config) -> list[str]:
     return hold.rules if hold.rules is not None else [rule.name for rule in config.rules]
 
 
-def methods(config: Config, seen: Iterable[str]) -> list[Method]:
+def methods(config: Config, seen: Iterable[str], said: Words = ENGLISH) -> list[Method]:
     """How each store kind of the config, or seen in the logs, deletes (stores/kinds.py)."""
     kinds = {store.type for rule in config.rules for store in rule.stores} | set(seen)
-    return [Method(kind, row.title, row.deletes) for kind, row in KINDS.items() if kind in kinds]
+    return [
+        Method(kind, said.gettext(row.title), said.gettext(row.deletes))
+        for kind, row in KINDS.items()
+        if kind in kinds
+    ]
 
 
 def catalogue(
     loaded: LoadedConfig, generated_at: datetime | None = None, language: Language = DEFAULT
 ) -> Catalogue:
     config = loaded.config
+    said = words(language)
     return Catalogue(
-        organisation(config),
+        organisation(config, said),
         (generated_at or datetime.now(UTC)).astimezone(UTC),
         __version__,
         str(loaded.path),
         loaded.sha256,
         str(config.safety.deadline_grace),
-        rule_rows(config),
+        rule_rows(config, said),
         language,
     )

@@ -8,49 +8,59 @@ from datetime import datetime, timedelta, tzinfo
 
 from retentiond.config.model import Config, HoldConfig, Rule
 from retentiond.evidence.report.values import HoldRow, Organisation, RuleRow, StoreRef
+from retentiond.evidence.report.wording import ENGLISH, label, span_text
+from retentiond.i18n import N_, Words
 from retentiond.policy import rules
 from retentiond.policy.durations import Duration
 from retentiond.policy.rules import hold_in_force, review_overdue
 
-NOT_SET = "not set"
-CONTROLLER_NOT_SET = "not set (add organisation: to the config)"
+NOT_SET = N_("not set")
+CONTROLLER_NOT_SET = N_("not set (add organisation: to the config)")
+# When a rule's period starts (config: start_event), as the catalogue names it.
+START_EVENTS = {"object time": N_("object time")}
+UNSCHEDULED = N_("none (retentiond-once.timer, daily)")
 
 
-def organisation(config: Config) -> Organisation:
+def organisation(config: Config, said: Words = ENGLISH) -> Organisation:
     org = config.organisation
+    not_set = said.gettext(NOT_SET)
     if org is None:
-        return Organisation(CONTROLLER_NOT_SET, NOT_SET, NOT_SET, configured=False)
+        return Organisation(said.gettext(CONTROLLER_NOT_SET), not_set, not_set, configured=False)
     return Organisation(
         org.controller,
-        org.dpo_contact or NOT_SET,
-        org.processing_record or NOT_SET,
+        org.dpo_contact or not_set,
+        org.processing_record or not_set,
         configured=True,
     )
 
 
-def rule_rows(config: Config) -> list[RuleRow]:
+def rule_rows(config: Config, said: Words = ENGLISH) -> list[RuleRow]:
     """The rules in the order DIN 66398 lists them: by period, shortest first."""
-    rows = [_rule_row(rule, config) for rule in config.rules]
+    rows = [_rule_row(rule, config, said) for rule in config.rules]
     return sorted(rows, key=lambda row: (row.keep_days, row.name))
 
 
-def _rule_row(rule: Rule, config: Config) -> RuleRow:
-    _, interval = schedule_interval(rule)
+def _rule_row(rule: Rule, config: Config, said: Words) -> RuleRow:
+    _, interval = schedule_interval(rule, said)
     grace = config.safety.deadline_grace
     then = rule.then_delete_after
-    stages: str = rule.action
+    stages = label(said, rule.action)
     if then is not None:
-        stages = f"anonymize after {rule.keep}, delete after {then}"
+        stages = said.gettext("anonymize after {keep}, delete after {then}").format(
+            keep=rule.keep, then=then
+        )
+    not_set = said.gettext(NOT_SET)
+    start = START_EVENTS.get(rule.start_event)
     return RuleRow(
         name=rule.name,
-        description=rule.description or NOT_SET,
-        purpose=rule.purpose or NOT_SET,
-        legal_basis=rule.legal_basis or NOT_SET,
-        start_event=rule.start_event,
+        description=rule.description or not_set,
+        purpose=rule.purpose or not_set,
+        legal_basis=rule.legal_basis or not_set,
+        start_event=said.gettext(start) if start else rule.start_event,
         keep=str(rule.keep),
         deadline=deadline_text(rule.keep, interval, config.safety.deadline_grace),
         action=rule.action,
-        schedule=rule.schedule.text if rule.schedule else "none (retentiond-once.timer, daily)",
+        schedule=rule.schedule.text if rule.schedule else said.gettext(UNSCHEDULED),
         stores=[StoreRef(s.type, s.label, s.optional) for s in rule.stores],
         keep_days=approximate_days(rule.keep),
         stages=stages,
@@ -65,22 +75,16 @@ def approximate_days(period: Duration) -> float:
     return period.years * 365.25 + period.months * 30.44 + period.weeks * 7 + period.days
 
 
-def schedule_interval(rule: Rule) -> tuple[timedelta, str]:
-    """The longest gap between two scheduled runs of the rule, and its text, as `status` has it."""
+def schedule_interval(rule: Rule, said: Words = ENGLISH) -> tuple[timedelta, str]:
+    """The longest gap between two scheduled runs of the rule, and its text, as `status` has it
+    (in `said`'s language)."""
     interval = rules.schedule_interval(rule.schedule)
-    return interval, rules.interval_text(interval)
+    return interval, span_text(interval, said)
 
 
 def deadline_text(keep: Duration, interval: str, grace: Duration) -> str:
     """The regular deletion period as its three parts: keep + run interval + grace."""
     return f"{keep} + {interval} + {grace}"
-
-
-def span_text(span: timedelta) -> str:
-    """'1 day', '3 days', '1 hour', '1 day 6 hours' (as `retentiond status` names an interval)."""
-    hours, rest = divmod(span.seconds, 3600)
-    parts = [(span.days, "day"), (hours, "hour"), (rest // 60, "minute")]
-    return " ".join(f"{n} {unit}{'s' if n != 1 else ''}" for n, unit in parts if n) or "0 minutes"
 
 
 # --- reading the logs ----------------------------------------------------------------------------

@@ -9,6 +9,8 @@ from typing import Any
 
 from retentiond.evidence import log as audit
 from retentiond.evidence.report.values import SubjectStore
+from retentiond.evidence.report.wording import ENGLISH, whole
+from retentiond.i18n import Words
 
 
 def entry_time(entry: audit.Entry) -> datetime:
@@ -61,18 +63,27 @@ def held_by(stores: Any) -> dict[str, dict[str, int]]:
     return result
 
 
-def undated_failures(stores: list[dict[str, Any]]) -> list[str]:
+def undated_failures(stores: list[dict[str, Any]], said: Words = ENGLISH) -> list[str]:
     """Why a run failed for objects that cannot be dated, from its stores' counts."""
     reasons: dict[str, str] = {}
     for store in stores:
         if not store.get("undated_failed"):
             continue
         tolerated = store.get("undated_tolerated")
-        share = f"{tolerated * 100:.3g}%" if isinstance(tolerated, int | float) else "unknown"
+        share = said.gettext("unknown")
+        if isinstance(tolerated, int | float):
+            shown = f"{tolerated * 100:.3g}"
+            share = f"{shown if said.language == 'en' else shown.replace('.', ',')}%"
         reasons.setdefault(
             as_text(store.get("store")),
-            f"{as_text(store.get('store'))}: {as_int(store.get('undated'))} objects cannot be "
-            f"dated and are never deleted (tolerated: {share})",
+            said.gettext(
+                "{store}: {count} objects cannot be dated and are never deleted "
+                "(tolerated: {share})"
+            ).format(
+                store=as_text(store.get("store")),
+                count=whole(said, as_int(store.get("undated"))),
+                share=share,
+            ),
         )
     return list(reasons.values())
 

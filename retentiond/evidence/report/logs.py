@@ -19,6 +19,8 @@ from retentiond.errors import AuditError
 from retentiond.evidence import log as audit
 from retentiond.evidence.report.entries import as_int, as_text, entry_time
 from retentiond.evidence.report.values import Checkpoint, LogFinding, LogInfo, LogRepair
+from retentiond.evidence.report.wording import ENGLISH
+from retentiond.i18n import Words
 
 
 @dataclass
@@ -83,10 +85,10 @@ def name_systems(logs: list[LogFile], config_log: Path, own_system: str | None) 
             log.system = f"{log.system} ({log.base})"
 
 
-def in_file(result: audit.Verification) -> str:
+def in_file(result: audit.Verification, said: Words = ENGLISH) -> str:
     """' of audit.jsonl.2' where the break is in a rotated file (audit logs that rotate)."""
     broken_file = getattr(result, "broken_file", None)
-    return f" of {broken_file}" if broken_file else ""
+    return said.gettext(" of {file}").format(file=broken_file) if broken_file else ""
 
 
 def first_ts(log: LogFile) -> str:

@@ -36,9 +36,15 @@ from retentiond.evidence.report.values import (
     SubjectSearch,
     SubjectStore,
 )
+from retentiond.evidence.report.wording import ENGLISH, whole
+from retentiond.evidence.report.wording import label as label_of
+from retentiond.i18n import N_, Words
 from retentiond.stores.kinds import KINDS
 
-UNKNOWN_RULE = "(unknown rule)"
+UNKNOWN_RULE = "(unknown rule)"  # an identifier: the JSON and the CSV carry it as a rule name
+
+
+NO_REASON = N_("no reason recorded")
 
 
 @dataclass
@@ -57,8 +63,11 @@ class Replay:
     """Accumulates the figures while the logs are read, one entry at a time; `tables` and
     `verdicts` turn them into the report's rows."""
 
-    def __init__(self, config: Config, period: Period, generated: datetime) -> None:
+    def __init__(
+        self, config: Config, period: Period, generated: datetime, said: Words = ENGLISH
+    ) -> None:
         self.config = config
+        self.words = said  # the language of every text the figures carry
         self.period = period
         self.generated = generated
         self.runs: dict[tuple[str, str], _Run] = {}
@@ -167,9 +176,8 @@ class Replay:
         if not forced or not isinstance(forced, list) or not self.period.contains(at):
             return
         reasons = "; ".join(str(reason) for reason in forced)
-        self.incidents.append(
-            Incident(at, system, rule, "forced", f"safety guard overridden with --force: {reasons}")
-        )
+        text = self.words.gettext("safety guard overridden with --force: {reasons}")
+        self.incidents.append(Incident(at, system, rule, "forced", text.format(reasons=reasons)))
 
     def _count_held(self, system: str, stores: Any, at: datetime) -> None:
         """The latest count of what each hold keeps per store, from a run's store fields. A hold
@@ -269,13 +277,17 @@ class Replay:
         run = self._end(system, entry, at, status)
         if status == "done" or not self.period.contains(at):
             return
+        _ = self.words.gettext
         if status == "interrupted":
-            reason = "stopped on request after the current batch; the next run continues"
+            reason = _("stopped on request after the current batch; the next run continues")
         elif status == "incomplete":
             left = remaining_total(entry.fields.get("stores"))
-            reason = (
-                f"{left if left is not None else 'some'} expired objects remained after the run"
-            )
+            if left is None:
+                reason = _("some expired objects remained after the run")
+            else:
+                reason = _("{count} expired objects remained after the run").format(
+                    count=whole(self.words, left)
+                )
         else:
             stores = [s for s in entry.fields.get("stores") or [] if isinstance(s, dict)]
             failed = [
@@ -283,20 +295,19 @@ class Replay:
                 for store in stores
                 if store.get("failed")
             ]
-            undated = undated_failures(stores)
-            reasons = (
-                ["store failed, the rule's other stores were enforced: " + "; ".join(failed)]
-                if failed
-                else []
-            )
+            undated = undated_failures(stores, self.words)
+            enforced = _("store failed, the rule's other stores were enforced: {failures}")
+            reasons = [enforced.format(failures="; ".join(failed))] if failed else []
             reasons += undated
-            reason = "; ".join(reasons) or f"run ended with status {status}"
+            reason = "; ".join(reasons) or _("run ended with status {status}").format(
+                status=label_of(self.words, status)
+            )
         self.incidents.append(Incident(at, system, run.rule, status, reason))
 
     def _refused(self, system: str, entry: audit.Entry, at: datetime) -> None:
         run = self._end(system, entry, at, "refused")
         if self.period.contains(at):
-            reason = as_text(entry.fields.get("reason")) or "no reason recorded"
+            reason = as_text(entry.fields.get("reason")) or self.words.gettext(NO_REASON)
             self.incidents.append(Incident(at, system, run.rule, "refused", reason))
         self._seen_config(system, entry, at)
         self._forced(system, run.rule, entry, at)
@@ -324,12 +335,14 @@ class Replay:
             return
         event = entry.type.removeprefix("hold_")
         changed = [str(name) for name in fields.get("changed") or []]
+        _ = self.words.gettext
         if entry.type == "hold_ended":
-            detail = f"ended: {as_text(fields.get('ended')) or 'no reason recorded'}"
+            why = as_text(fields.get("ended")) or _(NO_REASON)
+            detail = _("ended: {reason}").format(reason=why)
         elif entry.type == "hold_changed":
-            detail = f"changed: {', '.join(changed) or 'not recorded'}"
+            detail = _("changed: {fields}").format(fields=", ".join(changed) or _("not recorded"))
         else:
-            detail = "added"
+            detail = label_of(self.words, "added")
         rules_field = fields.get("rules")
 
         def optional(key: str) -> str | None:
@@ -419,7 +432,7 @@ class Replay:
     def _failed(self, system: str, entry: audit.Entry, at: datetime) -> None:
         run = self._end(system, entry, at, "failed")
         if self.period.contains(at):
-            reason = as_text(entry.fields.get("reason")) or "no reason recorded"
+            reason = as_text(entry.fields.get("reason")) or self.words.gettext(NO_REASON)
             self.incidents.append(Incident(at, system, run.rule, "failed", reason))
 
     def _reloaded(self, system: str, entry: audit.Entry, at: datetime) -> None:
@@ -451,8 +464,10 @@ class Replay:
                     run.system,
                     run.rule,
                     "batch unconfirmed",
-                    f"{missing} batch intent(s) without a result: the process ended during a "
-                    "batch; the next run's survey counts what is left",
+                    self.words.gettext(
+                        "{missing} batch intent(s) without a result: the process ended during "
+                        "a batch; the next run's survey counts what is left"
+                    ).format(missing=whole(self.words, missing)),
                 )
             )
 
@@ -471,8 +486,10 @@ class Replay:
                     run.system,
                     run.rule,
                     "no end recorded",
-                    "the run started but recorded no end (crash, power loss, or still running "
-                    "when the log was copied); the next run completes the work",
+                    self.words.gettext(
+                        "the run started but recorded no end (crash, power loss, or still "
+                        "running when the log was copied); the next run completes the work"
+                    ),
                 )
             )
 

@@ -24,6 +24,8 @@ from retentiond.dberrors import describe
 from retentiond.errors import StoreError
 from retentiond.evidence.report.catalogue import approximate_days
 from retentiond.evidence.report.values import Finding
+from retentiond.evidence.report.wording import whole
+from retentiond.i18n import DEFAULT, N_, Language, Words, words
 from retentiond.stores.db.connection import Database
 from retentiond.stores.db.dialects import Dialect, dialect_of_url
 
@@ -31,6 +33,12 @@ ASTERISK_CONF = Path("/etc/asterisk/asterisk.conf")
 SPOOL_DIR = Path("/var/spool/asterisk")  # Asterisk's compiled-in astspooldir
 VOICEMAIL_CONF = Path("/etc/asterisk/voicemail.conf")
 DAY = 86400.0
+# The checks' names: identifiers (the CSV's item), shown with wording.label.
+BINLOG = N_("MariaDB binary log")
+WAL = N_("PostgreSQL WAL archive")
+TRANSIENT_CDR = N_("transient_cdr table")
+VOICEMAIL_EMAIL = N_("voicemail sent by e-mail")
+FOLDER_CHECKS = (N_("FreePBX backups folder"), N_("3CX backups folder"))
 
 
 def _backup_folders(asterisk_conf: Path) -> dict[str, Path]:
@@ -71,17 +79,22 @@ def detect(
     voicemail_conf: Path = VOICEMAIL_CONF,
     asterisk_conf: Path = ASTERISK_CONF,
     now: float | None = None,
+    language: Language = DEFAULT,
 ) -> list[Finding]:
     """Every residual-copy detection for this host and the config's database connections.
-    `backup_folders` default: FreePBX's in the spool directory `asterisk_conf` names, 3CX's."""
+    `backup_folders` default: FreePBX's in the spool directory `asterisk_conf` names, 3CX's.
+    What each finding says (its place and detail) is in `language`; its check and state are
+    identifiers (wording.label names them)."""
+    said = words(language)
     findings: list[Finding] = []
     for name, settings in config.connections.items():
-        findings += _database(config, name, settings)
+        findings += _database(config, name, settings, said)
     shortest = _shortest_keep(config)
     folders = _backup_folders(asterisk_conf) if backup_folders is None else backup_folders
     for label, folder in folders.items():
-        findings.append(_backups(label, folder, shortest, time.time() if now is None else now))
-    findings.append(_voicemail_email(voicemail_conf))
+        moment = time.time() if now is None else now
+        findings.append(_backups(label, folder, shortest, moment, said))
+    findings.append(_voicemail_email(voicemail_conf, said))
     return findings
 
 
@@ -95,23 +108,25 @@ def _shortest_keep(config: Config) -> tuple[str, float] | None:
 # --- databases ------------------------------------------------------------------------------------
 
 
-def _database(config: Config, name: str, settings: ConnectionConfig) -> list[Finding]:
+def _database(config: Config, name: str, settings: ConnectionConfig, said: Words) -> list[Finding]:
     # Once: a report says a database it cannot reach was not checked, it does not wait for it.
     database = Database(name, settings.model_copy(update={"retries": 0}), f"connection {name}")
-    place = f"connection {name}"
+    place = said.gettext("connection {name}").format(name=name)
     try:
         connection = database.open()
     except StoreError as error:
-        reason = f"not checked: {error}"
+        reason = said.gettext(NOT_CHECKED).format(why=error)
         checks = _checks_for(dialect_of_url(settings.url))
         return [Finding(check, place, "not checked", reason) for check in checks]
     try:
-        place = f"connection {name} ({database.where()})"
+        place = said.gettext("connection {name} ({where})").format(
+            name=name, where=database.where()
+        )
         findings = []
         archive = _ARCHIVE_CHECKS.get(database.dialect.archived_log or "")
         if archive is not None:
-            findings.append(archive[1](connection, place))
-        findings.append(_transient_cdr(config, name, connection, place))
+            findings.append(archive[1](connection, place, said))
+        findings.append(_transient_cdr(config, name, connection, place, said))
         return findings
     finally:
         connection.close()
@@ -121,8 +136,8 @@ def _database(config: Config, name: str, settings: ConnectionConfig) -> list[Fin
 def _checks_for(dialect: Dialect | None) -> Sequence[str]:
     archive = _ARCHIVE_CHECKS.get(dialect.archived_log or "") if dialect is not None else None
     if archive is not None:
-        return (archive[0], "transient_cdr table")
-    return ("transient_cdr table",)
+        return (archive[0], TRANSIENT_CDR)
+    return (TRANSIENT_CDR,)
 
 
 def _variable(connection: Connection, name: str) -> str | None:
@@ -130,22 +145,26 @@ def _variable(connection: Connection, name: str) -> str | None:
     return None if row is None else str(row[1])
 
 
-def _binlog(connection: Connection, place: str) -> Finding:
-    check = "MariaDB binary log"
+def _binlog(connection: Connection, place: str, said: Words) -> Finding:
+    check = BINLOG
+    _ = said.gettext
     try:
         log_bin = _variable(connection, "log_bin")
         seconds = _variable(connection, "binlog_expire_logs_seconds")
         days = _variable(connection, "expire_logs_days")
     except DBAPIError as error:
-        return _not_checked(check, place, error)
+        return _not_checked(check, place, error, said)
     if log_bin is None:
-        return Finding(check, place, "not checked", "not checked: the server has no log_bin")
+        why = _("the server has no log_bin")
+        return Finding(check, place, "not checked", _(NOT_CHECKED).format(why=why))
     if log_bin.upper() != "ON":
         return Finding(
             check,
             place,
             "none",
-            f"binary log off (log_bin={log_bin}): deleted rows leave no copy in binary logs",
+            _(
+                "binary log off (log_bin={log_bin}): deleted rows leave no copy in binary logs"
+            ).format(log_bin=log_bin),
         )
     expiry = _expiry_seconds(seconds, days)
     settings = f"binlog_expire_logs_seconds={seconds}, expire_logs_days={days}"
@@ -154,17 +173,21 @@ def _binlog(connection: Connection, place: str) -> Finding:
             check,
             place,
             "found",
-            f"binary log on (log_bin=ON) and never expires ({settings}): every deleted row "
-            "stays in the binary logs until they are purged by hand (PURGE BINARY LOGS); set "
-            "an expiry no longer than needed for replication and point-in-time recovery",
+            _(
+                "binary log on (log_bin=ON) and never expires ({settings}): every deleted row "
+                "stays in the binary logs until they are purged by hand (PURGE BINARY LOGS); "
+                "set an expiry no longer than needed for replication and point-in-time recovery"
+            ).format(settings=settings),
             attention=True,
         )
     return Finding(
         check,
         place,
         "found",
-        f"binary log on (log_bin=ON), expires after {expiry / DAY:g} days ({settings}): deleted "
-        "rows remain in the binary logs up to that long after each deletion",
+        _(
+            "binary log on (log_bin=ON), expires after {days} days ({settings}): deleted rows "
+            "remain in the binary logs up to that long after each deletion"
+        ).format(days=_general(said, expiry / DAY), settings=settings),
     )
 
 
@@ -179,16 +202,17 @@ def _expiry_seconds(seconds: str | None, days: str | None) -> float:
     return 0.0
 
 
-def _wal_archive(connection: Connection, place: str) -> Finding:
-    check = "PostgreSQL WAL archive"
+def _wal_archive(connection: Connection, place: str, said: Words) -> Finding:
+    check = WAL
+    _ = said.gettext
     try:
         mode = str(connection.execute(text("SHOW archive_mode")).scalar())
     except DBAPIError as error:
-        return _not_checked(check, place, error)
-    command_state = "not readable"
+        return _not_checked(check, place, error, said)
+    command_state = _("not readable")
     try:
         command = str(connection.execute(text("SHOW archive_command")).scalar() or "")
-        command_state = "set" if command.strip() and command != "(disabled)" else "not set"
+        command_state = _("set") if command.strip() and command != "(disabled)" else _("not set")
     except DBAPIError:
         connection.rollback()  # a failed SHOW aborts the transaction; the mode is enough
     if mode.lower() == "off":
@@ -196,35 +220,42 @@ def _wal_archive(connection: Connection, place: str) -> Finding:
             check,
             place,
             "none",
-            f"WAL archiving off (archive_mode={mode}): the server recycles its WAL segments; "
-            "deleted rows leave no archived copy",
+            _(
+                "WAL archiving off (archive_mode={mode}): the server recycles its WAL segments; "
+                "deleted rows leave no archived copy"
+            ).format(mode=mode),
         )
     return Finding(
         check,
         place,
         "found",
-        f"WAL archiving on (archive_mode={mode}, archive_command {command_state}; the command "
-        "is not shown, it may hold credentials): deleted rows stay in the archived WAL until "
-        "the archive is pruned; give the archive its own deletion period",
+        _(
+            "WAL archiving on (archive_mode={mode}, archive_command {state}; the command is not "
+            "shown, it may hold credentials): deleted rows stay in the archived WAL until the "
+            "archive is pruned; give the archive its own deletion period"
+        ).format(mode=mode, state=command_state),
         attention=True,
     )
 
 
 # Where deleted rows live on, by the dialect's `archived_log`: the check's name, and the check.
-_ARCHIVE_CHECKS: dict[str, tuple[str, Callable[[Connection, str], Finding]]] = {
-    "binlog": ("MariaDB binary log", _binlog),
-    "wal": ("PostgreSQL WAL archive", _wal_archive),
+_ARCHIVE_CHECKS: dict[str, tuple[str, Callable[[Connection, str, Words], Finding]]] = {
+    "binlog": (BINLOG, _binlog),
+    "wal": (WAL, _wal_archive),
 }
 
 
-def _transient_cdr(config: Config, name: str, connection: Connection, place: str) -> Finding:
-    check = "transient_cdr table"
+def _transient_cdr(
+    config: Config, name: str, connection: Connection, place: str, said: Words
+) -> Finding:
+    check = TRANSIENT_CDR
+    _ = said.gettext
     try:
         exists = inspect(connection).has_table("transient_cdr")
     except SQLAlchemyError as error:
-        return _not_checked(check, place, error)
+        return _not_checked(check, place, error, said)
     if not exists:
-        return Finding(check, place, "none", "no transient_cdr table")
+        return Finding(check, place, "none", _("no transient_cdr table"))
     rules = sorted(
         {
             rule.name
@@ -236,24 +267,33 @@ def _transient_cdr(config: Config, name: str, connection: Connection, place: str
         }
     )
     if rules:
-        return Finding(
-            check, place, "found", f"transient_cdr exists and is covered by rule {', '.join(rules)}"
-        )
+        covered = _("transient_cdr exists and is covered by rule {rules}")
+        return Finding(check, place, "found", covered.format(rules=", ".join(rules)))
     return Finding(
         check,
         place,
         "found",
-        "transient_cdr exists and no rule covers it: FreePBX keeps a copy of call records "
-        "there; add it to the call-records rule (the freepbx preset does)",
+        _(
+            "transient_cdr exists and no rule covers it: FreePBX keeps a copy of call records "
+            "there; add it to the call-records rule (the freepbx preset does)"
+        ),
         attention=True,
     )
 
 
-def _not_checked(check: str, place: str, error: Exception) -> Finding:
+NOT_CHECKED = N_("not checked: {why}")
+
+
+def _not_checked(check: str, place: str, error: Exception, said: Words) -> Finding:
     """Codes and fixed words in the report: never the server's text (dberror)."""
-    return Finding(
-        check, place, "not checked", f"not checked: {describe(error, f'{place}: {check}')}"
-    )
+    why = describe(error, f"{place}: {check}")
+    return Finding(check, place, "not checked", said.gettext(NOT_CHECKED).format(why=why))
+
+
+def _general(said: Words, value: float) -> str:
+    """A number as `{:g}` writes it, with the language's decimal sign."""
+    shown = f"{value:g}"
+    return shown if said.language == "en" else shown.replace(".", ",")
 
 
 # --- backup folders -------------------------------------------------------------------------------
@@ -267,44 +307,57 @@ class _FolderStats:
     unreadable: int = 0
 
 
-def _backups(label: str, folder: Path, shortest: tuple[str, float] | None, now: float) -> Finding:
+def _backups(
+    label: str, folder: Path, shortest: tuple[str, float] | None, now: float, said: Words
+) -> Finding:
     check = f"{label} folder"
     place = str(folder)
+    _ = said.gettext
     try:
         info = folder.lstat()
     except FileNotFoundError:
-        return Finding(check, place, "none", "not found")
+        return Finding(check, place, "none", _("not found"))
     except OSError as error:
-        return Finding(check, place, "not checked", f"not checked: {error.strerror}")
+        return Finding(check, place, "not checked", _(NOT_CHECKED).format(why=error.strerror))
     if not stat.S_ISDIR(info.st_mode):
-        return Finding(check, place, "not checked", "not checked: not a folder (or a symlink)")
+        why = _("not a folder (or a symlink)")
+        return Finding(check, place, "not checked", _(NOT_CHECKED).format(why=why))
     stats = _FolderStats()
     try:
         _walk(folder, stats, top=True)
     except PermissionError as error:
-        return Finding(check, place, "not checked", f"not checked: {error.strerror}")
+        return Finding(check, place, "not checked", _(NOT_CHECKED).format(why=error.strerror))
     if stats.files == 0:
-        detail = "the folder holds no files"
-        return Finding(check, place, "none", _with_unreadable(detail, stats))
+        detail = _("the folder holds no files")
+        return Finding(check, place, "none", _with_unreadable(detail, stats, said))
     assert stats.oldest is not None and stats.newest is not None
     oldest_days = (now - stats.oldest) / DAY
     newest_days = (now - stats.newest) / DAY
-    detail = (
-        f"{stats.files} files; newest {newest_days:.0f} days old, oldest {oldest_days:.0f} days "
-        "old (file names not listed: they can carry call data)"
+    detail = said.ngettext(
+        "{files} files; newest {newest} days old, oldest {oldest} days old (file names not "
+        "listed: they can carry call data)",
+        "{files} files; newest {newest} days old, oldest {oldest} days old (file names not "
+        "listed: they can carry call data)",
+        stats.files,
+    ).format(
+        files=whole(said, stats.files),
+        newest=f"{newest_days:.0f}",
+        oldest=f"{oldest_days:.0f}",
     )
     attention = shortest is not None and oldest_days > shortest[1]
     if attention and shortest is not None:
-        detail += (
-            f"; the oldest backup is older than the shortest rule ({shortest[0]}): backups "
-            "hold data past its period; give backups a deletion period and expire whole sets"
-        )
-    return Finding(check, place, "found", _with_unreadable(detail, stats), attention)
+        detail += _(
+            "; the oldest backup is older than the shortest rule ({rule}): backups hold data "
+            "past its period; give backups a deletion period and expire whole sets"
+        ).format(rule=shortest[0])
+    return Finding(check, place, "found", _with_unreadable(detail, stats, said), attention)
 
 
-def _with_unreadable(detail: str, stats: _FolderStats) -> str:
+def _with_unreadable(detail: str, stats: _FolderStats, said: Words) -> str:
     if stats.unreadable:
-        return f"{detail}; {stats.unreadable} subfolders could not be read (not counted)"
+        return said.gettext("{detail}; {count} subfolders could not be read (not counted)").format(
+            detail=detail, count=whole(said, stats.unreadable)
+        )
     return detail
 
 
@@ -336,15 +389,16 @@ def _walk(folder: Path, stats: _FolderStats, *, top: bool = False) -> None:
 # --- voicemail by e-mail --------------------------------------------------------------------------
 
 
-def _voicemail_email(path: Path) -> Finding:
-    check = "voicemail sent by e-mail"
+def _voicemail_email(path: Path, said: Words) -> Finding:
+    check = VOICEMAIL_EMAIL
     place = str(path)
+    _ = said.gettext
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except FileNotFoundError:
-        return Finding(check, place, "none", "not found (no Asterisk voicemail config here)")
+        return Finding(check, place, "none", _("not found (no Asterisk voicemail config here)"))
     except OSError as error:
-        return Finding(check, place, "not checked", f"not checked: {error.strerror}")
+        return Finding(check, place, "not checked", _(NOT_CHECKED).format(why=error.strerror))
     general: dict[str, str] = {}
     mailboxes: list[tuple[bool, dict[str, str]]] = []  # (has an e-mail address, options)
     section = ""
@@ -374,22 +428,27 @@ def _voicemail_email(path: Path) -> Finding:
         for has_email, options in mailboxes
         if has_email and _yes(options.get("attach"), attach_default)
     ]
-    note = f"; {includes} #include lines not followed" if includes else ""
+    note = _("; {count} #include lines not followed").format(count=includes) if includes else ""
     if not emailed:
-        detail = (
-            f"no mailbox sends its messages by e-mail with the audio attached "
-            f"(attach={general.get('attach', 'not set')} in [general], "
-            f"{len(mailboxes)} mailboxes){note}"
+        detail = _(
+            "no mailbox sends its messages by e-mail with the audio attached "
+            "(attach={attach} in [general], {mailboxes} mailboxes){note}"
+        ).format(
+            attach=general.get("attach", _("not set")),
+            mailboxes=whole(said, len(mailboxes)),
+            note=note,
         )
         return Finding(check, place, "none", detail)
     deleting = sum(1 for o in emailed if _yes(o.get("delete"), _yes(general.get("delete"), False)))
-    detail = (
-        f"{len(emailed)} of {len(mailboxes)} mailboxes e-mail each message with the audio "
-        "attached (attach=yes): those copies left the PBX and are beyond retentiond; the mail "
-        "system's retention applies to them"
-    )
+    detail = _(
+        "{emailed} of {mailboxes} mailboxes e-mail each message with the audio attached "
+        "(attach=yes): those copies left the PBX and are beyond retentiond; the mail system's "
+        "retention applies to them"
+    ).format(emailed=whole(said, len(emailed)), mailboxes=whole(said, len(mailboxes)))
     if deleting:
-        detail += f"; {deleting} of them delete the message on the PBX once sent (delete=yes)"
+        detail += _(
+            "; {count} of them delete the message on the PBX once sent (delete=yes)"
+        ).format(count=whole(said, deleting))
     return Finding(check, place, "found", detail + note, attention=True)
 
 

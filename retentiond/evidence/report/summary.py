@@ -7,16 +7,20 @@ the report's values, summed or picked, for the page that comes before the detail
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import date
 
+from retentiond.evidence.report import verdicts as verdict
 from retentiond.evidence.report.values import ComplianceRow, LogInfo, Report
+from retentiond.i18n import LANGUAGES, N_, Words, words
 
 # The mark before each verdict: met (green), met with a reservation (amber), not met (red).
 MARKS = {"green": "✓", "amber": "!", "red": "✗"}
 # The verdict in a word or two, for a column per system; the mark tells met from met with a
 # reservation, and section 2 has the full verdict and why.
-SHORT_VERDICTS = {"met since the first verified run": "met", "deadline exceeded": "exceeded"}
+SHORT_VERDICTS = {verdict.MET_SINCE_FIRST: verdict.MET, verdict.EXCEEDED: N_("exceeded")}
+INTACT = N_("intact")
 
 
 def mark(level: str) -> str:
@@ -24,7 +28,18 @@ def mark(level: str) -> str:
 
 
 def short_verdict(verdict: str) -> str:
-    return SHORT_VERDICTS.get(verdict, verdict)
+    """The verdict shortened, in the language it is written in."""
+    return _short_verdicts().get(verdict, verdict)
+
+
+@functools.cache
+def _short_verdicts() -> dict[str, str]:
+    """SHORT_VERDICTS in every language: a row's verdict is already in the report's language."""
+    return {
+        words(language).gettext(long): words(language).gettext(short)
+        for language in LANGUAGES
+        for long, short in SHORT_VERDICTS.items()
+    }
 
 
 def verdict_cell(row: ComplianceRow, systems: int) -> str:
@@ -56,7 +71,7 @@ class LogLine:
     system: str
     intact: bool
     level: str
-    state: str  # intact | broken at line N | not intact
+    state: str  # intact | BROKEN at line N | NOT intact, in the report's language
     entries: int
     signed_seq: int | None  # the last entry a checkpoint's signature covers
     unsigned_tail: int
@@ -117,7 +132,7 @@ def summary(report: Report) -> Summary:
         bytes=sum(sizes) if sizes else None,
         holds=holds,
         holds_ended=len({e.hold for e in report.holds.history if e.event == "ended"}),
-        logs=[_log_line(log) for log in report.logs],
+        logs=[_log_line(log, words(report.language)) for log in report.logs],
         incidents=len(report.incidents),
     )
 
@@ -127,13 +142,13 @@ def _held(report: Report, hold: str) -> int | None:
     return sum(counts) if counts else None
 
 
-def _log_line(log: LogInfo) -> LogLine:
+def _log_line(log: LogInfo, said: Words) -> LogLine:
     if log.intact:
-        state = "intact"
+        state = said.gettext(INTACT)
     elif log.broken_line is not None:
-        state = f"BROKEN at line {log.broken_line}"
+        state = said.gettext("BROKEN at line {line}").format(line=log.broken_line)
     else:
-        state = "NOT intact"
+        state = said.gettext("NOT intact")
     checkpoint = log.checkpoint
     return LogLine(
         system=log.system,

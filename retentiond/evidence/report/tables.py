@@ -96,7 +96,7 @@ def erasures_in_period(replay: Replay) -> list[Erasure]:
         status, reason = e.status, e.reason
         if not finished:
             status = "no end recorded"
-            reason = (
+            reason = replay.words.gettext(
                 "the erasure started but recorded no end (crash or power loss); "
                 "run it again with the same ticket"
             )
