@@ -216,14 +216,15 @@ def deliver(
 
     key = period_key(period, reports.period)
     config = loaded.config
+    language = language or reports_language(config)
     built = build.build_report(
         loaded,
         [],
         period,
-        residual=residual.detect(config),
+        residual=residual.detect(config, language=language),
         residual_host=socket.gethostname(),
         generated_at=now,
-        language=language or reports_language(config),
+        language=language,
     )
     made, pdf_missing = documents(built, key, reports.formats)
     own = built.logs[0] if built.logs else None
