@@ -81,10 +81,10 @@ def translations_of(language: str, area: str) -> dict[str, str | list[str]]:
     for message in catalog:
         if not message.id or message.fuzzy or not all(_forms(message.string)):
             continue
-        if isinstance(message.id, tuple):
-            found[message.id[0]] = list(_forms(message.string))
-        else:
+        if isinstance(message.id, str):
             found[message.id] = str(message.string)
+        else:
+            found[str(message.id[0])] = list(_forms(message.string))
     return found
 
 
