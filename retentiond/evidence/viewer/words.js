@@ -33,9 +33,9 @@ class Text {
       if (!(name in this.params)) return whole;
       const value = this.params[name];
       if (value instanceof Text) return value.render(english);
-      // counts as audit verify writes them in English (1234), the language's way shown (1.234);
-      // other numbers (an entry's seq, a line) are names and stay as they are
-      if (value instanceof Count) return english ? String(value.n) : NUMBERS.format(value.n);
+      // counts as audit verify writes them in English (200000), in another language its way
+      // (200.000); other numbers (an entry's seq, a line) are names and stay as they are
+      if (value instanceof Count) return english || LOCALE === "en" ? String(value.n) : NUMBERS.format(value.n);
       return String(value);
     });
   }
