@@ -40,6 +40,17 @@ __all__ = ["browser", "key_pairs"]  # the fixtures, shared with the English test
 
 CATALOGUE = Path(__file__).parent.parent / "retentiond/locale/de/LC_MESSAGES/viewer.po"
 PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+# What a placeholder of the viewer's English holds, by its name (any text when not named here).
+NUMBERS = "seq line before last first signed previous previous_signed limit count entries files"
+FILLS = dict.fromkeys([*NUMBERS.split(), "checkpoints", "valid"], r"[0-9]+") | {
+    "hash": "[0-9a-f]{64}",
+    "expected": "[0-9a-f]{64}",
+    "signed_hash": "[0-9a-f]{64}",
+    "day": "[0-9]{4}-[0-9]{2}-[0-9]{2}",
+    "year": "[0-9]{4}",
+    "week": "[0-9]{2}",
+    "change": "[a-z]+",
+}
 
 
 @cache
@@ -72,7 +83,7 @@ def patterns() -> list[tuple[re.Pattern[str], str]]:
                 regex += f"(?P={part})"
             else:
                 seen.add(part)
-                regex += f"(?P<{part}>.+?)"
+                regex += f"(?P<{part}>{FILLS.get(part, '.+?')})"
         literal = len(PLACEHOLDER.sub("", english))
         compiled.append((literal, re.compile(regex, re.DOTALL), german))
     compiled.sort(key=lambda item: -item[0])
@@ -88,7 +99,7 @@ def german(english: str) -> str | None:
         if match is None:
             continue
         values = {name: german(value) or value for name, value in match.groupdict().items()}
-        return PLACEHOLDER.sub(lambda found: values[found.group(1)], translated)
+        return PLACEHOLDER.sub(lambda found, values=values: values[found.group(1)], translated)
     return None
 
 

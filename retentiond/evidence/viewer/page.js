@@ -53,9 +53,8 @@ function isoWeek(ts) {
   const day = new Date(ts.slice(0, 10) + "T00:00:00Z");
   const weekday = (day.getUTCDay() + 6) % 7;
   day.setUTCDate(day.getUTCDate() - weekday + 3);
-  const year = day.getUTCFullYear();
-  const first = new Date(Date.UTC(year, 0, 4));
-  const week = 1 + Math.round((day - first) / 86400000 / 7 - ((first.getUTCDay() + 6) % 7 - 3) / 7);
+  const year = day.getUTCFullYear(); // the week's Thursday: its year is the week's
+  const week = 1 + Math.floor((day - Date.UTC(year, 0, 1)) / 86400000 / 7);
   return `${year}-W${String(week).padStart(2, "0")}`;
 }
 
@@ -195,7 +194,7 @@ async function run() {
     }
     const chainOk = !result.problems.some((p) => p.kind === "chain");
     details.append(el("p", {}, chainOk
-      ? t("chain intact: {size} ({files})", { size: size(result), files: result.files.join(", ") })
+      ? t("chain intact: {size} ({names})", { size: size(result), names: result.files.join(", ") })
       : t("{size} before the break are intact", { size: size(result) })));
     if (result.checkpoints) {
       const checkpoints = { checkpoints: count(result.checkpoints), seq: result.last_checkpoint.signed_seq };

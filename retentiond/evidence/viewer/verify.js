@@ -494,9 +494,9 @@ function continuation(names, index, entry, prevSeq, prevHash, state) {
   if (entry.type !== CONTINUED) {
     throw new Broken(
       t(
-        "{file} does not start with a continued entry, so it does not go on from {before}: " +
+        "{file} does not start with a continued entry, so it does not go on from {earlier}: " +
           "log files were replaced or renamed",
-        { file: name, before: names[index - 1] },
+        { file: name, earlier: names[index - 1] },
       ),
       entry.seq,
     );
@@ -529,16 +529,16 @@ function continuation(names, index, entry, prevSeq, prevHash, state) {
     if (names.includes(named)) {
       throw new Broken(
         t(
-          "{file} goes on from {named}, but the file before it is {before}: log files were renamed or reordered",
-          { file: name, named, before },
+          "{file} goes on from {named}, but the file before it is {earlier}: log files were renamed or reordered",
+          { file: name, named, earlier: before },
         ),
         entry.seq,
       );
     }
     throw new Broken(
       t(
-        "{named} is missing: {file} goes on from it (after entry {seq}), but the file before it here is {before}",
-        { named, file: name, seq: pSeq, before },
+        "{named} is missing: {file} goes on from it (after entry {seq}), but the file before it here is {earlier}",
+        { named, file: name, seq: pSeq, earlier: before },
       ),
       entry.seq,
     );
