@@ -339,6 +339,8 @@ def test_the_embedded_words_are_the_viewer_catalogue_s(tmp_path: Path) -> None:
     assert words["language"] == "de" and words["locale"] == "de-DE"
     assert words["messages"] == translations_of("de", AREA)
     assert words["messages"]["BROKEN: {problem}"] == "BESCHÄDIGT: {problem}"
+    plural = "{count} entry after the last signed checkpoint is hash-chained but not yet signed"
+    assert [form.split()[1] for form in words["messages"][plural]] == ["Eintrag", "Einträge"]
     assert '<html lang="de">' in page and "<title>retentiond: Löschprotokoll prüfen</title>" in page
     english = re.search(r'id="words">(.*?)</script>', viewer_page([], "en"), re.S)
     assert english is not None

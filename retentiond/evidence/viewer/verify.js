@@ -1,7 +1,8 @@
 // The deletion log's verifier for the browser: the same checks, in the same order and with the
 // same words, as retentiond/evidence/log (entries.py, reading.py, verify.py, keys.py). Python
 // is the reference; this file is a port of it. Nothing leaves the page: the files are read with
-// FileReader-like File.arrayBuffer, hashes and signatures are checked with WebCrypto.
+// FileReader-like File.arrayBuffer, hashes and signatures are checked with WebCrypto. Its words
+// are t() Texts (words.js): the page shows them in its language, the result keeps the English.
 "use strict";
 
 const GENESIS = "0".repeat(64);
@@ -72,9 +73,9 @@ class Parser {
     throw new JsonError("not JSON");
   }
   space() {
-    const t = this.text;
-    while (this.at < t.length) {
-      const c = t.charCodeAt(this.at);
+    const src = this.text;
+    while (this.at < src.length) {
+      const c = src.charCodeAt(this.at);
       if (c === 32 || c === 9 || c === 10 || c === 13) this.at++;
       else break;
     }
@@ -88,79 +89,79 @@ class Parser {
   }
   value(depth) {
     if (depth > 900) this.fail(); // Python's RecursionError
-    const t = this.text;
-    const c = t[this.at];
+    const src = this.text;
+    const c = src[this.at];
     if (c === "{") return this.object(depth);
     if (c === "[") return this.array(depth);
     if (c === '"') return this.string();
-    if (t.startsWith("true", this.at)) { this.at += 4; return true; }
-    if (t.startsWith("false", this.at)) { this.at += 5; return false; }
-    if (t.startsWith("null", this.at)) { this.at += 4; return null; }
+    if (src.startsWith("true", this.at)) { this.at += 4; return true; }
+    if (src.startsWith("false", this.at)) { this.at += 5; return false; }
+    if (src.startsWith("null", this.at)) { this.at += 4; return null; }
     if (this.constants) {
       for (const name of ["NaN", "Infinity", "-Infinity"]) {
-        if (t.startsWith(name, this.at)) { this.at += name.length; return new PyNumber(name, false); }
+        if (src.startsWith(name, this.at)) { this.at += name.length; return new PyNumber(name, false); }
       }
     }
     return this.number();
   }
   object(depth) {
-    const t = this.text;
+    const src = this.text;
     this.at++;
     const pairs = [];
     const keys = new Set();
     this.space();
-    if (t[this.at] === "}") { this.at++; return { pairs }; }
+    if (src[this.at] === "}") { this.at++; return { pairs }; }
     for (;;) {
       this.space();
-      if (t[this.at] !== '"') this.fail();
+      if (src[this.at] !== '"') this.fail();
       const key = this.string();
       if (keys.has(key)) this.fail();
       keys.add(key);
       this.space();
-      if (t[this.at] !== ":") this.fail();
+      if (src[this.at] !== ":") this.fail();
       this.at++;
       this.space();
       pairs.push([key, this.value(depth + 1)]);
       this.space();
-      const next = t[this.at++];
+      const next = src[this.at++];
       if (next === "}") return { pairs };
       if (next !== ",") this.fail();
     }
   }
   array(depth) {
-    const t = this.text;
+    const src = this.text;
     this.at++;
     const items = [];
     this.space();
-    if (t[this.at] === "]") { this.at++; return items; }
+    if (src[this.at] === "]") { this.at++; return items; }
     for (;;) {
       this.space();
       items.push(this.value(depth + 1));
       this.space();
-      const next = t[this.at++];
+      const next = src[this.at++];
       if (next === "]") return items;
       if (next !== ",") this.fail();
     }
   }
   string() {
-    const t = this.text;
+    const src = this.text;
     let at = this.at + 1;
     let out = "";
     let start = at;
     for (;;) {
-      if (at >= t.length) this.fail();
-      const c = t.charCodeAt(at);
+      if (at >= src.length) this.fail();
+      const c = src.charCodeAt(at);
       if (c === 34) break;
       if (c < 32) this.fail(); // json.loads is strict about control characters
       if (c === 92) {
-        out += t.slice(start, at);
-        const e = t[at + 1];
+        out += src.slice(start, at);
+        const e = src[at + 1];
         const simple = { '"': '"', "\\": "\\", "/": "/", b: "\b", f: "\f", n: "\n", r: "\r", t: "\t" }[e];
         if (simple !== undefined) {
           out += simple;
           at += 2;
         } else if (e === "u") {
-          const hex = t.slice(at + 2, at + 6);
+          const hex = src.slice(at + 2, at + 6);
           if (!/^[0-9a-fA-F]{4}$/.test(hex)) this.fail();
           out += String.fromCharCode(parseInt(hex, 16));
           at += 6;
@@ -168,7 +169,7 @@ class Parser {
         start = at;
       } else at++;
     }
-    out += t.slice(start, at);
+    out += src.slice(start, at);
     this.at = at + 1;
     return out;
   }
