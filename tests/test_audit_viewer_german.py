@@ -406,3 +406,45 @@ def test_audit_viewer_speaks_organisation_language_of_the_config(
     args = ["-c", str(config_file), "audit", "viewer", "-o", str(english), "--language", "en"]
     assert CliRunner().invoke(cli, args).exit_code == 0
     assert written_language(english) == "en"
+
+
+def test_what_keeps_the_page_from_checking_is_said_in_german(
+    browser: Any, figures_log: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = page_in(figures_log.parent.parent, "de")
+    other = figures_log.with_name("notes.txt")
+    other.write_text("not a log\n")
+    for heads, files, english in (
+        (
+            "12:nonsense",
+            [figures_log],
+            "cannot check: 12:nonsense: expected SEQ:HASH as printed by `retentiond audit head`",
+        ),
+        (
+            "",
+            [figures_log, other],
+            "cannot check: pick the files of one log: the log (e.g. audit.jsonl) and its rotated "
+            "files (audit.jsonl.1, audit.jsonl.2, ...)",
+        ),
+    ):
+        browser.get(page.as_uri())
+        box = browser.find_element(By.ID, "verdict")
+        assert box.text == "Noch keine Dateien ausgewählt."
+        browser.find_element(By.ID, "heads").send_keys(heads, "\t")
+        assert box.text == "Noch keine Dateien ausgewählt."  # no files: still waiting
+        browser.find_element(By.ID, "files").send_keys("\n".join(str(f) for f in files))
+        WebDriverWait(browser, 30).until(lambda _, box=box: box.get_attribute("class") == "error")
+        assert box.text == german(english)
+        assert box.text.startswith("Prüfung nicht möglich: ")
+
+
+def test_translations_of_reads_one_area_of_a_language() -> None:
+    assert translations_of("en", AREA) == {}
+    german_words = translations_of("de", AREA)
+    assert german_words["Holds"] == "Sperrungen"
+    assert all(english != "" for english in german_words)
+    with pytest.raises(ValueError):
+        translations_of("fr", AREA)

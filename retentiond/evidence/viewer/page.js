@@ -167,15 +167,22 @@ function showFigures(entries) {
   out.append(failures.length ? failTable : el("p", { id: "no-failures" }, t("No failed or refused runs.")));
 }
 
+// "No files picked yet." in the page's language (page.html has it from viewer_page).
+const WAITING = document.getElementById("verdict").textContent;
+
 async function run() {
   const files = [...document.getElementById("files").files];
   const box = document.getElementById("verdict");
   const details = document.getElementById("details");
-  box.className = "working";
-  box.textContent = t("checking…");
   details.replaceChildren();
   document.getElementById("figures").replaceChildren();
-  if (!files.length) return;
+  if (!files.length) {
+    box.className = "waiting";
+    box.textContent = WAITING;
+    return;
+  }
+  box.className = "working";
+  box.textContent = t("checking…");
   try {
     const heads = parseHeads(document.getElementById("heads").value);
     const strict = document.getElementById("strict").checked;
