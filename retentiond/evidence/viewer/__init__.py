@@ -21,7 +21,7 @@ from importlib import resources
 
 from retentiond import __version__
 from retentiond.evidence.log import VerifyKey
-from retentiond.i18n import DEFAULT, N_, Language, translations_of, words
+from retentiond.i18n import DEFAULT, N_, Language, translations_of
 
 AREA = "viewer"
 # The locale the page's Intl formats numbers and dates with.
@@ -80,13 +80,10 @@ def viewer_page(keys: Sequence[VerifyKey], language: Language = DEFAULT) -> str:
         {"fingerprint": key.fingerprint, "raw": base64.b64encode(raw_public_key(key)).decode()}
         for key in keys
     ]
-    said = words(language)
-    catalogue = {
-        "language": language,
-        "locale": LOCALES[language],
-        "messages": translations_of(language, AREA),
-    }
-    values = {name: said.gettext(text) for name, text in STATIC.items()}
+    messages = translations_of(language, AREA)
+    catalogue = {"language": language, "locale": LOCALES[language], "messages": messages}
+    # page.html's text from the same strings as the scripts' (the viewer area's, no other)
+    values = {name: str(messages.get(text, text)) for name, text in STATIC.items()}
     values["FOOTER"] = values["FOOTER"].format(version=html.escape(__version__))
     values |= {
         "LANG": language,
