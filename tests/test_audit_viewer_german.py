@@ -296,7 +296,7 @@ def test_the_german_page_writes_figures_and_dates_the_german_way(
     assert rows(browser, "weeks") == [["KW 10/2026", "12.345", ""], ["KW 11/2026", "2.500", ""]]
     assert rows(browser, "holds") == [
         ["audit-2026", "verhängt am 06.03.2026", "call-records", "offen", "31.05.2026"],
-        ["case-4711", "aufgehoben am 13.03.2026", "voicemail", "offen", ""],
+        ["case-4711", "aufgehoben am 13.03.2026", "voicemail", "–", ""],
     ]
     assert rows(browser, "failures") == [
         ["11.03.2026 03:15:00", "voicemail", "fehlgeschlagen", "db_unreachable"],
@@ -406,6 +406,20 @@ def test_audit_viewer_speaks_organisation_language_of_the_config(
     args = ["-c", str(config_file), "audit", "viewer", "-o", str(english), "--language", "en"]
     assert CliRunner().invoke(cli, args).exit_code == 0
     assert written_language(english) == "en"
+    # a key given, the config still says the language
+    keyed = tmp_path / "verify-keyed.html"
+    args = [
+        "-c",
+        str(config_file),
+        "audit",
+        "viewer",
+        "-o",
+        str(keyed),
+        "--public-key",
+        str(public),
+    ]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    assert written_language(keyed) == "de"
 
 
 def test_what_keeps_the_page_from_checking_is_said_in_german(

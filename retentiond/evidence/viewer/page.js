@@ -152,7 +152,7 @@ function showFigures(entries) {
   for (const [id, entry] of [...holds].sort()) {
     const f = entry.fields;
     holdTable.append(el("tr", {}, el("td", {}, id), el("td", {}, t("{change} {day}", { change: holdChange(entry.type), day: day(entry.ts) })),
-      el("td", {}, Array.isArray(f.rules) ? f.rules.join(", ") : ""), el("td", {}, f.until ? day(f.until) : t("open")),
+      el("td", {}, Array.isArray(f.rules) ? f.rules.join(", ") : ""), el("td", {}, f.until ? day(f.until) : entry.type === "hold_ended" ? "–" : t("open")),
       el("td", {}, f.review_by ? day(f.review_by) : "")));
   }
   out.append(holds.size ? holdTable : el("p", {}, t("No holds in these files.")));
