@@ -196,7 +196,7 @@ def test_the_catalogue_turns_audit_verify_s_lines_into_german() -> None:
     """The translation the tests expect is made by the catalogue: nested strings too."""
     line = "BROKEN: audit.jsonl:3: chain broken (entry 3): hash mismatch: the entry was changed"
     assert german(line) == (
-        "BESCHÄDIGT: audit.jsonl:3: Kette unterbrochen (Eintrag 3): "
+        "BESCHÄDIGT: audit.jsonl:3: Hash-Kette unterbrochen (Eintrag 3): "
         "Hash stimmt nicht: Der Eintrag wurde geändert"
     )
     assert german("not a line of the viewer") is None
