@@ -66,6 +66,32 @@ def _translations(language: str) -> gettext.NullTranslations:
     return gettext.GNUTranslations(buffer)
 
 
+def translations_of(language: str, area: str) -> dict[str, str | list[str]]:
+    """The translated strings of one area (`viewer`: the verifier page's JavaScript), English ->
+    `language`: a plural's English singular -> its forms. Empty for English; untranslated and
+    fuzzy entries are left out (the English is shown)."""
+    if language not in LANGUAGES:
+        raise ValueError(f"no such language: {language!r}")
+    if language == "en":
+        return {}
+    path = resources.files("retentiond") / "locale" / language / "LC_MESSAGES" / f"{area}.po"
+    with path.open("rb") as stream:
+        catalog = read_po(stream, locale=language)
+    found: dict[str, str | list[str]] = {}
+    for message in catalog:
+        if not message.id or message.fuzzy or not all(_forms(message.string)):
+            continue
+        if isinstance(message.id, str):
+            found[message.id] = str(message.string)
+        else:
+            found[str(message.id[0])] = list(_forms(message.string))
+    return found
+
+
+def _forms(string: object) -> tuple[str, ...]:
+    return tuple(string) if isinstance(string, tuple | list) else (str(string or ""),)
+
+
 @dataclass(frozen=True)
 class Words:
     """Everything the documents need to speak one language."""

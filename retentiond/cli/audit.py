@@ -17,7 +17,9 @@ from typing import Any
 
 import click
 
-from retentiond.config.loader import config_path, load_config
+from retentiond.config.loader import LoadedConfig, config_path, load_config
+from retentiond.config.model import document_language
+from retentiond.errors import ConfigError
 from retentiond.evidence import log as audit
 from retentiond.i18n import DEFAULT, LANGUAGES, Language
 
@@ -236,15 +238,21 @@ def _print_check(path: Path, result: audit.LogCheck, keys: list[audit.VerifyKey]
 # --- viewer ------------------------------------------------------------------------------------
 
 
-def _public_keys(public_keys: tuple[Path, ...]) -> list[audit.VerifyKey]:
-    """The --public-key files, else the public half of the config's signing key."""
-    if public_keys:
-        return [audit.VerifyKey.from_file(key) for key in public_keys]
+def _loaded_config() -> LoadedConfig:
+    """The config the main command was given (-c, $RETENTIOND_CONFIG, the default path)."""
     obj = click.get_current_context().find_root().obj
     loaded = getattr(obj, "loaded", None)
     if loaded is None:
         loaded = load_config(config_path(None))
-    configured = loaded.config.audit.signing_key
+    assert isinstance(loaded, LoadedConfig)
+    return loaded
+
+
+def _public_keys(public_keys: tuple[Path, ...]) -> list[audit.VerifyKey]:
+    """The --public-key files, else the public half of the config's signing key."""
+    if public_keys:
+        return [audit.VerifyKey.from_file(key) for key in public_keys]
+    configured = _loaded_config().config.audit.signing_key
     if configured is None:
         raise click.UsageError(
             "the config has no audit.signing_key: give the public key with --public-key "
@@ -281,8 +289,14 @@ def viewer(output: Path, public_keys: tuple[Path, ...], language: Language | Non
     from retentiond.evidence.viewer import viewer_page
 
     keys = _public_keys(public_keys)
+    if language is None:
+        # the DPO's language by the config; with --public-key the page needs no config
+        try:
+            language = document_language(_loaded_config().config)
+        except ConfigError:
+            language = DEFAULT
     try:
-        output.write_text(viewer_page(keys, language or DEFAULT), encoding="utf-8")
+        output.write_text(viewer_page(keys, language), encoding="utf-8")
     except OSError as exc:
         raise click.ClickException(f"cannot write {output}: {exc.strerror}") from None
     click.echo(f"verifier page: {output}")

@@ -1,7 +1,8 @@
 // The deletion log's verifier for the browser: the same checks, in the same order and with the
 // same words, as retentiond/evidence/log (entries.py, reading.py, verify.py, keys.py). Python
 // is the reference; this file is a port of it. Nothing leaves the page: the files are read with
-// FileReader-like File.arrayBuffer, hashes and signatures are checked with WebCrypto.
+// FileReader-like File.arrayBuffer, hashes and signatures are checked with WebCrypto. Its words
+// are t() Texts (words.js): the page shows them in its language, the result keeps the English.
 "use strict";
 
 const GENESIS = "0".repeat(64);
@@ -72,9 +73,9 @@ class Parser {
     throw new JsonError("not JSON");
   }
   space() {
-    const t = this.text;
-    while (this.at < t.length) {
-      const c = t.charCodeAt(this.at);
+    const src = this.text;
+    while (this.at < src.length) {
+      const c = src.charCodeAt(this.at);
       if (c === 32 || c === 9 || c === 10 || c === 13) this.at++;
       else break;
     }
@@ -88,79 +89,79 @@ class Parser {
   }
   value(depth) {
     if (depth > 900) this.fail(); // Python's RecursionError
-    const t = this.text;
-    const c = t[this.at];
+    const src = this.text;
+    const c = src[this.at];
     if (c === "{") return this.object(depth);
     if (c === "[") return this.array(depth);
     if (c === '"') return this.string();
-    if (t.startsWith("true", this.at)) { this.at += 4; return true; }
-    if (t.startsWith("false", this.at)) { this.at += 5; return false; }
-    if (t.startsWith("null", this.at)) { this.at += 4; return null; }
+    if (src.startsWith("true", this.at)) { this.at += 4; return true; }
+    if (src.startsWith("false", this.at)) { this.at += 5; return false; }
+    if (src.startsWith("null", this.at)) { this.at += 4; return null; }
     if (this.constants) {
       for (const name of ["NaN", "Infinity", "-Infinity"]) {
-        if (t.startsWith(name, this.at)) { this.at += name.length; return new PyNumber(name, false); }
+        if (src.startsWith(name, this.at)) { this.at += name.length; return new PyNumber(name, false); }
       }
     }
     return this.number();
   }
   object(depth) {
-    const t = this.text;
+    const src = this.text;
     this.at++;
     const pairs = [];
     const keys = new Set();
     this.space();
-    if (t[this.at] === "}") { this.at++; return { pairs }; }
+    if (src[this.at] === "}") { this.at++; return { pairs }; }
     for (;;) {
       this.space();
-      if (t[this.at] !== '"') this.fail();
+      if (src[this.at] !== '"') this.fail();
       const key = this.string();
       if (keys.has(key)) this.fail();
       keys.add(key);
       this.space();
-      if (t[this.at] !== ":") this.fail();
+      if (src[this.at] !== ":") this.fail();
       this.at++;
       this.space();
       pairs.push([key, this.value(depth + 1)]);
       this.space();
-      const next = t[this.at++];
+      const next = src[this.at++];
       if (next === "}") return { pairs };
       if (next !== ",") this.fail();
     }
   }
   array(depth) {
-    const t = this.text;
+    const src = this.text;
     this.at++;
     const items = [];
     this.space();
-    if (t[this.at] === "]") { this.at++; return items; }
+    if (src[this.at] === "]") { this.at++; return items; }
     for (;;) {
       this.space();
       items.push(this.value(depth + 1));
       this.space();
-      const next = t[this.at++];
+      const next = src[this.at++];
       if (next === "]") return items;
       if (next !== ",") this.fail();
     }
   }
   string() {
-    const t = this.text;
+    const src = this.text;
     let at = this.at + 1;
     let out = "";
     let start = at;
     for (;;) {
-      if (at >= t.length) this.fail();
-      const c = t.charCodeAt(at);
+      if (at >= src.length) this.fail();
+      const c = src.charCodeAt(at);
       if (c === 34) break;
       if (c < 32) this.fail(); // json.loads is strict about control characters
       if (c === 92) {
-        out += t.slice(start, at);
-        const e = t[at + 1];
+        out += src.slice(start, at);
+        const e = src[at + 1];
         const simple = { '"': '"', "\\": "\\", "/": "/", b: "\b", f: "\f", n: "\n", r: "\r", t: "\t" }[e];
         if (simple !== undefined) {
           out += simple;
           at += 2;
         } else if (e === "u") {
-          const hex = t.slice(at + 2, at + 6);
+          const hex = src.slice(at + 2, at + 6);
           if (!/^[0-9a-fA-F]{4}$/.test(hex)) this.fail();
           out += String.fromCharCode(parseInt(hex, 16));
           at += 6;
@@ -168,7 +169,7 @@ class Parser {
         start = at;
       } else at++;
     }
-    out += t.slice(start, at);
+    out += src.slice(start, at);
     this.at = at + 1;
     return out;
   }
@@ -340,31 +341,31 @@ function prepareLine(raw, decoded) {
     try {
       text = DECODER.decode(raw);
     } catch (e) {
-      return { broken: new Broken("not valid UTF-8") };
+      return { broken: new Broken(t("not valid UTF-8")) };
     }
   }
-  if (!text) return { broken: new Broken("empty line") };
+  if (!text) return { broken: new Broken(t("empty line")) };
   const quick = prepareQuick(text);
   if (quick !== null) return quick;
   let obj;
   try {
     obj = new Parser(text, false).document();
   } catch (e) {
-    return { broken: new Broken("not valid JSON") };
+    return { broken: new Broken(t("not valid JSON")) };
   }
   if (obj === null || typeof obj !== "object" || Array.isArray(obj) || obj instanceof PyNumber) {
-    return { broken: new Broken("not a JSON object") };
+    return { broken: new Broken(t("not a JSON object")) };
   }
   const get = (name) => {
     const pair = obj.pairs.find(([k]) => k === name);
     return pair === undefined ? undefined : pair[1];
   };
   const seqValue = get("seq");
-  if (!isInt(seqValue)) return { broken: new Broken("missing or non-integer 'seq'") };
+  if (!isInt(seqValue)) return { broken: new Broken(t("missing or non-integer 'seq'")) };
   const seq = Number(seqValue.text);
   for (const key of ["ts", "type", "prev", "hash"]) {
     if (typeof get(key) !== "string") {
-      return { broken: new Broken(`missing or non-text '${key}'`, seq) };
+      return { broken: new Broken(t("missing or non-text '{key}'", { key }), seq) };
     }
   }
   const claimed = get("hash");
@@ -374,7 +375,7 @@ function prepareLine(raw, decoded) {
     canonicalText = pyDumps(rest, true);
     writtenText = pyDumps({ pairs: rest.pairs.concat([["hash", claimed]]) }, false);
   } catch (e) {
-    return { broken: new Broken("not valid JSON") };
+    return { broken: new Broken(t("not valid JSON")) };
   }
   const fields = {};
   const rawFields = {};
@@ -395,9 +396,9 @@ function prepareLine(raw, decoded) {
 function entryOf(record) {
   if (record.broken) throw record.broken;
   const entry = record.entry;
-  if (record.digest !== entry.hash) throw new Broken("hash mismatch: the entry was changed", entry.seq);
+  if (record.digest !== entry.hash) throw new Broken(t("hash mismatch: the entry was changed"), entry.seq);
   if (!record.sameForm) {
-    throw new Broken("not in the form retentiond writes: the line was edited", entry.seq);
+    throw new Broken(t("not in the form retentiond writes: the line was edited"), entry.seq);
   }
   return entry;
 }
@@ -405,17 +406,19 @@ function entryOf(record) {
 function checkLink(entry, prevSeq, prevHash) {
   if (prevSeq === 0) {
     if (entry.seq !== 1) {
-      throw new Broken(`the first entry has seq ${entry.seq}, not 1: entries were removed`, entry.seq);
+      throw new Broken(t("the first entry has seq {seq}, not 1: entries were removed", { seq: entry.seq }), entry.seq);
     }
     if (entry.prev !== GENESIS) {
-      throw new Broken("the first entry's prev is not GENESIS: entries were removed", 1);
+      throw new Broken(t("the first entry's prev is not GENESIS: entries were removed"), 1);
     }
     return;
   }
-  if (entry.seq !== prevSeq + 1) throw new Broken(`sequence jumps from ${prevSeq} to ${entry.seq}`, entry.seq);
+  if (entry.seq !== prevSeq + 1) {
+    throw new Broken(t("sequence jumps from {before} to {seq}", { before: prevSeq, seq: entry.seq }), entry.seq);
+  }
   if (entry.prev !== prevHash) {
     throw new Broken(
-      `prev does not match the hash of entry ${prevSeq}: an entry was changed, removed or reordered`,
+      t("prev does not match the hash of entry {seq}: an entry was changed, removed or reordered", { seq: prevSeq }),
       entry.seq,
     );
   }
@@ -469,17 +472,17 @@ function rotationNumber(base, name) {
 // name is the picked file whose name the others extend (or, without it, their common base).
 function orderFiles(files) {
   const names = files.map((f) => f.name);
-  if (new Set(names).size !== names.length) throw new Error("the same file name was picked twice");
+  if (new Set(names).size !== names.length) throw new Error(t("the same file name was picked twice"));
   let base = names.find((name) => names.every((other) => other === name || rotationNumber(name, other) !== null));
   if (base === undefined) {
     const stripped = new Set(names.map((name) => name.replace(/\.[1-9][0-9]*$/, "")));
     if (stripped.size === 1 && names.every((name) => rotationNumber([...stripped][0], name) !== null)) {
       base = [...stripped][0];
     } else {
-      throw new Error(
+      throw new Error(t(
         "pick the files of one log: the log (e.g. audit.jsonl) and its rotated files " +
           "(audit.jsonl.1, audit.jsonl.2, ...)",
-      );
+      ));
     }
   }
   const keyed = files.map((f) => [f.name === base ? Infinity : rotationNumber(base, f.name), f]);
@@ -491,8 +494,11 @@ function continuation(names, index, entry, prevSeq, prevHash, state) {
   const name = names[index];
   if (entry.type !== CONTINUED) {
     throw new Broken(
-      `${name} does not start with a continued entry, so it does not go on from ${names[index - 1]}: ` +
-        "log files were replaced or renamed",
+      t(
+        "{file} does not start with a continued entry, so it does not go on from {earlier}: " +
+          "log files were replaced or renamed",
+        { file: name, earlier: names[index - 1] },
+      ),
       entry.seq,
     );
   }
@@ -500,16 +506,19 @@ function continuation(names, index, entry, prevSeq, prevHash, state) {
   const previousSeq = entry.rawFields.previous_seq;
   const previousHash = entry.fields.previous_hash;
   if (!(typeof named === "string" && isInt(previousSeq) && typeof previousHash === "string")) {
-    throw new Broken("a continued entry without previous_file, previous_seq and previous_hash", entry.seq);
+    throw new Broken(t("a continued entry without previous_file, previous_seq and previous_hash"), entry.seq);
   }
   const pSeq = Number(previousSeq.text);
   if (pSeq !== entry.seq - 1 || previousHash !== entry.prev) {
-    throw new Broken("the continued entry contradicts its own seq and prev", entry.seq);
+    throw new Broken(t("the continued entry contradicts its own seq and prev"), entry.seq);
   }
   if (index === 0) {
     if (names.includes(named)) {
       throw new Broken(
-        `${name} goes on from ${named}, which is here too, but not before it: log files were renamed or reordered`,
+        t(
+          "{file} goes on from {named}, which is here too, but not before it: log files were renamed or reordered",
+          { file: name, named },
+        ),
         entry.seq,
       );
     }
@@ -520,34 +529,48 @@ function continuation(names, index, entry, prevSeq, prevHash, state) {
   if (named !== before) {
     if (names.includes(named)) {
       throw new Broken(
-        `${name} goes on from ${named}, but the file before it is ${before}: log files were renamed or reordered`,
+        t(
+          "{file} goes on from {named}, but the file before it is {earlier}: log files were renamed or reordered",
+          { file: name, named, earlier: before },
+        ),
         entry.seq,
       );
     }
     throw new Broken(
-      `${named} is missing: ${name} goes on from it (after entry ${pSeq}), but the file before it here is ${before}`,
+      t(
+        "{named} is missing: {file} goes on from it (after entry {seq}), but the file before it here is {earlier}",
+        { named, file: name, seq: pSeq, earlier: before },
+      ),
       entry.seq,
     );
   }
   if (pSeq !== prevSeq || previousHash !== prevHash) {
     throw new Broken(
-      `${name} goes on from entry ${pSeq} of ${named}, but ${named} ends with entry ${prevSeq}` +
-        (pSeq === prevSeq ? " of another hash" : "") +
-        `: entries were removed from or added to the end of ${named}, or it was replaced`,
+      pSeq === prevSeq
+        ? t(
+          "{file} goes on from entry {seq} of {named}, but {named} ends with entry {last} of another hash: " +
+            "entries were removed from or added to the end of {named}, or it was replaced",
+          { file: name, seq: pSeq, named, last: prevSeq },
+        )
+        : t(
+          "{file} goes on from entry {seq} of {named}, but {named} ends with entry {last}: " +
+            "entries were removed from or added to the end of {named}, or it was replaced",
+          { file: name, seq: pSeq, named, last: prevSeq },
+        ),
       entry.seq,
     );
   }
   return [prevSeq, prevHash];
 }
 
-function counted(number, noun) {
-  return `${number} ${noun}${number === 1 ? "" : "s"}`;
-}
-
 function describeTorn(torn) {
-  return (
-    `the last line is incomplete (${counted(torn.bytes, "byte")} at ${torn.file}:${torn.line}, likely a ` +
-    "power loss while it was written); the next run moves it aside and records that in the log"
+  return ngettext(
+    "the last line is incomplete ({count} byte at {file}:{line}, likely a power loss while it was written); " +
+      "the next run moves it aside and records that in the log",
+    "the last line is incomplete ({count} bytes at {file}:{line}, likely a power loss while it was written); " +
+      "the next run moves it aside and records that in the log",
+    torn.bytes,
+    { file: torn.file, line: torn.line },
   );
 }
 
@@ -611,16 +634,16 @@ async function prepareFiles(ordered) {
 
 function entryFrom(record) {
   if (!record.newline) {
-    if (record.raw.length > MAX_LINE) throw new Broken(`line longer than ${MAX_LINE} bytes`);
+    if (record.raw.length > MAX_LINE) throw new Broken(t("line longer than {limit} bytes", { limit: MAX_LINE }));
     if (isJson(record.raw)) {
-      throw new Broken(
+      throw new Broken(t(
         "the last line has no newline, yet is complete JSON, so no write was cut short there: " +
           "retentiond ends every line with a newline; the line was edited, or lost exactly its newline",
-      );
+      ));
     }
-    throw new Broken(
+    throw new Broken(t(
       "incomplete last line in a rotated file (a file is complete when it is rotated): it was cut or edited",
-    );
+    ));
   }
   return entryOf(record);
 }
@@ -639,10 +662,11 @@ function walk(prepared, state, visit) {
       line++;
       if (last && record.cutShort) {
         if (line === 1 && several) {
-          const tornOnly = new Broken(
-            `${name} holds only an incomplete line, but the current file of a rotated log always ` +
+          const tornOnly = new Broken(t(
+            "{file} holds only an incomplete line, but the current file of a rotated log always " +
               "starts with a complete continued entry: it was emptied or replaced",
-          );
+            { file: name },
+          ));
           tornOnly.line = line;
           tornOnly.file = name;
           throw tornOnly;
@@ -656,7 +680,10 @@ function walk(prepared, state, visit) {
         if (line === 1 && (index > 0 || entry.type === CONTINUED)) {
           [prevSeq, prevHash] = continuation(names, index, entry, prevSeq, prevHash, state);
         } else if (entry.type === CONTINUED) {
-          throw new Broken(`a continued entry inside ${name}, not at its start: log files were joined`, entry.seq);
+          throw new Broken(
+            t("a continued entry inside {file}, not at its start: log files were joined", { file: name }),
+            entry.seq,
+          );
         }
         checkLink(entry, prevSeq, prevHash);
       } catch (broken) {
@@ -670,9 +697,10 @@ function walk(prepared, state, visit) {
       prevHash = entry.hash;
     }
     if (line === 0 && several) {
-      const empty = new Broken(
-        `${name} is empty, but a rotated log file always starts with a continued entry: it was emptied or replaced`,
-      );
+      const empty = new Broken(t(
+        "{file} is empty, but a rotated log file always starts with a continued entry: it was emptied or replaced",
+        { file: name },
+      ));
       empty.line = 1;
       empty.file = name;
       throw empty;
@@ -747,8 +775,11 @@ class Checkpoints {
       for (const hash of [...expected].filter((h) => h !== entry.hash).sort()) {
         this.problem(
           "head",
-          `entry ${entry.seq} has hash ${entry.hash}, not the expected head ${hash}: ` +
-            "the log was rewritten after that head was copied",
+          t(
+            "entry {seq} has hash {hash}, not the expected head {expected}: " +
+              "the log was rewritten after that head was copied",
+            { seq: entry.seq, hash: entry.hash, expected: hash },
+          ),
           where,
         );
       }
@@ -775,12 +806,20 @@ class Checkpoints {
     if (this.last === null) return;
     const entry = pending[2];
     const rule = entry.fields.rule;
+    const params = { seq: entry.seq, type: entry.type, rule };
     this.problem(
       "missing_checkpoint",
-      `missing checkpoint after entry ${entry.seq} (${entry.type}` +
-        (typeof rule === "string" ? ` of rule ${rule}` : "") +
-        "): every run ends with a signed checkpoint, so it was removed, or it could not " +
-        "be written (see the daemon log)",
+      typeof rule === "string"
+        ? t(
+          "missing checkpoint after entry {seq} ({type} of rule {rule}): every run ends with a signed " +
+            "checkpoint, so it was removed, or it could not be written (see the daemon log)",
+          params,
+        )
+        : t(
+          "missing checkpoint after entry {seq} ({type}): every run ends with a signed " +
+            "checkpoint, so it was removed, or it could not be written (see the daemon log)",
+          params,
+        ),
       pending,
     );
   }
@@ -801,7 +840,7 @@ class Checkpoints {
         typeof signature === "string")) {
       this.problem(
         "checkpoint",
-        `checkpoint ${entry.seq} lacks signed_seq, signed_hash, key_fingerprint or signature`,
+        t("checkpoint {seq} lacks signed_seq, signed_hash, key_fingerprint or signature", { seq: entry.seq }),
         where,
       );
       return;
@@ -812,22 +851,31 @@ class Checkpoints {
     if (previousSigned !== null && signedSeq <= previousSigned) {
       this.problem(
         "order",
-        `checkpoint ${entry.seq} is out of order: it signs entry ${signedSeq}, but ` +
-          `checkpoint ${previous.seq} before it already signed entry ${previousSigned}`,
+        t(
+          "checkpoint {seq} is out of order: it signs entry {signed}, but " +
+            "checkpoint {previous} before it already signed entry {previous_signed}",
+          { seq: entry.seq, signed: signedSeq, previous: previous.seq, previous_signed: previousSigned },
+        ),
         where,
       );
     } else if (signedSeq !== entry.seq - 1) {
       this.problem(
         "checkpoint",
-        `checkpoint ${entry.seq} signs entry ${signedSeq}, not the entry just before it (${entry.seq - 1}): ` +
-          "entries were inserted or removed before it, or the checkpoint was moved (and the chain recomputed)",
+        t(
+          "checkpoint {seq} signs entry {signed}, not the entry just before it ({before}): " +
+            "entries were inserted or removed before it, or the checkpoint was moved (and the chain recomputed)",
+          { seq: entry.seq, signed: signedSeq, before: entry.seq - 1 },
+        ),
         where,
       );
     } else if (signedHash !== entry.prev) {
       this.problem(
         "checkpoint",
-        `checkpoint ${entry.seq} signs hash ${signedHash} for entry ${signedSeq}, but that entry's hash is ` +
-          `${entry.prev}: entries before it were changed (and the chain recomputed)`,
+        t(
+          "checkpoint {seq} signs hash {signed_hash} for entry {signed}, but that entry's hash is " +
+            "{hash}: entries before it were changed (and the chain recomputed)",
+          { seq: entry.seq, signed_hash: signedHash, signed: signedSeq, hash: entry.prev },
+        ),
         where,
       );
     }
@@ -837,7 +885,10 @@ class Checkpoints {
       const given = [...this.keys.keys()].sort().join(", ");
       this.problem(
         "key",
-        `checkpoint ${entry.seq} was signed by another key (${keyFingerprint}), not by the given public key (${given})`,
+        t(
+          "checkpoint {seq} was signed by another key ({fingerprint}), not by the given public key ({given})",
+          { seq: entry.seq, fingerprint: keyFingerprint, given },
+        ),
         where,
       );
       return;
@@ -845,7 +896,7 @@ class Checkpoints {
     // Checked later, all at once; the problem keeps its place in the list.
     const slot = { kind: "signature", seq: entry.seq, file: where[0], line: where[1] };
     slot.check = signatureValid(key, signedSeq, signedHash, keyFingerprint, signature);
-    slot.message = `checkpoint ${entry.seq}: bad signature: the checkpoint was changed or forged`;
+    slot.message = t("checkpoint {seq}: bad signature: the checkpoint was changed or forged", { seq: entry.seq });
     this.problems.push(slot);
   }
   async settle() {
@@ -862,33 +913,54 @@ class Checkpoints {
     this.problems = settled;
   }
   unsigned() {
-    const one = this.tail === 1;
-    const entries = `${this.tail} entr${one ? "y" : "ies"}`;
-    const verb = one ? "is" : "are";
-    const text = `${entries} after the last signed checkpoint ${verb} hash-chained but not yet signed`;
+    const text = ngettext(
+      "{count} entry after the last signed checkpoint is hash-chained but not yet signed",
+      "{count} entries after the last signed checkpoint are hash-chained but not yet signed",
+      this.tail,
+    );
     if (this.pending !== null || this.endedUnsigned) {
-      return `${text}: the run that wrote them ended without its checkpoint (it was interrupted, or could not use the signing key); the next run signs them`;
+      return t(
+        "{unsigned}: the run that wrote them ended without its checkpoint (it was interrupted, or could not " +
+          "use the signing key); the next run signs them",
+        { unsigned: text },
+      );
     }
     if (this.tailRuns) {
-      return `${text}: a run is in progress (its checkpoint will sign them) or was interrupted (the next run signs them)`;
+      return t(
+        "{unsigned}: a run is in progress (its checkpoint will sign them) or was interrupted (the next run " +
+          "signs them)",
+        { unsigned: text },
+      );
     }
-    return `${text}: written between runs; the next run signs them`;
+    return t("{unsigned}: written between runs; the next run signs them", { unsigned: text });
   }
   finish(chain, firstSeq, strict) {
     const warnings = [];
     if (chain.beginsAfter !== null) {
-      warnings.push(
-        `the log begins at entry ${firstSeq}, going on from ${chain.beginsAfter}, which is not here ` +
+      warnings.push(t(
+        "the log begins at entry {seq}, going on from {file}, which is not here " +
           "(removed after its retention period?); entries before it cannot be checked",
-      );
+        { seq: firstSeq, file: chain.beginsAfter },
+      ));
     }
     if (!chain.ok) return warnings;
     const lastSeq = chain.head[0];
     for (const seq of [...this.heads.keys()].filter((s) => !this.seenHeads.has(s)).sort((a, b) => a - b)) {
       if (seq > lastSeq) {
-        this.problem("head", `the log was cut: it ends at entry ${lastSeq}, but the expected head is entry ${seq}`, null);
+        this.problem(
+          "head",
+          t("the log was cut: it ends at entry {last}, but the expected head is entry {seq}", { last: lastSeq, seq }),
+          null,
+        );
       } else {
-        this.problem("head", `the expected head entry ${seq} is not in the files here (the log begins at entry ${firstSeq})`, null);
+        this.problem(
+          "head",
+          t("the expected head entry {seq} is not in the files here (the log begins at entry {first})", {
+            seq,
+            first: firstSeq,
+          }),
+          null,
+        );
       }
     }
     if (this.count && this.tail) {
@@ -902,12 +974,16 @@ class Checkpoints {
     }
     if (this.count === 0 && this.runEntries) {
       if (this.keys.size) {
-        this.problem("no_checkpoints", "no checkpoints: the log was never signed or the checkpoints were removed", null);
+        this.problem(
+          "no_checkpoints",
+          t("no checkpoints: the log was never signed or the checkpoints were removed"),
+          null,
+        );
       } else {
-        warnings.push("no checkpoints: the log is not signed (audit.signing_key)");
+        warnings.push(t("no checkpoints: the log is not signed (audit.signing_key)"));
       }
     } else if (this.count && !this.keys.size) {
-      warnings.push("signatures not checked: give the public key (--public-key) to check them");
+      warnings.push(t("signatures not checked: give the public key (--public-key) to check them"));
     }
     return warnings;
   }
@@ -941,8 +1017,10 @@ async function checkLog(files, embeddedKeys, heads, strict) {
   const warnings = checker.finish(chain, firstSeq, strict);
   const problems = checker.problems.slice();
   if (broken !== null) {
-    const where = broken.seq === null ? "" : ` (entry ${broken.seq})`;
-    problems.push({ kind: "chain", message: `chain broken${where}: ${broken.reason}`, seq: broken.seq, file: broken.file, line: broken.line });
+    const message = broken.seq === null
+      ? t("chain broken: {reason}", { reason: broken.reason })
+      : t("chain broken (entry {seq}): {reason}", { seq: broken.seq, reason: broken.reason });
+    problems.push({ kind: "chain", message, seq: broken.seq, file: broken.file, line: broken.line });
   }
   const last = checker.last;
   return {
