@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import grp
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +34,7 @@ State = Literal["found", "missing", "unreadable", "invalid"]
 THREECX_HOME = Path("/var/lib/3cxpbx")
 THREECX_DATA = THREECX_HOME / "Instance1" / "Data"  # the 3cx preset's default data_dir
 AMPORTAL_SHOWN = ("ASTSPOOLDIR", "MIXMON_DIR", "ASTLOGDIR", "CDRDBNAME", "CDRDBHOST", "CDRUSEGMT")
+FOLDER_KEYS = ("ASTSPOOLDIR", "ASTLOGDIR", "MIXMON_DIR")
 # Settings that hold passwords: never derived, never shown
 SECRET_KEYS = ("CDRDBPASS", "AMPDBPASS")
 
@@ -92,6 +94,8 @@ def probe(root: Path = Path("/")) -> Detection:
         found.append(asterisk.candidate)
     order = {"freepbx": 0, "3cx": 1, "asterisk": 2}
     found.sort(key=lambda c: (-c.strength, -len(c.evidence), order[c.preset]))
+    if freepbx.candidate:  # FreePBX says where its spool and recordings are: only Asterisk's CDR
+        asterisk.missing = [e for e in asterisk.missing if e.about == "call records"]
     missing = tuple(e for part in (freepbx, threecx, asterisk) for e in part.missing)
     return Detection(root, tuple(found), missing, tuple(notes))
 
@@ -140,10 +144,11 @@ def _state(path: Path) -> tuple[State, str]:
 
 def _who_can_read(path: Path) -> str:
     try:
-        group = grp.getgrgid(path.stat().st_gid).gr_name
+        info = path.stat()
+        group = grp.getgrgid(info.st_gid).gr_name
     except (OSError, KeyError):
         return "run init as root"
-    if group == "root":
+    if group == "root" or not info.st_mode & stat.S_IRGRP:
         return "run init as root"
     return f"run init as root or as a member of the group {group}"
 
@@ -220,6 +225,11 @@ def _freepbx(host: _Host, asterisk: _Part) -> _Part:
         # The database of this machine is not the copied tree's: its files say it all.
         settings["read_database"] = False
         settings |= {k: v for k, v in copy.items() if v.strip()}
+        spool_dir = copy.get("ASTSPOOLDIR") or asterisk.directories["astspooldir"]
+        log_dir = copy.get("ASTLOGDIR") or asterisk.directories["astlogdir"]
+        settings |= {"ASTSPOOLDIR": spool_dir, "ASTLOGDIR": log_dir}
+        # its folders, under the root
+        settings |= {k: str(host / settings[k]) for k in FOLDER_KEYS if settings.get(k)}
         if values.get("CDRDBPASS", "").strip():
             todo.append(
                 "the CDR database is remote with a password of its own (CDRDBPASS): store it in "
@@ -256,8 +266,8 @@ def _threecx(host: _Host) -> _Part:
     readable, strength = True, 1
     candidates = [host / p for p in THREECX_SETTINGS]
     present = [p for p in candidates if _state(p)[0] != "missing"]
-    if not present:
-        part.missing += [Evidence("PBX", p, "missing") for p in candidates]
+    before = candidates.index(present[0]) if present else len(candidates)
+    part.missing += [Evidence("PBX", p, "missing", "not found") for p in candidates[:before]]
     for path in present[:1]:
         strength = 2
         key = "config_json" if path.suffix.lower() == ".json" else "ini"
@@ -461,7 +471,7 @@ def describe(detection: Detection) -> list[str]:
         if not chosen.readable:
             lines.append(f"  its settings cannot be read: {_hint(chosen)}")
         for other in detection.candidates[1:]:
-            pbx = next((e for e in other.evidence if e.about == "PBX"), None)
+            pbx = next((e for e in other.evidence[::-1] if e.about == "PBX"), None)
             lines.append(
                 f"Also found: {other.preset}"
                 + (f" ({pbx.line()})" if pbx else "")
