@@ -451,16 +451,14 @@ def test_an_unreadable_settings_file_is_evidence_not_a_traceback(open_root: Path
     assert "Traceback" not in detected.stderr
     hint = f"run init as root or as a member of the group {group}" if group else "run init as root"
     assert f"  PBX: {conf}: cannot read (Permission denied): {hint}\n" in detected.stdout
-    assert f"its settings cannot be read: cannot read (Permission denied): {hint}" in (
-        detected.stdout
-    )
+    assert f"  init cannot use it: cannot read (Permission denied): {hint}" in (detected.stdout)
     no_password(detected.stdout)
 
     output = open_root / "retentiond.yaml"
     written = as_other_user("init", "--root", root, "-o", output)
     assert written.returncode == 1
     assert "Traceback" not in written.stderr
-    assert "cannot read freepbx's settings; nothing was written" in written.stderr
+    assert "cannot use freepbx; nothing was written" in written.stderr
     assert not output.exists()
     # as root (or its owner) the same host is read
     if os.geteuid() == 0:
@@ -472,3 +470,45 @@ def _group(name: str) -> int | None:
         return grp.getgrnam(name).gr_gid
     except KeyError:
         return None
+
+
+def test_plain_asterisk_with_cdr_adaptive_odbc(tmp_path: Path) -> None:
+    """ODBC as FreePBX sets it up, on an Asterisk without FreePBX: the DSN names the database."""
+    root = asterisk_host(tmp_path / "host")
+    put(root, "/etc/asterisk/cdr_adaptive_odbc.conf", CDR_ADAPTIVE_ODBC)
+    put(root, "/etc/asterisk/res_odbc.conf", RES_ODBC_ADDITIONAL)
+    put(root, "/etc/odbc.ini", ODBC_INI)
+    written = init(root, *KEEP)
+    assert written.returncode == 0, written.stderr
+    assert "# Found: asterisk (the strongest evidence), from:" in written.stdout
+    no_password(written.stdout, written.stderr)
+    output = tmp_path / "retentiond.yaml"
+    output.write_text(written.stdout)
+    config = load_config(output).config
+    assert config.connections["cdrdb"].url == (
+        "mariadb+pymysql://freepbxuser@localhost/asteriskcdrdb?charset=utf8mb4"
+        "&unix_socket=/var/run/mysqld/mysqld.sock"
+    )
+    sql = config.rules[0].stores[0]
+    assert isinstance(sql, SqlStoreConfig) and (sql.table, sql.time_column) == ("cdr", "calldate")
+    same_as_preset(written.stdout)
+
+
+def test_a_freepbx_conf_that_is_not_one_is_named_and_nothing_is_written(tmp_path: Path) -> None:
+    root = freepbx_host(tmp_path / "host")
+    put(root, "/etc/freepbx.conf", "<?php\n$amp_conf['AMPDBHOST'] = 'localhost';\n")
+    written = init(root, "-o", tmp_path / "retentiond.yaml")
+    assert written.returncode == 1
+    assert "has no $amp_conf['AMPDBUSER'] line; is it FreePBX's freepbx.conf?" in written.stderr
+    assert "cannot use freepbx; nothing was written" in written.stderr
+    assert not (tmp_path / "retentiond.yaml").exists()
+
+
+def test_detect_writes_nothing_and_says_what_to_leave_out(tmp_path: Path) -> None:
+    root = asterisk_host(tmp_path / "host")
+    refused = init(root, "--detect", "-o", tmp_path / "x.yaml")
+    assert refused.returncode == 2
+    assert "--detect only prints what init finds; leave out -o, --set and --keep" in (
+        refused.stderr
+    )
+    assert not (tmp_path / "x.yaml").exists()

@@ -12,6 +12,7 @@ import click
 
 from retentiond.cli.output import fail
 from retentiond.config.init import render, render_detected
+from retentiond.config.pbxfiles import PbxSettingsError
 from retentiond.config.probe import PRESET_NAMES, as_json, describe, probe
 
 
@@ -45,7 +46,7 @@ from retentiond.config.probe import PRESET_NAMES, as_json, describe, probe
 @click.option("--json", "json_output", is_flag=True, help="With --detect: the findings as JSON.")
 @click.option(
     "--root",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=Path("/"),
     hidden=True,  # tests, and admins checking a copied tree: the host's files under this folder
 )
@@ -76,6 +77,11 @@ def init(
         return
     if json_output and not detect:
         raise click.BadParameter("--json goes with --detect", param_hint="--json")
+    if detect and (output or assignments or periods):
+        raise click.BadParameter(
+            "--detect only prints what init finds; leave out -o, --set and --keep",
+            param_hint="--detect",
+        )
     detection = probe(root)
     chosen = detection.chosen
     if detect:
@@ -84,13 +90,20 @@ def init(
         else:
             click.echo("\n".join(describe(detection)))
         sys.exit(0 if chosen else 1)
-    if chosen is None or not chosen.readable:
+    if chosen is None or not chosen.usable:
         click.echo("\n".join(describe(detection)), err=True)
-        what = (
-            "no phone system found" if chosen is None else f"cannot read {chosen.preset}'s settings"
-        )
+        what = "no phone system found" if chosen is None else f"cannot use {chosen.preset}"
         fail(f"{what}; nothing was written", 1)
-    text = render_detected(detection, settings, keep)
+    try:
+        text = render_detected(detection, settings, keep)
+    except PbxSettingsError as error:
+        if chosen.preset != "freepbx" or "read_database" in settings:
+            raise
+        fail(
+            f"{error}; to write the config from FreePBX's files alone (amportal.conf, "
+            "asterisk.conf): retentiond init --set read_database=false",
+            1,
+        )
     click.echo(f"found {chosen.preset}; the evidence is at the top of the config", err=True)
     _write(text, output)
 

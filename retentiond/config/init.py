@@ -66,8 +66,9 @@ def render_detected(detection: Detection, given: dict[str, Any], keep: dict[str,
     """The config for the PBX the probe found: `render` of its preset with the settings it
     derived (those `given` win), headed by the evidence."""
     chosen = detection.chosen
-    assert chosen is not None and chosen.readable  # the caller says why not
-    settings = chosen.settings | given
+    assert chosen is not None and chosen.usable  # the caller says why not
+    offline = given.get("read_database") is False and chosen.offline
+    settings = (chosen.offline if offline else chosen.settings) | given
     derived = " ".join(f"--set {shlex.quote(f'{k}={_setting(v)}')}" for k, v in settings.items())
     header = [
         "# `retentiond init` looked at this host (`retentiond init --detect` shows it again).",

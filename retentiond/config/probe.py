@@ -62,7 +62,12 @@ class Candidate:
     settings: dict[str, Any]
     evidence: tuple[Evidence, ...]
     todo: tuple[str, ...] = ()  # what the administrator still has to do
-    readable: bool = True  # False: init cannot write a config from it (run as root)
+    problem: str = ""  # why init cannot write a config from it (e.g. cannot read: run as root)
+    offline: dict[str, Any] = field(default_factory=dict)  # settings without the PBX's database
+
+    @property
+    def usable(self) -> bool:
+        return not self.problem
 
 
 @dataclass(frozen=True)
@@ -191,14 +196,13 @@ def _freepbx(host: _Host, asterisk: _Part) -> _Part:
         part.missing.append(Evidence("PBX", conf, "missing", "not found: no FreePBX"))
         return part
     settings: dict[str, Any] = {"freepbx_conf": str(conf)}
-    if state == "unreadable":
-        part.evidence.append(Evidence("PBX", conf, state, why))
-        part.candidate = Candidate("freepbx", 2, settings, tuple(part.evidence), readable=False)
-        return part
     try:
-        amp = read_freepbx_conf(conf)
+        amp = read_freepbx_conf(conf) if state == "found" else {}
     except PbxSettingsError as error:
-        part.evidence.append(Evidence("PBX", conf, "invalid", str(error)))
+        state, why = "invalid", str(error)
+    if state != "found":
+        part.evidence.append(Evidence("PBX", conf, state, why))
+        part.candidate = Candidate("freepbx", 2, settings, tuple(part.evidence), problem=why)
         return part
     engine = amp.get("AMPDBENGINE") or "mysql"
     where = amp.get("AMPDBSOCK") or amp.get("AMPDBHOST") or "localhost"
@@ -220,25 +224,24 @@ def _freepbx(host: _Host, asterisk: _Part) -> _Part:
         part.evidence.append(
             Evidence("folders", amportal, "found", f"FreePBX's copy of its settings: {shown}")
         )
+    # Without FreePBX's database, its files say it all: amportal.conf, else asterisk.conf.
+    offline = settings | {"read_database": False} | {k: v for k, v in copy.items() if v.strip()}
+    offline.setdefault("ASTSPOOLDIR", asterisk.directories["astspooldir"])
+    offline.setdefault("ASTLOGDIR", asterisk.directories["astlogdir"])
+    offline |= {k: str(host / offline[k]) for k in FOLDER_KEYS if offline.get(k)}
     todo = []
-    if host.copied:
-        # The database of this machine is not the copied tree's: its files say it all.
-        settings["read_database"] = False
-        settings |= {k: v for k, v in copy.items() if v.strip()}
-        spool_dir = copy.get("ASTSPOOLDIR") or asterisk.directories["astspooldir"]
-        log_dir = copy.get("ASTLOGDIR") or asterisk.directories["astlogdir"]
-        settings |= {"ASTSPOOLDIR": spool_dir, "ASTLOGDIR": log_dir}
-        # its folders, under the root
-        settings |= {k: str(host / settings[k]) for k in FOLDER_KEYS if settings.get(k)}
-        if values.get("CDRDBPASS", "").strip():
-            todo.append(
-                "the CDR database is remote with a password of its own (CDRDBPASS): store it in "
-                "a file and add --set cdr_password_file=FILE"
-            )
+    if values.get("CDRDBPASS", "").strip():
+        todo.append(
+            "the CDR database is remote with a password of its own (CDRDBPASS): store it in "
+            "a file and add --set cdr_password_file=FILE"
+        )
+    if host.copied:  # this machine's database is not the copied tree's
+        settings = offline
     else:
         todo.append(
             "init reads FreePBX's settings from its database (freepbx_settings), as the "
-            "freepbx preset does; they win over amportal.conf"
+            "freepbx preset does; where it cannot, --set read_database=false writes the "
+            "config from the files alone"
         )
     spool = Path(values.get("ASTSPOOLDIR") or asterisk.directories["astspooldir"])
     _look(part, "voicemail", host / spool / "voicemail", "the voicemail spool", "not found")
@@ -250,7 +253,9 @@ def _freepbx(host: _Host, asterisk: _Part) -> _Part:
     )
     _look(part, "call recordings", host / (mixmon or spool / "monitor"), said, said)
     part.evidence += [e for e in asterisk.evidence if e.about == "call records"]
-    part.candidate = Candidate("freepbx", 3, settings, tuple(part.evidence), tuple(todo))
+    part.candidate = Candidate(
+        "freepbx", 3, settings, tuple(part.evidence), tuple(todo), offline=offline
+    )
     return part
 
 
@@ -263,7 +268,7 @@ def _threecx(host: _Host) -> _Part:
     if _look(part, "PBX", home, "3CX's folder", "not found: no 3CX") == "missing":
         return part
     settings: dict[str, Any] = {}
-    readable, strength = True, 1
+    problem, strength = "3CX's settings file was not found", 1
     candidates = [host / p for p in THREECX_SETTINGS]
     present = [p for p in candidates if _state(p)[0] != "missing"]
     before = candidates.index(present[0]) if present else len(candidates)
@@ -272,16 +277,15 @@ def _threecx(host: _Host) -> _Part:
         strength = 2
         key = "config_json" if path.suffix.lower() == ".json" else "ini"
         settings[key] = str(path)
-        state, why = _state(path)
+        state, problem = _state(path)
         if state == "unreadable":
-            part.evidence.append(Evidence("PBX", path, state, why))
-            readable = False
+            part.evidence.append(Evidence("PBX", path, state, problem))
             continue
         try:
             db = read_3cx_settings(path)
         except PbxSettingsError as error:
-            part.evidence.append(Evidence("PBX", path, "invalid", str(error)))
-            readable = False
+            problem = str(error)
+            part.evidence.append(Evidence("PBX", path, "invalid", problem))
             continue
         strength = 3
         part.evidence.append(
@@ -302,10 +306,8 @@ def _threecx(host: _Host) -> _Part:
         "3CX's master account may change every table: create retentiond's own role "
         "(docs/install.md 3.1) before the first run",
     )
-    if not settings.get("ini") and not settings.get("config_json"):
-        readable = False
     part.candidate = Candidate(
-        "3cx", strength, settings, tuple(part.evidence), todo if readable else (), readable
+        "3cx", strength, settings, tuple(part.evidence), () if problem else todo, problem
     )
     return part
 
@@ -468,8 +470,8 @@ def describe(detection: Detection) -> list[str]:
         lines += [
             f"  {about}: {e.line()}" for about in ABOUT for e in chosen.evidence if e.about == about
         ]
-        if not chosen.readable:
-            lines.append(f"  its settings cannot be read: {_hint(chosen)}")
+        if chosen.problem:
+            lines.append(f"  init cannot use it: {chosen.problem}")
         for other in detection.candidates[1:]:
             pbx = next((e for e in other.evidence[::-1] if e.about == "PBX"), None)
             lines.append(
@@ -497,11 +499,6 @@ def describe(detection: Detection) -> list[str]:
     return lines
 
 
-def _hint(candidate: Candidate) -> str:
-    unreadable = next((e for e in candidate.evidence if e.state == "unreadable"), None)
-    return unreadable.said if unreadable else "it is not what init expects"
-
-
 def as_json(detection: Detection) -> dict[str, Any]:
     """The detection as plain data (for `init --detect --json`)."""
 
@@ -517,7 +514,7 @@ def as_json(detection: Detection) -> dict[str, Any]:
             {
                 "preset": c.preset,
                 "strength": c.strength,
-                "readable": c.readable,
+                "problem": c.problem,
                 "settings": c.settings,
                 "evidence": evidence(c.evidence),
                 "todo": list(c.todo),
