@@ -298,8 +298,8 @@ def _threecx(host: _Host) -> _Part:
             )
         )
     data = host / THREECX_DATA
-    if _look(part, "folders", data, "3CX's data folder", "not found") == "found":
-        settings["data_dir"] = str(data)
+    settings["data_dir"] = str(data)
+    _look(part, "folders", data, "3CX's data folder", "not found")
     _look(part, "call recordings", data / "Recordings", "3CX's recordings", "not found")
     _look(part, "voicemail", data / "Ivr" / "Voicemail" / "Data", "3CX's voicemail", "not found")
     todo = (
@@ -406,8 +406,7 @@ def _cdr_backends(
             for other, _, other_table, _ in databases[1:]
         ]
     csv = log / "cdr-csv" / "Master.csv"
-    if _read_into(part, about, csv, Path.stat, "not found (cdr_csv writes none)") is not None:
-        part.evidence.append(Evidence(about, csv, "found", "cdr_csv's Master.csv"))
+    _look(part, about, csv, "cdr_csv's Master.csv", "not found (cdr_csv writes none)")
     sqlite = etc / "cdr_sqlite3_custom.conf"
     mappings = _read_into(part, about, sqlite, read_cdr_sqlite3_custom)
     if mappings is not None:
