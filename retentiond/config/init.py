@@ -1,8 +1,11 @@
-"""`retentiond init --preset NAME`: the expanded config of a preset, commented, for review."""
+"""`retentiond init --preset NAME`: the expanded config of a preset, commented, for review.
+`retentiond init` alone: the same, for the preset and settings the probe found on the host, with
+the evidence in a comment at the top."""
 
 from __future__ import annotations
 
 import io
+import shlex
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ from ruamel.yaml import YAML
 from retentiond.config.loader import parse_config
 from retentiond.config.pbxfiles import is_3cx_settings
 from retentiond.config.presets import EXPANDERS, PresetError, expand
+from retentiond.config.probe import Detection, describe
 from retentiond.errors import ConfigError, ConfigProblem
 
 DEFAULT_KEEP = {
@@ -56,6 +60,27 @@ def render(preset: str, settings: dict[str, Any], keep: dict[str, str]) -> str:
     text = _document(preset, settings, expanded)
     parse_config(text, "<init>")  # what init writes must load as it is
     return text
+
+
+def render_detected(detection: Detection, given: dict[str, Any], keep: dict[str, str]) -> str:
+    """The config for the PBX the probe found: `render` of its preset with the settings it
+    derived (those `given` win), headed by the evidence."""
+    chosen = detection.chosen
+    assert chosen is not None and chosen.usable  # the caller says why not
+    offline = given.get("read_database") is False and chosen.offline
+    settings = (chosen.offline if offline else chosen.settings) | given
+    derived = " ".join(f"--set {shlex.quote(f'{k}={_setting(v)}')}" for k, v in settings.items())
+    header = [
+        "# `retentiond init` looked at this host (`retentiond init --detect` shows it again).",
+        *(f"# {line}" if line else "#" for line in describe(detection)),
+        f"# The same config: retentiond init --preset {chosen.preset} {derived}",
+        "#",
+    ]
+    return "\n".join(header) + "\n" + render(chosen.preset, settings, keep)
+
+
+def _setting(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _document(preset: str, settings: dict[str, Any], expanded: dict[str, Any]) -> str:

@@ -80,7 +80,7 @@ def read_3cx_settings(path: Path) -> ThreeCxDatabase:
             name=data.get("DbName") or "database_single",
             master_user=data["DbUser"],
         )
-    sections = _read_3cx_ini(path)
+    sections = read_ini(path, "3CX settings")
     profile, qm = sections.get(_PROFILE, {}), sections.get(_QM, {})
     user = profile.get("masterdbuser")
     if not user:
@@ -126,7 +126,7 @@ def password_from(path: Path) -> str:
         password = read_3cx_config(path).get("DbPassword")
         key = "DbPassword"
     elif suffix == ".ini":
-        password = _read_3cx_ini(path).get(_PROFILE, {}).get("masterdbpassword")
+        password = read_ini(path, "3CX settings").get(_PROFILE, {}).get("masterdbpassword")
         key = "MasterDBPassword in [CfgServerProfile]"
     else:
         password = read_freepbx_conf(path).get("AMPDBPASS")
@@ -136,13 +136,14 @@ def password_from(path: Path) -> str:
     return password
 
 
-def _read_3cx_ini(path: Path) -> dict[str, dict[str, str]]:
-    """Sections and keys of an ini file, both lower case (3CX writes `Key = Value`)."""
+def read_ini(path: Path, what: str) -> dict[str, dict[str, str]]:
+    """Sections and keys of an ini file, both lower case (3CX writes `Key = Value`; unixODBC's
+    odbc.ini is alike)."""
     parser = configparser.ConfigParser(
         interpolation=None, strict=False, allow_no_value=True, delimiters=("=",)
     )
     try:
-        parser.read_string(_read(path, "3CX settings").lstrip("\ufeff"), str(path))
+        parser.read_string(_read(path, what).lstrip("\ufeff"), str(path))
     except configparser.Error as error:
         # never the parser's words: they quote the line, which may hold MasterDBPassword
         errors = getattr(error, "errors", None) or [(getattr(error, "lineno", None), "")]
@@ -206,6 +207,22 @@ def _option_file_socket(path: Path, socket: str, depth: int) -> str:
             if key.lower() == "socket":
                 socket = value.split(" #", 1)[0].strip().strip("'\"")
     return socket
+
+
+# -- FreePBX /etc/amportal.conf ---------------------------------------------------------------
+
+
+def read_amportal_conf(path: Path) -> dict[str, str]:
+    """The `KEY=value` lines of /etc/amportal.conf: FreePBX writes its freepbx_settings there for
+    legacy programs (framework BMO/Config.class.php amportal_generate, a space as `\\ `) and
+    never reads it back, so it may be older than the database."""
+    values = {}
+    for raw in _read(path, "FreePBX amportal.conf").splitlines():
+        line = raw.strip()
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith(("#", ";")) and key.strip().isidentifier():
+            values[key.strip()] = value.strip().replace("\\ ", " ")
+    return values
 
 
 def _read(path: Path, what: str) -> str:
@@ -279,6 +296,26 @@ def read_cdr_sqlite3_custom(path: Path) -> list[SqliteCdrMapping]:
         table = variables.get("table", "").strip() or "cdr"
         mappings.append(SqliteCdrMapping(name, table, tuple(columns), tuple(fields)))
     return mappings
+
+
+def read_asterisk_conf(path: Path) -> dict[str, dict[str, str]]:
+    """The categories of an Asterisk .conf file and their variables (names lower case), as
+    Asterisk reads it: `#include`s in place, templates applied and not categories themselves."""
+    return _asterisk_categories(_with_includes(path, path.parent))
+
+
+ASTERISK_DIRECTORIES = {  # Asterisk's compiled-in defaults (main/options.c, Debian's build)
+    "astetcdir": "/etc/asterisk",
+    "astspooldir": "/var/spool/asterisk",
+    "astlogdir": "/var/log/asterisk",
+}
+
+
+def asterisk_directories(path: Path) -> dict[str, str]:
+    """Asterisk's folders from asterisk.conf's [directories]: a template (`[directories](!)`, as
+    the sample ships) does not apply, and what it does not set is the compiled-in default."""
+    directories = read_asterisk_conf(path).get("directories", {})
+    return {key: directories.get(key) or default for key, default in ASTERISK_DIRECTORIES.items()}
 
 
 def _asterisk_categories(text: str) -> dict[str, dict[str, str]]:

@@ -149,7 +149,7 @@ def _freepbx_cdr_url(values: dict[str, str], amp: dict[str, str], database: str)
         address = f"{host or 'localhost'}:{port}" if port else host or "localhost"
         return f"postgresql+psycopg://{quote(user, safe='')}@{address}/{database}"
     socket = values.get("CDRDBSOCK") or amp.get("AMPDBSOCK", "")
-    return _mysql_url(user, host, port, database, socket=socket)
+    return mariadb_url(user, host, port, database, socket=socket)
 
 
 def read_freepbx_settings(amp: dict[str, str]) -> dict[str, str]:
@@ -159,7 +159,7 @@ def read_freepbx_settings(amp: dict[str, str]) -> dict[str, str]:
 
     from retentiond.dberrors import describe
 
-    url = _mysql_url(
+    url = mariadb_url(
         amp["AMPDBUSER"],
         amp.get("AMPDBHOST", ""),
         amp.get("AMPDBPORT", ""),
@@ -186,7 +186,7 @@ def read_freepbx_settings(amp: dict[str, str]) -> dict[str, str]:
     return {str(k): str(v) for k, v in rows if v is not None}
 
 
-def _mysql_url(
+def mariadb_url(
     user: str,
     host: str,
     port: str,

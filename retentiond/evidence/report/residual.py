@@ -20,6 +20,7 @@ from sqlalchemy import Connection, inspect, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from retentiond.config.model import Config, ConnectionConfig, SqlStoreConfig
+from retentiond.config.pbxfiles import PbxSettingsError, asterisk_directories
 from retentiond.dberrors import describe
 from retentiond.errors import StoreError
 from retentiond.evidence.report.catalogue import approximate_days
@@ -54,22 +55,9 @@ def spool_dir(asterisk_conf: Path = ASTERISK_CONF) -> Path:
     a template (`[directories](!)`, as the sample ships) is ignored, the last value wins, and
     without one (or without the file) the compiled-in /var/spool/asterisk applies."""
     try:
-        text = asterisk_conf.read_text(encoding="utf-8", errors="replace")
-    except OSError:
+        return Path(asterisk_directories(asterisk_conf)["astspooldir"])
+    except PbxSettingsError:  # absent or unreadable: Asterisk starts with its defaults too
         return SPOOL_DIR
-    found = SPOOL_DIR
-    in_directories = False
-    for raw in text.splitlines():
-        line = raw.split(";", 1)[0].strip()
-        if line.startswith("["):
-            name, _, options = line[1:].partition("]")
-            in_directories = name.strip().lower() == "directories" and "!" not in options
-            continue
-        key, sep, value = line.partition("=")
-        value = value.removeprefix(">").strip()
-        if in_directories and sep and key.strip().lower() == "astspooldir" and value:
-            found = Path(value)
-    return found
 
 
 def detect(
