@@ -71,76 +71,52 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _missing_packages(tree: Path, packages: Sequence[str]) -> list[str]:
-    """The packages not installed in `tree`, by its own dpkg database."""
-    result = run(
-        ["dpkg-query", f"--admindir={tree}/var/lib/dpkg", "-W", "-f=${Package} ${Status}\n"],
-        check=False,
-    )
-    installed = {
-        line.split()[0] for line in result.stdout.splitlines() if line.endswith(" installed")
-    }
-    return [p for p in packages if p.split(":")[0] not in installed]
+def debian_tree() -> Path:
+    """The cached Debian 12 tree (minbase, systemd, its package lists), built when missing.
 
-
-def debian_tree(packages: Sequence[str] = ()) -> Path:
-    """The cached Debian 12 tree with systemd and `packages`, built or completed when needed."""
+    Nothing else is installed into it: a test installs the package with apt inside a booted
+    machine, so what the package forgets to depend on is missing there as on a fresh server.
+    """
     for tool in ("debootstrap", "systemd-nspawn", "nsenter"):
         if shutil.which(tool) is None:
             package = {"nsenter": "util-linux", "systemd-nspawn": "systemd-container"}
             raise Unavailable(f"{tool} is not installed (Debian package {package.get(tool, tool)})")
     tree = CACHE / SUITE
-    wanted = [*BASE_PACKAGES, *packages]
     with _locked(CACHE / f"{SUITE}.lock"):
         if not (tree / "usr/lib/systemd/systemd").exists():
             building = CACHE / f"{SUITE}.building"
             shutil.rmtree(building, ignore_errors=True)
+            include = ",".join(BASE_PACKAGES)
             run(
                 [
                     "debootstrap",
                     "--variant=minbase",
-                    f"--include={','.join(wanted)}",
+                    f"--include={include}",
                     SUITE,
                     building,
                     MIRROR,
                 ]
             )
-            _clean_apt(building)
             if tree.exists():
                 shutil.rmtree(tree)
             building.rename(tree)
-        missing = _missing_packages(tree, wanted)
-        if missing:
-            _install(tree, missing)
-            still = _missing_packages(tree, wanted)
-            if still:
-                raise RuntimeError(f"not installed into {tree}: {' '.join(still)}")
+        if not list((tree / "var/lib/apt/lists").glob("*_Packages")):
+            # debootstrap leaves no package lists; apt inside the machines needs them
+            command = [*_COMMAND_CONTAINER, f"--directory={tree}", "apt-get", "-q", "update"]
+            run(command, stdin=subprocess.DEVNULL)
+        for deb in (tree / "var/cache/apt/archives").glob("*.deb"):
+            deb.unlink()
+    (CACHE / "archives" / "partial").mkdir(parents=True, exist_ok=True)
     return tree
 
 
-def _install(tree: Path, packages: Sequence[str]) -> None:
-    """apt-get install into the cached tree itself (a command container, not a boot)."""
-    apt = ["apt-get", "-q", "-y", "-o", "Dpkg::Use-Pty=0", "--no-install-recommends"]
-    command = [
-        "systemd-nspawn",
-        "-q",
-        "--register=no",
-        "--keep-unit",
-        "--pipe",
-        f"--directory={tree}",
-        "--setenv=DEBIAN_FRONTEND=noninteractive",
-        "sh",
-        "-c",
-        f"{' '.join(apt)} update && {' '.join(apt)} install {' '.join(packages)}",
-    ]
-    run(command, stdin=subprocess.DEVNULL)
-    _clean_apt(tree)
+def archives() -> Path:
+    """Downloaded .deb files, kept between test sessions (bound into each machine)."""
+    return CACHE / "archives"
 
 
-def _clean_apt(tree: Path) -> None:
-    for folder in ("var/cache/apt/archives",):
-        for deb in (tree / folder).glob("*.deb"):
-            deb.unlink()
+# systemd-nspawn running one command in a tree, without machined or a scope of its own.
+_COMMAND_CONTAINER = ["systemd-nspawn", "-q", "--register=no", "--keep-unit", "--pipe"]
 
 
 class Machine:
@@ -167,6 +143,15 @@ class Machine:
         env = [f"{k}={v}" for k, v in INSIDE_ENV.items()]
         enter = ["nsenter", "-t", str(self.leader), "-a", "--", "env", "-i", *env]
         return run([*enter, *command], check=check, timeout=timeout, input=input)
+
+    def apt_install(self, *packages: str) -> None:
+        """apt-get install inside, downloading only what the shared archive lacks."""
+        apt = ["apt-get", "-q", "-y", "-o", "Dpkg::Use-Pty=0", "--no-install-recommends"]
+        command = ["env", "DEBIAN_FRONTEND=noninteractive", *apt, "install", *packages]
+        first = self.run(*command, check=False, timeout=600)
+        if first.returncode != 0:  # the cached lists may name versions the mirror dropped
+            self.run(*apt, "update", timeout=300)
+            self.run(*command, timeout=600)
 
     def sh(self, script: str, check: bool = True, timeout: float = 120) -> str:
         return self.run("sh", "-euc", script, check=check, timeout=timeout).stdout
