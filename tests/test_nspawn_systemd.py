@@ -21,6 +21,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import sqlite3
 import subprocess
 import time
@@ -54,9 +55,8 @@ CONFIG = "/etc/retentiond/retentiond.yaml"
 # so editing this one changes nothing until `systemctl reload` (SIGHUP) says so.
 LIVE = "/etc/retentiond/live.yaml"
 RULES = ["call-records", "voicemail", "call-recordings"]
-# What the staged files need from Debian (the package's Depends): the system Python its venv
-# runs on, and procps for /bin/kill, which ExecReload= calls (minbase has no procps).
-DEPENDS = ["python3", "procps"]
+# What `apt install` of the package left before any config was written (the machine fixture).
+INSTALLED: dict[str, str] = {}
 # journald's PRIORITY for each of the daemon's levels (syslog: 2 crit, 3 err, 4 warning, 6 info).
 PRIORITY = {"critical": "2", "error": "3", "warning": "4", "info": "6", "debug": "7"}
 SECURITY_LIMIT = 1.4
@@ -299,47 +299,52 @@ def pbx(
 # -- the machine: the package installed and configured as an administrator would ---------------
 
 
-def _staged(folder: Path) -> Path:
-    """`make install DESTDIR=...` of this tree: the files the package installs."""
+def _package() -> Path:
+    """The Debian package: RETENTIOND_DEB when set (a package built before), else `make deb`
+    of this tree (about a minute)."""
+    given = os.environ.get("RETENTIOND_DEB")
+    if given:
+        return Path(given).resolve()
+    if shutil.which("dpkg-buildpackage") is None or shutil.which("dh_virtualenv") is None:
+        _unavailable("make deb needs dpkg-dev, debhelper and dh-virtualenv; .ci/run installs them")
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-    stage = folder / "stage"
     result = subprocess.run(
-        ["make", "-C", str(REPO), "install", f"DESTDIR={stage}"],
+        ["make", "-C", str(REPO), "deb"],
         capture_output=True,
         text=True,
         env=env,
         check=False,
-        timeout=600,
+        timeout=900,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return stage
+    built = re.findall(r"dist/(retentiond_\S+\.deb)", result.stdout)
+    assert built, result.stdout[-3000:]
+    return REPO / "dist" / built[-1]
 
 
-def _install(machine: Machine) -> None:
-    """Put the staged files in place, then what a package's maintainer scripts do."""
-    machine.apt_install(*DEPENDS)
-    machine.sh(
-        "cp -a /mnt/package/. /\n"
-        "systemd-sysusers /etc/sysusers.d/retentiond.conf\n"
-        "systemd-tmpfiles --create /etc/tmpfiles.d/retentiond.conf\n"
-        "chgrp retentiond /etc/retentiond\n"
-        "systemctl daemon-reload"
-    )
+def _install(machine: Machine, package: Path) -> dict[str, str]:
+    """`apt install ./retentiond_*.deb`, as on a fresh server; what it left, before a config."""
+    machine.apt_install(f"/mnt/{package.name}")
+    return {
+        "enabled": machine.systemctl("is-enabled", "retentiond.service", check=False).stdout,
+        "active": machine.systemctl("is-active", "retentiond.service", check=False).stdout,
+        "timer": machine.systemctl("is-enabled", "retentiond-once.timer", check=False).stdout,
+        "program": machine.sh("command -v retentiond"),
+        "usr_local": machine.sh("find /usr/local -type f"),
+    }
 
 
 def _example(machine: Machine, name: str) -> str:
-    """A file the package ships among its examples (the PBX drop-ins)."""
-    for folder in (
-        "/usr/share/doc/retentiond/examples",
-        "/usr/local/share/doc/retentiond/examples",
-    ):
+    """A file the package ships for the admin to copy (the PBX drop-ins)."""
+    folders = ("/etc/retentiond/dropins", "/usr/share/doc/retentiond/examples")
+    for folder in folders:
         for candidate in (f"{folder}/{name}", f"{folder}/{name}.gz"):
             path = machine.path(candidate)
             if path.exists():
                 if candidate.endswith(".gz"):
                     return machine.run("zcat", candidate).stdout
                 return path.read_text()
-    raise AssertionError(f"the package does not ship {name} among its examples")
+    raise AssertionError(f"the package does not ship {name} in {' or '.join(folders)}")
 
 
 # Test-only settings: a watchdog that bites within seconds, a restart without the 30 s pause.
@@ -403,7 +408,7 @@ def machine(tmp_path_factory: pytest.TempPathFactory, pbx: Pbx) -> Iterator[Mach
     except RuntimeError as error:  # debootstrap or apt-get failed: no mirror, no space
         _unavailable(f"the Debian 12 tree could not be built: {error}")
     folder = tmp_path_factory.mktemp("machine")
-    package = _staged(folder)
+    package = _package()
     binds = [
         (pbx.root / "spool", "/var/spool/asterisk"),
         (pbx.root / "log", "/var/log/asterisk"),
@@ -414,9 +419,13 @@ def machine(tmp_path_factory: pytest.TempPathFactory, pbx: Pbx) -> Iterator[Mach
     name = f"retentiond-{secrets.token_hex(3)}"
     try:
         with booted(
-            tree, name, folder / "console.log", binds=binds, binds_ro=[(package, "/mnt/package")]
+            tree,
+            name,
+            folder / "console.log",
+            binds=binds,
+            binds_ro=[(package, f"/mnt/{package.name}")],
         ) as booted_machine:
-            _install(booted_machine)
+            INSTALLED.update(_install(booted_machine, package))
             _configure(booted_machine, pbx)
             yield booted_machine
     except Unavailable as error:
@@ -495,6 +504,18 @@ def sha256(text: str) -> str:
 
 
 # -- the tests, in the order of the story ---------------------------------------------------------
+
+
+def test_the_package_installs_from_debian_alone_and_starts_nothing(machine: Machine) -> None:
+    """`apt install ./retentiond_*.deb` on minbase pulled every dependency from Debian's mirror;
+    before a config exists nothing is enabled or running, and nothing is under /usr/local."""
+    assert INSTALLED == {
+        "enabled": "disabled\n",
+        "active": "inactive\n",
+        "timer": "disabled\n",
+        "program": "/usr/bin/retentiond\n",
+        "usr_local": "",
+    }
 
 
 def test_installed_unit_security_exposure_stays_at_most_1_4(machine: Machine) -> None:
