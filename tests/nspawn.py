@@ -19,7 +19,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -127,6 +127,7 @@ class Machine:
         self.process = process
         self.console = console
         self.leader = 0
+        self.exit_code: int | None = None  # systemd-nspawn's, once powered off
 
     @property
     def root(self) -> Path:
@@ -208,7 +209,8 @@ class Machine:
         if self.process.poll() is None and self.leader:
             os.kill(self.leader, signal.SIGRTMIN + 4)
         try:
-            return self.process.wait(timeout=timeout)
+            self.exit_code = self.process.wait(timeout=timeout)
+            return self.exit_code
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
@@ -225,7 +227,6 @@ def booted(
     console: Path,
     binds: Sequence[tuple[Path | str, str]] = (),
     binds_ro: Sequence[tuple[Path | str, str]] = (),
-    ready: Callable[[Machine], None] | None = None,
 ) -> Iterator[Machine]:
     """Boot `tree` on a throwaway overlay; power it off when done."""
     command = [
@@ -247,8 +248,6 @@ def booted(
     machine = Machine(name, process, console)
     try:
         machine.wait_booted()
-        if ready is not None:
-            ready(machine)
         yield machine
     finally:
         machine.poweroff()

@@ -58,7 +58,14 @@ RULES = ["call-records", "voicemail", "call-recordings"]
 # What `apt install` of the package left before any config was written (the machine fixture).
 INSTALLED: dict[str, str] = {}
 # journald's PRIORITY for each of the daemon's levels (syslog: 2 crit, 3 err, 4 warning, 6 info).
-PRIORITY = {"critical": "2", "error": "3", "warning": "4", "info": "6", "debug": "7"}
+PRIORITY = {
+    "critical": "2",
+    "exception": "3",
+    "error": "3",
+    "warning": "4",
+    "info": "6",
+    "debug": "7",
+}
 SECURITY_LIMIT = 1.4
 
 CONFIG_TEXT = """\
@@ -299,27 +306,36 @@ def pbx(
 # -- the machine: the package installed and configured as an administrator would ---------------
 
 
-def _package() -> Path:
-    """The Debian package: RETENTIOND_DEB when set (a package built before), else `make deb`
-    of this tree (about a minute)."""
+def _build_package(log: Path) -> Callable[[], Path]:
+    """Start building the Debian package; the returned call waits for it and gives its path.
+
+    RETENTIOND_DEB names a package built before; else `make deb` of this tree (a minute or
+    two), which runs while the Debian tree is built or checked.
+    """
     given = os.environ.get("RETENTIOND_DEB")
     if given:
-        return Path(given).resolve()
+        return lambda: Path(given).resolve()
     if shutil.which("dpkg-buildpackage") is None or shutil.which("dh_virtualenv") is None:
         _unavailable("make deb needs dpkg-dev, debhelper and dh-virtualenv; .ci/run installs them")
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-    result = subprocess.run(
-        ["make", "-C", str(REPO), "deb"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    built = re.findall(r"dist/(retentiond_\S+\.deb)", result.stdout)
-    assert built, result.stdout[-3000:]
-    return REPO / "dist" / built[-1]
+    with log.open("wb") as out:
+        make = subprocess.Popen(
+            ["make", "-C", str(REPO), "deb"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+    def built() -> Path:
+        code = make.wait(timeout=900)
+        output = log.read_text(errors="replace")
+        assert code == 0, f"make deb exited {code}:\n{output[-4000:]}"
+        found = re.findall(r"dist/(retentiond_\S+\.deb)", output)
+        assert found, output[-4000:]
+        return REPO / "dist" / found[-1]
+
+    return built
 
 
 def _install(machine: Machine, package: Path) -> dict[str, str]:
@@ -401,14 +417,16 @@ def write(
 def machine(tmp_path_factory: pytest.TempPathFactory, pbx: Pbx) -> Iterator[Machine]:
     if os.geteuid() != 0:
         _unavailable("booting a container with systemd-nspawn needs root")
+    folder = tmp_path_factory.mktemp("machine")
+    package_built = _build_package(folder / "make-deb.log")
     try:
         tree = debian_tree()
     except Unavailable as error:
         _unavailable(str(error))
     except RuntimeError as error:  # debootstrap or apt-get failed: no mirror, no space
         _unavailable(f"the Debian 12 tree could not be built: {error}")
-    folder = tmp_path_factory.mktemp("machine")
-    package = _package()
+    finally:
+        package = package_built()
     binds = [
         (pbx.root / "spool", "/var/spool/asterisk"),
         (pbx.root / "log", "/var/log/asterisk"),
@@ -430,6 +448,8 @@ def machine(tmp_path_factory: pytest.TempPathFactory, pbx: Pbx) -> Iterator[Mach
             yield booted_machine
     except Unavailable as error:
         _unavailable(f"systemd-nspawn cannot boot a machine here: {error}")
+    console = (folder / "console.log").read_text(errors="replace")
+    assert booted_machine.exit_code == 0, f"no clean power-off:\n{console[-3000:]}"
 
 
 # -- what the machine shows -----------------------------------------------------------------------
@@ -607,6 +627,7 @@ def test_every_store_kind_works_under_the_hardening(machine: Machine, pbx: Pbx) 
     )
     assert sandbox["ProtectSystem"] == "strict"
     assert sandbox["CapabilityBoundingSet"] == ""
+    assert sandbox["SystemCallFilter"]
 
 
 def test_the_password_arrives_through_load_credential(machine: Machine, pbx: Pbx) -> None:
