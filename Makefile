@@ -156,7 +156,9 @@ endif
 # `make deb`: dist/retentiond_<version>_<arch>.deb, built from this tree with dpkg-buildpackage and
 # dh-virtualenv in a copy of it (build/deb/), so the tree itself stays clean. Needs Debian 12 with
 # debhelper, dh-virtualenv, python3-venv and dpkg-dev, and PyPI (or a pip mirror) for the venv.
-DEB_BUILD := build/deb
+# DEB_DIST and DEB_BUILD move the output and the build folder (tests build outside the tree).
+DEB_DIST  ?= dist
+DEB_BUILD ?= build/deb
 DEB_VERSION = $(shell dpkg-parsechangelog -S Version 2>/dev/null)
 PY_VERSION  = $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
@@ -165,14 +167,14 @@ deb:
 	@command -v dpkg-buildpackage >/dev/null || { echo "make deb needs dpkg-buildpackage: apt-get install dpkg-dev debhelper dh-virtualenv python3-venv" >&2; exit 2; }
 	@[ "$(firstword $(subst -, ,$(DEB_VERSION)))" = "$(PY_VERSION)" ] || { echo "debian/changelog says $(DEB_VERSION), pyproject.toml $(PY_VERSION): add a changelog entry (dch -v $(PY_VERSION))" >&2; exit 2; }
 	rm -rf $(DEB_BUILD)
-	mkdir -p $(DEB_BUILD)/retentiond dist
+	mkdir -p $(DEB_BUILD)/retentiond $(DEB_DIST)
 	tar -c --exclude-vcs --exclude=./.venv --exclude=./.venv-lint --exclude=./build --exclude=./dist \
 		--exclude=./demo-pbx --exclude=__pycache__ --exclude=./.mypy_cache --exclude=./.ruff_cache \
 		--exclude=./.pytest_cache --exclude=./.hypothesis --exclude='*.egg-info' . \
 		| tar -x -C $(DEB_BUILD)/retentiond
 	cd $(DEB_BUILD)/retentiond && dpkg-buildpackage -us -uc -b
-	mv $(DEB_BUILD)/retentiond_$(DEB_VERSION)_*.deb dist/
-	@ls -l dist/retentiond_$(DEB_VERSION)_*.deb
+	mv $(DEB_BUILD)/retentiond_$(DEB_VERSION)_*.deb $(DEB_DIST)/
+	@ls -l $(DEB_DIST)/retentiond_$(DEB_VERSION)_*.deb
 
 # `make messages`: the marked strings of the report, mail and verifier page merged into their
 # German catalogues (retentiond/locale/de/LC_MESSAGES/*.po); then translate what is open.
