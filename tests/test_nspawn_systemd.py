@@ -25,9 +25,7 @@ import json
 import os
 import re
 import secrets
-import shutil
 import sqlite3
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import debpackage
 import pytest
 from nspawn import Machine, Unavailable, archives, booted, debian_tree
 from pbxdata import DDL, PbxDatabase, cdr_rows, cel_rows, sqlite_cdr_rows
@@ -48,7 +47,6 @@ from retentiond.policy.rules import cutoff as rule_cutoff
 
 pytestmark = [pytest.mark.mariadb, pytest.mark.postgres, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parent.parent
 KEEP = "30d"
 KEEP_TIME = timedelta(days=30)
 # Fixture times stay this far from the cutoff a run computes while the module runs.
@@ -310,36 +308,16 @@ def pbx(
 # -- the machine: the package installed and configured as an administrator would ---------------
 
 
-def _build_package(log: Path) -> Callable[[], Path]:
-    """Start building the Debian package; the returned call waits for it and gives its path.
-
-    RETENTIOND_DEB names a package built before; else `make deb` of this tree (a minute or
-    two), which runs while the Debian tree is built or checked.
-    """
+def _build_package() -> Callable[[], Path]:
+    """Start building the Debian package (tests/debpackage.py); the returned call waits for it.
+    RETENTIOND_DEB names a package built before instead."""
     given = os.environ.get("RETENTIOND_DEB")
     if given:
         return lambda: Path(given).resolve()
-    if shutil.which("dpkg-buildpackage") is None or shutil.which("dh_virtualenv") is None:
-        _unavailable("make deb needs dpkg-dev, debhelper and dh-virtualenv; .ci/run installs them")
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-    with log.open("wb") as out:
-        make = subprocess.Popen(
-            ["make", "-C", str(REPO), "deb"],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-
-    def built() -> Path:
-        code = make.wait(timeout=900)
-        output = log.read_text(errors="replace")
-        assert code == 0, f"make deb exited {code}:\n{output[-4000:]}"
-        found = re.findall(r"dist/(retentiond_\S+\.deb)", output)
-        assert found, output[-4000:]
-        return REPO / "dist" / found[-1]
-
-    return built
+    missing = debpackage.missing_tools()
+    if missing:
+        _unavailable(f"make deb needs {', '.join(missing)}; .ci/run installs them")
+    return debpackage.start_build()
 
 
 def _install(machine: Machine, package: Path) -> dict[str, str]:
@@ -422,7 +400,7 @@ def machine(tmp_path_factory: pytest.TempPathFactory, pbx: Pbx) -> Iterator[Mach
     if os.geteuid() != 0:
         _unavailable("booting a container with systemd-nspawn needs root")
     folder = tmp_path_factory.mktemp("machine")
-    package_built = _build_package(folder / "make-deb.log")
+    package_built = _build_package()
     try:
         tree = debian_tree()
     except Unavailable as error:
