@@ -52,6 +52,8 @@ KEEP_TIME = timedelta(days=30)
 # Fixture times stay this far from the cutoff a run computes while the module runs.
 MARGIN = timedelta(hours=2)
 AUDIT = "/var/lib/retentiond/audit.jsonl"
+# Debian's MariaDB socket, bound into the machine at the same path.
+MARIADB_SOCKET = "/run/mysqld/mysqld.sock"
 CONFIG = "/etc/retentiond/retentiond.yaml"
 # The config the unit names is a link to this file: the daemon watches its own file name only,
 # so editing this one changes nothing until `systemctl reload` (SIGHUP) says so.
@@ -414,8 +416,9 @@ def machine(tmp_path_factory: pytest.TempPathFactory, pbx: Pbx) -> Iterator[Mach
         (pbx.root / "log", "/var/log/asterisk"),
         (archives(), "/var/cache/apt/archives"),
     ]
-    if Path("/run/mysqld/mysqld.sock").exists():
-        binds.append((Path("/run/mysqld"), "/run/mysqld"))
+    if not Path(MARIADB_SOCKET).is_socket():
+        _unavailable(f"MariaDB's socket {MARIADB_SOCKET} is missing: the machine reaches it there")
+    binds.append((Path(MARIADB_SOCKET).parent, str(Path(MARIADB_SOCKET).parent)))
     name = f"retentiond-{secrets.token_hex(3)}"
     try:
         with booted(
