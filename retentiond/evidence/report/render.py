@@ -1,6 +1,13 @@
 """The report's forms: one self-contained HTML page (and the same page as PDF), CSV, JSON, and the
 rule catalogue as Markdown or HTML.
 
+The pages and the catalogue speak the report's language (`Report.language`, `Catalogue.language`):
+the templates' words through jinja2.ext.i18n from the gettext catalogues (area "report"), and
+numbers, sizes, days, moments and ISO weeks the language's way (i18n.Words); an identifier a reader
+sees (a status, a unit, a store kind) is printed through `wording.label`. CSV and JSON are for
+machines: their columns, keys, sections and item names are identifiers and stay English in every
+language; only the prose the figures carry is in the report's language.
+
 The HTML has no external reference at all: CSS inline, the chart an inline SVG, no script, no
 image, no font to fetch, so the filed copy shows the same in ten years. Jinja2 escapes every value
 (autoescape), so a rule description can never become markup.
