@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from babel.messages.pofile import read_po
+from test_report import invoke
 from test_report_pdf import (
     BERLIN,
     NOW,
@@ -559,6 +560,25 @@ def test_no_iso_days_in_the_german_pdf(demo_german_pdf: Paper, big_german_pdf: P
     for paper in (demo_german_pdf, big_german_pdf):
         found = [f"{where}: {line!r}" for where, line in pdf_lines(paper.path) if iso.search(line)]
         assert not found, "\n".join(found)
+
+
+def test_the_command_line_speaks_the_configs_language_or_the_one_asked_for(
+    demo_pbx: Demo, tmp_path: Path
+) -> None:
+    """organisation.language: de makes `report` German; --language en overrides it."""
+    config = demo_pbx.loaded.path
+    period = ["--from", "2026-05-18", "--to", "2026-06-15"]
+    german = invoke("-c", config, "report", "--rules", "--format", "md")
+    assert german.exit_code == 0, german.output
+    assert german.stdout.startswith("# Löschkonzept")
+    english = invoke("-c", config, "report", "--rules", "--format", "md", "--language", "en")
+    assert english.stdout.startswith("# Deletion rules")
+    for language, heading in (("de", "2. Einhaltung der Löschfristen"), ("en", "2. Compliance")):
+        out = tmp_path / f"report.{language}.html"
+        result = invoke("-c", config, "report", *period, "--language", language, "-o", out)
+        assert result.exit_code == 0, result.output
+        page = out.read_text()
+        assert f'<html lang="{language}">' in page and heading in page
 
 
 # --- CSV and JSON are for machines: their names stay English --------------------------------
