@@ -1,6 +1,13 @@
 """The report's forms: one self-contained HTML page (and the same page as PDF), CSV, JSON, and the
 rule catalogue as Markdown or HTML.
 
+The pages and the catalogue speak the report's language (`Report.language`, `Catalogue.language`):
+the templates' words through jinja2.ext.i18n from the gettext catalogues (area "report"), and
+numbers, sizes, days, moments and ISO weeks the language's way (i18n.Words); an identifier a reader
+sees (a status, a unit, a store kind) is printed through `wording.label`. CSV and JSON are for
+machines: their columns, keys, sections and item names are identifiers and stay English in every
+language; only the prose the figures carry is in the report's language.
+
 The HTML has no external reference at all: CSS inline, the chart an inline SVG, no script, no
 image, no font to fetch, so the filed copy shows the same in ten years. Jinja2 escapes every value
 (autoescape), so a rule description can never become markup.
@@ -23,19 +30,26 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+from babel.numbers import get_decimal_symbol
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
 
+from retentiond import i18n
 from retentiond.errors import RetentiondError
+from retentiond.evidence.report import wording
 from retentiond.evidence.report.summary import mark, summary, verdict_cell
 from retentiond.evidence.report.values import Catalogue, Report
+from retentiond.i18n import DEFAULT, Words
 
 JSON_FORMAT = 1
 PDF_PACKAGES = "libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core"
@@ -57,7 +71,11 @@ PALETTE = [
 ]
 
 
-def _environment() -> Environment:
+@functools.cache
+def _environment(language: str = DEFAULT) -> Environment:
+    """The templates in `language`: its words (jinja2.ext.i18n, trimmed as extracted), and its
+    numbers, dates and labels through the filters. One per language, made once."""
+    words = i18n.words(language)
     env = Environment(
         loader=PackageLoader("retentiond.evidence.report", "templates"),
         # HTML templates are escaped; the Markdown one escapes its cells with the `md` filter.
@@ -66,37 +84,83 @@ def _environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        extensions=["jinja2.ext.i18n"],
     )
-    env.filters["when"] = _when
-    env.filters["size"] = _size
+    env.policies["ext.i18n.trimmed"] = True
+    env.install_gettext_translations(words, newstyle=True)  # type: ignore[attr-defined]
+    env.globals["language"] = words.language
+    env.globals["page_footer"] = _page_footer(words)
+    env.filters["when"] = functools.partial(_when, words)
+    env.filters["day"] = functools.partial(_day, words)
+    env.filters["week"] = functools.partial(_week, words)
+    env.filters["size"] = functools.partial(_size, words)
+    env.filters["count"] = functools.partial(_count, words)
+    env.filters["label"] = functools.partial(wording.label, words)
     env.filters["md"] = _markdown_cell
-    env.filters["count"] = _count
     env.filters["mark"] = mark
     env.filters["verdict_cell"] = verdict_cell
     return env
 
 
-def _when(moment: datetime | None, zone: Any = None) -> str:
-    if moment is None:
-        return "–"
-    if zone is not None:
-        return moment.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z")
-    return moment.strftime("%Y-%m-%d %H:%M UTC")
+def _page_footer(words: Words) -> Markup:
+    """The CSS `content` of the page footer, "page 2 of 9" in the language's words."""
+    text = words.gettext("page {page} of {pages}")
+    parts = []
+    for piece in re.split(r"(\{page\}|\{pages\})", text):
+        if piece in ("{page}", "{pages}"):
+            parts.append(f"counter({piece[1:-1]})")
+        elif piece:
+            quoted = piece.replace("\\", "\\\\").replace('"', '\\"').replace("<", "\\3c ")
+            parts.append(f'"{quoted}"')
+    # CSS, not HTML: the words are the catalogue's, quoted and escaped for a CSS string above
+    return Markup(" ".join(parts))  # noqa: S704
 
 
-def _size(count: int | None) -> str:
+def _when(words: Words, moment: datetime | None, zone: Any = None) -> str:
+    return words.moment(moment, zone)
+
+
+def _day(words: Words, value: date | str | None, empty: str = "–") -> str:
+    """A day in the language's way; a day the log carries as ISO text too (anything else as it
+    is)."""
+    if not isinstance(value, str):
+        return words.day(value, empty)
+    try:
+        return words.day(date.fromisoformat(value), empty)
+    except ValueError:
+        return value
+
+
+def _week(words: Words, label: str, short: bool = False) -> str:
+    """An ISO week ("2026-W21") the language's way: "2026-W21" or "KW 21/2026"; short: "W21"
+    or "KW 21" (the chart's axis)."""
+    year, _, number = label.partition("-W")
+    if short:
+        return words.gettext("W{number}").format(number=number)
+    return words.gettext("{year}-W{number}").format(year=year, number=number)
+
+
+def _size(words: Words, count: int | None) -> str:
     if count is None:
         return ""
     size = float(count)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+            return f"{size:.0f} {unit}" if unit == "B" else f"{_decimal(words, size)} {unit}"
         size /= 1024
-    return f"{size:.1f} TiB"
+    return f"{_decimal(words, size)} TiB"
 
 
-def _count(value: int | None) -> str:
-    return "–" if value is None else f"{value:,}".replace(",", " ")
+def _decimal(words: Words, value: float) -> str:
+    """One decimal place, with the language's decimal sign and no grouping: 1.5 / 1,5."""
+    return f"{value:.1f}".replace(".", get_decimal_symbol(words.locale))
+
+
+def _count(words: Words, value: int | None) -> str:
+    """A count with the language's grouping; English groups with a space, as it always has (a
+    comma reads as a decimal sign to half of Europe): 1 234 / 1.234."""
+    text = words.number(value)
+    return text.replace(",", " ") if words.language == "en" else text
 
 
 def _markdown_cell(value: object) -> str:
@@ -157,6 +221,7 @@ def chart(report: Report) -> Chart:
 
     The drawing is a fixed 680 units wide, so a year of weeks shrinks the bars, not the text.
     """
+    words = i18n.words(report.language)
     rules = sorted({row.rule for row in report.deletions_by_week}) or [r.name for r in report.rules]
     colors = {rule: PALETTE[i % len(PALETTE)] for i, rule in enumerate(rules)}
     values: dict[tuple[str, str], int] = {}
@@ -201,12 +266,12 @@ def chart(report: Report) -> Chart:
                     round(extra, 2),
                 )
             )
-        short = week.label[-3:] if index % label_every == 0 else ""
+        short = _week(words, week.label, short=True) if index % label_every == 0 else ""
         groups.append(
             WeekGroup(week.label, short, week.monday, round(x, 2), round(group_width, 2), bars)
         )
     ticks = [
-        Tick(round(bottom - plot_height * step / 4, 2), _tick_label(top_value * step / 4))
+        Tick(round(bottom - plot_height * step / 4, 2), _tick_label(words, top_value * step / 4))
         for step in range(5)
     ]
     legend = [(rule, colors[rule], left + i * 160.0) for i, rule in enumerate(rules)]
@@ -229,8 +294,10 @@ def _nice_ceiling(value: int) -> int:
     return 10 * magnitude
 
 
-def _tick_label(value: float) -> str:
-    return f"{value:,.0f}".replace(",", " ") if value >= 10 or value == 0 else f"{value:g}"
+def _tick_label(words: Words, value: float) -> str:
+    if value >= 10 or value == 0:
+        return _count(words, round(value))
+    return f"{value:g}".replace(".", get_decimal_symbol(words.locale))
 
 
 # --- HTML, PDF ------------------------------------------------------------------------------------
@@ -239,7 +306,7 @@ def _tick_label(value: float) -> str:
 def html(report: Report) -> str:
     from zoneinfo import ZoneInfo
 
-    template = _environment().get_template("report.html.j2")
+    template = _environment(report.language).get_template("report.html.j2")
     return template.render(
         report=report, summary=summary(report), chart=chart(report), zone=ZoneInfo(report.zone)
     )
@@ -534,8 +601,9 @@ def _subject_rows(report: Report, add: Add) -> None:
 
 
 def rules_markdown(catalogue: Catalogue) -> str:
-    return _environment().get_template("rules.md.j2").render(catalogue=catalogue)
+    return _environment(catalogue.language).get_template("rules.md.j2").render(catalogue=catalogue)
 
 
 def rules_html(catalogue: Catalogue) -> str:
-    return _environment().get_template("rules.html.j2").render(catalogue=catalogue)
+    env = _environment(catalogue.language)
+    return env.get_template("rules.html.j2").render(catalogue=catalogue)
