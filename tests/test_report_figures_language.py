@@ -328,7 +328,7 @@ def test_key_german_wording(both: Both) -> None:
     assert {e.detail for e in de.holds.history} >= {
         "hinzugefügt",
         "geändert: review_by, until",
-        "beendet: its until date has passed",  # the reason is the log's
+        "beendet: ihr Enddatum ist verstrichen",
     }
     assert [m.title for m in de.methods] == [
         "SQL-Tabelle",
@@ -337,9 +337,9 @@ def test_key_german_wording(both: Both) -> None:
     ]
     assert de.methods[0].statement.startswith("SQL-DELETE in Stapeln")
     rule = {r.name: r for r in de.rules}["call-records"]
-    assert rule.stages == "anonymisieren nach 3 months, löschen nach 1 year"  # periods: config's
+    assert rule.stages == "anonymisieren (Frist 3 Monate), löschen (Frist 1 Jahr)"
     assert rule.start_event == "Zeitpunkt des Objekts"
-    assert rule.deadline == "3 months + 1 Tag + 1d"
+    assert rule.deadline == "3 Monate + 1 Tag + 1 Tag"
     anonymization = de.anonymization[0]
     assert anonymization.wording == "pseudonymisiert (kleinste Gruppe 3 < 5)"
     assert not anonymization.anonymous

@@ -77,12 +77,15 @@ CORE = {"the", "of", "and", "to", "is", "not", "with", "for", "deleted", "held",
 WORD = re.compile(r"[^\W\d_]+")
 CODE = re.compile(r"<code>.*?</code>|`[^`]*`", re.S)
 TAG = re.compile(r"<[^>]+>")
+# config keys named in prose (`until:`, `from/to`): code, whatever the language around them
+KEY = re.compile(r"\b[a-z_]+(?:/[a-z_]+)+\b|\b[a-z_]+:(?=[\s).,]|$)")
 
 
 def plain(message: str) -> str:
     """A message's prose: no placeholders, no markup, no code (code may stay English)."""
     text = CODE.sub(" ", message)
     text = TAG.sub(" ", text)
+    text = KEY.sub(" ", text)
     return messages.PLACEHOLDER.sub(" ", text)
 
 

@@ -23,6 +23,7 @@ from retentiond.evidence.fingerprints import Fingerprints, read_fingerprints, wr
 from retentiond.evidence.history import History, read_history
 from retentiond.evidence.log import AuditWriter, Entry
 from retentiond.evidence.log.opening import log_path
+from retentiond.evidence.report.wording import ENDED_BY, UNTIL_PASSED
 from retentiond.policy.rules import day_over, hold_in_force
 
 log = structlog.get_logger()
@@ -107,9 +108,9 @@ def hold_changes(
         if hold_id in in_force:
             continue
         if hold_id not in vanished:
-            changes.append(("hold_ended", {"hold": hold_id, "ended": "its until date has passed"}))
+            changes.append(("hold_ended", {"hold": hold_id, "ended": UNTIL_PASSED}))
         elif end and hold_id in end:
-            ended = f"not found in the config; ended by {end[hold_id]}"
+            ended = f"{ENDED_BY}{end[hold_id]}"  # the report says both in its language
             changes.append(("hold_ended", {"hold": hold_id, "ended": ended}))
     return changes
 

@@ -26,7 +26,7 @@ from retentiond.evidence.report.values import (
     Period,
     Report,
 )
-from retentiond.evidence.report.wording import ENGLISH
+from retentiond.evidence.report.wording import ENGLISH, period_text
 from retentiond.i18n import DEFAULT, Language, Words, words
 from retentiond.stores.kinds import KINDS
 
@@ -123,7 +123,7 @@ def build_report(
         residual_host=residual_host,
         residual=list(residual),
         methods=methods(config, replay.kinds, said),
-        grace=str(config.safety.deadline_grace),
+        grace=period_text(said, config.safety.deadline_grace),
         notes=notes,
         anonymization=verdicts.anonymization(replay),
         erasures=tables.erasures_in_period(replay),
@@ -157,7 +157,7 @@ def catalogue(
         __version__,
         str(loaded.path),
         loaded.sha256,
-        str(config.safety.deadline_grace),
+        period_text(said, config.safety.deadline_grace),
         rule_rows(config, said),
         language,
     )

@@ -8,7 +8,13 @@ from datetime import datetime, timedelta, tzinfo
 
 from retentiond.config.model import Config, HoldConfig, Rule
 from retentiond.evidence.report.values import HoldRow, Organisation, RuleRow, StoreRef
-from retentiond.evidence.report.wording import ENGLISH, label, span_text
+from retentiond.evidence.report.wording import (
+    ENGLISH,
+    label,
+    period_text,
+    schedule_text,
+    span_text,
+)
 from retentiond.i18n import N_, Words
 from retentiond.policy import rules
 from retentiond.policy.durations import Duration
@@ -47,7 +53,7 @@ def _rule_row(rule: Rule, config: Config, said: Words) -> RuleRow:
     stages = label(said, rule.action)
     if then is not None:
         stages = said.gettext("anonymize after {keep}, delete after {then}").format(
-            keep=rule.keep, then=then
+            keep=period_text(said, rule.keep), then=period_text(said, then)
         )
     not_set = said.gettext(NOT_SET)
     start = START_EVENTS.get(rule.start_event)
@@ -57,16 +63,16 @@ def _rule_row(rule: Rule, config: Config, said: Words) -> RuleRow:
         purpose=rule.purpose or not_set,
         legal_basis=rule.legal_basis or not_set,
         start_event=said.gettext(start) if start else rule.start_event,
-        keep=str(rule.keep),
-        deadline=deadline_text(rule.keep, interval, config.safety.deadline_grace),
+        keep=period_text(said, rule.keep),
+        deadline=deadline_text(rule.keep, interval, config.safety.deadline_grace, said),
         action=rule.action,
-        schedule=rule.schedule.text if rule.schedule else said.gettext(UNSCHEDULED),
+        schedule=schedule_text(said, rule.schedule) if rule.schedule else said.gettext(UNSCHEDULED),
         stores=[StoreRef(s.type, s.label, s.optional) for s in rule.stores],
         keep_days=approximate_days(rule.keep),
         stages=stages,
-        then_delete_after=str(then) if then is not None else None,
-        delete_deadline=deadline_text(then, interval, grace) if then is not None else None,
-        min_keep=str(rule.min_keep) if rule.min_keep is not None else None,
+        then_delete_after=period_text(said, then) if then is not None else None,
+        delete_deadline=deadline_text(then, interval, grace, said) if then is not None else None,
+        min_keep=period_text(said, rule.min_keep) if rule.min_keep is not None else None,
         k_anonymity=rule.k_anonymity if rule.action == "anonymize" else None,
     )
 
@@ -82,9 +88,9 @@ def schedule_interval(rule: Rule, said: Words = ENGLISH) -> tuple[timedelta, str
     return interval, span_text(interval, said)
 
 
-def deadline_text(keep: Duration, interval: str, grace: Duration) -> str:
+def deadline_text(keep: Duration, interval: str, grace: Duration, said: Words = ENGLISH) -> str:
     """The regular deletion period as its three parts: keep + run interval + grace."""
-    return f"{keep} + {interval} + {grace}"
+    return f"{period_text(said, keep)} + {interval} + {period_text(said, grace)}"
 
 
 # --- reading the logs ----------------------------------------------------------------------------

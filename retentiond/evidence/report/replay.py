@@ -36,7 +36,7 @@ from retentiond.evidence.report.values import (
     SubjectSearch,
     SubjectStore,
 )
-from retentiond.evidence.report.wording import ENGLISH, whole
+from retentiond.evidence.report.wording import ENGLISH, ended_reason, whole
 from retentiond.evidence.report.wording import label as label_of
 from retentiond.i18n import N_, Words
 from retentiond.stores.kinds import KINDS
@@ -337,7 +337,7 @@ class Replay:
         changed = [str(name) for name in fields.get("changed") or []]
         _ = self.words.gettext
         if entry.type == "hold_ended":
-            why = as_text(fields.get("ended")) or _(NO_REASON)
+            why = ended_reason(self.words, as_text(fields.get("ended"))) or _(NO_REASON)
             detail = _("ended: {reason}").format(reason=why)
         elif entry.type == "hold_changed":
             detail = _("changed: {fields}").format(fields=", ".join(changed) or _("not recorded"))

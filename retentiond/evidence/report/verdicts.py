@@ -16,7 +16,14 @@ from retentiond.evidence.report.values import (
     FieldTransform,
     StoreAnonymization,
 )
-from retentiond.evidence.report.wording import ENGLISH, decimal, label, span_text, whole
+from retentiond.evidence.report.wording import (
+    ENGLISH,
+    decimal,
+    label,
+    period_text,
+    span_text,
+    whole,
+)
 from retentiond.i18n import N_, Words
 from retentiond.policy.anonymize import (
     Blank,
@@ -61,8 +68,8 @@ def _compliance_row(replay: Replay, system: str, name: str, window_end: datetime
         interval = UNSCHEDULED_INTERVAL
         interval_text = said.gettext("{span} (assumed)").format(span=span_text(interval, said))
     unknown = said.gettext("unknown")
-    keep_text = str(keep) if keep else unknown
-    deadline = deadline_text(keep, interval_text, grace) if keep else unknown
+    keep_text = period_text(said, keep) if keep else unknown
+    deadline = deadline_text(keep, interval_text, grace, said) if keep else unknown
     successes = sorted(replay.successes.get((system, name), []))
     last = replay.last.get((system, name))
     verdict, level, why = verdict_for(

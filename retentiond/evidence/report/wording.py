@@ -15,6 +15,8 @@ from decimal import Decimal
 from babel.numbers import format_decimal
 
 from retentiond.i18n import N_, Words, words
+from retentiond.policy.durations import Duration, parse_duration
+from retentiond.policy.schedule import Schedule
 
 ENGLISH = words("en")  # the default of the functions that make text: the report as it always was
 
@@ -144,3 +146,78 @@ def span_text(span: timedelta, words: Words) -> str:
     counts = [span.days, hours, rest // 60]
     shown = [part.format(n=n) for part, n in zip(parts, counts, strict=True) if n]
     return " ".join(shown) or words.ngettext("{n} minute", "{n} minutes", 0).format(n=0)
+
+
+def period_text(words: Words, period: Duration | None) -> str:
+    """A configured period (keep, then_delete_after, min_keep, the grace) for a reader: in
+    English as the config writes it ("3 months", "90d"), in another language its parts in that
+    language ("3 Monate", "90 Tage")."""
+    if period is None:
+        return ""
+    if words.language == "en":
+        return str(period)
+    parts = [
+        (period.years, words.ngettext("{n} year", "{n} years", period.years)),
+        (period.months, words.ngettext("{n} month", "{n} months", period.months)),
+        (period.weeks, words.ngettext("{n} week", "{n} weeks", period.weeks)),
+        (period.days, words.ngettext("{n} day", "{n} days", period.days)),
+    ]
+    shown = [text.format(n=words.number(n)) for n, text in parts if n]
+    return " ".join(shown) or words.ngettext("{n} day", "{n} days", 0).format(n=0)
+
+
+def period_text_of(words: Words, written: str) -> str:
+    """A period as a log entry recorded it (its config text): read, then as `period_text`; text
+    that is no period (an old or foreign log) is shown as it is."""
+    if words.language == "en":
+        return written
+    try:
+        return period_text(words, parse_duration(written))
+    except ValueError:
+        return written
+
+
+WEEKDAY_NAMES = {
+    "mon": N_("Monday"),
+    "tue": N_("Tuesday"),
+    "wed": N_("Wednesday"),
+    "thu": N_("Thursday"),
+    "fri": N_("Friday"),
+    "sat": N_("Saturday"),
+    "sun": N_("Sunday"),
+}
+
+
+def schedule_text(words: Words, schedule: Schedule) -> str:
+    """A rule's schedule for a reader: in English as the config writes it ("daily 03:15"); in
+    another language "täglich 03:15", "wöchentlich Sonntag 03:15", a cron expression as code."""
+    if words.language == "en":
+        return schedule.text
+    minute, hour, _, _, weekday = schedule.cron
+    raw = " ".join(schedule.text.strip().lower().split())
+    at = f"{int(hour):02d}:{int(minute):02d}" if hour.isdigit() and minute.isdigit() else ""
+    if raw == "hourly":
+        return words.gettext("hourly")
+    if raw.startswith("daily "):
+        return words.gettext("daily at {time}").format(time=at)
+    if raw.startswith("weekly ") and weekday in WEEKDAY_NAMES:
+        day = words.gettext(WEEKDAY_NAMES[weekday])
+        return words.gettext("weekly on {day} at {time}").format(day=day, time=at)
+    return words.gettext("cron {expression}").format(expression=schedule.text)
+
+
+# The reasons engine/holds.py records when a hold ends: fixed wording, so the report can say them
+# in its language (a reason it does not know is shown as the log has it).
+UNTIL_PASSED = "its until date has passed"
+ENDED_BY = "not found in the config; ended by "
+_UNTIL_PASSED = N_("its until date has passed")
+_ENDED_BY = N_("not found in the config; ended by {option}")
+
+
+def ended_reason(words: Words, recorded: str | None) -> str | None:
+    """Why a hold ended, as the log recorded it, in `words`' language."""
+    if recorded == UNTIL_PASSED:
+        return words.gettext(_UNTIL_PASSED)
+    if recorded and recorded.startswith(ENDED_BY):
+        return words.gettext(_ENDED_BY).format(option=recorded.removeprefix(ENDED_BY))
+    return recorded
