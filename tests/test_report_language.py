@@ -479,7 +479,7 @@ def test_german_demo_pdf_fits_and_shows_every_verdict(
     assert_verdicts_on_pages(paper, demo_pbx.german)
     held = [row for row in paper.rows if row and row[0] == "System" and len(row) == 9]
     header = held[0][7].replace("\u2010", "")  # a header may be hyphenated, a value never
-    assert header == squeeze("Gesperrt (während der Sperrung nicht fällig)")
+    assert header == squeeze("Gesperrt (nicht fällig)")
     first = squeeze(paper.first_page)
     assert first.startswith("Löschbericht") and "Seite1von" in first
     hold = demo_pbx.german.holds.in_force[0]
