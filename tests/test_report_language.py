@@ -11,6 +11,7 @@ prose and is not checked."""
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import re
@@ -198,9 +199,15 @@ def leaks(lines: Iterable[tuple[str, str]], forbidden: set[str], data: list[str]
     return found
 
 
-def pdf_lines(path: Path) -> Iterator[tuple[str, str]]:
+@functools.cache
+def pdf_lines(path: Path) -> tuple[tuple[str, str], ...]:
     """The PDF's text, line by line, without what is set in monospace (code and hashes); the
-    table headers dehyphenated (only headers hyphenate: `hyphens: auto` on th)."""
+    table headers dehyphenated (only headers hyphenate: `hyphens: auto` on th). Read once per
+    file: the checks share it."""
+    return tuple(_pdf_lines(path))
+
+
+def _pdf_lines(path: Path) -> Iterator[tuple[str, str]]:
     with pdfplumber.open(path) as pdf:
         for page in pdf.pages:
             headers = [
