@@ -28,6 +28,7 @@ from typing import Any, NoReturn, TypeVar
 from zoneinfo import ZoneInfo
 
 import pytest
+import reportdata
 import structlog
 from databases import database_url
 from pbxdata import PbxDatabase
@@ -116,6 +117,19 @@ def _skip_unless_clocks_agree(request: pytest.FixtureRequest, server: Engine) ->
 
 def _database_url(server: URL, name: str) -> str:
     return server.set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def thirty_rules_month(tmp_path_factory: pytest.TempPathFactory) -> reportdata.Month:
+    """30 rules over three systems for a month, and its report in English and German
+    (tests/reportdata.py): written once for the report, language and browser window tests."""
+    return reportdata.month(tmp_path_factory.mktemp("thirty-rules"))
+
+
+@pytest.fixture(scope="session")
+def enforced_demo(tmp_path_factory: pytest.TempPathFactory) -> reportdata.Demo:
+    """The demo PBX enforced once at a fixed time, and its report in English and German."""
+    return reportdata.enforced_demo(tmp_path_factory.mktemp("demo-pbx"))
 
 
 @pytest.fixture(scope="session")

@@ -18,27 +18,14 @@ import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from babel.messages.pofile import read_po
+from reportdata import DEMO_GENERATED, DEMO_PERIOD, NOW, RULES, SITES, Month, rule_name
 from test_report import invoke
-from test_report_pdf import (
-    BERLIN,
-    NOW,
-    RULES,
-    SITES,
-    Paper,
-    assert_verdicts_on_pages,
-    config_text,
-    pdf_of,
-    read,
-    rule_name,
-    squeeze,
-    write_log,
-)
+from test_report_pdf import Paper, assert_verdicts_on_pages, pdf_of, read, squeeze
 
 from retentiond import demo
 from retentiond.config.loader import LoadedConfig, load_config
@@ -47,7 +34,7 @@ from retentiond.engine.engine import Engine
 from retentiond.evidence import log as audit
 from retentiond.evidence.report import build, render
 from retentiond.evidence.report.summary import mark
-from retentiond.evidence.report.values import Catalogue, Period, Report
+from retentiond.evidence.report.values import Catalogue, Report
 from retentiond.i18n import words
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -327,8 +314,8 @@ def demo_pbx(tmp_path_factory: pytest.TempPathFactory) -> Demo:
         language: build.build_report(
             loaded,
             [],
-            Period(date(2026, 5, 18), date(2026, 6, 15), BERLIN),
-            generated_at=NOW + timedelta(hours=1),
+            DEMO_PERIOD,
+            generated_at=DEMO_GENERATED,
             language=language,
         )
         for language in ("de", "en")
@@ -349,27 +336,6 @@ def demo_english_pdf(demo_pbx: Demo, tmp_path_factory: pytest.TempPathFactory) -
 
 # --- 30 rules with long names over three systems, in German ----------------------------------
 
-BIG_GERMAN = {
-    "Recorded calls of the customer service hotline, department ": (
-        "Aufgezeichnete Gespräche der Kundenservice-Hotline, Abteilung "
-    ),
-    ", with the\n      caller's consent; kept for quality assurance and training of new staff": (
-        ", mit Einwilligung\n      der Anrufer; aufbewahrt zur Qualitätssicherung und Schulung"
-    ),
-    "Quality assurance and training of the customer service staff of department ": (
-        "Qualitätssicherung und Schulung der Beschäftigten im Kundenservice, Abteilung "
-    ),
-    "Art. 6(1)(a) GDPR, consent given at the start of each call, works agreement": (
-        "Art. 6 Abs. 1 lit. a DSGVO, Einwilligung zu Beginn jedes Gesprächs, Betriebsvereinbarung"
-    ),
-    "long-folder-name-for-the-archive-of-calls": "langer-ordnername-des-gespraechsarchivs",
-    "reason: Labour court proceedings 2026-0042": "reason: Arbeitsgerichtsverfahren 2026-0042",
-    "approved_by: Data protection officer": "approved_by: Datenschutzbeauftragte",
-    "  processing_record: VVT-07 Telefonie und Gesprächsaufzeichnung\n": (
-        "  processing_record: VVT-07 Telefonie und Gesprächsaufzeichnung\n  language: de\n"
-    ),
-}
-
 
 @dataclass(frozen=True)
 class Big:
@@ -378,32 +344,11 @@ class Big:
 
 
 @pytest.fixture(scope="module")
-def big_german(tmp_path_factory: pytest.TempPathFactory) -> Big:
-    folder = tmp_path_factory.mktemp("dreissig")
-    private, _, _ = audit.generate_key_pair(folder / "keys")
-    config_file = folder / "retentiond.yaml"
-    text = config_text(folder)
-    for english, german in BIG_GERMAN.items():
-        assert english in text, english  # test_report_pdf's config changed: follow it here
-        text = text.replace(english, german)
-    config_file.write_text(text)
-    signer = audit.Signer.from_file(private)
-    logs = []
-    for number, site in enumerate(SITES):
-        path = folder / site / "audit.jsonl"
-        path.parent.mkdir()
-        write_log(path, site, signer, broken_rule=7 if number == 2 else None)
-        logs.append(path)
-    loaded = load_config(config_file)
-    report = build.build_report(
-        loaded,
-        logs,
-        Period(date(2026, 5, 1), date(2026, 5, 31), BERLIN),
-        generated_at=datetime(2026, 6, 2, 8, 0, tzinfo=UTC),
-        language=document_language(loaded.config),
-    )
+def big_german(thirty_rules_month: Month) -> Big:
+    """The 30 rules as a German organisation writes them (organisation.language: de)."""
+    report = thirty_rules_month.reports["de"]
     assert report.language == "de"
-    return Big(loaded, report)
+    return Big(thirty_rules_month.loaded["de"], report)
 
 
 @pytest.fixture(scope="module")
