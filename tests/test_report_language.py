@@ -11,7 +11,6 @@ prose and is not checked."""
 
 from __future__ import annotations
 
-import functools
 import html
 import json
 import re
@@ -186,45 +185,43 @@ def leaks(lines: Iterable[tuple[str, str]], forbidden: set[str], data: list[str]
     return found
 
 
-@functools.cache
-def pdf_lines(path: Path) -> tuple[tuple[str, str], ...]:
-    """The PDF's text, line by line, without what is set in monospace (code and hashes); the
-    table headers dehyphenated (only headers hyphenate: `hyphens: auto` on th). Read once per
-    file: the checks share it."""
-    return tuple(_pdf_lines(path))
+def pdf_lines(paper: Paper) -> tuple[tuple[str, str], ...]:
+    """The lines `page_lines` read from the PDF (when `read` was given it), never none."""
+    assert paper.lines, f"{paper.path}: no lines read"
+    return paper.lines
 
 
-def _pdf_lines(path: Path) -> Iterator[tuple[str, str]]:
-    with pdfplumber.open(path) as pdf:
-        for page in pdf.pages:
-            headers = [
-                r
-                for r in page.rects
-                if isinstance(r.get("non_stroking_color"), tuple | list)
-                and len(r["non_stroking_color"]) == 3
-                and len(set(r["non_stroking_color"])) == 1
-                and 0.9 < r["non_stroking_color"][0] < 1
-            ]
+def page_lines(page: Any) -> Iterator[tuple[str, str]]:
+    """A page's text, line by line, without what is set in monospace (code and hashes); the
+    table headers dehyphenated (only headers hyphenate: `hyphens: auto` on th). Read by
+    test_report_pdf's `read`, in the same pass as its checks of the page."""
+    headers = [
+        r
+        for r in page.rects
+        if isinstance(r.get("non_stroking_color"), tuple | list)
+        and len(r["non_stroking_color"]) == 3
+        and len(set(r["non_stroking_color"])) == 1
+        and 0.9 < r["non_stroking_color"][0] < 1
+    ]
 
-            def inside(obj: dict[str, Any], boxes: list[dict[str, Any]] = headers) -> bool:
-                middle_x, middle_y = (obj["x0"] + obj["x1"]) / 2, (obj["top"] + obj["bottom"]) / 2
-                return any(
-                    b["x0"] <= middle_x <= b["x1"] and b["top"] <= middle_y <= b["bottom"]
-                    for b in boxes
-                )
+    def inside(obj: dict[str, Any], boxes: list[dict[str, Any]] = headers) -> bool:
+        middle_x, middle_y = (obj["x0"] + obj["x1"]) / 2, (obj["top"] + obj["bottom"]) / 2
+        return any(
+            b["x0"] <= middle_x <= b["x1"] and b["top"] <= middle_y <= b["bottom"] for b in boxes
+        )
 
-            def prose(obj: dict[str, Any]) -> bool:
-                if obj.get("object_type") != "char":
-                    return True
-                return "Mono" not in obj.get("fontname", "") and not inside(obj)
+    def prose(obj: dict[str, Any]) -> bool:
+        if obj.get("object_type") != "char":
+            return True
+        return "Mono" not in obj.get("fontname", "") and not inside(obj)
 
-            where = f"page {page.page_number}"
-            for line in (page.filter(prose).extract_text() or "").splitlines():
-                yield where, line
-            for box in headers:
-                cell = page.crop((box["x0"], box["top"], box["x1"], box["bottom"]))
-                text = (cell.extract_text() or "").replace("\u2010\n", "").replace("\n", " ")
-                yield f"{where} (header)", text
+    where = f"page {page.page_number}"
+    for line in (page.filter(prose).extract_text() or "").splitlines():
+        yield where, line
+    for box in headers:
+        cell = page.crop((box["x0"], box["top"], box["x1"], box["bottom"]))
+        text = (cell.extract_text() or "").replace("\u2010\n", "").replace("\n", " ")
+        yield f"{where} (header)", text
 
 
 def html_lines(page: str) -> Iterator[tuple[str, str]]:
@@ -326,12 +323,12 @@ def demo_pbx(tmp_path_factory: pytest.TempPathFactory) -> Demo:
 
 @pytest.fixture(scope="module")
 def demo_german_pdf(demo_pbx: Demo, tmp_path_factory: pytest.TempPathFactory) -> Paper:
-    return read(pdf_of(demo_pbx.german), tmp_path_factory.mktemp("demo-de"))
+    return read(pdf_of(demo_pbx.german), tmp_path_factory.mktemp("demo-de"), page_lines)
 
 
 @pytest.fixture(scope="module")
 def demo_english_pdf(demo_pbx: Demo, tmp_path_factory: pytest.TempPathFactory) -> Paper:
-    return read(pdf_of(demo_pbx.english), tmp_path_factory.mktemp("demo-en"))
+    return read(pdf_of(demo_pbx.english), tmp_path_factory.mktemp("demo-en"), page_lines)
 
 
 # --- 30 rules with long names over three systems, in German ----------------------------------
@@ -353,7 +350,7 @@ def big_german(thirty_rules_month: Month) -> Big:
 
 @pytest.fixture(scope="module")
 def big_german_pdf(big_german: Big, tmp_path_factory: pytest.TempPathFactory) -> Paper:
-    return read(pdf_of(big_german.report), tmp_path_factory.mktemp("dreissig-pdf"))
+    return read(pdf_of(big_german.report), tmp_path_factory.mktemp("dreissig-pdf"), page_lines)
 
 
 # --- the words, numbers and dates of the language --------------------------------------------
@@ -463,7 +460,7 @@ def test_no_untranslated_english_in_the_german_demo_pdf(
     demo_pbx: Demo, demo_german_pdf: Paper, forbidden: set[str]
 ) -> None:
     data = data_of(demo_pbx.loaded, demo_pbx.german)
-    assert_no_english(leaks(pdf_lines(demo_german_pdf.path), forbidden, data))
+    assert_no_english(leaks(pdf_lines(demo_german_pdf), forbidden, data))
 
 
 def test_no_untranslated_english_in_the_german_thirty_rules_pdf(
@@ -471,7 +468,7 @@ def test_no_untranslated_english_in_the_german_thirty_rules_pdf(
 ) -> None:
     data = data_of(big_german.loaded, big_german.report)
     assert_data_keeps_the_check(data)
-    assert_no_english(leaks(pdf_lines(big_german_pdf.path), forbidden, data))
+    assert_no_english(leaks(pdf_lines(big_german_pdf), forbidden, data))
 
 
 def test_the_english_pdf_fails_the_same_check(
@@ -480,7 +477,7 @@ def test_the_english_pdf_fails_the_same_check(
     """Not vacuous: the same report in English is full of the words the check looks for, on
     every page, in the headers as in the prose."""
     data = data_of(demo_pbx.loaded, demo_pbx.english)
-    found = leaks(pdf_lines(demo_english_pdf.path), forbidden, data)
+    found = leaks(pdf_lines(demo_english_pdf), forbidden, data)
     words_found = {leak.word.lower() for leak in found}
     assert len(words_found) > 100, sorted(words_found)
     assert words_found >= CORE, CORE - words_found
@@ -513,7 +510,7 @@ def test_no_iso_days_in_the_german_pdf(demo_german_pdf: Paper, big_german_pdf: P
     """Every day and moment the German way (04.03.2026): none left as 2026-03-04 in the prose."""
     iso = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")
     for paper in (demo_german_pdf, big_german_pdf):
-        found = [f"{where}: {line!r}" for where, line in pdf_lines(paper.path) if iso.search(line)]
+        found = [f"{where}: {line!r}" for where, line in pdf_lines(paper) if iso.search(line)]
         assert not found, "\n".join(found)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ except ImportError:  # the dev extra has it; in CI its absence is a failure, not
         raise
     pytest.skip("pdfplumber (dev extra) reads the PDF", allow_module_level=True)
 
+# What a reader of the PDF makes of one pdfplumber page: (where, line) pairs
+PageLines = Callable[[Any], Iterable[tuple[str, str]]]
 # Tables by their ruled lines only: the chart's bars are rectangles, not cell borders.
 RULED = {"vertical_strategy": "lines_strict", "horizontal_strategy": "lines_strict"}
 
@@ -46,14 +49,17 @@ class Paper:
     rows: list[list[str]]  # every table row of every page, cells whitespace removed
     first_rows: list[list[str]]  # the table rows of the first page
     landscape: list[bool]  # each page: wider than high
+    lines: tuple[tuple[str, str], ...] = ()  # (where, line) of each page, when asked for
 
 
-def read(document: bytes, folder: Path) -> Paper:
+def read(document: bytes, folder: Path, lines: PageLines | None = None) -> Paper:
     """The PDF written to `folder`, each character box checked to be inside its page, and every
-    page rendered to an image."""
+    page rendered to an image; with `lines`, each page's lines as it reads them (the PDF is
+    parsed once, the slow part, for both)."""
     path = folder / "report.pdf"
     path.write_bytes(document)
     pages, rows, first_rows, landscape = [], [], [], []
+    page_lines: list[tuple[str, str]] = []
     first_page = ""
     with pdfplumber.open(path) as pdf:
         for page in pdf.pages:
@@ -77,9 +83,11 @@ def read(document: bytes, folder: Path) -> Paper:
             rows += table_rows
             if page.page_number == 1:
                 first_page, first_rows = " ".join(text.split()), table_rows
+            if lines is not None:
+                page_lines += lines(page)
         count = len(pdf.pages)
     rendered(path, count)
-    return Paper(path, pages, first_page, rows, first_rows, landscape)
+    return Paper(path, pages, first_page, rows, first_rows, landscape, tuple(page_lines))
 
 
 def rendered(pdf: Path, pages: int) -> None:
