@@ -22,11 +22,12 @@ import io
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
 from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Literal, get_args
 
 from babel import Locale
 from babel.dates import format_date, format_datetime
-from babel.messages.catalog import Catalog
+from babel.messages.catalog import Catalog, Message
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from babel.numbers import format_decimal
@@ -46,20 +47,35 @@ def N_(message: str) -> str:
     return message
 
 
+def _folder(language: str) -> Traversable:
+    return resources.files("retentiond") / "locale" / language / "LC_MESSAGES"
+
+
+@functools.cache
+def _translated(language: str, area: str) -> tuple[Message, ...]:
+    """The usable entries of one area's catalogue, read once: untranslated, partly translated
+    and fuzzy entries are left out (the English is shown)."""
+    with (_folder(language) / f"{area}.po").open("rb") as stream:
+        catalog = read_po(stream, locale=language)
+    return tuple(m for m in catalog if m.id and not m.fuzzy and all(_forms(m.string)))
+
+
+def _forms(string: object) -> tuple[str, ...]:
+    return tuple(string) if isinstance(string, tuple | list) else (str(string or ""),)
+
+
 @functools.cache
 def _translations(language: str) -> gettext.NullTranslations:
+    """All areas of a language as one gettext catalogue."""
     if language == "en":
         return gettext.NullTranslations()
-    folder = resources.files("retentiond") / "locale" / language / "LC_MESSAGES"
+    areas = sorted(
+        e.name[: -len(".po")] for e in _folder(language).iterdir() if e.name.endswith(".po")
+    )
     merged = Catalog(locale=language, domain="retentiond")
-    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".po"):
-            continue
-        with entry.open("rb") as stream:
-            part = read_po(stream, locale=language)
-        for message in part:
-            if message.id and message.string and not message.fuzzy:
-                merged[message.id] = message
+    for area in areas:
+        for message in _translated(language, area):
+            merged.add(message.id, message.string)
     buffer = io.BytesIO()
     write_mo(buffer, merged)
     buffer.seek(0)
@@ -74,22 +90,13 @@ def translations_of(language: str, area: str) -> dict[str, str | list[str]]:
         raise ValueError(f"no such language: {language!r}")
     if language == "en":
         return {}
-    path = resources.files("retentiond") / "locale" / language / "LC_MESSAGES" / f"{area}.po"
-    with path.open("rb") as stream:
-        catalog = read_po(stream, locale=language)
     found: dict[str, str | list[str]] = {}
-    for message in catalog:
-        if not message.id or message.fuzzy or not all(_forms(message.string)):
-            continue
+    for message in _translated(language, area):
         if isinstance(message.id, str):
             found[message.id] = str(message.string)
         else:
             found[str(message.id[0])] = list(_forms(message.string))
     return found
-
-
-def _forms(string: object) -> tuple[str, ...]:
-    return tuple(string) if isinstance(string, tuple | list) else (str(string or ""),)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 from zoneinfo import ZoneInfo
 
+import debpackage
 import pytest
+import reportdata
 import structlog
 from databases import database_url
 from pbxdata import PbxDatabase
@@ -116,6 +118,34 @@ def _skip_unless_clocks_agree(request: pytest.FixtureRequest, server: Engine) ->
 
 def _database_url(server: URL, name: str) -> str:
     return server.set(database=name).render_as_string(hide_password=False)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start `make deb` (tests/debpackage.py) as soon as the tests are collected when a module
+    that installs or inspects the package is among them: it builds while the tests before run."""
+    if session.config.option.collectonly:
+        return
+    modules = {item.path.name for item in session.items}
+    wanted = "test_debian_package.py" in modules or (
+        "test_nspawn_systemd.py" in modules
+        and not os.environ.get("RETENTIOND_DEB")
+        and os.geteuid() == 0
+    )
+    if wanted and not debpackage.missing_tools():
+        debpackage.start_build()
+
+
+@pytest.fixture(scope="session")
+def thirty_rules_month(tmp_path_factory: pytest.TempPathFactory) -> reportdata.Month:
+    """30 rules over three systems for a month, and its report in English and German
+    (tests/reportdata.py): written once for the report, language and browser window tests."""
+    return reportdata.month(tmp_path_factory.mktemp("thirty-rules"))
+
+
+@pytest.fixture(scope="session")
+def enforced_demo(tmp_path_factory: pytest.TempPathFactory) -> reportdata.Demo:
+    """The demo PBX enforced once at a fixed time, and its report in English and German."""
+    return reportdata.enforced_demo(tmp_path_factory.mktemp("demo-pbx"))
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,16 @@
 """The Debian package of this tree, built once by `make deb` and cached by the tree's hash.
 
-The cache is the one tests/test_debian_package.py keeps (the temp folder's retentiond-deb/<hash>,
-with the same lock), so a session that runs both modules builds the package once.
-`start_build()` returns at once; the build runs in a thread while the caller does other slow
-work (tests/test_nspawn_systemd.py builds its Debian tree meanwhile).
+The cache is the temp folder's retentiond-deb/<hash>, with a lock: tests/test_debian_package.py
+and tests/test_nspawn_systemd.py both take the package from here, so a session builds it once
+(and a second session of the same tree not at all). `start_build()` returns at once; the build
+runs in a thread while the caller does other slow work. tests/conftest.py starts it when the
+session's tests are collected, so it builds while the tests before those modules run.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import os
 import shutil
@@ -54,6 +56,7 @@ def tree_hash() -> str:
     return digest.hexdigest()[:16]
 
 
+@functools.cache  # one build per session, whoever starts it first
 def start_build() -> Callable[[], Path]:
     """Build (or find) the package in a thread; the returned call waits and gives its path,
     or raises AssertionError with make's output."""

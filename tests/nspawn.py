@@ -145,14 +145,15 @@ class Machine:
         enter = ["nsenter", "-t", str(self.leader), "-a", "--", "env", "-i", *env]
         return run([*enter, *command], check=check, timeout=timeout, input=input)
 
-    def apt_install(self, *packages: str) -> None:
-        """apt-get install inside, downloading only what the shared archive lacks."""
+    def apt_install(self, *packages: str) -> str:
+        """apt-get install inside, downloading only what the shared archive lacks; its output."""
         apt = ["apt-get", "-q", "-y", "-o", "Dpkg::Use-Pty=0", "--no-install-recommends"]
         command = ["env", "DEBIAN_FRONTEND=noninteractive", *apt, "install", *packages]
         first = self.run(*command, check=False, timeout=600)
         if first.returncode != 0:  # the cached lists may name versions the mirror dropped
             self.run(*apt, "update", timeout=300)
-            self.run(*command, timeout=600)
+            return self.run(*command, timeout=600).stdout
+        return first.stdout
 
     def sh(self, script: str, check: bool = True, timeout: float = 120) -> str:
         return self.run("sh", "-euc", script, check=check, timeout=timeout).stdout

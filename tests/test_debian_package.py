@@ -1,44 +1,35 @@
-"""The Debian package: `make deb`, what the .deb holds, lintian, and dpkg's install, upgrade,
-remove and purge in a throwaway copy of this machine.
+"""The Debian package: `make deb`, what the .deb holds, and lintian.
 
-- The package is built once per session by `make deb` outside the tree and cached by the hash
-  of the tree's files (in the temp folder), so a second run of the module costs seconds.
+- The package is built by `make deb` outside the tree and cached by the hash of the tree's
+  files (tests/debpackage.py, in the temp folder): tests/test_nspawn_systemd.py uses the same
+  build, so a session builds it once, and a second run of the module costs seconds.
 - `dpkg-deb` reads its name, control fields, conffiles and files; the venv inside is extracted
   and run (`--help`, the demo, WeasyPrint's import).
-- dpkg installs it into an overlay of this machine's root (`unshare --mount`, `chroot`): the
-  maintainer scripts run as on a real host, writes land in a tmpfs that vanishes with the mount
-  namespace, and the host itself is never changed. No systemd runs there (its snippets skip);
-  the package under a real systemd is tests/test_nspawn_systemd.py's.
+- Installing, upgrading, removing and purging it (the maintainer scripts) is
+  tests/test_nspawn_systemd.py's, under a real systemd on a booted Debian 12.
 
-Without the tools (dpkg-dev, debhelper, dh-virtualenv, lintian; root for the overlay) these tests
-skip and say what is missing; with CI set, they fail: .ci/run installs them.
+Without the tools (dpkg-dev, debhelper, dh-virtualenv, lintian) these tests skip and say what is
+missing; with CI set, they fail: .ci/run installs them.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import os
 import re
 import shutil
 import subprocess
-import tempfile
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import debpackage
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEMD = REPO / "systemd"
 UNITS = ("retentiond.service", "retentiond-once.service", "retentiond-once.timer")
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
-# What the package is made of (debian/rules): a change elsewhere (tests) reuses the cached build
-BUILT_FROM = (
-    "retentiond", "pyproject.toml", "README.md", "docs", "config", "systemd", "debian", "tools",
-    "Makefile",
-)  # fmt: skip
 PDF_LIBRARIES = {"libpango-1.0-0", "libpangoft2-1.0-0", "libharfbuzz-subset0", "fonts-dejavu-core"}
 CONFFILES = {
     "/etc/retentiond/retentiond.yaml.example",
@@ -79,49 +70,17 @@ def _run(
     return result
 
 
-def _tree_hash() -> str:
-    """SHA-256 of every file the package is built from: the same files build the same package."""
-    digest = hashlib.sha256()
-    for top in BUILT_FROM:
-        paths = [REPO / top] if (REPO / top).is_file() else sorted((REPO / top).rglob("*"))
-        for path in paths:
-            if "__pycache__" in path.parts or (path.is_dir() and not path.is_symlink()):
-                continue
-            digest.update(str(path.relative_to(REPO)).encode() + b"\0")
-            if path.is_symlink():
-                digest.update(str(path.readlink()).encode())
-            else:
-                digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def _architecture() -> str:
     return _run("dpkg", "--print-architecture").stdout.strip()
 
 
 @pytest.fixture(scope="module")
 def deb() -> Path:
-    """dist/retentiond_<version>_<arch>.deb by `make deb`, built once per tree (cached)."""
-    _need(
-        ("make", "make"),
-        ("dpkg-buildpackage", "dpkg-dev"),
-        ("dh", "debhelper"),
-        ("dh_virtualenv", "dh-virtualenv"),
-    )
-    cache = Path(tempfile.gettempdir()) / "retentiond-deb" / _tree_hash()
-    cache.mkdir(parents=True, exist_ok=True)
-    package = cache / f"retentiond_{VERSION}_{_architecture()}.deb"
-    with (cache / "lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another session building the same tree: wait for it
-        if not package.exists():
-            build = cache / "build"
-            result = _run(
-                "make", "-C", REPO, "deb", f"DEB_DIST={cache}", f"DEB_BUILD={build}", timeout=900
-            )
-            print(result.stdout[-1500:])
-            shutil.rmtree(build, ignore_errors=True)
-    assert package.exists(), sorted(p.name for p in cache.iterdir())
-    return package
+    """retentiond_<version>_<arch>.deb by `make deb`, built once per tree (tests/debpackage.py)."""
+    missing = debpackage.missing_tools()
+    if missing:
+        _missing(f"make deb needs {', '.join(missing)}")
+    return debpackage.start_build()()
 
 
 def _field(deb: Path, name: str) -> str:
@@ -260,170 +219,6 @@ def test_packaged_venv_runs(extracted: Path, tmp_path: Path) -> None:
     # WeasyPrint is in the venv; its libraries come from the system (Recommends)
     pdf = _run(python, "-c", "import weasyprint; print(weasyprint.__version__)", env=env)
     print(f"weasyprint {pdf.stdout.strip()}")
-
-
-# -- dpkg install, upgrade, remove, purge in an overlay of this machine --------------------------
-
-LIFE = r"""
-set -eu
-top=$1 deb=$2
-mount -t tmpfs retentiond-deb-test "$top"
-mkdir "$top/upper" "$top/work" "$top/root"
-mount -t overlay overlay -o lowerdir=/,upperdir="$top/upper",workdir="$top/work" "$top/root"
-root=$top/root
-mount -t proc proc "$root/proc"
-# /dev of the overlay is the root file system's, without devices: the few the scripts use
-for node in null:1:3 zero:1:5 urandom:1:9; do
-    name=${node%%:*} numbers=${node#*:}
-    rm -f "$root/dev/$name"; mknod -m 0666 "$root/dev/$name" c ${numbers%:*} ${numbers#*:}
-done
-mkdir -p "$root/tmp/package"
-cp "$deb" "$root/tmp/package/retentiond.deb"
-in_root() { chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"; }
-state() {
-    echo "== $1"
-    in_root sh -c 'for p in /opt /opt/retentiond /usr/bin/retentiond \
-        /lib/systemd/system/retentiond.service /etc/retentiond \
-        /etc/retentiond/retentiond.yaml /etc/retentiond/credentials \
-        /etc/retentiond/credentials/cdrdb /etc/retentiond/credentials/signing-key \
-        /etc/retentiond/dropins/asterisk.conf /var/lib/retentiond \
-        /var/lib/retentiond/audit.jsonl; do
-            if [ -e "$p" ] || [ -L "$p" ]; then stat -c "path %n %a %U %G" "$p"; fi
-        done
-        getent passwd retentiond | sed "s/^/user /" || true
-        dpkg-statoverride --list /etc/retentiond | sed "s/^/override /" || true
-        echo "pyc $(find /opt/retentiond -name "*.pyc" 2>/dev/null | wc -l)"
-        echo "log $(wc -l < /var/lib/retentiond/audit.jsonl 2>/dev/null || echo none)"
-        grep -h edited /etc/retentiond/dropins/asterisk.conf 2>/dev/null \
-            | sed "s/^/dropin /" || true'
-}
-echo "== install-output"
-in_root dpkg -i /tmp/package/retentiond.deb </dev/null 2>&1
-in_root /usr/bin/retentiond --version
-state installed
-# what an admin adds: the config, a database password, the signing key, an edited drop-in,
-# and the log's entries
-in_root sh -c 'set -e
-    echo "version: 1  # the admin" > /etc/retentiond/retentiond.yaml
-    (umask 077; echo secret > /etc/retentiond/credentials/cdrdb)
-    retentiond audit keygen --out-dir /root/keys >/dev/null
-    install -m 0600 /root/keys/retentiond.key /etc/retentiond/credentials/signing-key
-    echo "# edited by the admin" >> /etc/retentiond/dropins/asterisk.conf
-    echo "{\"seq\":1}" >> /var/lib/retentiond/audit.jsonl'
-echo "== upgrade-output"
-in_root dpkg -i /tmp/package/retentiond.deb </dev/null 2>&1
-state upgraded
-echo "== remove-output"
-in_root dpkg --remove retentiond </dev/null 2>&1
-state removed
-echo "== purge-output"
-in_root dpkg --purge retentiond </dev/null 2>&1
-state purged
-"""
-
-
-def _stages(output: str) -> dict[str, list[str]]:
-    stages: dict[str, list[str]] = {}
-    current: list[str] = []
-    for line in output.splitlines():
-        if line.startswith("== "):
-            current = stages.setdefault(line[3:], [])
-        else:
-            current.append(line)
-    return stages
-
-
-def _paths(lines: list[str]) -> dict[str, str]:
-    """`path NAME MODE USER GROUP` lines -> {NAME: "MODE USER GROUP"}."""
-    return {
-        line.split()[1]: " ".join(line.split()[2:]) for line in lines if line.startswith("path ")
-    }
-
-
-@pytest.fixture(scope="module")
-def life(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
-    """Install, upgrade, remove and purge with dpkg in an overlay of / (see the docstring)."""
-    _need(("unshare", "util-linux"), ("chroot", "coreutils"))
-    if os.geteuid() != 0:
-        _missing("installing the package into an overlay of / needs root")
-    top = tmp_path_factory.mktemp("overlay")
-    script = top.parent / "life.sh"
-    script.write_text(LIFE)
-    # A mount namespace of its own: every mount is gone when the script ends, however it ends.
-    result = _run(
-        "unshare", "--mount", "--propagation", "private", "sh", script, top, deb,
-        check=False, timeout=600,
-    )  # fmt: skip
-    if "overlay" in result.stderr and result.returncode != 0 and not result.stdout:
-        _missing(f"this machine cannot mount an overlay of /: {result.stderr.strip()}")
-    print(result.stdout[-4000:])
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert not any(top.iterdir()), "the overlay's files leaked out of its mount namespace"
-    return _stages(result.stdout)
-
-
-def test_install_creates_user_folders_and_no_running_service(life: dict[str, list[str]]) -> None:
-    installed = life["installed"]
-    paths = _paths(installed)
-    user = next(line for line in installed if line.startswith("user "))
-    assert user.endswith(":/var/lib/retentiond:/usr/sbin/nologin")
-    assert int(user.split(":")[2]) < 1000  # a system user (sysusers)
-    assert paths["/etc/retentiond"] == "750 root retentiond"
-    assert paths["/etc/retentiond/credentials"] == "700 root root"
-    assert paths["/var/lib/retentiond"] == "750 retentiond retentiond"
-    assert paths["/var/lib/retentiond/audit.jsonl"] == "640 retentiond retentiond"
-    assert "/etc/retentiond/retentiond.yaml" not in paths
-    assert "override root retentiond 750 /etc/retentiond" in installed
-    pyc = int(next(line for line in installed if line.startswith("pyc ")).split()[1])
-    assert pyc > 1000  # postinst compiled the venv
-    output = "\n".join(life["install-output"])
-    assert "retentiond, version" in output
-    assert "not configured" in output and "retentiond init" in output
-
-
-def test_upgrade_keeps_the_admins_files(life: dict[str, list[str]]) -> None:
-    upgraded = _paths(life["upgraded"])
-    assert upgraded["/etc/retentiond/retentiond.yaml"].endswith("root root")
-    assert "dropin # edited by the admin" in life["upgraded"]
-    assert "log 1" in life["upgraded"]
-    assert upgraded["/etc/retentiond"] == "750 root retentiond"
-
-
-def test_remove_stops_at_the_program(life: dict[str, list[str]]) -> None:
-    removed = _paths(life["removed"])
-    units = "/lib/systemd/system/retentiond.service"
-    for gone in ("/opt/retentiond", "/usr/bin/retentiond", units):
-        assert gone not in removed, gone
-    assert "/opt" in removed  # dpkg took /opt with the venv; postrm gives it back (FHS)
-    for kept in (
-        "/etc/retentiond/retentiond.yaml",
-        "/etc/retentiond/credentials/cdrdb",
-        "/etc/retentiond/credentials/signing-key",
-        "/etc/retentiond/dropins/asterisk.conf",
-        "/var/lib/retentiond/audit.jsonl",
-    ):
-        assert kept in removed, kept
-    assert "log 1" in life["removed"]
-
-
-def test_purge_deletes_the_config_never_the_log_or_the_signing_key(
-    life: dict[str, list[str]],
-) -> None:
-    purged = _paths(life["purged"])
-    for gone in (
-        "/etc/retentiond/retentiond.yaml",
-        "/etc/retentiond/credentials/cdrdb",
-        "/etc/retentiond/dropins/asterisk.conf",
-    ):
-        assert gone not in purged, gone
-    assert purged["/etc/retentiond/credentials/signing-key"] == "600 root root"
-    assert purged["/var/lib/retentiond/audit.jsonl"] == "640 retentiond retentiond"
-    assert "log 1" in life["purged"]
-    assert any(line.startswith("user retentiond:") for line in life["purged"])
-    assert not any(line.startswith("override ") for line in life["purged"])
-    note = "\n".join(life["purge-output"])
-    assert "/var/lib/retentiond: the deletion log" in note
-    assert "/etc/retentiond/credentials/signing-key" in note
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -57,6 +57,8 @@ AUDIT = "/var/lib/retentiond/audit.jsonl"
 # Debian's MariaDB socket, bound into the machine at the same path.
 MARIADB_SOCKET = "/run/mysqld/mysqld.sock"
 CONFIG = "/etc/retentiond/retentiond.yaml"
+# What the package makes at install, with its mode, owner and group (INSTALLED["modes"])
+MODES = ("/etc/retentiond", "/etc/retentiond/credentials", "/var/lib/retentiond", AUDIT)
 # The config the unit names is a link to this file: the daemon watches its own file name only,
 # so editing this one changes nothing until `systemctl reload` (SIGHUP) says so.
 LIVE = "/etc/retentiond/live.yaml"
@@ -256,13 +258,18 @@ def _build_package() -> Callable[[], Path]:
 
 def _install(machine: Machine, package: Path) -> dict[str, str]:
     """`apt install ./retentiond_*.deb`, as on a fresh server; what it left, before a config."""
-    machine.apt_install(f"/mnt/{package.name}")
+    output = machine.apt_install(f"/mnt/{package.name}")
     return {
         "enabled": machine.systemctl("is-enabled", "retentiond.service", check=False).stdout,
         "active": machine.systemctl("is-active", "retentiond.service", check=False).stdout,
         "timer": machine.systemctl("is-enabled", "retentiond-once.timer", check=False).stdout,
         "program": machine.sh("command -v retentiond"),
         "usr_local": machine.sh("find /usr/local -type f"),
+        "output": output,
+        "modes": machine.run("stat", "-c", "%n %a %U %G", *MODES).stdout,
+        "user": machine.run("getent", "passwd", "retentiond").stdout,
+        "override": machine.run("dpkg-statoverride", "--list", "/etc/retentiond").stdout,
+        "bytecode": machine.sh("find /opt/retentiond -name '*.pyc' | wc -l"),
     }
 
 
@@ -446,13 +453,32 @@ def sha256(text: str) -> str:
 def test_the_package_installs_from_debian_alone_and_starts_nothing(machine: Machine) -> None:
     """`apt install ./retentiond_*.deb` on minbase pulled every dependency from Debian's mirror;
     before a config exists nothing is enabled or running, and nothing is under /usr/local."""
-    assert INSTALLED == {
+    assert {k: INSTALLED[k] for k in ("enabled", "active", "timer", "program", "usr_local")} == {
         "enabled": "disabled\n",
         "active": "inactive\n",
         "timer": "disabled\n",
         "program": "/usr/bin/retentiond\n",
         "usr_local": "",
     }
+    # postinst tells the admin what to do next
+    assert "not configured" in INSTALLED["output"] and "retentiond init" in INSTALLED["output"]
+
+
+def test_the_package_makes_its_system_user_folders_and_bytecode(machine: Machine) -> None:
+    """sysusers' user, tmpfiles' folders with their modes, the statoverride that keeps the
+    config folder's group, and the venv compiled by postinst (the package ships no bytecode)."""
+    home, shell = INSTALLED["user"].strip().split(":")[5:]
+    assert (home, shell) == ("/var/lib/retentiond", "/usr/sbin/nologin")
+    assert int(INSTALLED["user"].split(":")[2]) < 1000  # a system user
+    modes = dict(line.split(" ", 1) for line in INSTALLED["modes"].splitlines())
+    assert modes == {
+        "/etc/retentiond": "750 root retentiond",
+        "/etc/retentiond/credentials": "700 root root",
+        "/var/lib/retentiond": "750 retentiond retentiond",
+        AUDIT: "640 retentiond retentiond",
+    }
+    assert INSTALLED["override"] == "root retentiond 750 /etc/retentiond\n"
+    assert int(INSTALLED["bytecode"]) > 1000
 
 
 def test_installed_unit_security_exposure_stays_at_most_1_4(machine: Machine) -> None:
@@ -769,6 +795,7 @@ def test_remove_stops_the_program_and_purge_keeps_the_log_and_the_key(machine: M
         "inactive\n"
     )
     assert not machine.path("/opt/retentiond").exists()
+    assert machine.path("/opt").is_dir()  # dpkg took /opt with the venv; postrm gives it back
     assert not machine.path("/usr/bin/retentiond").exists()
     assert machine.path(LIVE).exists() and machine.path(CONFIG).is_symlink()
     audit = machine.path(AUDIT).read_bytes()
@@ -781,4 +808,8 @@ def test_remove_stops_the_program_and_purge_keeps_the_log_and_the_key(machine: M
     assert not machine.path("/etc/retentiond/credentials/cdrdb").exists()
     assert machine.path(AUDIT).read_bytes() == audit
     assert machine.path(key).read_bytes() == signing_key
+    kept = machine.run("stat", "-c", "%a %U %G", AUDIT, key).stdout.splitlines()
+    assert kept == ["640 retentiond retentiond", "600 root root"]
+    assert not machine.path("/etc/retentiond/dropins/asterisk.conf").exists()  # a conffile
+    assert machine.run("dpkg-statoverride", "--list", "/etc/retentiond", check=False).stdout == ""
     assert machine.run("getent", "passwd", "retentiond").stdout.startswith("retentiond:")

@@ -11,34 +11,20 @@ prose and is not checked."""
 
 from __future__ import annotations
 
-import functools
 import html
 import json
 import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from babel.messages.pofile import read_po
+from reportdata import DEMO_GENERATED, DEMO_PERIOD, NOW, RULES, SITES, Month, rule_name
 from test_report import invoke
-from test_report_pdf import (
-    BERLIN,
-    NOW,
-    RULES,
-    SITES,
-    Paper,
-    assert_verdicts_on_pages,
-    config_text,
-    pdf_of,
-    read,
-    rule_name,
-    squeeze,
-    write_log,
-)
+from test_report_pdf import Paper, assert_verdicts_on_pages, pdf_of, read, squeeze
 
 from retentiond import demo
 from retentiond.config.loader import LoadedConfig, load_config
@@ -47,7 +33,7 @@ from retentiond.engine.engine import Engine
 from retentiond.evidence import log as audit
 from retentiond.evidence.report import build, render
 from retentiond.evidence.report.summary import mark
-from retentiond.evidence.report.values import Catalogue, Period, Report
+from retentiond.evidence.report.values import Catalogue, Report
 from retentiond.i18n import words
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -199,45 +185,43 @@ def leaks(lines: Iterable[tuple[str, str]], forbidden: set[str], data: list[str]
     return found
 
 
-@functools.cache
-def pdf_lines(path: Path) -> tuple[tuple[str, str], ...]:
-    """The PDF's text, line by line, without what is set in monospace (code and hashes); the
-    table headers dehyphenated (only headers hyphenate: `hyphens: auto` on th). Read once per
-    file: the checks share it."""
-    return tuple(_pdf_lines(path))
+def pdf_lines(paper: Paper) -> tuple[tuple[str, str], ...]:
+    """The lines `page_lines` read from the PDF (when `read` was given it), never none."""
+    assert paper.lines, f"{paper.path}: no lines read"
+    return paper.lines
 
 
-def _pdf_lines(path: Path) -> Iterator[tuple[str, str]]:
-    with pdfplumber.open(path) as pdf:
-        for page in pdf.pages:
-            headers = [
-                r
-                for r in page.rects
-                if isinstance(r.get("non_stroking_color"), tuple | list)
-                and len(r["non_stroking_color"]) == 3
-                and len(set(r["non_stroking_color"])) == 1
-                and 0.9 < r["non_stroking_color"][0] < 1
-            ]
+def page_lines(page: Any) -> Iterator[tuple[str, str]]:
+    """A page's text, line by line, without what is set in monospace (code and hashes); the
+    table headers dehyphenated (only headers hyphenate: `hyphens: auto` on th). Read by
+    test_report_pdf's `read`, in the same pass as its checks of the page."""
+    headers = [
+        r
+        for r in page.rects
+        if isinstance(r.get("non_stroking_color"), tuple | list)
+        and len(r["non_stroking_color"]) == 3
+        and len(set(r["non_stroking_color"])) == 1
+        and 0.9 < r["non_stroking_color"][0] < 1
+    ]
 
-            def inside(obj: dict[str, Any], boxes: list[dict[str, Any]] = headers) -> bool:
-                middle_x, middle_y = (obj["x0"] + obj["x1"]) / 2, (obj["top"] + obj["bottom"]) / 2
-                return any(
-                    b["x0"] <= middle_x <= b["x1"] and b["top"] <= middle_y <= b["bottom"]
-                    for b in boxes
-                )
+    def inside(obj: dict[str, Any], boxes: list[dict[str, Any]] = headers) -> bool:
+        middle_x, middle_y = (obj["x0"] + obj["x1"]) / 2, (obj["top"] + obj["bottom"]) / 2
+        return any(
+            b["x0"] <= middle_x <= b["x1"] and b["top"] <= middle_y <= b["bottom"] for b in boxes
+        )
 
-            def prose(obj: dict[str, Any]) -> bool:
-                if obj.get("object_type") != "char":
-                    return True
-                return "Mono" not in obj.get("fontname", "") and not inside(obj)
+    def prose(obj: dict[str, Any]) -> bool:
+        if obj.get("object_type") != "char":
+            return True
+        return "Mono" not in obj.get("fontname", "") and not inside(obj)
 
-            where = f"page {page.page_number}"
-            for line in (page.filter(prose).extract_text() or "").splitlines():
-                yield where, line
-            for box in headers:
-                cell = page.crop((box["x0"], box["top"], box["x1"], box["bottom"]))
-                text = (cell.extract_text() or "").replace("\u2010\n", "").replace("\n", " ")
-                yield f"{where} (header)", text
+    where = f"page {page.page_number}"
+    for line in (page.filter(prose).extract_text() or "").splitlines():
+        yield where, line
+    for box in headers:
+        cell = page.crop((box["x0"], box["top"], box["x1"], box["bottom"]))
+        text = (cell.extract_text() or "").replace("\u2010\n", "").replace("\n", " ")
+        yield f"{where} (header)", text
 
 
 def html_lines(page: str) -> Iterator[tuple[str, str]]:
@@ -327,8 +311,8 @@ def demo_pbx(tmp_path_factory: pytest.TempPathFactory) -> Demo:
         language: build.build_report(
             loaded,
             [],
-            Period(date(2026, 5, 18), date(2026, 6, 15), BERLIN),
-            generated_at=NOW + timedelta(hours=1),
+            DEMO_PERIOD,
+            generated_at=DEMO_GENERATED,
             language=language,
         )
         for language in ("de", "en")
@@ -339,36 +323,15 @@ def demo_pbx(tmp_path_factory: pytest.TempPathFactory) -> Demo:
 
 @pytest.fixture(scope="module")
 def demo_german_pdf(demo_pbx: Demo, tmp_path_factory: pytest.TempPathFactory) -> Paper:
-    return read(pdf_of(demo_pbx.german), tmp_path_factory.mktemp("demo-de"))
+    return read(pdf_of(demo_pbx.german), tmp_path_factory.mktemp("demo-de"), page_lines)
 
 
 @pytest.fixture(scope="module")
 def demo_english_pdf(demo_pbx: Demo, tmp_path_factory: pytest.TempPathFactory) -> Paper:
-    return read(pdf_of(demo_pbx.english), tmp_path_factory.mktemp("demo-en"))
+    return read(pdf_of(demo_pbx.english), tmp_path_factory.mktemp("demo-en"), page_lines)
 
 
 # --- 30 rules with long names over three systems, in German ----------------------------------
-
-BIG_GERMAN = {
-    "Recorded calls of the customer service hotline, department ": (
-        "Aufgezeichnete Gespräche der Kundenservice-Hotline, Abteilung "
-    ),
-    ", with the\n      caller's consent; kept for quality assurance and training of new staff": (
-        ", mit Einwilligung\n      der Anrufer; aufbewahrt zur Qualitätssicherung und Schulung"
-    ),
-    "Quality assurance and training of the customer service staff of department ": (
-        "Qualitätssicherung und Schulung der Beschäftigten im Kundenservice, Abteilung "
-    ),
-    "Art. 6(1)(a) GDPR, consent given at the start of each call, works agreement": (
-        "Art. 6 Abs. 1 lit. a DSGVO, Einwilligung zu Beginn jedes Gesprächs, Betriebsvereinbarung"
-    ),
-    "long-folder-name-for-the-archive-of-calls": "langer-ordnername-des-gespraechsarchivs",
-    "reason: Labour court proceedings 2026-0042": "reason: Arbeitsgerichtsverfahren 2026-0042",
-    "approved_by: Data protection officer": "approved_by: Datenschutzbeauftragte",
-    "  processing_record: VVT-07 Telefonie und Gesprächsaufzeichnung\n": (
-        "  processing_record: VVT-07 Telefonie und Gesprächsaufzeichnung\n  language: de\n"
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -378,37 +341,16 @@ class Big:
 
 
 @pytest.fixture(scope="module")
-def big_german(tmp_path_factory: pytest.TempPathFactory) -> Big:
-    folder = tmp_path_factory.mktemp("dreissig")
-    private, _, _ = audit.generate_key_pair(folder / "keys")
-    config_file = folder / "retentiond.yaml"
-    text = config_text(folder)
-    for english, german in BIG_GERMAN.items():
-        assert english in text, english  # test_report_pdf's config changed: follow it here
-        text = text.replace(english, german)
-    config_file.write_text(text)
-    signer = audit.Signer.from_file(private)
-    logs = []
-    for number, site in enumerate(SITES):
-        path = folder / site / "audit.jsonl"
-        path.parent.mkdir()
-        write_log(path, site, signer, broken_rule=7 if number == 2 else None)
-        logs.append(path)
-    loaded = load_config(config_file)
-    report = build.build_report(
-        loaded,
-        logs,
-        Period(date(2026, 5, 1), date(2026, 5, 31), BERLIN),
-        generated_at=datetime(2026, 6, 2, 8, 0, tzinfo=UTC),
-        language=document_language(loaded.config),
-    )
+def big_german(thirty_rules_month: Month) -> Big:
+    """The 30 rules as a German organisation writes them (organisation.language: de)."""
+    report = thirty_rules_month.reports["de"]
     assert report.language == "de"
-    return Big(loaded, report)
+    return Big(thirty_rules_month.loaded["de"], report)
 
 
 @pytest.fixture(scope="module")
 def big_german_pdf(big_german: Big, tmp_path_factory: pytest.TempPathFactory) -> Paper:
-    return read(pdf_of(big_german.report), tmp_path_factory.mktemp("dreissig-pdf"))
+    return read(pdf_of(big_german.report), tmp_path_factory.mktemp("dreissig-pdf"), page_lines)
 
 
 # --- the words, numbers and dates of the language --------------------------------------------
@@ -518,7 +460,7 @@ def test_no_untranslated_english_in_the_german_demo_pdf(
     demo_pbx: Demo, demo_german_pdf: Paper, forbidden: set[str]
 ) -> None:
     data = data_of(demo_pbx.loaded, demo_pbx.german)
-    assert_no_english(leaks(pdf_lines(demo_german_pdf.path), forbidden, data))
+    assert_no_english(leaks(pdf_lines(demo_german_pdf), forbidden, data))
 
 
 def test_no_untranslated_english_in_the_german_thirty_rules_pdf(
@@ -526,7 +468,7 @@ def test_no_untranslated_english_in_the_german_thirty_rules_pdf(
 ) -> None:
     data = data_of(big_german.loaded, big_german.report)
     assert_data_keeps_the_check(data)
-    assert_no_english(leaks(pdf_lines(big_german_pdf.path), forbidden, data))
+    assert_no_english(leaks(pdf_lines(big_german_pdf), forbidden, data))
 
 
 def test_the_english_pdf_fails_the_same_check(
@@ -535,7 +477,7 @@ def test_the_english_pdf_fails_the_same_check(
     """Not vacuous: the same report in English is full of the words the check looks for, on
     every page, in the headers as in the prose."""
     data = data_of(demo_pbx.loaded, demo_pbx.english)
-    found = leaks(pdf_lines(demo_english_pdf.path), forbidden, data)
+    found = leaks(pdf_lines(demo_english_pdf), forbidden, data)
     words_found = {leak.word.lower() for leak in found}
     assert len(words_found) > 100, sorted(words_found)
     assert words_found >= CORE, CORE - words_found
@@ -568,7 +510,7 @@ def test_no_iso_days_in_the_german_pdf(demo_german_pdf: Paper, big_german_pdf: P
     """Every day and moment the German way (04.03.2026): none left as 2026-03-04 in the prose."""
     iso = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")
     for paper in (demo_german_pdf, big_german_pdf):
-        found = [f"{where}: {line!r}" for where, line in pdf_lines(paper.path) if iso.search(line)]
+        found = [f"{where}: {line!r}" for where, line in pdf_lines(paper) if iso.search(line)]
         assert not found, "\n".join(found)
 
 

@@ -7,23 +7,18 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
+from reportdata import RULES, SITES, Demo, Month, rule_name
 
-from retentiond import demo
-from retentiond.config.loader import load_config
-from retentiond.engine.engine import Engine
 from retentiond.errors import RetentiondError
-from retentiond.evidence import log as audit
-from retentiond.evidence.report import build, render
+from retentiond.evidence.report import render
 from retentiond.evidence.report.summary import mark, verdict_cell
-from retentiond.evidence.report.values import Period, Report
+from retentiond.evidence.report.values import Report
 
 try:
     import pdfplumber
@@ -32,10 +27,8 @@ except ImportError:  # the dev extra has it; in CI its absence is a failure, not
         raise
     pytest.skip("pdfplumber (dev extra) reads the PDF", allow_module_level=True)
 
-BERLIN = ZoneInfo("Europe/Berlin")
-NOW = datetime(2026, 6, 15, 10, 0, tzinfo=UTC)
-SITES = ["pbx-hamburg-headquarters", "pbx-munich-branch-office", "pbx-leipzig-contact-centre"]
-RULES = 30
+# What a reader of the PDF makes of one pdfplumber page: (where, line) pairs
+PageLines = Callable[[Any], Iterable[tuple[str, str]]]
 # Tables by their ruled lines only: the chart's bars are rectangles, not cell borders.
 RULED = {"vertical_strategy": "lines_strict", "horizontal_strategy": "lines_strict"}
 
@@ -56,14 +49,17 @@ class Paper:
     rows: list[list[str]]  # every table row of every page, cells whitespace removed
     first_rows: list[list[str]]  # the table rows of the first page
     landscape: list[bool]  # each page: wider than high
+    lines: tuple[tuple[str, str], ...] = ()  # (where, line) of each page, when asked for
 
 
-def read(document: bytes, folder: Path) -> Paper:
+def read(document: bytes, folder: Path, lines: PageLines | None = None) -> Paper:
     """The PDF written to `folder`, each character box checked to be inside its page, and every
-    page rendered to an image."""
+    page rendered to an image; with `lines`, each page's lines as it reads them (the PDF is
+    parsed once, the slow part, for both)."""
     path = folder / "report.pdf"
     path.write_bytes(document)
     pages, rows, first_rows, landscape = [], [], [], []
+    page_lines: list[tuple[str, str]] = []
     first_page = ""
     with pdfplumber.open(path) as pdf:
         for page in pdf.pages:
@@ -87,9 +83,11 @@ def read(document: bytes, folder: Path) -> Paper:
             rows += table_rows
             if page.page_number == 1:
                 first_page, first_rows = " ".join(text.split()), table_rows
+            if lines is not None:
+                page_lines += lines(page)
         count = len(pdf.pages)
     rendered(path, count)
-    return Paper(path, pages, first_page, rows, first_rows, landscape)
+    return Paper(path, pages, first_page, rows, first_rows, landscape, tuple(page_lines))
 
 
 def rendered(pdf: Path, pages: int) -> None:
@@ -170,24 +168,9 @@ def assert_first_page_sums_up(paper: Paper, report: Report) -> None:
 
 
 @pytest.fixture(scope="module")
-def demo_report(tmp_path_factory: pytest.TempPathFactory) -> Report:
+def demo_report(enforced_demo: Demo) -> Report:
     """The demo PBX, signed and with its legal hold, enforced once at a fixed time."""
-    folder = tmp_path_factory.mktemp("pdf") / "pbx"
-    private, _, _ = audit.generate_key_pair(folder.parent / "keys")
-    config_file = demo.build(folder, now=NOW, days=180, hold=True)
-    text = config_file.read_text().replace("audit:\n", f"audit:\n  signing_key: {private}\n", 1)
-    config_file.write_text(text)
-    loaded = load_config(config_file)
-    engine = Engine(loaded, now=lambda: NOW)
-    with audit.AuditLog(loaded.config.audit.path, clock=lambda: NOW) as log:
-        for rule in loaded.config.rules:
-            engine.run(rule, log)
-    return build.build_report(
-        loaded,
-        [],
-        Period(date(2026, 5, 18), date(2026, 6, 15), BERLIN),
-        generated_at=NOW + timedelta(hours=1),
-    )
+    return enforced_demo.reports["en"]
 
 
 @pytest.fixture(scope="module")
@@ -216,102 +199,9 @@ def test_demo_first_page_is_the_summary(demo_report: Report, demo_paper: Paper) 
 # --- 30 rules with long names over three systems ------------------------------------------------
 
 
-def rule_name(index: int) -> str:
-    return f"customer-service-hotline-call-recordings-department-{index:02d}-archive"
-
-
-def config_text(folder: Path) -> str:
-    rules = "".join(
-        f"""\
-  - name: {rule_name(i)}
-    description: Recorded calls of the customer service hotline, department {i:02d}, with the
-      caller's consent; kept for quality assurance and training of new staff
-    purpose: Quality assurance and training of the customer service staff of department {i:02d}
-    legal_basis: Art. 6(1)(a) GDPR, consent given at the start of each call, works agreement
-    keep: {30 + i} days
-    schedule: daily 03:{i:02d}
-    stores:
-      - type: files
-        root: {folder}/recordings/department-{i:02d}/long-folder-name-for-the-archive-of-calls
-"""
-        for i in range(RULES)
-    )
-    return f"""\
-version: 1
-timezone: Europe/Berlin
-audit:
-  path: {folder}/audit.jsonl
-organisation:
-  controller: Beispiel Kundenservice GmbH & Co. KG, Musterstraße 1, 10115 Berlin
-  dpo_contact: Datenschutzbeauftragter der Beispiel Kundenservice GmbH
-  processing_record: VVT-07 Telefonie und Gesprächsaufzeichnung
-rules:
-{rules}holds:
-  - id: LITIGATION-2026-0042-LABOUR-COURT
-    reason: Labour court proceedings 2026-0042
-    approved_by: Data protection officer
-    review_by: 2026-09-30
-    until: 2026-12-31
-    rules: [{rule_name(3)}]
-"""
-
-
-def write_log(path: Path, site: str, signer: audit.Signer, broken_rule: int | None) -> None:
-    """A month of daily runs of every rule on one PBX; `broken_rule` stops running mid-month."""
-    now = [datetime(2026, 5, 1, 1, 0, tzinfo=UTC)]
-    with audit.AuditLog(path, clock=lambda: now[0]) as log:
-        for day in range(31):
-            for i in range(RULES):
-                if broken_rule == i and day > 10:
-                    continue
-                now[0] = datetime(2026, 5, 1, 1, i, tzinfo=UTC) + timedelta(days=day)
-                name, run_id = rule_name(i), f"{site}-{day}-{i}"
-                store = f"/srv/recordings/department-{i:02d}/long-folder-name-for-the-archive"
-                log.append(
-                    "run_started",
-                    run_id=run_id,
-                    rule=name,
-                    keep=f"{30 + i} days",
-                    cutoff=(now[0] - timedelta(days=30 + i)).isoformat(),
-                    host=site,
-                    config_sha256="cd" * 32,
-                    stores=[
-                        {"store": store, "kind": "files", "unit": "files"}
-                        | {"total": 5000, "expired": 1000 + i}
-                    ],
-                )
-                log.append("batch_intent", run_id=run_id, store=store, batch=1, planned=1000 + i)
-                log.append("batch_done", run_id=run_id, store=store, batch=1, deleted=1000 + i)
-                log.append(
-                    "run_finished",
-                    run_id=run_id,
-                    rule=name,
-                    status="done",
-                    deleted=1000 + i,
-                    stores=[{"store": store, "deleted": 1000 + i, "batches": 1, "remaining": 0}],
-                )
-        log.checkpoint(signer)
-
-
 @pytest.fixture(scope="module")
-def big_report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Report]:
-    folder = tmp_path_factory.mktemp("thirty")
-    private, _, _ = audit.generate_key_pair(folder / "keys")
-    config_file = folder / "retentiond.yaml"
-    config_file.write_text(config_text(folder))
-    signer = audit.Signer.from_file(private)
-    logs = []
-    for number, site in enumerate(SITES):
-        path = folder / site / "audit.jsonl"
-        path.parent.mkdir()
-        write_log(path, site, signer, broken_rule=7 if number == 2 else None)
-        logs.append(path)
-    yield build.build_report(
-        load_config(config_file),
-        logs,
-        Period(date(2026, 5, 1), date(2026, 5, 31), BERLIN),
-        generated_at=datetime(2026, 6, 2, 8, 0, tzinfo=UTC),
-    )
+def big_report(thirty_rules_month: Month) -> Report:
+    return thirty_rules_month.reports["en"]
 
 
 @pytest.fixture(scope="module")

@@ -7,29 +7,17 @@ with pdfplumber as tests/test_report_pdf.py reads WeasyPrint's."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from reportdata import Demo, Month
 from test_audit_viewer import browser  # noqa: F401 - the headless Chromium fixture
-from test_report_pdf import (
-    BERLIN,
-    NOW,
-    SITES,
-    config_text,
-    squeeze,
-    write_log,
-)
+from test_report_pdf import squeeze
 
-from retentiond import demo
-from retentiond.config.loader import load_config
-from retentiond.engine.engine import Engine
-from retentiond.evidence import log as audit
-from retentiond.evidence.report import build, render
+from retentiond.evidence.report import render
 from retentiond.evidence.report.summary import mark
-from retentiond.evidence.report.values import Period, Report
+from retentiond.evidence.report.values import Report
 
 pdfplumber = pytest.importorskip("pdfplumber")
 
@@ -49,45 +37,14 @@ return [width, document.documentElement.scrollWidth, widest[0], widest[1]];
 
 
 @pytest.fixture(scope="module")
-def reports(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[str, str], Report]]:
-    """The demo PBX's report and the 30-rule, three-system one, each in both languages."""
-    folder = tmp_path_factory.mktemp("window")
-    private, _, _ = audit.generate_key_pair(folder / "keys")
-    config_file = demo.build(folder / "pbx", now=NOW, days=180, hold=True)
-    text = config_file.read_text().replace("audit:\n", f"audit:\n  signing_key: {private}\n", 1)
-    config_file.write_text(text)
-    demo_loaded = load_config(config_file)
-    engine = Engine(demo_loaded, now=lambda: NOW)
-    with audit.AuditLog(demo_loaded.config.audit.path, clock=lambda: NOW) as log:
-        for rule in demo_loaded.config.rules:
-            engine.run(rule, log)
-    big_file = folder / "thirty.yaml"
-    big_file.write_text(config_text(folder))
-    signer = audit.Signer.from_file(private)
-    logs = []
-    for number, site in enumerate(SITES):
-        path = folder / site / "audit.jsonl"
-        path.parent.mkdir()
-        write_log(path, site, signer, broken_rule=7 if number == 2 else None)
-        logs.append(path)
-    big_loaded = load_config(big_file)
+def reports(enforced_demo: Demo, thirty_rules_month: Month) -> dict[tuple[str, str], Report]:
+    """The demo PBX's report and the 30-rule, three-system one (its German one as a German
+    organisation writes its config), each in both languages."""
     built = {}
     for language in ("en", "de"):
-        built[("demo", language)] = build.build_report(
-            demo_loaded,
-            [],
-            Period(date(2026, 5, 18), date(2026, 6, 15), BERLIN),
-            generated_at=NOW + timedelta(hours=1),
-            language=language,
-        )
-        built[("thirty", language)] = build.build_report(
-            big_loaded,
-            logs,
-            Period(date(2026, 5, 1), date(2026, 5, 31), BERLIN),
-            generated_at=datetime(2026, 6, 2, 8, 0, tzinfo=UTC),
-            language=language,
-        )
-    yield built
+        built[("demo", language)] = enforced_demo.reports[language]
+        built[("thirty", language)] = thirty_rules_month.reports[language]
+    return built
 
 
 def _open(driver: Any, report: Report, folder: Path) -> None:

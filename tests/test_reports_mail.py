@@ -112,10 +112,14 @@ def _free_port() -> int:
 
 @dataclass
 class SmtpServer:
+    """aiosmtpd on loopback, login required: STARTTLS, or with `implicit_tls` TLS from the first
+    byte (port 465 style, `security: tls`)."""
+
     port: int
     cert: Path
     key: Path
     inbox: Inbox
+    implicit_tls: bool = False
     controller: Controller | None = None
 
     def start(self) -> None:
@@ -134,15 +138,18 @@ class SmtpServer:
                 inbox.logins.append(auth.login.decode())
             return AuthResult(success=ok, handled=False)
 
+        if self.implicit_tls:
+            # the whole session is TLS; aiosmtpd's own check only knows STARTTLS
+            tls: dict[str, Any] = {"ssl_context": context, "auth_require_tls": False}
+        else:
+            tls = {"tls_context": context, "require_starttls": True, "auth_require_tls": True}
         self.controller = Controller(
             self.inbox,
             hostname="127.0.0.1",
             port=self.port,
-            tls_context=context,
-            require_starttls=True,
             auth_required=True,
-            auth_require_tls=True,
             authenticator=authenticate,
+            **tls,
         )
         self.controller.start()
 

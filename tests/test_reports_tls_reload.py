@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import ssl
 import subprocess
 import sys
 import time
@@ -17,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
 from test_reports_mail import (
     PASSWORD,
     USER,
@@ -50,42 +47,10 @@ from retentiond.service.reports import (
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 
 
-class SmtpsServer(SmtpServer):
-    """The same server, but TLS from the first byte (port 465 style), login required."""
-
-    def start(self) -> None:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.cert, self.key)
-        inbox = self.inbox
-
-        def authenticate(
-            server: Any, session: Any, envelope: Any, mechanism: str, auth: Any
-        ) -> AuthResult:
-            ok = isinstance(auth, LoginPassword) and (auth.login, auth.password) == (
-                USER.encode(),
-                PASSWORD.encode(),
-            )
-            if ok:
-                inbox.logins.append(auth.login.decode())
-            return AuthResult(success=ok, handled=False)
-
-        self.controller = Controller(
-            self.inbox,
-            hostname="127.0.0.1",
-            port=self.port,
-            ssl_context=context,
-            auth_required=True,
-            # the whole session is TLS; aiosmtpd's own check only knows STARTTLS
-            auth_require_tls=False,
-            authenticator=authenticate,
-        )
-        self.controller.start()
-
-
 @pytest.fixture
 def smtps(tmp_path: Path) -> Iterator[SmtpServer]:
     cert, key = _certificate(tmp_path)
-    server = SmtpsServer(_free_port(), cert, key, Inbox())
+    server = SmtpServer(_free_port(), cert, key, Inbox(), implicit_tls=True)
     server.start()
     yield server
     server.stop()

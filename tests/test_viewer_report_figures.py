@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from reportdata import BERLIN, Month
 from test_audit_viewer import browser, in_browser  # noqa: F401 - the headless Chromium fixture
-from test_report_pdf import BERLIN, config_text, write_log
 
-from retentiond.config.loader import load_config
 from retentiond.evidence import log as audit
 from retentiond.evidence.report import build
 from retentiond.evidence.report.values import Period, Report
@@ -23,23 +22,17 @@ from retentiond.evidence.viewer import viewer_page
 
 
 @pytest.fixture(scope="module")
-def month(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Report]:
+def month(thirty_rules_month: Month) -> tuple[Path, Path, Report]:
     """One PBX's log (rule 7 stops after day 10), the page for its key, and the report of the
     whole log's time."""
-    folder = tmp_path_factory.mktemp("month")
-    private, public, _ = audit.generate_key_pair(folder / "keys")
-    config_file = folder / "retentiond.yaml"
-    config_file.write_text(config_text(folder))
-    log = folder / "site" / "audit.jsonl"
-    log.parent.mkdir()
-    write_log(log, "pbx-site", audit.Signer.from_file(private), broken_rule=7)
+    log = thirty_rules_month.logs[2]
     report = build.build_report(
-        load_config(config_file),
+        thirty_rules_month.loaded["en"],
         [log],
         Period(date(2026, 4, 27), date(2026, 6, 7), BERLIN),
         generated_at=datetime(2026, 6, 8, 8, 0, tzinfo=UTC),
     )
-    return log, public, report
+    return log, thirty_rules_month.public, report
 
 
 def _count(text: str) -> int:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tarfile
 import tomllib
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ def test_sdist_has_units_examples_docs_and_tests(dist: Path) -> None:
         "config/example.yaml",
         "docs/install.md",
         "README.md",
+        "LICENSE",
         "Makefile",
         "debian/control",
         "debian/rules",
@@ -72,6 +74,19 @@ def test_sdist_has_units_examples_docs_and_tests(dist: Path) -> None:
         assert name in names, name
     assert sum(name.startswith("config/examples/") for name in names) >= 1
     assert not [name for name in names if name.startswith((".ci/", ".venv", "build/"))]
+
+
+def test_wheel_carries_the_licence(dist: Path) -> None:
+    """The AGPL's full text in the wheel's dist-info, named by the metadata (PEP 639)."""
+    wheel = dist / f"retentiond-{VERSION}-py3-none-any.whl"
+    info = f"retentiond-{VERSION}.dist-info"
+    with zipfile.ZipFile(wheel) as archive:
+        licence = archive.read(f"{info}/licenses/LICENSE")
+        metadata = archive.read(f"{info}/METADATA").decode()
+    assert licence == (REPO / "LICENSE").read_bytes()
+    assert licence.startswith(b"                    GNU AFFERO GENERAL PUBLIC LICENSE\n")
+    assert "License-Expression: AGPL-3.0-or-later\n" in metadata
+    assert "License-File: LICENSE\n" in metadata
 
 
 def test_wheel_installs_with_the_pdf_extra_and_runs(dist: Path, tmp_path: Path) -> None:

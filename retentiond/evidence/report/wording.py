@@ -15,7 +15,7 @@ from decimal import Decimal
 from babel.numbers import format_decimal
 
 from retentiond.i18n import N_, Words, words
-from retentiond.policy.durations import Duration, parse_duration
+from retentiond.policy.durations import Duration
 from retentiond.policy.schedule import Schedule
 
 ENGLISH = words("en")  # the default of the functions that make text: the report as it always was
@@ -164,17 +164,6 @@ def period_text(words: Words, period: Duration | None) -> str:
     ]
     shown = [text.format(n=words.number(n)) for n, text in parts if n]
     return " ".join(shown) or words.ngettext("{n} day", "{n} days", 0).format(n=0)
-
-
-def period_text_of(words: Words, written: str) -> str:
-    """A period as a log entry recorded it (its config text): read, then as `period_text`; text
-    that is no period (an old or foreign log) is shown as it is."""
-    if words.language == "en":
-        return written
-    try:
-        return period_text(words, parse_duration(written))
-    except ValueError:
-        return written
 
 
 WEEKDAY_NAMES = {
