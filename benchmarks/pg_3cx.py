@@ -5,12 +5,19 @@ half expired; no call within 1.5 days of the cutoff, so every method removes the
 from the generator the tests use (tests/threecx_schema.py). Each method gets its own copy
 (CREATE DATABASE ... TEMPLATE) and purges it while a writer inserts new calls with all their rows
 at `--rate` per second, as 3CX does during business hours. Reported per method: wall time, the
-writer's latency (p50, p99, max) and errors during the purge, and what is left.
+writer's latency (p50, p99, max) and errors during the purge, what is left, autovacuum's activity
+during the purge and in `--settle-seconds` after it, and the tables' bloat then (pgstattuple).
+
+The methods: `retentiond`; `procedure`, the floor: a PL/pgSQL procedure deleting the expired
+calls in retentiond's dependency order in batches of retentiond's batch size with a COMMIT per
+batch (`procedure-N`: batches of N calls); `plain-delete`, one DELETE per table in one
+transaction. Ratios are against the floor (`procedure`).
 
     .venv/bin/python benchmarks/pg_3cx.py                 # 1,000,000 calls
     .venv/bin/python benchmarks/pg_3cx.py --calls 500     # seconds, for CI
 
-Targets (issue 7): retentiond's writer p99 <= 50 ms and no writer error. Exit 1 on an error of
+Targets (issues 7, 20): retentiond's writer p99 <= 50 ms, no writer error, and at least 0.9x the
+floor's speed (wall time <= floor / 0.9). Exit 1 on an error of
 the benchmark or a purge (wrong rows left, a failed run), not on a missed target.
 """
 
@@ -19,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import tempfile
 import threading
@@ -45,6 +53,36 @@ TABLES = ("cl_party_info", "cl_calls", "cl_participants", "cl_segments", "cl_qua
 GAP = timedelta(days=1.5)  # no call this close to the cutoff: methods agree on what expired
 CHUNK = 20_000  # calls generated and copied at a time
 TARGET_P99_MS = 50.0
+TARGET_FLOOR_RATIO = 0.9
+DEFAULT_BATCH = 500  # retentiond's batch_size for 3cx_call_history
+
+# The floor: retentiond's batches without a client. Same order as retentiond (segments, quality,
+# participants, the party rows no remaining participant points to, the calls), COMMIT per batch.
+PROCEDURE = """
+CREATE OR REPLACE PROCEDURE bench_purge_calls(cutoff timestamptz, batch integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    ids bigint[];
+    infos bigint[];
+BEGIN
+    LOOP
+        SELECT array_agg(id) INTO ids FROM (
+            SELECT id FROM cl_calls WHERE start_time < cutoff
+            ORDER BY start_time LIMIT batch FOR UPDATE
+        ) AS due;
+        EXIT WHEN ids IS NULL;
+        DELETE FROM cl_segments WHERE call_id = ANY(ids);
+        DELETE FROM cl_quality WHERE call_id = ANY(ids);
+        WITH gone AS (DELETE FROM cl_participants WHERE call_id = ANY(ids) RETURNING info_id)
+        SELECT array_agg(DISTINCT info_id) INTO infos FROM gone WHERE info_id IS NOT NULL;
+        DELETE FROM cl_party_info AS party WHERE party.id = ANY(infos)
+            AND NOT EXISTS (SELECT 1 FROM cl_participants AS p WHERE p.info_id = party.id);
+        DELETE FROM cl_calls WHERE id = ANY(ids);
+        COMMIT;
+    END LOOP;
+END
+$$
+"""
 
 PLAIN_DELETE = [
     # What an administrator would write: dependents first, in one transaction.
@@ -465,6 +503,7 @@ def run_method(
     )
     dsn = database_dsn(args.dsn, name)
     before = counts(dsn, cutoff)
+    stats_before = table_stats(dsn)
     writer = Writer(dsn, args.rate, call_shapes(500, seed=args.seed + 1))
     writer.start()
     writer.ready.wait(30)
@@ -477,6 +516,10 @@ def run_method(
             result = purge_retentiond(
                 dsn, cutoff, workdir, keep_days=args.keep_days, batch_size=args.batch_size
             )
+        elif method.startswith("procedure"):
+            _, _, size = method.partition("-")
+            batch = int(size) if size else (args.batch_size or DEFAULT_BATCH)
+            result = purge_procedure(dsn, cutoff, batch)
         else:
             result = purge_plain(dsn, cutoff, workdir)
     finally:
@@ -484,7 +527,13 @@ def run_method(
         writer.stop()
     if writer.failure:
         raise writer.failure
+    stats_end = table_stats(dsn)
+    time.sleep(args.settle_seconds)
+    stats_settled = table_stats(dsn)
     after = counts(dsn, cutoff)
+    result["autovacuum"] = vacuum_figures(stats_before, stats_end, stats_settled)
+    result["autovacuum"]["settle_s"] = args.settle_seconds
+    result["bloat"] = bloat(dsn)
     written = writer_figures(writer.samples, 0, 1e9)
     result.update(
         method=method,
@@ -511,6 +560,104 @@ def run_method(
     return result
 
 
+def purge_procedure(dsn: str, cutoff: datetime, batch: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    with psycopg.connect(dsn, autocommit=True) as connection:  # CALL may COMMIT only outside
+        connection.execute(PROCEDURE)
+        connection.execute("CALL bench_purge_calls(%s, %s)", (cutoff, batch))
+        connection.execute("DROP PROCEDURE bench_purge_calls")
+    return {"wall_s": time.perf_counter() - started, "returncode": 0, "batch_size": batch}
+
+
+# -- autovacuum and bloat --------------------------------------------------------------------
+
+STATS = (
+    "SELECT relname, n_live_tup, n_dead_tup, autovacuum_count, autoanalyze_count, "
+    "vacuum_count, last_autovacuum, pg_total_relation_size(relid), pg_indexes_size(relid) "
+    "FROM pg_stat_user_tables WHERE relname = ANY(%s)"
+)
+
+
+def table_stats(dsn: str) -> dict[str, dict[str, Any]]:
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        connection.execute("SELECT pg_stat_clear_snapshot()")
+        rows = connection.execute(STATS, (list(TABLES),)).fetchall()
+    return {
+        row[0]: {
+            "live": row[1],
+            "dead": row[2],
+            "autovacuums": row[3],
+            "autoanalyzes": row[4],
+            "vacuums": row[5],
+            "last_autovacuum": row[6].isoformat() if row[6] else None,
+            "bytes": row[7],
+            "index_bytes": row[8],
+        }
+        for row in rows
+    }
+
+
+def vacuum_figures(
+    before: dict[str, dict[str, Any]], *later: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Dead rows and autovacuum/autoanalyze runs (deltas from `before`) at each later moment."""
+    figures = []
+    for stats in later:
+        figures.append(
+            {
+                "dead_rows": sum(stats[t]["dead"] for t in stats),
+                "autovacuums": sum(
+                    stats[t]["autovacuums"] - before[t]["autovacuums"] for t in stats
+                ),
+                "autoanalyzes": sum(
+                    stats[t]["autoanalyzes"] - before[t]["autoanalyzes"] for t in stats
+                ),
+                "autovacuumed": sorted(
+                    t for t in stats if stats[t]["autovacuums"] > before[t]["autovacuums"]
+                ),
+                "bytes": sum(stats[t]["bytes"] for t in stats),
+            }
+        )
+    return {"at_end": figures[0], "after_settle": figures[1]}
+
+
+def bloat(dsn: str) -> dict[str, Any]:
+    """Heap bloat of the five tables by pgstattuple (dead rows and free space of the heap), and
+    the size of their indexes; None without the contrib."""
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        try:
+            connection.execute("CREATE EXTENSION IF NOT EXISTS pgstattuple")
+        except psycopg.Error:
+            return {"pgstattuple": False}
+        heap = dead = free = live = 0
+        per_table = {}
+        for table in TABLES:
+            row = connection.execute(
+                "SELECT table_len, tuple_len, dead_tuple_len, free_space FROM pgstattuple(%s)",
+                (table,),
+            ).fetchone()
+            assert row is not None
+            heap, live, dead, free = heap + row[0], live + row[1], dead + row[2], free + row[3]
+            per_table[table] = {
+                "heap_bytes": row[0],
+                "bloat_pct": round(100 * (row[2] + row[3]) / row[0], 1) if row[0] else 0.0,
+            }
+        indexes = connection.execute(
+            "SELECT SUM(pg_indexes_size(c.oid)) FROM pg_class c WHERE c.relname = ANY(%s)",
+            (list(TABLES),),
+        ).fetchone()
+    return {
+        "pgstattuple": True,
+        "heap_bytes": heap,
+        "live_bytes": live,
+        "dead_bytes": dead,
+        "free_bytes": free,
+        "bloat_pct": round(100 * (dead + free) / heap, 1) if heap else 0.0,
+        "index_bytes": int(indexes[0]) if indexes and indexes[0] is not None else None,
+        "tables": per_table,
+    }
+
+
 def postgres_version(dsn: str) -> str:
     with psycopg.connect(database_dsn(dsn, "postgres")) as connection:
         row = connection.execute("SHOW server_version").fetchone()
@@ -524,14 +671,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep-days", type=int, default=180)
     parser.add_argument("--batch-size", type=int, help="retentiond's batch_size (default: its own)")
     parser.add_argument("--baseline-seconds", type=float, default=2.0)
-    parser.add_argument("--methods", default="retentiond,plain-delete")
+    parser.add_argument("--methods", default="retentiond,procedure,plain-delete")
+    parser.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=30.0,
+        help="wait after each purge before reading autovacuum's figures and the bloat",
+    )
     parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep-databases", action="store_true")
     parser.add_argument("--out", type=Path, default=common.RESULTS / f"{NAME}.json")
     args = parser.parse_args(argv)
     methods = [method.strip() for method in args.methods.split(",") if method.strip()]
-    unknown = set(methods) - {"retentiond", "plain-delete"}
+    unknown = {
+        method
+        for method in methods
+        if method not in ("retentiond", "plain-delete", "procedure")
+        and not re.fullmatch(r"procedure-[1-9][0-9]*", method)
+    }
     if unknown:
         parser.error(f"unknown methods: {', '.join(sorted(unknown))}")
 
@@ -557,13 +715,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.keep_databases:
             admin(args.dsn, f'DROP DATABASE IF EXISTS "{template}"')
 
+    floor = results.get("procedure", {}).get("purge_s")
+    for result in results.values():
+        result["vs_floor"] = round(floor / result["purge_s"], 2) if floor else None
+        plain = results.get("plain-delete", {}).get("purge_s")
+        result["vs_plain_delete"] = round(plain / result["purge_s"], 2) if plain else None
     rows = []
     for method, result in results.items():
         writer = result["writer"]
+        vacuum = result["autovacuum"]
         rows.append(
             [
                 method,
                 result["purge_s"],
+                result["vs_floor"],
+                result["vs_plain_delete"],
                 result["before"]["expired_calls"],
                 result["after"]["cl_calls"],
                 writer["calls"],
@@ -571,7 +737,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 writer["p99_ms"],
                 writer["max_ms"],
                 writer["errors"],
-                result.get("peak_rss_mib"),
+                vacuum["at_end"]["dead_rows"],
+                vacuum["at_end"]["autovacuums"],
+                vacuum["after_settle"]["autovacuums"],
+                vacuum["after_settle"]["dead_rows"],
+                result["bloat"].get("bloat_pct"),
             ]
         )
     print()
@@ -582,6 +752,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             [
                 "method",
                 "purge s",
+                "x floor",
+                "x plain",
                 "expired calls",
                 "calls left",
                 "writer calls",
@@ -589,7 +761,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "p99 ms",
                 "max ms",
                 "errors",
-                "peak RSS MiB",
+                "dead at end",
+                "autovac during",
+                "autovac +settle",
+                "dead +settle",
+                "bloat %",
             ],
             rows,
         )
@@ -601,6 +777,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "writer_p99_ms<=50": writer["p99_ms"] is not None and writer["p99_ms"] <= TARGET_P99_MS,
             "writer_errors==0": writer["errors"] == 0,
         }
+        if floor:
+            targets["vs_floor>=0.9"] = results["retentiond"]["vs_floor"] >= TARGET_FLOOR_RATIO
         print(
             "targets (retentiond): "
             + ", ".join(f"{k}: {common.fmt(v)}" for k, v in targets.items())
@@ -617,6 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "rate": args.rate,
                 "keep_days": args.keep_days,
                 "batch_size": args.batch_size,
+                "settle_seconds": args.settle_seconds,
                 "cutoff": cutoff.isoformat(),
                 "seed": args.seed,
             },
