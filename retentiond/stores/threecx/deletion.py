@@ -18,12 +18,14 @@ from retentiond.stores.threecx.schema import Generation, PartyInfo
 
 @dataclass
 class Deleted:
-    """One attempt at a deletion batch: the calls it locked and deleted, their times, and the
-    rows per table. `unconfirmed` calls went with a commit whose reply was lost and that no
-    check could attribute. Keys never show in a repr."""
+    """One attempt at a deletion batch: the calls it locked, how many it deleted and the earliest
+    and latest of their times (`bounds`, empty when none is dated), and the rows per table.
+    `unconfirmed` calls went with a commit whose reply was lost and that no check could
+    attribute. Keys and times never show in a repr."""
 
     keys: tuple[Any, ...] = field(repr=False)
-    times: list[Any] = field(repr=False)
+    count: int
+    bounds: tuple[Any, ...] = field(repr=False)
     counts: dict[str, int]
     unconfirmed: int = 0
 
@@ -35,22 +37,30 @@ def delete_calls(
     keys: list[Any],
     guard: Clause,
 ) -> Deleted:
-    """One batch: the calls' rows in dependency order, then the calls."""
-    keys = [key for key, _ in calls.lock(connection, generation, keys, guard)]
+    """One batch: the calls' rows in dependency order, then the calls.
+
+    Each statement answers with one row (an array, counts, the earliest and latest time), not a
+    row per call: the client decodes a few values instead of thousands.
+    """
+    keys = calls.lock_keys(connection, generation, keys, guard)
     if not keys:
-        return Deleted((), [], {})
+        return Deleted((), 0, (), {})
     counts: dict[str, int] = {}
     party = generation.party
     pointed_to: list[Any] = []
     for link in generation.dependents:
         statement = f"DELETE FROM {calls.q(link.table)} WHERE {calls.q(link.column)} = ANY(:keys)"
         if party is not None and link.table == party.via.table:
-            result = connection.execute(
-                text(f"{statement} RETURNING {calls.q(party.via.column)}"), {"keys": keys}
-            )
-            values = result.scalars().all()
-            pointed_to = [value for value in values if value is not None]
-            counts[link.table] = len(values)
+            column = calls.q(party.via.column)
+            row = connection.execute(
+                text(
+                    f"WITH gone AS ({statement} RETURNING {column} AS v) SELECT COUNT(*), "
+                    "array_agg(DISTINCT v) FILTER (WHERE v IS NOT NULL) FROM gone"
+                ),
+                {"keys": keys},
+            ).one()
+            counts[link.table] = int(row[0])
+            pointed_to = list(row[1] or ())
         else:
             counts[link.table] = connection.execute(text(statement), {"keys": keys}).rowcount
     if party is not None and pointed_to:
@@ -60,13 +70,15 @@ def delete_calls(
         calls.q(generation.key),
         calls.q(generation.time),
     )
-    times = list(
-        connection.execute(
-            text(f"DELETE FROM {table} WHERE {key} = ANY(:keys) RETURNING {time}"),
-            {"keys": keys},
-        ).scalars()
-    )
-    return Deleted(tuple(keys), times, counts)
+    count, first, last = connection.execute(
+        text(
+            f"WITH gone AS (DELETE FROM {table} WHERE {key} = ANY(:keys) RETURNING {time} AS t) "
+            "SELECT COUNT(*), MIN(t), MAX(t) FROM gone"
+        ),
+        {"keys": keys},
+    ).one()
+    bounds = () if first is None else (first, last)
+    return Deleted(tuple(keys), int(count), bounds, counts)
 
 
 def delete_unused_party_info(

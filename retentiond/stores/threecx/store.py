@@ -532,11 +532,11 @@ class ThreeCxCallsStore(Store):
             "3cx store deleted a batch",
             store=self.label,
             generation=generation.name,
-            calls=len(deleted.times),
+            calls=deleted.count,
             **deleted.counts,
         )
         result = BatchResult(
-            deleted=len(deleted.times), span=self._calls.day_span(generation, deleted.times)
+            deleted=deleted.count, span=self._calls.day_span(generation, deleted.bounds)
         )
         if deleted.unconfirmed:
             # As a reconciled run says it: at most this many more, unconfirmed
@@ -550,7 +550,7 @@ class ThreeCxCallsStore(Store):
             store=self.label,
             batch=number,
             commit=commit,
-            deleted=len(kept.times),
+            deleted=kept.count,
             **({UNCONFIRMED_DELETED_MAX: kept.unconfirmed} if kept.unconfirmed else {}),
         )
         return kept
