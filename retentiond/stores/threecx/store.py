@@ -308,29 +308,35 @@ class ThreeCxCallsStore(Store):
         for generation in self._generations:
             due = self._calls.due(generation, cutoff, None)
             held = self._calls.held(generation, holds)
-            time = f"c.{self._calls.q(generation.time)}"
+            key, time = f"c.{self._calls.q(generation.key)}", f"c.{self._calls.q(generation.time)}"
+            # One row: the keys in an array, and the earliest and latest time (the day span)
             statement = text(
-                f"SELECT c.{self._calls.q(generation.key)}, {time} "
+                f"SELECT array_agg(k), MIN(t), MAX(t) FROM (SELECT {key} AS k, {time} AS t "
                 f"FROM {self._calls.q(generation.table)} AS c "
-                f"WHERE {due.sql} AND NOT {held.sql} ORDER BY {time} LIMIT :n"
+                f"WHERE {due.sql} AND NOT {held.sql} ORDER BY {time} LIMIT :n) AS planned"
             )
             params = {**due.params, **held.params, "n": size}
             while True:
-                rows = self._db.retrying(
+                keys, first, last = self._db.retrying(
                     "planning a batch", partial(read_rows, statement, params), autocommit=True
-                )
-                if not rows:
+                )[0]
+                if not keys:
                     break
                 number += 1
-                batch = self._batch(number, generation, rows, _Planned(generation.name, (), holds))
+                batch = Batch(
+                    number=number,
+                    planned=len(keys),
+                    span=self._calls.day_span(generation, [first, last]),
+                    payload=_Planned(generation.name, tuple(keys), holds),
+                )
                 self._applied = None
                 yield batch
                 applied = self._applied
                 if applied is None or applied[0] is not batch:
                     return  # not applied (a dry run): the next batch would be this one again
-                if len(rows) < size or applied[1].deleted == 0:
+                if len(keys) < size or applied[1].deleted == 0:
                     break  # none left, or none deletable: the verifying survey tells
-                size = adapted_size(size, aim, len(rows), self._applied_seconds)
+                size = adapted_size(size, aim, len(keys), self._applied_seconds)
                 params["n"] = size
 
     def subject_batches(self, subject: Subject, holds: Holds = NO_HOLDS) -> Iterator[Batch]:
