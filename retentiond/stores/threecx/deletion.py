@@ -1,8 +1,9 @@
 """Deleting a batch of 3CX calls in one transaction: their rows in dependency order, then the calls.
 
-The planned calls still due are locked first (CallQueries.lock), so rows that belong to a call
-are deleted only for a call that is still there and still due. cl_party_info rows may serve
-several calls: those the deleted participants pointed to go once no remaining one does.
+The planned calls still due are locked first (as CallQueries.lock does), so rows that belong to a
+call are deleted only for a call that is still there and still due; the lock and the deletions
+are one statement (one round trip). cl_party_info rows may serve several calls: those the
+deleted participants pointed to go once no remaining one does, in a second statement.
 """
 
 from __future__ import annotations
@@ -39,46 +40,61 @@ def delete_calls(
 ) -> Deleted:
     """One batch: the calls' rows in dependency order, then the calls.
 
-    Each statement answers with one row (an array, counts, the earliest and latest time), not a
-    row per call: the client decodes a few values instead of thousands.
+    One statement locks the planned calls still matching `guard` (as `CallQueries.lock`) and
+    deletes their rows and them: one round trip instead of one per table. It is atomic and its
+    parts see one snapshot, so no one ever sees a call without its rows or rows without their
+    call; foreign keys between these tables are checked at its end, once all are gone. The
+    party rows no remaining participant points to go in a second statement, which sees the
+    participants the first one deleted gone. Each answers with one row (arrays, counts, the
+    earliest and latest time), not a row per call.
     """
-    keys = calls.lock_keys(connection, generation, keys, guard)
-    if not keys:
-        return Deleted((), 0, (), {})
-    counts: dict[str, int] = {}
+    q = calls.q
+    key, time, table = q(generation.key), q(generation.time), q(generation.table)
     party = generation.party
-    pointed_to: list[Any] = []
-    for link in generation.dependents:
-        statement = f"DELETE FROM {calls.q(link.table)} WHERE {calls.q(link.column)} = ANY(:keys)"
+    # ARRAY(...) rather than IN (SELECT ...): an index scan over the sorted keys
+    locked = "ARRAY(SELECT k FROM locked)"
+    parts = [
+        f"locked AS (SELECT c.{key} AS k FROM {table} AS c "
+        f"WHERE c.{key} = ANY(:keys) AND {guard.sql} ORDER BY c.{key} FOR UPDATE OF c)"
+    ]
+    answers = []
+    pointing = None
+    for number, link in enumerate(generation.dependents):
+        returning = "1"
         if party is not None and link.table == party.via.table:
-            column = calls.q(party.via.column)
-            row = connection.execute(
-                text(
-                    f"WITH gone AS ({statement} RETURNING {column} AS v) SELECT COUNT(*), "
-                    "array_agg(DISTINCT v) FILTER (WHERE v IS NOT NULL) FROM gone"
-                ),
-                {"keys": keys},
-            ).one()
-            counts[link.table] = int(row[0])
-            pointed_to = list(row[1] or ())
-        else:
-            counts[link.table] = connection.execute(text(statement), {"keys": keys}).rowcount
+            returning = f"{q(party.via.column)} AS v"
+            pointing = f"d{number}"
+        parts.append(
+            f"d{number} AS (DELETE FROM {q(link.table)} WHERE {q(link.column)} = ANY({locked}) "
+            f"RETURNING {returning})"
+        )
+        answers.append(f"(SELECT COUNT(*) FROM d{number})")
+    parts.append(
+        f"gone AS (DELETE FROM {table} AS c WHERE c.{key} = ANY({locked}) RETURNING c.{time} AS t)"
+    )
+    pointed = (
+        f"(SELECT array_agg(DISTINCT v) FROM {pointing} WHERE v IS NOT NULL)"
+        if pointing
+        else "NULL"
+    )
+    row = connection.execute(
+        text(
+            f"WITH {', '.join(parts)} SELECT {locked}, (SELECT COUNT(*) FROM gone), "
+            f"(SELECT MIN(t) FROM gone), (SELECT MAX(t) FROM gone), {pointed}"
+            + "".join(f", {answer}" for answer in answers)
+        ),
+        {**guard.params, "keys": keys},
+    ).one()
+    if not row[0]:
+        return Deleted((), 0, (), {})
+    counts = {
+        link.table: int(count) for link, count in zip(generation.dependents, row[5:], strict=True)
+    }
+    pointed_to = list(row[4] or ())
     if party is not None and pointed_to:
         counts[party.table] = delete_unused_party_info(calls, connection, party, pointed_to)
-    table, key, time = (
-        calls.q(generation.table),
-        calls.q(generation.key),
-        calls.q(generation.time),
-    )
-    count, first, last = connection.execute(
-        text(
-            f"WITH gone AS (DELETE FROM {table} WHERE {key} = ANY(:keys) RETURNING {time} AS t) "
-            "SELECT COUNT(*), MIN(t), MAX(t) FROM gone"
-        ),
-        {"keys": keys},
-    ).one()
-    bounds = () if first is None else (first, last)
-    return Deleted(tuple(keys), int(count), bounds, counts)
+    bounds = () if row[2] is None else (row[2], row[3])
+    return Deleted(tuple(row[0]), int(row[1]), bounds, counts)
 
 
 def delete_unused_party_info(

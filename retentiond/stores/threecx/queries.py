@@ -62,22 +62,6 @@ class CallQueries:
         )
         return [(row[0], row[1]) for row in rows]
 
-    def lock_keys(
-        self, connection: Connection, generation: Generation, keys: list[Any], guard: Clause
-    ) -> list[Any]:
-        """`lock`, answered with the keys only, in one array: one row to decode, not one per
-        call."""
-        key = self.q(generation.key)
-        locked = connection.execute(
-            text(
-                f"SELECT array_agg(k) FROM (SELECT c.{key} AS k FROM {self.q(generation.table)} "
-                f"AS c WHERE c.{key} = ANY(:keys) AND {guard.sql} ORDER BY c.{key} "
-                "FOR UPDATE OF c) AS locked"
-            ),
-            {**guard.params, "keys": keys},
-        ).scalar()
-        return list(locked or ())
-
     def due(self, generation: Generation, cutoff: datetime, since: datetime | None) -> Clause:
         """Calls older than the cutoff (and not older than `since`)."""
         time = f"c.{self.q(generation.time)}"
