@@ -666,6 +666,13 @@ def template_exists(dsn: str, name: str) -> bool:
     return row is not None
 
 
+def server_settings(dsn: str) -> dict[str, str]:
+    """The settings that decide autovacuum's figures and each commit's cost."""
+    names = ("autovacuum", "autovacuum_naptime", "synchronous_commit", "shared_buffers")
+    with psycopg.connect(database_dsn(dsn, "postgres")) as connection:
+        return {name: str(connection.execute(f"SHOW {name}").fetchone()[0]) for name in names}  # type: ignore[index]
+
+
 def postgres_version(dsn: str) -> str:
     with psycopg.connect(database_dsn(dsn, "postgres")) as connection:
         row = connection.execute("SHOW server_version").fetchone()
@@ -729,6 +736,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         [sys.executable, "-m", "compileall", "-q", str(common.REPO / "retentiond")], check=True
     )
     info = common.machine(Path(tempfile.gettempdir()), postgres=postgres_version(args.dsn))
+    info["postgresql_settings"] = server_settings(args.dsn)
     results: dict[str, dict[str, Any]] = {}
     errors: list[str] = []
     try:
@@ -783,6 +791,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(batches of {args.batch_size or DEFAULT_BATCH}) / method's time; x plain: plain-delete"
     )
     print(common.machine_line(info))
+    print("server: " + ", ".join(f"{k} {v}" for k, v in info["postgresql_settings"].items()))
     print(
         common.table(
             [
