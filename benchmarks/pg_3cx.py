@@ -12,7 +12,7 @@ The methods: `retentiond`; `procedure`: a PL/pgSQL procedure deleting the expire
 retentiond's dependency order in batches of retentiond's first batch size (500, or --batch-size)
 with a COMMIT per batch, and `procedure-N` the same in batches of N calls; `plain-delete`, one
 DELETE per table in one transaction. The floor is the fastest procedure run: retentiond's
-batches adapt to about 0.2 s each unless --batch-size fixes them.
+batches adapt to about 0.5 s each unless --batch-size fixes them.
 
     .venv/bin/python benchmarks/pg_3cx.py                 # 1,000,000 calls
     .venv/bin/python benchmarks/pg_3cx.py --calls 500     # seconds, for CI
