@@ -5,12 +5,20 @@ half expired; no call within 1.5 days of the cutoff, so every method removes the
 from the generator the tests use (tests/threecx_schema.py). Each method gets its own copy
 (CREATE DATABASE ... TEMPLATE) and purges it while a writer inserts new calls with all their rows
 at `--rate` per second, as 3CX does during business hours. Reported per method: wall time, the
-writer's latency (p50, p99, max) and errors during the purge, and what is left.
+writer's latency (p50, p99, max) and errors during the purge, what is left, autovacuum's activity
+during the purge and in `--settle-seconds` after it, and the tables' bloat then (pgstattuple).
+
+The methods: `retentiond`; `procedure`: a PL/pgSQL procedure deleting the expired calls in
+retentiond's dependency order in batches of retentiond's first batch size (500, or --batch-size)
+with a COMMIT per batch, and `procedure-N` the same in batches of N calls; `plain-delete`, one
+DELETE per table in one transaction. The floor is the fastest procedure run: retentiond's
+batches adapt to about 0.5 s each unless --batch-size fixes them.
 
     .venv/bin/python benchmarks/pg_3cx.py                 # 1,000,000 calls
     .venv/bin/python benchmarks/pg_3cx.py --calls 500     # seconds, for CI
 
-Targets (issue 7): retentiond's writer p99 <= 50 ms and no writer error. Exit 1 on an error of
+Targets (issues 7, 20): retentiond's writer p99 <= 50 ms, no writer error, and at least 0.9x the
+floor's speed (wall time <= floor / 0.9). Exit 1 on an error of
 the benchmark or a purge (wrong rows left, a failed run), not on a missed target.
 """
 
@@ -19,6 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
+import subprocess
 import sys
 import tempfile
 import threading
@@ -45,6 +55,36 @@ TABLES = ("cl_party_info", "cl_calls", "cl_participants", "cl_segments", "cl_qua
 GAP = timedelta(days=1.5)  # no call this close to the cutoff: methods agree on what expired
 CHUNK = 20_000  # calls generated and copied at a time
 TARGET_P99_MS = 50.0
+TARGET_FLOOR_RATIO = 0.9
+DEFAULT_BATCH = 500  # retentiond's batch_size for 3cx_call_history
+
+# The floor: retentiond's batches without a client. Same order as retentiond (segments, quality,
+# participants, the party rows no remaining participant points to, the calls), COMMIT per batch.
+PROCEDURE = """
+CREATE OR REPLACE PROCEDURE bench_purge_calls(cutoff timestamptz, batch integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    ids bigint[];
+    infos bigint[];
+BEGIN
+    LOOP
+        SELECT array_agg(id) INTO ids FROM (
+            SELECT id FROM cl_calls WHERE start_time < cutoff
+            ORDER BY start_time LIMIT batch FOR UPDATE
+        ) AS due;
+        EXIT WHEN ids IS NULL;
+        DELETE FROM cl_segments WHERE call_id = ANY(ids);
+        DELETE FROM cl_quality WHERE call_id = ANY(ids);
+        WITH gone AS (DELETE FROM cl_participants WHERE call_id = ANY(ids) RETURNING info_id)
+        SELECT array_agg(DISTINCT info_id) INTO infos FROM gone WHERE info_id IS NOT NULL;
+        DELETE FROM cl_party_info AS party WHERE party.id = ANY(infos)
+            AND NOT EXISTS (SELECT 1 FROM cl_participants AS p WHERE p.info_id = party.id);
+        DELETE FROM cl_calls WHERE id = ANY(ids);
+        COMMIT;
+    END LOOP;
+END
+$$
+"""
 
 PLAIN_DELETE = [
     # What an administrator would write: dependents first, in one transaction.
@@ -465,6 +505,7 @@ def run_method(
     )
     dsn = database_dsn(args.dsn, name)
     before = counts(dsn, cutoff)
+    stats_before = table_stats(dsn)
     writer = Writer(dsn, args.rate, call_shapes(500, seed=args.seed + 1))
     writer.start()
     writer.ready.wait(30)
@@ -477,6 +518,10 @@ def run_method(
             result = purge_retentiond(
                 dsn, cutoff, workdir, keep_days=args.keep_days, batch_size=args.batch_size
             )
+        elif method.startswith("procedure"):
+            _, _, size = method.partition("-")
+            batch = int(size) if size else (args.batch_size or DEFAULT_BATCH)
+            result = purge_procedure(dsn, cutoff, batch)
         else:
             result = purge_plain(dsn, cutoff, workdir)
     finally:
@@ -484,7 +529,13 @@ def run_method(
         writer.stop()
     if writer.failure:
         raise writer.failure
+    stats_end = table_stats(dsn)
+    time.sleep(args.settle_seconds)
+    stats_settled = table_stats(dsn)
     after = counts(dsn, cutoff)
+    result["autovacuum"] = vacuum_figures(stats_before, stats_end, stats_settled)
+    result["autovacuum"]["settle_s"] = args.settle_seconds
+    result["bloat"] = bloat(dsn)
     written = writer_figures(writer.samples, 0, 1e9)
     result.update(
         method=method,
@@ -511,6 +562,117 @@ def run_method(
     return result
 
 
+def purge_procedure(dsn: str, cutoff: datetime, batch: int) -> dict[str, Any]:
+    started = time.perf_counter()
+    with psycopg.connect(dsn, autocommit=True) as connection:  # CALL may COMMIT only outside
+        connection.execute(PROCEDURE)
+        connection.execute("CALL bench_purge_calls(%s, %s)", (cutoff, batch))
+        connection.execute("DROP PROCEDURE bench_purge_calls")
+    return {"wall_s": time.perf_counter() - started, "returncode": 0, "batch_size": batch}
+
+
+# -- autovacuum and bloat --------------------------------------------------------------------
+
+STATS = (
+    "SELECT relname, n_live_tup, n_dead_tup, autovacuum_count, autoanalyze_count, "
+    "vacuum_count, last_autovacuum, pg_total_relation_size(relid), pg_indexes_size(relid) "
+    "FROM pg_stat_user_tables WHERE relname = ANY(%s)"
+)
+
+
+def table_stats(dsn: str) -> dict[str, dict[str, Any]]:
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        connection.execute("SELECT pg_stat_clear_snapshot()")
+        rows = connection.execute(STATS, (list(TABLES),)).fetchall()
+    return {
+        row[0]: {
+            "live": row[1],
+            "dead": row[2],
+            "autovacuums": row[3],
+            "autoanalyzes": row[4],
+            "vacuums": row[5],
+            "last_autovacuum": row[6].isoformat() if row[6] else None,
+            "bytes": row[7],
+            "index_bytes": row[8],
+        }
+        for row in rows
+    }
+
+
+def vacuum_figures(
+    before: dict[str, dict[str, Any]], *later: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Dead rows and autovacuum/autoanalyze runs (deltas from `before`) at each later moment."""
+    figures = []
+    for stats in later:
+        figures.append(
+            {
+                "dead_rows": sum(stats[t]["dead"] for t in stats),
+                "autovacuums": sum(
+                    stats[t]["autovacuums"] - before[t]["autovacuums"] for t in stats
+                ),
+                "autoanalyzes": sum(
+                    stats[t]["autoanalyzes"] - before[t]["autoanalyzes"] for t in stats
+                ),
+                "autovacuumed": sorted(
+                    t for t in stats if stats[t]["autovacuums"] > before[t]["autovacuums"]
+                ),
+                "bytes": sum(stats[t]["bytes"] for t in stats),
+            }
+        )
+    return {"at_end": figures[0], "after_settle": figures[1]}
+
+
+def bloat(dsn: str) -> dict[str, Any]:
+    """Heap bloat of the five tables by pgstattuple (dead rows and free space of the heap), and
+    the size of their indexes; None without the contrib."""
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        try:
+            connection.execute("CREATE EXTENSION IF NOT EXISTS pgstattuple")
+        except psycopg.Error:
+            return {"pgstattuple": False}
+        heap = dead = free = live = 0
+        per_table = {}
+        for table in TABLES:
+            row = connection.execute(
+                "SELECT table_len, tuple_len, dead_tuple_len, free_space FROM pgstattuple(%s)",
+                (table,),
+            ).fetchone()
+            assert row is not None
+            heap, live, dead, free = heap + row[0], live + row[1], dead + row[2], free + row[3]
+            per_table[table] = {
+                "heap_bytes": row[0],
+                "bloat_pct": round(100 * (row[2] + row[3]) / row[0], 1) if row[0] else 0.0,
+            }
+        indexes = connection.execute(
+            "SELECT SUM(pg_indexes_size(c.oid)) FROM pg_class c WHERE c.relname = ANY(%s)",
+            (list(TABLES),),
+        ).fetchone()
+    return {
+        "pgstattuple": True,
+        "heap_bytes": heap,
+        "live_bytes": live,
+        "dead_bytes": dead,
+        "free_bytes": free,
+        "bloat_pct": round(100 * (dead + free) / heap, 1) if heap else 0.0,
+        "index_bytes": int(indexes[0]) if indexes and indexes[0] is not None else None,
+        "tables": per_table,
+    }
+
+
+def template_exists(dsn: str, name: str) -> bool:
+    with psycopg.connect(database_dsn(dsn, "postgres")) as connection:
+        row = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    return row is not None
+
+
+def server_settings(dsn: str) -> dict[str, str]:
+    """The settings that decide autovacuum's figures and each commit's cost."""
+    names = ("autovacuum", "autovacuum_naptime", "synchronous_commit", "shared_buffers")
+    with psycopg.connect(database_dsn(dsn, "postgres")) as connection:
+        return {name: str(connection.execute(f"SHOW {name}").fetchone()[0]) for name in names}  # type: ignore[index]
+
+
 def postgres_version(dsn: str) -> str:
     with psycopg.connect(database_dsn(dsn, "postgres")) as connection:
         row = connection.execute("SHOW server_version").fetchone()
@@ -524,14 +686,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep-days", type=int, default=180)
     parser.add_argument("--batch-size", type=int, help="retentiond's batch_size (default: its own)")
     parser.add_argument("--baseline-seconds", type=float, default=2.0)
-    parser.add_argument("--methods", default="retentiond,plain-delete")
+    parser.add_argument(
+        "--methods",
+        default="retentiond,procedure,procedure-1000,procedure-5000,procedure-20000,plain-delete",
+    )
+    parser.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=30.0,
+        help="wait after each purge before reading autovacuum's figures and the bloat",
+    )
     parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep-databases", action="store_true")
+    parser.add_argument(
+        "--reuse-template",
+        action="store_true",
+        help="use the template database an earlier run kept, if there is one, and keep it",
+    )
     parser.add_argument("--out", type=Path, default=common.RESULTS / f"{NAME}.json")
     args = parser.parse_args(argv)
     methods = [method.strip() for method in args.methods.split(",") if method.strip()]
-    unknown = set(methods) - {"retentiond", "plain-delete"}
+    unknown = {
+        method
+        for method in methods
+        if method not in ("retentiond", "plain-delete", "procedure")
+        and not re.fullmatch(r"procedure-[1-9][0-9]*", method)
+    }
     if unknown:
         parser.error(f"unknown methods: {', '.join(sorted(unknown))}")
 
@@ -540,11 +721,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     cutoff = now - keep
     template = f"retentiond_bench_3cx_{args.calls}"
     print(f"building {args.calls:,} calls in database {template} ...", flush=True)
-    build = build_template(
-        args.dsn, template, call_starts(args.calls, keep, now, args.seed), args.seed
-    )
+    if args.reuse_template and template_exists(args.dsn, template):
+        # Built by an earlier run moments ago (--keep-databases): the cutoff moved by as much,
+        # and no call lies within GAP of it, so the expired calls are the same.
+        build = {"seconds": 0.0, "rows": {}, "bytes": None, "reused": True}
+    else:
+        build = build_template(
+            args.dsn, template, call_starts(args.calls, keep, now, args.seed), args.seed
+        )
     print(f"  {build['seconds']} s, {sum(build['rows'].values()):,} rows", flush=True)
+    # As installed (the package compiles its bytecode): a start without .pyc files, as under
+    # PYTHONDONTWRITEBYTECODE, would time compiling retentiond's modules on every run.
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(common.REPO / "retentiond")], check=True
+    )
     info = common.machine(Path(tempfile.gettempdir()), postgres=postgres_version(args.dsn))
+    info["postgresql_settings"] = server_settings(args.dsn)
     results: dict[str, dict[str, Any]] = {}
     errors: list[str] = []
     try:
@@ -554,16 +746,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results[method] = run_method(method, args, template, cutoff, Path(workdir))
             errors.extend(f"{method}: {problem}" for problem in results[method]["problems"])
     finally:
-        if not args.keep_databases:
+        if not (args.keep_databases or args.reuse_template):
             admin(args.dsn, f'DROP DATABASE IF EXISTS "{template}"')
 
+    # The floor: the fastest procedure run (retentiond's batches adapt unless --batch-size)
+    procedures = {m: r["purge_s"] for m, r in results.items() if m.startswith("procedure")}
+    floor_method = min(procedures, key=procedures.__getitem__) if procedures else None
+    floor = procedures[floor_method] if floor_method else None
+    same_size = results.get("procedure", {}).get("purge_s")
+    plain = results.get("plain-delete", {}).get("purge_s")
+    for result in results.values():
+        result["vs_floor"] = round(floor / result["purge_s"], 2) if floor else None
+        result["vs_procedure"] = round(same_size / result["purge_s"], 2) if same_size else None
+        result["vs_plain_delete"] = round(plain / result["purge_s"], 2) if plain else None
     rows = []
     for method, result in results.items():
         writer = result["writer"]
+        vacuum = result["autovacuum"]
         rows.append(
             [
                 method,
                 result["purge_s"],
+                result["vs_floor"],
+                result["vs_procedure"],
+                result["vs_plain_delete"],
                 result["before"]["expired_calls"],
                 result["after"]["cl_calls"],
                 writer["calls"],
@@ -571,17 +777,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                 writer["p99_ms"],
                 writer["max_ms"],
                 writer["errors"],
-                result.get("peak_rss_mib"),
+                vacuum["at_end"]["dead_rows"],
+                vacuum["at_end"]["autovacuums"],
+                vacuum["after_settle"]["autovacuums"],
+                vacuum["after_settle"]["dead_rows"],
+                result["bloat"].get("bloat_pct"),
             ]
         )
     print()
     print(f"3CX cl_* purge, {args.calls:,} calls, keep {args.keep_days}d, writer {args.rate:g}/s")
+    print(
+        f"x floor: the fastest procedure ({floor_method}) / method's time; x proc: `procedure` "
+        f"(batches of {args.batch_size or DEFAULT_BATCH}) / method's time; x plain: plain-delete"
+    )
     print(common.machine_line(info))
+    print("server: " + ", ".join(f"{k} {v}" for k, v in info["postgresql_settings"].items()))
     print(
         common.table(
             [
                 "method",
                 "purge s",
+                "x floor",
+                "x proc",
+                "x plain",
                 "expired calls",
                 "calls left",
                 "writer calls",
@@ -589,7 +807,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "p99 ms",
                 "max ms",
                 "errors",
-                "peak RSS MiB",
+                "dead at end",
+                "autovac during",
+                "autovac +settle",
+                "dead +settle",
+                "bloat %",
             ],
             rows,
         )
@@ -601,6 +823,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "writer_p99_ms<=50": writer["p99_ms"] is not None and writer["p99_ms"] <= TARGET_P99_MS,
             "writer_errors==0": writer["errors"] == 0,
         }
+        if floor:
+            targets["vs_floor>=0.9"] = results["retentiond"]["vs_floor"] >= TARGET_FLOOR_RATIO
         print(
             "targets (retentiond): "
             + ", ".join(f"{k}: {common.fmt(v)}" for k, v in targets.items())
@@ -617,11 +841,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "rate": args.rate,
                 "keep_days": args.keep_days,
                 "batch_size": args.batch_size,
+                "settle_seconds": args.settle_seconds,
                 "cutoff": cutoff.isoformat(),
                 "seed": args.seed,
             },
             "build": build,
             "results": results,
+            "floor": {"method": floor_method, "purge_s": floor},
             "targets": targets,
             "errors": errors,
         },

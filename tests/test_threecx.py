@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -155,6 +156,27 @@ def test_no_batch_deletes_more_than_batch_size_calls(
     assert [batch.number for batch in batches] == [1, 2, 3]
     assert [result.deleted for result in results] == [10, 10, 5]
     assert database.count("cl_calls") == 4
+
+
+def test_without_batch_size_batches_start_at_500_calls_and_adapt_in_bounded_steps(
+    database: PbxDatabase, open_3cx_store: StoreFactory
+) -> None:
+    create_cl_schema(database)
+    cl_history(shuffled(before_cutoff(1300, step_hours=0.01), after_cutoff(3))).insert(database)
+    store = open_3cx_store(database.url)  # no batch_size: sized by how long each batch takes
+
+    batches, results = [], []
+    for batch in store.batches(CUTOFF):
+        batches.append(batch)
+        results.append(store.apply(batch, CUTOFF))
+
+    sizes = [batch.planned for batch in batches]
+    assert sizes[0] == 500
+    assert sum(result.deleted for result in results) == sum(sizes) == 1300
+    for before, after in pairwise(sizes[:-1]):  # the last batch takes what is left
+        assert before * 0.5 <= after <= before * 1.5  # ADAPT_SHRINK, ADAPT_GROWTH
+    assert database.count("cl_calls") == 3
+    assert "then as many as one transaction deletes in about 0.5 s" in store.describe()[-1]
 
 
 def test_planning_without_applying_deletes_nothing(

@@ -1,8 +1,9 @@
 """Deleting a batch of 3CX calls in one transaction: their rows in dependency order, then the calls.
 
-The planned calls still due are locked first (CallQueries.lock), so rows that belong to a call
-are deleted only for a call that is still there and still due. cl_party_info rows may serve
-several calls: those the deleted participants pointed to go once no remaining one does.
+The planned calls still due are locked first (as CallQueries.lock does), so rows that belong to a
+call are deleted only for a call that is still there and still due; the lock and the deletions
+are one statement (one round trip). cl_party_info rows may serve several calls: those the
+deleted participants pointed to go once no remaining one does, in a second statement.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from retentiond.stores.threecx.schema import Generation, PartyInfo
 
 @dataclass
 class Deleted:
-    """One attempt at a deletion batch: the calls it locked and deleted, their times, and the
-    rows per table. `unconfirmed` calls went with a commit whose reply was lost and that no
-    check could attribute. Keys never show in a repr."""
+    """One attempt at a deletion batch: the calls it locked, how many it deleted and the earliest
+    and latest of their times (`bounds`, empty when none is dated), and the rows per table.
+    `unconfirmed` calls went with a commit whose reply was lost and that no check could
+    attribute. Keys and times never show in a repr."""
 
     keys: tuple[Any, ...] = field(repr=False)
-    times: list[Any] = field(repr=False)
+    count: int
+    bounds: tuple[Any, ...] = field(repr=False)
     counts: dict[str, int]
     unconfirmed: int = 0
 
@@ -35,38 +38,63 @@ def delete_calls(
     keys: list[Any],
     guard: Clause,
 ) -> Deleted:
-    """One batch: the calls' rows in dependency order, then the calls."""
-    keys = [key for key, _ in calls.lock(connection, generation, keys, guard)]
-    if not keys:
-        return Deleted((), [], {})
-    counts: dict[str, int] = {}
+    """One batch: the calls' rows in dependency order, then the calls.
+
+    One statement locks the planned calls still matching `guard` (as `CallQueries.lock`) and
+    deletes their rows and them: one round trip instead of one per table. It is atomic and its
+    parts see one snapshot, so no one ever sees a call without its rows or rows without their
+    call; foreign keys between these tables are checked at its end, once all are gone. The
+    party rows no remaining participant points to go in a second statement, which sees the
+    participants the first one deleted gone. Each answers with one row (arrays, counts, the
+    earliest and latest time), not a row per call.
+    """
+    q = calls.q
+    key, time, table = q(generation.key), q(generation.time), q(generation.table)
     party = generation.party
-    pointed_to: list[Any] = []
-    for link in generation.dependents:
-        statement = f"DELETE FROM {calls.q(link.table)} WHERE {calls.q(link.column)} = ANY(:keys)"
+    # ARRAY(...) rather than IN (SELECT ...): an index scan over the sorted keys
+    locked = "ARRAY(SELECT k FROM locked)"
+    parts = [
+        f"locked AS (SELECT c.{key} AS k FROM {table} AS c "
+        f"WHERE c.{key} = ANY(:keys) AND {guard.sql} ORDER BY c.{key} FOR UPDATE OF c)"
+    ]
+    answers = []
+    pointing = None
+    for number, link in enumerate(generation.dependents):
+        returning = "1"
         if party is not None and link.table == party.via.table:
-            result = connection.execute(
-                text(f"{statement} RETURNING {calls.q(party.via.column)}"), {"keys": keys}
-            )
-            values = result.scalars().all()
-            pointed_to = [value for value in values if value is not None]
-            counts[link.table] = len(values)
-        else:
-            counts[link.table] = connection.execute(text(statement), {"keys": keys}).rowcount
+            returning = f"{q(party.via.column)} AS v"
+            pointing = f"d{number}"
+        parts.append(
+            f"d{number} AS (DELETE FROM {q(link.table)} WHERE {q(link.column)} = ANY({locked}) "
+            f"RETURNING {returning})"
+        )
+        answers.append(f"(SELECT COUNT(*) FROM d{number})")
+    parts.append(
+        f"gone AS (DELETE FROM {table} AS c WHERE c.{key} = ANY({locked}) RETURNING c.{time} AS t)"
+    )
+    pointed = (
+        f"(SELECT array_agg(DISTINCT v) FROM {pointing} WHERE v IS NOT NULL)"
+        if pointing
+        else "NULL"
+    )
+    row = connection.execute(
+        text(
+            f"WITH {', '.join(parts)} SELECT {locked}, (SELECT COUNT(*) FROM gone), "
+            f"(SELECT MIN(t) FROM gone), (SELECT MAX(t) FROM gone), {pointed}"
+            + "".join(f", {answer}" for answer in answers)
+        ),
+        {**guard.params, "keys": keys},
+    ).one()
+    if not row[0]:
+        return Deleted((), 0, (), {})
+    counts = {
+        link.table: int(count) for link, count in zip(generation.dependents, row[5:], strict=True)
+    }
+    pointed_to = list(row[4] or ())
     if party is not None and pointed_to:
         counts[party.table] = delete_unused_party_info(calls, connection, party, pointed_to)
-    table, key, time = (
-        calls.q(generation.table),
-        calls.q(generation.key),
-        calls.q(generation.time),
-    )
-    times = list(
-        connection.execute(
-            text(f"DELETE FROM {table} WHERE {key} = ANY(:keys) RETURNING {time}"),
-            {"keys": keys},
-        ).scalars()
-    )
-    return Deleted(tuple(keys), times, counts)
+    bounds = () if row[2] is None else (row[2], row[3])
+    return Deleted(tuple(row[0]), int(row[1]), bounds, counts)
 
 
 def delete_unused_party_info(

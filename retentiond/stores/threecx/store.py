@@ -25,6 +25,7 @@ cl_party_info rows are copied, never rewritten in place: see `anonymize`.
 
 from __future__ import annotations
 
+import time as clock
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -47,6 +48,7 @@ from retentiond.stores.db.connection import Database
 from retentiond.stores.db.dialects import PostgreSQL
 from retentiond.stores.db.retries import UNCONFIRMED_DELETED_MAX, RolledBack
 from retentiond.stores.db.rows import read_rows
+from retentiond.stores.db.sizing import adapted_size
 from retentiond.stores.db.timecols import stored_instant
 from retentiond.stores.db.timekinds import DATETIME_FLOOR, TimeKind
 from retentiond.stores.threecx.anonymize import (
@@ -76,6 +78,11 @@ from retentiond.stores.threecx.schema import (
 log = structlog.get_logger()
 
 UNDATED = "undated"  # a call without a start time: never expires, counted in the survey
+# Without batch_size, each batch's transaction aims at this many seconds. Longer than the sql
+# store's BATCH_TIME: the PBX only inserts new calls, which never wait for the row locks of a
+# purge of old ones (PostgreSQL's MVCC), so a longer batch does not stall it, and fewer batches
+# mean fewer commits, deletion-log fsyncs and round trips.
+BATCH_TIME = 0.5
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,7 @@ class ThreeCxCallsStore(Store):
         self._generations: tuple[Generation, ...] = ()
         self._other_referrers: tuple[str, ...] = ()
         self._applied: tuple[Batch, BatchResult] | None = None
+        self._applied_seconds = 0.0  # how long the last batch's transaction took
         self._anonymization: dict[str, Anonymization] = {}
         self.anonymizes = bool(store.anonymize)
 
@@ -207,7 +215,13 @@ class ThreeCxCallsStore(Store):
                 "in its window, and find and erase find nothing"
             )
         lines.extend(describe_anonymization(self._anonymization, self._generations))
-        lines.append(f"batches of up to {self._store.batch_size} calls, oldest first")
+        if "batch_size" in self._store.model_fields_set:
+            lines.append(f"batches of up to {self._store.batch_size} calls, oldest first")
+        else:
+            lines.append(
+                f"batches of {self._store.batch_size} calls at first, then as many as one "
+                f"transaction deletes in about {BATCH_TIME:g} s, oldest first"
+            )
         return lines
 
     # -- surveying -------------------------------------------------------------------------------
@@ -292,30 +306,43 @@ class ThreeCxCallsStore(Store):
 
     def batches(self, cutoff: datetime, holds: Holds = NO_HOLDS) -> Iterator[Batch]:
         number = 0
+        # batch_size in the config fixes the calls per batch; without it they adapt, from its
+        # default, so each batch's transaction takes about BATCH_TIME (`stores.db.sizing`).
+        aim = None if "batch_size" in self._store.model_fields_set else BATCH_TIME
+        size = self._store.batch_size
         for generation in self._generations:
-            size = self._store.batch_size
             due = self._calls.due(generation, cutoff, None)
             held = self._calls.held(generation, holds)
-            time = f"c.{self._calls.q(generation.time)}"
+            key, time = f"c.{self._calls.q(generation.key)}", f"c.{self._calls.q(generation.time)}"
+            # One row: the keys in an array, and the earliest and latest time (the day span)
             statement = text(
-                f"SELECT c.{self._calls.q(generation.key)}, {time} "
+                f"SELECT array_agg(k), MIN(t), MAX(t) FROM (SELECT {key} AS k, {time} AS t "
                 f"FROM {self._calls.q(generation.table)} AS c "
-                f"WHERE {due.sql} AND NOT {held.sql} ORDER BY {time} LIMIT :n"
+                f"WHERE {due.sql} AND NOT {held.sql} ORDER BY {time} LIMIT :n) AS planned"
             )
             params = {**due.params, **held.params, "n": size}
             while True:
-                rows = self._db.retrying("planning a batch", partial(read_rows, statement, params))
-                if not rows:
+                keys, first, last = self._db.retrying(
+                    "planning a batch", partial(read_rows, statement, params), autocommit=True
+                )[0]
+                if not keys:
                     break
                 number += 1
-                batch = self._batch(number, generation, rows, _Planned(generation.name, (), holds))
+                batch = Batch(
+                    number=number,
+                    planned=len(keys),
+                    span=self._calls.day_span(generation, [first, last]),
+                    payload=_Planned(generation.name, tuple(keys), holds),
+                )
                 self._applied = None
                 yield batch
                 applied = self._applied
                 if applied is None or applied[0] is not batch:
                     return  # not applied (a dry run): the next batch would be this one again
-                if len(rows) < size or applied[1].deleted == 0:
+                if len(keys) < size or applied[1].deleted == 0:
                     break  # none left, or none deletable: the verifying survey tells
+                size = adapted_size(size, aim, len(keys), self._applied_seconds)
+                params["n"] = size
 
     def subject_batches(self, subject: Subject, holds: Holds = NO_HOLDS) -> Iterator[Batch]:
         """The subject's unheld calls of any age, walked forward by key (deleted or not)."""
@@ -504,21 +531,23 @@ class ThreeCxCallsStore(Store):
             again.unconfirmed += len(lost.keys)
             return self._settled(number, "unknown", again)
 
+        started = clock.monotonic()
         try:
             deleted = self._db.retrying("deleting a batch", attempt, write=True, settle=settle)
         except RolledBack as error:
             raise BatchFailed(
                 str(error), BatchResult(deleted=0), error.code, error.sqlstate
             ) from None
+        self._applied_seconds = clock.monotonic() - started
         log.debug(
             "3cx store deleted a batch",
             store=self.label,
             generation=generation.name,
-            calls=len(deleted.times),
+            calls=deleted.count,
             **deleted.counts,
         )
         result = BatchResult(
-            deleted=len(deleted.times), span=self._calls.day_span(generation, deleted.times)
+            deleted=deleted.count, span=self._calls.day_span(generation, deleted.bounds)
         )
         if deleted.unconfirmed:
             # As a reconciled run says it: at most this many more, unconfirmed
@@ -532,7 +561,7 @@ class ThreeCxCallsStore(Store):
             store=self.label,
             batch=number,
             commit=commit,
-            deleted=len(kept.times),
+            deleted=kept.count,
             **({UNCONFIRMED_DELETED_MAX: kept.unconfirmed} if kept.unconfirmed else {}),
         )
         return kept
