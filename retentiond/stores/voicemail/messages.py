@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from retentiond.policy.subjects import Subject
 from retentiond.stores.fs.folders import (
     NOT_REGULAR_FILE,
+    OTHER_FILESYSTEM,
     READ_FLAGS,
     SYMLINK,
     UNREADABLE,
@@ -172,8 +173,12 @@ def _names_a_key_twice(keys: Mapping[bytes, list[bytes]]) -> bool:
     return any(len(values) > 1 for values in keys.values())
 
 
-def read_txt(fd: int, name: bytes) -> tuple[os.stat_result, bytes]:
-    """The status and (first 64 KiB of) text of a msgNNNN.txt, opened without following a link."""
+def read_txt(fd: int, name: bytes, device: int | None = None) -> tuple[os.stat_result, bytes]:
+    """The status and (first 64 KiB of) text of a msgNNNN.txt, opened without following a link.
+
+    Its status is the open file's own, so the text is the one of the file it describes. With
+    `device`, a file on another filesystem (mounted over the name) is OTHER_FILESYSTEM, unread.
+    """
     try:
         txt_fd = os.open(name, READ_FLAGS, dir_fd=fd)
     except FileNotFoundError:
@@ -184,9 +189,13 @@ def read_txt(fd: int, name: bytes) -> tuple[os.stat_result, bytes]:
         status = os.fstat(txt_fd)
         if not stat.S_ISREG(status.st_mode):
             raise Skip(NOT_REGULAR_FILE)
+        if device is not None and status.st_dev != device:
+            raise Skip(OTHER_FILESYSTEM)
         chunks: list[bytes] = []
         size = 0
-        while size < _TXT_LIMIT:
+        # Up to the size it had when opened (one read for a whole .txt), or an empty read.
+        wanted = min(_TXT_LIMIT, max(status.st_size, 1))
+        while size < wanted:
             chunk = os.read(txt_fd, _TXT_LIMIT - size)
             if not chunk:
                 break

@@ -322,33 +322,39 @@ class VoicemailStore(Store):
         """A message's plan, the reason it is left alone, or None when it is gone."""
         files: list[PlannedFile] = []
         newest: datetime | None = None
+        txt = stem + b".txt"
+        text: bytes | None = None
         for name in names:
-            try:
-                status = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            except OSError:
-                return UNREADABLE
-            if stat.S_ISLNK(status.st_mode):
-                return SYMLINK
-            if not stat.S_ISREG(status.st_mode):
-                return NOT_REGULAR_FILE
-            if status.st_dev != self._root.device:
-                # A file mounted over a message's name (a bind mount): another filesystem,
-                # never read nor deleted (its unlink would fail half-way through a message).
-                return OTHER_FILESYSTEM
+            if name == txt:
+                # Its status from the same open as its text: one lookup, and they agree.
+                try:
+                    status, text = read_txt(fd, txt, self._root.device)
+                except Skip as skip:
+                    if skip.reason == VANISHED:
+                        continue
+                    return skip.reason
+            else:
+                try:
+                    status = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                except OSError:
+                    return UNREADABLE
+                if stat.S_ISLNK(status.st_mode):
+                    return SYMLINK
+                if not stat.S_ISREG(status.st_mode):
+                    return NOT_REGULAR_FILE
+                if status.st_dev != self._root.device:
+                    # A file mounted over a message's name (a bind mount): another filesystem,
+                    # never read nor deleted (its unlink would fail half-way through a message).
+                    return OTHER_FILESYSTEM
             files.append(PlannedFile(name, status.st_dev, status.st_ino, status.st_size))
             modified = mtime_age(status)
             newest = modified if newest is None else max(newest, modified)
         if newest is None:
             return None
-        txt = stem + b".txt"
-        if not any(file.name == txt for file in files):
+        if text is None:
             return PlannedMessage(folder, stem, tuple(files), newest, aged_by_mtime=True)
-        try:
-            _, text = read_txt(fd, txt)
-        except Skip as skip:
-            return None if skip.reason == VANISHED else skip.reason
         return PlannedMessage(
             folder,
             stem,
