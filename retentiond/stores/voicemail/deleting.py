@@ -49,6 +49,8 @@ def delete_message(
     planned = {file.name for file in message.files}
     if any(message_stem(name) != message.stem for name in planned):
         return 0, CHANGED, 0
+    if not message.aged_by_mtime and message.txt not in planned:
+        return 0, CHANGED, 0  # dated by a .txt the plan does not hold: its origtime is unchecked
     current = by_stem.get(message.stem, set())
     if not current:
         return 0, _gone(fd, by_stem, message), 0
