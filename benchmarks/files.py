@@ -1,4 +1,4 @@
-"""retentiond vs `find -delete`, `tmpreaper --mtime` and `xargs rm` on a voicemail spool and recordings.
+"""retentiond vs `find -delete`, `tmpreaper` and `xargs rm` on a voicemail spool and recordings.
 
 The trees are built once, as Asterisk and FreePBX write them, over two retention periods (about
 half expired; nothing within 1.5 days of the cutoff, so every method removes the same files):
@@ -228,9 +228,7 @@ def expired_list(roots: Sequence[Path], cutoff: float, path: Path) -> int:
     return count
 
 
-def command_for(
-    method: str, copy: Path, workdir: Path, keep_days: int, cutoff: float
-) -> list[str]:
+def command_for(method: str, copy: Path, workdir: Path, keep_days: int, cutoff: float) -> list[str]:
     roots = [str(copy / "voicemail"), str(copy / "monitor")]
     if method == "retentiond":
         return retentiond_command(copy, workdir, keep_days)
