@@ -1,4 +1,4 @@
-"""retentiond vs `find -delete` vs `tmpreaper --mtime` on a voicemail spool and a recordings tree.
+"""retentiond vs `find -delete`, `tmpreaper` and `xargs rm` on a voicemail spool and recordings.
 
 The trees are built once, as Asterisk and FreePBX write them, over two retention periods (about
 half expired; nothing within 1.5 days of the cutoff, so every method removes the same files):
@@ -13,13 +13,16 @@ Each method gets its own tree, built alike before any purge (same seeds and cloc
 contents and mtimes), the caches are dropped before each purge (when run as root), and each
 method's wall time, CPU time and peak RSS (GNU time) are measured.
 retentiond runs both rules (asterisk_voicemail; files with age_from path_date) with its deletion
-log on; `find ROOT -type f -mtime +KEEP -delete` is the floor.
+log on; `find ROOT -type f -mtime +KEEP -delete` and `tmpreaper --mtime` are what it replaces;
+`xargs -0 rm -f` on the list of expired files, made beforehand and not timed, is the floor: the
+unlinks alone, with no walking, no dating and no checking.
 
     .venv/bin/python benchmarks/files.py                               # 200,000 + 200,000
     .venv/bin/python benchmarks/files.py --messages 300 --recordings 300   # seconds, for CI
 
-Targets (issue 7): retentiond <= 1.5x find's wall time; its peak RSS <= 100 MB. Exit 1 on an
-error (a method failing or leaving the wrong files), not on a missed target.
+Targets (issues 7 and 20): retentiond <= 1.5x find's wall time and at least as fast as tmpreaper;
+its peak RSS <= 100 MB. Exit 1 on an error (a method failing or leaving the wrong files), not on a
+missed target.
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ NAME = "files"
 ZONE = ZoneInfo("Europe/Berlin")
 GAP = timedelta(days=1.5)  # nothing this close to the cutoff: every method agrees on what expired
 PER_MAILBOX = 100  # Asterisk's default maxmsg
-METHODS = ("retentiond", "find", "tmpreaper")
+METHODS = ("retentiond", "find", "tmpreaper", "xargs-rm")
+FLOOR = "xargs-rm"
 TARGET_RATIO = 1.5
 TARGET_RSS_MIB = 100.0
 
@@ -204,10 +208,34 @@ def retentiond_command(copy: Path, workdir: Path, keep_days: int) -> list[str]:
     return [str(common.RETENTIOND), "-c", str(path), "run", "--once", "--json"]
 
 
-def command_for(method: str, copy: Path, workdir: Path, keep_days: int) -> list[str]:
+def expired_list(roots: Sequence[Path], cutoff: float, path: Path) -> int:
+    """Write the expired files under the roots, NUL-terminated, to `path`; how many there are.
+
+    Made before the floor's purge and not timed: `xargs rm` then only unlinks.
+    """
+    count = 0
+    with path.open("wb") as out:
+        for root in roots:
+            stack = [root]
+            while stack:
+                with os.scandir(stack.pop()) as entries:
+                    for entry in entries:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(Path(entry.path))
+                        elif entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                            out.write(os.fsencode(entry.path) + b"\0")
+                            count += 1
+    return count
+
+
+def command_for(method: str, copy: Path, workdir: Path, keep_days: int, cutoff: float) -> list[str]:
     roots = [str(copy / "voicemail"), str(copy / "monitor")]
     if method == "retentiond":
         return retentiond_command(copy, workdir, keep_days)
+    if method == FLOOR:
+        listing = workdir / "expired.list"
+        expired_list([copy / "voicemail", copy / "monitor"], cutoff, listing)
+        return ["xargs", "-0", "-a", str(listing), "rm", "-f", "--"]
     if method == "find":
         # -mtime +N: at least N+1 whole days old; no file is within GAP of keep, so this is keep.
         return ["find", *roots, "-type", "f", "-mtime", f"+{keep_days}", "-delete"]
@@ -220,10 +248,11 @@ def run_method(
     workdir = copy.parent / f"{method}-work"
     workdir.mkdir()
     roots = [copy / "voicemail", copy / "monitor"]
-    command = command_for(method, copy, workdir, args.keep_days)
+    command = command_for(method, copy, workdir, args.keep_days, cutoff)
     cold = False if args.warm else common.drop_caches()
     measured = common.measure(command, workdir=workdir)
     result: dict[str, Any] = {"method": method, "cold_cache": cold, **measured.brief()}
+    result["load_average"] = common.load_average()  # at the end of the purge
     after = census(roots, cutoff)
     result["files_left"] = after["files"]
     result["files_deleted"] = tree.files - after["files"]
@@ -305,19 +334,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.keep_trees:
             shutil.rmtree(base, ignore_errors=True)
 
-    floor = results.get("find", {}).get("wall_s")
+    find_s = results.get("find", {}).get("wall_s")
+    walls = {method: result["wall_s"] for method, result in results.items()}
+    for result in results.values():
+        # Speed ratios (the other's wall time over this one's): above 1 is faster than it.
+        result["ratios"] = {
+            f"vs_{other}": walls[other] / result["wall_s"]
+            for other in ("tmpreaper", "find", FLOOR)
+            if other in walls and result["wall_s"] > 0
+        }
     rows = []
     for method, result in results.items():
+        ratios = result["ratios"]
         rows.append(
             [
                 method,
                 result["wall_s"],
                 result["user_s"],
                 result["sys_s"],
-                result["wall_s"] / floor if floor else None,
+                ratios.get("vs_tmpreaper"),
+                ratios.get("vs_find"),
+                ratios.get(f"vs_{FLOOR}"),
                 result["files_deleted"],
                 result["files_left"],
                 result["peak_rss_mib"],
+                result["load_average"][0],
                 "ok" if not result["problems"] else "ERROR",
             ]
         )
@@ -329,16 +370,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(common.machine_line(info))
     print(
+        "vs X: X's wall time over this method's (above 1: faster than X); "
+        f"floor: {FLOOR}, the unlinks alone of a list made beforehand"
+    )
+    print(
         common.table(
             [
                 "method",
                 "wall s",
                 "user s",
                 "sys s",
-                "x find",
+                "vs tmpreaper",
+                "vs find",
+                "vs floor",
                 "deleted",
                 "left",
                 "peak RSS MiB",
+                "load 1m",
                 "result",
             ],
             rows,
@@ -347,8 +395,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets: dict[str, bool] = {}
     if "retentiond" in results:
         mine = results["retentiond"]
-        if floor:
-            targets["wall<=1.5x_find"] = mine["wall_s"] <= TARGET_RATIO * floor
+        if find_s:
+            targets["wall<=1.5x_find"] = mine["wall_s"] <= TARGET_RATIO * find_s
+        if "vs_tmpreaper" in mine["ratios"]:
+            targets["speed>=1.0x_tmpreaper"] = mine["ratios"]["vs_tmpreaper"] >= 1.0
         targets["peak_rss<=100MB"] = mine["peak_rss_mib"] * common.MIB <= TARGET_RSS_MIB * 1e6
         print(
             "targets (retentiond): "

@@ -3,6 +3,7 @@ each folder with Asterisk (its folder lock, its numbering, its message-waiting l
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -500,6 +501,30 @@ def test_message_deleted_by_its_owner_meanwhile_is_counted_as_vanished(
         path.unlink()
 
     assert store.apply(batch, CUTOFF).skipped == {"vanished": 1}
+
+
+def test_plan_dated_by_a_txt_it_no_longer_holds_deletes_nothing(
+    tmp_path: Path, open_store: StoreFactory
+) -> None:
+    # Young files, an old origtime: without its .txt, nothing says the message has expired.
+    message = add_message(
+        tmp_path, "1001", "INBOX", 0, origtime=LONG_AGO, mtime=YOUNG + timedelta(days=1)
+    )
+    store = open_store(tmp_path)
+    batch = first_batch(store)
+    plan = batch.payload
+    planned = plan.messages[0]
+    txt = planned.stem + b".txt"
+    forged = dataclasses.replace(
+        planned, files=tuple(file for file in planned.files if file.name != txt)
+    )
+    batch = dataclasses.replace(batch, payload=dataclasses.replace(plan, messages=(forged,)))
+    (tmp_path / "default/1001/INBOX/msg0000.txt").unlink()
+
+    result = store.apply(batch, CUTOFF)
+
+    assert (result.deleted, result.skipped) == (0, {"changed": 1})
+    assert all(path.exists() for path in message.paths if path.suffix != ".txt")
 
 
 # -- message-waiting lamps through AMI -----------------------------------------------------------

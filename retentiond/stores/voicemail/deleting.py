@@ -49,6 +49,8 @@ def delete_message(
     planned = {file.name for file in message.files}
     if any(message_stem(name) != message.stem for name in planned):
         return 0, CHANGED, 0
+    if not message.aged_by_mtime and message.txt not in planned:
+        return 0, CHANGED, 0  # dated by a .txt the plan does not hold: its origtime is unchecked
     current = by_stem.get(message.stem, set())
     if not current:
         return 0, _gone(fd, by_stem, message), 0
@@ -57,29 +59,29 @@ def delete_message(
     newest: datetime | None = None
     linked: set[bytes] = set()
     for file in message.files:
-        try:
-            status = os.stat(file.name, dir_fd=fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return 0, CHANGED, 0
-        except OSError:
-            return 0, UNREADABLE, 0
+        if file.name == message.txt and not message.aged_by_mtime:
+            # Its status from the same open as the text checked below: one lookup, and they agree
+            try:
+                status, text = read_txt(fd, message.txt)
+            except Skip:
+                return 0, CHANGED, 0
+            if parse_origtime(text) != message.age:
+                return 0, CHANGED, 0
+        else:
+            try:
+                status = os.stat(file.name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return 0, CHANGED, 0
+            except OSError:
+                return 0, UNREADABLE, 0
         if not same_file(status, file):
             return 0, CHANGED, 0  # renumbered, moved, or rewritten since planning
         if status.st_nlink > 1:
             linked.add(file.name)
         modified = mtime_age(status)
         newest = modified if newest is None else max(newest, modified)
-    if message.aged_by_mtime:
-        if newest is None or not newest < cutoff:
-            return 0, CHANGED, 0
-    else:
-        txt = next(file for file in message.files if file.name == message.txt)
-        try:
-            status, text = read_txt(fd, message.txt)
-        except Skip:
-            return 0, CHANGED, 0
-        if not same_file(status, txt) or parse_origtime(text) != message.age:
-            return 0, CHANGED, 0
+    if message.aged_by_mtime and (newest is None or not newest < cutoff):
+        return 0, CHANGED, 0
     freed = unlinked_linked = 0
     # Asterisk counts a message by its .txt, so the .txt goes last
     for file in sorted(message.files, key=lambda f: f.name == message.txt):

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from retentiond.policy.subjects import Subject
 from retentiond.stores.fs.folders import (
     NOT_REGULAR_FILE,
+    OTHER_FILESYSTEM,
     READ_FLAGS,
     SYMLINK,
     UNREADABLE,
@@ -172,8 +173,12 @@ def _names_a_key_twice(keys: Mapping[bytes, list[bytes]]) -> bool:
     return any(len(values) > 1 for values in keys.values())
 
 
-def read_txt(fd: int, name: bytes) -> tuple[os.stat_result, bytes]:
-    """The status and (first 64 KiB of) text of a msgNNNN.txt, opened without following a link."""
+def read_txt(fd: int, name: bytes, device: int | None = None) -> tuple[os.stat_result, bytes]:
+    """The status and (first 64 KiB of) text of a msgNNNN.txt, opened without following a link.
+
+    Its status is the open file's own, so the text is the one of the file it describes. With
+    `device`, a file on another filesystem (mounted over the name) is OTHER_FILESYSTEM, unread.
+    """
     try:
         txt_fd = os.open(name, READ_FLAGS, dir_fd=fd)
     except FileNotFoundError:
@@ -184,9 +189,13 @@ def read_txt(fd: int, name: bytes) -> tuple[os.stat_result, bytes]:
         status = os.fstat(txt_fd)
         if not stat.S_ISREG(status.st_mode):
             raise Skip(NOT_REGULAR_FILE)
+        if device is not None and status.st_dev != device:
+            raise Skip(OTHER_FILESYSTEM)
         chunks: list[bytes] = []
         size = 0
-        while size < _TXT_LIMIT:
+        # Up to the size it had when opened (one read for a whole .txt), or an empty read.
+        wanted = min(_TXT_LIMIT, max(status.st_size, 1))
+        while size < wanted:
             chunk = os.read(txt_fd, _TXT_LIMIT - size)
             if not chunk:
                 break
@@ -200,6 +209,30 @@ def read_txt(fd: int, name: bytes) -> tuple[os.stat_result, bytes]:
     if size >= _TXT_LIMIT:  # a line cut by the limit (`origtime=17` of a longer value) is no line
         text = text[: text.rfind(b"\n") + 1]
     return status, text
+
+
+def prefetch_txts(fd: int, names: Iterable[bytes], device: int) -> None:
+    """Ask the disk for the contents of a folder's msgNNNN.txt files at once, without waiting.
+
+    Read one after the other from a cold cache, each .txt costs the disk a round trip; asked
+    for together (POSIX_FADV_WILLNEED starts the read and returns), they come in one queue.
+    Opened as read_txt opens them (no link followed, no FIFO waited for), and only a regular
+    file on the root's filesystem is asked for; anything else is passed over here, and
+    read_txt finds and counts why.
+    """
+    for name in names:
+        try:
+            txt_fd = os.open(name, READ_FLAGS, dir_fd=fd)
+        except OSError:
+            continue
+        try:
+            status = os.fstat(txt_fd)
+            if stat.S_ISREG(status.st_mode) and status.st_dev == device:
+                os.posix_fadvise(txt_fd, 0, _TXT_LIMIT, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass  # only a hint
+        finally:
+            os.close(txt_fd)
 
 
 def messages_by_stem(names: Iterable[bytes]) -> dict[bytes, set[bytes]]:

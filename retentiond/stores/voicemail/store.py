@@ -67,6 +67,7 @@ from retentiond.stores.voicemail.messages import (
     messages_by_stem,
     parse_callerids,
     parse_origtime,
+    prefetch_txts,
     read_txt,
     subfolders,
 )
@@ -176,7 +177,7 @@ class VoicemailStore(Store):
         held_by: Counter[str] = Counter()
         total = expired = expired_bytes = held = 0
         oldest: datetime | None = None
-        for found in self._walk(skipped):
+        for found in self._walk(skipped, prefetch=True):
             total += 1
             if isinstance(found, str) or found.age is None:
                 skipped[found if isinstance(found, str) else MALFORMED_TXT] += 1
@@ -290,10 +291,14 @@ class VoicemailStore(Store):
 
     # -- walking ---------------------------------------------------------------------------------
 
-    def _walk(self, skipped: Counter[str]) -> Iterator[PlannedMessage | str]:
+    def _walk(
+        self, skipped: Counter[str], *, prefetch: bool = False
+    ) -> Iterator[PlannedMessage | str]:
         """Every message in spool order: dated ones as plans, the others as the reason why not.
 
         One folder's names are in memory at a time; folder-level blind spots go to `skipped`.
+        With `prefetch` (the survey, the run's first walk, on a cache that may be cold), each
+        folder's .txt files are asked of the disk together before they are read one by one.
         """
         root_fd = self._require_open()
         device = self._root.device
@@ -301,16 +306,21 @@ class VoicemailStore(Store):
             for mailbox, mailbox_fd in subfolders(context_fd, device, skipped):
                 # tmp/ holds recordings in progress; Asterisk renames them into a folder
                 for folder, folder_fd in subfolders(mailbox_fd, device, skipped, leave=b"tmp"):
-                    yield from self._messages((context, mailbox, folder), folder_fd, skipped)
+                    yield from self._messages(
+                        (context, mailbox, folder), folder_fd, skipped, prefetch=prefetch
+                    )
 
     def _messages(
-        self, folder: tuple[bytes, ...], fd: int, skipped: Counter[str]
+        self, folder: tuple[bytes, ...], fd: int, skipped: Counter[str], *, prefetch: bool
     ) -> Iterator[PlannedMessage | str]:
         groups: dict[bytes, list[bytes]] = {}
         for name in list_folder(fd, skipped):
             stem = message_stem(name)
             if stem is not None:
                 groups.setdefault(stem, []).append(name)
+        if prefetch:
+            txts = [stem + b".txt" for stem in groups if stem + b".txt" in groups[stem]]
+            prefetch_txts(fd, txts, self._root.device)
         for stem in sorted(groups):
             found = self._examine(folder, fd, stem, groups[stem])
             if found is not None:
@@ -322,33 +332,39 @@ class VoicemailStore(Store):
         """A message's plan, the reason it is left alone, or None when it is gone."""
         files: list[PlannedFile] = []
         newest: datetime | None = None
+        txt = stem + b".txt"
+        text: bytes | None = None
         for name in names:
-            try:
-                status = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            except OSError:
-                return UNREADABLE
-            if stat.S_ISLNK(status.st_mode):
-                return SYMLINK
-            if not stat.S_ISREG(status.st_mode):
-                return NOT_REGULAR_FILE
-            if status.st_dev != self._root.device:
-                # A file mounted over a message's name (a bind mount): another filesystem,
-                # never read nor deleted (its unlink would fail half-way through a message).
-                return OTHER_FILESYSTEM
+            if name == txt:
+                # Its status from the same open as its text: one lookup, and they agree.
+                try:
+                    status, text = read_txt(fd, txt, self._root.device)
+                except Skip as skip:
+                    if skip.reason == VANISHED:
+                        continue
+                    return skip.reason
+            else:
+                try:
+                    status = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                except OSError:
+                    return UNREADABLE
+                if stat.S_ISLNK(status.st_mode):
+                    return SYMLINK
+                if not stat.S_ISREG(status.st_mode):
+                    return NOT_REGULAR_FILE
+                if status.st_dev != self._root.device:
+                    # A file mounted over a message's name (a bind mount): another filesystem,
+                    # never read nor deleted (its unlink would fail half-way through a message).
+                    return OTHER_FILESYSTEM
             files.append(PlannedFile(name, status.st_dev, status.st_ino, status.st_size))
             modified = mtime_age(status)
             newest = modified if newest is None else max(newest, modified)
         if newest is None:
             return None
-        txt = stem + b".txt"
-        if not any(file.name == txt for file in files):
+        if text is None:
             return PlannedMessage(folder, stem, tuple(files), newest, aged_by_mtime=True)
-        try:
-            _, text = read_txt(fd, txt)
-        except Skip as skip:
-            return None if skip.reason == VANISHED else skip.reason
         return PlannedMessage(
             folder,
             stem,
