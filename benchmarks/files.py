@@ -21,7 +21,7 @@ unlinks alone, with no walking, no dating and no checking.
     .venv/bin/python benchmarks/files.py --messages 300 --recordings 300   # seconds, for CI
 
 Targets (issues 7 and 20): retentiond <= 1.5x find's wall time and at least as fast as tmpreaper;
-its peak RSS <= 100 MB. Exit 1 on an error (a method failing or leaving the wrong files), not on a
+its peak RSS <= 80 MB. Exit 1 on an error (a method failing or leaving the wrong files), not on a
 missed target.
 """
 
@@ -57,7 +57,7 @@ PER_MAILBOX = 100  # Asterisk's default maxmsg
 METHODS = ("retentiond", "find", "tmpreaper", "xargs-rm")
 FLOOR = "xargs-rm"
 TARGET_RATIO = 1.5
-TARGET_RSS_MIB = 100.0
+TARGET_RSS_MIB = 80.0  # MB despite the name (issue 20: a run process <= 80 MB at every size)
 
 
 @dataclass
@@ -399,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             targets["wall<=1.5x_find"] = mine["wall_s"] <= TARGET_RATIO * find_s
         if "vs_tmpreaper" in mine["ratios"]:
             targets["speed>=1.0x_tmpreaper"] = mine["ratios"]["vs_tmpreaper"] >= 1.0
-        targets["peak_rss<=100MB"] = mine["peak_rss_mib"] * common.MIB <= TARGET_RSS_MIB * 1e6
+        targets["peak_rss<=80MB"] = mine["peak_rss_mib"] * common.MIB <= TARGET_RSS_MIB * 1e6
         print(
             "targets (retentiond): "
             + ", ".join(f"{k}: {common.fmt(v)}" for k, v in targets.items())
