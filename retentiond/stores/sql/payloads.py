@@ -47,6 +47,18 @@ class RangePlan:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """Consecutive rows to delete in key order, as the survey found them: keys `low` to `high`,
+    `rows` of them, with times from `first` to `last`."""
+
+    low: Any
+    high: Any
+    rows: int
+    first: Any
+    last: Any
+
+
+@dataclass(frozen=True)
 class Rewrite:
     """An anonymize batch's payload: each row's key (None without one) and the values read
     (the time column first, then the transformed columns), and the predicate they matched."""
