@@ -175,3 +175,20 @@ def test_planned_batches_count_the_rows_they_delete(
     assert events.listed() == events.listed(
         f"{events.column} >= :t", t=events.stored(CUTOFF_IN_BERLIN)
     )
+
+
+@pytest.mark.parametrize("database", ALL_BACKENDS, indirect=True)
+def test_the_plan_stays_small_however_many_rows_are_to_go(
+    database: PbxDatabase, open_sql_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("retentiond.stores.sql.survey.MAX_SEGMENTS", 3)
+    events = Events(database)
+    events.insert([before_cutoff(1000 - 3 * i) for i in range(101)] + [after_cutoff(1)])
+    store = open_sql_store(database.url, events.table, events.column, batch_size=10)
+
+    store.survey(CUTOFF)
+    results = purge(store)
+
+    # three segments of at most 34 rows: batches larger than batch_size, and every row goes
+    assert [result.deleted for result in results] == [34, 34, 33]
+    assert len(events.listed()) == 1

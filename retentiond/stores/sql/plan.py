@@ -30,7 +30,7 @@ from retentiond.policy.rules import NO_HOLDS, Holds
 from retentiond.policy.subjects import Subject
 from retentiond.stores.base import Batch
 from retentiond.stores.db.rows import read_rows
-from retentiond.stores.sql.payloads import Deletion, RangePlan, Segment
+from retentiond.stores.sql.payloads import Deletion, RangePlan, Segments
 from retentiond.stores.sql.predicates import Predicate, bind
 from retentiond.stores.sql.survey import Surveying
 
@@ -189,28 +189,26 @@ class Planning(Surveying):
         segments = self._walk_segments(cutoff, holds, where)
         if not segments:
             return
-        last = segments[0].low - 1  # integer keys: the walk starts just below the first
+        last = segments.low - 1  # integer keys: the walk starts just below the first
         number = position = 0
         while position < len(segments):
-            size, rows = self._batch_size, 0
-            taken: list[Segment] = []
-            while position < len(segments) and (
-                not taken or rows + segments[position].rows <= size
-            ):
-                taken.append(segments[position])
-                rows += segments[position].rows
+            size, start = self._batch_size, position
+            rows = segments.rows[position]
+            position += 1
+            while position < len(segments) and rows + segments.rows[position] <= size:
+                rows += segments.rows[position]
                 position += 1
-            upper = taken[-1].high
+            upper = segments.high[position - 1]
             number += 1
             yield Batch(
                 number=number,
                 planned=rows,
-                span=self._day_span(t for s in taken for t in (s.first, s.last)),
+                span=segments.span(start, position),
                 payload=Deletion(where, walk=(last, upper)),
             )
             last = upper
 
-    def _walk_segments(self, cutoff: datetime, holds: Holds, where: Predicate) -> list[Segment]:
+    def _walk_segments(self, cutoff: datetime, holds: Holds, where: Predicate) -> Segments:
         """The survey's segments of the rows to delete, else read now."""
         cached, self._walk_range = self._walk_range, None
         if cached is not None and cached[:2] == (cutoff, holds):

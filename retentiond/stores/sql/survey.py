@@ -19,13 +19,14 @@ from retentiond.policy.rules import NO_HOLDS, Holds
 from retentiond.stores.base import Survey
 from retentiond.stores.db.timecols import stored_instant
 from retentiond.stores.sql.holds import HeldRows
-from retentiond.stores.sql.payloads import Segment
+from retentiond.stores.sql.payloads import Segments
 from retentiond.stores.sql.predicates import Predicate, bind
 from retentiond.stores.sql.sizing import ADAPT_MIN_ROWS
 
-# The key walk's segments (see Surveying._read_segments): at most this many per run, kept as
-# one small row each (about 200 bytes: 10 MB at 50,000), whatever the table's size.
-MAX_SEGMENTS = 50_000
+# The key walk's segments (see Surveying._read_segments): at most this many per run, about 60
+# bytes each (6 MB: 100 million rows to delete in batches of 1000). Beyond that many batches'
+# rows, each batch takes proportionally more, so the plan stays this small whatever the size.
+MAX_SEGMENTS = 100_000
 
 # Rows whose time is NULL or no date at all, as counted in Survey.skipped: never expired.
 UNDATED = "undated"
@@ -40,7 +41,7 @@ class Surveying(HeldRows):
         survey = self._survey(expired, holds)
         if walk:
             self._walk_range = None
-            segments: list[Segment] = []
+            segments = Segments()
             if survey.expired:
                 # The key ranges of all batches at once (none left: the verifying survey)
                 where = self._unheld(expired, holds)
@@ -52,29 +53,33 @@ class Surveying(HeldRows):
 
     def _read_segments(
         self, where: Predicate, expected: int | None, connection: Connection
-    ) -> list[Segment]:
+    ) -> Segments:
         """The rows matching `where` in key order, split into segments of the batch size (a
         quarter of it when the size adapts, so batches can follow it), each read as one row:
         its lowest and highest key, its rows, their first and last time. At most MAX_SEGMENTS
-        of them (larger segments when there are more rows), so memory stays flat however large
-        the table. One pass over the table, like the survey's counts."""
+        of them (larger segments when there are more rows), streamed and kept compact, so
+        memory stays flat however large the table. One pass over the table, like the survey's
+        counts."""
         size = self._batch_size
         if self.batch_time is not None:
             size = max(size // 4, ADAPT_MIN_ROWS)
-        size = max(size, 1, -(-(expected or 0) // MAX_SEGMENTS))
         if expected is None:  # not surveyed: count first, to bound the segments
             count = bind(f"SELECT COUNT(*) FROM {self._table_sql} WHERE {where.sql}", where)
-            total = int(connection.execute(*count).scalar() or 0)
-            size = max(size, -(-total // MAX_SEGMENTS))
+            expected = int(connection.execute(*count).scalar() or 0)
+        size = max(size, 1, -(-expected // MAX_SEGMENTS))
         key, time_sql = self._require_layout().key, self._time_sql
-        statement = bind(
+        statement, params = bind(
             f"SELECT MIN(s.k), MAX(s.k), COUNT(*), MIN(s.t), MAX(s.t) FROM ("
             f"SELECT {key} AS k, {time_sql} AS t, ROW_NUMBER() OVER (ORDER BY {key}) - 1 AS r "
             f"FROM {self._table_sql} WHERE {where.sql}) AS s "
             f"GROUP BY s.r - s.r % {int(size)} ORDER BY MIN(s.k)",
             where,
         )
-        return [Segment(*row) for row in connection.execute(*statement)]
+        segments = Segments()
+        rows = connection.execute(statement, params, execution_options={"stream_results": True})
+        for low, high, count, first, last in rows:
+            segments.add(low, high, count, self._day_span((first, last)))
+        return segments
 
     def _survey(self, expired: Predicate, holds: Holds) -> Survey:
         """Counts of `expired` rows, held ones per hold, in one pass."""
