@@ -15,7 +15,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {
     # its own mariadbd on a port apart from a `make bench` that may be running
-    "sql_mariadb": ["--rows", "2000", "--scaling-rows", "1000", "--port", "3417"],
+    "sql_mariadb": [
+        *("--rows", "2000", "--scaling-rows", "1000", "--port", "3417", "--slow-log"),
+        *("--floor-batch-sizes", "500,1000", "--retentiond-batch-sizes", "1000"),
+    ],
     "sql_scale": ["--rows", "2000", "--small-rows", "1000", "--chunk", "500", "--port", "3418"],
     "pg_3cx": ["--calls", "300", "--baseline-seconds", "1", "--settle-seconds", "1"],
     "files": ["--messages", "200", "--recordings", "200", "--warm"],

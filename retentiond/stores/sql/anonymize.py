@@ -85,7 +85,7 @@ class Anonymizing(Deleting):
         self, cutoff: datetime, holds: Holds = NO_HOLDS, since: datetime | None = None
     ) -> Survey:
         self._require_anonymize()
-        return self._survey(self._expired(cutoff) & self._since(since), holds)[0]
+        return self._survey(self._expired(cutoff) & self._since(since), holds)
 
     def anonymize_batches(
         self, cutoff: datetime, holds: Holds = NO_HOLDS, since: datetime | None = None

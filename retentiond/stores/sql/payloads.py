@@ -7,8 +7,10 @@ that predicate, so a row held or changed since it was planned is left alone.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from sqlalchemy import Connection
@@ -44,6 +46,38 @@ class RangePlan:
     upto: Any = None
     tied: Any = None
     more: bool = True
+
+
+@dataclass
+class Segments:
+    """The key walk's rows to delete in key order, as the survey split them: segment i holds
+    `rows[i]` rows with keys above the previous segment's highest (from `low` for the first) up
+    to `high[i]`, their times on the days `first[i]` to `last[i]` (ordinals; 0: not known).
+    Kept compact, a few bytes per segment, so that a huge table's plan stays small."""
+
+    low: Any = None
+    high: list[Any] = field(default_factory=list)
+    rows: array[int] = field(default_factory=lambda: array("q"))
+    first: array[int] = field(default_factory=lambda: array("l"))
+    last: array[int] = field(default_factory=lambda: array("l"))
+
+    def add(self, low: Any, high: Any, rows: int, span: tuple[date, date] | None) -> None:
+        if self.low is None:
+            self.low = low
+        self.high.append(high)
+        self.rows.append(int(rows))
+        self.first.append(span[0].toordinal() if span else 0)
+        self.last.append(span[1].toordinal() if span else 0)
+
+    def __len__(self) -> int:
+        return len(self.high)
+
+    def span(self, start: int, stop: int) -> tuple[date, date] | None:
+        """The first and last day of segments start to stop - 1, if every one's is known."""
+        firsts, lasts = self.first[start:stop], self.last[start:stop]
+        if not firsts or 0 in firsts:
+            return None
+        return date.fromordinal(min(firsts)), date.fromordinal(max(lasts))
 
 
 @dataclass(frozen=True)

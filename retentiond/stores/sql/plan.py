@@ -10,8 +10,10 @@ How a batch finds its rows follows from the table, chosen at `open` and shown by
   at the batch's edge are counted by the plan; when they would take it past n the batch stops
   before them, and when n rows share one time it deletes n of those (LIMIT, or their keys).
 - key_walk: no index on the time column, but an integer primary key (FreePBX `cel`,
-  cdr_sqlite3_custom's AcctId). Each batch covers the next n key values through the primary
-  key; its plan is one summary row too.
+  cdr_sqlite3_custom's AcctId). The survey's pass over the table already reads every row; with
+  rows to delete, one more statement splits them, in key order, into segments of n rows each
+  (their key range, count, first and last time; one row per segment, so memory stays flat).
+  Each batch then deletes the next key range under the full predicate: no read per batch.
 - scan: neither. Correct but every batch reads the table; `describe` says which index fixes it.
 """
 
@@ -22,13 +24,13 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
 from retentiond.policy.rules import NO_HOLDS, Holds
 from retentiond.policy.subjects import Subject
 from retentiond.stores.base import Batch
 from retentiond.stores.db.rows import read_rows
-from retentiond.stores.sql.payloads import Deletion, RangePlan
+from retentiond.stores.sql.payloads import Deletion, RangePlan, Segments
 from retentiond.stores.sql.predicates import Predicate, bind
 from retentiond.stores.sql.survey import Surveying
 
@@ -179,86 +181,39 @@ class Planning(Surveying):
                 return
 
     def _walk_batches(self, cutoff: datetime, holds: Holds, where: Predicate) -> Iterator[Batch]:
-        """Each batch: the next n key values; only its rows matching `where` count and get
-        deleted. The plan is one summary row: how many match, their first and last time."""
-        low, high = self._walk_bounds(cutoff, holds, where)
-        if low is None or high is None:
+        """Each batch: the next key range of the survey's segments (see `_read_segments`),
+        enough of them for the batch size; its rows matching `where` are deleted. No planning
+        read per batch: the survey's segments say each range's rows and their first and last
+        time. Rows changed since are left to the delete's own predicate (checked again on every
+        row), and rows past the last range to the verifying survey."""
+        segments = self._walk_segments(cutoff, holds, where)
+        if not segments:
             return
-        last = low - 1  # integer keys: the walk starts just below the first expired one
-        number = 0
-        planned: tuple[Any, Any, tuple[Any, Any, Any, Any]] | None = None  # read ahead
-        while last < high:
-            if planned is not None and planned[0] == last:
-                _, upper, summary = planned
-            else:
-                upper = min(last + self._batch_size, high)
-                summary = self._db.retrying(
-                    "planning a batch", partial(self._plan_walk, where, last, upper, high)
-                )
-            planned = None
-            count, first, latest, following = summary
-            following_last = None if following is None else max(upper, following - 1)
-            if count:
-                number += 1
-                payload = Deletion(
-                    where,
-                    walk=(last, upper),
-                    ahead=None
-                    if following_last is None or following_last >= high
-                    else partial(self._walk_ahead, where, following_last, high),
-                )
-                yield Batch(
-                    number=number,
-                    planned=int(count),
-                    span=self._day_span((first, latest)),
-                    payload=payload,
-                )
-                planned = self._planned_ahead(payload)[1]
-            if following_last is None:
-                return
-            last = following_last
+        last = segments.low - 1  # integer keys: the walk starts just below the first
+        number = position = 0
+        while position < len(segments):
+            size, start = self._batch_size, position
+            rows = segments.rows[position]
+            position += 1
+            while position < len(segments) and rows + segments.rows[position] <= size:
+                rows += segments.rows[position]
+                position += 1
+            upper = segments.high[position - 1]
+            number += 1
+            yield Batch(
+                number=number,
+                planned=rows,
+                span=segments.span(start, position),
+                payload=Deletion(where, walk=(last, upper)),
+            )
+            last = upper
 
-    def _walk_ahead(
-        self, where: Predicate, last: Any, end: Any, connection: Connection
-    ) -> tuple[Any, Any, tuple[Any, Any, Any, Any]]:
-        upper = min(last + self._batch_size, end)
-        return last, upper, self._plan_walk(where, last, upper, end, connection)
-
-    def _plan_walk(
-        self, where: Predicate, last: Any, upper: Any, end: Any, connection: Connection
-    ) -> tuple[Any, Any, Any, Any]:
-        """Rows matching `where` with keys in (last, upper]: count, first and last time; and the
-        lowest key above `upper` up to `end` when none matched (sparse keys: the walk skips to
-        it), else `upper` + 1."""
-        key = self._require_layout().key
-        statement = bind(
-            f"SELECT COUNT(*), MIN({self._time_sql}), MAX({self._time_sql}) "
-            f"FROM {self._table_sql} WHERE {key} > :last AND {key} <= :hi AND {where.sql}",
-            where,
-            last=last,
-            hi=upper,
-        )
-        count, first, latest = connection.execute(*statement).one()
-        if count:
-            return count, first, latest, upper + 1
-        after = f"SELECT MIN({key}) FROM {self._table_sql} WHERE {key} > :hi AND {key} <= :end"
-        following = connection.execute(text(after), {"hi": upper, "end": end}).scalar()
-        return count, first, latest, following
-
-    def _walk_bounds(self, cutoff: datetime, holds: Holds, where: Predicate) -> tuple[Any, Any]:
-        """The lowest and highest key of rows to delete: from the survey, else one scan now."""
+    def _walk_segments(self, cutoff: datetime, holds: Holds, where: Predicate) -> Segments:
+        """The survey's segments of the rows to delete, else read now."""
         cached, self._walk_range = self._walk_range, None
         if cached is not None and cached[:2] == (cutoff, holds):
             return cached[2]
-        key = self._require_layout().key
-        statement = bind(
-            f"SELECT MIN({key}), MAX({key}) FROM {self._table_sql} WHERE {where.sql}", where
-        )
-        row = self._db.retrying(
-            "finding the expired key range",
-            lambda connection: connection.execute(*statement).one(),
-        )
-        return row[0], row[1]
+        return self._db.retrying("planning the batches", partial(self._read_segments, where, None))
 
     def subject_batches(self, subject: Subject, holds: Holds = NO_HOLDS) -> Iterator[Batch]:
         return self._repeated_batches(self._unheld(self._naming(subject), holds), ordered=False)

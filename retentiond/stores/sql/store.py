@@ -241,10 +241,10 @@ class SqlStore(Describing):
             return Layout("time_index", reason, key)
         if key is not None and integer_key:
             reason = (
-                f"no index on {time_name}; integer key {key_name}: each batch walks the next "
-                f"{self._batch_size} key values and deletes those with {time_name} < cutoff; "
-                f"the survey reads the table once per run ({self._index_hint()} would let "
-                "batches go by time)"
+                f"no index on {time_name}; integer key {key_name}: the survey reads the table "
+                f"once per run and, with rows to delete, once more to split them into key "
+                f"ranges of {self._batch_size} rows; each batch deletes the next range's rows "
+                f"with {time_name} < cutoff ({self._index_hint()} would let batches go by time)"
             )
             return Layout("key_walk", reason, key)
         if key is None and not self._dialect.deletes_without_key:

@@ -30,7 +30,7 @@ from retentiond.stores.db.dialects import Dialect, TableStorage
 from retentiond.stores.db.timecols import stored_instant, time_bound, time_floor
 from retentiond.stores.db.timekinds import TimeKind
 from retentiond.stores.sql.file_root import FileRoot
-from retentiond.stores.sql.payloads import Deletion
+from retentiond.stores.sql.payloads import Deletion, Segments
 from retentiond.stores.sql.predicates import Predicate, bind
 from retentiond.stores.sql.sizing import adapted_size
 
@@ -71,9 +71,9 @@ class SqlTable(Store):
         self._file_name = ""
         self._file_index: str | None = None
         self._files: FileRoot | None = None
-        # The walk's key range of unheld expired rows from the last survey, so batches() need not
+        # The walk's segments of unheld expired rows from the last survey, so batches() need not
         # scan again when it is asked for the same cutoff and holds.
-        self._walk_range: tuple[datetime, Holds, tuple[Any, Any]] | None = None
+        self._walk_range: tuple[datetime, Holds, Segments] | None = None
         self.anonymizes = bool(store.anonymize)
         # subject_columns: their names, and each as SQL text to compare with a subject's values.
         self._subject_names: list[str] = []
