@@ -21,7 +21,7 @@ from retentiond.stores.db.timecols import stored_instant
 from retentiond.stores.sql.holds import HeldRows
 from retentiond.stores.sql.payloads import Segments
 from retentiond.stores.sql.predicates import Predicate, bind
-from retentiond.stores.sql.sizing import ADAPT_MIN_ROWS
+from retentiond.stores.db.sizing import ADAPT_MIN_ROWS
 
 # The key walk's segments (see Surveying._read_segments): at most this many per run, about 60
 # bytes each (6 MB: 100 million rows to delete in batches of 1000). Beyond that many batches'
