@@ -192,3 +192,35 @@ def test_the_plan_stays_small_however_many_rows_are_to_go(
     # three segments of at most 34 rows: batches larger than batch_size, and every row goes
     assert [result.deleted for result in results] == [34, 34, 33]
     assert len(events.listed()) == 1
+
+
+@pytest.mark.parametrize("database", ALL_BACKENDS, indirect=True)
+def test_the_survey_reads_the_table_once_for_counts_and_ranges_alike(
+    database: PbxDatabase, open_sql_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_sql_throughput import watch
+
+    events = Events(database)
+    times = [before_cutoff(400 - 5 * i) for i in range(40)] + [after_cutoff(i) for i in (1, 2)]
+    events.insert(times)
+    window = HoldScope(
+        "HOLD-1",
+        before_cutoff(300).replace(tzinfo=BERLIN).astimezone(UTC),
+        before_cutoff(250).replace(tzinfo=BERLIN).astimezone(UTC),
+    )
+    store = open_sql_store(database.url, events.table, events.column, batch_size=8)
+    traffic = watch(store._db.engine, monkeypatch)
+
+    surveyed = store.survey(CUTOFF, Holds((window,)))
+    reads = [sql for sql, _ in traffic.statements if sql.startswith("SELECT")]
+    results = purge(store, Holds((window,)))
+
+    # the key's bounds (from the primary key's index) and one grouped pass: nothing else
+    assert len(reads) == 2, reads
+    assert "GROUP BY" not in reads[0] and "GROUP BY" in reads[1]
+    assert "OVER" not in reads[1], "no window function: it runs on MySQL 5.7 and sorts nothing"
+    assert surveyed.total == 42 and surveyed.held == 10 and surveyed.held_by == {"HOLD-1": 10}
+    assert surveyed.expired == 30
+    assert sum(result.deleted for result in results) == 30
+    assert all(0 < result.deleted <= 8 for result in results)
+    assert len(events.listed()) == 12

@@ -10,10 +10,10 @@ How a batch finds its rows follows from the table, chosen at `open` and shown by
   at the batch's edge are counted by the plan; when they would take it past n the batch stops
   before them, and when n rows share one time it deletes n of those (LIMIT, or their keys).
 - key_walk: no index on the time column, but an integer primary key (FreePBX `cel`,
-  cdr_sqlite3_custom's AcctId). The survey's pass over the table already reads every row; with
-  rows to delete, one more statement splits them, in key order, into segments of n rows each
-  (their key range, count, first and last time; one row per segment, so memory stays flat).
-  Each batch then deletes the next key range under the full predicate: no read per batch.
+  cdr_sqlite3_custom's AcctId). The survey's one pass over the table also splits the rows to
+  delete into segments of consecutive keys (their key range, count, first and last time; one
+  row per segment, so memory stays flat). Each batch then deletes the next key range under the
+  full predicate: no read per batch.
 - scan: neither. Correct but every batch reads the table; `describe` says which index fixes it.
 """
 
@@ -181,12 +181,12 @@ class Planning(Surveying):
                 return
 
     def _walk_batches(self, cutoff: datetime, holds: Holds, where: Predicate) -> Iterator[Batch]:
-        """Each batch: the next key range of the survey's segments (see `_read_segments`),
+        """Each batch: the next key range of the survey's segments (see `_walk_pass`),
         enough of them for the batch size; its rows matching `where` are deleted. No planning
         read per batch: the survey's segments say each range's rows and their first and last
         time. Rows changed since are left to the delete's own predicate (checked again on every
         row), and rows past the last range to the verifying survey."""
-        segments = self._walk_segments(cutoff, holds, where)
+        segments = self._walk_segments(cutoff, holds)
         if not segments:
             return
         last = segments.low - 1  # integer keys: the walk starts just below the first
@@ -208,12 +208,16 @@ class Planning(Surveying):
             )
             last = upper
 
-    def _walk_segments(self, cutoff: datetime, holds: Holds, where: Predicate) -> Segments:
+    def _walk_segments(self, cutoff: datetime, holds: Holds) -> Segments:
         """The survey's segments of the rows to delete, else read now."""
         cached, self._walk_range = self._walk_range, None
         if cached is not None and cached[:2] == (cutoff, holds):
             return cached[2]
-        return self._db.retrying("planning the batches", partial(self._read_segments, where, None))
+        expired = self._expired(cutoff)
+        _, segments = self._db.retrying(
+            "planning the batches", partial(self._walk_pass, expired, holds)
+        )
+        return segments
 
     def subject_batches(self, subject: Subject, holds: Holds = NO_HOLDS) -> Iterator[Batch]:
         return self._repeated_batches(self._unheld(self._naming(subject), holds), ordered=False)

@@ -1,14 +1,14 @@
 """Counting a table's rows: total, expired, held (per hold), undated, and the oldest time.
 
 With an index on the time column, each count reads only its range; without one, the counts are
-one pass over the table. For the key walk, the survey also splits the unheld expired rows into
-the key ranges of the batches (one more pass, only when rows are to be deleted), so the batches
-need no read of their own.
+one pass over the table. For the key walk, that same pass also splits the unheld expired rows
+into the key ranges of the batches (`_walk_pass`), so the batches need no read of their own.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -17,13 +17,13 @@ from sqlalchemy import Connection, text
 
 from retentiond.policy.rules import NO_HOLDS, Holds
 from retentiond.stores.base import Survey
+from retentiond.stores.db.sizing import ADAPT_MIN_ROWS
 from retentiond.stores.db.timecols import stored_instant
 from retentiond.stores.sql.holds import HeldRows
 from retentiond.stores.sql.payloads import Segments
 from retentiond.stores.sql.predicates import Predicate, bind
-from retentiond.stores.db.sizing import ADAPT_MIN_ROWS
 
-# The key walk's segments (see Surveying._read_segments): at most this many per run, about 60
+# The key walk's segments (see Surveying._walk_pass): at most this many per run, about 60
 # bytes each (6 MB: 100 million rows to delete in batches of 1000). Beyond that many batches'
 # rows, each batch takes proportionally more, so the plan stays this small whatever the size.
 MAX_SEGMENTS = 100_000
@@ -36,50 +36,91 @@ class Surveying(HeldRows):
     """The survey of expired rows and the oldest stored time."""
 
     def survey(self, cutoff: datetime, holds: Holds = NO_HOLDS) -> Survey:
-        walk = self.strategy == "key_walk"
         expired = self._expired(cutoff)
-        survey = self._survey(expired, holds)
-        if walk:
-            self._walk_range = None
-            segments = Segments()
-            if survey.expired:
-                # The key ranges of all batches at once (none left: the verifying survey)
-                where = self._unheld(expired, holds)
-                segments = self._db.retrying(
-                    "surveying", partial(self._read_segments, where, survey.expired)
-                )
-            self._walk_range = (cutoff, holds, segments)
+        if self.strategy != "key_walk":
+            return self._survey(expired, holds)
+        self._walk_range = None
+        survey, segments = self._db.retrying("surveying", partial(self._walk_pass, expired, holds))
+        self._walk_range = (cutoff, holds, segments)
         return survey
 
-    def _read_segments(
-        self, where: Predicate, expected: int | None, connection: Connection
-    ) -> Segments:
-        """The rows matching `where` in key order, split into segments of the batch size (a
-        quarter of it when the size adapts, so batches can follow it), each read as one row:
-        its lowest and highest key, its rows, their first and last time. At most MAX_SEGMENTS
-        of them (larger segments when there are more rows), streamed and kept compact, so
-        memory stays flat however large the table. One pass over the table, like the survey's
-        counts."""
+    def _walk_pass(
+        self, expired: Predicate, holds: Holds, connection: Connection
+    ) -> tuple[Survey, Segments]:
+        """The survey's counts and the key walk's segments in one pass over the table.
+
+        The table is read in groups of `width` consecutive key values (integer keys, from the
+        lowest): each group answers with its counts (all rows, undated, expired, held per hold,
+        the oldest dated time) and with its rows to delete (expired, not held): their lowest
+        and highest key, how many, their first and last time. The counts add up to the survey;
+        the groups with rows to delete are the segments, each of at most `width` rows. The
+        width is about a quarter of the batch size (batches take whole segments up to their
+        size, so they can follow a size that adapts; a fixed size is a multiple of it, so
+        batches of consecutive keys are full) or more where the keys span more than MAX_SEGMENTS
+        groups: the plan stays a few MB however large the table. A GROUP BY over the key, no
+        window function, no sort of the rows: one read of the table, as the counts alone."""
+        key = self._require_layout().key
+        low, high = connection.execute(
+            text(f"SELECT MIN({key}), MAX({key}) FROM {self._table_sql}")
+        ).one()
         size = self._batch_size
         if self.batch_time is not None:
             size = max(size // 4, ADAPT_MIN_ROWS)
-        if expected is None:  # not surveyed: count first, to bound the segments
-            count = bind(f"SELECT COUNT(*) FROM {self._table_sql} WHERE {where.sql}", where)
-            expected = int(connection.execute(*count).scalar() or 0)
-        size = max(size, 1, -(-expected // MAX_SEGMENTS))
-        key, time_sql = self._require_layout().key, self._time_sql
+        width = size if self.batch_time is not None else _quarter(size)
+        if low is not None:
+            width = max(width, -(-(int(high) - int(low) + 1) // MAX_SEGMENTS))
+        each = [self._hold_predicate(index, scope) for index, scope in enumerate(holds.scopes)]
+        held = Predicate.any_of(each)
+        deletable = self._unheld(expired, holds)
+        time_sql = self._time_sql
+        guard = self._time_guard()
+        dated = f"CASE WHEN {time_sql} >= :floor" + (f" AND {guard}" if guard else "")
+        gone = f"CASE WHEN {deletable.sql} THEN"
+        columns = [f"COUNT(CASE WHEN {expired.sql} THEN 1 END)"]
+        columns += [f"COUNT(CASE WHEN {expired.sql} AND {part.sql} THEN 1 END)" for part in each]
+        if held is not None:
+            columns.append(f"COUNT(CASE WHEN {expired.sql} AND {held.sql} THEN 1 END)")
+        columns += [
+            "COUNT(*)",
+            f"COUNT(*) - COUNT({dated} THEN 1 END)",
+            f"MIN({dated} THEN {time_sql} END)",
+            f"MIN({gone} {key} END)",
+            f"MAX({gone} {key} END)",
+            f"COUNT({gone} 1 END)",
+            f"MIN({gone} {time_sql} END)",
+            f"MAX({gone} {time_sql} END)",
+        ]
+        # The lowest key and the width are integers read or computed here, not input
+        divide = "DIV" if self._dialect.name == "mysql" else "/"
+        group = f"({key} - {int(low or 0)}) {divide} {int(width)}"
         statement, params = bind(
-            f"SELECT MIN(s.k), MAX(s.k), COUNT(*), MIN(s.t), MAX(s.t) FROM ("
-            f"SELECT {key} AS k, {time_sql} AS t, ROW_NUMBER() OVER (ORDER BY {key}) - 1 AS r "
-            f"FROM {self._table_sql} WHERE {where.sql}) AS s "
-            f"GROUP BY s.r - s.r % {int(size)} ORDER BY MIN(s.k)",
-            where,
+            f"SELECT {', '.join(columns)}, {group} AS walk_group FROM {self._table_sql} "
+            "GROUP BY walk_group ORDER BY walk_group",
+            expired,
+            held,
+            deletable,
+            floor=self._floor(),
         )
+        counted = len(columns) - 8
+        counts = [0] * counted
+        total = undated = 0
+        oldest: Any = None
         segments = Segments()
         rows = connection.execute(statement, params, execution_options={"stream_results": True})
-        for low, high, count, first, last in rows:
-            segments.add(low, high, count, self._day_span((first, last)))
-        return segments
+        for row in rows:
+            for index in range(counted):
+                counts[index] += int(row[index] or 0)
+            group_total, group_undated, group_oldest, first_key, last_key, gone_rows = row[
+                counted : counted + 6
+            ]
+            total += int(group_total or 0)
+            undated += int(group_undated or 0)
+            if group_oldest is not None and (oldest is None or group_oldest < oldest):
+                oldest = group_oldest
+            if gone_rows:
+                span = self._day_span((row[counted + 6], row[counted + 7]))
+                segments.add(first_key, last_key, int(gone_rows), span)
+        return self._survey_of(total, undated, counts, oldest, holds), segments
 
     def _survey(self, expired: Predicate, holds: Holds) -> Survey:
         """Counts of `expired` rows, held ones per hold, in one pass."""
@@ -128,12 +169,20 @@ class Surveying(HeldRows):
             return all_rows, counts, self._read_oldest(connection)
 
         (total, without_time), counts, oldest = self._db.retrying("surveying", count)
+        return self._survey_of(total, without_time, counts, oldest, holds)
+
+    def _survey_of(
+        self, total: Any, without_time: Any, counts: Sequence[Any], oldest: Any, holds: Holds
+    ) -> Survey:
+        """The Survey of the counts: expired (in the range, held or not), held per hold (as
+        many as `holds.scopes`), held in all (when there are holds)."""
         in_range = int(counts[0] or 0)
         held_by: Counter[str] = Counter()
-        for scope, number in zip(holds.scopes, counts[1 : 1 + len(each)], strict=True):
+        scopes = len(holds.scopes)
+        for scope, number in zip(holds.scopes, counts[1 : 1 + scopes], strict=True):
             held_by[scope.hold_id] += int(number or 0)
-        held_rows = int(counts[1 + len(each)] or 0) if held is not None else 0
-        survey = Survey(
+        held_rows = int(counts[1 + scopes] or 0) if scopes else 0
+        return Survey(
             unit="rows",
             total=int(total or 0),
             expired=in_range - held_rows,
@@ -143,7 +192,6 @@ class Surveying(HeldRows):
             held=held_rows,
             held_by=dict(held_by),
         )
-        return survey
 
     def _read_oldest(self, connection: Connection) -> Any:
         """The oldest stored time, leaving out zero dates and values that are no dates."""
@@ -155,3 +203,12 @@ class Surveying(HeldRows):
             ),
             {"floor": self._floor()},
         ).scalar()
+
+
+def _quarter(size: int) -> int:
+    """The largest divisor of `size` that is at most a quarter of it (1 for a prime): batches
+    of `size` rows take whole segments and, where the keys are consecutive, come out full."""
+    for parts in range(4, size + 1):
+        if size % parts == 0:
+            return size // parts
+    return 1
