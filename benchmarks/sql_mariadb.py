@@ -601,8 +601,10 @@ def statement_kind(sql: str) -> str | None:
     if sql.startswith("CALL"):
         return "call (the whole loop)"
     if sql.startswith("SELECT"):
-        if "ROW_NUMBER()" in sql:
+        if "ROW_NUMBER()" in sql:  # the key walk's segment read before issue 20's one pass
             return "plan (survey's segments)"
+        if "walk_group" in sql:
+            return "survey (with the walk's segments)"
         if "COUNT(CASE" in sql or "FROM INFORMATION_SCHEMA" in sql:
             return "survey"
         if "OFFSET" in sql or "LIMIT" in sql or " MIN(" in sql:
