@@ -6,7 +6,9 @@ from the generator the tests use (tests/threecx_schema.py). Each method gets its
 (CREATE DATABASE ... TEMPLATE) and purges it while a writer inserts new calls with all their rows
 at `--rate` per second, as 3CX does during business hours. Reported per method: wall time, the
 writer's latency (p50, p99, max) and errors during the purge, what is left, autovacuum's activity
-during the purge and in `--settle-seconds` after it, and the tables' bloat then (pgstattuple).
+during the purge and in `--vacuum-wait` seconds after it, and the tables' bloat then (pgstattuple).
+It runs its own PostgreSQL server (initdb in a temporary folder, `--port`, autovacuum on as
+everywhere but on the test server), unless `--server HOST:PORT` names one.
 
 The methods: `retentiond`; `procedure`: a PL/pgSQL procedure deleting the expired calls in
 retentiond's dependency order in batches of retentiond's first batch size (500, or --batch-size)
@@ -27,7 +29,11 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import os
 import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -99,6 +105,135 @@ PLAIN_DELETE = [
     "AND NOT EXISTS (SELECT 1 FROM cl_participants AS p WHERE p.info_id = party.id)",
     "DELETE FROM cl_calls AS c USING gone_calls AS g WHERE c.id = g.id",
 ]
+
+
+# -- a private PostgreSQL server -------------------------------------------------------------
+
+PG_BIN = Path("/usr/lib/postgresql")
+SETTINGS = (
+    "autovacuum",
+    "autovacuum_naptime",
+    "autovacuum_vacuum_scale_factor",
+    "autovacuum_vacuum_insert_scale_factor",
+    "log_autovacuum_min_duration",
+    "shared_buffers",
+    "synchronous_commit",
+    "fsync",
+    "wal_level",
+    "max_wal_size",
+)
+
+
+@dataclass
+class PrivateServer:
+    """A throwaway PostgreSQL cluster (initdb, pg_ctl) in a temporary folder.
+
+    Private so that autovacuum runs as it does on a PBX's server (the test server has it off),
+    and so the benchmark neither disturbs the test databases nor is disturbed by them.
+    """
+
+    port: int
+    folder: Path
+    bindir: Path
+
+    @property
+    def data(self) -> Path:
+        return self.folder / "data"
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.data.exists():
+            _as_postgres(
+                [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
+                check=False,
+            )
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _as_postgres(command: list[str], *, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    """PostgreSQL refuses to run as root: as root, run its tools as the postgres user."""
+    if os.geteuid() == 0:
+        command = ["runuser", "-u", "postgres", "--", *command]
+    return subprocess.run(command, check=check, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def postgres_bindir() -> Path:
+    """The newest installed server's bin folder (Debian: /usr/lib/postgresql/VERSION/bin)."""
+    found = sorted(
+        (path for path in PG_BIN.glob("*/bin") if (path / "initdb").exists()),
+        key=lambda path: int(path.parent.name) if path.parent.name.isdigit() else 0,
+    )
+    if not found:
+        sys.exit("no PostgreSQL server found under /usr/lib/postgresql: apt-get install postgresql")
+    return found[-1]
+
+
+def start_private_server(port: int, shared_buffers: str) -> PrivateServer:
+    """initdb a cluster with trust authentication on 127.0.0.1 and start it on `port`.
+
+    Everything else is the server's defaults (those of Debian's clusters too): autovacuum on,
+    a one-minute naptime, synchronous_commit on, wal_level replica. shared_buffers is set
+    explicitly (the built-in 128 MB would make the figures depend on the page cache); autovacuum
+    runs are logged to the server's log in the folder.
+    """
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            sys.exit(f"port {port} is in use; pass --port with a free one or --server HOST:PORT")
+    bindir = postgres_bindir()
+    folder = Path(tempfile.mkdtemp(prefix="retentiond-bench-pg-"))
+    server = PrivateServer(port, folder, bindir)
+    try:
+        if os.geteuid() == 0:
+            shutil.chown(folder, "postgres", "postgres")
+        _as_postgres(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(server.data),
+                "--auth=trust",
+                "--username=postgres",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",  # a throwaway cluster: the benchmark's own writes are fsynced
+            ]
+        )
+        options = " ".join(
+            f"-c {name}={value}"
+            for name, value in (
+                ("listen_addresses", "127.0.0.1"),
+                ("port", port),
+                ("unix_socket_directories", folder),
+                ("shared_buffers", shared_buffers),
+                ("log_autovacuum_min_duration", 0),
+            )
+        )
+        _as_postgres(
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(server.data),
+                "-l",
+                str(folder / "postgresql.log"),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "120",
+                "start",
+            ]
+        )
+    except BaseException as error:
+        if isinstance(error, subprocess.CalledProcessError) and error.stdout:
+            print(error.stdout.decode(errors="replace")[-2000:], file=sys.stderr)
+        log = folder / "postgresql.log"
+        if log.exists():
+            print(log.read_text(errors="replace")[-2000:], file=sys.stderr)
+        server.stop()
+        raise
+    return server
 
 
 # -- the data --------------------------------------------------------------------------------
@@ -529,13 +664,14 @@ def run_method(
         writer.stop()
     if writer.failure:
         raise writer.failure
+    ended_at = datetime.now(UTC)
     stats_end = table_stats(dsn)
-    time.sleep(args.settle_seconds)
-    stats_settled = table_stats(dsn)
+    runs = watch_autovacuum(dsn, stats_before, ended_at, args.vacuum_wait)
+    stats_waited = table_stats(dsn)
+    result["autovacuum"] = vacuum_figures(stats_before, stats_end, stats_waited)
+    result["autovacuum"].update(runs, wait_s=args.vacuum_wait)
+    result["bloat"] = bloat(dsn, stats_before)  # before the counts' scans prune pages
     after = counts(dsn, cutoff)
-    result["autovacuum"] = vacuum_figures(stats_before, stats_end, stats_settled)
-    result["autovacuum"]["settle_s"] = args.settle_seconds
-    result["bloat"] = bloat(dsn)
     written = writer_figures(writer.samples, 0, 1e9)
     result.update(
         method=method,
@@ -600,32 +736,63 @@ def table_stats(dsn: str) -> dict[str, dict[str, Any]]:
 
 
 def vacuum_figures(
-    before: dict[str, dict[str, Any]], *later: dict[str, dict[str, Any]]
+    before: dict[str, dict[str, Any]], at_end: dict[str, dict[str, Any]], waited: dict[str, Any]
 ) -> dict[str, Any]:
-    """Dead rows and autovacuum/autoanalyze runs (deltas from `before`) at each later moment."""
-    figures = []
-    for stats in later:
-        figures.append(
-            {
-                "dead_rows": sum(stats[t]["dead"] for t in stats),
-                "autovacuums": sum(
-                    stats[t]["autovacuums"] - before[t]["autovacuums"] for t in stats
-                ),
-                "autoanalyzes": sum(
-                    stats[t]["autoanalyzes"] - before[t]["autoanalyzes"] for t in stats
-                ),
-                "autovacuumed": sorted(
-                    t for t in stats if stats[t]["autovacuums"] > before[t]["autovacuums"]
-                ),
-                "bytes": sum(stats[t]["bytes"] for t in stats),
-            }
-        )
-    return {"at_end": figures[0], "after_settle": figures[1]}
+    """Dead rows and autovacuum/autoanalyze runs (deltas from `before`) when the purge ended and
+    after the wait."""
+    figures = {}
+    for moment, stats in (("at_end", at_end), ("after_wait", waited)):
+        figures[moment] = {
+            "dead_rows": sum(stats[t]["dead"] for t in stats),
+            "autovacuums": sum(stats[t]["autovacuums"] - before[t]["autovacuums"] for t in stats),
+            "autoanalyzes": sum(
+                stats[t]["autoanalyzes"] - before[t]["autoanalyzes"] for t in stats
+            ),
+            "autovacuumed": sorted(
+                t for t in stats if stats[t]["autovacuums"] > before[t]["autovacuums"]
+            ),
+            "bytes": sum(stats[t]["bytes"] for t in stats),
+        }
+    figures["dead_rows_before"] = sum(before[t]["dead"] for t in before)
+    figures["bytes_before"] = sum(before[t]["bytes"] for t in before)
+    return figures
 
 
-def bloat(dsn: str) -> dict[str, Any]:
-    """Heap bloat of the five tables by pgstattuple (dead rows and free space of the heap), and
-    the size of their indexes; None without the contrib."""
+def watch_autovacuum(
+    dsn: str, before: dict[str, dict[str, Any]], ended_at: datetime, wait: float
+) -> dict[str, Any]:
+    """Wait `wait` seconds after the purge, noting when autovacuum finished on each table
+    (seconds after the purge's end; negative: during it) and which it was still vacuuming."""
+    finished: dict[str, float] = {}
+    running: list[str] = []
+    deadline = time.monotonic() + wait
+    while True:
+        stats = table_stats(dsn)
+        for table, row in stats.items():
+            if row["autovacuums"] > before[table]["autovacuums"] and row["last_autovacuum"]:
+                last = datetime.fromisoformat(row["last_autovacuum"])
+                finished[table] = round((last - ended_at).total_seconds(), 1)
+        with psycopg.connect(dsn, autocommit=True) as connection:
+            running = sorted(
+                str(row[0])
+                for row in connection.execute(
+                    "SELECT relid::regclass FROM pg_stat_progress_vacuum "
+                    "WHERE datname = current_database()"
+                )
+            )
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+    return {
+        "finished_s": dict(sorted(finished.items())),  # the latest run per table
+        "running_at_wait_end": running,
+    }
+
+
+def bloat(dsn: str, before: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The five tables after the purge and the wait: heap bytes against live tuple bytes
+    (pgstattuple: dead rows plus free space are the heap's bloat), and the B-tree indexes' size
+    and leaf density (pgstatindex; a fresh index is about 90% dense)."""
     with psycopg.connect(dsn, autocommit=True) as connection:
         try:
             connection.execute("CREATE EXTENSION IF NOT EXISTS pgstattuple")
@@ -642,20 +809,40 @@ def bloat(dsn: str) -> dict[str, Any]:
             heap, live, dead, free = heap + row[0], live + row[1], dead + row[2], free + row[3]
             per_table[table] = {
                 "heap_bytes": row[0],
+                "live_bytes": row[1],
                 "bloat_pct": round(100 * (row[2] + row[3]) / row[0], 1) if row[0] else 0.0,
             }
-        indexes = connection.execute(
-            "SELECT SUM(pg_indexes_size(c.oid)) FROM pg_class c WHERE c.relname = ANY(%s)",
+        index_bytes = 0
+        weighted_density = 0.0
+        for name, size, density in connection.execute(
+            "SELECT i.indexrelid::regclass::text, pg_relation_size(i.indexrelid), "
+            "(pgstatindex(i.indexrelid::regclass::text)).avg_leaf_density "
+            "FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid "
+            "JOIN pg_class x ON x.oid = i.indexrelid JOIN pg_am a ON a.oid = x.relam "
+            "WHERE t.relname = ANY(%s) AND a.amname = 'btree'",
+            (list(TABLES),),
+        ).fetchall():
+            del name
+            index_bytes += size
+            if density == density:  # NaN for an empty index
+                weighted_density += size * density
+        total = connection.execute(
+            "SELECT SUM(pg_total_relation_size(c.oid)) FROM pg_class c WHERE c.relname = ANY(%s)",
             (list(TABLES),),
         ).fetchone()
+    total_bytes = int(total[0]) if total and total[0] is not None else 0
     return {
         "pgstattuple": True,
+        "total_bytes_before": sum(before[t]["bytes"] for t in before),
+        "total_bytes": total_bytes,
         "heap_bytes": heap,
         "live_bytes": live,
         "dead_bytes": dead,
         "free_bytes": free,
         "bloat_pct": round(100 * (dead + free) / heap, 1) if heap else 0.0,
-        "index_bytes": int(indexes[0]) if indexes and indexes[0] is not None else None,
+        "total_vs_live": round(total_bytes / live, 2) if live else None,
+        "index_bytes": index_bytes,
+        "index_leaf_density_pct": round(weighted_density / index_bytes, 1) if index_bytes else None,
         "tables": per_table,
     }
 
@@ -668,9 +855,8 @@ def template_exists(dsn: str, name: str) -> bool:
 
 def server_settings(dsn: str) -> dict[str, str]:
     """The settings that decide autovacuum's figures and each commit's cost."""
-    names = ("autovacuum", "autovacuum_naptime", "synchronous_commit", "shared_buffers")
     with psycopg.connect(database_dsn(dsn, "postgres")) as connection:
-        return {name: str(connection.execute(f"SHOW {name}").fetchone()[0]) for name in names}  # type: ignore[index]
+        return {name: str(connection.execute(f"SHOW {name}").fetchone()[0]) for name in SETTINGS}  # type: ignore[index]
 
 
 def postgres_version(dsn: str) -> str:
@@ -691,12 +877,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="retentiond,procedure,procedure-1000,procedure-5000,procedure-20000,plain-delete",
     )
     parser.add_argument(
-        "--settle-seconds",
+        "--vacuum-wait",
         type=float,
-        default=30.0,
-        help="wait after each purge before reading autovacuum's figures and the bloat",
+        default=60.0,
+        help="seconds to wait after each purge for autovacuum before reading the bloat",
     )
-    parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432")
+    parser.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="use this running server (user postgres, trust) instead of a private one",
+    )
+    parser.add_argument("--port", type=int, default=5433, help="the private server's port")
+    parser.add_argument("--shared-buffers", default="1GB", help="the private server's")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep-databases", action="store_true")
     parser.add_argument(
@@ -716,6 +908,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown methods: {', '.join(sorted(unknown))}")
 
+    # A SIGTERM (a CI timeout) still stops the private server and removes its folder.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    server = None
+    if args.server:
+        host, _, port = args.server.rpartition(":")
+        args.dsn = f"postgresql://postgres@{host or '127.0.0.1'}:{port}"
+    else:
+        server = start_private_server(args.port, args.shared_buffers)
+        args.dsn = server.dsn
+    try:
+        return run(args, methods, private=server is not None)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def run(args: argparse.Namespace, methods: list[str], *, private: bool) -> int:
     keep = timedelta(days=args.keep_days)
     now = datetime.now(ZONE)
     cutoff = now - keep
@@ -737,6 +946,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     info = common.machine(Path(tempfile.gettempdir()), postgres=postgres_version(args.dsn))
     info["postgresql_settings"] = server_settings(args.dsn)
+    info["postgresql_server"] = "private (initdb)" if private else args.dsn
     results: dict[str, dict[str, Any]] = {}
     errors: list[str] = []
     try:
@@ -779,9 +989,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 writer["errors"],
                 vacuum["at_end"]["dead_rows"],
                 vacuum["at_end"]["autovacuums"],
-                vacuum["after_settle"]["autovacuums"],
-                vacuum["after_settle"]["dead_rows"],
+                vacuum["after_wait"]["autovacuums"],
+                vacuum["after_wait"]["dead_rows"],
                 result["bloat"].get("bloat_pct"),
+                result["bloat"].get("index_leaf_density_pct"),
+                result["bloat"].get("total_vs_live"),
             ]
         )
     print()
@@ -809,9 +1021,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "errors",
                 "dead at end",
                 "autovac during",
-                "autovac +settle",
-                "dead +settle",
-                "bloat %",
+                "autovac +wait",
+                "dead +wait",
+                "heap bloat %",
+                "index dens %",
+                "size/live",
             ],
             rows,
         )
@@ -841,7 +1055,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "rate": args.rate,
                 "keep_days": args.keep_days,
                 "batch_size": args.batch_size,
-                "settle_seconds": args.settle_seconds,
+                "vacuum_wait_s": args.vacuum_wait,
+                "shared_buffers": None if args.server else args.shared_buffers,
                 "cutoff": cutoff.isoformat(),
                 "seed": args.seed,
             },

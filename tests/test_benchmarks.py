@@ -17,7 +17,7 @@ TINY = {
     # its own mariadbd on a port apart from a `make bench` that may be running
     "sql_mariadb": ["--rows", "2000", "--scaling-rows", "1000", "--port", "3417"],
     "sql_scale": ["--rows", "2000", "--small-rows", "1000", "--chunk", "500", "--port", "3418"],
-    "pg_3cx": ["--calls", "300", "--baseline-seconds", "1", "--settle-seconds", "1"],
+    "pg_3cx": ["--calls", "300", "--baseline-seconds", "1", "--vacuum-wait", "1", "--port", "5437"],
     "files": ["--messages", "200", "--recordings", "200", "--warm"],
     "idle": ["--idle-seconds", "3", "--settle-seconds", "1", "--calls", "100"],
 }
