@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import os
+import random
 import re
 import shutil
 import signal
