@@ -53,11 +53,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _files_common as common
 
 common.import_test_fixtures()
+from pbxdata import POSTGRES_CDR, cdr_rows  # noqa: E402
 from threecx_schema import CL_QUALITY, CL_TABLES, cl_history  # noqa: E402
 
 NAME = "pg_3cx"
 ZONE = ZoneInfo("Europe/Berlin")
 TABLES = ("cl_party_info", "cl_calls", "cl_participants", "cl_segments", "cl_quality")
+CDR_TABLES = ("cdr",)
 GAP = timedelta(days=1.5)  # no call this close to the cutoff: methods agree on what expired
 CHUNK = 20_000  # calls generated and copied at a time
 TARGET_P99_MS = 50.0
@@ -105,6 +107,37 @@ PLAIN_DELETE = [
     "AND NOT EXISTS (SELECT 1 FROM cl_participants AS p WHERE p.info_id = party.id)",
     "DELETE FROM cl_calls AS c USING gone_calls AS g WHERE c.id = g.id",
 ]
+
+# Asterisk's cdr_pgsql table has no key: the floor deletes the oldest rows by ctid, as many as
+# a batch holds, with a COMMIT per batch.
+CDR_PROCEDURE = """
+CREATE OR REPLACE PROCEDURE bench_purge_calls(cutoff timestamp, batch integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    gone integer;
+BEGIN
+    LOOP
+        DELETE FROM cdr WHERE ctid IN (
+            SELECT ctid FROM cdr WHERE calldate < cutoff ORDER BY calldate LIMIT batch
+        );
+        GET DIAGNOSTICS gone = ROW_COUNT;
+        EXIT WHEN gone = 0;
+        COMMIT;
+    END LOOP;
+END
+$$
+"""
+
+CDR_PLAIN_DELETE = ["DELETE FROM cdr WHERE calldate < %(cutoff)s"]
+
+
+def tables_of(target: str) -> tuple[str, ...]:
+    return CDR_TABLES if target == "cdr" else TABLES
+
+
+def local_cutoff(target: str, cutoff: datetime) -> datetime:
+    """cdr.calldate is a timestamp without time zone in the PBX's zone, as Asterisk writes it."""
+    return cutoff.astimezone(ZONE).replace(tzinfo=None) if target == "cdr" else cutoff
 
 
 # -- a private PostgreSQL server -------------------------------------------------------------
@@ -358,6 +391,42 @@ def build_template(dsn: str, name: str, starts: list[datetime], seed: int) -> di
     }
 
 
+def build_cdr_template(dsn: str, name: str, starts: list[datetime], seed: int) -> dict[str, Any]:
+    """A cdr table of Asterisk's cdr_pgsql with one row per call, calldate in local time."""
+    admin(dsn, f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"')
+    started = time.perf_counter()
+    with psycopg.connect(database_dsn(dsn, name)) as connection:
+        for statement in POSTGRES_CDR:
+            connection.execute(statement)
+        loader = Loader(connection)
+        loader.counts = {"cdr": 0}
+        for index in range(0, len(starts), CHUNK):
+            chunk = [
+                start.astimezone(ZONE).replace(tzinfo=None)
+                for start in starts[index : index + CHUNK]
+            ]
+            loader._copy("cdr", cdr_rows(chunk, seed=seed + index))
+            connection.commit()
+        connection.autocommit = True
+        connection.execute("VACUUM ANALYZE")
+        connection.execute("CHECKPOINT")
+        size = connection.execute("SELECT pg_database_size(current_database())").fetchone()
+    return {
+        "seconds": round(time.perf_counter() - started, 1),
+        "rows": loader.counts,
+        "bytes": size[0] if size else None,
+    }
+
+
+def cdr_counts(dsn: str, cutoff: datetime) -> dict[str, int]:
+    with psycopg.connect(dsn) as connection:
+        row = connection.execute(
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE calldate < %s) FROM cdr", (cutoff,)
+        ).fetchone()
+    assert row is not None
+    return {"cdr": row[0], "calls": row[0], "expired_calls": row[1]}
+
+
 def database_dsn(dsn: str, name: str) -> str:
     return f"{dsn.rstrip('/')}/{name}"
 
@@ -388,6 +457,7 @@ def counts(dsn: str, cutoff: datetime) -> dict[str, int]:
         }
         for key, query in queries.items():
             result[key] = connection.execute(query, {"cutoff": cutoff}).fetchone()[0]  # type: ignore[index]
+    result["calls"] = result["cl_calls"]
     return result
 
 
@@ -474,15 +544,21 @@ class Writer(threading.Thread):
             self.failure = error
             self.ready.set()
 
+    def _prepare(self, connection: psycopg.Connection[Any]) -> Any:
+        return {
+            f"{dn_type}:{dn}": party_id
+            for dn_type, dn, party_id in connection.execute(
+                "SELECT dn_type, dn, MIN(id) FROM cl_party_info "
+                "WHERE dn_type IN (0, 2) GROUP BY dn_type, dn"
+            )
+        }
+
+    def _write(self, connection: psycopg.Connection[Any], number: int, state: Any) -> None:
+        self._insert_call(connection, self.shapes[number % len(self.shapes)], state)
+
     def _run(self) -> None:
         with psycopg.connect(self.dsn) as connection:
-            shared = {
-                f"{dn_type}:{dn}": party_id
-                for dn_type, dn, party_id in connection.execute(
-                    "SELECT dn_type, dn, MIN(id) FROM cl_party_info "
-                    "WHERE dn_type IN (0, 2) GROUP BY dn_type, dn"
-                )
-            }
+            state = self._prepare(connection)
             connection.commit()
             self.started_at = time.perf_counter()
             self.ready.set()
@@ -494,10 +570,9 @@ class Writer(threading.Thread):
                     time.sleep(due - now)
                 begun = time.perf_counter()
                 late = max(0.0, begun - due)
-                shape = self.shapes[number % len(self.shapes)]
                 error = None
                 try:
-                    self._insert_call(connection, shape, shared)
+                    self._write(connection, number, state)
                 except psycopg.Error as failure:
                     connection.rollback()
                     error = type(failure).__name__
@@ -548,6 +623,25 @@ class Writer(threading.Thread):
         self.join(30)
 
 
+class CdrWriter(Writer):
+    """Asterisk's cdr_pgsql: one cdr row per call, each INSERT its own transaction."""
+
+    def __init__(self, dsn: str, rate: float, rows: list[dict[str, Any]]) -> None:
+        super().__init__(dsn, rate, [])
+        self.rows = rows
+
+    def _prepare(self, connection: psycopg.Connection[Any]) -> Any:
+        return None
+
+    def _write(self, connection: psycopg.Connection[Any], number: int, state: Any) -> None:
+        row = {
+            **self.rows[number % len(self.rows)],
+            "calldate": datetime.now(ZONE).replace(tzinfo=None, microsecond=0),
+        }
+        with connection.transaction():
+            connection.execute(_insert("cdr", row, returning=False), row)
+
+
 def _shifted(row: dict[str, Any], shift: timedelta) -> dict[str, Any]:
     return {
         key: value + shift if isinstance(value, datetime) else value for key, value in row.items()
@@ -582,12 +676,11 @@ def _round(value: float | None) -> float | None:
 # -- the methods -----------------------------------------------------------------------------
 
 
-def purge_plain(dsn: str, cutoff: datetime, workdir: Path) -> dict[str, Any]:
-    del workdir
+def purge_plain(dsn: str, cutoff: datetime, target: str) -> dict[str, Any]:
     started = time.perf_counter()
     deleted: dict[str, int] = {}
     with psycopg.connect(dsn) as connection, connection.cursor() as cursor:
-        for statement in PLAIN_DELETE:
+        for statement in CDR_PLAIN_DELETE if target == "cdr" else PLAIN_DELETE:
             cursor.execute(statement, {"cutoff": cutoff})
             if statement.startswith("DELETE"):
                 deleted[statement.split()[2]] = cursor.rowcount
@@ -596,11 +689,12 @@ def purge_plain(dsn: str, cutoff: datetime, workdir: Path) -> dict[str, Any]:
 
 
 def purge_retentiond(
-    dsn: str, cutoff: datetime, workdir: Path, *, keep_days: int, batch_size: int | None
+    dsn: str, workdir: Path, *, target: str, keep_days: int, batch_size: int | None
 ) -> dict[str, Any]:
-    del cutoff  # retentiond computes its own from `keep`
     audit = workdir / "audit.jsonl"
     store: dict[str, Any] = {"type": "3cx_call_history", "connection": "threecx"}
+    if target == "cdr":  # as the README's Asterisk example has it
+        store = {"type": "sql", "connection": "threecx", "table": "cdr", "time_column": "calldate"}
     if batch_size:
         store["batch_size"] = batch_size
     config = {
@@ -639,9 +733,17 @@ def run_method(
         f'CREATE DATABASE "{name}" TEMPLATE "{template}"',
     )
     dsn = database_dsn(args.dsn, name)
-    before = counts(dsn, cutoff)
-    stats_before = table_stats(dsn)
-    writer = Writer(dsn, args.rate, call_shapes(500, seed=args.seed + 1))
+    tables = tables_of(args.target)
+    cutoff = local_cutoff(args.target, cutoff)
+    count = cdr_counts if args.target == "cdr" else counts
+    before = count(dsn, cutoff)
+    stats_before = table_stats(dsn, tables)
+    writer: Writer
+    if args.target == "cdr":
+        now = datetime.now(ZONE).replace(tzinfo=None)
+        writer = CdrWriter(dsn, args.rate, cdr_rows([now] * 500, seed=args.seed + 1))
+    else:
+        writer = Writer(dsn, args.rate, call_shapes(500, seed=args.seed + 1))
     writer.start()
     writer.ready.wait(30)
     if writer.failure:
@@ -651,27 +753,31 @@ def run_method(
     try:
         if method == "retentiond":
             result = purge_retentiond(
-                dsn, cutoff, workdir, keep_days=args.keep_days, batch_size=args.batch_size
+                dsn,
+                workdir,
+                target=args.target,
+                keep_days=args.keep_days,
+                batch_size=args.batch_size,
             )
         elif method.startswith("procedure"):
             _, _, size = method.partition("-")
             batch = int(size) if size else (args.batch_size or DEFAULT_BATCH)
-            result = purge_procedure(dsn, cutoff, batch)
+            result = purge_procedure(dsn, cutoff, batch, args.target)
         else:
-            result = purge_plain(dsn, cutoff, workdir)
+            result = purge_plain(dsn, cutoff, args.target)
     finally:
         purge_end = time.perf_counter() - writer.started_at
         writer.stop()
     if writer.failure:
         raise writer.failure
     ended_at = datetime.now(UTC)
-    stats_end = table_stats(dsn)
-    runs = watch_autovacuum(dsn, stats_before, ended_at, args.vacuum_wait)
-    stats_waited = table_stats(dsn)
+    stats_end = table_stats(dsn, tables)
+    runs = watch_autovacuum(dsn, tables, stats_before, ended_at, args.vacuum_wait)
+    stats_waited = table_stats(dsn, tables)
     result["autovacuum"] = vacuum_figures(stats_before, stats_end, stats_waited)
     result["autovacuum"].update(runs, wait_s=args.vacuum_wait)
-    result["bloat"] = bloat(dsn, stats_before)  # before the counts' scans prune pages
-    after = counts(dsn, cutoff)
+    result["bloat"] = bloat(dsn, tables, stats_before)  # before the counts' scans prune pages
+    after = count(dsn, cutoff)
     written = writer_figures(writer.samples, 0, 1e9)
     result.update(
         method=method,
@@ -687,10 +793,10 @@ def run_method(
         problems.append(f"exit code {result.get('returncode')}")
     if after["expired_calls"]:
         problems.append(f"{after['expired_calls']} expired calls left")
-    if after["cl_calls"] != before["cl_calls"] - before["expired_calls"] + calls_written:
+    if after["calls"] != before["calls"] - before["expired_calls"] + calls_written:
         problems.append("calls left differ from the young calls plus the writer's")
     for key in ("orphan_participants", "orphan_segments", "orphan_quality", "unused_parties"):
-        if after[key] > before[key]:
+        if after.get(key, 0) > before.get(key, 0):
             problems.append(f"{key}: {after[key]}")
     result["problems"] = problems
     if not args.keep_databases:
@@ -698,10 +804,10 @@ def run_method(
     return result
 
 
-def purge_procedure(dsn: str, cutoff: datetime, batch: int) -> dict[str, Any]:
+def purge_procedure(dsn: str, cutoff: datetime, batch: int, target: str) -> dict[str, Any]:
     started = time.perf_counter()
     with psycopg.connect(dsn, autocommit=True) as connection:  # CALL may COMMIT only outside
-        connection.execute(PROCEDURE)
+        connection.execute(CDR_PROCEDURE if target == "cdr" else PROCEDURE)
         connection.execute("CALL bench_purge_calls(%s, %s)", (cutoff, batch))
         connection.execute("DROP PROCEDURE bench_purge_calls")
     return {"wall_s": time.perf_counter() - started, "returncode": 0, "batch_size": batch}
@@ -716,10 +822,10 @@ STATS = (
 )
 
 
-def table_stats(dsn: str) -> dict[str, dict[str, Any]]:
+def table_stats(dsn: str, tables: Sequence[str]) -> dict[str, dict[str, Any]]:
     with psycopg.connect(dsn, autocommit=True) as connection:
         connection.execute("SELECT pg_stat_clear_snapshot()")
-        rows = connection.execute(STATS, (list(TABLES),)).fetchall()
+        rows = connection.execute(STATS, (list(tables),)).fetchall()
     return {
         row[0]: {
             "live": row[1],
@@ -759,7 +865,11 @@ def vacuum_figures(
 
 
 def watch_autovacuum(
-    dsn: str, before: dict[str, dict[str, Any]], ended_at: datetime, wait: float
+    dsn: str,
+    tables: Sequence[str],
+    before: dict[str, dict[str, Any]],
+    ended_at: datetime,
+    wait: float,
 ) -> dict[str, Any]:
     """Wait `wait` seconds after the purge, noting when autovacuum finished on each table
     (seconds after the purge's end; negative: during it) and which it was still vacuuming."""
@@ -767,7 +877,7 @@ def watch_autovacuum(
     running: list[str] = []
     deadline = time.monotonic() + wait
     while True:
-        stats = table_stats(dsn)
+        stats = table_stats(dsn, tables)
         for table, row in stats.items():
             if row["autovacuums"] > before[table]["autovacuums"] and row["last_autovacuum"]:
                 last = datetime.fromisoformat(row["last_autovacuum"])
@@ -789,7 +899,7 @@ def watch_autovacuum(
     }
 
 
-def bloat(dsn: str, before: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def bloat(dsn: str, tables: Sequence[str], before: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The five tables after the purge and the wait: heap bytes against live tuple bytes
     (pgstattuple: dead rows plus free space are the heap's bloat), and the B-tree indexes' size
     and leaf density (pgstatindex; a fresh index is about 90% dense)."""
@@ -800,7 +910,7 @@ def bloat(dsn: str, before: dict[str, dict[str, Any]]) -> dict[str, Any]:
             return {"pgstattuple": False}
         heap = dead = free = live = 0
         per_table = {}
-        for table in TABLES:
+        for table in tables:
             row = connection.execute(
                 "SELECT table_len, tuple_len, dead_tuple_len, free_space FROM pgstattuple(%s)",
                 (table,),
@@ -820,7 +930,7 @@ def bloat(dsn: str, before: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid "
             "JOIN pg_class x ON x.oid = i.indexrelid JOIN pg_am a ON a.oid = x.relam "
             "WHERE t.relname = ANY(%s) AND a.amname = 'btree'",
-            (list(TABLES),),
+            (list(tables),),
         ).fetchall():
             del name
             index_bytes += size
@@ -828,7 +938,7 @@ def bloat(dsn: str, before: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 weighted_density += size * density
         total = connection.execute(
             "SELECT SUM(pg_total_relation_size(c.oid)) FROM pg_class c WHERE c.relname = ANY(%s)",
-            (list(TABLES),),
+            (list(tables),),
         ).fetchone()
     total_bytes = int(total[0]) if total and total[0] is not None else 0
     return {
@@ -873,8 +983,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, help="retentiond's batch_size (default: its own)")
     parser.add_argument("--baseline-seconds", type=float, default=2.0)
     parser.add_argument(
+        "--target",
+        choices=("3cx", "cdr"),
+        default="3cx",
+        help="3CX's cl_* call history, or Asterisk cdr_pgsql's cdr table (one row per call)",
+    )
+    parser.add_argument(
         "--methods",
-        default="retentiond,procedure,procedure-1000,procedure-5000,procedure-20000,plain-delete",
+        help="default: retentiond,procedure,procedure-1000,procedure-5000,procedure-20000,"
+        "plain-delete (cdr: without procedure)",
     )
     parser.add_argument(
         "--vacuum-wait",
@@ -898,6 +1015,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=common.RESULTS / f"{NAME}.json")
     args = parser.parse_args(argv)
+    if args.methods is None:
+        args.methods = "retentiond,procedure,procedure-1000,procedure-5000,procedure-20000"
+        args.methods += ",plain-delete"
+        if args.target == "cdr":
+            args.methods = args.methods.replace(",procedure,", ",")
     methods = [method.strip() for method in args.methods.split(",") if method.strip()]
     unknown = {
         method
@@ -928,14 +1050,14 @@ def run(args: argparse.Namespace, methods: list[str], *, private: bool) -> int:
     keep = timedelta(days=args.keep_days)
     now = datetime.now(ZONE)
     cutoff = now - keep
-    template = f"retentiond_bench_3cx_{args.calls}"
+    template = f"retentiond_bench_{args.target}_{args.calls}"
     print(f"building {args.calls:,} calls in database {template} ...", flush=True)
     if args.reuse_template and template_exists(args.dsn, template):
         # Built by an earlier run moments ago (--keep-databases): the cutoff moved by as much,
         # and no call lies within GAP of it, so the expired calls are the same.
         build = {"seconds": 0.0, "rows": {}, "bytes": None, "reused": True}
     else:
-        build = build_template(
+        build = (build_cdr_template if args.target == "cdr" else build_template)(
             args.dsn, template, call_starts(args.calls, keep, now, args.seed), args.seed
         )
     print(f"  {build['seconds']} s, {sum(build['rows'].values()):,} rows", flush=True)
@@ -981,7 +1103,7 @@ def run(args: argparse.Namespace, methods: list[str], *, private: bool) -> int:
                 result["vs_procedure"],
                 result["vs_plain_delete"],
                 result["before"]["expired_calls"],
-                result["after"]["cl_calls"],
+                result["after"]["calls"],
                 writer["calls"],
                 writer["p50_ms"],
                 writer["p99_ms"],
@@ -997,7 +1119,8 @@ def run(args: argparse.Namespace, methods: list[str], *, private: bool) -> int:
             ]
         )
     print()
-    print(f"3CX cl_* purge, {args.calls:,} calls, keep {args.keep_days}d, writer {args.rate:g}/s")
+    what = "Asterisk cdr_pgsql cdr" if args.target == "cdr" else "3CX cl_*"
+    print(f"{what} purge, {args.calls:,} calls, keep {args.keep_days}d, writer {args.rate:g}/s")
     print(
         f"x floor: the fastest procedure ({floor_method}) / method's time; x proc: `procedure` "
         f"(batches of {args.batch_size or DEFAULT_BATCH}) / method's time; x plain: plain-delete"
@@ -1051,6 +1174,7 @@ def run(args: argparse.Namespace, methods: list[str], *, private: bool) -> int:
             "benchmark": NAME,
             "machine": info,
             "parameters": {
+                "target": args.target,
                 "calls": args.calls,
                 "rate": args.rate,
                 "keep_days": args.keep_days,
