@@ -16,6 +16,10 @@ with a COMMIT per batch, and `procedure-N` the same in batches of N calls; `plai
 DELETE per table in one transaction. The floor is the fastest procedure run: retentiond's
 batches adapt to about 0.5 s each unless --batch-size fixes them.
 
+`--target cdr`: Asterisk cdr_pgsql's cdr table instead (one row per call), purged by the generic
+sql store, by a procedure deleting the oldest rows by ctid with a COMMIT per batch, and by one
+plain DELETE, while the writer inserts cdr rows.
+
     .venv/bin/python benchmarks/pg_3cx.py                 # 1,000,000 calls
     .venv/bin/python benchmarks/pg_3cx.py --calls 500     # seconds, for CI
 
