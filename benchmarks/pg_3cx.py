@@ -6,13 +6,19 @@ from the generator the tests use (tests/threecx_schema.py). Each method gets its
 (CREATE DATABASE ... TEMPLATE) and purges it while a writer inserts new calls with all their rows
 at `--rate` per second, as 3CX does during business hours. Reported per method: wall time, the
 writer's latency (p50, p99, max) and errors during the purge, what is left, autovacuum's activity
-during the purge and in `--settle-seconds` after it, and the tables' bloat then (pgstattuple).
+during the purge and in `--vacuum-wait` seconds after it, and the tables' bloat then (pgstattuple).
+It runs its own PostgreSQL server (initdb in a temporary folder, `--port`, autovacuum on as
+everywhere but on the test server), unless `--server HOST:PORT` names one.
 
 The methods: `retentiond`; `procedure`: a PL/pgSQL procedure deleting the expired calls in
 retentiond's dependency order in batches of retentiond's first batch size (500, or --batch-size)
 with a COMMIT per batch, and `procedure-N` the same in batches of N calls; `plain-delete`, one
 DELETE per table in one transaction. The floor is the fastest procedure run: retentiond's
 batches adapt to about 0.5 s each unless --batch-size fixes them.
+
+`--target cdr`: Asterisk cdr_pgsql's cdr table instead (one row per call), purged by the generic
+sql store, by a procedure deleting the oldest rows by ctid with a COMMIT per batch, and by one
+plain DELETE, while the writer inserts cdr rows.
 
     .venv/bin/python benchmarks/pg_3cx.py                 # 1,000,000 calls
     .venv/bin/python benchmarks/pg_3cx.py --calls 500     # seconds, for CI
@@ -26,8 +32,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -47,11 +57,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _files_common as common
 
 common.import_test_fixtures()
+from pbxdata import POSTGRES_CDR, cdr_rows  # noqa: E402
 from threecx_schema import CL_QUALITY, CL_TABLES, cl_history  # noqa: E402
 
 NAME = "pg_3cx"
 ZONE = ZoneInfo("Europe/Berlin")
 TABLES = ("cl_party_info", "cl_calls", "cl_participants", "cl_segments", "cl_quality")
+CDR_TABLES = ("cdr",)
+PAGE = 8192  # PostgreSQL's block size
 GAP = timedelta(days=1.5)  # no call this close to the cutoff: methods agree on what expired
 CHUNK = 20_000  # calls generated and copied at a time
 TARGET_P99_MS = 50.0
@@ -99,6 +112,166 @@ PLAIN_DELETE = [
     "AND NOT EXISTS (SELECT 1 FROM cl_participants AS p WHERE p.info_id = party.id)",
     "DELETE FROM cl_calls AS c USING gone_calls AS g WHERE c.id = g.id",
 ]
+
+# Asterisk's cdr_pgsql table has no key: the floor deletes the oldest rows by ctid, as many as
+# a batch holds, with a COMMIT per batch.
+CDR_PROCEDURE = """
+CREATE OR REPLACE PROCEDURE bench_purge_calls(cutoff timestamp, batch integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    gone integer;
+BEGIN
+    LOOP
+        DELETE FROM cdr WHERE ctid IN (
+            SELECT ctid FROM cdr WHERE calldate < cutoff ORDER BY calldate LIMIT batch
+        );
+        GET DIAGNOSTICS gone = ROW_COUNT;
+        EXIT WHEN gone = 0;
+        COMMIT;
+    END LOOP;
+END
+$$
+"""
+
+CDR_PLAIN_DELETE = ["DELETE FROM cdr WHERE calldate < %(cutoff)s"]
+
+
+def tables_of(target: str) -> tuple[str, ...]:
+    return CDR_TABLES if target == "cdr" else TABLES
+
+
+def local_cutoff(target: str, cutoff: datetime) -> datetime:
+    """cdr.calldate is a timestamp without time zone in the PBX's zone, as Asterisk writes it."""
+    return cutoff.astimezone(ZONE).replace(tzinfo=None) if target == "cdr" else cutoff
+
+
+# -- a private PostgreSQL server -------------------------------------------------------------
+
+PG_BIN = Path("/usr/lib/postgresql")
+SETTINGS = (
+    "autovacuum",
+    "autovacuum_naptime",
+    "autovacuum_vacuum_scale_factor",
+    "autovacuum_vacuum_insert_scale_factor",
+    "log_autovacuum_min_duration",
+    "shared_buffers",
+    "synchronous_commit",
+    "fsync",
+    "wal_level",
+    "max_wal_size",
+)
+
+
+@dataclass
+class PrivateServer:
+    """A throwaway PostgreSQL cluster (initdb, pg_ctl) in a temporary folder.
+
+    Private so that autovacuum runs as it does on a PBX's server (the test server has it off),
+    and so the benchmark neither disturbs the test databases nor is disturbed by them.
+    """
+
+    port: int
+    folder: Path
+    bindir: Path
+
+    @property
+    def data(self) -> Path:
+        return self.folder / "data"
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.data.exists():
+            _as_postgres(
+                [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"],
+                check=False,
+            )
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _as_postgres(command: list[str], *, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    """PostgreSQL refuses to run as root: as root, run its tools as the postgres user."""
+    if os.geteuid() == 0:
+        command = ["runuser", "-u", "postgres", "--", *command]
+    return subprocess.run(command, check=check, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def postgres_bindir() -> Path:
+    """The newest installed server's bin folder (Debian: /usr/lib/postgresql/VERSION/bin)."""
+    found = sorted(
+        (path for path in PG_BIN.glob("*/bin") if (path / "initdb").exists()),
+        key=lambda path: int(path.parent.name) if path.parent.name.isdigit() else 0,
+    )
+    if not found:
+        sys.exit("no PostgreSQL server found under /usr/lib/postgresql: apt-get install postgresql")
+    return found[-1]
+
+
+def start_private_server(port: int, shared_buffers: str) -> PrivateServer:
+    """initdb a cluster with trust authentication on 127.0.0.1 and start it on `port`.
+
+    Everything else is the server's defaults (those of Debian's clusters too): autovacuum on,
+    a one-minute naptime, synchronous_commit on, wal_level replica. shared_buffers is set
+    explicitly (the built-in 128 MB would make the figures depend on the page cache); autovacuum
+    runs are logged to the server's log in the folder.
+    """
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            sys.exit(f"port {port} is in use; pass --port with a free one or --server HOST:PORT")
+    bindir = postgres_bindir()
+    folder = Path(tempfile.mkdtemp(prefix="retentiond-bench-pg-"))
+    server = PrivateServer(port, folder, bindir)
+    try:
+        if os.geteuid() == 0:
+            shutil.chown(folder, "postgres", "postgres")
+        _as_postgres(
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(server.data),
+                "--auth=trust",
+                "--username=postgres",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",  # a throwaway cluster: the benchmark's own writes are fsynced
+            ]
+        )
+        options = " ".join(
+            f"-c {name}={value}"
+            for name, value in (
+                ("listen_addresses", "127.0.0.1"),
+                ("port", port),
+                ("unix_socket_directories", folder),
+                ("shared_buffers", shared_buffers),
+                ("log_autovacuum_min_duration", 0),
+            )
+        )
+        _as_postgres(
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(server.data),
+                "-l",
+                str(folder / "postgresql.log"),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "120",
+                "start",
+            ]
+        )
+    except BaseException as error:
+        if isinstance(error, subprocess.CalledProcessError) and error.stdout:
+            print(error.stdout.decode(errors="replace")[-2000:], file=sys.stderr)
+        log = folder / "postgresql.log"
+        if log.exists():
+            print(log.read_text(errors="replace")[-2000:], file=sys.stderr)
+        server.stop()
+        raise
+    return server
 
 
 # -- the data --------------------------------------------------------------------------------
@@ -223,6 +396,42 @@ def build_template(dsn: str, name: str, starts: list[datetime], seed: int) -> di
     }
 
 
+def build_cdr_template(dsn: str, name: str, starts: list[datetime], seed: int) -> dict[str, Any]:
+    """A cdr table of Asterisk's cdr_pgsql with one row per call, calldate in local time."""
+    admin(dsn, f'DROP DATABASE IF EXISTS "{name}"', f'CREATE DATABASE "{name}"')
+    started = time.perf_counter()
+    with psycopg.connect(database_dsn(dsn, name)) as connection:
+        for statement in POSTGRES_CDR:
+            connection.execute(statement)
+        loader = Loader(connection)
+        loader.counts = {"cdr": 0}
+        for index in range(0, len(starts), CHUNK):
+            chunk = [
+                start.astimezone(ZONE).replace(tzinfo=None)
+                for start in starts[index : index + CHUNK]
+            ]
+            loader._copy("cdr", cdr_rows(chunk, seed=seed + index))
+            connection.commit()
+        connection.autocommit = True
+        connection.execute("VACUUM ANALYZE")
+        connection.execute("CHECKPOINT")
+        size = connection.execute("SELECT pg_database_size(current_database())").fetchone()
+    return {
+        "seconds": round(time.perf_counter() - started, 1),
+        "rows": loader.counts,
+        "bytes": size[0] if size else None,
+    }
+
+
+def cdr_counts(dsn: str, cutoff: datetime) -> dict[str, int]:
+    with psycopg.connect(dsn) as connection:
+        row = connection.execute(
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE calldate < %s) FROM cdr", (cutoff,)
+        ).fetchone()
+    assert row is not None
+    return {"cdr": row[0], "calls": row[0], "expired_calls": row[1]}
+
+
 def database_dsn(dsn: str, name: str) -> str:
     return f"{dsn.rstrip('/')}/{name}"
 
@@ -253,6 +462,7 @@ def counts(dsn: str, cutoff: datetime) -> dict[str, int]:
         }
         for key, query in queries.items():
             result[key] = connection.execute(query, {"cutoff": cutoff}).fetchone()[0]  # type: ignore[index]
+    result["calls"] = result["cl_calls"]
     return result
 
 
@@ -339,15 +549,21 @@ class Writer(threading.Thread):
             self.failure = error
             self.ready.set()
 
+    def _prepare(self, connection: psycopg.Connection[Any]) -> Any:
+        return {
+            f"{dn_type}:{dn}": party_id
+            for dn_type, dn, party_id in connection.execute(
+                "SELECT dn_type, dn, MIN(id) FROM cl_party_info "
+                "WHERE dn_type IN (0, 2) GROUP BY dn_type, dn"
+            )
+        }
+
+    def _write(self, connection: psycopg.Connection[Any], number: int, state: Any) -> None:
+        self._insert_call(connection, self.shapes[number % len(self.shapes)], state)
+
     def _run(self) -> None:
         with psycopg.connect(self.dsn) as connection:
-            shared = {
-                f"{dn_type}:{dn}": party_id
-                for dn_type, dn, party_id in connection.execute(
-                    "SELECT dn_type, dn, MIN(id) FROM cl_party_info "
-                    "WHERE dn_type IN (0, 2) GROUP BY dn_type, dn"
-                )
-            }
+            state = self._prepare(connection)
             connection.commit()
             self.started_at = time.perf_counter()
             self.ready.set()
@@ -359,10 +575,9 @@ class Writer(threading.Thread):
                     time.sleep(due - now)
                 begun = time.perf_counter()
                 late = max(0.0, begun - due)
-                shape = self.shapes[number % len(self.shapes)]
                 error = None
                 try:
-                    self._insert_call(connection, shape, shared)
+                    self._write(connection, number, state)
                 except psycopg.Error as failure:
                     connection.rollback()
                     error = type(failure).__name__
@@ -413,6 +628,25 @@ class Writer(threading.Thread):
         self.join(30)
 
 
+class CdrWriter(Writer):
+    """Asterisk's cdr_pgsql: one cdr row per call, each INSERT its own transaction."""
+
+    def __init__(self, dsn: str, rate: float, rows: list[dict[str, Any]]) -> None:
+        super().__init__(dsn, rate, [])
+        self.rows = rows
+
+    def _prepare(self, connection: psycopg.Connection[Any]) -> Any:
+        return None
+
+    def _write(self, connection: psycopg.Connection[Any], number: int, state: Any) -> None:
+        row = {
+            **self.rows[number % len(self.rows)],
+            "calldate": datetime.now(ZONE).replace(tzinfo=None, microsecond=0),
+        }
+        with connection.transaction():
+            connection.execute(_insert("cdr", row, returning=False), row)
+
+
 def _shifted(row: dict[str, Any], shift: timedelta) -> dict[str, Any]:
     return {
         key: value + shift if isinstance(value, datetime) else value for key, value in row.items()
@@ -447,12 +681,11 @@ def _round(value: float | None) -> float | None:
 # -- the methods -----------------------------------------------------------------------------
 
 
-def purge_plain(dsn: str, cutoff: datetime, workdir: Path) -> dict[str, Any]:
-    del workdir
+def purge_plain(dsn: str, cutoff: datetime, target: str) -> dict[str, Any]:
     started = time.perf_counter()
     deleted: dict[str, int] = {}
     with psycopg.connect(dsn) as connection, connection.cursor() as cursor:
-        for statement in PLAIN_DELETE:
+        for statement in CDR_PLAIN_DELETE if target == "cdr" else PLAIN_DELETE:
             cursor.execute(statement, {"cutoff": cutoff})
             if statement.startswith("DELETE"):
                 deleted[statement.split()[2]] = cursor.rowcount
@@ -461,11 +694,12 @@ def purge_plain(dsn: str, cutoff: datetime, workdir: Path) -> dict[str, Any]:
 
 
 def purge_retentiond(
-    dsn: str, cutoff: datetime, workdir: Path, *, keep_days: int, batch_size: int | None
+    dsn: str, workdir: Path, *, target: str, keep_days: int, batch_size: int | None
 ) -> dict[str, Any]:
-    del cutoff  # retentiond computes its own from `keep`
     audit = workdir / "audit.jsonl"
     store: dict[str, Any] = {"type": "3cx_call_history", "connection": "threecx"}
+    if target == "cdr":  # as the README's Asterisk example has it
+        store = {"type": "sql", "connection": "threecx", "table": "cdr", "time_column": "calldate"}
     if batch_size:
         store["batch_size"] = batch_size
     config = {
@@ -504,9 +738,17 @@ def run_method(
         f'CREATE DATABASE "{name}" TEMPLATE "{template}"',
     )
     dsn = database_dsn(args.dsn, name)
-    before = counts(dsn, cutoff)
-    stats_before = table_stats(dsn)
-    writer = Writer(dsn, args.rate, call_shapes(500, seed=args.seed + 1))
+    tables = tables_of(args.target)
+    cutoff = local_cutoff(args.target, cutoff)
+    count = cdr_counts if args.target == "cdr" else counts
+    before = count(dsn, cutoff)
+    stats_before = table_stats(dsn, tables)
+    writer: Writer
+    if args.target == "cdr":
+        now = datetime.now(ZONE).replace(tzinfo=None)
+        writer = CdrWriter(dsn, args.rate, cdr_rows([now] * 500, seed=args.seed + 1))
+    else:
+        writer = Writer(dsn, args.rate, call_shapes(500, seed=args.seed + 1))
     writer.start()
     writer.ready.wait(30)
     if writer.failure:
@@ -516,26 +758,31 @@ def run_method(
     try:
         if method == "retentiond":
             result = purge_retentiond(
-                dsn, cutoff, workdir, keep_days=args.keep_days, batch_size=args.batch_size
+                dsn,
+                workdir,
+                target=args.target,
+                keep_days=args.keep_days,
+                batch_size=args.batch_size,
             )
         elif method.startswith("procedure"):
             _, _, size = method.partition("-")
             batch = int(size) if size else (args.batch_size or DEFAULT_BATCH)
-            result = purge_procedure(dsn, cutoff, batch)
+            result = purge_procedure(dsn, cutoff, batch, args.target)
         else:
-            result = purge_plain(dsn, cutoff, workdir)
+            result = purge_plain(dsn, cutoff, args.target)
     finally:
         purge_end = time.perf_counter() - writer.started_at
         writer.stop()
     if writer.failure:
         raise writer.failure
-    stats_end = table_stats(dsn)
-    time.sleep(args.settle_seconds)
-    stats_settled = table_stats(dsn)
-    after = counts(dsn, cutoff)
-    result["autovacuum"] = vacuum_figures(stats_before, stats_end, stats_settled)
-    result["autovacuum"]["settle_s"] = args.settle_seconds
-    result["bloat"] = bloat(dsn)
+    ended_at = datetime.now(UTC)
+    stats_end = table_stats(dsn, tables)
+    runs = watch_autovacuum(dsn, tables, stats_before, ended_at, args.vacuum_wait)
+    stats_waited = table_stats(dsn, tables)
+    result["autovacuum"] = vacuum_figures(stats_before, stats_end, stats_waited)
+    result["autovacuum"].update(runs, wait_s=args.vacuum_wait)
+    result["bloat"] = bloat(dsn, tables, stats_before)  # before the counts' scans prune pages
+    after = count(dsn, cutoff)
     written = writer_figures(writer.samples, 0, 1e9)
     result.update(
         method=method,
@@ -551,10 +798,10 @@ def run_method(
         problems.append(f"exit code {result.get('returncode')}")
     if after["expired_calls"]:
         problems.append(f"{after['expired_calls']} expired calls left")
-    if after["cl_calls"] != before["cl_calls"] - before["expired_calls"] + calls_written:
+    if after["calls"] != before["calls"] - before["expired_calls"] + calls_written:
         problems.append("calls left differ from the young calls plus the writer's")
     for key in ("orphan_participants", "orphan_segments", "orphan_quality", "unused_parties"):
-        if after[key] > before[key]:
+        if after.get(key, 0) > before.get(key, 0):
             problems.append(f"{key}: {after[key]}")
     result["problems"] = problems
     if not args.keep_databases:
@@ -562,10 +809,10 @@ def run_method(
     return result
 
 
-def purge_procedure(dsn: str, cutoff: datetime, batch: int) -> dict[str, Any]:
+def purge_procedure(dsn: str, cutoff: datetime, batch: int, target: str) -> dict[str, Any]:
     started = time.perf_counter()
     with psycopg.connect(dsn, autocommit=True) as connection:  # CALL may COMMIT only outside
-        connection.execute(PROCEDURE)
+        connection.execute(CDR_PROCEDURE if target == "cdr" else PROCEDURE)
         connection.execute("CALL bench_purge_calls(%s, %s)", (cutoff, batch))
         connection.execute("DROP PROCEDURE bench_purge_calls")
     return {"wall_s": time.perf_counter() - started, "returncode": 0, "batch_size": batch}
@@ -580,10 +827,10 @@ STATS = (
 )
 
 
-def table_stats(dsn: str) -> dict[str, dict[str, Any]]:
+def table_stats(dsn: str, tables: Sequence[str]) -> dict[str, dict[str, Any]]:
     with psycopg.connect(dsn, autocommit=True) as connection:
         connection.execute("SELECT pg_stat_clear_snapshot()")
-        rows = connection.execute(STATS, (list(TABLES),)).fetchall()
+        rows = connection.execute(STATS, (list(tables),)).fetchall()
     return {
         row[0]: {
             "live": row[1],
@@ -600,32 +847,67 @@ def table_stats(dsn: str) -> dict[str, dict[str, Any]]:
 
 
 def vacuum_figures(
-    before: dict[str, dict[str, Any]], *later: dict[str, dict[str, Any]]
+    before: dict[str, dict[str, Any]], at_end: dict[str, dict[str, Any]], waited: dict[str, Any]
 ) -> dict[str, Any]:
-    """Dead rows and autovacuum/autoanalyze runs (deltas from `before`) at each later moment."""
-    figures = []
-    for stats in later:
-        figures.append(
-            {
-                "dead_rows": sum(stats[t]["dead"] for t in stats),
-                "autovacuums": sum(
-                    stats[t]["autovacuums"] - before[t]["autovacuums"] for t in stats
-                ),
-                "autoanalyzes": sum(
-                    stats[t]["autoanalyzes"] - before[t]["autoanalyzes"] for t in stats
-                ),
-                "autovacuumed": sorted(
-                    t for t in stats if stats[t]["autovacuums"] > before[t]["autovacuums"]
-                ),
-                "bytes": sum(stats[t]["bytes"] for t in stats),
-            }
-        )
-    return {"at_end": figures[0], "after_settle": figures[1]}
+    """Dead rows and autovacuum/autoanalyze runs (deltas from `before`) when the purge ended and
+    after the wait."""
+    figures = {}
+    for moment, stats in (("at_end", at_end), ("after_wait", waited)):
+        figures[moment] = {
+            "dead_rows": sum(stats[t]["dead"] for t in stats),
+            "autovacuums": sum(stats[t]["autovacuums"] - before[t]["autovacuums"] for t in stats),
+            "autoanalyzes": sum(
+                stats[t]["autoanalyzes"] - before[t]["autoanalyzes"] for t in stats
+            ),
+            "autovacuumed": sorted(
+                t for t in stats if stats[t]["autovacuums"] > before[t]["autovacuums"]
+            ),
+            "bytes": sum(stats[t]["bytes"] for t in stats),
+        }
+    figures["dead_rows_before"] = sum(before[t]["dead"] for t in before)
+    figures["bytes_before"] = sum(before[t]["bytes"] for t in before)
+    return figures
 
 
-def bloat(dsn: str) -> dict[str, Any]:
-    """Heap bloat of the five tables by pgstattuple (dead rows and free space of the heap), and
-    the size of their indexes; None without the contrib."""
+def watch_autovacuum(
+    dsn: str,
+    tables: Sequence[str],
+    before: dict[str, dict[str, Any]],
+    ended_at: datetime,
+    wait: float,
+) -> dict[str, Any]:
+    """Wait `wait` seconds after the purge, noting when autovacuum finished on each table
+    (seconds after the purge's end; negative: during it) and which it was still vacuuming."""
+    finished: dict[str, float] = {}
+    running: list[str] = []
+    deadline = time.monotonic() + wait
+    while True:
+        stats = table_stats(dsn, tables)
+        for table, row in stats.items():
+            if row["autovacuums"] > before[table]["autovacuums"] and row["last_autovacuum"]:
+                last = datetime.fromisoformat(row["last_autovacuum"])
+                finished[table] = round((last - ended_at).total_seconds(), 1)
+        with psycopg.connect(dsn, autocommit=True) as connection:
+            running = sorted(
+                str(row[0])
+                for row in connection.execute(
+                    "SELECT relid::regclass FROM pg_stat_progress_vacuum "
+                    "WHERE datname = current_database()"
+                )
+            )
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+    return {
+        "finished_s": dict(sorted(finished.items())),  # the latest run per table
+        "running_at_wait_end": running,
+    }
+
+
+def bloat(dsn: str, tables: Sequence[str], before: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The five tables after the purge and the wait: heap bytes against live tuple bytes
+    (pgstattuple: dead rows plus free space are the heap's bloat), and the B-tree indexes' size
+    and leaf density (pgstatindex; a fresh index is about 90% dense)."""
     with psycopg.connect(dsn, autocommit=True) as connection:
         try:
             connection.execute("CREATE EXTENSION IF NOT EXISTS pgstattuple")
@@ -633,7 +915,7 @@ def bloat(dsn: str) -> dict[str, Any]:
             return {"pgstattuple": False}
         heap = dead = free = live = 0
         per_table = {}
-        for table in TABLES:
+        for table in tables:
             row = connection.execute(
                 "SELECT table_len, tuple_len, dead_tuple_len, free_space FROM pgstattuple(%s)",
                 (table,),
@@ -642,20 +924,43 @@ def bloat(dsn: str) -> dict[str, Any]:
             heap, live, dead, free = heap + row[0], live + row[1], dead + row[2], free + row[3]
             per_table[table] = {
                 "heap_bytes": row[0],
+                "live_bytes": row[1],
                 "bloat_pct": round(100 * (row[2] + row[3]) / row[0], 1) if row[0] else 0.0,
             }
-        indexes = connection.execute(
-            "SELECT SUM(pg_indexes_size(c.oid)) FROM pg_class c WHERE c.relname = ANY(%s)",
-            (list(TABLES),),
+        index_bytes = index_used = 0.0
+        weighted_density = 0.0
+        for size, leaf_pages, internal_pages, density in connection.execute(
+            "SELECT pg_relation_size(i.indexrelid), s.leaf_pages, s.internal_pages, "
+            "s.avg_leaf_density FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid "
+            "JOIN pg_class x ON x.oid = i.indexrelid JOIN pg_am a ON a.oid = x.relam "
+            "CROSS JOIN LATERAL pgstatindex(i.indexrelid::regclass::text) AS s "
+            "WHERE t.relname = ANY(%s) AND a.amname = 'btree'",
+            (list(tables),),
+        ).fetchall():
+            index_bytes += size
+            if density == density:  # NaN for an empty index
+                weighted_density += size * density
+                # Used: the leaves' filled share, the inner pages, the meta page; the rest is
+                # empty or deleted pages kept for reuse (VACUUM never shrinks a B-tree's file)
+                index_used += (leaf_pages * density / 100 + internal_pages + 1) * PAGE
+        total = connection.execute(
+            "SELECT SUM(pg_total_relation_size(c.oid)) FROM pg_class c WHERE c.relname = ANY(%s)",
+            (list(tables),),
         ).fetchone()
+    total_bytes = int(total[0]) if total and total[0] is not None else 0
     return {
         "pgstattuple": True,
+        "total_bytes_before": sum(before[t]["bytes"] for t in before),
+        "total_bytes": total_bytes,
         "heap_bytes": heap,
         "live_bytes": live,
         "dead_bytes": dead,
         "free_bytes": free,
         "bloat_pct": round(100 * (dead + free) / heap, 1) if heap else 0.0,
-        "index_bytes": int(indexes[0]) if indexes and indexes[0] is not None else None,
+        "total_vs_live": round(total_bytes / live, 2) if live else None,
+        "index_bytes": int(index_bytes),
+        "index_leaf_density_pct": round(weighted_density / index_bytes, 1) if index_bytes else None,
+        "index_free_pct": round(100 * (1 - index_used / index_bytes), 1) if index_bytes else None,
         "tables": per_table,
     }
 
@@ -668,9 +973,8 @@ def template_exists(dsn: str, name: str) -> bool:
 
 def server_settings(dsn: str) -> dict[str, str]:
     """The settings that decide autovacuum's figures and each commit's cost."""
-    names = ("autovacuum", "autovacuum_naptime", "synchronous_commit", "shared_buffers")
     with psycopg.connect(database_dsn(dsn, "postgres")) as connection:
-        return {name: str(connection.execute(f"SHOW {name}").fetchone()[0]) for name in names}  # type: ignore[index]
+        return {name: str(connection.execute(f"SHOW {name}").fetchone()[0]) for name in SETTINGS}  # type: ignore[index]
 
 
 def postgres_version(dsn: str) -> str:
@@ -687,16 +991,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, help="retentiond's batch_size (default: its own)")
     parser.add_argument("--baseline-seconds", type=float, default=2.0)
     parser.add_argument(
-        "--methods",
-        default="retentiond,procedure,procedure-1000,procedure-5000,procedure-20000,plain-delete",
+        "--target",
+        choices=("3cx", "cdr"),
+        default="3cx",
+        help="3CX's cl_* call history, or Asterisk cdr_pgsql's cdr table (one row per call)",
     )
     parser.add_argument(
-        "--settle-seconds",
-        type=float,
-        default=30.0,
-        help="wait after each purge before reading autovacuum's figures and the bloat",
+        "--methods",
+        help="default: retentiond,procedure,procedure-1000,procedure-5000,procedure-20000,"
+        "plain-delete (cdr: without procedure)",
     )
-    parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432")
+    parser.add_argument(
+        "--vacuum-wait",
+        type=float,
+        default=60.0,
+        help="seconds to wait after each purge for autovacuum before reading the bloat",
+    )
+    parser.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="use this running server (user postgres, trust) instead of a private one",
+    )
+    parser.add_argument("--port", type=int, default=5433, help="the private server's port")
+    parser.add_argument("--shared-buffers", default="1GB", help="the private server's")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep-databases", action="store_true")
     parser.add_argument(
@@ -706,6 +1023,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=common.RESULTS / f"{NAME}.json")
     args = parser.parse_args(argv)
+    if args.methods is None:
+        args.methods = "retentiond,procedure,procedure-1000,procedure-5000,procedure-20000"
+        args.methods += ",plain-delete"
+        if args.target == "cdr":
+            args.methods = args.methods.replace(",procedure,", ",")
     methods = [method.strip() for method in args.methods.split(",") if method.strip()]
     unknown = {
         method
@@ -716,17 +1038,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown methods: {', '.join(sorted(unknown))}")
 
+    # A SIGTERM (a CI timeout) still stops the private server and removes its folder.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    server = None
+    if args.server:
+        host, _, port = args.server.rpartition(":")
+        args.dsn = f"postgresql://postgres@{host or '127.0.0.1'}:{port}"
+    else:
+        server = start_private_server(args.port, args.shared_buffers)
+        args.dsn = server.dsn
+    try:
+        return run(args, methods, private=server is not None)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def run(args: argparse.Namespace, methods: list[str], *, private: bool) -> int:
     keep = timedelta(days=args.keep_days)
     now = datetime.now(ZONE)
     cutoff = now - keep
-    template = f"retentiond_bench_3cx_{args.calls}"
+    template = f"retentiond_bench_{args.target}_{args.calls}"
     print(f"building {args.calls:,} calls in database {template} ...", flush=True)
     if args.reuse_template and template_exists(args.dsn, template):
         # Built by an earlier run moments ago (--keep-databases): the cutoff moved by as much,
         # and no call lies within GAP of it, so the expired calls are the same.
         build = {"seconds": 0.0, "rows": {}, "bytes": None, "reused": True}
     else:
-        build = build_template(
+        build = (build_cdr_template if args.target == "cdr" else build_template)(
             args.dsn, template, call_starts(args.calls, keep, now, args.seed), args.seed
         )
     print(f"  {build['seconds']} s, {sum(build['rows'].values()):,} rows", flush=True)
@@ -737,6 +1076,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     info = common.machine(Path(tempfile.gettempdir()), postgres=postgres_version(args.dsn))
     info["postgresql_settings"] = server_settings(args.dsn)
+    info["postgresql_server"] = "private (initdb)" if private else args.dsn
     results: dict[str, dict[str, Any]] = {}
     errors: list[str] = []
     try:
@@ -771,7 +1111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 result["vs_procedure"],
                 result["vs_plain_delete"],
                 result["before"]["expired_calls"],
-                result["after"]["cl_calls"],
+                result["after"]["calls"],
                 writer["calls"],
                 writer["p50_ms"],
                 writer["p99_ms"],
@@ -779,13 +1119,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 writer["errors"],
                 vacuum["at_end"]["dead_rows"],
                 vacuum["at_end"]["autovacuums"],
-                vacuum["after_settle"]["autovacuums"],
-                vacuum["after_settle"]["dead_rows"],
+                vacuum["after_wait"]["autovacuums"],
+                vacuum["after_wait"]["dead_rows"],
                 result["bloat"].get("bloat_pct"),
+                result["bloat"].get("index_free_pct"),
+                result["bloat"].get("total_vs_live"),
             ]
         )
     print()
-    print(f"3CX cl_* purge, {args.calls:,} calls, keep {args.keep_days}d, writer {args.rate:g}/s")
+    what = "Asterisk cdr_pgsql cdr" if args.target == "cdr" else "3CX cl_*"
+    print(f"{what} purge, {args.calls:,} calls, keep {args.keep_days}d, writer {args.rate:g}/s")
     print(
         f"x floor: the fastest procedure ({floor_method}) / method's time; x proc: `procedure` "
         f"(batches of {args.batch_size or DEFAULT_BATCH}) / method's time; x plain: plain-delete"
@@ -809,9 +1152,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "errors",
                 "dead at end",
                 "autovac during",
-                "autovac +settle",
-                "dead +settle",
-                "bloat %",
+                "autovac +wait",
+                "dead +wait",
+                "heap bloat %",
+                "index free %",
+                "size/live",
             ],
             rows,
         )
@@ -837,11 +1182,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "benchmark": NAME,
             "machine": info,
             "parameters": {
+                "target": args.target,
                 "calls": args.calls,
                 "rate": args.rate,
                 "keep_days": args.keep_days,
                 "batch_size": args.batch_size,
-                "settle_seconds": args.settle_seconds,
+                "vacuum_wait_s": args.vacuum_wait,
+                "shared_buffers": None if args.server else args.shared_buffers,
                 "cutoff": cutoff.isoformat(),
                 "seed": args.seed,
             },
