@@ -224,3 +224,29 @@ def test_the_survey_reads_the_table_once_for_counts_and_ranges_alike(
     assert sum(result.deleted for result in results) == 30
     assert all(0 < result.deleted <= 8 for result in results)
     assert len(events.listed()) == 12
+
+
+@pytest.mark.parametrize("database", ALL_BACKENDS, indirect=True)
+def test_the_verifying_survey_counts_without_grouping_and_a_later_walk_plans_again(
+    database: PbxDatabase, open_sql_store: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_sql_throughput import watch
+
+    events = Events(database)
+    events.insert([before_cutoff(200 - i) for i in range(20)] + [after_cutoff(1)])
+    store = open_sql_store(database.url, events.table, events.column, batch_size=8)
+    store.survey(CUTOFF)
+    purge(store)
+    events.insert([before_cutoff(50), before_cutoff(40)])  # arrive after the walk
+    traffic = watch(store._db.engine, monkeypatch)
+
+    verified = store.survey(CUTOFF)
+    reads = [sql for sql, _ in traffic.statements if sql.startswith("SELECT")]
+    results = purge(store)
+
+    assert verified.expired == 2
+    assert len(reads) == 1 and "GROUP BY" not in reads[0], reads
+    # the next walk read its own ranges (no segments were kept) and took both rows
+    assert [result.deleted for result in results] == [2]
+    assert store.survey(CUTOFF).expired == 0
+    assert len(events.listed()) == 1

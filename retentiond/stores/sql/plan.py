@@ -211,6 +211,7 @@ class Planning(Surveying):
     def _walk_segments(self, cutoff: datetime, holds: Holds) -> Segments:
         """The survey's segments of the rows to delete, else read now."""
         cached, self._walk_range = self._walk_range, None
+        self._walked = True
         if cached is not None and cached[:2] == (cutoff, holds):
             return cached[2]
         expired = self._expired(cutoff)

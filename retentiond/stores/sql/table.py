@@ -74,6 +74,8 @@ class SqlTable(Store):
         # The walk's segments of unheld expired rows from the last survey, so batches() need not
         # scan again when it is asked for the same cutoff and holds.
         self._walk_range: tuple[datetime, Holds, Segments] | None = None
+        # A walk took the segments since the last survey: the next survey verifies (counts only)
+        self._walked = False
         self.anonymizes = bool(store.anonymize)
         # subject_columns: their names, and each as SQL text to compare with a subject's values.
         self._subject_names: list[str] = []
