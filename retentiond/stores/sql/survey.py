@@ -97,8 +97,7 @@ class Surveying(HeldRows):
             f"MAX({gone} {time_sql} END)",
         ]
         # The lowest key and the width are integers read or computed here, not input
-        divide = "DIV" if self._dialect.name == "mysql" else "/"
-        group = f"({key} - {int(low or 0)}) {divide} {int(width)}"
+        group = self._dialect.integer_divide(f"({key} - {int(low or 0)})", str(int(width)))
         statement, params = bind(
             f"SELECT {', '.join(columns)}, {group} AS walk_group FROM {self._table_sql} "
             "GROUP BY walk_group ORDER BY walk_group",

@@ -161,6 +161,11 @@ class Dialect(ABC):
     def concat(self, *parts: str) -> str:
         return f"CONCAT({', '.join(parts)})"
 
+    def integer_divide(self, dividend: str, divisor: str) -> str:
+        """`dividend` divided by `divisor`, both integers, as an integer (rounded down for
+        non-negative values)."""
+        return f"{dividend} / {divisor}"
+
     def key_equals(self, key: str, param: str) -> str:
         """The row key `key` (as implicit_row_key or a primary key names it) is `:param`."""
         return f"{key} = :{param}"

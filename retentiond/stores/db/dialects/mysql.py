@@ -40,6 +40,9 @@ class MySQL(Dialect):
     null_safe_equal = "<=>"
     deletes_without_key = True
 
+    def integer_divide(self, dividend: str, divisor: str) -> str:
+        return f"{dividend} DIV {divisor}"  # `/` gives a decimal
+
     def connect_args(self, settings: ConnectionConfig, io_timeout: int) -> dict[str, Any]:
         lock = max(1, math.ceil(settings.lock_timeout))
         # Versioned comments: /*M!100100 */ runs on MariaDB 10.1+ only (MySQL has no
