@@ -1096,9 +1096,11 @@ def run(args: argparse.Namespace, methods: list[str], *, private: bool) -> int:
     same_size = results.get("procedure", {}).get("purge_s")
     plain = results.get("plain-delete", {}).get("purge_s")
     for result in results.values():
-        result["vs_floor"] = round(floor / result["purge_s"], 2) if floor else None
-        result["vs_procedure"] = round(same_size / result["purge_s"], 2) if same_size else None
-        result["vs_plain_delete"] = round(plain / result["purge_s"], 2) if plain else None
+        # A purge of a tiny table can round to 0.000 s: no ratio then, not a division by zero
+        took = result["purge_s"]
+        result["vs_floor"] = round(floor / took, 2) if floor and took else None
+        result["vs_procedure"] = round(same_size / took, 2) if same_size and took else None
+        result["vs_plain_delete"] = round(plain / took, 2) if plain and took else None
     rows = []
     for method, result in results.items():
         writer = result["writer"]
@@ -1168,8 +1170,9 @@ def run(args: argparse.Namespace, methods: list[str], *, private: bool) -> int:
             "writer_p99_ms<=50": writer["p99_ms"] is not None and writer["p99_ms"] <= TARGET_P99_MS,
             "writer_errors==0": writer["errors"] == 0,
         }
+        ratio = results["retentiond"]["vs_floor"]
         if floor:
-            targets["vs_floor>=0.9"] = results["retentiond"]["vs_floor"] >= TARGET_FLOOR_RATIO
+            targets["vs_floor>=0.9"] = ratio is not None and ratio >= TARGET_FLOOR_RATIO
         print(
             "targets (retentiond): "
             + ", ".join(f"{k}: {common.fmt(v)}" for k, v in targets.items())
