@@ -8,10 +8,12 @@ import socket
 import time
 import urllib.request
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from dateutil.relativedelta import relativedelta
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
@@ -20,6 +22,7 @@ from retentiond.config.loader import parse_config
 from retentiond.config.model import Rule
 from retentiond.engine.outcome import RunOutcome, StoreOutcome
 from retentiond.evidence.log import AuditLog
+from retentiond.policy.durations import Duration
 from retentiond.service.metrics import Metrics, MetricsError
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -333,3 +336,90 @@ def test_seeding_from_a_missing_or_broken_log(tmp_path: Path) -> None:
         assert metrics.seed_from_audit(path) == 1  # what came before the break is used
     assert [e["event"] for e in logs] == ["metrics seeded from part of the audit log"]
     assert "line 3" in logs[0]["reason"]
+
+
+def scheduled_rules(grace: str = "", **schedules: str) -> tuple[list[Rule], Duration]:
+    """Rules named by the keywords with those schedules ('' for none), and the config's grace."""
+    text = "version: 1\n"
+    if grace:
+        text += f"safety:\n  deadline_grace: {grace}\n"
+    text += "rules:\n"
+    for name, schedule in schedules.items():
+        text += f"  - name: {name}\n    keep: 30d\n"
+        if schedule:
+            text += f"    schedule: {schedule}\n"
+        text += f"    stores:\n      - type: files\n        root: /srv/pbx/{name}\n"
+    config = parse_config(text)
+    return config.rules, config.safety.deadline_grace
+
+
+def test_due_times_and_the_last_status_follow_the_log_and_the_runs(tmp_path: Path) -> None:
+    """What the alert rules compare time() with: the schedule's interval, when the next run and
+    the next success are due (calendar grace), and the last run's status, seeded from the log."""
+    rules, grace = scheduled_rules(
+        "1 month", calls="daily 03:15", vm="15 3 * * mon-fri", spool="", new="weekly sun 04:00"
+    )
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path) as log:
+        opened = log.append("hold_added", hold_id="h1")  # the log's first entry
+        log.append("run_started", run_id="c1", rule="calls", stores=[])
+        done = log.append("run_finished", run_id="c1", rule="calls", status="done")
+        log.append("run_started", run_id="c2", rule="calls", stores=[])
+        failed = log.append("run_failed", run_id="c2", rule="calls", reason="x")
+        refused = log.append("run_refused", run_id="v1", rule="vm", reason="fraction")
+        log.append("run_started", run_id="s1", rule="spool", stores=[])
+        partly = log.append("run_finished", run_id="s1", rule="spool", status="incomplete")
+
+    metrics = Metrics(rules, grace)
+    metrics.seed_from_audit(path)
+    found = samples(generate_latest(metrics.registry).decode())
+
+    day = 86400.0
+    interval = "retentiond_schedule_interval_seconds"
+    assert value(found, interval, rule="calls") == day
+    assert value(found, interval, rule="vm") == 3 * day  # Friday to Monday
+    assert value(found, interval, rule="spool") == day  # no schedule: a day, assumed
+    assert value(found, interval, rule="new") == 7 * day
+
+    status = "retentiond_last_run_status"
+    assert value(found, status, rule="calls", status="failed") == 1  # the newest end counts
+    assert value(found, status, rule="calls", status="done") == 0
+    assert value(found, status, rule="vm", status="refused") == 1
+    assert value(found, status, rule="spool", status="incomplete") == 1
+    assert value(found, status, rule="new", status="done") is None  # no run: no status
+
+    run_due = "retentiond_run_due_timestamp_seconds"
+    success_due = "retentiond_success_due_timestamp_seconds"
+    assert value(found, run_due, rule="calls") == pytest.approx(_ts(failed.ts) + day)
+    assert value(found, run_due, rule="vm") == pytest.approx(_ts(refused.ts) + 3 * day)
+    # success: the last done run plus a day plus one calendar month
+    moment = datetime.fromisoformat(done.ts) + timedelta(days=1)
+    assert value(found, success_due, rule="calls") == pytest.approx(
+        (moment + relativedelta(months=1)).timestamp()
+    )
+    # never succeeded: counted from the log's first entry, not from the metrics' creation
+    start = datetime.fromisoformat(opened.ts)
+    expected = (start + timedelta(days=3) + relativedelta(months=1)).timestamp()
+    assert value(found, success_due, rule="vm") == pytest.approx(expected)
+    assert value(found, run_due, rule="new") == pytest.approx(_ts(opened.ts) + 7 * day)
+    assert value(found, run_due, rule="spool") == pytest.approx(_ts(partly.ts) + day)
+
+    # a run of this process moves them on
+    (calls, *_) = rules
+    before = time.time()
+    metrics.run_finished(calls, outcome("calls", "done"))
+    after = samples(generate_latest(metrics.registry).decode())
+    assert value(after, status, rule="calls", status="done") == 1
+    assert value(after, status, rule="calls", status="failed") == 0
+    assert before + day <= value(after, run_due, rule="calls") <= time.time() + day  # type: ignore[operator]
+    assert value(after, success_due, rule="calls") >= before + day + 28 * day  # type: ignore[operator]
+
+
+def test_due_times_without_a_log_count_from_the_start() -> None:
+    rules, grace = scheduled_rules(calls="daily 03:15")
+    before = time.time()
+    metrics = Metrics(rules, grace)
+    found = samples(generate_latest(metrics.registry).decode())
+    due = value(found, "retentiond_success_due_timestamp_seconds", rule="calls")
+    assert due is not None and before + 2 * 86400 <= due <= time.time() + 2 * 86400
+    assert value(found, "retentiond_last_run_timestamp_seconds", rule="calls") is None

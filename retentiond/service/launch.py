@@ -36,7 +36,7 @@ def serve(loaded: LoadedConfig) -> int:
     if config.monitoring.metrics_listen:  # prometheus-client only when asked for: 13 MiB
         from retentiond.service.metrics import Metrics
 
-        metrics = Metrics(config.rules)
+        metrics = Metrics(config.rules, config.safety.deadline_grace)
         metrics.seed_from_audit(audit.log_path(config))
         metrics.serve(config.monitoring.metrics_listen)
         observers.append(metrics)
@@ -70,7 +70,7 @@ def run_once(
     if config.monitoring.metrics_textfile:
         from retentiond.service.metrics import Metrics
 
-        metrics = Metrics(config.rules)
+        metrics = Metrics(config.rules, config.safety.deadline_grace)
         observers.insert(0, metrics)
     with (
         stop_on_signals() as stop,

@@ -4,7 +4,7 @@ The daemon serves them (`monitoring.metrics_listen`, loopback by default); `run 
 for node_exporter's textfile collector (`monitoring.metrics_textfile`). Labels are rule names,
 units, statuses and error kinds only: never store labels, which name tables and folders.
 
-    metrics = Metrics(config.rules)
+    metrics = Metrics(config.rules, config.safety.deadline_grace)
     metrics.seed_from_audit(config.audit.path)      # last success and last run from the log
     metrics.serve("127.0.0.1:9464")                 # daemon; metrics.close() at shutdown
     engine = Engine(loaded, observers=[metrics, ...])
@@ -17,7 +17,7 @@ import ipaddress
 import threading
 import time
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
@@ -35,11 +35,14 @@ from retentiond.config.model import Rule
 from retentiond.engine.observers import RunObserver
 from retentiond.engine.outcome import RunOutcome
 from retentiond.errors import AuditError, RetentiondError
-from retentiond.evidence.log import RUN_ENDS, Entry, read_entries
+from retentiond.evidence.log import RUN_END_STATUS, RUN_ENDS, Entry, read_entries
+from retentiond.policy.durations import Duration
+from retentiond.policy.rules import schedule_interval
 
 log = structlog.get_logger()
 
 STATUSES = ("done", "incomplete", "refused", "failed", "interrupted")
+DEFAULT_GRACE = Duration(days=1, text="1d")  # safety.deadline_grace's default
 ERROR_KINDS = ("failed", "refused", "incomplete")  # statuses counted in retentiond_errors_total
 
 
@@ -51,10 +54,13 @@ class Metrics(RunObserver):
     """A RunObserver that keeps retentiond's Prometheus metrics in a private registry.
 
     `rules` (optional) pre-creates the per-rule series at zero, so `increase()` and
-    `absent()` alerts see a rule before its first run. Observer methods never raise.
+    `absent()` alerts see a rule before its first run; given as Rules (not names), they also
+    give each rule's schedule interval and the moments its next run and, with `grace`
+    (safety.deadline_grace), its next success are due: what the alert rules in
+    deploy/prometheus compare `time()` with. Observer methods never raise.
     """
 
-    def __init__(self, rules: Iterable[Rule | str] = ()) -> None:
+    def __init__(self, rules: Iterable[Rule | str] = (), grace: Duration = DEFAULT_GRACE) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.deleted = Counter(
@@ -112,6 +118,33 @@ class Metrics(RunObserver):
         self.running = Gauge(
             "retentiond_running", "1 while a run of the rule is in progress", ["rule"], registry=r
         )
+        self.last_status = Gauge(
+            "retentiond_last_run_status",
+            "1 for the status the last run of the rule ended with, 0 for the others",
+            ["rule", "status"],
+            registry=r,
+        )
+        self.interval = Gauge(
+            "retentiond_schedule_interval_seconds",
+            "Longest gap between two runs of the rule's schedule (a day when it has none)",
+            ["rule"],
+            registry=r,
+        )
+        self.run_due = Gauge(
+            "retentiond_run_due_timestamp_seconds",
+            "When the rule's next run is due at the latest: its last run (or, before any, the "
+            "start of the deletion log or of the daemon) plus the schedule's interval",
+            ["rule"],
+            registry=r,
+        )
+        self.success_due = Gauge(
+            "retentiond_success_due_timestamp_seconds",
+            "When expired data turns overdue unless a run succeeds first: the last successful "
+            "run (or, before any, the start of the deletion log or of the daemon) plus the "
+            "schedule's interval plus safety.deadline_grace",
+            ["rule"],
+            registry=r,
+        )
         self.report_last_success = Gauge(
             "retentiond_report_last_success_timestamp",
             "When the last DPO report was delivered (Unix time; reports: in the config)",
@@ -131,8 +164,17 @@ class Metrics(RunObserver):
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
         self.address: tuple[str, int] | None = None  # where serve() listens, once it does
+        self._grace = grace
+        self._intervals: dict[str, timedelta] = {}
+        self._since = time.time()  # before any run: the daemon's start, or the log's if earlier
         for rule in rules:
-            self._touch(rule if isinstance(rule, str) else rule.name)
+            if isinstance(rule, str):
+                self._touch(rule)
+                continue
+            self._touch(rule.name)
+            self._intervals[rule.name] = interval = schedule_interval(rule.schedule)
+            self.interval.labels(rule.name).set(interval.total_seconds())
+            self._set_due(rule.name)
 
     def _touch(self, rule: str) -> None:
         """Create a rule's counters and running gauge at 0; its timestamps wait for a run."""
@@ -168,6 +210,7 @@ class Metrics(RunObserver):
         if freed is not None:
             self.deleted_bytes.labels(name).inc(freed)
         self.runs.labels(name, outcome.status).inc()
+        self._set_status(name, outcome.status)
         if outcome.status in ERROR_KINDS:
             self.errors.labels(name, outcome.status).inc()
         remaining = [s.remaining for s in outcome.stores if s.remaining is not None]
@@ -181,6 +224,7 @@ class Metrics(RunObserver):
         self._set_time(self.last_run, self._last_run, name, now)
         if outcome.status == "done":
             self._set_time(self.last_success, self._last_success, name, now)
+        self._set_due(name)
         self.running.labels(name).set(0)
 
     # -- seeding from the audit log ------------------------------------------------------
@@ -199,8 +243,12 @@ class Metrics(RunObserver):
         rules: dict[str, str] = {}  # run_id -> rule
         success: dict[str, float] = {}
         last: dict[str, float] = {}
+        last_status: dict[str, str] = {}
+        first: float | None = None
         try:
             for entry in source:
+                if first is None:
+                    first = _timestamp(entry.ts)
                 run_id = entry.fields.get("run_id")
                 rule = entry.fields.get("rule")
                 if entry.type == "run_started" and isinstance(rule, str):
@@ -213,7 +261,10 @@ class Metrics(RunObserver):
                 moment = _timestamp(entry.ts)
                 if rule is None or moment is None:
                     continue
-                last[rule] = max(last.get(rule, 0.0), moment)
+                if moment >= last.get(rule, 0.0):
+                    last[rule] = moment
+                    status = RUN_END_STATUS[entry.type] or entry.fields.get("status")
+                    last_status[rule] = status if isinstance(status, str) else "failed"
                 if entry.type == "run_finished" and entry.fields.get("status") == "done":
                     success[rule] = max(success.get(rule, 0.0), moment)
         except AuditError as error:
@@ -221,9 +272,15 @@ class Metrics(RunObserver):
         except Exception as error:  # seeding is a convenience: never stop the daemon for it
             log.warning("metrics not seeded from the audit log", error=repr(error))
         for rule, moment in last.items():
-            self._set_time(self.last_run, self._last_run, rule, moment)
+            if self._set_time(self.last_run, self._last_run, rule, moment):
+                self._set_status(rule, last_status[rule])
         for rule, moment in success.items():
             self._set_time(self.last_success, self._last_success, rule, moment)
+        with self._lock:
+            if first is not None and first < self._since:
+                self._since = first
+        for rule in self._intervals:
+            self._set_due(rule)
         return len(last)
 
     def report_result(self, last_success: datetime | None, failing: int) -> None:
@@ -232,12 +289,33 @@ class Metrics(RunObserver):
             self.report_last_success.set(last_success.timestamp())
         self.report_failures.set(failing)
 
-    def _set_time(self, gauge: Gauge, seen: dict[str, float], rule: str, moment: float) -> None:
-        """Set a rule's timestamp gauge unless it already holds a later time."""
+    def _set_time(self, gauge: Gauge, seen: dict[str, float], rule: str, moment: float) -> bool:
+        """Set a rule's timestamp gauge unless it already holds a later time; True if set."""
         with self._lock:
             if moment > seen.get(rule, 0.0):
                 seen[rule] = moment
                 gauge.labels(rule).set(moment)
+                return True
+            return False
+
+    def _set_due(self, rule: str) -> None:
+        """A rule's due times from its last run and last success (for a rule given as a Rule)."""
+        interval = self._intervals.get(rule)
+        if interval is None:
+            return
+        with self._lock:
+            last_run = self._last_run.get(rule, self._since)
+            last_success = self._last_success.get(rule, self._since)
+        self.run_due.labels(rule).set(last_run + interval.total_seconds())
+        # The grace is a calendar period: added on the calendar, in UTC (a month is a month).
+        after = datetime.fromtimestamp(last_success, UTC) + interval
+        self.success_due.labels(rule).set(self._grace.after(after).timestamp())
+
+    def _set_status(self, rule: str, status: str) -> None:
+        """The last run's status: 1 for it, 0 for every other (an unknown one counts as failed)."""
+        status = status if status in STATUSES else "failed"
+        for each in STATUSES:
+            self.last_status.labels(rule, each).set(1 if each == status else 0)
 
     # -- exposition ----------------------------------------------------------------------
 
