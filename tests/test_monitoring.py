@@ -24,7 +24,7 @@ from ruamel.yaml import YAML
 
 from retentiond.config.loader import parse_config
 from retentiond.engine.outcome import RunOutcome, StoreOutcome
-from retentiond.service.metrics import Metrics
+from retentiond.service.metrics import Metrics, write_fleet_textfile
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "deploy" / "prometheus" / "retentiond.rules.yml"
@@ -60,8 +60,9 @@ def alert_rules() -> list[dict[str, Any]]:
     return [rule for group in load_yaml(RULES)["groups"] for rule in group["rules"]]
 
 
-def exposed_names() -> set[str]:
-    """Every sample name a real Metrics exposes once each kind of series exists."""
+def exposed_names(tmp: Path) -> set[str]:
+    """Every sample name a real Metrics exposes once each kind of series exists, and those of
+    the fleet report's textfile."""
     config = parse_config(
         "version: 1\nrules:\n  - name: calls\n    keep: 30d\n    schedule: daily 03:15\n"
         "    stores:\n      - {type: files, root: /srv/x}\n"
@@ -71,6 +72,9 @@ def exposed_names() -> set[str]:
     metrics.run_finished(config.rules[0], RunOutcome("calls", "r1", None, "done", stores=[store]))
     metrics.report_result(None, 0)
     text = generate_latest(metrics.registry).decode()
+    fleet = tmp / "fleet.prom"
+    write_fleet_textfile(fleet, [("pbx-a", True)], time.time())
+    text += fleet.read_text()
     return {s.name for family in text_string_to_metric_families(text) for s in family.samples}
 
 
@@ -82,7 +86,7 @@ def dashboard_expressions() -> list[str]:
 
 
 def test_the_alert_rules_check_and_pass_their_unit_tests() -> None:
-    assert "SUCCESS: 7 rules found" in run_promtool("check", "rules", RULES)
+    assert "SUCCESS: 9 rules found" in run_promtool("check", "rules", RULES)
     assert "SUCCESS" in run_promtool("test", "rules", RULES_TEST.name, cwd=RULES_TEST.parent)
 
 
@@ -98,9 +102,9 @@ def test_every_alert_is_tested_firing_and_quiet() -> None:
         assert {"summary", "description"} <= set(rule["annotations"])
 
 
-def test_rules_and_dashboard_name_only_metrics_retentiond_exposes() -> None:
+def test_rules_and_dashboard_name_only_metrics_retentiond_exposes(tmp_path: Path) -> None:
     """A renamed metric breaks this test, not a provider's alerting months later."""
-    exposed = exposed_names()
+    exposed = exposed_names(tmp_path)
     used = set(METRIC_NAME.findall(RULES.read_text()))
     used |= {n for e in dashboard_expressions() for n in METRIC_NAME.findall(e)}
     assert used - exposed == set()
@@ -111,6 +115,7 @@ def test_rules_and_dashboard_name_only_metrics_retentiond_exposes() -> None:
         "retentiond_last_run_status",
         "retentiond_expired_remaining",
         "retentiond_report_failures",
+        "retentiond_fleet_log_verified",
     } <= used
 
 
@@ -154,9 +159,11 @@ def textfile_series(path: Path, base: float) -> list[dict[str, str]]:
     return series
 
 
-def firing(series: list[dict[str, str]], at: str, alert: str, tmp_path: Path) -> list[str]:
-    """The rules whose `alert` fires at `at`: promtool tests that it fires for none, and its
-    message lists the ones that do."""
+def firing(
+    series: list[dict[str, str]], at: str, alert: str, tmp_path: Path, label: str = "rule"
+) -> list[str]:
+    """The `label` values (rules, by default) for which `alert` fires at `at`: promtool tests
+    that it fires for none, and its message lists the ones that do."""
     test = {
         "rule_files": [str(RULES)],
         "evaluation_interval": "5m",
@@ -178,7 +185,7 @@ def firing(series: list[dict[str, str]], at: str, alert: str, tmp_path: Path) ->
         return []
     got = result.stdout + result.stderr
     assert "got:[" in got, got
-    return sorted(set(re.findall(r'rule="([a-z-]+)"', got.split("got:[", 1)[1])))
+    return sorted(set(re.findall(rf'\b{label}="([A-Za-z-]+)"', got.split("got:[", 1)[1])))
 
 
 def test_the_rules_fire_on_what_a_real_run_wrote(tmp_path: Path) -> None:

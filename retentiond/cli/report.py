@@ -18,11 +18,13 @@ from retentiond.config.model import document_language
 from retentiond.errors import RetentiondError
 from retentiond.evidence import log as audit
 from retentiond.evidence.report import build, render, residual
+from retentiond.evidence.report import fleet as fleet_report
 from retentiond.evidence.report.values import Period
 from retentiond.i18n import LANGUAGES, Language
 from retentiond.service import reports
 
 REPORT_FORMATS = ("html", "pdf", "csv", "json")
+FLEET_FORMATS = ("html", "pdf", "json")
 RULES_FORMATS = ("md", "html")
 
 
@@ -72,6 +74,21 @@ def _loaded(ctx: click.Context) -> LoadedConfig:
     "default: audit.path of the config.",
 )
 @click.option(
+    "--fleet",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    metavar="DIR",
+    help="A fleet's report: DIR holds one folder per PBX with its retentiond.yaml, its "
+    "deletion log and its public key (*.pub); each log is checked against its key. No config "
+    "needed. Exit 1 when a system's log does not verify or it cannot be reported on.",
+)
+@click.option(
+    "--metrics-textfile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="With --fleet: also write whether each system's log verified, for node_exporter's "
+    "textfile collector (alert rules in deploy/prometheus).",
+)
+@click.option(
     "--rules",
     "rules_only",
     is_flag=True,
@@ -98,6 +115,8 @@ def report(
     form: str | None,
     output: Path | None,
     logs: tuple[Path, ...],
+    fleet: Path | None,
+    metrics_textfile: Path | None,
     rules_only: bool,
     language: Language | None,
     send: bool,
@@ -109,7 +128,17 @@ def report(
     retentiond report --from 2026-07-01 --to 2026-09-30 --format pdf -o q3.pdf
     retentiond report --rules --format md      # the rule catalogue for the Art. 30 record
     retentiond report --send                   # deliver last month's (quarter's) report now
+    retentiond report --fleet collected/ --from 2026-07-01 --to 2026-09-30 --format pdf -o q3.pdf
     """
+    if fleet is not None:
+        if send or rules_only or logs:
+            raise click.UsageError(
+                "--fleet reports on the systems in its folder: no --send, --rules or --log"
+            )
+        _fleet(fleet, first_day, last_day, form, output, language, metrics_textfile)
+        return
+    if metrics_textfile is not None:
+        raise click.UsageError("--metrics-textfile goes with --fleet")
     if send:
         if rules_only or form or output or logs:
             raise click.UsageError(
@@ -159,6 +188,46 @@ def report(
         _write_text(render.json_text(built), output)
     else:
         _write_text(render.html(built), output)
+
+
+def _fleet(
+    folder: Path,
+    first_day: datetime | None,
+    last_day: datetime | None,
+    form: str | None,
+    output: Path | None,
+    language: Language | None,
+    metrics_textfile: Path | None,
+) -> None:
+    """The fleet report (and its metrics); exit 1 after writing them, naming each system that
+    failed."""
+    if first_day is None or last_day is None:
+        raise click.UsageError("give the period: --from DATE --to DATE")
+    if last_day < first_day:
+        raise click.BadParameter("the period ends before it begins", param_hint="--to")
+    form = form or "html"
+    if form not in FLEET_FORMATS:
+        raise click.BadParameter("with --fleet: html, pdf or json", param_hint="--format")
+    now = datetime.now(UTC)
+    built = fleet_report.build_fleet(
+        folder, first_day.date(), last_day.date(), now, language or "en"
+    )
+    if form == "pdf":
+        _write_pdf(render.fleet_pdf(built), output)
+    elif form == "json":
+        _write_text(render.fleet_json(built), output)
+    else:
+        _write_text(render.fleet_html(built), output)
+    if metrics_textfile is not None:
+        from retentiond.service.metrics import write_fleet_textfile
+
+        verified = [(system.name, system.log_verified) for system in built.systems]
+        write_fleet_textfile(metrics_textfile, verified, now.timestamp())
+    failed = built.failed
+    for system in failed:
+        click.echo(f"{system.name}: {system.reason}", err=True)
+    if failed:
+        sys.exit(1)
 
 
 def _write_text(text: str, output: Path | None) -> None:

@@ -375,6 +375,36 @@ class Metrics(RunObserver):
             )
 
 
+def write_fleet_textfile(path: Path, verified: Iterable[tuple[str, bool]], moment: float) -> None:
+    """What `report --fleet` found, for the controller's node_exporter: per system whether its
+    deletion log verified against its public key, and when this was checked (alerts
+    RetentiondFleetLogNotVerified, RetentiondFleetNotChecked). MetricsError when it cannot be
+    written: the admin asked for it."""
+    registry = CollectorRegistry(auto_describe=True)
+    result = Gauge(
+        "retentiond_fleet_log_verified",
+        "1 when the system's deletion log verified against its public key at the last fleet "
+        "report, 0 when it did not or the system could not be reported on",
+        ["system"],
+        registry=registry,
+    )
+    for system, ok in verified:
+        result.labels(system).set(1 if ok else 0)
+    Gauge(
+        "retentiond_fleet_checked_timestamp_seconds",
+        "When the last fleet report checked the systems' deletion logs (Unix time)",
+        registry=registry,
+    ).set(moment)
+    try:
+        with safefiles.folder(path.parent) as folder:
+            safefiles.replace(folder, path.name, generate_latest(registry), 0o644)
+    except OSError as error:
+        raise MetricsError(
+            f"cannot write the metrics textfile {path}: {error.strerror or error}; "
+            "fix the folder or change --metrics-textfile"
+        ) from None
+
+
 def _parse_listen(listen: str) -> tuple[str, int]:
     host, sep, port_text = listen.strip().rpartition(":")
     host = host.removeprefix("[").removesuffix("]")

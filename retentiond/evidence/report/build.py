@@ -12,6 +12,7 @@ from pathlib import Path
 from retentiond import __version__
 from retentiond.config.loader import LoadedConfig
 from retentiond.config.model import Config
+from retentiond.evidence import log as audit
 from retentiond.evidence.log.opening import log_path
 from retentiond.evidence.report import tables, verdicts
 from retentiond.evidence.report.catalogue import hold_rows, organisation, rule_rows
@@ -40,16 +41,21 @@ def build_report(
     residual_host: str = "",
     generated_at: datetime | None = None,
     language: Language = DEFAULT,
+    keys: Sequence[audit.VerifyKey] = (),
+    system: str | None = None,
 ) -> Report:
-    """All figures for the period from the given logs (default: the config's audit.path)."""
+    """All figures for the period from the given logs (default: the config's audit.path).
+
+    `keys` check the logs' signatures too (the fleet report, with each host's public key);
+    `system` names every log's system (instead of its host or organisation.system)."""
     config = loaded.config
     said = words(language)
     _ = said.gettext
     generated = (generated_at or datetime.now(UTC)).astimezone(UTC)
     paths = list(log_paths) or [log_path(config)]
     own_system = config.organisation.system if config.organisation else None
-    logs = [read_log(path) for path in paths]
-    name_systems(logs, log_path(config), own_system)
+    logs = [read_log(path, keys) for path in paths]
+    name_systems(logs, log_path(config), own_system, system)
     systems = list(dict.fromkeys(log.system for log in logs))
     replay = Replay(config, period, generated, said)
     # Rotated files of one system in the order they were written.

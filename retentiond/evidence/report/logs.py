@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,12 +44,13 @@ class LogFile:
 _UNFINISHED = frozenset({"unsigned_tail", "torn_tail"})
 
 
-def read_log(path: Path) -> LogFile:
+def read_log(path: Path, keys: Sequence[audit.VerifyKey] = ()) -> LogFile:
     """Every intact entry. A broken log still yields what precedes the break; the report shows
     where it breaks (from the check) instead of quietly leaving the rest out."""
-    # The check `retentiond audit verify` makes (without a key: signatures are the DPO's to
-    # check); strict, so that what is unfinished comes with its kind, file and line.
-    check = audit.check_log(path, strict=True)
+    # The check `retentiond audit verify` makes (without a key the signatures are the DPO's to
+    # check; the fleet report has each host's); strict, so that what is unfinished comes with
+    # its kind, file and line.
+    check = audit.check_log(path, keys, strict=True)
     verification = check.chain
     entries: list[audit.Entry] = []
     try:
@@ -66,12 +67,17 @@ def read_log(path: Path) -> LogFile:
     return LogFile(path, base, entries, check, hosts)
 
 
-def name_systems(logs: list[LogFile], config_log: Path, own_system: str | None) -> None:
+def name_systems(
+    logs: list[LogFile], config_log: Path, own_system: str | None, every: str | None = None
+) -> None:
     """host, or organisation.system for the config's own log; "host (log path)" where two logs
-    that are not rotations of one another share a name."""
+    that are not rotations of one another share a name. `every` names them all (the fleet
+    report: the system's folder)."""
     own_base = re.sub(r"\.\d+$", "", str(config_log.absolute()))
     for log in logs:
-        if own_system and log.base == own_base:
+        if every:
+            log.system = every
+        elif own_system and log.base == own_base:
             log.system = own_system
         elif log.hosts:
             log.system = log.hosts[-1]

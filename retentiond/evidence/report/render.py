@@ -46,7 +46,8 @@ from markupsafe import Markup
 
 from retentiond import i18n
 from retentiond.errors import RetentiondError
-from retentiond.evidence.report import wording
+from retentiond.evidence.report import fleet, wording
+from retentiond.evidence.report.fleet import Fleet
 from retentiond.evidence.report.summary import mark, summary, verdict_cell
 from retentiond.evidence.report.values import Catalogue, Report
 from retentiond.i18n import DEFAULT, Words
@@ -99,6 +100,7 @@ def _environment(language: str = DEFAULT) -> Environment:
     env.filters["md"] = _markdown_cell
     env.filters["mark"] = mark
     env.filters["verdict_cell"] = verdict_cell
+    env.filters["fleet_verdict"] = functools.partial(fleet.short_verdict, words)
     return env
 
 
@@ -312,6 +314,17 @@ def html(report: Report) -> str:
     )
 
 
+def fleet_html(report: Fleet) -> str:
+    """The fleet report (fleet.py): every system's verdict, then each system's first page."""
+    template = _environment(report.language).get_template("fleet.html.j2")
+    return template.render(fleet=report)
+
+
+def fleet_pdf(report: Fleet) -> bytes:
+    document: bytes = pdf_engine().HTML(string=fleet_html(report)).write_pdf()
+    return document
+
+
 def pdf_engine() -> Any:
     """The weasyprint module, or RetentiondError saying what to install."""
     try:
@@ -370,6 +383,27 @@ def json_text(report: Report) -> str:
 
 
 CSV_COLUMNS = ["section", "system", "rule", "week", "store", "unit", "item", "value"]
+
+
+def fleet_json(report: Fleet) -> str:
+    """The fleet report's figures: each system's verdict, whether its log verified, and its
+    report's document (as `report --format json`), or why it has none."""
+    value = {
+        "first_day": report.first_day.isoformat(),
+        "last_day": report.last_day.isoformat(),
+        "generated_at": report.generated_at.isoformat(),
+        "systems": [
+            {
+                "name": s.name,
+                "level": s.level,
+                "log_verified": s.log_verified,
+                "problem": s.problem,
+                "report": document(s.report) if s.report is not None else None,
+            }
+            for s in report.systems
+        ],
+    }
+    return json.dumps(value, indent=2, ensure_ascii=False) + "\n"
 
 
 def csv_text(report: Report) -> str:
