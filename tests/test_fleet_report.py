@@ -129,7 +129,7 @@ def test_each_failed_system_is_named_and_the_command_fails(collected: Path) -> N
     assert "hash mismatch" in named["pbx-bravo-tampered"]
     assert "signed by another key" in named["pbx-charlie-wrong-key"]
     assert "no public key (*.pub) collected" in named["pbx-delta-no-key"]
-    assert "retentiond init --preset" in named["pbx-echo-preset"]
+    assert "retentiond init --from-config" in named["pbx-echo-preset"]
     assert "no checkpoints" in named["pbx-foxtrot-unsigned"]
     systems = {s["name"]: s for s in json.loads(result.stdout)["systems"]}
     assert list(systems) == sorted(systems)

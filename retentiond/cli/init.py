@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from retentiond.cli.context import Context
 from retentiond.cli.output import fail
-from retentiond.config.init import render, render_detected
+from retentiond.config.init import render, render_detected, render_in_force
+from retentiond.config.loader import config_path, load_config
 from retentiond.config.pbxfiles import PbxSettingsError
 from retentiond.config.probe import PRESET_NAMES, as_json, describe, probe
 
@@ -45,6 +48,12 @@ from retentiond.config.probe import PRESET_NAMES, as_json, describe, probe
 )
 @click.option("--json", "json_output", is_flag=True, help="With --detect: the findings as JSON.")
 @click.option(
+    "--from-config",
+    is_flag=True,
+    help="Write the config in force (-c) instead: its preset and holds.d expanded, every "
+    "setting written out; for review elsewhere and the fleet report (report --fleet).",
+)
+@click.option(
     "--root",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=Path("/"),
@@ -57,6 +66,7 @@ def init(
     output: Path | None,
     detect: bool,
     json_output: bool,
+    from_config: bool,
     root: Path,
 ) -> None:
     """Write the expanded, commented config of a preset for review.
@@ -65,6 +75,17 @@ def init(
     asterisk.conf and cdr_*.conf, the spool and recording folders) and writes the config for
     what it found, with the evidence in a comment at the top.
     """
+    if from_config:
+        if preset or assignments or periods or detect or json_output:
+            raise click.BadParameter(
+                "--from-config writes the config given with -c: no --preset, --set, --keep, "
+                "--detect or --json",
+                param_hint="--from-config",
+            )
+        context = click.get_current_context().find_object(Context)
+        loaded = context.loaded if context is not None else load_config(config_path(None))
+        _write(render_in_force(loaded, socket.gethostname()), output, review=False)
+        return
     settings: dict[str, Any] = dict(_pairs(assignments, "--set"))
     for key, value in settings.items():
         if value.lower() in ("true", "false"):
@@ -108,7 +129,7 @@ def init(
     _write(text, output)
 
 
-def _write(text: str, output: Path | None) -> None:
+def _write(text: str, output: Path | None, review: bool = True) -> None:
     if output is None:
         click.echo(text, nl=False)
         return
@@ -119,7 +140,10 @@ def _write(text: str, output: Path | None) -> None:
         fail(f"{output} exists; choose another file or remove it first", 2)
     except OSError as error:
         fail(f"cannot write {output}: {error.strerror}", 1)
-    click.echo(f"wrote {output}; review it, then: retentiond -c {output} check", err=True)
+    if review:
+        click.echo(f"wrote {output}; review it, then: retentiond -c {output} check", err=True)
+    else:
+        click.echo(f"wrote {output}", err=True)
 
 
 def _pairs(items: tuple[str, ...], option: str) -> list[tuple[str, str]]:

@@ -1,6 +1,7 @@
 """`retentiond init --preset NAME`: the expanded config of a preset, commented, for review.
 `retentiond init` alone: the same, for the preset and settings the probe found on the host, with
-the evidence in a comment at the top."""
+the evidence in a comment at the top. `retentiond init --from-config`: the config in force,
+expanded (its preset and holds.d made explicit), for review elsewhere and the fleet report."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
+from sqlalchemy.engine import make_url
 
-from retentiond.config.loader import parse_config
+from retentiond.config.loader import LoadedConfig, parse_config
 from retentiond.config.pbxfiles import is_3cx_settings
 from retentiond.config.presets import EXPANDERS, PresetError, expand
 from retentiond.config.probe import Detection, describe
@@ -126,6 +128,27 @@ def _document(preset: str, settings: dict[str, Any], expanded: dict[str, Any]) -
         "",
     ]
     return "\n".join(lines)
+
+
+def render_in_force(loaded: LoadedConfig, host: str) -> str:
+    """The config in force, as retentiond reads it: the preset expanded from the PBX's files as
+    they are now, the holds of holds.d inline, every default written out; a password in a
+    connection URL hidden. It parses to the same rules, so the fleet report can read a host's
+    config on the provider's controller, where the PBX's files are not."""
+    data = loaded.config.model_dump(mode="json", by_alias=True, exclude_none=True)
+    data.pop("holds_dir", None)  # the holds are inline
+    for connection in data.get("connections", {}).values():
+        url = connection.get("url")
+        if isinstance(url, str):
+            connection["url"] = make_url(url).render_as_string(hide_password=True)
+    header = [
+        f"# The config in force of {loaded.path} on {host} (sha256 {loaded.sha256}),",
+        "# written by `retentiond init --from-config`: its preset expanded from the PBX's files",
+        "# and its holds.d inline, every setting written out, a password in a URL hidden (***).",
+        "# For review and for `retentiond report --fleet` on another machine; the host runs its",
+        "# own file. Rewrite it after the config, the holds or the PBX's settings change.",
+    ]
+    return "\n".join(header) + "\n" + _dump(data)
 
 
 def _dump(value: Any) -> str:

@@ -139,8 +139,8 @@ def _system(
             name,
             said.gettext(
                 "its config cannot be read here: {reason}. A preset is expanded from the "
-                "PBX's own files: collect the expanded config (`retentiond init --preset "
-                "NAME` writes one)"
+                "PBX's own files: collect the config in force that `retentiond init "
+                "--from-config` writes on the PBX"
             ).format(reason=error),
         )
     log_file = folder / loaded.config.audit.path.name
