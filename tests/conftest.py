@@ -127,7 +127,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     modules = {item.path.name for item in session.items}
     wanted = "test_debian_package.py" in modules or (
-        "test_nspawn_systemd.py" in modules
+        bool({"test_nspawn_systemd.py", "test_ansible_fleet.py"} & modules)
         and not os.environ.get("RETENTIOND_DEB")
         and os.geteuid() == 0
     )

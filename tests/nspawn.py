@@ -21,6 +21,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,9 +111,12 @@ def debian_tree() -> Path:
     return tree
 
 
-def archives() -> Path:
-    """Downloaded .deb files, kept between test sessions (bound into each machine)."""
-    return CACHE / "archives"
+def archives(name: str = "archives") -> Path:
+    """Downloaded .deb files, kept between test sessions (bound into each machine). Machines
+    that run apt at the same time need a folder each (`name`): apt locks the folder."""
+    folder = CACHE / name
+    (folder / "partial").mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 # systemd-nspawn running one command in a tree, without machined or a scope of its own.
@@ -221,6 +225,58 @@ class Machine:
             shutil.rmtree(f"/run/systemd/nspawn/propagate/{self.name}", ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class Boot:
+    """What one machine of `booted_together` is booted with."""
+
+    name: str
+    console: Path
+    binds: Sequence[tuple[Path | str, str]] = ()
+    binds_ro: Sequence[tuple[Path | str, str]] = ()
+
+
+def _start(tree: Path, boot: Boot) -> Machine:
+    command = [
+        "systemd-nspawn",
+        "--quiet",
+        "--boot",
+        "--register=no",
+        "--keep-unit",
+        "--volatile=overlay",
+        f"--directory={tree}",
+        f"--machine={boot.name}",
+        *(f"--bind={host}:{inside}" for host, inside in boot.binds),
+        *(f"--bind-ro={host}:{inside}" for host, inside in boot.binds_ro),
+    ]
+    with boot.console.open("wb") as out:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+        )
+    return Machine(boot.name, process, boot.console)
+
+
+@contextmanager
+def booted_together(tree: Path, boots: Sequence[Boot]) -> Iterator[list[Machine]]:
+    """Boot several machines on throwaway overlays of `tree` at once (each boots while the
+    others do); power them all off when done."""
+    machines: list[Machine] = []
+    try:
+        for boot in boots:
+            machines.append(_start(tree, boot))
+        for machine in machines:
+            machine.wait_booted()
+        yield machines
+    finally:
+        stuck = []
+        for machine in machines:
+            try:
+                machine.poweroff()
+            except subprocess.TimeoutExpired as error:  # killed; power the others off first
+                stuck.append(error)
+        if stuck:
+            raise stuck[0]
+
+
 @contextmanager
 def booted(
     tree: Path,
@@ -230,25 +286,5 @@ def booted(
     binds_ro: Sequence[tuple[Path | str, str]] = (),
 ) -> Iterator[Machine]:
     """Boot `tree` on a throwaway overlay; power it off when done."""
-    command = [
-        "systemd-nspawn",
-        "--quiet",
-        "--boot",
-        "--register=no",
-        "--keep-unit",
-        "--volatile=overlay",
-        f"--directory={tree}",
-        f"--machine={name}",
-        *(f"--bind={host}:{inside}" for host, inside in binds),
-        *(f"--bind-ro={host}:{inside}" for host, inside in binds_ro),
-    ]
-    with console.open("wb") as out:
-        process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
-        )
-    machine = Machine(name, process, console)
-    try:
-        machine.wait_booted()
+    with booted_together(tree, [Boot(name, console, binds, binds_ro)]) as (machine,):
         yield machine
-    finally:
-        machine.poweroff()

@@ -126,6 +126,26 @@ def test_check_names_a_missing_table_and_exits_1(pbx: Path) -> None:
     assert "Traceback" not in broken.stderr
 
 
+def test_check_config_only_validates_without_touching_a_store(pbx: Path) -> None:
+    """What a deployment tool validates a config with: the config and its holds, not the stores
+    (a table that is not there passes) and not the deletion log (never created)."""
+    pbx.write_text(pbx.read_text().replace("time_column: calldate", "time_column: start"))
+    (pbx.parent / "pbx" / "master.db").unlink()
+    valid = retentiond("-c", pbx, "check", "--config-only")
+    assert valid.returncode == 0, valid.stdout + valid.stderr
+    assert valid.stdout.startswith(f"config {pbx}: valid (3 rules")
+    assert "sql" not in valid.stdout and "audit log" not in valid.stdout
+    assert not (pbx.parent / "audit.jsonl").exists()
+    holds = pbx.parent / "holds.d"
+    holds.mkdir()
+    (holds / "h.yaml").write_text(
+        "id: H-1\nreason: Case 1\napproved_by: DPO\nreview_by: 2030-01-01\nrules: [no-such]\n"
+    )
+    invalid = retentiond("-c", pbx, "check", "--config-only")
+    assert invalid.returncode == 2, invalid.stdout + invalid.stderr
+    assert "no-such" in invalid.stderr and "Traceback" not in invalid.stderr
+
+
 def test_refused_run_exits_3_and_deletes_nothing(pbx: Path) -> None:
     pbx.write_text(pbx.read_text().replace("max_delete_fraction: 0.95", "max_delete_fraction: 0.1"))
     files = sorted((pbx.parent / "pbx" / "monitor").rglob("*.wav"))

@@ -34,8 +34,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import debpackage
 import pytest
+from machines import build_package, unavailable
 from nspawn import Machine, Unavailable, archives, booted, debian_tree
 from nspawn_config import CONFIG_TEXT
 from pbxdata import DDL, PbxDatabase, cdr_rows, cel_rows, sqlite_cdr_rows
@@ -75,12 +75,6 @@ PRIORITY = {
     "debug": "7",
 }
 SECURITY_LIMIT = 1.4
-
-
-def _unavailable(message: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 # -- the PBX's data, on the host and in folders bound into the machine ---------------------------
@@ -244,18 +238,6 @@ def pbx(
 # -- the machine: the package installed and configured as an administrator would ---------------
 
 
-def _build_package() -> Callable[[], Path]:
-    """Start building the Debian package (tests/debpackage.py); the returned call waits for it.
-    RETENTIOND_DEB names a package built before instead."""
-    given = os.environ.get("RETENTIOND_DEB")
-    if given:
-        return lambda: Path(given).resolve()
-    missing = debpackage.missing_tools()
-    if missing:
-        _unavailable(f"make deb needs {', '.join(missing)}; .ci/run installs them")
-    return debpackage.start_build()
-
-
 def _install(machine: Machine, package: Path) -> dict[str, str]:
     """`apt install ./retentiond_*.deb`, as on a fresh server; what it left, before a config."""
     output = machine.apt_install(f"/mnt/{package.name}")
@@ -339,15 +321,15 @@ def write(
 @pytest.fixture(scope="module")
 def machine(tmp_path_factory: pytest.TempPathFactory, pbx: Pbx) -> Iterator[Machine]:
     if os.geteuid() != 0:
-        _unavailable("booting a container with systemd-nspawn needs root")
+        unavailable("booting a container with systemd-nspawn needs root")
     folder = tmp_path_factory.mktemp("machine")
-    package_built = _build_package()
+    package_built = build_package()
     try:
         tree = debian_tree()
     except Unavailable as error:
-        _unavailable(str(error))
+        unavailable(str(error))
     except RuntimeError as error:  # debootstrap or apt-get failed: no mirror, no space
-        _unavailable(f"the Debian 12 tree could not be built: {error}")
+        unavailable(f"the Debian 12 tree could not be built: {error}")
     finally:
         package = package_built()
     binds = [
@@ -356,7 +338,7 @@ def machine(tmp_path_factory: pytest.TempPathFactory, pbx: Pbx) -> Iterator[Mach
         (archives(), "/var/cache/apt/archives"),
     ]
     if not Path(MARIADB_SOCKET).is_socket():
-        _unavailable(f"MariaDB's socket {MARIADB_SOCKET} is missing: the machine reaches it there")
+        unavailable(f"MariaDB's socket {MARIADB_SOCKET} is missing: the machine reaches it there")
     binds.append((Path(MARIADB_SOCKET).parent, str(Path(MARIADB_SOCKET).parent)))
     name = f"retentiond-{secrets.token_hex(3)}"
     try:
@@ -371,7 +353,7 @@ def machine(tmp_path_factory: pytest.TempPathFactory, pbx: Pbx) -> Iterator[Mach
             _configure(booted_machine, pbx)
             yield booted_machine
     except Unavailable as error:
-        _unavailable(f"systemd-nspawn cannot boot a machine here: {error}")
+        unavailable(f"systemd-nspawn cannot boot a machine here: {error}")
     console = (folder / "console.log").read_text(errors="replace")
     assert booted_machine.exit_code == 0, f"no clean power-off:\n{console[-3000:]}"
 

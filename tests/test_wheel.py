@@ -62,6 +62,7 @@ def test_sdist_has_units_examples_docs_and_tests(dist: Path) -> None:
         "systemd/3cx.conf",
         "config/example.yaml",
         "docs/install.md",
+        "deploy/ansible/galaxy.yml",
         "README.md",
         "LICENSE",
         "Makefile",

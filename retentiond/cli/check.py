@@ -3,6 +3,10 @@
 Per store: its privileges (missing ones fail, excess ones warn), whether what it holds can be
 dated, what it is and the clock difference to the host; then whether the deletion log is
 writable. Exit 1 when any problem was found.
+
+`--config-only` stops after the config: read, its preset expanded, validated with its holds
+folder, as the daemon would at start, touching no store and not the deletion log. That is what a
+deployment tool checks a config with before putting it in place (Ansible's `validate:`).
 """
 
 from __future__ import annotations
@@ -22,14 +26,22 @@ from retentiond.stores import AbsentStore
 
 
 @click.command()
+@click.option(
+    "--config-only",
+    is_flag=True,
+    help="Only validate the config (and its holds folder); connect to nothing, "
+    "open no log (exit 0 valid, 2 invalid).",
+)
 @pass_context
-def check(ctx: Context) -> None:
+def check(ctx: Context, config_only: bool) -> None:
     """Validate the config, connect to every store and show how each will be purged."""
     loaded = ctx.loaded
     config = loaded.config
     click.echo(
         f"config {loaded.path}: valid ({len(config.rules)} rules, sha256 {loaded.sha256[:12]})"
     )
+    if config_only:
+        return
     engine = Engine(loaded)
     failures = 0
     for name, connection in config.connections.items():
