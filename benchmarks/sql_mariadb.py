@@ -679,7 +679,7 @@ def purge_retentiond(
     adaptive: bool = False,
 ) -> dict[str, Any]:
     """retentiond with the methods' batch size; `adaptive`: without batch_size, as installed
-    (batches sized to take about 0.5 s each, 0.02 s on MyISAM; or --retentiond-batch-times)."""
+    (batches sized to take about 0.2 s each, 0.02 s on MyISAM; or --retentiond-batch-times)."""
     folder.mkdir(parents=True)
     config = folder / "retentiond.yaml"
     batch_size = "" if adaptive else f"\n        batch_size: {args.batch_size}"

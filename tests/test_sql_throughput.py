@@ -281,7 +281,7 @@ def test_batches_adapt_to_their_duration_unless_batch_size_is_set(
     ("engine", "first", "aim"),
     # Seconds the config's reference and `check` promise: a DELETE that locks the table holds
     # the PBX's inserts for as long as it runs; one that locks rows does not.
-    [("MyISAM", 250, 0.02), ("InnoDB", 1000, 0.5)],
+    [("MyISAM", 250, 0.02), ("InnoDB", 1000, 0.2)],
 )
 def test_the_default_batches_aim_at_the_engines_duration(
     mariadb_url: str,

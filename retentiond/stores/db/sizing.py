@@ -7,11 +7,9 @@ Steps are bounded (ADAPT_GROWTH, ADAPT_SHRINK) so one slow or fast batch does no
 from __future__ import annotations
 
 # The seconds each batch's transaction aims at, where a DELETE locks only its rows (InnoDB,
-# PostgreSQL): the PBX's inserts of new rows never wait for the locks of a purge of old ones, so
-# a longer batch does not stall them (on InnoDB the writer's p99 is alike at 1,000 and 20,000
-# rows per batch, benchmarks/README.md), and fewer batches mean fewer commits, deletion-log
-# fsyncs and round trips. The 3CX store aims at the same for the same reason.
-BATCH_TIME = 0.5
+# PostgreSQL). Not longer: on FreePBX's cdr (InnoDB, seven secondary indexes) 0.5 s purged
+# slower (15-24 s against 5-12 s) with a higher writer p99 (issue 20, benchmarks/README.md).
+BATCH_TIME = 0.2
 # A batch is at most this much larger, or smaller, than the one before, and within these bounds.
 ADAPT_GROWTH = 1.5
 ADAPT_SHRINK = 0.5
