@@ -29,6 +29,7 @@ import argparse
 import os
 import re
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -139,6 +140,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="fixed batch sizes retentiond runs at, besides adaptive (retentiond-auto)",
     )
     parser.add_argument(
+        "--retentiond-batch-times",
+        default="",
+        help="batch_time values retentiond-auto also runs at, besides its default (e.g. 0.2,0.5: "
+        "an A/B of the adaptive aim in one run)",
+    )
+    parser.add_argument(
         "--slow-log",
         action="store_true",
         help="log every statement (long_query_time 0) and sum the time per kind of statement",
@@ -190,6 +197,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.methods = [name for name in args.methods.split(",") if name]
     args.floor_batch_sizes = [int(n) for n in args.floor_batch_sizes.split(",") if n]
     args.retentiond_batch_sizes = [int(n) for n in args.retentiond_batch_sizes.split(",") if n]
+    args.retentiond_batch_times = [float(n) for n in args.retentiond_batch_times.split(",") if n]
     unknown = set(args.methods) - set(METHODS)
     if unknown:
         parser.error(f"unknown methods: {', '.join(sorted(unknown))}")
@@ -230,6 +238,7 @@ def benchmark(args: argparse.Namespace, server: Server, workdir: Path) -> dict[s
         "batch_size": args.batch_size,
         "floor_batch_sizes": args.floor_batch_sizes,
         "retentiond_batch_sizes": args.retentiond_batch_sizes,
+        "retentiond_batch_times": args.retentiond_batch_times,
         "slow_log": args.slow_log,
         "writer_rate": args.rate,
         "targets": TARGETS,
@@ -243,6 +252,11 @@ def benchmark(args: argparse.Namespace, server: Server, workdir: Path) -> dict[s
     tools_missing = [m for m in ("pt-archiver",) if m in args.methods and not _pt_archiver()]
     if tools_missing:
         raise BenchmarkError("pt-archiver not found: apt-get install -y percona-toolkit")
+    # As installed (the package compiles its bytecode): a start without .pyc files, as under
+    # PYTHONDONTWRITEBYTECODE, would time compiling retentiond's modules on every run (0.2 s).
+    subprocess.run(
+        [str(VENV_BIN / "python"), "-m", "compileall", "-q", str(ROOT / "retentiond")], check=True
+    )
 
     errors: list[str] = []
     results: list[dict[str, Any]] = []
@@ -250,9 +264,9 @@ def benchmark(args: argparse.Namespace, server: Server, workdir: Path) -> dict[s
     full = generate(server, "bench_src", args.rows, tables, args.seed)
     for target in args.targets:
         warm_up(server, full, target)
-        for method, size in runs(args):
+        for method, size, aim in runs(args):
             results.append(
-                measure(server, full, target, method, sized(args, size), workdir, errors)
+                measure(server, full, target, method, sized(args, size, aim), workdir, errors)
             )
     scaling: list[dict[str, Any]] = []
     if args.scaling_rows and "retentiond" in args.methods:
@@ -282,16 +296,20 @@ def benchmark(args: argparse.Namespace, server: Server, workdir: Path) -> dict[s
     }
 
 
-def runs(args: argparse.Namespace) -> list[tuple[str, int]]:
-    """Each method with its batch size: the loop and retentiond at each of theirs."""
+def runs(args: argparse.Namespace) -> list[tuple[str, int, float | None]]:
+    """Each method with its batch size: the loop and retentiond at each of theirs; adaptive
+    retentiond with its default aim, then at each of --retentiond-batch-times."""
     sizes = {"sp-loop": args.floor_batch_sizes, "retentiond": args.retentiond_batch_sizes}
-    return [
-        (method, size) for method in args.methods for size in sizes.get(method, [args.batch_size])
-    ]
+    chosen: list[tuple[str, int, float | None]] = []
+    for method in args.methods:
+        chosen += [(method, size, None) for size in sizes.get(method, [args.batch_size])]
+        if method == "retentiond-auto":
+            chosen += [(method, args.batch_size, aim) for aim in args.retentiond_batch_times]
+    return chosen
 
 
-def sized(args: argparse.Namespace, size: int) -> argparse.Namespace:
-    return argparse.Namespace(**(vars(args) | {"batch_size": size}))
+def sized(args: argparse.Namespace, size: int, aim: float | None = None) -> argparse.Namespace:
+    return argparse.Namespace(**(vars(args) | {"batch_size": size, "batch_time": aim}))
 
 
 def print_header(header: dict[str, Any]) -> None:
@@ -461,7 +479,8 @@ def measure(
 ) -> dict[str, Any]:
     database = "bench_" + re.sub(r"\W", "_", method)
     fixed = method in ("retentiond", "sp-loop", "pt-archiver")
-    size = f"-{args.batch_size}" if fixed else ""
+    aim = getattr(args, "batch_time", None) if method == "retentiond-auto" else None
+    size = f"-{args.batch_size}" if fixed else (f"-t{aim:g}" if aim else "")
     tag = f"{target.table}-{target.engine}-{method}{size}-{data.rows}"
     print(f"{tag}: copying", end="", flush=True)
     copy(server, data, target, database)
@@ -472,6 +491,7 @@ def measure(
         "engine": target.engine,
         "method": method,
         "batch_size": args.batch_size if fixed else None,
+        "batch_time": aim,
         "rows": data.rows,
         "expired": data.expired,
     }
@@ -659,10 +679,12 @@ def purge_retentiond(
     adaptive: bool = False,
 ) -> dict[str, Any]:
     """retentiond with the methods' batch size; `adaptive`: without batch_size, as installed
-    (batches sized to take about 0.2 s each, 0.02 s on MyISAM)."""
+    (batches sized to take about 0.2 s each, 0.02 s on MyISAM; or --retentiond-batch-times)."""
     folder.mkdir(parents=True)
     config = folder / "retentiond.yaml"
     batch_size = "" if adaptive else f"\n        batch_size: {args.batch_size}"
+    if adaptive and getattr(args, "batch_time", None):
+        batch_size = f"\n        batch_time: {args.batch_time}"
     config.write_text(
         f"""version: 1
 timezone: UTC
@@ -892,7 +914,9 @@ def judge(
             continue
         adaptive = result["method"] == "retentiond-auto"
         where = f"{result['table']} {result['engine']}" + (
-            " adaptive" if adaptive else f" batch {result['batch_size']}"
+            (f" adaptive {result['batch_time']:g} s" if result.get("batch_time") else " adaptive")
+            if adaptive
+            else f" batch {result['batch_size']}"
         )
         # pt-archiver runs at --batch-size: compared there only
         if not adaptive and result["batch_size"] == archiver_size:
@@ -968,14 +992,21 @@ HEADERS = [
 ]
 
 
+def method_label(result: dict[str, Any]) -> str:
+    """The method with its batch size, or its adaptive aim where not the default."""
+    if result.get("batch_size"):
+        return f"{result['method']} {result['batch_size']}"
+    if result.get("batch_time"):
+        return f"{result['method']} {result['batch_time']:g}s"
+    return str(result["method"])
+
+
 def render(results: list[dict[str, Any]]) -> str:
     rows = [
         [
             r["table"],
             r["engine"],
-            r["method"]
-            + (f" {r['batch_size']}" if r.get("batch_size") else "")
-            + (" ERROR" if "error" in r else ""),
+            method_label(r) + (" ERROR" if "error" in r else ""),
             r["rows"],
             r.get("deleted"),
             r.get("seconds"),
@@ -1007,7 +1038,7 @@ def render_slow_log(results: list[dict[str, Any]]) -> str:
             rows.append(
                 [
                     f"{r['table']} {r['engine']}",
-                    r["method"] + (f" {r['batch_size']}" if r.get("batch_size") else ""),
+                    method_label(r),
                     kind,
                     int(total["count"]),
                     total["seconds"],

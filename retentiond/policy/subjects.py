@@ -24,8 +24,6 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import phonenumbers
-
 _SEPARATORS = re.compile(r"[\s\-./()]")
 _DIALLABLE = re.compile(r"^\+?[0-9]+$")
 # Dialplan characters only; `-`, `_`, `.` and blanks separate a file name's parts (and `_`
@@ -83,6 +81,8 @@ def number_forms(text: str) -> frozenset[str]:
             "e.g. +4930123456 (internal short numbers go under extensions)"
         )
     international = "+" + written[2:] if written.startswith("00") else written
+    import phonenumbers  # here: only holds and erasures by number need it (50 ms to import)
+
     try:
         parsed = phonenumbers.parse(international, None)
     except phonenumbers.NumberParseException:
@@ -228,6 +228,8 @@ def named_in(text: str, subject: Subject) -> bool:
 def _digit_traces(subject: Subject) -> set[str]:
     """The digits of each stored form, the national significant numbers, the digits of
     extensions without letters: those long enough to be told from a year or a case number."""
+    import phonenumbers  # here: see number_forms
+
     traces = {re.sub(r"\D", "", form) for form in subject.numbers}
     for form in subject.numbers:
         if form.startswith("+"):

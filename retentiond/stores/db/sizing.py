@@ -6,7 +6,9 @@ Steps are bounded (ADAPT_GROWTH, ADAPT_SHRINK) so one slow or fast batch does no
 
 from __future__ import annotations
 
-# The seconds each batch's transaction aims at, where a DELETE locks only its rows.
+# The seconds each batch's transaction aims at, where a DELETE locks only its rows (InnoDB,
+# PostgreSQL). Not longer: on FreePBX's cdr (InnoDB, seven secondary indexes) 0.5 s purged
+# slower (15-24 s against 5-12 s) with a higher writer p99 (issue 20, benchmarks/README.md).
 BATCH_TIME = 0.2
 # A batch is at most this much larger, or smaller, than the one before, and within these bounds.
 ADAPT_GROWTH = 1.5
