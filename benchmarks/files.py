@@ -55,6 +55,8 @@ ZONE = ZoneInfo("Europe/Berlin")
 GAP = timedelta(days=1.5)  # nothing this close to the cutoff: every method agrees on what expired
 PER_MAILBOX = 100  # Asterisk's default maxmsg
 METHODS = ("retentiond", "find", "tmpreaper", "xargs-rm")
+# Only when asked for (--methods): retentiond with one thread for the unlinks (issue 20's before).
+SERIAL = "retentiond-1thread"
 FLOOR = "xargs-rm"
 TARGET_RATIO = 1.5
 TARGET_RSS_MIB = 80.0  # MB despite the name (issue 20: a run process <= 80 MB at every size)
@@ -177,7 +179,10 @@ def census(roots: Sequence[Path], cutoff: float) -> dict[str, int]:
 # -- the methods -----------------------------------------------------------------------------
 
 
-def retentiond_command(copy: Path, workdir: Path, keep_days: int) -> list[str]:
+def retentiond_command(
+    copy: Path, workdir: Path, keep_days: int, unlink_threads: int | None = None
+) -> list[str]:
+    extra = {} if unlink_threads is None else {"unlink_threads": unlink_threads}
     config = {
         "version": 1,
         "timezone": str(ZONE),
@@ -186,7 +191,9 @@ def retentiond_command(copy: Path, workdir: Path, keep_days: int) -> list[str]:
             {
                 "name": "voicemail",
                 "keep": f"{keep_days}d",
-                "stores": [{"type": "asterisk_voicemail", "root": str(copy / "voicemail")}],
+                "stores": [
+                    {"type": "asterisk_voicemail", "root": str(copy / "voicemail"), **extra}
+                ],
             },
             {
                 "name": "call-recordings",
@@ -197,6 +204,7 @@ def retentiond_command(copy: Path, workdir: Path, keep_days: int) -> list[str]:
                         "root": str(copy / "monitor"),
                         "match": ["**/*.wav", "**/*.WAV", "**/*.mp3"],
                         "age_from": "path_date",
+                        **extra,
                     }
                 ],
             },
@@ -232,6 +240,8 @@ def command_for(method: str, copy: Path, workdir: Path, keep_days: int, cutoff: 
     roots = [str(copy / "voicemail"), str(copy / "monitor")]
     if method == "retentiond":
         return retentiond_command(copy, workdir, keep_days)
+    if method == SERIAL:
+        return retentiond_command(copy, workdir, keep_days, unlink_threads=1)
     if method == FLOOR:
         listing = workdir / "expired.list"
         expired_list([copy / "voicemail", copy / "monitor"], cutoff, listing)
@@ -257,7 +267,7 @@ def run_method(
     result["files_left"] = after["files"]
     result["files_deleted"] = tree.files - after["files"]
     result["expired_left"] = after["expired"]
-    if method == "retentiond":
+    if method.startswith("retentiond"):
         audit = workdir / "audit.jsonl"
         result["audit"] = common.audit_figures(audit) if audit.exists() else None
         try:
@@ -295,8 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=common.RESULTS / f"{NAME}.json")
     args = parser.parse_args(argv)
     methods = [method.strip() for method in args.methods.split(",") if method.strip()]
-    if set(methods) - set(METHODS):
-        parser.error(f"methods are {', '.join(METHODS)}")
+    if set(methods) - {*METHODS, SERIAL}:
+        parser.error(f"methods are {', '.join(METHODS)} (and {SERIAL})")
     if "tmpreaper" in methods and shutil.which("tmpreaper") is None:
         parser.error("tmpreaper is not installed (Debian: apt-get install tmpreaper)")
 

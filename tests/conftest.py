@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
@@ -344,3 +346,25 @@ def open_csv_store(opened_stores: list[Store]) -> Callable[..., CsvStore]:
         return _open(opened_stores, CsvStore(config, zone))
 
     return factory
+
+
+@pytest.fixture
+def immutable_file() -> Iterator[Callable[[Path], None]]:
+    """`chattr +i` on a file: not even root can unlink it (EPERM), unlike permission bits."""
+    marked: list[Path] = []
+
+    def mark(path: Path) -> None:
+        chattr = shutil.which("chattr")
+        result = (
+            subprocess.run([chattr, "+i", str(path)], capture_output=True, text=True, check=False)
+            if chattr
+            else None
+        )
+        if result is None or result.returncode != 0:
+            why = result.stderr.strip() if result else "chattr is not installed"
+            pytest.skip(f"cannot make a file immutable here: {why}")
+        marked.append(path)
+
+    yield mark
+    for path in marked:
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True, check=False)

@@ -533,6 +533,59 @@ def test_plan_is_not_applied_with_an_earlier_cutoff(root: Path, open_store: Stor
     assert recording.exists()
 
 
+# -- several recordings at once (unlink_threads) ----------------------------------------------
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_every_file_of_a_batch_deleted_by_several_threads_is_counted_once(
+    root: Path,
+    open_files_store: StoreFactory,
+    immutable_file: Callable[[Path], None],
+    threads: int,
+) -> None:
+    # 3 day folders of 10 old recordings; after planning one is removed, one grows, one
+    # becomes young by its mtime, and one cannot be unlinked: each is counted, none quietly.
+    paths = [
+        put(root, f"2020/01/0{day}/out-017612345678-1001-{n:02d}.wav", mtime=LONG_AGO)
+        for day in (1, 2, 3)
+        for n in range(10)
+    ]
+    store = open_files_store(root, age_from="mtime", match=["**/*.wav"], unlink_threads=threads)
+    batch = first_batch(store)
+    removed, grown, young, stuck = paths[3], paths[14], paths[15], paths[27]
+    removed.unlink()
+    with grown.open("ab") as handle:
+        handle.write(b"\x00")
+    set_mtime(young, RECENTLY)
+    immutable_file(stuck)
+
+    result = store.apply(batch, CUTOFF)
+
+    assert batch.planned == 30
+    assert result.deleted == 26
+    assert result.bytes == 26 * len(AUDIO)
+    assert result.skipped == {"changed": 2, "unremovable": 1, "vanished": 1}
+    left = {path for path in paths if path.exists()}
+    assert left == {grown, young, stuck}
+    assert (root / "2020/01/01").exists() is False  # emptied day folders still go
+
+
+def test_recordings_of_a_folder_swapped_for_a_symlink_are_kept_by_every_thread(
+    root: Path, outside: Path, open_files_store: StoreFactory
+) -> None:
+    for n in range(8):
+        put(root, f"2020/01/01/out-017612345678-1001-{n}.wav", mtime=LONG_AGO)
+    store = open_files_store(root, age_from="mtime", match=["**/*.wav"], unlink_threads=4)
+    batch = first_batch(store)
+    (root / "2020/01/01").rename(outside / "01")
+    (root / "2020/01/01").symlink_to(outside / "01")
+
+    result = store.apply(batch, CUTOFF)
+
+    assert (result.deleted, sum(result.skipped.values())) == (0, 8)
+    assert len(list((outside / "01").iterdir())) == 8
+
+
 # -- tidying up --------------------------------------------------------------------------------
 
 

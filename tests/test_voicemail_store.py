@@ -457,6 +457,41 @@ def test_no_lock_is_taken_while_planning_nor_left_after_a_batch(
         assert lock_files(spool.root) == leftovers
 
 
+# -- several messages at once under a hold (unlink_threads) ------------------------------------
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_messages_deleted_by_several_threads_are_each_checked_and_counted(
+    tmp_path: Path,
+    open_voicemail_store: StoreFactory,
+    immutable_file: Callable[[Path], None],
+    threads: int,
+) -> None:
+    # 12 old messages of one folder; after planning Asterisk rewrites one, its owner deletes
+    # one, and one has an audio file nobody can unlink: each counted, none quietly.
+    messages = [add_message(tmp_path, "1001", "INBOX", n, origtime=LONG_AGO) for n in range(12)]
+    store = open_voicemail_store(tmp_path, lock_wait=0.2, unlink_threads=threads)
+    batch = first_batch(store)
+    rewritten, gone, stuck = messages[2], messages[6], messages[9]
+    add_message(tmp_path, "1001", "INBOX", 2, origtime=LONG_AGO - timedelta(days=1))
+    for path in gone.paths:
+        path.unlink()
+    immutable_file(stuck.folder / f"{stuck.stem}.WAV")
+
+    result = store.apply(batch, CUTOFF)
+
+    assert batch.planned == 12
+    assert result.deleted == 9
+    assert result.skipped == {"changed": 1, "unremovable": 1, "vanished": 1}
+    assert all(path.exists() for path in rewritten.paths)
+    stuck_wav = stuck.folder / f"{stuck.stem}.WAV"
+    assert stuck_wav.exists()
+    assert (stuck.folder / f"{stuck.stem}.txt").exists()  # the .txt goes last, so it stays
+    deleted = [m for m in messages if m not in (rewritten, gone, stuck)]
+    assert not any(path.exists() for message in deleted for path in message.paths)
+    assert not lock_files(tmp_path)  # the folder lock was released
+
+
 # -- Asterisk renumbering between planning and deleting ------------------------------------------
 
 

@@ -304,6 +304,8 @@ class FilesStoreConfig(RootedStoreBase):
     match: Annotated[list[MatchPattern], Field(min_length=1)] = ["**/*"]
     age_from: Literal["path_date", "filename_date", "mtime"] = "mtime"
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 500
+    # Files checked and unlinked at once in a batch (fs/overlap.py): a cold disk's waits overlap.
+    unlink_threads: Annotated[int, Field(ge=1, le=16)] = 4
     # Files that differ only in their extension (a .mp3 converted from a .wav) go together.
     group_siblings: bool = False
     references: ReferencesConfig | None = None
@@ -337,6 +339,8 @@ class VoicemailStoreConfig(RootedStoreBase):
     lock_mode: Literal["lockfile", "flock"] = "lockfile"  # asterisk.conf `lockmode`
     lock_wait: Annotated[float, Field(gt=0, le=5)] = 1.0  # seconds to wait for a folder lock
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 200  # messages
+    # Messages of one folder checked and unlinked at once under its lock (fs/overlap.py).
+    unlink_threads: Annotated[int, Field(ge=1, le=16)] = 4
     ami: AmiConfig | None = None
 
     @property

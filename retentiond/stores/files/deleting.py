@@ -27,24 +27,26 @@ from retentiond.stores.fs.folders import (
 
 
 def delete_recording(
-    chain: FolderChain,
+    folder: int | Skip,
     recording: Recording,
     cutoff: datetime,
-    skipped: Counter[str],
     *,
     by_mtime: bool,
-) -> list[tuple[PlannedFile, os.stat_result]]:
+) -> tuple[list[tuple[PlannedFile, os.stat_result]], Counter[str]]:
     """Unlink the files of one planned recording if all are still as planned.
 
-    One file changed (rewritten, replaced, grown, made young) keeps the whole recording;
-    one removed by someone else does not. Returns the files unlinked, each with its status
-    as checked right before.
+    `folder` is the descriptor of the recording's folder (its files share one), opened by the
+    caller, or why it could not be opened. One file changed (rewritten, replaced, grown, made
+    young) keeps the whole recording; one removed by someone else does not. Returns the files
+    unlinked, each with its status as checked right before, and what was left alone and why:
+    its own counts, so recordings can be deleted by several threads at once (fs/overlap.py).
     """
+    skipped: Counter[str] = Counter()
     checked: list[tuple[PlannedFile, os.stat_result]] = []
     vanished = 0
     for planned in recording:
         try:
-            checked.append((planned, _check(chain, planned, cutoff, by_mtime)))
+            checked.append((planned, _check(folder, planned, cutoff, by_mtime)))
         except Skip as skip:
             if skip.reason == VANISHED:
                 vanished += 1
@@ -52,16 +54,14 @@ def delete_recording(
             if vanished:
                 skipped[VANISHED] += vanished
             skipped[skip.reason] += len(recording) - vanished
-            return []
+            return [], skipped
     if vanished:
         skipped[VANISHED] += vanished
     deleted = []
     for planned, status in checked:
+        assert not isinstance(folder, Skip)  # _check raised it otherwise
         try:
-            os.unlink(planned.name, dir_fd=chain.open(planned.folder))
-        except Skip as skip:
-            skipped[skip.reason] += 1
-            continue
+            os.unlink(planned.name, dir_fd=folder)
         except FileNotFoundError:
             skipped[VANISHED] += 1
             continue
@@ -69,20 +69,35 @@ def delete_recording(
             skipped[UNREMOVABLE] += 1
             continue
         deleted.append((planned, status))
-    return deleted
+    return deleted, skipped
+
+
+def open_recording_folder(chain: FolderChain, recording: Recording) -> int | Skip:
+    """The descriptor of the folder a recording's files are in, or why it cannot be opened."""
+    if not recording:
+        return Skip(CHANGED)
+    folder = recording[0].folder
+    if any(planned.folder != folder for planned in recording):
+        return Skip(CHANGED)  # a plan only ever groups files of one folder
+    try:
+        for component in folder:
+            check_component(component)
+        return chain.open(folder)
+    except Skip as skip:
+        return skip
 
 
 def _check(
-    chain: FolderChain, planned: PlannedFile, cutoff: datetime, by_mtime: bool
+    folder: int | Skip, planned: PlannedFile, cutoff: datetime, by_mtime: bool
 ) -> os.stat_result:
     """The status of a planned file if it is still the file planned, or raise Skip."""
     if planned.age is not None and not planned.age < cutoff:
         raise Skip(CHANGED)  # a plan made for another cutoff is never applied
-    for component in (*planned.folder, planned.name):
-        check_component(component)
-    folder_fd = chain.open(planned.folder)
+    check_component(planned.name)
+    if isinstance(folder, Skip):
+        raise Skip(folder.reason)  # a new one: threads never share an exception's traceback
     try:
-        status = os.stat(planned.name, dir_fd=folder_fd, follow_symlinks=False)
+        status = os.stat(planned.name, dir_fd=folder, follow_symlinks=False)
     except FileNotFoundError:
         raise Skip(VANISHED) from None
     except OSError:

@@ -28,11 +28,13 @@ every file of its window, and `find`/`subject_batches` refuse.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import date, datetime, tzinfo
+from functools import partial
 from typing import Any, TypeVar
 
 import structlog
@@ -46,7 +48,11 @@ from retentiond.policy.subjects import Subject
 from retentiond.stores.base import Batch, BatchResult, Found, Store, Survey
 from retentiond.stores.db.rows import IN_LIST_CHUNK
 from retentiond.stores.files.columns import NamedByColumn, ReferenceColumn
-from retentiond.stores.files.deleting import delete_recording, remove_emptied_date_folders
+from retentiond.stores.files.deleting import (
+    delete_recording,
+    open_recording_folder,
+    remove_emptied_date_folders,
+)
 from retentiond.stores.files.names import relative_text, stem_text
 from retentiond.stores.files.references import REFERENCES_CLEARED, References, Sweep
 from retentiond.stores.files.walk import (
@@ -74,6 +80,7 @@ from retentiond.stores.fs.folders import (
     mounts_told_apart,
     open_root,
 )
+from retentiond.stores.fs.overlap import Overlap
 
 log = structlog.get_logger()
 
@@ -291,17 +298,26 @@ class FilesStore(Store):
         deleted_bytes = hard_linked = 0
         # A row may have come to name a planned file since the plan: asked again, right before.
         recordings = self._still_unnamed(batch.payload, skipped)
-        with FolderChain(root_fd, self._root.device) as chain:
-            for recording in recordings:
-                for planned, status in delete_recording(
-                    chain, recording, cutoff, skipped, by_mtime=self.config.age_from == "mtime"
-                ):
-                    deleted.append(planned)
-                    deleted_bytes += status.st_size
-                    hard_linked += status.st_nlink > 1
+        by_mtime = self.config.age_from == "mtime"
+        with (
+            FolderChain(root_fd, self._root.device) as chain,
+            Overlap(self.config.unlink_threads) as overlap,
+        ):
+            # One folder's recordings at a time, a few at once: its descriptor stays open until
+            # they are all done, each recording checked and unlinked file by file in its task.
+            for _, group in itertools.groupby(recordings, key=_folder_of):
+                same_folder = list(group)
+                folder = open_recording_folder(chain, same_folder[0])
+                task = partial(delete_recording, folder, cutoff=cutoff, by_mtime=by_mtime)
+                for done, left in overlap.run(task, same_folder):
+                    skipped.update(left)
+                    for planned, status in done:
+                        deleted.append(planned)
+                        deleted_bytes += status.st_size
+                        hard_linked += status.st_nlink > 1
             # Deepest first, so a day folder goes before the month folder that holds it.
-            for folder in sorted({planned.folder for planned in deleted}, reverse=True):
-                remove_emptied_date_folders(chain, folder)
+            for folder_names in sorted({planned.folder for planned in deleted}, reverse=True):
+                remove_emptied_date_folders(chain, folder_names)
         if skipped[UNREMOVABLE]:
             log.warning("files could not be removed", store=self.label, count=skipped[UNREMOVABLE])
         counts: dict[str, int] = {}
@@ -557,3 +573,7 @@ def _recording_of(item: tuple[tuple[FoundFile, ...], Any]) -> tuple[FoundFile, .
 
 def _itself(recording: Recording) -> Recording:
     return recording
+
+
+def _folder_of(recording: Recording) -> tuple[bytes, ...]:
+    return recording[0].folder if recording else ()

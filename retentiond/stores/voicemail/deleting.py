@@ -32,9 +32,12 @@ from retentiond.stores.voicemail.messages import (
 
 
 def delete_message(
-    fd: int, by_stem: Mapping[bytes, set[bytes]], message: PlannedMessage, cutoff: datetime
+    fd: int, by_stem: Mapping[bytes, set[bytes]], message: PlannedMessage, *, cutoff: datetime
 ) -> tuple[int, str | None, int]:
     """Under the folder lock: unlink one message if it is still the one planned.
+
+    Touches nothing but the message's own files and reads `by_stem` only, so several messages
+    of the held folder can be deleted at once (fs/overlap.py).
 
     Returns the bytes freed, why the message was not (completely) deleted (None if it was), and
     how many of the files unlinked had another name (HARD_LINKED).

@@ -24,6 +24,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
+from functools import partial
 
 import structlog
 
@@ -56,6 +57,7 @@ from retentiond.stores.fs.folders import (
     open_root,
     sorted_names,
 )
+from retentiond.stores.fs.overlap import Overlap
 from retentiond.stores.voicemail.ami import AmiFailure, ami_refresh, ami_secret
 from retentiond.stores.voicemail.deleting import delete_message
 from retentiond.stores.voicemail.locks import lock_by_flock, lock_by_lockfile
@@ -83,6 +85,7 @@ LOCKED = "locked"  # Asterisk held the folder lock longer than lock_wait: left f
 
 _HOLD_LIMIT = 0.5  # seconds one folder lock is held before Asterisk gets a turn
 _TURN = 0.01  # seconds the folder is left to Asterisk between two holds
+_ROUND_PER_THREAD = 4  # messages per thread handed over at once under a hold
 _STALE_LOCK = timedelta(minutes=10)  # a `.lock` this old is a crashed process, not a recording
 
 # The default wording, but a missing spool says where Asterisk keeps it.
@@ -221,9 +224,12 @@ class VoicemailStore(Store):
         if not isinstance(plan, VoicemailPlan):
             raise TypeError("a voicemail batch carries a VoicemailPlan")  # a bug in the caller
         tally = _Tally(skipped=Counter(plan.left_alone))
-        with FolderChain(root_fd, self._root.device) as chain:
+        with (
+            FolderChain(root_fd, self._root.device) as chain,
+            Overlap(self.config.unlink_threads) as overlap,
+        ):
             for folder, messages in itertools.groupby(plan.messages, key=lambda m: m.folder):
-                self._apply_folder(chain, folder, list(messages), cutoff, tally)
+                self._apply_folder(chain, folder, list(messages), cutoff, tally, overlap)
         tally.skipped[AGED_BY_MTIME] += sum(m.aged_by_mtime for m in tally.deleted)
         self._warn_about(tally)
         if tally.deleted:
@@ -392,6 +398,7 @@ class VoicemailStore(Store):
         messages: list[PlannedMessage],
         cutoff: datetime,
         tally: _Tally,
+        overlap: Overlap,
     ) -> None:
         """Delete one folder's planned messages, each hold of its lock short."""
         try:
@@ -404,6 +411,8 @@ class VoicemailStore(Store):
             tally.skipped[skip.reason] += len(messages)
             return
         pending = deque(messages)
+        # Rounds short enough that a hold ends near _HOLD_LIMIT, long enough to keep threads busy
+        round_size = overlap.threads * _ROUND_PER_THREAD
         while pending:
             try:
                 release = self._lock(fd)
@@ -424,15 +433,20 @@ class VoicemailStore(Store):
                     tally.skipped[UNREADABLE] += len(pending)
                     return
                 started = time.monotonic()
+                task = partial(delete_message, fd, by_stem, cutoff=cutoff)
                 while pending and time.monotonic() - started < _HOLD_LIMIT:
-                    message = pending.popleft()
-                    freed, reason, linked = delete_message(fd, by_stem, message, cutoff)
-                    tally.bytes += freed
-                    tally.hard_linked += linked
-                    if reason is None:
-                        tally.deleted.append(message)
-                    else:
-                        tally.skipped[reason] += 1
+                    # A few messages at once (fs/overlap.py), each checked and unlinked in its
+                    # own task, all under this hold of the lock, the folder's fd open throughout.
+                    step = [pending.popleft() for _ in range(min(len(pending), round_size))]
+                    for message, (freed, reason, linked) in zip(
+                        step, overlap.run(task, step), strict=True
+                    ):
+                        tally.bytes += freed
+                        tally.hard_linked += linked
+                        if reason is None:
+                            tally.deleted.append(message)
+                        else:
+                            tally.skipped[reason] += 1
             finally:
                 release()
             if pending:
