@@ -10,7 +10,9 @@ password the role hands over as a systemd credential. pbx-a runs the daemon, pbx
 The tests tell one story in file order: the first deployment (package, config, credentials,
 key, units), a hold added to the controller's folder arriving on both and keeping what it holds
 through a run, the logs verifying with the fetched keys, the hold removed and ended, a second
-run of the playbook changing nothing, and `--check --diff` showing a change without making it.
+run of the playbook changing nothing, `--check --diff` showing a change without making it, and
+the collection playbook fetching each host's log, config in force and key, verifying each here
+and writing the fleet report, then naming the host whose log was tampered with.
 Every check is by effect on the machines: systemd's view, the files, the database, the log.
 
 The package is `make deb` of this tree (tests/debpackage.py, shared with test_nspawn_systemd.py;
@@ -130,6 +132,33 @@ class Fleet:
         self.outputs.append(output)
         assert result.returncode == 0, output[-6000:]
         return output, recap(output)
+
+    def collect(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """ansible-playbook with the collection playbook, the fleet report as JSON for the last
+        60 days, and its metrics textfile; the result, whatever its exit code."""
+        extra = {
+            "retentiond_fleet_dir": str(self.root / "fleet"),
+            "retentiond_controller_command": str(BIN / "retentiond"),
+            "retentiond_report_from": str((NOW - timedelta(days=60)).date()),
+            "retentiond_report_to": str(NOW.date()),
+            "retentiond_report_format": "json",
+            "retentiond_report_file": str(self.root / "fleet-report.json"),
+            "retentiond_fleet_metrics_textfile": str(self.root / "fleet.prom"),
+        }
+        command = [
+            str(BIN / "ansible-playbook"),
+            "-i",
+            str(self.root / "inventory.yml"),
+            "retentiond.fleet.collect",
+            "-e",
+            json.dumps(extra),
+            *args,
+        ]
+        result = subprocess.run(
+            command, capture_output=True, text=True, env=self.env, timeout=600, check=False
+        )
+        self.outputs.append(result.stdout + result.stderr)
+        return result
 
 
 def recap(output: str) -> dict[str, dict[str, int]]:
@@ -536,3 +565,54 @@ def test_check_mode_shows_a_change_and_makes_none(fleet: Fleet) -> None:
         assert pbx.host.path(CONFIG).read_text() == before[pbx.name]
     daemon = next(p for p in fleet.pbxs if p.mode == "daemon")
     assert unit(daemon, "retentiond.service") == ("active", "enabled")
+
+
+def test_the_collection_verifies_each_log_here_and_writes_one_fleet_report(fleet: Fleet) -> None:
+    result = fleet.collect()
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    collected = fleet.root / "fleet"
+    for pbx in fleet.pbxs:
+        folder = collected / pbx.name
+        assert (folder / "audit.jsonl").read_bytes() == pbx.host.path(AUDIT).read_bytes()
+        assert (folder / "retentiond.pub").read_text() == (
+            fleet.keys / f"{pbx.name}.pub"
+        ).read_text()
+        in_force = YAML(typ="safe").load((folder / "retentiond.yaml").read_text())
+        assert "preset" not in in_force  # expanded on the host: readable here without its PBX
+        assert [r["name"] for r in in_force["rules"]] == ["call-records", "call-recordings"]
+        assert pbx.password not in (folder / "retentiond.yaml").read_text()
+    report = json.loads((fleet.root / "fleet-report.json").read_text())
+    systems = {s["name"]: s for s in report["systems"]}
+    assert set(systems) == set(HOSTS)
+    assert all(s["log_verified"] and s["problem"] is None for s in systems.values())
+    assert all(s["report"]["compliance"] for s in systems.values())
+    metrics = (fleet.root / "fleet.prom").read_text()
+    for name in HOSTS:
+        assert f'retentiond_fleet_log_verified{{system="{name}"}} 1.0' in metrics
+
+
+def test_a_tampered_log_on_one_host_is_named_and_fails_the_collection(fleet: Fleet) -> None:
+    tampered = next(p for p in fleet.pbxs if p.mode == "timer")  # no daemon writes its log
+    log = tampered.host.path(AUDIT)
+    lines = log.read_text().splitlines(keepends=True)
+    done = max(i for i, line in enumerate(lines) if '"type":"run_finished"' in line)
+    lines[done] = re.sub(
+        r'"deleted":(\d+)', lambda m: f'"deleted":{int(m[1]) + 1}', lines[done], count=1
+    )
+    log.write_text("".join(lines))
+    result = fleet.collect()
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    sound = next(p for p in fleet.pbxs if p is not tampered)
+    # the verification on the controller fails the tampered host only, by name
+    verify = output.split("TASK [Verify the log here against the host's public key]", 1)[1]
+    verify = verify.split("TASK [", 1)[0]
+    assert f"fatal: [{tampered.name} -> localhost]" in verify, output[-6000:]
+    assert f"ok: [{sound.name} -> localhost]" in verify, verify
+    # and the play ends failed, with the fleet report's reason for it
+    assert f"{tampered.name}: its deletion log does not verify" in output
+    report = json.loads((fleet.root / "fleet-report.json").read_text())
+    verified = {s["name"]: s["log_verified"] for s in report["systems"]}
+    assert verified == {sound.name: True, tampered.name: False}
+    metrics = (fleet.root / "fleet.prom").read_text()
+    assert f'retentiond_fleet_log_verified{{system="{tampered.name}"}} 0.0' in metrics
