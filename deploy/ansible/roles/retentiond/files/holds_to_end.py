@@ -2,7 +2,8 @@
 has: holds whose files were removed from the holds folder. retentiond refuses the runs of their
 rules until they are ended explicitly (`run --once --end-hold ID`); the role ends them.
 
-Run by the role with retentiond's own Python: `python holds_to_end.py /etc/retentiond/retentiond.yaml`.
+Run by the role with retentiond's own Python:
+`python holds_to_end.py /etc/retentiond/retentiond.yaml`.
 Reads only: the config, the holds folder and the deletion log.
 """
 
