@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from retentiond.stores.threecx.queries import CallQueries, Clause
+from retentiond.stores.threecx.queries import CallQueries, Clause, key_array
 from retentiond.stores.threecx.schema import Generation, PartyInfo
 
 
@@ -51,11 +51,12 @@ def delete_calls(
     q = calls.q
     key, time, table = q(generation.key), q(generation.time), q(generation.table)
     party = generation.party
+    listed, bound = key_array("keys", keys)
     # ARRAY(...) rather than IN (SELECT ...): an index scan over the sorted keys
     locked = "ARRAY(SELECT k FROM locked)"
     parts = [
         f"locked AS (SELECT c.{key} AS k FROM {table} AS c "
-        f"WHERE c.{key} = ANY(:keys) AND {guard.sql} ORDER BY c.{key} FOR UPDATE OF c)"
+        f"WHERE c.{key} = ANY({listed}) AND {guard.sql} ORDER BY c.{key} FOR UPDATE OF c)"
     ]
     answers = []
     pointing = None
@@ -77,24 +78,29 @@ def delete_calls(
         if pointing
         else "NULL"
     )
+    # The locked keys come back only when some planned call was not locked (gone, or no
+    # longer due): otherwise they are the planned keys, and a batch's keys are not decoded
+    # once more.
     row = connection.execute(
         text(
-            f"WITH {', '.join(parts)} SELECT {locked}, (SELECT COUNT(*) FROM gone), "
-            f"(SELECT MIN(t) FROM gone), (SELECT MAX(t) FROM gone), {pointed}"
-            + "".join(f", {answer}" for answer in answers)
+            f"WITH {', '.join(parts)} SELECT (SELECT COUNT(*) FROM locked), "
+            f"CASE WHEN (SELECT COUNT(*) FROM locked) < :planned THEN {locked} END, "
+            f"(SELECT COUNT(*) FROM gone), (SELECT MIN(t) FROM gone), (SELECT MAX(t) FROM gone), "
+            f"{pointed}" + "".join(f", {answer}" for answer in answers)
         ),
-        {**guard.params, "keys": keys},
+        {**guard.params, "keys": bound, "planned": len(keys)},
     ).one()
     if not row[0]:
         return Deleted((), 0, (), {})
     counts = {
-        link.table: int(count) for link, count in zip(generation.dependents, row[5:], strict=True)
+        link.table: int(count) for link, count in zip(generation.dependents, row[6:], strict=True)
     }
-    pointed_to = list(row[4] or ())
+    pointed_to = list(row[5] or ())
     if party is not None and pointed_to:
         counts[party.table] = delete_unused_party_info(calls, connection, party, pointed_to)
-    bounds = () if row[2] is None else (row[2], row[3])
-    return Deleted(tuple(row[0]), int(row[1]), bounds, counts)
+    bounds = () if row[3] is None else (row[3], row[4])
+    locked_keys = tuple(keys) if row[1] is None else tuple(row[1])
+    return Deleted(locked_keys, int(row[2]), bounds, counts)
 
 
 def delete_unused_party_info(
@@ -103,11 +109,12 @@ def delete_unused_party_info(
     """The party rows the deleted participants pointed to and no remaining one does."""
     table, key = calls.q(party.table), calls.q(party.key)
     participants, column = calls.q(party.via.table), calls.q(party.via.column)
+    listed, bound = key_array("ids", list(dict.fromkeys(pointed_to)))
     result = connection.execute(
         text(
-            f"DELETE FROM {table} AS party WHERE party.{key} = ANY(:ids) AND NOT EXISTS "
+            f"DELETE FROM {table} AS party WHERE party.{key} = ANY({listed}) AND NOT EXISTS "
             f"(SELECT 1 FROM {participants} AS p WHERE p.{column} = party.{key})"
         ),
-        {"ids": list(dict.fromkeys(pointed_to))},
+        {"ids": bound},
     )
     return result.rowcount
