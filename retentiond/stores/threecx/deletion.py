@@ -73,8 +73,9 @@ def delete_calls(
     parts.append(
         f"gone AS (DELETE FROM {table} AS c WHERE c.{key} = ANY({locked}) RETURNING c.{time} AS t)"
     )
+    # The party keys in the array's text form ('{1,2,3}'), handed back as they came
     pointed = (
-        f"(SELECT array_agg(DISTINCT v) FROM {pointing} WHERE v IS NOT NULL)"
+        f"(SELECT CAST(array_agg(DISTINCT v) AS text) FROM {pointing} WHERE v IS NOT NULL)"
         if pointing
         else "NULL"
     )
@@ -95,9 +96,8 @@ def delete_calls(
     counts = {
         link.table: int(count) for link, count in zip(generation.dependents, row[6:], strict=True)
     }
-    pointed_to = list(row[5] or ())
-    if party is not None and pointed_to:
-        counts[party.table] = delete_unused_party_info(calls, connection, party, pointed_to)
+    if party is not None and row[5]:
+        counts[party.table] = _delete_unused_pointed(calls, connection, party, row[5])
     bounds = () if row[3] is None else (row[3], row[4])
     locked_keys = tuple(keys) if row[1] is None else tuple(row[1])
     return Deleted(locked_keys, int(row[2]), bounds, counts)
@@ -107,12 +107,32 @@ def delete_unused_party_info(
     calls: CallQueries, connection: Connection, party: PartyInfo, pointed_to: list[Any]
 ) -> int:
     """The party rows the deleted participants pointed to and no remaining one does."""
+    listed, bound = key_array("ids", list(dict.fromkeys(pointed_to)))
+    return _delete_unused(calls, connection, party, f"= ANY({listed})", bound)
+
+
+def _delete_unused_pointed(
+    calls: CallQueries, connection: Connection, party: PartyInfo, pointed_to: str
+) -> int:
+    """As `delete_unused_party_info`, with the keys in the text form of their array as the
+    server wrote it ('{1,2,3}'), handed back untouched: bound as a string of unknown type, the
+    server reads it as an array of the key's own type (the input of the output it wrote), and
+    no list is decoded and encoded again on the way."""
+    return _delete_unused(calls, connection, party, "= ANY(:ids)", pointed_to)
+
+
+def _delete_unused(
+    calls: CallQueries,
+    connection: Connection,
+    party: PartyInfo,
+    matches: str,
+    bound: Any,
+) -> int:
     table, key = calls.q(party.table), calls.q(party.key)
     participants, column = calls.q(party.via.table), calls.q(party.via.column)
-    listed, bound = key_array("ids", list(dict.fromkeys(pointed_to)))
     result = connection.execute(
         text(
-            f"DELETE FROM {table} AS party WHERE party.{key} = ANY({listed}) AND NOT EXISTS "
+            f"DELETE FROM {table} AS party WHERE party.{key} {matches} AND NOT EXISTS "
             f"(SELECT 1 FROM {participants} AS p WHERE p.{column} = party.{key})"
         ),
         {"ids": bound},
