@@ -45,8 +45,11 @@ def delete_calls(
     parts see one snapshot, so no one ever sees a call without its rows or rows without their
     call; foreign keys between these tables are checked at its end, once all are gone. The
     party rows no remaining participant points to go in a second statement, which sees the
-    participants the first one deleted gone. Each answers with one row (arrays, counts, the
-    earliest and latest time), not a row per call.
+    participants the first one deleted gone. Each answers with one row (counts, the earliest
+    and latest time, an array), not a row per call, and no list of keys is built in Python
+    that the server could keep: the planned keys go as one array literal (`key_array`), the
+    locked ones come back only when fewer than planned, and the party keys come back as their
+    array's text and go back as they came.
     """
     q = calls.q
     key, time, table = q(generation.key), q(generation.time), q(generation.table)
