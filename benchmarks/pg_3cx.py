@@ -754,6 +754,7 @@ def run_method(
     if writer.failure:
         raise writer.failure
     time.sleep(args.baseline_seconds)
+    load_before = os.getloadavg()[0]
     purge_start = time.perf_counter() - writer.started_at
     try:
         if method == "retentiond":
@@ -772,6 +773,7 @@ def run_method(
             result = purge_plain(dsn, cutoff, args.target)
     finally:
         purge_end = time.perf_counter() - writer.started_at
+        load_after = os.getloadavg()[0]
         writer.stop()
     if writer.failure:
         raise writer.failure
@@ -787,6 +789,8 @@ def run_method(
     result.update(
         method=method,
         purge_s=round(purge_end - purge_start, 2),
+        # the machine is shared: the 1-minute load average as the purge started and ended
+        load_1m=[round(load_before, 2), round(load_after, 2)],
         writer_baseline=writer_figures(writer.samples, 0, purge_start),
         writer=writer_figures(writer.samples, purge_start, purge_end),
         before=before,

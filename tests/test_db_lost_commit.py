@@ -288,6 +288,41 @@ def test_3cx_calls_someone_else_deleted_meanwhile_leave_the_lost_commit_unconfir
     assert cx_rows(database, "cl_calls") == CX_KEPT
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("applied", [True, False], ids=["commit-applied", "commit-not-applied"])
+def test_a_lost_3cx_commit_is_judged_by_the_calls_it_locked_not_all_it_planned(
+    threecx: tuple[PbxDatabase, FaultProxy, ThreeCxCallsStore], applied: bool
+) -> None:
+    """A planned call no longer due when its batch runs is not locked: the check of a lost
+    commit looks for the calls the batch locked (the batch answers with them only when they
+    are fewer than it planned), so the call left behind does not make it look undone."""
+    database, proxy, store = threecx
+    proxy.lose_commit(skip=0, applied=applied)  # the first batch's
+    results = []
+    with capture_logs() as logs:
+        for batch in store.batches(CUTOFF):
+            if batch.number == 1:
+                # the oldest call, planned in this batch, is no longer due when it is applied
+                with database.engine.begin() as connection:
+                    connection.execute(
+                        text(
+                            "UPDATE cl_calls SET start_time = :later WHERE id = "
+                            "(SELECT id FROM cl_calls ORDER BY start_time LIMIT 1)"
+                        ),
+                        {"later": CUTOFF + timedelta(days=1)},
+                    )
+            results.append(store.apply(batch, CUTOFF))
+
+    (check,) = cx_checked(logs)
+    assert check["commit"] == ("went through" if applied else "did not go through")
+    assert (check["batch"], check["deleted"]) == (1, CX_BATCH - 1)
+    assert results[0].deleted == CX_BATCH - 1
+    assert not [result.counts for result in results if result.counts]
+    assert sum(result.deleted for result in results) == CX_EXPIRED - 1
+    assert cx_rows(database, "cl_calls") == CX_KEPT + 1
+    assert orphans(database) == 0
+
+
 # -- the SQL anonymize stage: a batch rewrites rows that still hold the values read ------------
 
 

@@ -9,6 +9,7 @@ The cutoff is 2024-03-01 12:00 UTC.
 from __future__ import annotations
 
 import random
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
@@ -35,6 +36,7 @@ from threecx_schema import (
 from retentiond.errors import StoreAbsent, StoreError
 from retentiond.stores.base import BatchResult, Store
 from retentiond.stores.sql.store import SqlStore
+from retentiond.stores.threecx.queries import key_array
 from retentiond.stores.threecx.store import ThreeCxCallsStore
 
 pytestmark = pytest.mark.postgres
@@ -138,6 +140,48 @@ def test_expired_calls_go_with_segments_quality_participants_and_unused_party_in
     assert min(span[0] for span in spans) == min(expired_starts).astimezone(BERLIN).date()
     assert max(span[1] for span in spans) == max(expired_starts).astimezone(BERLIN).date()
     assert store.survey(CUTOFF).expired == 0
+
+
+def test_party_rows_with_text_keys_that_need_quoting_go_once_unused(
+    database: PbxDatabase, open_store: StoreFactory
+) -> None:
+    """The party keys go back to the server in the text form of their array, as it wrote them:
+    keys of any type, quoted as the server quotes them, meet their rows again."""
+    starts = shuffled(before_cutoff(30), after_cutoff(10))
+    history = cl_history(starts)
+    create_cl_schema(database)
+    history.insert(database)
+    with database.engine.begin() as connection:
+        for statement in (
+            "ALTER TABLE cl_party_info ALTER COLUMN id DROP DEFAULT",
+            """ALTER TABLE cl_party_info ALTER COLUMN id TYPE text USING 'party, "' || id""",
+            """ALTER TABLE cl_participants ALTER COLUMN info_id TYPE text
+               USING 'party, "' || info_id""",
+        ):
+            connection.execute(text(statement))
+    expired = history.call_ids(starts_before=CUTOFF)
+    young = history.call_ids() - expired
+    parties_of_young = history.party_ids_of(young)
+    assert history.party_ids_of(expired) - parties_of_young, "some serve only expired calls"
+    store = open_store(database.url, batch_size=7)
+
+    assert sum(result.deleted for result in purge(store)) == 30
+
+    assert column(database, "cl_calls", "id") == young
+    assert column(database, "cl_party_info", "id") == {
+        f'party, "{party}' for party in parties_of_young
+    }
+
+
+def test_integer_keys_go_as_one_array_literal_and_any_others_as_a_list() -> None:
+    assert key_array("keys", [3, 1, 2]) == ("CAST(:keys AS bigint[])", "{3,1,2}")
+    assert key_array("ids", [-(2**63), 2**63 - 1]) == (
+        "CAST(:ids AS bigint[])",
+        f"{{{-(2**63)},{2**63 - 1}}}",
+    )
+    ids = [uuid.UUID(int=1), uuid.UUID(int=2)]
+    for keys in ([], ids, ["1", "2"], [1, True], [1, 2**63], [1, 2.0]):
+        assert key_array("keys", keys) == (":keys", list(keys)), keys
 
 
 def test_no_batch_deletes_more_than_batch_size_calls(

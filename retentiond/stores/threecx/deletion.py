@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from retentiond.stores.threecx.queries import CallQueries, Clause
+from retentiond.stores.threecx.queries import CallQueries, Clause, key_array
 from retentiond.stores.threecx.schema import Generation, PartyInfo
 
 
@@ -45,17 +45,21 @@ def delete_calls(
     parts see one snapshot, so no one ever sees a call without its rows or rows without their
     call; foreign keys between these tables are checked at its end, once all are gone. The
     party rows no remaining participant points to go in a second statement, which sees the
-    participants the first one deleted gone. Each answers with one row (arrays, counts, the
-    earliest and latest time), not a row per call.
+    participants the first one deleted gone. Each answers with one row (counts, the earliest
+    and latest time, an array), not a row per call, and no list of keys is built in Python
+    that the server could keep: the planned keys go as one array literal (`key_array`), the
+    locked ones come back only when fewer than planned, and the party keys come back as their
+    array's text and go back as they came.
     """
     q = calls.q
     key, time, table = q(generation.key), q(generation.time), q(generation.table)
     party = generation.party
+    listed, bound = key_array("keys", keys)
     # ARRAY(...) rather than IN (SELECT ...): an index scan over the sorted keys
     locked = "ARRAY(SELECT k FROM locked)"
     parts = [
         f"locked AS (SELECT c.{key} AS k FROM {table} AS c "
-        f"WHERE c.{key} = ANY(:keys) AND {guard.sql} ORDER BY c.{key} FOR UPDATE OF c)"
+        f"WHERE c.{key} = ANY({listed}) AND {guard.sql} ORDER BY c.{key} FOR UPDATE OF c)"
     ]
     answers = []
     pointing = None
@@ -72,42 +76,68 @@ def delete_calls(
     parts.append(
         f"gone AS (DELETE FROM {table} AS c WHERE c.{key} = ANY({locked}) RETURNING c.{time} AS t)"
     )
+    # The party keys in the array's text form ('{1,2,3}'), handed back as they came
     pointed = (
-        f"(SELECT array_agg(DISTINCT v) FROM {pointing} WHERE v IS NOT NULL)"
+        f"(SELECT CAST(array_agg(DISTINCT v) AS text) FROM {pointing} WHERE v IS NOT NULL)"
         if pointing
         else "NULL"
     )
+    # The locked keys come back only when some planned call was not locked (gone, or no
+    # longer due): otherwise they are the planned keys, and a batch's keys are not decoded
+    # once more.
     row = connection.execute(
         text(
-            f"WITH {', '.join(parts)} SELECT {locked}, (SELECT COUNT(*) FROM gone), "
-            f"(SELECT MIN(t) FROM gone), (SELECT MAX(t) FROM gone), {pointed}"
-            + "".join(f", {answer}" for answer in answers)
+            f"WITH {', '.join(parts)} SELECT (SELECT COUNT(*) FROM locked), "
+            f"CASE WHEN (SELECT COUNT(*) FROM locked) < :planned THEN {locked} END, "
+            f"(SELECT COUNT(*) FROM gone), (SELECT MIN(t) FROM gone), (SELECT MAX(t) FROM gone), "
+            f"{pointed}" + "".join(f", {answer}" for answer in answers)
         ),
-        {**guard.params, "keys": keys},
+        {**guard.params, "keys": bound, "planned": len(keys)},
     ).one()
     if not row[0]:
         return Deleted((), 0, (), {})
     counts = {
-        link.table: int(count) for link, count in zip(generation.dependents, row[5:], strict=True)
+        link.table: int(count) for link, count in zip(generation.dependents, row[6:], strict=True)
     }
-    pointed_to = list(row[4] or ())
-    if party is not None and pointed_to:
-        counts[party.table] = delete_unused_party_info(calls, connection, party, pointed_to)
-    bounds = () if row[2] is None else (row[2], row[3])
-    return Deleted(tuple(row[0]), int(row[1]), bounds, counts)
+    if party is not None and row[5]:
+        counts[party.table] = _delete_unused_pointed(calls, connection, party, row[5])
+    bounds = () if row[3] is None else (row[3], row[4])
+    locked_keys = tuple(keys) if row[1] is None else tuple(row[1])
+    return Deleted(locked_keys, int(row[2]), bounds, counts)
 
 
 def delete_unused_party_info(
     calls: CallQueries, connection: Connection, party: PartyInfo, pointed_to: list[Any]
 ) -> int:
     """The party rows the deleted participants pointed to and no remaining one does."""
+    listed, bound = key_array("ids", list(dict.fromkeys(pointed_to)))
+    return _delete_unused(calls, connection, party, f"= ANY({listed})", bound)
+
+
+def _delete_unused_pointed(
+    calls: CallQueries, connection: Connection, party: PartyInfo, pointed_to: str
+) -> int:
+    """As `delete_unused_party_info`, with the keys in the text form of their array as the
+    server wrote it ('{1,2,3}'), handed back untouched: bound as a string of unknown type, the
+    server reads it as an array of the key's own type (the input of the output it wrote), and
+    no list is decoded and encoded again on the way."""
+    return _delete_unused(calls, connection, party, "= ANY(:ids)", pointed_to)
+
+
+def _delete_unused(
+    calls: CallQueries,
+    connection: Connection,
+    party: PartyInfo,
+    matches: str,
+    bound: Any,
+) -> int:
     table, key = calls.q(party.table), calls.q(party.key)
     participants, column = calls.q(party.via.table), calls.q(party.via.column)
     result = connection.execute(
         text(
-            f"DELETE FROM {table} AS party WHERE party.{key} = ANY(:ids) AND NOT EXISTS "
+            f"DELETE FROM {table} AS party WHERE party.{key} {matches} AND NOT EXISTS "
             f"(SELECT 1 FROM {participants} AS p WHERE p.{column} = party.{key})"
         ),
-        {"ids": list(dict.fromkeys(pointed_to))},
+        {"ids": bound},
     )
     return result.rowcount

@@ -27,6 +27,8 @@ _NO_SEPARATORS = str.maketrans("", "", _SEPARATORS)
 # Wall-clock columns: a hold window is widened by this on each side, so no DST shift lets a
 # held call out (3CX writes timestamptz; this is for a database that does not).
 _LOCAL_WINDOW_MARGIN = timedelta(hours=2)
+# The range of PostgreSQL's bigint: integer keys within it go as one array literal (`key_array`)
+_BIGINT_MIN, _BIGINT_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -53,12 +55,13 @@ class CallQueries:
         due, and no one changes it until the batch commits.
         """
         key, time = self.q(generation.key), self.q(generation.time)
+        listed, bound = key_array("keys", keys)
         rows = connection.execute(
             text(
                 f"SELECT c.{key}, c.{time} FROM {self.q(generation.table)} AS c "
-                f"WHERE c.{key} = ANY(:keys) AND {guard.sql} ORDER BY c.{key} FOR UPDATE OF c"
+                f"WHERE c.{key} = ANY({listed}) AND {guard.sql} ORDER BY c.{key} FOR UPDATE OF c"
             ),
-            {**guard.params, "keys": keys},
+            {**guard.params, "keys": bound},
         )
         return [(row[0], row[1]) for row in rows]
 
@@ -159,6 +162,18 @@ class CallQueries:
             if instant is not None:
                 days.append(instant.astimezone(self._zone).date())
         return (min(days), max(days)) if days else None
+
+
+def key_array(param: str, keys: Sequence[Any]) -> tuple[str, Any]:
+    """The operand of `= ANY(...)` for these keys, and the value to bind to `param`.
+
+    Integer keys (3CX's ids) go as one text literal of an array, `{1,2,3}`, cast on the server:
+    psycopg dumps a list element by element in Python (about 40 ms for 20,000 keys, twice a
+    batch), a string in one piece (about 1 ms). Any other keys go as a list.
+    """
+    if keys and all(type(key) is int and _BIGINT_MIN <= key <= _BIGINT_MAX for key in keys):
+        return f"CAST(:{param} AS bigint[])", "{" + ",".join(map(str, keys)) + "}"
+    return f":{param}", list(keys)
 
 
 def is_subjects(subject: Subject, value: str) -> bool:
