@@ -14,6 +14,7 @@ from typing import NoReturn
 
 import debpackage
 import pytest
+from nspawn import Unavailable, debian_tree
 
 
 def unavailable(message: str) -> NoReturn:
@@ -33,3 +34,18 @@ def build_package() -> Callable[[], Path]:
     if missing:
         unavailable(f"make deb needs {', '.join(missing)}; .ci/run installs them")
     return debpackage.start_build()
+
+
+def tree_and_package() -> tuple[Path, Path]:
+    """The cached Debian 12 tree (built when missing) and this tree's package, built meanwhile;
+    skips (fails under CI) where either cannot be had."""
+    package_built = build_package()
+    try:
+        tree = debian_tree()
+    except Unavailable as error:
+        unavailable(str(error))
+    except RuntimeError as error:  # debootstrap or apt-get failed: no mirror, no space
+        unavailable(f"the Debian 12 tree could not be built: {error}")
+    finally:
+        package = package_built()
+    return tree, package

@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from machines import build_package, unavailable
-from nspawn import Boot, Machine, Unavailable, archives, booted_together, debian_tree
+from machines import tree_and_package, unavailable
+from nspawn import Boot, Machine, Unavailable, archives, booted_together
 from pbxdata import PbxDatabase, cdr_rows
 from ruamel.yaml import YAML
 from sqlalchemy import Engine, text
@@ -230,15 +230,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, pbxs: list[Pbx]) -> Iterator
     if shutil.which("ssh") is None:
         unavailable("the ssh client is not installed (Debian package openssh-client)")
     root = tmp_path_factory.mktemp("fleet")
-    package_built = build_package()
-    try:
-        tree = debian_tree()
-    except Unavailable as error:
-        unavailable(str(error))
-    except RuntimeError as error:  # debootstrap or apt-get failed: no mirror, no space
-        unavailable(f"the Debian 12 tree could not be built: {error}")
-    finally:
-        package = package_built()
+    tree, package = tree_and_package()
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", root / "id"], check=True)
     boots = [
         Boot(

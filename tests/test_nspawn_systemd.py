@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from machines import build_package, unavailable
-from nspawn import Machine, Unavailable, archives, booted, debian_tree
+from machines import tree_and_package, unavailable
+from nspawn import Machine, Unavailable, archives, booted
 from nspawn_config import CONFIG_TEXT
 from pbxdata import DDL, PbxDatabase, cdr_rows, cel_rows, sqlite_cdr_rows
 from privacy import leaked
@@ -323,15 +323,7 @@ def machine(tmp_path_factory: pytest.TempPathFactory, pbx: Pbx) -> Iterator[Mach
     if os.geteuid() != 0:
         unavailable("booting a container with systemd-nspawn needs root")
     folder = tmp_path_factory.mktemp("machine")
-    package_built = build_package()
-    try:
-        tree = debian_tree()
-    except Unavailable as error:
-        unavailable(str(error))
-    except RuntimeError as error:  # debootstrap or apt-get failed: no mirror, no space
-        unavailable(f"the Debian 12 tree could not be built: {error}")
-    finally:
-        package = package_built()
+    tree, package = tree_and_package()
     binds = [
         (pbx.root / "spool", "/var/spool/asterisk"),
         (pbx.root / "log", "/var/log/asterisk"),

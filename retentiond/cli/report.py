@@ -158,10 +158,7 @@ def report(
         text = render.rules_markdown(catalogue) if form == "md" else render.rules_html(catalogue)
         _write_text(text, output)
         return
-    if first_day is None or last_day is None:
-        raise click.UsageError("give the period: --from DATE --to DATE (or --rules)")
-    if last_day < first_day:
-        raise click.BadParameter("the period ends before it begins", param_hint="--to")
+    first_day, last_day = _period(first_day, last_day, " (or --rules)")
     form = form or "html"
     if form not in REPORT_FORMATS:
         raise click.BadParameter(
@@ -201,10 +198,7 @@ def _fleet(
 ) -> None:
     """The fleet report (and its metrics); exit 1 after writing them, naming each system that
     failed."""
-    if first_day is None or last_day is None:
-        raise click.UsageError("give the period: --from DATE --to DATE")
-    if last_day < first_day:
-        raise click.BadParameter("the period ends before it begins", param_hint="--to")
+    first_day, last_day = _period(first_day, last_day)
     form = form or "html"
     if form not in FLEET_FORMATS:
         raise click.BadParameter("with --fleet: html, pdf or json", param_hint="--format")
@@ -228,6 +222,17 @@ def _fleet(
         click.echo(f"{system.name}: {system.reason}", err=True)
     if failed:
         sys.exit(1)
+
+
+def _period(
+    first_day: datetime | None, last_day: datetime | None, alternative: str = ""
+) -> tuple[datetime, datetime]:
+    """--from and --to, both given and in order."""
+    if first_day is None or last_day is None:
+        raise click.UsageError(f"give the period: --from DATE --to DATE{alternative}")
+    if last_day < first_day:
+        raise click.BadParameter("the period ends before it begins", param_hint="--to")
+    return first_day, last_day
 
 
 def _write_text(text: str, output: Path | None) -> None:
