@@ -205,6 +205,57 @@ def test_apply_keeps_to_the_calls_and_holds_it_was_planned_with(
     assert column(database, "cl_participants", "call_id") == {1, 2}
 
 
+@pytest.mark.parametrize("foreign_keys", [False, True], ids=["as_3cx", "with_foreign_keys"])
+def test_planned_calls_held_or_no_longer_due_at_apply_keep_every_row_and_shared_party(
+    database: PbxDatabase, open_store: StoreFactory, foreign_keys: bool
+) -> None:
+    """Only the calls still due and unheld when the batch is applied lose their rows: a call
+    that became held and one no longer due keep their segments, quality report, participants
+    and party rows, the extension rows they share with deleted calls among them."""
+    starts = sorted(before_cutoff(10))
+    history = cl_history(starts, seed=8)
+    number = outside_party(history, 1)["caller_number"]
+    rated = {row["call_id"] for row in history.rows["cl_quality"]}
+    segmented = {row["call_id"] for row in history.rows["cl_segments"]}
+    held, moved = sorted((rated & segmented) - {1})[:2]
+    create_cl_schema(database, foreign_keys=foreign_keys)
+    history.insert(database)
+    holds = Holds((HoldScope("HOLD-PERSON", subject=Subject.parse([number])),))
+    store = open_store(database.url)
+
+    (batch,) = list(store.batches(CUTOFF, holds))[:1]
+    assert batch.planned == 9
+    # After planning: the person's number shows up in one planned call, another moves past
+    # the cutoff (its start corrected)
+    with database.engine.begin() as connection:
+        connection.execute(
+            text(
+                "UPDATE cl_party_info SET caller_number = :number WHERE id IN (SELECT info_id "
+                "FROM cl_participants WHERE call_id = :call) AND dn_type = 1"
+            ),
+            {"number": national(number), "call": held},
+        )
+        connection.execute(
+            text("UPDATE cl_calls SET start_time = :start WHERE id = :call"),
+            {"start": CUTOFF + timedelta(days=1), "call": moved},
+        )
+    kept = {1, held, moved}
+    gone = history.call_ids() - kept
+    shared = history.party_ids_of({held, moved}) & history.party_ids_of(gone)
+    assert shared, "the kept calls share party rows with deleted ones"
+    before = rows_of_calls(database, kept)
+    result = store.apply(batch, CUTOFF)
+
+    assert result.deleted == 7
+    assert rows_of_calls(database, kept) == before
+    assert all(before[table] for table in before), "each table keeps rows of these calls"
+    assert column(database, "cl_calls", "id") == kept
+    for table in ("cl_segments", "cl_quality", "cl_participants"):
+        had = {row["call_id"] for row in history.rows[table]}
+        assert column(database, table, "call_id") == had & kept, table
+    assert column(database, "cl_party_info", "id") == history.party_ids_of(kept)
+
+
 def test_held_cdroutput_call_keeps_every_segment_and_its_billing(
     database: PbxDatabase, open_store: StoreFactory
 ) -> None:
