@@ -258,7 +258,9 @@ class SqlStoreConfig(StoreBase):
     # `action: anonymize`: the transform of each column (see docs/anonymization.md)
     anonymize: Transforms = None
     # Without batch_size, the rows per batch adapt so each batch's transaction takes about this
-    # many seconds (default 0.2; 0.02 where a DELETE locks the table: MyISAM, Aria, SQLite).
+    # many seconds (default 0.2; 0.5 where batches walk the primary key of a row-locking table
+    # without an index on the time column; 0.02 where a DELETE locks the table: MyISAM, Aria,
+    # SQLite).
     batch_time: Annotated[float | None, Field(gt=0, le=10, allow_inf_nan=False)] = None
 
     @model_validator(mode="after")

@@ -44,7 +44,7 @@ from retentiond.stores.db.timekinds import TimeKind
 from retentiond.stores.sql.describe import Describing
 from retentiond.stores.sql.file_root import FileRoot
 from retentiond.stores.sql.payloads import Rewrite
-from retentiond.stores.sql.sizing import batch_sizing
+from retentiond.stores.sql.sizing import batch_sizing, first_batch_rows
 from retentiond.stores.sql.table import Layout, find_column
 
 log = structlog.get_logger()
@@ -101,8 +101,10 @@ class SqlStore(Describing):
                 self._time_kind = self._dialect.stored_time_kind(
                     connection, self._table_sql, self._time_sql, self._time_kind
                 )
-                self._choose_batch_size(connection, table)
+                self._storage = self._dialect.table_storage(connection, table)
+                self._batch_size = first_batch_rows(self._store, self._storage.locks_table)
                 self._layout = self._choose_layout(connection, table, column)
+                self._choose_batch_size()
                 self._prepare_subjects(table)
                 self._prepare_anonymize(table)
                 if self._store.file_column is not None:
@@ -214,10 +216,11 @@ class SqlStore(Describing):
         files.open()
         self._files = files
 
-    def _choose_batch_size(self, connection: Connection, table: Table) -> None:
-        """The rows per batch (`sizing.batch_sizing`), knowing whether a DELETE locks the table."""
-        self._storage = self._dialect.table_storage(connection, table)
-        sizing = batch_sizing(self._store, self._storage.locks_table)
+    def _choose_batch_size(self) -> None:
+        """The rows per batch (`sizing.batch_sizing`), knowing whether a DELETE locks the table
+        and whether batches walk its key."""
+        walks_key = self._require_layout().strategy == "key_walk"
+        sizing = batch_sizing(self._store, self._storage.locks_table, walks_key)
         self._batch_size = sizing.rows
         self.batch_time = sizing.batch_time
 
