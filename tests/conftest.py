@@ -350,7 +350,8 @@ def open_csv_store(opened_stores: list[Store]) -> Callable[..., CsvStore]:
 
 @pytest.fixture
 def immutable_file() -> Iterator[Callable[[Path], None]]:
-    """`chattr +i` on a file: not even root can unlink it (EPERM), unlike permission bits."""
+    """`chattr +i` on a file or folder: not even root can change or unlink it (EPERM), unlike
+    permission bits."""
     marked: list[Path] = []
 
     def mark(path: Path) -> None:

@@ -10,7 +10,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -72,23 +72,6 @@ def run(*command: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def log_path(tmp_path: Path) -> Path:
     return tmp_path / "audit.jsonl"
-
-
-@pytest.fixture
-def immutable(tmp_path: Path) -> Iterator[Any]:
-    """`chattr +i`: refuses writes even to root, unlike permission bits."""
-    marked: list[Path] = []
-
-    def mark(path: Path) -> None:
-        result = run("chattr", "+i", str(path)) if shutil.which("chattr") else None
-        if result is None or result.returncode != 0:
-            why = result.stderr.strip() if result else "chattr is not installed"
-            pytest.skip(f"cannot make a file immutable here: {why}")
-        marked.append(path)
-
-    yield mark
-    for path in marked:
-        run("chattr", "-i", str(path))
 
 
 @pytest.fixture
@@ -389,18 +372,22 @@ def test_missing_folder_is_reported(tmp_path: Path) -> None:
         AuditLog(tmp_path / "missing" / "audit.jsonl").open()
 
 
-def test_immutable_log_file_is_reported(log_path: Path, immutable: Any) -> None:
+def test_immutable_log_file_is_reported(
+    log_path: Path, immutable_file: Callable[[Path], None]
+) -> None:
     write_batches(log_path, 2)
-    immutable(log_path)
+    immutable_file(log_path)
     with pytest.raises(AuditError, match=r"cannot open the audit log .* for writing"):
         AuditLog(log_path).open()
     assert verify(log_path).ok  # the DPO can still verify a sealed copy
 
 
-def test_immutable_folder_is_reported(tmp_path: Path, immutable: Any) -> None:
+def test_immutable_folder_is_reported(
+    tmp_path: Path, immutable_file: Callable[[Path], None]
+) -> None:
     folder = tmp_path / "sealed"
     folder.mkdir()
-    immutable(folder)
+    immutable_file(folder)
     with pytest.raises(AuditError, match="cannot open the audit log"):
         AuditLog(folder / "audit.jsonl").open()
 

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -148,13 +149,22 @@ def reports(pbx: Pbx, tmp_path: Path) -> dict[str, str]:
     """Every form of the DPO report over the days around the run, PDF as its text if possible."""
     today = datetime.now(UTC).date()  # the run's entries are stamped with the real clock
     period = ["--from", str(today - timedelta(days=1)), "--to", str(today + timedelta(days=1))]
+    pdf = tmp_path / "report.pdf"
+    commands = {form: ["--format", form] for form in ("html", "json", "csv")}
+    commands["pdf"] = ["--format", "pdf", "-o", str(pdf)]
+    # The four commands at once: they only read the deletion log, and most of each one's time is
+    # its start, on one core while the other waits (the module: 115 s -> 79 s under load).
+    with ThreadPoolExecutor(len(commands)) as pool:
+        done = {
+            form: pool.submit(retentiond, "-c", pbx.config, "report", *period, *args)
+            for form, args in commands.items()
+        }
     forms = {}
     for form in ("html", "json", "csv"):
-        made = retentiond("-c", pbx.config, "report", *period, "--format", form)
+        made = done[form].result()
         assert made.returncode == 0, made.stderr
         forms[form] = made.stdout
-    pdf = tmp_path / "report.pdf"
-    made = retentiond("-c", pbx.config, "report", *period, "--format", "pdf", "-o", pdf)
+    made = done["pdf"].result()
     if made.returncode == 0 and shutil.which("pdftotext"):
         forms["pdf"] = subprocess.run(
             ["pdftotext", pdf, "-"], capture_output=True, text=True, check=True, timeout=60

@@ -7,6 +7,7 @@ deletes less when a wall-clock time is ambiguous (autumn) or does not exist (spr
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -102,12 +103,15 @@ _INTERVAL_SPAN = timedelta(days=400)
 _INTERVAL_MAX_TIMES = 3000  # per-minute schedules: their gaps show within two days
 
 
+@functools.lru_cache(maxsize=256)
 def schedule_interval(schedule: Schedule | None) -> timedelta:
     """The longest gap between two consecutive times of a schedule, on the wall clock.
 
     Measured with the daemon's trigger on a clock without DST, over more than a year: `daily` is
     1 day, `weekly` 7 days, `15 3 * * mon-fri` 3 days (Friday to Monday). The hour a DST change
     adds or removes is left to the grace, which is at least a day. No schedule: a day, assumed.
+    Remembered per schedule: the 400 times of `daily` take a fifth of a second, and every run's
+    guard, every deadline and each report's rule asks again (a fleet report, once per system).
     """
     if schedule is None:
         return ASSUMED_INTERVAL
