@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from pbxdata import PbxDatabase
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from structlog.testing import capture_logs
 from test_threecx import BERLIN, CUTOFF, after_cutoff, as_set, before_cutoff, column, table_rows
 from threecx_schema import (
@@ -173,6 +173,17 @@ def test_held_calls_survive_expiry_with_all_their_rows(
     assert store.survey(CUTOFF).expired == len(held), "without the holds they are due"
 
 
+def give_number(connection: Connection, number: str, call: int) -> None:
+    """The call's outside party (dn_type 1) now has `number`: as a PBX correcting it would."""
+    connection.execute(
+        text(
+            "UPDATE cl_party_info SET caller_number = :number WHERE id IN (SELECT info_id "
+            "FROM cl_participants WHERE call_id = :call) AND dn_type = 1"
+        ),
+        {"number": number, "call": call},
+    )
+
+
 def test_apply_keeps_to_the_calls_and_holds_it_was_planned_with(
     database: PbxDatabase, open_store: StoreFactory
 ) -> None:
@@ -188,13 +199,7 @@ def test_apply_keeps_to_the_calls_and_holds_it_was_planned_with(
     assert batch.planned == 5
     # After planning: the person's number shows up in call 2, and a call older still arrives.
     with database.engine.begin() as connection:
-        connection.execute(
-            text(
-                "UPDATE cl_party_info SET caller_number = :number WHERE id IN (SELECT info_id "
-                "FROM cl_participants WHERE call_id = 2) AND dn_type = 1"
-            ),
-            {"number": national(number)},
-        )
+        give_number(connection, national(number), call=2)
     late = cl_history([CUTOFF - timedelta(days=400)], seed=9)
     late.rows["cl_calls"][0]["id"] = 99
     database.insert("cl_calls", late.rows["cl_calls"])
@@ -228,13 +233,7 @@ def test_planned_calls_held_or_no_longer_due_at_apply_keep_every_row_and_shared_
     # After planning: the person's number shows up in one planned call, another moves past
     # the cutoff (its start corrected)
     with database.engine.begin() as connection:
-        connection.execute(
-            text(
-                "UPDATE cl_party_info SET caller_number = :number WHERE id IN (SELECT info_id "
-                "FROM cl_participants WHERE call_id = :call) AND dn_type = 1"
-            ),
-            {"number": national(number), "call": held},
-        )
+        give_number(connection, national(number), call=held)
         connection.execute(
             text("UPDATE cl_calls SET start_time = :start WHERE id = :call"),
             {"start": CUTOFF + timedelta(days=1), "call": moved},
